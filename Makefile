@@ -1,0 +1,126 @@
+# bitplan — build, test, demo, bench.
+#
+#   make            the bitplan program (build/bitplan)
+#   make test       every test: C units (also under ASan+UBSan) and pytest cross-checks
+#   make demo       the whole job on SmolLM2-135M: fetch, measure, allocate, pack, eval
+#   make bench      benchmarks (bench/), written to stdout and BENCHMARKS.md by hand
+#
+# Modules are folders; every .c in a module folder goes into libbitplan.a. Files
+# named *_avx2.c / *_avx512.c are compiled for those instruction sets and chosen at
+# run time. runtime/cuda/*.cu is built with nvcc when it is present.
+
+BUILD    ?= build
+CC       ?= cc
+OPT      ?= -O2
+SAN      ?=
+CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -g $(OPT) -fopenmp -Wall -Wextra -Werror \
+              -Wno-unused-function -I. -I$(BUILD)/gen $(SAN)
+LDLIBS   = -lglpk -lsqlite3 -llapack -lopenblas -lz -lm -lpthread
+AVX2     = -mavx2 -mfma -mf16c -mbmi2
+AVX512   = $(AVX2) -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni
+
+NVCC     ?= $(shell command -v nvcc 2>/dev/null || (test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc))
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+NO_CUDA  ?=
+ifneq ($(SAN),)
+NO_CUDA := 1
+endif
+
+MODULES  = model db measure allocate pack runtime reports
+LIB_SRC  = $(foreach m,$(MODULES),$(wildcard $(m)/*.c $(m)/arch/*/*.c))
+CU_SRC   = $(wildcard runtime/cuda/*.cu)
+ifeq ($(NVCC)$(NO_CUDA),$(NVCC))
+ifneq ($(NVCC),)
+HAVE_CUDA = 1
+endif
+endif
+ifdef HAVE_CUDA
+LIB_SRC += $(filter-out runtime/cuda/cuda_stub.c,$(wildcard runtime/cuda/*.c))
+CU_OBJ   = $(CU_SRC:%.cu=$(BUILD)/%.o)
+LDLIBS  += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/targets/x86_64-linux/lib -lcudart -lcublas -lstdc++ -Wl,-rpath,$(CUDA_HOME)/lib64
+NVFLAGS  = -O2 -std=c++17 -I. -Xcompiler -Wall,-Wextra,-Werror -Werror all-warnings \
+           -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+           -gencode arch=compute_90,code=compute_90
+else
+LIB_SRC += $(wildcard runtime/cuda/cuda_stub.c)
+CU_OBJ   =
+endif
+LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_OBJ)
+CLI_SRC  = $(wildcard cli/*.c)
+CLI_OBJ  = $(CLI_SRC:%.c=$(BUILD)/%.o)
+TEST_SRC = $(wildcard tests/test_*.c)
+TEST_BIN = $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+BENCH_SRC = $(wildcard bench/bench_*.c)
+BENCH_BIN = $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
+
+.PHONY: all test test-c test-asan test-py demo bench deps model text clean
+all: $(BUILD)/bitplan
+
+$(BUILD)/libbitplan.a: $(LIB_OBJ)
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/bitplan: $(CLI_OBJ) $(BUILD)/libbitplan.a
+	$(CC) $(CFLAGS_BASE) -o $@ $(CLI_OBJ) $(BUILD)/libbitplan.a $(LDLIBS)
+
+$(BUILD)/%_avx2.o: %_avx2.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_BASE) $(AVX2) -MMD -MP -c -o $@ $<
+
+$(BUILD)/%_avx512.o: %_avx512.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_BASE) $(AVX512) -MMD -MP -c -o $@ $<
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_BASE) $(if $(HAVE_CUDA),-DBITPLAN_CUDA=1) -MMD -MP -c -o $@ $<
+
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(@D)
+	$(NVCC) $(NVFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libbitplan.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_BASE) -o $@ $< $(BUILD)/libbitplan.a -lcmocka $(LDLIBS)
+
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libbitplan.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_BASE) -o $@ $< $(BUILD)/libbitplan.a $(LDLIBS)
+
+# db/schema.sql compiled in as a C string.
+$(BUILD)/gen/schema_sql.h: db/schema.sql
+	@mkdir -p $(@D)
+	{ echo 'static const char db_schema_sql[] ='; sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/    "/' -e 's/$$/\\n"/' $<; echo ';'; } >$@
+$(BUILD)/db/db.o: $(BUILD)/gen/schema_sql.h
+
+deps:
+	@bash scripts/deps.sh
+model: deps
+	@bash scripts/get-model.sh
+text: deps
+	@bash scripts/get-text.sh
+
+# Everything a test run needs, built once; then C tests, the same under ASan and
+# UBSan, and the pytest cross-checks; one summary line at the end.
+test: deps model text
+	@$(MAKE) --no-print-directory all $(TEST_BIN)
+	@$(MAKE) --no-print-directory BUILD=build-san SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" OPT=-O1 \
+	    build-san/bitplan $(TEST_SRC:tests/%.c=build-san/tests/%)
+	@bash scripts/run-tests.sh
+
+test-c: all $(TEST_BIN)
+	@BITPLAN_ONLY=c bash scripts/run-tests.sh
+
+test-py: all
+	@BITPLAN_ONLY=py bash scripts/run-tests.sh
+
+bench: deps model all $(BENCH_BIN)
+	@bash scripts/run-bench.sh
+
+demo: deps model text all
+	@bash scripts/demo.sh
+
+clean:
+	rm -rf build build-san
+
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)

@@ -1,0 +1,137 @@
+/*
+ * cli/main.c — the bitplan program's entry: dispatches to one subcommand, and the
+ * small helpers every subcommand shares (errors, sizes, numbers, files).
+ */
+#include "cli.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *usage;
+} commands[] = {
+    {"inspect", cmd_inspect, "inspect MODEL                              tensors, shapes, dtypes, params, arch"},
+    {"tokenize", cmd_tokenize, "tokenize MODEL (--text FILE | --string S)  token ids of a text"},
+    {"measure", cmd_measure, "measure MODEL --calib TEXT... --db D         measurement pass (resumable)"},
+    {"allocate", cmd_allocate, "allocate --db D (--bpw B | --vram SIZE --ctx N) exact plan for a budget"},
+    {"pack", cmd_pack, "pack MODEL --db D [--plan N] -o OUT           quantize and pack"},
+    {"eval", cmd_eval, "eval OUT|MODEL --text FILE [--ref MODEL]      perplexity and KL divergence"},
+    {"generate", cmd_generate, "generate OUT|MODEL --prompt \"...\"            text generation"},
+    {"report", cmd_report, "report --db D -o report.html                  sensitivity and allocation report"},
+};
+
+static char command_line[4096];
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: bitplan COMMAND [ARGS]\n\n");
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) fprintf(f, "  bitplan %s\n", commands[i].usage);
+    fprintf(f, "\n`bitplan COMMAND --help` for a command's options.\n");
+}
+
+static void remember_command_line(int argc, char **argv)
+{
+    size_t n = 0;
+    for (int i = 0; i < argc && n + 1 < sizeof command_line; i++) {
+        int quote = strpbrk(argv[i], " \t\"'") != NULL;
+        n += (size_t)snprintf(command_line + n, sizeof command_line - n, quote ? "%s'%s'" : "%s%s", i ? " " : "", argv[i]);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    remember_command_line(argc, argv);
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "bitplan: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
+
+/* ==== Helpers shared by the subcommands ==== */
+
+int cli_fail(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "bitplan %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return 1;
+}
+
+const char *cli_command_line(void) { return command_line; }
+
+int cli_progress_wanted(void) { return isatty(STDERR_FILENO); }
+
+int cli_parse_double(const char *s, double *v)
+{
+    char *end;
+    errno = 0;
+    double d = strtod(s, &end);
+    if (end == s || *end || errno || !isfinite(d)) return -1;
+    *v = d;
+    return 0;
+}
+
+int cli_parse_int(const char *s, long *v)
+{
+    char *end;
+    errno = 0;
+    long x = strtol(s, &end, 10);
+    if (end == s || *end || errno) return -1;
+    *v = x;
+    return 0;
+}
+
+int cli_parse_size(const char *s, int64_t *bytes)
+{
+    static const struct { const char *suffix; double mult; } units[] = {
+        {"", 1}, {"B", 1}, {"K", 1e3}, {"KB", 1e3}, {"KiB", 1024.0}, {"M", 1e6}, {"MB", 1e6},
+        {"MiB", 1048576.0}, {"G", 1e9}, {"GB", 1e9}, {"GiB", 1073741824.0},
+        {"T", 1e12}, {"TB", 1e12}, {"TiB", 1099511627776.0},
+    };
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || !isfinite(v) || v < 0) return -1;
+    while (*end == ' ') end++;
+    for (size_t i = 0; i < sizeof units / sizeof *units; i++)
+        if (!strcasecmp(end, units[i].suffix) && (strchr(units[i].suffix, 'i') == NULL || !strcmp(end, units[i].suffix))) {
+            double b = v * units[i].mult;
+            if (b > 9e18) return -1;
+            *bytes = (int64_t)llround(b);
+            return 0;
+        }
+    return -1;
+}
+
+char *cli_read_file(const char *path, size_t *len, char *err, size_t err_len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) { snprintf(err, err_len, "%s: %s", path, strerror(errno)); return NULL; }
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap + 1);
+    for (size_t got; buf && (got = fread(buf + n, 1, cap - n, f)) > 0;) {
+        n += got;
+        if (n == cap) { char *nb = realloc(buf, 2 * cap + 1); if (!nb) { free(buf); buf = NULL; break; } buf = nb; cap *= 2; }
+    }
+    int bad = ferror(f);
+    fclose(f);
+    if (!buf || bad) { free(buf); snprintf(err, err_len, "%s: %s", path, bad ? "read error" : "out of memory"); return NULL; }
+    buf[n] = 0;
+    if (len) *len = n;
+    return buf;
+}

@@ -1,0 +1,131 @@
+/*
+ * db/db.c — opening, migrating and transacting. The schema text is db/schema.sql,
+ * compiled in (build/gen/schema_sql.h), so a database can be created anywhere.
+ *
+ * Migrations: meta.schema_version holds the version. Version 1 is schema.sql as a
+ * whole; later versions append steps to `migrations` below, each run in one
+ * transaction together with the version bump, so a killed migration leaves the
+ * old version intact.
+ */
+#include "db_int.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "schema_sql.h" /* static const char db_schema_sql[] */
+
+/* migrations[i] brings version i+1 to i+2; none yet beyond the schema itself. */
+static const char *const migrations[] = {NULL};
+#define DB_VERSION 1
+
+int db_fail(db_conn *d, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(d->err, sizeof d->err, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int db_fail_sql(db_conn *d, const char *what)
+{
+    return db_fail(d, "%s: %s: %s", d->path, what, sqlite3_errmsg(d->sql));
+}
+
+const char *db_errmsg(const db_conn *d) { return d ? d->err : "out of memory"; }
+
+int db_exec(db_conn *d, const char *sql)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(d->sql, sql, NULL, NULL, &msg) == SQLITE_OK) return 0;
+    db_fail(d, "%s: %s", d->path, msg ? msg : sqlite3_errmsg(d->sql));
+    sqlite3_free(msg);
+    return -1;
+}
+
+int db_begin(db_conn *d) { return db_exec(d, "BEGIN IMMEDIATE"); }
+int db_commit(db_conn *d) { return db_exec(d, "COMMIT"); }
+void db_rollback(db_conn *d) { sqlite3_exec(d->sql, "ROLLBACK", NULL, NULL, NULL); }
+
+sqlite3_stmt *db_prepare(db_conn *d, const char *sql)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(d->sql, sql, -1, &st, NULL) != SQLITE_OK) {
+        db_fail_sql(d, "prepare");
+        return NULL;
+    }
+    return st;
+}
+
+/* Reads meta.schema_version: 0 for an empty database, -1 for one that is not
+ * bitplan's (tables but no meta). */
+static int read_version(db_conn *d)
+{
+    sqlite3_stmt *st = db_prepare(d, "SELECT count(*) FROM sqlite_master WHERE type='table'");
+    if (!st) return -2;
+    int tables = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
+    sqlite3_finalize(st);
+    if (tables < 0) return db_fail_sql(d, "reading the schema"), -2;
+    if (tables == 0) return 0;
+    st = db_prepare(d, "SELECT value FROM meta WHERE key='schema_version'");
+    if (!st) return db_fail(d, "%s: not a bitplan database (no meta table)", d->path), -1;
+    int v = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
+    sqlite3_finalize(st);
+    if (v <= 0) return db_fail(d, "%s: not a bitplan database (no schema_version)", d->path), -1;
+    return v;
+}
+
+static int migrate(db_conn *d, int writable)
+{
+    int v = read_version(d);
+    if (v < 0) return -1;
+    if (v > DB_VERSION) return db_fail(d, "%s: schema version %d is newer than this bitplan (%d)", d->path, v, DB_VERSION);
+    if (v == DB_VERSION) return 0;
+    if (!writable) return db_fail(d, "%s: schema version %d needs migrating; open it writable", d->path, v);
+    for (; v < DB_VERSION; v++) {
+        const char *step = v == 0 ? db_schema_sql : migrations[v - 1];
+        char bump[128];
+        snprintf(bump, sizeof bump, "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '%d')", v + 1);
+        if (db_begin(d)) return -1;
+        if (db_exec(d, step) || db_exec(d, bump)) { db_rollback(d); return -1; }
+        if (db_commit(d)) return -1;
+    }
+    return 0;
+}
+
+int db_open(const char *path, int mode, db_conn **out)
+{
+    db_conn *d = calloc(1, sizeof *d);
+    *out = d;
+    if (!d) return -1;
+    snprintf(d->path, sizeof d->path, "%s", path);
+    int flags = mode == DB_OPEN_READ ? SQLITE_OPEN_READONLY
+              : mode == DB_OPEN_WRITE ? SQLITE_OPEN_READWRITE
+                                      : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+    if (sqlite3_open_v2(path, &d->sql, flags, NULL) != SQLITE_OK)
+        return db_fail(d, "%s: cannot open database: %s", path, d->sql ? sqlite3_errmsg(d->sql) : "out of memory");
+    sqlite3_busy_timeout(d->sql, 10000);
+    sqlite3_extended_result_codes(d->sql, 1);
+    if (mode != DB_OPEN_READ && db_exec(d, "PRAGMA journal_mode=WAL")) return -1;
+    if (db_exec(d, "PRAGMA foreign_keys=ON")) return -1;
+    if (mode != DB_OPEN_READ && sqlite3_db_readonly(d->sql, "main") == 1)
+        return db_fail(d, "%s: database is read-only", path);
+    /* A corrupt or foreign file fails here, at the first read of the schema. */
+    if (db_exec(d, "PRAGMA quick_check")) return -1;
+    return migrate(d, mode != DB_OPEN_READ);
+}
+
+void db_close(db_conn *d)
+{
+    if (!d) return;
+    if (d->sql) sqlite3_close_v2(d->sql);
+    free(d);
+}
+
+int db_schema_version(db_conn *d)
+{
+    int v = read_version(d);
+    return v < 0 ? -1 : v;
+}

@@ -1,0 +1,154 @@
+/*
+ * model/ — reading model files: GGUF (v2, v3) and safetensors (single file or
+ * sharded with model.safetensors.index.json plus config.json), the Llama-family
+ * configuration, and the tokenizer stored in the model.
+ *
+ * This is the only module that parses model files. It uses nothing else of the
+ * project. Files are memory-mapped, never copied; tensors are dequantized to
+ * fp32 on request (mdl_tensor_to_f32), one tensor at a time.
+ *
+ * Tensor names are canonical GGUF names whatever the container: a safetensors
+ * "model.layers.3.self_attn.q_proj.weight" is listed as "blk.3.attn_q.weight".
+ * Shapes are row-major, outermost first, as in PyTorch: a linear layer's weight
+ * is shape {rows = out_features, cols = in_features}. (GGUF's ne[] is the
+ * reverse order; the reader turns it around.) For q and k of a safetensors
+ * (Hugging Face) model the reader permutes rows into GGUF's interleaved RoPE
+ * order, so that one forward pass serves both containers.
+ *
+ * Typical use:
+ *
+ *     mdl_model *m; char err[256];
+ *     if (mdl_open("model.gguf", &m, err, sizeof err)) { fprintf(stderr, "%s\n", err); ... }
+ *     const mdl_tensor *t = mdl_find(m, "blk.0.attn_q.weight");
+ *     float *w = malloc(t->n_elems * sizeof *w);
+ *     mdl_tensor_to_f32(m, t, w);
+ *     mdl_close(m);
+ */
+#ifndef BITPLAN_MODEL_H
+#define BITPLAN_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MDL_MAX_DIMS 4
+#define MDL_ERR_LEN 256 /* a good size for the err buffers below */
+
+/* ==== Data types ==== */
+
+typedef enum {
+    MDL_F32 = 0,
+    MDL_F16,
+    MDL_BF16,
+    MDL_Q8_0, /* 34 bytes per 32: fp16 d, 32 x int8                       */
+    MDL_Q4_0, /* 18 bytes per 32: fp16 d, 16 bytes of nibbles (q - 8)      */
+    MDL_Q4_1, /* 20 bytes per 32: fp16 d, fp16 m, 16 bytes of nibbles      */
+    MDL_Q4_K, /* 144 bytes per 256 */
+    MDL_Q5_K, /* 176 bytes per 256 */
+    MDL_Q6_K, /* 210 bytes per 256 */
+    MDL_I32,  /* safetensors/GGUF integer tensors: listed, not dequantized */
+    MDL_DTYPE_COUNT
+} mdl_dtype;
+
+const char *mdl_dtype_name(mdl_dtype t); /* "F32", "Q4_K", ... */
+
+/* ==== Configuration ==== */
+
+typedef enum { MDL_ROPE_NONE = 0, MDL_ROPE_LINEAR, MDL_ROPE_YARN, MDL_ROPE_LLAMA3 } mdl_rope_scaling;
+
+typedef struct {
+    char arch[32];        /* "llama", "mistral", "qwen2", ... */
+    char name[128];       /* general.name or "" */
+    int n_layers;         /* transformer blocks */
+    int dim;              /* hidden size (embedding length) */
+    int hidden_dim;       /* feed-forward size */
+    int n_heads;          /* query heads */
+    int n_kv_heads;       /* key/value heads (GQA) */
+    int head_dim;         /* dim / n_heads unless the file says otherwise */
+    int vocab_size;
+    int max_ctx;          /* trained context length */
+    float rope_theta;     /* RoPE base frequency */
+    int rope_dim;         /* dimensions rotated per head (usually head_dim) */
+    mdl_rope_scaling rope_scaling;
+    float rope_scale;     /* factor for linear/yarn/llama3 scaling, 1 if none */
+    float norm_eps;       /* RMSNorm epsilon */
+    int tied_embeddings;  /* 1: no separate output.weight, the head is token_embd */
+    int attn_bias;        /* 1: q/k/v have biases (Qwen2) */
+} mdl_config;
+
+/* ==== Tensors ==== */
+
+typedef struct {
+    char name[96];                 /* canonical GGUF name */
+    mdl_dtype type;
+    int n_dims;
+    int64_t shape[MDL_MAX_DIMS];   /* row-major, outermost first */
+    int64_t n_elems;
+    const void *data;              /* points into the mapping */
+    size_t n_bytes;
+    int permute_rope_heads;        /* >0: rows to be permuted HF->GGUF with this many heads */
+} mdl_tensor;
+
+typedef struct mdl_model mdl_model;
+typedef struct tok_tokenizer tok_tokenizer;
+
+/* Opens a .gguf file, a .safetensors file, a model.safetensors.index.json, or a
+ * directory holding one of those and config.json. Returns 0, or -1 with a one-line
+ * message naming the file and the problem in err. Validates every tensor's extent
+ * against the file before returning. */
+int mdl_open(const char *path, mdl_model **out, char *err, size_t err_len);
+void mdl_close(mdl_model *m);
+
+const mdl_config *mdl_get_config(const mdl_model *m);
+const char *mdl_path(const mdl_model *m);
+const char *mdl_format(const mdl_model *m);        /* "gguf" or "safetensors" */
+int mdl_tensor_count(const mdl_model *m);
+const mdl_tensor *mdl_tensor_at(const mdl_model *m, int i);
+const mdl_tensor *mdl_find(const mdl_model *m, const char *name); /* NULL if absent */
+
+/* Dequantizes t into out[t->n_elems]. Returns 0, or -1 for a type that cannot be
+ * dequantized (MDL_I32). NaN/Inf are passed through; callers check. */
+int mdl_tensor_to_f32(const mdl_model *m, const mdl_tensor *t, float *out);
+
+/* Metadata lookup (GGUF keys, or config.json keys prefixed "config."). Return 0 if
+ * found with the right type, -1 otherwise. Strings point into the model. */
+int mdl_meta_str(const mdl_model *m, const char *key, const char **out);
+int mdl_meta_int(const mdl_model *m, const char *key, int64_t *out);
+
+/* SHA-256 of the model's file(s), hex, 64 chars + NUL; computed once and cached. */
+const char *mdl_content_hash(mdl_model *m);
+
+/* The model's tokenizer (owned by the model), or NULL with err set if the file
+ * holds none or an unsupported one. */
+tok_tokenizer *mdl_tokenizer(mdl_model *m, char *err, size_t err_len);
+
+/* Row dequantizers, exposed for tests: n must be a multiple of the type's block. */
+void mdl_dequant_row(mdl_dtype t, const void *src, float *dst, int64_t n);
+size_t mdl_row_bytes(mdl_dtype t, int64_t n); /* bytes of n values of type t */
+int mdl_block_size(mdl_dtype t);              /* values per block: 1, 32 or 256 */
+
+/* ==== Tokenizer ==== */
+
+typedef enum { TOK_BPE_BYTES = 0, /* GPT-2 byte-level BPE (SmolLM, Qwen, Llama-3) */
+               TOK_SPM          /* SentencePiece-style BPE with scores (Llama-2) */ } tok_kind;
+
+tok_kind tok_get_kind(const tok_tokenizer *t);
+int tok_vocab_size(const tok_tokenizer *t);
+int tok_bos(const tok_tokenizer *t); /* -1 if none */
+int tok_eos(const tok_tokenizer *t); /* -1 if none */
+int tok_is_special(const tok_tokenizer *t, int id); /* control/user-defined token */
+
+/* Encodes text[0..len) into ids. Writes at most max_ids; returns the total number
+ * of tokens the text needs (may exceed max_ids: call again with a bigger buffer), or
+ * -1 on error. add_bos prepends BOS if the vocabulary has one. Special tokens
+ * written in the text (e.g. "<|im_start|>") are recognised when parse_special. */
+int64_t tok_encode(const tok_tokenizer *t, const char *text, size_t len, int add_bos,
+                   int parse_special, int32_t *ids, int64_t max_ids);
+
+/* The bytes that token id stands for (byte-level tokens already turned back to raw
+ * bytes). *len receives the length; the pointer stays valid while the model lives. */
+const char *tok_piece(const tok_tokenizer *t, int id, size_t *len);
+
+/* Decodes ids into out (NUL-terminated, truncated at cap). Returns bytes needed. */
+size_t tok_decode(const tok_tokenizer *t, const int32_t *ids, int64_t n, char *out, size_t cap);
+
+#endif

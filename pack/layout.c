@@ -1,0 +1,228 @@
+/*
+ * pack/layout.c — option geometry, the exact cost function, and the plain chunk
+ * packers. Everything here is integer arithmetic on shapes; it must stay free of
+ * any dependency so that every stage counts bits the same way.
+ */
+#include "layout.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+
+/* ==== Geometry ==== */
+
+int lay_option_check(const lay_option *o, int64_t rows, int64_t cols, char *why, size_t why_len)
+{
+    const char *fmt = NULL;
+    long long v = 0;
+    if (o->bits_lo < LAY_MIN_BITS || o->bits_lo > LAY_MAX_BITS) fmt = "bits_lo %lld is outside 2..8", v = o->bits_lo;
+    else if (o->bits_hi < o->bits_lo || o->bits_hi > LAY_MAX_BITS) fmt = "bits_hi %lld is outside bits_lo..8", v = o->bits_hi;
+    else if (!(o->hi_share >= 0.0f && o->hi_share <= 1.0f)) fmt = "hi_share %lld%% is outside 0..100%%", v = (long long)(o->hi_share * 100);
+    else if (o->group <= 0 || o->group % LAY_CHUNK) fmt = "group %lld is not a positive multiple of 32", v = o->group;
+    else if (o->scale_fmt != LAY_SCALE_F16_Z8 && o->scale_fmt != LAY_SCALE_F16) fmt = "scale format %lld is unknown", v = o->scale_fmt;
+    else if (rows <= 0) fmt = "rows %lld is not positive", v = rows;
+    else if (cols <= 0 || cols % LAY_CHUNK) fmt = "cols %lld is not a positive multiple of 32", v = cols;
+    if (!fmt) return 0;
+    if (why && why_len) snprintf(why, why_len, fmt, v);
+    return -1;
+}
+
+int64_t lay_n_groups(const lay_option *o, int64_t cols) { return (cols + o->group - 1) / o->group; }
+
+int64_t lay_group_start(const lay_option *o, int64_t g) { return g * o->group; }
+
+int64_t lay_group_cols(const lay_option *o, int64_t cols, int64_t g)
+{
+    int64_t rest = cols - g * o->group;
+    return rest < o->group ? rest : o->group;
+}
+
+int64_t lay_n_hi_groups(const lay_option *o, int64_t cols)
+{
+    if (o->bits_hi == o->bits_lo) return 0;
+    int64_t n = lay_n_groups(o, cols);
+    int64_t k = (int64_t)floor((double)o->hi_share * (double)n + 0.5);
+    return k < 0 ? 0 : k > n ? n : k;
+}
+
+int lay_group_bits(const lay_option *o, int64_t cols, int64_t g)
+{
+    return g < lay_n_hi_groups(o, cols) ? o->bits_hi : o->bits_lo;
+}
+
+int64_t lay_group_value_bytes(int bits, int64_t gcols) { return gcols / LAY_CHUNK * (bits * LAY_CHUNK / 8); }
+
+int64_t lay_group_offset(const lay_option *o, int64_t cols, int64_t g)
+{
+    int64_t nhi = lay_n_hi_groups(o, cols);
+    int64_t g_hi = g < nhi ? g : nhi;
+    /* every group before g is full-width (only the last group can be short) */
+    return g_hi * lay_group_value_bytes(o->bits_hi, o->group) +
+           (g - g_hi) * lay_group_value_bytes(o->bits_lo, o->group);
+}
+
+int64_t lay_row_bytes(const lay_option *o, int64_t cols)
+{
+    int64_t n = lay_n_groups(o, cols);
+    return lay_group_offset(o, cols, n - 1) +
+           lay_group_value_bytes(lay_group_bits(o, cols, n - 1), lay_group_cols(o, cols, n - 1));
+}
+
+int lay_perm_bytes(int64_t cols) { return cols <= 65536 ? 2 : 4; }
+
+/* ==== Cost ==== */
+
+lay_cost lay_tensor_cost(const lay_option *o, int64_t rows, int64_t cols)
+{
+    int64_t ng = lay_n_groups(o, cols);
+    lay_cost c;
+    c.values = rows * lay_row_bytes(o, cols);
+    c.scales = rows * ng * 2;
+    c.zeros = o->scale_fmt == LAY_SCALE_F16_Z8 ? rows * ng : 0;
+    c.perm = cols * lay_perm_bytes(cols);
+    return c;
+}
+
+int64_t lay_tensor_bits(const lay_option *o, int64_t rows, int64_t cols)
+{
+    lay_cost c = lay_tensor_cost(o, rows, cols);
+    return 8 * (c.values + c.scales + c.zeros + c.perm);
+}
+
+/* ==== Chunk packing (reference) ==== */
+
+/* Plane p (4, 2 or 1 bits; 8 is handled apart) of 32 values: the bit layout of the
+ * table in layout.h. shift selects which bits of q the plane carries. */
+static void pack_plane(int p, int shift, const uint8_t *q, uint8_t *dst)
+{
+    int per_byte = 8 / p, stride = LAY_CHUNK / per_byte;
+    uint8_t mask = (uint8_t)((1u << p) - 1);
+    if (p == 1) { /* value 8k + i at bit i of byte k */
+        for (int k = 0; k < 4; k++) {
+            uint8_t b = 0;
+            for (int i = 0; i < 8; i++) b |= (uint8_t)(((q[8 * k + i] >> shift) & 1u) << i);
+            dst[k] = b;
+        }
+        return;
+    }
+    for (int k = 0; k < stride; k++) {
+        uint8_t b = 0;
+        for (int i = 0; i < per_byte; i++) b |= (uint8_t)(((q[k + i * stride] >> shift) & mask) << (i * p));
+        dst[k] = b;
+    }
+}
+
+static void unpack_plane(int p, int shift, const uint8_t *src, uint8_t *q)
+{
+    int per_byte = 8 / p, stride = LAY_CHUNK / per_byte;
+    uint8_t mask = (uint8_t)((1u << p) - 1);
+    if (p == 1) {
+        for (int k = 0; k < 4; k++)
+            for (int i = 0; i < 8; i++) q[8 * k + i] |= (uint8_t)(((src[k] >> i) & 1u) << shift);
+        return;
+    }
+    for (int k = 0; k < stride; k++)
+        for (int i = 0; i < per_byte; i++) q[k + i * stride] |= (uint8_t)(((src[k] >> (i * p)) & mask) << shift);
+}
+
+void lay_pack_chunk(int bits, const uint8_t *q, uint8_t *dst)
+{
+    if (bits == 8) { memcpy(dst, q, LAY_CHUNK); return; }
+    int shift = 0;
+    for (int p = 4; p >= 1; p >>= 1) {
+        if (!(bits & p)) continue;
+        pack_plane(p, shift, q, dst);
+        dst += p * LAY_CHUNK / 8;
+        shift += p;
+    }
+}
+
+void lay_unpack_chunk(int bits, const uint8_t *src, uint8_t *q)
+{
+    if (bits == 8) { memcpy(q, src, LAY_CHUNK); return; }
+    memset(q, 0, LAY_CHUNK);
+    int shift = 0;
+    for (int p = 4; p >= 1; p >>= 1) {
+        if (!(bits & p)) continue;
+        unpack_plane(p, shift, src, q);
+        src += p * LAY_CHUNK / 8;
+        shift += p;
+    }
+}
+
+/* ==== Unpacked quantized tensors ==== */
+
+int lay_qtensor_alloc(lay_qtensor *t, int64_t rows, int64_t cols, const lay_option *o)
+{
+    int64_t ng = lay_n_groups(o, cols);
+    memset(t, 0, sizeof *t);
+    t->rows = rows, t->cols = cols, t->opt = *o;
+    t->perm = malloc((size_t)cols * sizeof *t->perm);
+    t->q = malloc((size_t)(rows * cols));
+    t->scale = malloc((size_t)(rows * ng) * sizeof *t->scale);
+    t->zero = malloc((size_t)(rows * ng));
+    if (t->perm && t->q && t->scale && t->zero) return 0;
+    lay_qtensor_free(t);
+    return -1;
+}
+
+void lay_qtensor_free(lay_qtensor *t)
+{
+    free(t->perm), free(t->q), free(t->scale), free(t->zero);
+    t->perm = NULL, t->q = NULL, t->scale = NULL, t->zero = NULL;
+}
+
+void lay_qtensor_dequant(const lay_qtensor *t, float *w)
+{
+    int64_t ng = lay_n_groups(&t->opt, t->cols);
+    for (int64_t r = 0; r < t->rows; r++)
+        for (int64_t g = 0; g < ng; g++) {
+            float s = lay_f16_to_f32(t->scale[r * ng + g]);
+            float z = (float)t->zero[r * ng + g];
+            int64_t j0 = lay_group_start(&t->opt, g), j1 = j0 + lay_group_cols(&t->opt, t->cols, g);
+            for (int64_t j = j0; j < j1; j++)
+                w[r * t->cols + t->perm[j]] = s * ((float)t->q[r * t->cols + j] - z);
+        }
+}
+
+/* ==== Half precision ==== */
+
+uint16_t lay_f32_to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000u, e = (x >> 23) & 0xffu, m = x & 0x7fffffu;
+    if (e == 0xff) return (uint16_t)(sign | 0x7c00u | (m ? 0x200u : 0)); /* inf, nan */
+    int32_t he = (int32_t)e - 127 + 15;
+    if (he >= 0x1f) return (uint16_t)(sign | 0x7c00u);                  /* overflow */
+    if (he <= 0) {                                                         /* subnormal */
+        if (he < -10) return (uint16_t)sign;
+        m |= 0x800000u;
+        int shift = 14 - he;
+        uint32_t hm = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (hm & 1))) hm++;
+        return (uint16_t)(sign | hm);
+    }
+    uint32_t hm = m >> 13, rem = m & 0x1fffu;
+    uint32_t h = sign | ((uint32_t)he << 10) | hm;
+    if (rem > 0x1000u || (rem == 0x1000u && (hm & 1))) h++; /* carries into e correctly */
+    return (uint16_t)h;
+}
+
+float lay_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, x;
+    if (e == 0) {
+        if (m == 0) x = sign;
+        else { /* subnormal: normalise */
+            e = 127 - 15 + 1;
+            while (!(m & 0x400u)) { m <<= 1; e--; }
+            x = sign | (e << 23) | ((m & 0x3ffu) << 13);
+        }
+    } else if (e == 0x1f) x = sign | 0x7f800000u | (m << 13);
+    else x = sign | ((e - 15 + 127) << 23) | (m << 13);
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}

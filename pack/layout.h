@@ -1,0 +1,125 @@
+/*
+ * pack/layout.h — the quantization option, its exact cost in stored bits, and the
+ * layout of packed values. A leaf: it includes nothing of the project, so that the
+ * allocator, the measurement, the packer, the CPU runtime and the CUDA kernels all
+ * count and read the same bits. pack/FORMAT.md is the prose version of this file.
+ *
+ * A linear weight W has rows = out_features and cols = in_features. Quantization
+ * works along the input dimension, in act-order: the input channels are permuted
+ * (perm[j] = original column of stored column j, most important first) and the
+ * stored columns are cut into groups of `group` columns (the last group may be
+ * shorter; every group is a multiple of 32 columns). Group g of row r has its own
+ * scale s and zero z, and one bit width b_g:
+ *
+ *     w[r][perm[j]] ~= s[r][g] * (q[r][j] - z[r][g]),    0 <= q < 2^b_g
+ *
+ * (symmetric formats store no zero: z = 2^(b_g - 1)). The first n_hi groups
+ * (the most important channels) use bits_hi, the rest bits_lo; a plain option has
+ * bits_hi == bits_lo and hi_share == 0.
+ *
+ * Values of one row and one group are stored as chunks of 32 values. A chunk of
+ * width b is split into bit planes, lowest bits first: a 4-bit plane if b & 4, a
+ * 2-bit plane if b & 2, a 1-bit plane if b & 1 (b = 8 is one 8-bit plane):
+ *
+ *     width  planes (low bits first)  bytes per 32 values
+ *       2     2                         8
+ *       3     2, 1                     12
+ *       4     4                        16
+ *       5     4, 1                     20
+ *       6     4, 2                     24
+ *       7     4, 2, 1                  28
+ *       8     8                        32
+ *
+ *  plane  byte k of the plane holds values            bits
+ *    8    k                                            0..7
+ *    4    k (low nibble), k + 16 (high nibble)         0..3, 4..7
+ *    2    k, k + 8, k + 16, k + 24                     0..1, 2..3, 4..5, 6..7
+ *    1    8k .. 8k + 7  (value 8k + i at bit i)        0..7
+ *
+ * so the value is q = p4 | p2 << 4 | p1 << 6 for b = 7, q = p2 | p1 << 2 for b = 3,
+ * q = p4 | p1 << 4 for b = 5, and so on: each plane shifts by the bits below it.
+ * Each plane unpacks with a shift and a mask per SIMD lane, whatever the width.
+ */
+#ifndef BITPLAN_PACK_LAYOUT_H
+#define BITPLAN_PACK_LAYOUT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define LAY_CHUNK 32            /* values per packed chunk; groups are multiples */
+#define LAY_MIN_BITS 2
+#define LAY_MAX_BITS 8
+
+typedef enum {
+    LAY_SCALE_F16_Z8 = 0, /* asymmetric: fp16 scale + uint8 zero per (row, group) */
+    LAY_SCALE_F16 = 1,    /* symmetric: fp16 scale per (row, group), zero = 2^(b-1) */
+} lay_scale_fmt;
+
+/* A candidate quantization: data, not code (measure/options.c reads them from a
+ * table or a file). */
+typedef struct {
+    char name[32];          /* e.g. "4b g64", "3b/5b 10% g32" */
+    uint8_t bits_lo;        /* width of the less important groups, 2..8 */
+    uint8_t bits_hi;        /* width of the most important groups, >= bits_lo */
+    float hi_share;         /* share of groups at bits_hi, 0..1 (rounded to whole groups) */
+    int32_t group;          /* columns per group, a multiple of 32 */
+    lay_scale_fmt scale_fmt;
+} lay_option;
+
+/* Checks an option for a tensor shape. Returns 0 if it applies, else -1 with a
+ * reason in why (e.g. "cols 100 is not a multiple of 32"). */
+int lay_option_check(const lay_option *o, int64_t rows, int64_t cols, char *why, size_t why_len);
+
+/* Number of groups over the stored columns, and the start and width of group g. */
+int64_t lay_n_groups(const lay_option *o, int64_t cols);
+int64_t lay_group_start(const lay_option *o, int64_t g);
+int64_t lay_group_cols(const lay_option *o, int64_t cols, int64_t g);
+int64_t lay_n_hi_groups(const lay_option *o, int64_t cols);   /* floor(share * n + 0.5) */
+int lay_group_bits(const lay_option *o, int64_t cols, int64_t g);
+
+/* Bytes of one stored row's values (all groups), of one group's values. */
+int64_t lay_row_bytes(const lay_option *o, int64_t cols);
+int64_t lay_group_value_bytes(int bits, int64_t gcols);
+int64_t lay_group_offset(const lay_option *o, int64_t cols, int64_t g); /* within a row */
+int lay_perm_bytes(int64_t cols);  /* 2 (uint16) if cols <= 65536, else 4 */
+
+/* The parts of a packed tensor, in bytes; total_bits() = 8 * sum of the parts. */
+typedef struct {
+    int64_t values;  /* rows * lay_row_bytes */
+    int64_t scales;  /* rows * n_groups * 2 (fp16) */
+    int64_t zeros;   /* rows * n_groups (uint8), 0 for symmetric */
+    int64_t perm;    /* cols * lay_perm_bytes */
+} lay_cost;
+
+lay_cost lay_tensor_cost(const lay_option *o, int64_t rows, int64_t cols);
+/* The one cost function: exact stored bits of a tensor under an option. */
+int64_t lay_tensor_bits(const lay_option *o, int64_t rows, int64_t cols);
+
+/* Packs 32 values q[0..32) (each < 2^bits) into dst (lay_group_value_bytes(bits, 32)
+ * bytes), and back. The plain reference every faster path is tested against. */
+void lay_pack_chunk(int bits, const uint8_t *q, uint8_t *dst);
+void lay_unpack_chunk(int bits, const uint8_t *src, uint8_t *q);
+
+/* A quantized tensor before packing: what GPTQ produces and the packer stores.
+ * Scales are fp16-representable (the quantizer rounds them before using them), so
+ * dequantizing this struct gives exactly what the packed file gives. */
+typedef struct {
+    int64_t rows, cols;
+    lay_option opt;
+    int32_t *perm;     /* [cols]: stored column j is original column perm[j] */
+    uint8_t *q;        /* [rows][cols], stored (permuted) column order */
+    uint16_t *scale;   /* [rows][n_groups], fp16 bits */
+    uint8_t *zero;     /* [rows][n_groups]; for symmetric formats 2^(b-1), not stored */
+} lay_qtensor;
+
+/* Allocates the arrays of a qtensor for a shape and option (0, or -1 if out of memory). */
+int lay_qtensor_alloc(lay_qtensor *t, int64_t rows, int64_t cols, const lay_option *o);
+void lay_qtensor_free(lay_qtensor *t);
+/* w[rows][cols] in the original column order: s * (q - z). */
+void lay_qtensor_dequant(const lay_qtensor *t, float *w);
+
+/* fp16 <-> fp32 conversion, IEEE half, round to nearest even. */
+uint16_t lay_f32_to_f16(float f);
+float lay_f16_to_f32(uint16_t h);
+
+#endif
