@@ -186,6 +186,46 @@ void lay_qtensor_dequant(const lay_qtensor *t, float *w)
         }
 }
 
+/* ==== Packed tensors ==== */
+
+void lay_pack_tensor(const lay_qtensor *q, uint8_t *values, uint16_t *scales, uint8_t *zeros, void *perm)
+{
+    const lay_option *o = &q->opt;
+    int64_t ng = lay_n_groups(o, q->cols), rb = lay_row_bytes(o, q->cols);
+    for (int64_t r = 0; r < q->rows; r++)
+        for (int64_t g = 0; g < ng; g++) {
+            int bits = lay_group_bits(o, q->cols, g);
+            const uint8_t *src = q->q + r * q->cols + lay_group_start(o, g);
+            uint8_t *dst = values + r * rb + lay_group_offset(o, q->cols, g);
+            for (int64_t c = 0; c < lay_group_cols(o, q->cols, g); c += LAY_CHUNK, dst += bits * LAY_CHUNK / 8)
+                lay_pack_chunk(bits, src + c, dst);
+        }
+    memcpy(scales, q->scale, (size_t)(q->rows * ng) * sizeof *scales);
+    if (zeros && o->scale_fmt == LAY_SCALE_F16_Z8) memcpy(zeros, q->zero, (size_t)(q->rows * ng));
+    for (int64_t j = 0; j < q->cols; j++) {
+        if (lay_perm_bytes(q->cols) == 2) ((uint16_t *)perm)[j] = (uint16_t)q->perm[j];
+        else ((uint32_t *)perm)[j] = (uint32_t)q->perm[j];
+    }
+}
+
+void lay_packed_dequant(const lay_packed *p, float *w)
+{
+    const lay_option *o = &p->opt;
+    int64_t ng = lay_n_groups(o, p->cols), rb = lay_row_bytes(o, p->cols);
+    uint8_t q[LAY_CHUNK];
+    for (int64_t r = 0; r < p->rows; r++)
+        for (int64_t g = 0; g < ng; g++) {
+            int bits = lay_group_bits(o, p->cols, g);
+            float s = lay_f16_to_f32(p->scales[r * ng + g]), z = (float)lay_zero_at(p, r, g, bits);
+            const uint8_t *src = p->values + r * rb + lay_group_offset(o, p->cols, g);
+            int64_t j0 = lay_group_start(o, g);
+            for (int64_t c = 0; c < lay_group_cols(o, p->cols, g); c += LAY_CHUNK, src += bits * LAY_CHUNK / 8) {
+                lay_unpack_chunk(bits, src, q);
+                for (int i = 0; i < LAY_CHUNK; i++) w[r * p->cols + lay_perm_at(p, j0 + c + i)] = s * ((float)q[i] - z);
+            }
+        }
+}
+
 /* ==== Half precision ==== */
 
 uint16_t lay_f32_to_f16(float f)

@@ -118,6 +118,33 @@ void lay_qtensor_free(lay_qtensor *t);
 /* w[rows][cols] in the original column order: s * (q - z). */
 void lay_qtensor_dequant(const lay_qtensor *t, float *w);
 
+/* A packed tensor: the arrays as stored in the file (values in the chunk layout
+ * above, row after row; every row has lay_row_bytes bytes). Kernels read this. */
+typedef struct {
+    int64_t rows, cols;
+    lay_option opt;
+    const uint8_t *values;   /* [rows][lay_row_bytes] */
+    const uint16_t *scales;  /* [rows][n_groups] fp16 bits */
+    const uint8_t *zeros;    /* [rows][n_groups], NULL for symmetric formats */
+    const void *perm;        /* [cols] uint16 or uint32 (lay_perm_bytes) */
+} lay_packed;
+
+/* Packs q into caller-provided arrays sized by lay_tensor_cost (zeros may be NULL
+ * for symmetric formats). The plain reference of packing. */
+void lay_pack_tensor(const lay_qtensor *q, uint8_t *values, uint16_t *scales, uint8_t *zeros, void *perm);
+/* Stored column j's original column. */
+static inline int64_t lay_perm_at(const lay_packed *p, int64_t j)
+{
+    return lay_perm_bytes(p->cols) == 2 ? ((const uint16_t *)p->perm)[j] : ((const uint32_t *)p->perm)[j];
+}
+/* The zero of a group: stored, or 2^(b-1) for symmetric formats. */
+static inline int lay_zero_at(const lay_packed *p, int64_t r, int64_t g, int bits)
+{
+    return p->zeros ? p->zeros[r * lay_n_groups(&p->opt, p->cols) + g] : 1 << (bits - 1);
+}
+/* w[rows][cols] in original column order from a packed tensor (reference). */
+void lay_packed_dequant(const lay_packed *p, float *w);
+
 /* fp16 <-> fp32 conversion, IEEE half, round to nearest even. */
 uint16_t lay_f32_to_f16(float f);
 float lay_f16_to_f32(uint16_t h);
