@@ -50,6 +50,9 @@ CLI_SRC  = $(wildcard cli/*.c)
 CLI_OBJ  = $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC = $(wildcard tests/test_*.c)
 TEST_BIN = $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+# tests/tool_*.c: small programs the pytest cross-checks drive (no cmocka)
+TOOL_SRC = $(wildcard tests/tool_*.c)
+TOOL_BIN = $(TOOL_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCH_SRC = $(wildcard bench/bench_*.c)
 BENCH_BIN = $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
@@ -83,6 +86,10 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libbitplan.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_BASE) -o $@ $< $(BUILD)/libbitplan.a -lcmocka $(LDLIBS)
 
+$(BUILD)/tests/tool_%: tests/tool_%.c $(BUILD)/libbitplan.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_BASE) -o $@ $< $(BUILD)/libbitplan.a $(LDLIBS)
+
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libbitplan.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_BASE) -o $@ $< $(BUILD)/libbitplan.a $(LDLIBS)
@@ -103,15 +110,15 @@ text: deps
 # Everything a test run needs, built once; then C tests, the same under ASan and
 # UBSan, and the pytest cross-checks; one summary line at the end.
 test: deps model text
-	@$(MAKE) --no-print-directory all $(TEST_BIN)
+	@$(MAKE) --no-print-directory all $(TEST_BIN) $(TOOL_BIN)
 	@$(MAKE) --no-print-directory BUILD=build-san SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" OPT=-O1 \
 	    build-san/bitplan $(TEST_SRC:tests/%.c=build-san/tests/%)
 	@bash scripts/run-tests.sh
 
-test-c: all $(TEST_BIN)
+test-c: all $(TEST_BIN) $(TOOL_BIN)
 	@BITPLAN_ONLY=c bash scripts/run-tests.sh
 
-test-py: all
+test-py: all $(TOOL_BIN)
 	@BITPLAN_ONLY=py bash scripts/run-tests.sh
 
 bench: deps model all $(BENCH_BIN)
