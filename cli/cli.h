@@ -36,4 +36,10 @@ int cli_progress_wanted(void);
 /* Reads a whole file into a malloc'd NUL-terminated buffer. NULL with err set. */
 char *cli_read_file(const char *path, size_t *len, char *err, size_t err_len);
 
+/* Opens a model for running (eval, generate): a model file (GGUF, safetensors),
+ * loaded as dense fp32. 0, or -1 with a one-line message in err. The caller frees
+ * *out with rt_model_free. */
+typedef struct rt_model rt_model;
+int cli_open_model(const char *path, rt_model **out, char *err, size_t err_len);
+
 #endif

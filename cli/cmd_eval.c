@@ -1,8 +1,120 @@
-/* cli/cmd_eval.c — `bitplan eval`. (Being written: see the module's owner.) */
+/*
+ * cli/cmd_eval.c — `bitplan eval MODEL --text FILE [--ctx N] [--chunks N] [--ref MODEL]`:
+ * perplexity of a model on a text as llama-perplexity computes it, and with --ref
+ * the KL divergence and top-1 agreement against a reference model.
+ * It must never compute anything itself: runtime/ does (rt_eval).
+ */
 #include "cli.h"
+
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../model/model.h"
+#include "../runtime/runtime.h"
+
+static const char usage[] =
+    "usage: bitplan eval MODEL --text FILE [--ctx N] [--chunks N] [--ref MODEL]\n"
+    "  --text FILE    text to score (tokenized whole, cut into chunks of N tokens)\n"
+    "  --ctx N        chunk length (default 512); the second half of each chunk is scored\n"
+    "  --chunks N     at most N chunks (default: all)\n"
+    "  --ref MODEL    also KL divergence and top-1 agreement against this model\n"
+    "  --progress     progress on stderr even when it is not a terminal\n";
+
+typedef struct {
+    const char *model, *text, *ref;
+    long ctx, chunks;
+    int progress;
+} eval_args;
+
+static int parse_args(int argc, char **argv, eval_args *a)
+{
+    memset(a, 0, sizeof *a);
+    a->ctx = 512;
+    a->progress = cli_progress_wanted();
+    for (int i = 1; i < argc; i++) {
+        const char *o = argv[i];
+        int has_val = i + 1 < argc;
+        if (!strcmp(o, "--text") && has_val) a->text = argv[++i];
+        else if (!strcmp(o, "--ref") && has_val) a->ref = argv[++i];
+        else if (!strcmp(o, "--ctx") && has_val) {
+            if (cli_parse_int(argv[++i], &a->ctx) || a->ctx < 4 || a->ctx > 1 << 20)
+                return cli_fail("eval", "--ctx '%s' is not a context length (4 or more)", argv[i]);
+        } else if (!strcmp(o, "--chunks") && has_val) {
+            if (cli_parse_int(argv[++i], &a->chunks) || a->chunks < 1 || a->chunks > 1 << 30)
+                return cli_fail("eval", "--chunks '%s' is not a positive count", argv[i]);
+        } else if (!strcmp(o, "--progress")) a->progress = 1;
+        else if (o[0] == '-' && o[1]) return cli_fail("eval", "unknown or incomplete option '%s' (see --help)", o);
+        else if (!a->model) a->model = o;
+        else return cli_fail("eval", "unexpected argument '%s'", o);
+    }
+    if (!a->model) return cli_fail("eval", "no model given (usage: bitplan eval MODEL --text FILE)");
+    if (!a->text) return cli_fail("eval", "no --text FILE given");
+    return 0;
+}
+
+/* The text's tokens, BOS first when the model adds one (as llama.cpp tokenizes). */
+static int32_t *tokenize_file(const rt_model *m, const char *path, int64_t *n, char *err, size_t err_len)
+{
+    size_t len;
+    char *text = cli_read_file(path, &len, err, err_len);
+    if (!text) return NULL;
+    int64_t cap = (int64_t)len + 16;
+    int32_t *ids = malloc((size_t)cap * sizeof *ids);
+    *n = ids ? tok_encode(m->tok, text, len, m->add_bos, 0, ids, cap) : -1;
+    if (*n > cap) { /* cannot happen for byte-level vocabularies; handled anyway */
+        int32_t *more = realloc(ids, (size_t)*n * sizeof *ids);
+        *n = more ? tok_encode(m->tok, text, len, m->add_bos, 0, more, *n) : -1;
+        ids = more ? more : ids;
+    }
+    free(text);
+    if (*n < 0) { free(ids); snprintf(err, err_len, "%s: could not be tokenized", path); return NULL; }
+    return ids;
+}
+
+static void print_result(const eval_args *a, const rt_model *m, int64_t n_tokens, const rt_eval_result *r)
+{
+    printf("model           %s%s%s%s\n", a->model, m->cfg.name[0] ? " (" : "", m->cfg.name, m->cfg.name[0] ? ")" : "");
+    printf("text            %s: %lld tokens, %lld chunks of %ld\n", a->text, (long long)n_tokens,
+           (long long)(r->tokens_scored / (a->ctx - 1 - a->ctx / 2)), a->ctx);
+    printf("tokens scored   %lld\n", (long long)r->tokens_scored);
+    printf("perplexity      %.4f +/- %.5f\n", r->ppl, r->ppl_stderr);
+    printf("speed           %.1f tokens/s (%d threads), %.1f s in all\n", r->tokens_per_s, omp_get_max_threads(),
+           r->seconds);
+    if (!a->ref) return;
+    printf("reference       %s\n", a->ref);
+    printf("ref perplexity  %.4f\n", r->ref_ppl);
+    printf("KL divergence   %.6f +/- %.6f (mean KL(ref || model), nats)\n", r->kld_mean, r->kld_stderr);
+    printf("top-1 agreement %.2f %%\n", 100.0 * r->top1_agree);
+}
 
 int cmd_eval(int argc, char **argv)
 {
-    (void)argc, (void)argv;
-    return cli_fail("eval", "not available in this build yet");
+    if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) { fputs(usage, stdout); return 0; }
+    eval_args a;
+    if (parse_args(argc, argv, &a)) return 1;
+    char err[512];
+    rt_model *m = NULL, *ref = NULL;
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    int rc = 1;
+    if (cli_open_model(a.model, &m, err, sizeof err)) { cli_fail("eval", "%s", err); goto done; }
+    if (!m->tok) { cli_fail("eval", "%s: the model holds no tokenizer", a.model); goto done; }
+    if (a.ref && cli_open_model(a.ref, &ref, err, sizeof err)) { cli_fail("eval", "%s", err); goto done; }
+    if (!(ids = tokenize_file(m, a.text, &n, err, sizeof err))) { cli_fail("eval", "%s", err); goto done; }
+    rt_eval_params p;
+    rt_eval_params_init(&p);
+    p.ctx = (int)a.ctx;
+    p.max_chunks = (int)a.chunks;
+    p.progress = a.progress;
+    p.bos = m->add_bos ? tok_bos(m->tok) : -1;
+    rt_eval_result r;
+    if (rt_eval(m, ref, ids, n, &p, &r, err, sizeof err)) { cli_fail("eval", "%s: %s", a.text, err); goto done; }
+    print_result(&a, m, n, &r);
+    rc = 0;
+done:
+    free(ids);
+    rt_model_free(ref);
+    rt_model_free(m);
+    return rc;
 }

@@ -108,10 +108,11 @@ int db_open(const char *path, int mode, db_conn **out)
         return db_fail(d, "%s: cannot open database: %s", path, d->sql ? sqlite3_errmsg(d->sql) : "out of memory");
     sqlite3_busy_timeout(d->sql, 10000);
     sqlite3_extended_result_codes(d->sql, 1);
+    /* sqlite opens a file it may not write read-only without saying so: ask first */
+    if (mode != DB_OPEN_READ && sqlite3_db_readonly(d->sql, "main") == 1)
+        return db_fail(d, "%s: database is read-only (cannot write it)", path);
     if (mode != DB_OPEN_READ && db_exec(d, "PRAGMA journal_mode=WAL")) return -1;
     if (db_exec(d, "PRAGMA foreign_keys=ON")) return -1;
-    if (mode != DB_OPEN_READ && sqlite3_db_readonly(d->sql, "main") == 1)
-        return db_fail(d, "%s: database is read-only", path);
     /* A corrupt or foreign file fails here, at the first read of the schema. */
     if (db_exec(d, "PRAGMA quick_check")) return -1;
     return migrate(d, mode != DB_OPEN_READ);

@@ -31,6 +31,9 @@ void gptq_params_init(gptq_params *p);
 typedef struct {
     double rel_err;     /* tr(dW H dW^T) / tr(W H W^T), with the undamped H */
     double seconds;
+    double damp;        /* lambda actually used: p->damp, times 10 per Cholesky retry */
+    int damp_retries;   /* Cholesky failures that needed more damping */
+    int64_t dead_cols;  /* columns with H_ii = 0 (set to zero before quantizing) */
 } gptq_stats;
 
 /* Quantizes w[rows][cols] (original column order; not modified) under option o,
@@ -42,13 +45,50 @@ int gptq_quantize(const float *w, int64_t rows, int64_t cols, const double *h,
                   const lay_option *o, const gptq_params *p, lay_qtensor *out,
                   gptq_stats *stats, char *err, size_t err_len);
 
+/* The same, in two steps, so that every option of a tensor (and every tensor that
+ * shares the Hessian, such as q/k/v) pays once for the act-order permutation and
+ * the Cholesky factor of the damped inverse Hessian:
+ *
+ *     gptq_prep *prep;
+ *     if (gptq_prepare(h, cols, &p, &prep, err, sizeof err)) ...;
+ *     double e = gptq_weight_energy(w, rows, cols, h);      (once per tensor)
+ *     for (each option o) gptq_quantize_prepared(w, rows, prep, &o, e, &qt, &st, err, sizeof err);
+ *     gptq_prep_free(prep);
+ *
+ * gptq_prepare copies what it needs from h (h may be freed afterwards); a prep is
+ * read-only afterwards, so threads may share it. w_energy is tr(W H W^T) from
+ * gptq_weight_energy for this w and h, or negative to have it computed here.
+ * Results are bit-identical to gptq_quantize with the same inputs. */
+typedef struct gptq_prep gptq_prep;
+int gptq_prepare(const double *h, int64_t cols, const gptq_params *p, gptq_prep **out,
+                 char *err, size_t err_len);
+int gptq_quantize_prepared(const float *w, int64_t rows, const gptq_prep *prep,
+                           const lay_option *o, double w_energy, lay_qtensor *out,
+                           gptq_stats *stats, char *err, size_t err_len);
+void gptq_prep_free(gptq_prep *prep);
+
 /* Round-to-nearest with the same grid (act-order permutation from h, same groups
  * and scales): the baseline GPTQ must beat. h may be NULL (identity order). */
 int rtn_quantize(const float *w, int64_t rows, int64_t cols, const double *h,
                  const lay_option *o, lay_qtensor *out, char *err, size_t err_len);
 
-/* tr(dW H dW^T) / tr(W H W^T) for dW = wq - w, both [rows][cols]. */
+/* tr(dW H dW^T) / tr(W H W^T) for dW = wq - w, both [rows][cols] (0 if both traces
+ * are 0, +inf if only the denominator is; NaN if out of memory). */
 double gptq_relative_error(const float *w, const float *wq, int64_t rows, int64_t cols, const double *h);
+/* tr(W H W^T), the denominator of rel_err (NaN if out of memory). */
+double gptq_weight_energy(const float *w, int64_t rows, int64_t cols, const double *h);
+
+/* ==== Hessians ==== */
+
+/* h[cols][cols] (full, symmetric) += x^T x for the rows x[n][cols], summed in double
+ * (float products are exact in double). Rows are taken in fixed chunks of 256, so
+ * the result depends only on the inputs and the sequence of calls whose n are
+ * multiples of 256, never on timing: a resumed accumulation equals an uninterrupted
+ * one. 0, or -1 if out of memory (h unchanged). */
+int hess_accumulate(double *h, const float *x, int n, int64_t cols);
+/* H = 2/n_rows * h (n_rows: all rows accumulated); checks that H is finite and its
+ * diagonal non-negative. 0, or -1 with a message naming the entry. */
+int hess_finalize(double *h, int64_t cols, int64_t n_rows, char *err, size_t err_len);
 
 /* ==== Options ==== */
 
@@ -62,5 +102,77 @@ void opt_default_set(opt_set *s);
 /* Reads a user's option file (format in the README). 0, or -1 with a message. */
 int opt_read_file(const char *path, opt_set *s, char *err, size_t err_len);
 void opt_set_free(opt_set *s);
+
+/* ==== Calibration text (calib.c) ==== */
+
+typedef struct tok_tokenizer tok_tokenizer;
+
+/* Calibration rows cut from text files, and what identifies them. */
+typedef struct {
+    int rows, ctx;
+    int32_t *tokens;            /* [rows][ctx] */
+    char *sources_json;         /* [{"path":...,"sha256":...}, ...] in the order given */
+    char sources_hash[65];      /* SHA-256 over the sources' hashes, in order */
+    char tokenizer[80];         /* "bpe:" or "spm:" + SHA-256 of the vocabulary */
+} calib_set;
+
+/* Reads the text files, tokenizes them (no BOS) and cuts rows x ctx tokens that
+ * sample the whole text (calib.c says how). 0, or -1 with a message; a text too
+ * short says how many tokens it has and how many are needed. */
+int calib_load(const tok_tokenizer *t, const char *const *paths, int n_paths, int rows, int ctx,
+               calib_set *out, char *err, size_t err_len);
+void calib_free(calib_set *c);
+/* SHA-256 of data[0..n) as 64 hex digits + NUL. */
+void meas_sha256_hex(const void *data, size_t n, char hex[65]);
+
+/* ==== The measurement pass (driver.c, probe.c) ==== */
+
+/* What the pass reports while it runs (never printed by measure/ itself). */
+typedef struct {
+    const char *phase;          /* "forward", "measure", "probe", "head" */
+    int layer;                  /* current layer; n_layers for the head */
+    int64_t units_done, units_total;     /* (tensor, option) pairs of this run */
+    int64_t tensors_done, tensors_total; /* tensors with every option measured */
+    int64_t probes_done, probes_total;   /* KL probes of this run */
+    double elapsed;             /* seconds since the pass began */
+} meas_progress;
+
+typedef struct {
+    int rows, ctx;              /* calibration rows x tokens (default 16 x 512) */
+    double damp;                /* GPTQ damping lambda (default 0.01) */
+    int kl_probe;               /* 1: also the end-to-end KL probe of every tensor */
+    int threads;                /* threads for options and BLAS; 0 = leave as set */
+    const opt_set *options;     /* NULL: opt_default_set() */
+    void (*progress)(void *ctx, const meas_progress *p); /* NULL: silent */
+    void *progress_ctx;
+} meas_params;
+void meas_params_init(meas_params *p);
+
+/* KL probe geometry: the first MEAS_PROBE_ROWS rows, first MEAS_PROBE_CTX tokens. */
+#define MEAS_PROBE_ROWS 4
+#define MEAS_PROBE_CTX 64
+
+typedef struct {
+    int already_done;           /* 1: everything asked for was in the database */
+    int64_t calib_id;
+    int64_t n_tensors, n_options;
+    int64_t measured, probed;   /* rows written by this run */
+    int64_t skipped;            /* (tensor, option) pairs found done */
+    char ref_option[32];        /* the probes' reference option ("" without probes) */
+    char calib_key[65];
+    double seconds;
+} meas_result;
+
+/* The measurement pass: opens the model and the database (created if absent),
+ * tokenizes the calibration files, runs the full-precision forward layer by layer
+ * accumulating each input group's Hessian, then for every quantizable tensor and
+ * every option runs GPTQ (and RTN for comparison) and writes the errors; with
+ * kl_probe also the KL probe of every tensor. Resumable: pairs already in the
+ * database are skipped, and a rerun after a kill gives the same numbers as an
+ * uninterrupted run. Checks everything it can (options against shapes, text
+ * length, finite weights, a writable database) before writing anything.
+ * 0, or -1 with a one-line message. */
+int meas_run(const char *model_path, const char *const *calib_paths, int n_calib, const char *db_path,
+             const meas_params *p, meas_result *out, char *err, size_t err_len);
 
 #endif

@@ -114,6 +114,11 @@ int mdl_tensor_to_f32(const mdl_model *m, const mdl_tensor *t, float *out);
 int mdl_meta_str(const mdl_model *m, const char *key, const char **out);
 int mdl_meta_int(const mdl_model *m, const char *key, int64_t *out);
 
+/* Like mdl_meta_int for any number (integers, floats, bools). 0 if found, else -1. */
+int mdl_meta_float(const mdl_model *m, const char *key, double *out);
+/* Bytes of the model's file(s) on disk (all shards together). */
+int64_t mdl_file_bytes(const mdl_model *m);
+
 /* SHA-256 of the model's file(s), hex, 64 chars + NUL; computed once and cached. */
 const char *mdl_content_hash(mdl_model *m);
 

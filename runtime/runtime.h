@@ -48,13 +48,29 @@ struct rt_linear {
     void (*matmul)(const rt_linear *l, const float *x, float *y, int n);
     /* out[cols] = row r of W (used for embedding lookup through a tied head). */
     void (*get_row)(const rt_linear *l, int64_t r, float *out);
-    void (*destroy)(rt_linear *l);
+    void (*destroy)(rt_linear *l);   /* frees impl; rt_linear_free then free()s l */
     void *impl;
 };
 
 /* A dense fp32 linear layer over w[rows][cols]; takes ownership of w (free()d). */
 rt_linear *rt_linear_dense(float *w, int64_t rows, int64_t cols);
 void rt_linear_free(rt_linear *l);
+
+/* ==== Packed linear layers ==== */
+
+/* A linear layer over a packed tensor (pack/layout.h) that decodes the packed blocks
+ * inside its products (runtime/qlinear.c), threaded with OpenMP over rows. The
+ * activations are quantized to int8 per weight group inside matmul (see
+ * runtime/qkernels.h), so y differs from W_deq x by that rounding. The arrays of p
+ * are borrowed and must outlive the layer; scratch for up to max_batch activation
+ * rows is allocated here, once. One product at a time per layer. Returns NULL with
+ * a message for an invalid option, a bad permutation or no memory:
+ *
+ *     rt_linear *l = rt_linear_packed(&packed, 512, err, sizeof err);
+ *     l->matmul(l, x, y, n);                    // y[n][rows] = x[n][cols] W^T
+ */
+#include "../pack/layout.h"
+rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, char *err, size_t err_len);
 
 /* ==== Model ==== */
 
@@ -76,6 +92,7 @@ typedef struct rt_model {
     tok_tokenizer *tok;            /* borrowed from the model file, may be NULL */
     void *owner;                   /* whatever keeps the weights alive (file, mapping) */
     void (*owner_free)(void *owner);
+    int add_bos;                   /* 1: texts start with BOS (tokenizer.ggml.add_bos_token) */
 } rt_model;
 
 /* Loads every weight of a model file as dense fp32. Fails with a message for NaN or
@@ -112,6 +129,8 @@ typedef struct {
     int ctx;                 /* chunk length (default 512) */
     int max_chunks;          /* 0 = all */
     int progress;            /* 1: progress on stderr */
+    int32_t bos;             /* token put first in every chunk, -1 = none (default); llama.cpp
+                                does this when the model adds BOS (rt_model.add_bos) */
 } rt_eval_params;
 void rt_eval_params_init(rt_eval_params *p);
 
@@ -142,12 +161,17 @@ typedef struct {
     float top_p;             /* nucleus sampling, 1 = off */
     uint64_t seed;
     int stop_at_eos;
+    /* Optional: called with each generated token id (before emit); NULL = none. */
+    void (*on_token)(void *ctx, int32_t id);
+    void *on_token_ctx;
 } rt_gen_params;
 void rt_gen_params_init(rt_gen_params *p);
 
 typedef struct { double prompt_tps, gen_tps; int n_prompt, n_gen; } rt_gen_stats;
 
-/* Generates after prompt tokens, calling emit for each new token's text. */
+/* Generates after prompt tokens, calling emit for each new token's text (emit may
+ * be NULL; it is called only when the model has a tokenizer, and not for control
+ * tokens). Stops after n_predict tokens or, with stop_at_eos, after EOS. */
 int rt_generate(const rt_model *m, const int32_t *prompt, int n_prompt, const rt_gen_params *p,
                 void (*emit)(void *ctx, const char *piece, size_t len), void *emit_ctx,
                 rt_gen_stats *stats, char *err, size_t err_len);

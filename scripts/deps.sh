@@ -11,6 +11,7 @@ APT_PKGS=(
   zlib1g-dev                   # scripts/: inflating R's Rdata.rdb (Austen text)
   libcmocka-dev                # tests/: C unit tests
   python3 python3-pip          # tests/: independent NumPy/gguf/tokenizers references
+  chromium fonts-dejavu-core   # tests/: renders the HTML report headless (console errors, screenshots)
 )
 PY_PKGS=(numpy gguf tokenizers pytest)
 

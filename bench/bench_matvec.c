@@ -1,0 +1,379 @@
+/*
+ * bench/bench_matvec.c — the packed matrix-vector product (runtime/qlinear.c) as a
+ * share of this machine's memory read bandwidth, measured in the same run over the
+ * same bytes. Caches lie, so every figure rotates over distinct matrices adding up
+ * to at least 2 GiB (each call reads DRAM), and the baseline is a plain SIMD sum
+ * over those same buffers with the same threads. Prints a table; writes nothing
+ * else except, with --mmap DIR, a temporary file in DIR (removed at the end).
+ *
+ *   bench_matvec            the table: 4096x4096 and 4096x14336 (rows x cols),
+ *                           about 2.5, 3, 4, 5, 6, 8 bpw, 1 and 2 threads, and
+ *                           fp32 cblas_sgemv for reference
+ *   bench_matvec --mmap DIR the 4-bit 4096x14336 product from a file mapping
+ *                           against a copy in huge-page memory
+ *   bench_matvec --quick    one pass per figure (smoke test)
+ *
+ * Columns: GB/s of packed bytes (values, scales, zeros) read per second; base, the
+ * sum's GB/s over the same buffers; ratio = GB/s / base; hot, the same product on
+ * one small L2-resident matrix, one thread, per CPU second (the decode speed of one
+ * core when memory is not the limit).
+ *
+ *   bench_matvec --bits B   only the rows whose (high) width is B
+ *   bench_matvec --hot      only the hot figure, every width and shape (seconds)
+ */
+#include <cblas.h>
+#include <fcntl.h>
+#include <immintrin.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "pack/layout.h"
+#include "runtime/qkernels.h"
+#include "runtime/runtime.h"
+
+#define GIB (1024.0 * 1024.0 * 1024.0)
+#define POOL_BYTES ((size_t)2 << 30)   /* values rotate over at least this much */
+#define HUGE_ALIGN ((size_t)2 << 20)
+
+static int passes = 5, hot_only = 0, only_bits = 0;
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* CPU seconds of the calling thread: the hot figure stays honest on a busy machine. */
+static double cpu_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* ==== Memory ==== */
+
+static void *huge_alloc(size_t bytes)
+{
+    bytes = (bytes + HUGE_ALIGN - 1) / HUGE_ALIGN * HUGE_ALIGN;
+    void *p = aligned_alloc(HUGE_ALIGN, bytes);
+    if (p) madvise(p, bytes, MADV_HUGEPAGE);
+    return p;
+}
+
+static void fill_random(void *buf, size_t bytes, uint64_t seed)
+{
+    uint64_t *w = buf;
+    size_t n = bytes / 8;
+#pragma omp parallel
+    {
+        uint64_t s = seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)(omp_get_thread_num() + 1));
+#pragma omp for schedule(static)
+        for (size_t i = 0; i < n; i++) {
+            s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+            w[i] = s;
+        }
+    }
+}
+
+/* ==== Read bandwidth baseline ==== */
+
+__attribute__((target("avx2"))) static uint64_t sum_avx2(const uint8_t *p, size_t bytes)
+{
+    __m256i a = _mm256_setzero_si256(), b = a, c = a, d = a;
+    size_t i = 0;
+    for (; i + 128 <= bytes; i += 128) {
+        a = _mm256_add_epi64(a, _mm256_loadu_si256((const __m256i *)(p + i)));
+        b = _mm256_add_epi64(b, _mm256_loadu_si256((const __m256i *)(p + i + 32)));
+        c = _mm256_add_epi64(c, _mm256_loadu_si256((const __m256i *)(p + i + 64)));
+        d = _mm256_add_epi64(d, _mm256_loadu_si256((const __m256i *)(p + i + 96)));
+    }
+    a = _mm256_add_epi64(_mm256_add_epi64(a, b), _mm256_add_epi64(c, d));
+    uint64_t s[4];
+    _mm256_storeu_si256((__m256i *)s, a);
+    for (; i < bytes; i++) s[0] += p[i];
+    return s[0] + s[1] + s[2] + s[3];
+}
+
+/* Sums one buffer with the current threads, each taking a contiguous share. */
+static uint64_t sum_buffer(const uint8_t *p, size_t bytes)
+{
+    uint64_t total = 0;
+#pragma omp parallel reduction(+ : total)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        size_t a = bytes / 64 * (size_t)t / (size_t)nt * 64, b = t == nt - 1 ? bytes : bytes / 64 * (size_t)(t + 1) / (size_t)nt * 64;
+        total += sum_avx2(p + a, b - a);
+    }
+    return total;
+}
+
+/* ==== Matrices ==== */
+
+typedef struct {
+    lay_option opt;
+    int64_t rows, cols;
+    int n;                       /* matrices in the rotation */
+    size_t values_bytes, meta_bytes;
+    uint8_t *meta;               /* scales then zeros of every matrix */
+    void *perm;
+    rt_linear **lin;
+} rotation;
+
+static size_t matrix_bytes(const rotation *r) { return r->values_bytes + r->meta_bytes; }
+
+/* n matrices whose values lie back to back in `values` (random bytes are valid
+ * packed values at every width), with random scales, zeros and one permutation. */
+static int rotation_open(rotation *r, const lay_option *o, int64_t rows, int64_t cols, const uint8_t *values,
+                         size_t values_cap, int n_force)
+{
+    lay_cost c = lay_tensor_cost(o, rows, cols);
+    memset(r, 0, sizeof *r);
+    r->opt = *o, r->rows = rows, r->cols = cols;
+    r->values_bytes = (size_t)(c.values + 63) / 64 * 64;
+    r->meta_bytes = (size_t)(c.scales + c.zeros);
+    r->n = n_force ? n_force : (int)((POOL_BYTES + matrix_bytes(r) - 1) / matrix_bytes(r));
+    if ((size_t)r->n * r->values_bytes > values_cap) return -1;
+    r->meta = malloc((size_t)r->n * r->meta_bytes);
+    r->perm = malloc((size_t)c.perm);
+    r->lin = calloc((size_t)r->n, sizeof *r->lin);
+    if (!r->meta || !r->perm || !r->lin) return -1;
+    fill_random(r->meta, (size_t)r->n * r->meta_bytes, 7);
+    for (size_t i = 0; i < (size_t)r->n * (size_t)c.scales / 2; i++) /* fp16 in [2^-9, 2^-8) */
+        ((uint16_t *)r->meta)[i] = (uint16_t)(0x1800 | (((uint16_t *)r->meta)[i] & 0x3ff));
+    for (int64_t j = 0; j < cols; j++) /* a fixed scramble of the columns */
+        if (lay_perm_bytes(cols) == 2) ((uint16_t *)r->perm)[j] = (uint16_t)((j * 40503) % cols);
+        else ((uint32_t *)r->perm)[j] = (uint32_t)((j * 40503) % cols);
+    for (int i = 0; i < r->n; i++) {
+        uint8_t *m = r->meta + (size_t)i * r->meta_bytes;
+        lay_packed p = { .rows = rows, .cols = cols, .opt = *o, .values = values + (size_t)i * r->values_bytes,
+                         .scales = (const uint16_t *)m, .zeros = c.zeros ? m + c.scales : NULL, .perm = r->perm };
+        char err[256];
+        if (!(r->lin[i] = rt_linear_packed(&p, 1, err, sizeof err))) { fprintf(stderr, "%s\n", err); return -1; }
+    }
+    return 0;
+}
+
+static void rotation_close(rotation *r)
+{
+    for (int i = 0; r->lin && i < r->n; i++)
+        if (r->lin[i]) r->lin[i]->destroy(r->lin[i]), free(r->lin[i]);
+    free(r->lin), free(r->meta), free(r->perm);
+}
+
+/* Best seconds of a pass of matvecs over the rotation (after one warm-up pass). */
+static double time_matvec(const rotation *r, const float *x, float *y)
+{
+    double best = 1e30;
+    for (int pass = 0; pass <= passes; pass++) {
+        double t0 = now();
+        for (int i = 0; i < r->n; i++) r->lin[i]->matmul(r->lin[i], x, y, 1);
+        double t = now() - t0;
+        if (pass && t < best) best = t;
+    }
+    return best;
+}
+
+/* Best seconds of a pass of sums over the same bytes. */
+static double time_sum(const rotation *r, const uint8_t *values, uint64_t *sink)
+{
+    double best = 1e30;
+    for (int pass = 0; pass <= passes; pass++) {
+        double t0 = now();
+        for (int i = 0; i < r->n; i++) {
+            *sink += sum_buffer(values + (size_t)i * r->values_bytes, r->values_bytes);
+            *sink += sum_buffer(r->meta + (size_t)i * r->meta_bytes, r->meta_bytes);
+        }
+        double t = now() - t0;
+        if (pass && t < best) best = t;
+    }
+    return best;
+}
+
+/* GB/s of the product on the first matrix cut to a few rows that stay in L2. */
+static double hot_rate(const rotation *r, const uint8_t *values, const float *x, float *y)
+{
+    int64_t rows = 640 * 1024 / (lay_row_bytes(&r->opt, r->cols) + 1) + 1;
+    uint8_t *m = r->meta;
+    lay_cost c = lay_tensor_cost(&r->opt, rows, r->cols);
+    lay_packed p = { .rows = rows, .cols = r->cols, .opt = r->opt, .values = values, .scales = (const uint16_t *)m,
+                     .zeros = c.zeros ? m + c.scales : NULL, .perm = r->perm };
+    rt_linear *l = rt_linear_packed(&p, 1, NULL, 0);
+    int reps = 400, saved = omp_get_max_threads();
+    omp_set_num_threads(1);
+    l->matmul(l, x, y, 1);
+    double t0 = cpu_now();
+    for (int i = 0; i < reps; i++) l->matmul(l, x, y, 1);
+    double t = cpu_now() - t0;
+    omp_set_num_threads(saved);
+    l->destroy(l), free(l);
+    return (double)reps * (double)(c.values + c.scales + c.zeros) / t / 1e9;
+}
+
+/* ==== Table ==== */
+
+static lay_option option(int lo, int hi, float share, int group)
+{
+    lay_option o = { .bits_lo = (uint8_t)lo, .bits_hi = (uint8_t)hi, .hi_share = share, .group = group,
+                     .scale_fmt = LAY_SCALE_F16_Z8 };
+    if (lo == hi) snprintf(o.name, sizeof o.name, "%db g%d", lo, group);
+    else snprintf(o.name, sizeof o.name, "%db/%db %d%% g%d", lo, hi, (int)(share * 100 + 0.5f), group);
+    return o;
+}
+
+static void print_header(void)
+{
+    printf("%-12s %-16s %5s %3s %4s %9s %8s %8s %6s %8s\n", "shape", "option", "bpw", "thr", "mats", "MiB/mat",
+           "GB/s", "base", "ratio", "hot");
+}
+
+static void bench_packed(const lay_option *o, int64_t rows, int64_t cols, uint8_t *pool, size_t pool_cap,
+                         const float *x, float *y)
+{
+    rotation r;
+    uint64_t sink = 0;
+    if (rotation_open(&r, o, rows, cols, pool, pool_cap, 0)) {
+        fprintf(stderr, "bench_matvec: cannot set up %s\n", o->name);
+        rotation_close(&r);
+        return;
+    }
+    double bpw = (double)lay_tensor_bits(o, rows, cols) / (double)(rows * cols);
+    double total = (double)r.n * (double)matrix_bytes(&r);
+    for (int t = 1; t <= 2; t++) {
+        omp_set_num_threads(t);
+        double tm = time_matvec(&r, x, y), ts = time_sum(&r, pool, &sink);
+        double hot = t == 1 ? hot_rate(&r, pool, x, y) : 0;
+        printf("%5lldx%-6lld %-16s %5.2f %3d %4d %9.1f %8.1f %8.1f %6.2f ", (long long)rows, (long long)cols, o->name,
+               bpw, t, r.n, (double)matrix_bytes(&r) / 1048576.0, total / tm / 1e9, total / ts / 1e9, ts / tm);
+        if (hot > 0) printf("%8.1f\n", hot); else printf("%8s\n", "");
+        fflush(stdout);
+    }
+    if (sink == 42) printf(" ");
+    rotation_close(&r);
+}
+
+/* fp32 cblas_sgemv over the same pool, reinterpreted as matrices of floats. */
+static void bench_sgemv(int64_t rows, int64_t cols, uint8_t *pool, const float *x, float *y)
+{
+    size_t mb = (size_t)(rows * cols) * sizeof(float);
+    int n = (int)(POOL_BYTES / mb);
+    rotation r = { .rows = rows, .cols = cols, .n = n, .values_bytes = mb, .meta_bytes = 0 };
+    uint64_t sink = 0;
+    for (int t = 1; t <= 2; t++) {
+        omp_set_num_threads(t);
+        openblas_set_num_threads(t);
+        double best = 1e30;
+        for (int pass = 0; pass <= passes; pass++) {
+            double t0 = now();
+            for (int i = 0; i < n; i++)
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)rows, (int)cols, 1.0f, (const float *)(pool + (size_t)i * mb),
+                            (int)cols, x, 1, 0.0f, y, 1);
+            double tt = now() - t0;
+            if (pass && tt < best) best = tt;
+        }
+        r.meta = pool; /* unused: meta_bytes is 0 */
+        double ts = time_sum(&r, pool, &sink);
+        double total = (double)n * (double)mb;
+        printf("%5lldx%-6lld %-16s %5.2f %3d %4d %9.1f %8.1f %8.1f %6.2f %8s\n", (long long)rows, (long long)cols,
+               "fp32 sgemv", 32.0, t, n, (double)mb / 1048576.0, total / best / 1e9, total / ts / 1e9, ts / best, "");
+    }
+    if (sink == 42) printf(" ");
+}
+
+/* ==== File mapping against ordinary memory ==== */
+
+static int bench_mmap(const char *dir, uint8_t *pool, size_t pool_cap, const float *x, float *y)
+{
+    lay_option o = option(4, 4, 0, 128);
+    int64_t rows = 4096, cols = 14336;
+    size_t vb = (size_t)(lay_tensor_cost(&o, rows, cols).values + 63) / 64 * 64;
+    int n = (int)((POOL_BYTES + vb - 1) / vb);
+    size_t bytes = (size_t)n * vb;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/bench_matvec.%d.tmp", dir, (int)getpid());
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0) { fprintf(stderr, "bitplan bench: cannot create %s\n", path); return -1; }
+    unlink(path);   /* gone when closed */
+    for (size_t off = 0; off < bytes;) {
+        ssize_t w = write(fd, pool + off, bytes - off < (64u << 20) ? bytes - off : (64u << 20));
+        if (w <= 0) { fprintf(stderr, "bitplan bench: cannot write %s\n", path); close(fd); return -1; }
+        off += (size_t)w;
+    }
+    uint8_t *map = mmap(NULL, bytes, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
+    if (map == MAP_FAILED) { fprintf(stderr, "bitplan bench: cannot map %s\n", path); close(fd); return -1; }
+    printf("\n4-bit 4096x14336 product, %d matrices (%.2f GiB), file mapping (page cache, 4 KiB pages) vs huge-page copy:\n",
+           n, (double)bytes / GIB);
+    printf("%-8s %3s %8s %8s %6s\n", "memory", "thr", "GB/s", "base", "ratio");
+    for (int t = 1; t <= 2; t++) {
+        omp_set_num_threads(t);
+        for (int which = 0; which < 2; which++) {
+            rotation r;
+            uint64_t sink = 0;
+            uint8_t *vals = which ? map : pool;
+            if (rotation_open(&r, &o, rows, cols, vals, which ? bytes : pool_cap, n)) { rotation_close(&r); break; }
+            double tm = time_matvec(&r, x, y), ts = time_sum(&r, vals, &sink);
+            double total = (double)r.n * (double)matrix_bytes(&r);
+            printf("%-8s %3d %8.1f %8.1f %6.2f\n", which ? "mmap" : "copy", t, total / tm / 1e9, total / ts / 1e9, ts / tm);
+            if (sink == 42) printf(" ");
+            rotation_close(&r);
+        }
+    }
+    munmap(map, bytes);
+    close(fd);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *mmap_dir = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--quick")) passes = 1;
+        else if (!strcmp(argv[i], "--hot")) hot_only = 1;
+        else if (!strcmp(argv[i], "--bits") && i + 1 < argc) only_bits = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--mmap") && i + 1 < argc) mmap_dir = argv[++i];
+        else { fprintf(stderr, "usage: bench_matvec [--quick] [--bits B] [--hot] [--mmap DIR]\n"); return 2; }
+    }
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2")) { fprintf(stderr, "bench_matvec: needs AVX2 for the baseline\n"); return 1; }
+    size_t cap = hot_only ? (64u << 20) : POOL_BYTES + (512u << 20);
+    uint8_t *pool = huge_alloc(cap);
+    float *x = malloc(14336 * sizeof *x), *y = malloc(14336 * sizeof *y);
+    if (!pool || !x || !y) { fprintf(stderr, "bench_matvec: out of memory\n"); return 1; }
+    fill_random(pool, cap, 1);
+    for (int j = 0; j < 14336; j++) x[j] = (float)((j * 7919) % 2001 - 1000) / 1000.0f;
+    printf("kernels: %s, %d cores, best of %d passes, each pass over >= %.0f GiB\n", qk_active()->name,
+           omp_get_num_procs(), passes, POOL_BYTES / GIB);
+    if (mmap_dir) return bench_mmap(mmap_dir, pool, cap, x, y) ? 1 : 0;
+    const lay_option opts[] = { option(2, 3, 0.3f, 128), option(3, 3, 0, 128), option(4, 4, 0, 128),
+                                option(5, 5, 0, 128), option(6, 6, 0, 128), option(8, 8, 0, 128) };
+    const int64_t shapes[2][2] = { { 4096, 4096 }, { 4096, 14336 } };
+    if (hot_only) {
+        printf("%-12s %-16s %8s\n", "shape", "option", "hot GB/s");
+        for (int s = 0; s < 2; s++)
+            for (int b = 2; b <= 8; b++) {
+                lay_option o = b == 7 ? option(2, 3, 0.3f, 128) : option(b, b, 0, 128);
+                rotation r;
+                if (rotation_open(&r, &o, 64, shapes[s][1], pool, cap, 1)) return 1;
+                printf("%5lldx%-6lld %-16s %8.1f\n", (long long)shapes[s][0], (long long)shapes[s][1], o.name,
+                       hot_rate(&r, pool, x, y));
+                rotation_close(&r);
+            }
+        return 0;
+    }
+    print_header();
+    for (int s = 0; s < 2; s++)
+        for (size_t i = 0; i < sizeof opts / sizeof *opts; i++)
+            if (!only_bits || opts[i].bits_hi == only_bits) bench_packed(&opts[i], shapes[s][0], shapes[s][1], pool, cap, x, y);
+    if (only_bits) return 0;
+    for (size_t i = 0; i < cap / 4; i++) ((float *)pool)[i] = (float)(i % 1999) * 1e-3f - 1.0f;
+    for (int s = 0; s < 2; s++) bench_sgemv(shapes[s][0], shapes[s][1], pool, x, y);
+    free(pool), free(x), free(y);
+    return 0;
+}

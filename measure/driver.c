@@ -1,0 +1,678 @@
+/*
+ * measure/driver.c — the measurement pass: model and calibration text in, one
+ * database row per (tensor, option) out, resumable after any kill.
+ *
+ * The pass, as invariants:
+ *  1. Everything that can be refused is refused before the first write: options
+ *     that do not fit a tensor's shape, text too short for rows x ctx, non-finite
+ *     weights (the dense loader checks), an unwritable or foreign database.
+ *  2. A calibration is identified by the SHA-256 of (model hash, sources' hashes,
+ *     rows, ctx, tokenizer, damp, option set); its rows never mix with another's.
+ *  3. The full-precision forward runs layer by layer over all calibration rows
+ *     (hs holds their hidden state at the current layer's input). Layer l's input
+ *     groups' Hessians are accumulated only while layer l runs, by hess_accumulate
+ *     in the same call order on every run, so a resumed run recomputes bit for bit
+ *     the Hessians of an uninterrupted one. Layers with nothing left to do are
+ *     only run forward.
+ *  4. The (tensor, option) units of a layer run in parallel (OpenMP, one unit per
+ *     thread, BLAS single-threaded inside the region); each unit depends only on
+ *     its weights, its Hessian and its option, so the order of completion never
+ *     changes a number. Results are written in transactions (at most every
+ *     MEAS_FLUSH_SECONDS and at the end of each layer): a row present is done.
+ *  5. The head comes last; its input is the final norm's output (observed through
+ *     rt_logits with a head that computes nothing).
+ * It must never print (progress goes through a callback) and never write a row
+ * whose numbers it did not compute in this run.
+ */
+#include <assert.h>
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../db/db.h"
+#include "../model/model.h"
+#include "probe_int.h"
+
+#define MEAS_FLUSH_SECONDS 2.0
+
+/* ==== State of one pass ==== */
+
+typedef struct {
+    char name[96];
+    int layer;                /* block index; n_layers for the head */
+    rt_class cls;
+    int64_t rows, cols, db_id;
+    int todo;                 /* options not measured yet */
+    int probe;                /* 1: this run probes it */
+    float *w;                 /* [rows][cols] while its layer is measured */
+    double energy;            /* tr(W H W^T), the denominator of rel_err */
+    float *probe_wq;          /* dequantized at the reference option, for the probe */
+    double probe_rel;
+} mtensor;
+
+typedef struct {
+    int t, o;                 /* tensor and option index */
+    int measure;              /* 1: write a measurement */
+    int keep;                 /* 1: keep the dequantized GPTQ weights for the probe */
+} munit;
+
+typedef struct {
+    const meas_params *p;
+    char *err;
+    size_t err_len;
+    mdl_model *file;          /* owned until the dense model takes it */
+    rt_model *m;
+    rt_state *s;
+    calib_set cal;
+    opt_set own_opts;
+    const opt_set *opts;
+    db_conn *db;
+    int64_t model_id, calib_id, *opt_ids;
+    mtensor *t;
+    int nt;
+    uint8_t *done;            /* [nt][opts->n]: measured */
+    int ref;                  /* the probes' reference option, -1 without probes */
+    meas_probe *probe;
+    float *hs;                /* [rows][ctx][dim] hidden state of the calibration rows */
+    int cur_layer;            /* layer whose Hessians are being accumulated, -1 none */
+    double *h[RT_INPUT_COUNT];
+    int64_t h_cols[RT_INPUT_COUNT], h_n[RT_INPUT_COUNT];
+    int h_fail, failed;
+    int threads;              /* workers of the units' parallel region */
+    db_measurement *pending;  /* results not yet written */
+    int n_pending;
+    double last_flush, t0;
+    meas_progress prog;
+    meas_result *res;
+} mrun;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int fail(mrun *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(mrun *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->err, r->err_len, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static void report(mrun *r, const char *phase)
+{
+    r->prog.phase = phase;
+    r->prog.elapsed = now_s() - r->t0;
+    if (r->p->progress) r->p->progress(r->p->progress_ctx, &r->prog);
+}
+
+void meas_params_init(meas_params *p)
+{
+    memset(p, 0, sizeof *p);
+    p->rows = 16;
+    p->ctx = 512;
+    p->damp = 0.01;
+}
+
+/* ==== Setup: model, tensors, options ==== */
+
+static const char *input_group_name(rt_input g)
+{
+    static const char *const names[RT_INPUT_COUNT] = {"attn", "attn_out", "mlp", "mlp_out", "head"};
+    return names[g];
+}
+
+/* The quantizable tensors: q, k, v, o, gate, up, down of every layer, then the head. */
+static int list_tensors(mrun *r)
+{
+    const mdl_config *c = mdl_get_config(r->file);
+    r->nt = c->n_layers * RT_HEAD + 1;
+    if (!(r->t = calloc((size_t)r->nt, sizeof *r->t))) return fail(r, "out of memory");
+    for (int i = 0; i < r->nt; i++) {
+        mtensor *t = &r->t[i];
+        t->layer = i / RT_HEAD;
+        t->cls = i == r->nt - 1 ? RT_HEAD : (rt_class)(i % RT_HEAD);
+        rt_tensor_name(c, t->layer, t->cls, t->name, sizeof t->name);
+        const mdl_tensor *mt = mdl_find(r->file, t->name);
+        if (!mt) return fail(r, "%s: tensor %s is missing", mdl_path(r->file), t->name);
+        if (mt->n_dims != 2) return fail(r, "%s: tensor %s has %d dimensions, not 2", mdl_path(r->file), t->name, mt->n_dims);
+        t->rows = mt->shape[0], t->cols = mt->shape[1];
+    }
+    return 0;
+}
+
+/* Invariant 1: every option must apply to every tensor. */
+static int check_options(mrun *r)
+{
+    if (r->opts->n <= 0) return fail(r, "the option set is empty");
+    for (int o = 0; o < r->opts->n; o++)
+        for (int i = 0; i < r->nt; i++) {
+            char why[160];
+            if (lay_option_check(&r->opts->v[o], r->t[i].rows, r->t[i].cols, why, sizeof why))
+                return fail(r, "option \"%s\" cannot apply to %s (%lldx%lld): %s", r->opts->v[o].name, r->t[i].name,
+                            (long long)r->t[i].rows, (long long)r->t[i].cols, why);
+        }
+    return 0;
+}
+
+/* The plain 4-bit option with groups of 128 if the set has it, else the option
+ * whose bits per weight over all tensors is nearest 4 (the first of equals). */
+static int pick_reference(const mrun *r)
+{
+    int best = -1;
+    double best_d = INFINITY;
+    for (int o = 0; o < r->opts->n; o++) {
+        const lay_option *op = &r->opts->v[o];
+        if (op->bits_lo == 4 && op->bits_hi == 4 && op->group == 128 && op->scale_fmt == LAY_SCALE_F16_Z8) return o;
+        double bits = 0, n = 0;
+        for (int i = 0; i < r->nt; i++)
+            bits += (double)lay_tensor_bits(op, r->t[i].rows, r->t[i].cols), n += (double)(r->t[i].rows * r->t[i].cols);
+        if (fabs(bits / n - 4.0) < best_d) best_d = fabs(bits / n - 4.0), best = o;
+    }
+    return best;
+}
+
+static void config_json(const mdl_config *c, char *out, size_t cap)
+{
+    char arch[32];
+    size_t i = 0;
+    for (; c->arch[i] && i < sizeof arch - 1; i++) {
+        char ch = c->arch[i];
+        arch[i] = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' || ch == '.' ? ch : '_';
+    }
+    arch[i] = 0;
+    snprintf(out, cap,
+             "{\"arch\":\"%s\",\"n_layers\":%d,\"dim\":%d,\"hidden_dim\":%d,\"n_heads\":%d,\"n_kv_heads\":%d,"
+             "\"head_dim\":%d,\"vocab_size\":%d,\"max_ctx\":%d,\"rope_theta\":%.9g,\"norm_eps\":%.9g,"
+             "\"tied_embeddings\":%d}",
+             arch, c->n_layers, c->dim, c->hidden_dim, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size,
+             c->max_ctx, (double)c->rope_theta, (double)c->norm_eps, c->tied_embeddings);
+}
+
+/* Invariant 2: the calibration key. */
+static int calib_key(mrun *r, const char *model_hash, char key[65])
+{
+    size_t cap = 1024 + (size_t)r->opts->n * 64, n = 0;
+    char *s = malloc(cap);
+    if (!s) return fail(r, "out of memory");
+    n += (size_t)snprintf(s + n, cap - n, "bitplan measure v1\nmodel %s\nsources %s\nrows %d\nctx %d\ntokenizer %s\ndamp %.17g\n",
+                          model_hash, r->cal.sources_hash, r->cal.rows, r->cal.ctx, r->cal.tokenizer, r->p->damp);
+    for (int o = 0; o < r->opts->n; o++) {
+        const lay_option *op = &r->opts->v[o];
+        n += (size_t)snprintf(s + n, cap - n, "option %d %d %.9g %d %d\n", op->bits_lo, op->bits_hi,
+                              (double)op->hi_share, (int)op->group, (int)op->scale_fmt);
+    }
+    meas_sha256_hex(s, n, key);
+    free(s);
+    return 0;
+}
+
+static int open_model(mrun *r, const char *path, const char *const *calib_paths, int n_calib)
+{
+    const meas_params *p = r->p;
+    if (mdl_open(path, &r->file, r->err, r->err_len)) return -1;
+    const mdl_config *c = mdl_get_config(r->file);
+    if (p->ctx > c->max_ctx && c->max_ctx > 0)
+        return fail(r, "--ctx %d is longer than the model's context (%d)", p->ctx, c->max_ctx);
+    if (list_tensors(r) || check_options(r)) return -1;
+    tok_tokenizer *tok = mdl_tokenizer(r->file, r->err, r->err_len);
+    if (!tok) return -1;
+    return calib_load(tok, calib_paths, n_calib, p->rows, p->ctx, &r->cal, r->err, r->err_len);
+}
+
+/* ==== Setup: the database ==== */
+
+static int record_tensors(mrun *r)
+{
+    for (int i = 0; i < r->nt; i++) {
+        mtensor *t = &r->t[i];
+        db_tensor_info ti = {t->name, t->cls == RT_HEAD ? -1 : t->layer, rt_class_name(t->cls),
+                             input_group_name(rt_class_input(t->cls)), t->rows, t->cols};
+        if (db_tensor_upsert(r->db, r->model_id, &ti, &t->db_id)) return -1;
+    }
+    return 0;
+}
+
+static int record_options(mrun *r)
+{
+    for (int o = 0; o < r->opts->n; o++) {
+        const lay_option *op = &r->opts->v[o];
+        db_option_info oi = {op->name, op->bits_lo, op->bits_hi, (double)op->hi_share, (int)op->group, (int)op->scale_fmt};
+        if (db_option_upsert(r->db, &oi, &r->opt_ids[o]) || db_calib_add_option(r->db, r->calib_id, r->opt_ids[o])) return -1;
+    }
+    return 0;
+}
+
+/* Model, tensors, calibration and option set, in one transaction. */
+static int record_setup(mrun *r, const char *model_hash, int *calib_done)
+{
+    const mdl_config *c = mdl_get_config(r->file);
+    char json[1024];
+    config_json(c, json, sizeof json);
+    int64_t n_params = 0;
+    for (int i = 0; i < mdl_tensor_count(r->file); i++) n_params += mdl_tensor_at(r->file, i)->n_elems;
+    db_model_info mi = {model_hash, mdl_path(r->file), c->arch, json, n_params};
+    db_calib_info ci = {r->res->calib_key, r->cal.sources_json, r->cal.rows, r->cal.ctx, r->cal.tokenizer, r->p->damp};
+    if (!(r->opt_ids = calloc((size_t)r->opts->n, sizeof *r->opt_ids))) return fail(r, "out of memory");
+    int rc = db_begin(r->db);
+    if (!rc) rc = db_model_upsert(r->db, &mi, &r->model_id) || record_tensors(r) ||
+                  db_calib_find_or_create(r->db, r->model_id, &ci, &r->calib_id, calib_done) || record_options(r) ||
+                  db_commit(r->db);
+    if (rc) {
+        db_rollback(r->db);
+        return fail(r, "%s", db_errmsg(r->db));
+    }
+    return 0;
+}
+
+static int tensor_index(const mrun *r, int64_t db_id)
+{
+    for (int i = 0; i < r->nt; i++)
+        if (r->t[i].db_id == db_id) return i;
+    return -1;
+}
+
+static int option_index(const mrun *r, int64_t db_id)
+{
+    for (int o = 0; o < r->opts->n; o++)
+        if (r->opt_ids[o] == db_id) return o;
+    return -1;
+}
+
+/* Reads which pairs and probes are done; fills done[], todo and probe flags. */
+static int read_done(mrun *r)
+{
+    int no = r->opts->n;
+    int64_t *pairs = NULL, n = 0, *probed = NULL, np = 0;
+    if (!(r->done = calloc((size_t)r->nt * (size_t)no, 1))) return fail(r, "out of memory");
+    if (db_measured_pairs(r->db, r->calib_id, &pairs, &n) ||
+        (r->p->kl_probe && db_kl_probed_tensors(r->db, r->calib_id, &probed, &np))) {
+        free(pairs);
+        return fail(r, "%s", db_errmsg(r->db));
+    }
+    for (int64_t i = 0; i < n; i++) {
+        int t = tensor_index(r, pairs[2 * i]), o = option_index(r, pairs[2 * i + 1]);
+        if (t >= 0 && o >= 0 && !r->done[t * no + o]) r->done[t * no + o] = 1, r->res->skipped++;
+    }
+    for (int i = 0; i < r->nt; i++) {
+        r->t[i].todo = 0;
+        for (int o = 0; o < no; o++) r->t[i].todo += !r->done[i * no + o];
+        r->t[i].probe = r->p->kl_probe;
+        r->prog.units_total += r->t[i].todo;
+        r->prog.tensors_done += r->t[i].todo == 0;
+    }
+    for (int64_t i = 0; i < np; i++) {
+        int t = tensor_index(r, probed[i]);
+        if (t >= 0 && r->t[t].probe) r->t[t].probe = 0;
+    }
+    for (int i = 0; i < r->nt; i++) r->prog.probes_total += r->t[i].probe;
+    r->prog.tensors_total = r->nt;
+    free(pairs), free(probed);
+    return 0;
+}
+
+/* ==== Hessians (invariant 3) ==== */
+
+static void observe(void *ctx, int layer, rt_input which, const float *x, int n, int64_t cols)
+{
+    mrun *r = ctx;
+    if (layer != r->cur_layer) return;
+    assert(cols == r->h_cols[which]);
+    if (hess_accumulate(r->h[which], x, n, cols)) r->h_fail = 1;
+    r->h_n[which] += n;
+}
+
+static int alloc_hessians(mrun *r)
+{
+    const mdl_config *c = &r->m->cfg;
+    int64_t cols[RT_INPUT_COUNT] = {c->dim, (int64_t)c->n_heads * c->head_dim, c->dim, c->hidden_dim, c->dim};
+    for (int g = 0; g < RT_INPUT_COUNT; g++) {
+        r->h_cols[g] = cols[g];
+        if (!(r->h[g] = malloc((size_t)(cols[g] * cols[g]) * sizeof *r->h[g]))) return fail(r, "out of memory for Hessians");
+    }
+    return 0;
+}
+
+static void start_hessians(mrun *r, int layer)
+{
+    for (int g = 0; g < RT_INPUT_COUNT; g++) {
+        memset(r->h[g], 0, (size_t)(r->h_cols[g] * r->h_cols[g]) * sizeof *r->h[g]);
+        r->h_n[g] = 0;
+    }
+    r->cur_layer = layer;
+    r->h_fail = 0;
+    rt_state_set_observer(r->s, observe, r);
+}
+
+/* Stops accumulating and finalizes the Hessians of the groups that saw input. */
+static int finish_hessians(mrun *r)
+{
+    rt_state_set_observer(r->s, NULL, NULL);
+    r->cur_layer = -1;
+    if (r->h_fail) return fail(r, "out of memory accumulating Hessians");
+    for (int g = 0; g < RT_INPUT_COUNT; g++) {
+        char why[256];
+        if (r->h_n[g] && hess_finalize(r->h[g], r->h_cols[g], r->h_n[g], why, sizeof why))
+            return fail(r, "layer %d, %s input: %s", r->prog.layer, input_group_name((rt_input)g), why);
+    }
+    return 0;
+}
+
+/* ==== Units (invariant 4) ==== */
+
+/* Writes the pending results in one transaction. Called inside the critical section. */
+static int flush(mrun *r)
+{
+    if (r->n_pending && db_measurements_insert(r->db, r->calib_id, r->pending, r->n_pending))
+        return fail(r, "%s", db_errmsg(r->db));
+    r->res->measured += r->n_pending;
+    r->n_pending = 0;
+    r->last_flush = now_s();
+    return 0;
+}
+
+/* RTN under the same grid and its error, with the same metric as GPTQ's:
+ * tr(dW H dW^T) / tr(W H W^T). */
+static int rtn_error(const mtensor *t, const double *h, const lay_option *o, double *rel, char *err, size_t err_len)
+{
+    lay_qtensor q;
+    if (rtn_quantize(t->w, t->rows, t->cols, h, o, &q, err, err_len)) return -1;
+    int64_t n = t->rows * t->cols;
+    float *dw = malloc((size_t)n * sizeof *dw);
+    double num = NAN;
+    if (dw) {
+        lay_qtensor_dequant(&q, dw);
+        for (int64_t i = 0; i < n; i++) dw[i] -= t->w[i];
+        num = gptq_weight_energy(dw, t->rows, t->cols, h);
+    }
+    lay_qtensor_free(&q);
+    free(dw);
+    if (isnan(num)) return snprintf(err, err_len, "out of memory"), -1;
+    *rel = t->energy > 0 ? num / t->energy : num == 0 ? 0 : INFINITY;
+    return 0;
+}
+
+/* One (tensor, option): GPTQ, RTN, and the result. Runs in a worker thread. */
+static int run_unit(mrun *r, const munit *u, gptq_prep *const *prep, db_measurement *out, char *err, size_t err_len)
+{
+    mtensor *t = &r->t[u->t];
+    const lay_option *o = &r->opts->v[u->o];
+    const double *h = r->h[rt_class_input(t->cls)];
+    lay_qtensor q;
+    gptq_stats st;
+    if (gptq_quantize_prepared(t->w, t->rows, prep[rt_class_input(t->cls)], o, t->energy, &q, &st, err,
+                               err_len)) return -1;
+    if (u->keep) {
+        t->probe_wq = malloc((size_t)(t->rows * t->cols) * sizeof *t->probe_wq);
+        if (t->probe_wq) lay_qtensor_dequant(&q, t->probe_wq), t->probe_rel = st.rel_err;
+    }
+    lay_qtensor_free(&q);
+    if (u->keep && !t->probe_wq) return snprintf(err, err_len, "out of memory"), -1;
+    if (!u->measure) return 0;
+    double rtn = 0;
+    if (rtn_error(t, h, o, &rtn, err, err_len)) return -1;
+    *out = (db_measurement){t->db_id, r->opt_ids[u->o], lay_tensor_bits(o, t->rows, t->cols), st.rel_err, rtn, st.seconds};
+    return 0;
+}
+
+/* Records a unit's outcome: the result (written at most every few seconds), the
+ * progress, or the first error. One thread at a time. */
+static void unit_done(mrun *r, const munit *u, int rc, const db_measurement *m, const char *err)
+{
+    if (rc) {
+        if (!r->failed) fail(r, "%s, option \"%s\": %s", r->t[u->t].name, r->opts->v[u->o].name, err);
+        r->failed = 1;
+        return;
+    }
+    if (!u->measure) return;
+    r->pending[r->n_pending++] = *m;
+    r->prog.units_done++;
+    if (--r->t[u->t].todo == 0) r->prog.tensors_done++;
+    if (now_s() - r->last_flush >= MEAS_FLUSH_SECONDS && flush(r)) r->failed = 1;
+    report(r, "measure");
+}
+
+static int unit_cost_desc(const void *a, const void *b, void *ctx)
+{
+    const mrun *r = ctx;
+    const munit *x = a, *y = b;
+    const mtensor *tx = &r->t[x->t], *ty = &r->t[y->t];
+    int64_t cx = tx->rows * tx->cols * tx->cols, cy = ty->rows * ty->cols * ty->cols;
+    if (cx != cy) return cx > cy ? -1 : 1;
+    return x->t != y->t ? x->t - y->t : x->o - y->o;
+}
+
+/* The units of tensors [t0, t1) that this run must do, most expensive first. */
+static munit *plan_units(mrun *r, int t0, int t1, int *n)
+{
+    int no = r->opts->n, k = 0;
+    munit *u = malloc((size_t)(t1 - t0) * (size_t)(no + 1) * sizeof *u);
+    if (!u) return NULL;
+    for (int t = t0; t < t1; t++) {
+        for (int o = 0; o < no; o++)
+            if (!r->done[t * no + o]) u[k++] = (munit){t, o, 1, r->t[t].probe && o == r->ref};
+        if (r->t[t].probe && r->done[t * no + r->ref]) u[k++] = (munit){t, r->ref, 0, 1};
+    }
+    qsort_r(u, (size_t)k, sizeof *u, unit_cost_desc, r);
+    *n = k;
+    return u;
+}
+
+static int load_weights(mrun *r, int t0, int t1)
+{
+    for (int i = t0; i < t1; i++) {
+        mtensor *t = &r->t[i];
+        rt_linear *l = t->cls == RT_HEAD ? r->m->head : r->m->layers[t->layer].lin[t->cls];
+        if (!(t->w = malloc((size_t)(t->rows * t->cols) * sizeof *t->w))) return fail(r, "out of memory for %s", t->name);
+        for (int64_t row = 0; row < t->rows; row++) l->get_row(l, row, t->w + row * t->cols);
+        t->energy = gptq_weight_energy(t->w, t->rows, t->cols, r->h[rt_class_input(t->cls)]);
+        if (isnan(t->energy)) return fail(r, "out of memory for %s", t->name);
+    }
+    return 0;
+}
+
+static void free_weights(mrun *r, int t0, int t1)
+{
+    for (int i = t0; i < t1; i++) free(r->t[i].w), r->t[i].w = NULL;
+}
+
+static int prepare_groups(mrun *r, int t0, int t1, gptq_prep **prep)
+{
+    gptq_params gp;
+    gptq_params_init(&gp);
+    gp.damp = r->p->damp;
+    for (int i = t0; i < t1; i++) {
+        rt_input g = rt_class_input(r->t[i].cls);
+        char why[256];
+        if (prep[g]) continue;
+        if (gptq_prepare(r->h[g], r->h_cols[g], &gp, &prep[g], why, sizeof why))
+            return fail(r, "%s: %s", r->t[i].name, why);
+    }
+    return 0;
+}
+
+static void run_parallel(mrun *r, const munit *u, int n, gptq_prep *const *prep)
+{
+    int blas_threads = openblas_get_num_threads();
+    openblas_set_num_threads(1); /* one unit per thread; GPTQ's BLAS calls stay serial */
+#pragma omp parallel for schedule(dynamic, 1) num_threads(r->threads)
+    for (int i = 0; i < n; i++) {
+        if (r->failed) continue;
+        char err[512] = "";
+        db_measurement m;
+        int rc = run_unit(r, &u[i], prep, &m, err, sizeof err);
+#pragma omp critical(meas_unit_done)
+        unit_done(r, &u[i], rc, &m, err);
+    }
+    openblas_set_num_threads(blas_threads);
+}
+
+/* Measures tensors [t0, t1) (one layer, or the head) with the Hessians at hand. */
+static int run_units(mrun *r, int t0, int t1)
+{
+    int n = 0, rc = -1;
+    gptq_prep *prep[RT_INPUT_COUNT] = {NULL};
+    munit *u = plan_units(r, t0, t1, &n);
+    if (!u) return fail(r, "out of memory");
+    if (n == 0) { free(u); return 0; }
+    r->pending = malloc((size_t)n * sizeof *r->pending);
+    if (!r->pending) fail(r, "out of memory");
+    else if (!load_weights(r, t0, t1) && !prepare_groups(r, t0, t1, prep)) {
+        run_parallel(r, u, n, prep);
+        rc = r->failed ? -1 : 0;
+        if (flush(r)) rc = -1; /* what finished is kept even after a failure */
+    }
+    for (int g = 0; g < RT_INPUT_COUNT; g++) gptq_prep_free(prep[g]);
+    free_weights(r, t0, t1);
+    free(r->pending), r->pending = NULL;
+    free(u);
+    return rc;
+}
+
+/* ==== Probes ==== */
+
+static int run_probes(mrun *r, int t0, int t1)
+{
+    for (int i = t0; i < t1; i++) {
+        mtensor *t = &r->t[i];
+        if (!t->probe) continue;
+        assert(t->probe_wq);
+        double t_start = now_s(), kld = 0;
+        float *wq = t->probe_wq;
+        t->probe_wq = NULL;
+        if (probe_tensor(r->probe, t->cls, wq, &kld)) return fail(r, "out of memory probing %s", t->name);
+        db_kl_probe kp = {t->db_id, r->opt_ids[r->ref], kld, t->probe_rel, now_s() - t_start};
+        if (db_kl_probe_insert(r->db, r->calib_id, &kp)) return fail(r, "%s", db_errmsg(r->db));
+        r->res->probed++;
+        r->prog.probes_done++;
+        report(r, "probe");
+    }
+    return 0;
+}
+
+/* ==== The pass ==== */
+
+static int layer_needs_work(const mrun *r, int t0, int t1)
+{
+    for (int i = t0; i < t1; i++)
+        if (r->t[i].todo || r->t[i].probe) return 1;
+    return 0;
+}
+
+static int step_layer(mrun *r, int l)
+{
+    int t0 = l * RT_HEAD, t1 = t0 + RT_HEAD, work = layer_needs_work(r, t0, t1);
+    size_t row = (size_t)r->cal.ctx * (size_t)r->m->cfg.dim;
+    r->prog.layer = l;
+    report(r, "forward");
+    if (work) start_hessians(r, l);
+    for (int i = 0; i < r->cal.rows; i++) rt_forward_layers(r->m, r->s, r->hs + i * row, r->cal.ctx, 0, l, l + 1);
+    if (work && (finish_hessians(r) || run_units(r, t0, t1) || run_probes(r, t0, t1))) return -1;
+    if (r->probe) probe_advance(r->probe);
+    return 0;
+}
+
+static void null_matmul(const rt_linear *l, const float *x, float *y, int n) { (void)l, (void)x, (void)y, (void)n; }
+
+static int step_head(mrun *r)
+{
+    int t0 = r->nt - 1;
+    if (!layer_needs_work(r, t0, r->nt)) return 0;
+    r->prog.layer = r->m->cfg.n_layers;
+    report(r, "head");
+    rt_linear nothing = *r->m->head, *head = r->m->head;
+    nothing.matmul = null_matmul;
+    float unused = 0;
+    size_t row = (size_t)r->cal.ctx * (size_t)r->m->cfg.dim;
+    start_hessians(r, r->m->cfg.n_layers);
+    r->m->head = &nothing;
+    for (int i = 0; i < r->cal.rows; i++) rt_logits(r->m, r->s, r->hs + i * row, r->cal.ctx, &unused);
+    r->m->head = head;
+    return finish_hessians(r) || run_units(r, t0, r->nt) || run_probes(r, t0, r->nt) ? -1 : 0;
+}
+
+static int run_pass(mrun *r)
+{
+    const mdl_config *c = &r->m->cfg;
+    size_t row = (size_t)r->cal.ctx * (size_t)c->dim;
+    if (!(r->s = rt_state_new(r->m, r->cal.ctx, r->cal.ctx)) || !(r->hs = malloc((size_t)r->cal.rows * row * sizeof *r->hs)))
+        return fail(r, "out of memory for %d x %d calibration tokens", r->cal.rows, r->cal.ctx);
+    if (alloc_hessians(r)) return -1;
+    for (int i = 0; i < r->cal.rows; i++) rt_embed(r->m, r->cal.tokens + (size_t)i * r->cal.ctx, r->cal.ctx, r->hs + i * row);
+    if (r->ref >= 0 && probe_new(r->m, r->s, &r->cal, &r->probe)) return fail(r, "out of memory for the KL probe");
+    for (int l = 0; l < c->n_layers; l++)
+        if (step_layer(r, l)) return -1;
+    if (step_head(r)) return -1;
+    if (db_calib_mark_done(r->db, r->calib_id)) return fail(r, "%s", db_errmsg(r->db));
+    return 0;
+}
+
+static int everything_done(const mrun *r)
+{
+    return r->prog.units_total == 0 && r->prog.probes_total == 0;
+}
+
+/* BLAS gets the threads for the forward pass; OpenMP outside the units' region
+ * gets one, because idle OpenMP workers spinning after the forward's element-wise
+ * loops would take the cores from the BLAS threads (pthreads) that follow them. */
+static void apply_threads(mrun *r)
+{
+    r->threads = r->p->threads > 0 ? r->p->threads : omp_get_max_threads();
+    if (r->p->threads > 0) openblas_set_num_threads(r->p->threads);
+    omp_set_num_threads(1);
+}
+
+static void cleanup(mrun *r)
+{
+    if (r->m) rt_model_free(r->m); /* closes the file */
+    else mdl_close(r->file);
+    probe_free(r->probe);
+    rt_state_free(r->s);
+    for (int g = 0; g < RT_INPUT_COUNT; g++) free(r->h[g]);
+    for (int i = 0; r->t && i < r->nt; i++) free(r->t[i].w), free(r->t[i].probe_wq);
+    free(r->t), free(r->done), free(r->opt_ids), free(r->hs);
+    calib_free(&r->cal);
+    opt_set_free(&r->own_opts);
+    db_close(r->db);
+}
+
+int meas_run(const char *model_path, const char *const *calib_paths, int n_calib, const char *db_path,
+             const meas_params *p, meas_result *out, char *err, size_t err_len)
+{
+    assert(model_path && calib_paths && n_calib > 0 && db_path && p && out && p->rows > 0 && p->ctx > 0);
+    mrun r = {.p = p, .err = err, .err_len = err_len, .ref = -1, .cur_layer = -1, .res = out};
+    memset(out, 0, sizeof *out);
+    r.t0 = r.last_flush = now_s();
+    apply_threads(&r);
+    if (p->options) r.opts = p->options;
+    else opt_default_set(&r.own_opts), r.opts = &r.own_opts;
+    int rc = -1, calib_done = 0;
+    if (open_model(&r, model_path, calib_paths, n_calib)) goto done;
+    const char *hash = mdl_content_hash(r.file);
+    if (!hash) { fail(&r, "%s: cannot hash the model file", model_path); goto done; }
+    if (calib_key(&r, hash, out->calib_key)) goto done;
+    if (db_open(db_path, DB_OPEN_CREATE, &r.db)) { fail(&r, "%s", db_errmsg(r.db)); goto done; }
+    if (rt_model_load_dense(r.file, 1, &r.m, err, err_len)) goto done;
+    if (record_setup(&r, hash, &calib_done) || read_done(&r)) goto done;
+    out->calib_id = r.calib_id, out->n_tensors = r.nt, out->n_options = r.opts->n;
+    if (p->kl_probe) r.ref = pick_reference(&r), snprintf(out->ref_option, sizeof out->ref_option, "%s", r.opts->v[r.ref].name);
+    if (everything_done(&r)) {
+        out->already_done = 1;
+        rc = calib_done || !db_calib_mark_done(r.db, r.calib_id) ? 0 : fail(&r, "%s", db_errmsg(r.db));
+        goto done;
+    }
+    rc = run_pass(&r);
+done:
+    out->seconds = now_s() - r.t0;
+    cleanup(&r);
+    return rc;
+}

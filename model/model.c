@@ -1,0 +1,363 @@
+/*
+ * model/model.c — mdl_open's dispatch between the containers, the helpers they
+ * share (mapping, tensor shapes, metadata), lookups, tensors to fp32 (with the
+ * HF -> GGUF RoPE row permutation), and the content hash.
+ *
+ * What it must never do: copy a file into memory, hand out a tensor whose bytes
+ * were not checked against its file, or crash on a bad file (errors are one line:
+ * "FILE: problem").
+ */
+#include "model_int.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ==== Shared helpers ==== */
+
+int mdl_errf(char *err, size_t err_len, const char *fmt, ...)
+{
+    if (err && err_len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, err_len, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+int mdl_map_file(mdl_model *m, const char *path, mdl_file **out, char *err, size_t err_len)
+{
+    struct stat st;
+    mdl_file *nf = realloc(m->files, (size_t)(m->n_files + 1) * sizeof *nf);
+    if (!nf) return mdl_errf(err, err_len, "%s: out of memory", path);
+    m->files = nf;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return mdl_errf(err, err_len, "%s: %s", path, strerror(errno));
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return mdl_errf(err, err_len, "%s: not a regular file", path);
+    }
+    if (st.st_size == 0) {
+        close(fd);
+        return mdl_errf(err, err_len, "%s: truncated file: it is empty", path);
+    }
+    void *map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) return mdl_errf(err, err_len, "%s: mmap: %s", path, strerror(errno));
+    mdl_file *f = &m->files[m->n_files];
+    if (!(f->path = strdup(path))) {
+        munmap(map, (size_t)st.st_size);
+        return mdl_errf(err, err_len, "%s: out of memory", path);
+    }
+    f->map = map;
+    f->size = (size_t)st.st_size;
+    m->n_files++;
+    *out = f;
+    return 0;
+}
+
+char *mdl_read_small(const char *path, size_t max, size_t *len, char *err, size_t err_len)
+{
+    struct stat st;
+    char *buf = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) { mdl_errf(err, err_len, "%s: %s", path, strerror(errno)); return NULL; }
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) mdl_errf(err, err_len, "%s: not a regular file", path);
+    else if ((uint64_t)st.st_size > max) mdl_errf(err, err_len, "%s: %lld bytes is too big", path, (long long)st.st_size);
+    else if (!(buf = malloc((size_t)st.st_size + 1))) mdl_errf(err, err_len, "%s: out of memory", path);
+    size_t n = 0;
+    while (buf && n < (size_t)st.st_size) {
+        ssize_t got = read(fd, buf + n, (size_t)st.st_size - n);
+        if (got <= 0) {
+            mdl_errf(err, err_len, "%s: read error", path);
+            free(buf);
+            buf = NULL;
+        }
+        else n += (size_t)got;
+    }
+    close(fd);
+    if (buf) {
+        buf[n] = 0;
+        *len = n;
+    }
+    return buf;
+}
+
+mdl_tensor *mdl_new_tensor(mdl_model *m)
+{
+    if (m->n_tensors == m->cap_tensors) {
+        int nc = m->cap_tensors ? 2 * m->cap_tensors : 64;
+        mdl_tensor *nt = realloc(m->tensors, (size_t)nc * sizeof *nt);
+        if (!nt) return NULL;
+        m->tensors = nt;
+        m->cap_tensors = nc;
+    }
+    mdl_tensor *t = &m->tensors[m->n_tensors++];
+    memset(t, 0, sizeof *t);
+    return t;
+}
+
+int mdl_check_shape(const char *file, mdl_tensor *t, char *err, size_t err_len)
+{
+    const int64_t limit = (int64_t)1 << 48; /* 256 Ti elements: absurd for any model */
+    int64_t n = 1;
+    if (t->n_dims < 1 || t->n_dims > MDL_MAX_DIMS)
+        return mdl_errf(err, err_len, "%s: tensor '%s': %d dimensions (1 to %d supported)", file, t->name, t->n_dims, MDL_MAX_DIMS);
+    for (int d = 0; d < t->n_dims; d++) {
+        if (t->shape[d] <= 0)
+            return mdl_errf(err, err_len, "%s: tensor '%s': dimension %d is %lld", file, t->name, d, (long long)t->shape[d]);
+        if (t->shape[d] > limit / n)
+            return mdl_errf(err, err_len, "%s: tensor '%s': element count overflows", file, t->name);
+        n *= t->shape[d];
+    }
+    int block = mdl_block_size(t->type);
+    if (t->shape[t->n_dims - 1] % block)
+        return mdl_errf(err, err_len, "%s: tensor '%s': row length %lld is not a multiple of %s's block of %d", file, t->name,
+                        (long long)t->shape[t->n_dims - 1], mdl_dtype_name(t->type), block);
+    t->n_elems = n;
+    t->n_bytes = mdl_row_bytes(t->type, n);
+    return 0;
+}
+
+mdl_kv *mdl_kv_add(mdl_model *m, const char *key, size_t key_len)
+{
+    if (m->n_kv == m->cap_kv) {
+        int nc = m->cap_kv ? 2 * m->cap_kv : 32;
+        mdl_kv *nk = realloc(m->kv, (size_t)nc * sizeof *nk);
+        if (!nk) return NULL;
+        m->kv = nk;
+        m->cap_kv = nc;
+    }
+    char *k = malloc(key_len + 1);
+    if (!k) return NULL;
+    memcpy(k, key, key_len);
+    k[key_len] = 0;
+    mdl_kv *kv = &m->kv[m->n_kv++];
+    memset(kv, 0, sizeof *kv);
+    kv->key = k;
+    return kv;
+}
+
+const mdl_kv *mdl_kv_find(const mdl_model *m, const char *key)
+{
+    for (int i = 0; i < m->n_kv; i++)
+        if (!strcmp(m->kv[i].key, key)) return &m->kv[i];
+    return NULL;
+}
+
+/* ==== Opening ==== */
+
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !strcmp(s + n - k, suffix);
+}
+
+static int is_file(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* A directory: the index if present, else model.safetensors, else the one .gguf. */
+static int pick_in_dir(const char *dir, char *out, size_t cap, char *err, size_t err_len)
+{
+    static const char *names[] = {"model.safetensors.index.json", "model.safetensors"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        snprintf(out, cap, "%s/%s", dir, names[i]);
+        if (is_file(out)) return 0;
+    }
+    return mdl_errf(err, err_len, "%s: no model.safetensors.index.json or model.safetensors in this folder", dir);
+}
+
+static int sniff_gguf(const char *path)
+{
+    char magic[4] = {0};
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    size_t n = fread(magic, 1, 4, f);
+    fclose(f);
+    return n == 4 && !memcmp(magic, "GGUF", 4);
+}
+
+/* Sorts the name index and rejects duplicates. */
+static int by_name_cmp(const void *a, const void *b, void *model)
+{
+    const mdl_model *m = model;
+    return strcmp(m->tensors[*(const int *)a].name, m->tensors[*(const int *)b].name);
+}
+
+static int index_names(mdl_model *m, char *err, size_t err_len)
+{
+    if (!(m->by_name = malloc((size_t)(m->n_tensors ? m->n_tensors : 1) * sizeof *m->by_name)))
+        return mdl_errf(err, err_len, "%s: out of memory", m->path);
+    for (int i = 0; i < m->n_tensors; i++) m->by_name[i] = i;
+    qsort_r(m->by_name, (size_t)m->n_tensors, sizeof *m->by_name, by_name_cmp, m);
+    for (int i = 1; i < m->n_tensors; i++)
+        if (!strcmp(m->tensors[m->by_name[i]].name, m->tensors[m->by_name[i - 1]].name))
+            return mdl_errf(err, err_len, "%s: duplicate tensor name '%s'", m->path, m->tensors[m->by_name[i]].name);
+    return 0;
+}
+
+int mdl_open(const char *path, mdl_model **out, char *err, size_t err_len)
+{
+    struct stat st;
+    char picked[4096];
+    int rc = -1;
+    assert(path && out);
+    *out = NULL;
+    mdl_model *m = calloc(1, sizeof *m);
+    if (!m || !(m->path = strdup(path))) { free(m); return mdl_errf(err, err_len, "%s: out of memory", path); }
+    if (stat(path, &st)) { mdl_errf(err, err_len, "%s: %s", path, strerror(errno)); goto done; }
+    const char *file = path;
+    if (S_ISDIR(st.st_mode)) {
+        if (pick_in_dir(path, picked, sizeof picked, err, err_len)) goto done;
+        file = picked;
+    }
+    if (sniff_gguf(file) || ends_with(file, ".gguf")) {
+        m->format = "gguf";
+        if (mdl_gguf_load(m, file, err, err_len)) goto done;
+    } else {
+        m->format = "safetensors";
+        if (mdl_st_load(m, file, err, err_len)) goto done;
+    }
+    if (index_names(m, err, err_len) || mdl_config_load(m, err, err_len)) goto done;
+    *out = m;
+    rc = 0;
+done:
+    if (rc) mdl_close(m);
+    return rc;
+}
+
+void mdl_close(mdl_model *m)
+{
+    if (!m) return;
+    if (m->tok && m->tok_free) m->tok_free(m->tok);
+    for (int i = 0; i < m->n_files; i++) {
+        munmap((void *)m->files[i].map, m->files[i].size);
+        free(m->files[i].path);
+    }
+    for (int i = 0; i < m->n_kv; i++) {
+        free(m->kv[i].key);
+        free(m->kv[i].s);
+    }
+    mdl_json_free(m->config_json);
+    free(m->files);
+    free(m->kv);
+    free(m->tensors);
+    free(m->by_name);
+    free(m->dir);
+    free(m->path);
+    free(m);
+}
+
+/* ==== Lookups ==== */
+
+const mdl_config *mdl_get_config(const mdl_model *m) { return &m->cfg; }
+const char *mdl_path(const mdl_model *m) { return m->path; }
+const char *mdl_format(const mdl_model *m) { return m->format; }
+int mdl_tensor_count(const mdl_model *m) { return m->n_tensors; }
+
+const mdl_tensor *mdl_tensor_at(const mdl_model *m, int i)
+{
+    assert(i >= 0 && i < m->n_tensors);
+    return &m->tensors[i];
+}
+
+const mdl_tensor *mdl_find(const mdl_model *m, const char *name)
+{
+    int lo = 0, hi = m->n_tensors - 1;
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2, c = strcmp(m->tensors[m->by_name[mid]].name, name);
+        if (!c) return &m->tensors[m->by_name[mid]];
+        if (c < 0) lo = mid + 1;
+        else hi = mid - 1;
+    }
+    return NULL;
+}
+
+int mdl_meta_str(const mdl_model *m, const char *key, const char **out)
+{
+    const mdl_kv *kv = mdl_kv_find(m, key);
+    if (!kv || kv->type != MDL_GV_STR) return -1;
+    *out = kv->s;
+    return 0;
+}
+
+int mdl_meta_int(const mdl_model *m, const char *key, int64_t *out)
+{
+    const mdl_kv *kv = mdl_kv_find(m, key);
+    if (!kv || !kv->is_int) return -1;
+    *out = kv->i;
+    return 0;
+}
+
+int mdl_meta_float(const mdl_model *m, const char *key, double *out)
+{
+    const mdl_kv *kv = mdl_kv_find(m, key);
+    if (!kv || !kv->is_num) return -1;
+    *out = kv->f;
+    return 0;
+}
+
+int64_t mdl_file_bytes(const mdl_model *m)
+{
+    int64_t n = 0;
+    for (int i = 0; i < m->n_files; i++) n += (int64_t)m->files[i].size;
+    return n;
+}
+
+/* ==== Tensors to fp32 ==== */
+
+/* GGUF row r of a q/k weight with heads of hd rows: head h = r / hd, pair i and
+ * member j (r % hd = 2i + j) come from HF row h*hd + j*hd/2 + i (HF keeps the two
+ * rotated halves apart; GGUF interleaves them). */
+static int64_t rope_source_row(int64_t r, int64_t hd)
+{
+    int64_t h = r / hd, w = r % hd;
+    return h * hd + (w % 2) * (hd / 2) + w / 2;
+}
+
+int mdl_tensor_to_f32(const mdl_model *m, const mdl_tensor *t, float *out)
+{
+    (void)m;
+    if (t->type == MDL_I32) return -1;
+    int64_t rows = t->n_dims > 1 ? t->n_elems / t->shape[t->n_dims - 1] : 1;
+    int64_t cols = t->n_elems / rows;
+    int64_t hd = 0;
+    if (t->permute_rope_heads > 0) { /* a 1-D bias permutes element by element */
+        if (t->n_dims == 1) rows = t->n_elems, cols = 1;
+        hd = rows / t->permute_rope_heads;
+        assert(hd % 2 == 0 && hd * t->permute_rope_heads == rows);
+    }
+    size_t row_bytes = mdl_row_bytes(t->type, cols);
+    const uint8_t *src = t->data;
+    assert(cols % mdl_block_size(t->type) == 0);
+#pragma omp parallel for schedule(static) if (t->n_elems >= (1 << 18))
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t s = hd ? rope_source_row(r, hd) : r;
+        mdl_dequant_row(t->type, src + (size_t)s * row_bytes, out + r * cols, cols);
+    }
+    return 0;
+}
+
+/* ==== Content hash ==== */
+
+const char *mdl_content_hash(mdl_model *m)
+{
+    if (m->hash[0]) return m->hash;
+    mdl_sha256 s;
+    uint8_t digest[32];
+    mdl_sha256_init(&s);
+    for (int i = 0; i < m->n_files; i++) mdl_sha256_update(&s, m->files[i].map, m->files[i].size);
+    mdl_sha256_final(&s, digest);
+    mdl_sha256_hex(digest, m->hash);
+    return m->hash;
+}

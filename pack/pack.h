@@ -1,0 +1,72 @@
+/*
+ * pack/ — quantizing a model per plan and writing it as one packed file, and
+ * reading a packed file back as a runnable model. The layout of the values is
+ * pack/layout.h; the file is specified in pack/FORMAT.md.
+ *
+ * Uses measure/ (GPTQ, Hessians), runtime/ (to run calibration rows and to build
+ * the loaded model), model/ (to read model files, and packed files, which are
+ * safetensors containers) and db/ (the plan).
+ *
+ *     pack_params p; pack_params_init(&p);
+ *     if (pack_model("model.gguf", "run.db", 0, "out.bp", &p, &stats, err, sizeof err)) ...
+ *     rt_model *m; pack_load("out.bp", max_batch, &m, err, sizeof err);
+ */
+#ifndef BITPLAN_PACK_H
+#define BITPLAN_PACK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "layout.h"
+
+struct rt_model;
+
+/* ==== Container writer (safetensors) ==== */
+
+typedef struct pack_writer pack_writer;
+
+pack_writer *pack_writer_new(void);
+void pack_writer_free(pack_writer *w);
+/* Adds a tensor. dtype is a safetensors dtype ("U8", "U16", "U32", "F16", "F32").
+ * The writer takes ownership of data (malloc'd; freed by the writer). 0 or -1. */
+int pack_writer_add(pack_writer *w, const char *name, const char *dtype, int n_dims,
+                    const int64_t *shape, void *data, size_t n_bytes);
+/* Adds a __metadata__ entry (copied). */
+int pack_writer_meta(pack_writer *w, const char *key, const char *value);
+/* Writes the file atomically: a temporary file beside path, fsync, rename. A
+ * killed writer never leaves a partial file under path. */
+int pack_writer_write(pack_writer *w, const char *path, char *err, size_t err_len);
+
+/* ==== Packing a model per plan ==== */
+
+typedef enum {
+    PACK_HESS_FULL = 0,     /* Hessians from the full-precision model (as measured) */
+    PACK_HESS_SEQUENTIAL,   /* recomputed through the already-quantized layers */
+} pack_hessian_mode;
+
+typedef struct {
+    pack_hessian_mode hessians;
+    int progress;           /* 1: progress on stderr */
+} pack_params;
+void pack_params_init(pack_params *p);
+
+typedef struct {
+    int64_t n_quantized;        /* tensors quantized */
+    int64_t quantized_bits;     /* sum of lay_tensor_bits over them */
+    int64_t quantized_weights;  /* their rows x cols */
+    int64_t file_bytes;
+    double seconds;
+} pack_stats;
+
+/* Quantizes the model at db's plan (plan_id 0 = the newest plan) and writes out. */
+int pack_model(const char *model_path, const char *db_path, int64_t plan_id, const char *out,
+               const pack_params *p, pack_stats *stats, char *err, size_t err_len);
+
+/* ==== Loading ==== */
+
+/* 1 if path is a bitplan packed file (by its metadata), 0 otherwise. */
+int pack_is_packed(const char *path);
+/* Opens a packed file as a runnable model (packed linear layers). */
+int pack_load(const char *path, int max_batch, struct rt_model **out, char *err, size_t err_len);
+
+#endif

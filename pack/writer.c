@@ -1,0 +1,171 @@
+/*
+ * pack/writer.c — the safetensors container writer. It orders tensors by element
+ * alignment (4, 2, then 1 byte) so every tensor starts aligned without padding
+ * between tensors, pads the JSON header so the data starts at a multiple of 64, and
+ * writes atomically (temporary file, fsync, rename). It never interprets tensors.
+ */
+#include "pack.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "strbuf.h"
+
+typedef struct {
+    char *name;
+    char dtype[8];
+    int n_dims;
+    int64_t shape[4];
+    void *data;
+    size_t n_bytes;
+    int align;      /* element size: 4, 2 or 1 */
+    int order;      /* insertion order, to keep it within an alignment run */
+} entry;
+
+struct pack_writer {
+    entry *v;
+    int n, cap;
+    char **meta;    /* key, value, key, value, ... */
+    int n_meta;
+};
+
+pack_writer *pack_writer_new(void) { return calloc(1, sizeof(pack_writer)); }
+
+void pack_writer_free(pack_writer *w)
+{
+    if (!w) return;
+    for (int i = 0; i < w->n; i++) free(w->v[i].name), free(w->v[i].data);
+    for (int i = 0; i < 2 * w->n_meta; i++) free(w->meta[i]);
+    free(w->v), free(w->meta), free(w);
+}
+
+static int dtype_align(const char *dtype)
+{
+    if (!strcmp(dtype, "F32") || !strcmp(dtype, "U32") || !strcmp(dtype, "I32")) return 4;
+    if (!strcmp(dtype, "F16") || !strcmp(dtype, "U16") || !strcmp(dtype, "BF16")) return 2;
+    if (!strcmp(dtype, "U8")) return 1;
+    return 0;
+}
+
+int pack_writer_add(pack_writer *w, const char *name, const char *dtype, int n_dims,
+                    const int64_t *shape, void *data, size_t n_bytes)
+{
+    int align = dtype_align(dtype);
+    if (!align || n_dims < 1 || n_dims > 4) { free(data); return -1; }
+    if (w->n == w->cap) {
+        int cap = w->cap ? 2 * w->cap : 64;
+        entry *nv = realloc(w->v, (size_t)cap * sizeof *nv);
+        if (!nv) { free(data); return -1; }
+        w->v = nv, w->cap = cap;
+    }
+    entry *e = &w->v[w->n];
+    memset(e, 0, sizeof *e);
+    e->name = strdup(name);
+    if (!e->name) { free(data); return -1; }
+    snprintf(e->dtype, sizeof e->dtype, "%s", dtype);
+    e->n_dims = n_dims;
+    memcpy(e->shape, shape, (size_t)n_dims * sizeof *shape);
+    e->data = data, e->n_bytes = n_bytes, e->align = align, e->order = w->n++;
+    return 0;
+}
+
+int pack_writer_meta(pack_writer *w, const char *key, const char *value)
+{
+    char **nm = realloc(w->meta, (size_t)(2 * w->n_meta + 2) * sizeof *nm);
+    if (!nm) return -1;
+    w->meta = nm;
+    w->meta[2 * w->n_meta] = strdup(key);
+    w->meta[2 * w->n_meta + 1] = strdup(value);
+    w->n_meta++;
+    return w->meta[2 * w->n_meta - 2] && w->meta[2 * w->n_meta - 1] ? 0 : -1;
+}
+
+static int by_alignment(const void *a, const void *b)
+{
+    const entry *x = a, *y = b;
+    if (x->align != y->align) return y->align - x->align;
+    return x->order - y->order;
+}
+
+/* The JSON header, padded with spaces so that 8 + its length is a multiple of 64. */
+static char *header_json(pack_writer *w, size_t *len)
+{
+    sb_buf b = {0};
+    sb_putc(&b, '{');
+    sb_puts(&b, "\"__metadata__\":{");
+    for (int i = 0; i < w->n_meta; i++) {
+        if (i) sb_putc(&b, ',');
+        sb_json_string(&b, w->meta[2 * i]);
+        sb_putc(&b, ':');
+        sb_json_string(&b, w->meta[2 * i + 1]);
+    }
+    sb_putc(&b, '}');
+    size_t off = 0;
+    for (int i = 0; i < w->n; i++) {
+        entry *e = &w->v[i];
+        sb_putc(&b, ',');
+        sb_json_string(&b, e->name);
+        sb_printf(&b, ":{\"dtype\":\"%s\",\"shape\":[", e->dtype);
+        for (int d = 0; d < e->n_dims; d++) sb_printf(&b, "%s%lld", d ? "," : "", (long long)e->shape[d]);
+        sb_printf(&b, "],\"data_offsets\":[%zu,%zu]}", off, off + e->n_bytes);
+        off += e->n_bytes;
+    }
+    sb_putc(&b, '}');
+    while ((8 + b.len) % 64) sb_putc(&b, ' ');
+    if (b.oom) { free(b.s); return NULL; }
+    *len = b.len;
+    return b.s;
+}
+
+static int write_all(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+    while (n) {
+        ssize_t k = write(fd, c, n > (1u << 30) ? (1u << 30) : n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return -1;
+        c += k, n -= (size_t)k;
+    }
+    return 0;
+}
+
+static int write_body(pack_writer *w, int fd, const char *header, size_t hlen)
+{
+    unsigned char len8[8];
+    for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
+    if (write_all(fd, len8, 8) || write_all(fd, header, hlen)) return -1;
+    for (int i = 0; i < w->n; i++)
+        if (write_all(fd, w->v[i].data, w->v[i].n_bytes)) return -1;
+    return fsync(fd);
+}
+
+int pack_writer_write(pack_writer *w, const char *path, char *err, size_t err_len)
+{
+    qsort(w->v, (size_t)w->n, sizeof *w->v, by_alignment);
+    size_t hlen;
+    char *header = header_json(w, &hlen);
+    if (!header) return snprintf(err, err_len, "%s: out of memory", path), -1;
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        snprintf(err, err_len, "%s: cannot create: %s", tmp, strerror(errno));
+        free(header);
+        return -1;
+    }
+    int rc = write_body(w, fd, header, hlen);
+    int saved = errno;
+    free(header);
+    if (close(fd) && !rc) rc = -1, saved = errno;
+    if (!rc && rename(tmp, path)) rc = -1, saved = errno;
+    if (rc) {
+        unlink(tmp);
+        snprintf(err, err_len, "%s: write failed: %s", path, strerror(saved));
+        return -1;
+    }
+    return 0;
+}

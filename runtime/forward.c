@@ -1,0 +1,229 @@
+/*
+ * runtime/forward.c — the Llama-family forward pass, top to bottom.
+ *
+ * What it is for: n tokens at positions pos..pos+n-1 go through embedding lookup,
+ * then per layer RMSNorm, q/k/v, RoPE, grouped-query causal attention over the KV
+ * cache, o, residual, RMSNorm, SwiGLU, down, residual; then the final RMSNorm and
+ * the head. A batch of tokens runs as matrix-matrix products (BLAS for dense
+ * weights); attention is two BLAS products per head with a causal softmax in
+ * between; the element-wise steps are spread over rows with OpenMP.
+ *
+ * RoPE follows llama.cpp: for llama-family GGUF files the q/k rows are already
+ * permuted so that pairs (2i, 2i+1) of a head rotate together by
+ * pos * theta^(-2i/rope_dim); qwen2 rotates pairs (i, i + rope_dim/2).
+ *
+ * It must never allocate (everything lives in rt_state), never print, and never
+ * touch a weight except through rt_linear's matmul and get_row.
+ */
+#include <assert.h>
+#include <cblas.h>
+#include <math.h>
+
+#include "rt_int.h"
+
+/* ==== Element-wise steps ==== */
+
+/* out[i] = x[i] / rms(x[i]) * w for each of n rows of dim values (sum in double,
+ * as ggml does). */
+static void rmsnorm(float *out, const float *x, const float *w, int n, int dim, float eps)
+{
+#pragma omp parallel for if (n > 1) schedule(static)
+    for (int i = 0; i < n; i++) {
+        const float *xi = x + (size_t)i * dim;
+        float *oi = out + (size_t)i * dim;
+        double ss = 0;
+        for (int j = 0; j < dim; j++) ss += (double)xi[j] * xi[j];
+        float r = (float)(1.0 / sqrt(ss / dim + eps));
+        for (int j = 0; j < dim; j++) oi[j] = xi[j] * r * w[j];
+    }
+}
+
+/* Rotates the first rope_dim values of each of n_heads heads in each of n rows
+ * (row i is at position pos + i). */
+static void rope(const rt_state *s, const mdl_config *c, float *v, int n, int n_heads, int row_len, int pos)
+{
+    int half = c->rope_dim / 2, hd = c->head_dim;
+    int stride = s->rope_neox ? 1 : 2, offset = s->rope_neox ? half : 1;
+#pragma omp parallel for if (n > 1) schedule(static)
+    for (int i = 0; i < n; i++) {
+        const float *cs = s->rope_cos + (size_t)(pos + i) * half;
+        const float *sn = s->rope_sin + (size_t)(pos + i) * half;
+        for (int h = 0; h < n_heads; h++) {
+            float *x = v + (size_t)i * row_len + (size_t)h * hd;
+            for (int j = 0; j < half; j++) {
+                float *a = x + j * stride, *b = a + offset;
+                float x0 = *a, x1 = *b;
+                *a = x0 * cs[j] - x1 * sn[j];
+                *b = x0 * sn[j] + x1 * cs[j];
+            }
+        }
+    }
+}
+
+static void add_bias(float *y, const float *bias, int n, int rows)
+{
+    if (!bias) return;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < rows; j++) y[(size_t)i * rows + j] += bias[j];
+}
+
+static void add_residual(float *h, const float *delta, int64_t len)
+{
+#pragma omp parallel for if (len > 65536) schedule(static)
+    for (int64_t i = 0; i < len; i++) h[i] += delta[i];
+}
+
+/* gate = silu(gate) * up over len values. */
+static void swiglu(float *gate, const float *up, int64_t len)
+{
+#pragma omp parallel for if (len > 16384) schedule(static)
+    for (int64_t i = 0; i < len; i++) {
+        float g = gate[i];
+        gate[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+/* Softmax of row[0..valid), zero in row[valid..len). */
+static void softmax_prefix(float *row, int valid, int len)
+{
+    float mx = row[0];
+    for (int t = 1; t < valid; t++) mx = row[t] > mx ? row[t] : mx;
+    float sum = 0;
+    for (int t = 0; t < valid; t++) { row[t] = expf(row[t] - mx); sum += row[t]; }
+    float inv = 1.0f / sum;
+    for (int t = 0; t < valid; t++) row[t] *= inv;
+    for (int t = valid; t < len; t++) row[t] = 0;
+}
+
+static void observe(rt_state *s, int layer, rt_input which, const float *x, int n, int64_t cols)
+{
+    if (s->observer) s->observer(s->observer_ctx, layer, which, x, n, cols);
+}
+
+/* ==== Attention ==== */
+
+/* att[n][Q] from s->q (after RoPE) and layer l's cache, which already holds this
+ * batch's keys and values at pos..pos+n-1. Query row i sees keys 0..pos+i. */
+static void attention(const mdl_config *c, rt_state *s, int l, int n, int pos)
+{
+    int hd = c->head_dim, group = c->n_heads / c->n_kv_heads, T = pos + n;
+    const float *kc = s->key_cache + (size_t)l * s->max_ctx * s->kv_dim;
+    const float *vc = s->value_cache + (size_t)l * s->max_ctx * s->kv_dim;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int h = 0; h < c->n_heads; h++) {
+        const float *k = kc + (size_t)(h / group) * hd, *v = vc + (size_t)(h / group) * hd;
+        float *out = s->att + (size_t)h * hd;
+        const float *q = s->q + (size_t)h * hd;
+        if (n == 1) { /* scores[T] = K q; out = V^T p */
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, T, hd, scale, k, s->kv_dim, q, 1, 0.0f, s->scores, 1);
+            softmax_prefix(s->scores, T, T);
+            cblas_sgemv(CblasRowMajor, CblasTrans, T, hd, 1.0f, v, s->kv_dim, s->scores, 1, 0.0f, out, 1);
+            continue;
+        }
+        /* scores[n][T] = Q_h K_h^T * scale; causal softmax; out[n][hd] = P V_h */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, T, hd, scale, q, s->q_dim, k, s->kv_dim,
+                    0.0f, s->scores, T);
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < n; i++) softmax_prefix(s->scores + (size_t)i * T, pos + i + 1, T);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, T, 1.0f, s->scores, T, v, s->kv_dim,
+                    0.0f, out, s->q_dim);
+    }
+}
+
+/* ==== One transformer block ==== */
+
+static void attention_block(const rt_model *m, rt_state *s, int l, float *h, int n, int pos)
+{
+    const mdl_config *c = &m->cfg;
+    const rt_layer *ly = &m->layers[l];
+    float *kc = s->key_cache + ((size_t)l * s->max_ctx + pos) * s->kv_dim;
+    float *vc = s->value_cache + ((size_t)l * s->max_ctx + pos) * s->kv_dim;
+    rmsnorm(s->xb, h, ly->attn_norm, n, c->dim, c->norm_eps);
+    observe(s, l, RT_IN_ATTN, s->xb, n, c->dim);
+    ly->lin[RT_Q]->matmul(ly->lin[RT_Q], s->xb, s->q, n);
+    ly->lin[RT_K]->matmul(ly->lin[RT_K], s->xb, kc, n);
+    ly->lin[RT_V]->matmul(ly->lin[RT_V], s->xb, vc, n);
+    add_bias(s->q, ly->bias_q, n, s->q_dim);
+    add_bias(kc, ly->bias_k, n, s->kv_dim);
+    add_bias(vc, ly->bias_v, n, s->kv_dim);
+    rope(s, c, s->q, n, c->n_heads, s->q_dim, pos);
+    rope(s, c, kc, n, c->n_kv_heads, s->kv_dim, pos);
+    attention(c, s, l, n, pos);
+    observe(s, l, RT_IN_ATTN_OUT, s->att, n, s->q_dim);
+    ly->lin[RT_O]->matmul(ly->lin[RT_O], s->att, s->xo, n);
+    add_residual(h, s->xo, (int64_t)n * c->dim);
+}
+
+static void mlp_block(const rt_model *m, rt_state *s, int l, float *h, int n)
+{
+    const mdl_config *c = &m->cfg;
+    const rt_layer *ly = &m->layers[l];
+    rmsnorm(s->xb, h, ly->ffn_norm, n, c->dim, c->norm_eps);
+    observe(s, l, RT_IN_MLP, s->xb, n, c->dim);
+    ly->lin[RT_GATE]->matmul(ly->lin[RT_GATE], s->xb, s->gate, n);
+    ly->lin[RT_UP]->matmul(ly->lin[RT_UP], s->xb, s->up, n);
+    swiglu(s->gate, s->up, (int64_t)n * c->hidden_dim);
+    observe(s, l, RT_IN_MLP_OUT, s->gate, n, c->hidden_dim);
+    ly->lin[RT_DOWN]->matmul(ly->lin[RT_DOWN], s->gate, s->xo, n);
+    add_residual(h, s->xo, (int64_t)n * c->dim);
+}
+
+/* ==== The pass ==== */
+
+void rt_embed(const rt_model *m, const int32_t *tokens, int n, float *h)
+{
+    for (int i = 0; i < n; i++) {
+        assert(tokens[i] >= 0 && tokens[i] < m->cfg.vocab_size);
+        m->embed->get_row(m->embed, tokens[i], h + (size_t)i * m->cfg.dim);
+    }
+}
+
+int rt_forward_layers(const rt_model *m, rt_state *s, float *h, int n, int pos, int l0, int l1)
+{
+    assert(n >= 1 && n <= s->max_batch && pos >= 0 && pos + n <= s->max_ctx);
+    assert(l0 >= 0 && l0 <= l1 && l1 <= m->cfg.n_layers);
+    for (int l = l0; l < l1; l++) {
+        attention_block(m, s, l, h, n, pos);
+        mlp_block(m, s, l, h, n);
+    }
+    return 0;
+}
+
+/* The head's input is observed as layer n_layers. */
+void rt_logits(const rt_model *m, rt_state *s, const float *h, int n, float *logits)
+{
+    assert(n >= 1 && n <= s->max_batch);
+    rmsnorm(s->xb, h, m->out_norm, n, m->cfg.dim, m->cfg.norm_eps);
+    observe(s, m->cfg.n_layers, RT_IN_HEAD, s->xb, n, m->cfg.dim);
+    m->head->matmul(m->head, s->xb, logits, n);
+}
+
+int rt_forward(const rt_model *m, rt_state *s, const int32_t *tokens, int n, int pos, float *logits)
+{
+    assert(n >= 1 && n <= s->max_batch && pos >= 0 && pos + n <= s->max_ctx);
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size) return -1;
+    rt_embed(m, tokens, n, s->x);
+    if (rt_forward_layers(m, s, s->x, n, pos, 0, m->cfg.n_layers)) return -1;
+    if (logits) rt_logits(m, s, s->x, n, logits);
+    return 0;
+}
+
+/* ==== Small numeric helpers (shared with eval and generate) ==== */
+
+int rt_argmax(const float *x, int64_t n)
+{
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return (int)best;
+}
+
+double rt_log_sum_exp(const float *x, int64_t n)
+{
+    float mx = x[0];
+    for (int64_t i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    double sum = 0;
+    for (int64_t i = 0; i < n; i++) sum += exp((double)x[i] - mx);
+    return mx + log(sum);
+}

@@ -1,0 +1,158 @@
+/*
+ * runtime/qkernels.c — the portable kernels over packed weights (plain C, any CPU),
+ * the activation quantizer that defines the int8 activations, and the dispatch that
+ * picks the AVX2 or AVX-512 table after a run-time CPU check. Must never allocate,
+ * print, or call a SIMD table the CPU has not been checked for.
+ */
+#include "qkernels.h"
+
+#include <assert.h>
+#include <math.h>
+
+/* ==== Activation quantizer (the definition) ==== */
+
+void qk_quant_ref(const float *xp, int64_t cols, int64_t group, int8_t *xq, float *xd, int32_t *xs)
+{
+    for (int64_t j0 = 0, g = 0; j0 < cols; j0 += group, g++) {
+        int64_t j1 = j0 + group < cols ? j0 + group : cols;
+        float amax = 0.0f;
+        for (int64_t j = j0; j < j1; j++) amax = fabsf(xp[j]) > amax ? fabsf(xp[j]) : amax;
+        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int32_t sum = 0;
+        for (int64_t j = j0; j < j1; j++) {
+            int v = (int)nearbyintf(xp[j] * id);   /* round half to even, as cvtps2dq */
+            xq[j] = (int8_t)v;
+            sum += v;
+        }
+        xd[g] = amax / 127.0f;
+        xs[g] = sum;
+    }
+}
+
+/* ==== Row preparation ==== */
+
+static void prep_generic(const uint16_t *s, const uint8_t *z, const float *xd, const int32_t *xs,
+                         int64_t ng, int nb, float *sd, float *corr)
+{
+    for (int k = 0; k < nb; k++) {
+        float c = 0.0f;
+        for (int64_t g = 0; g < ng; g++) {
+            float m = lay_f16_to_f32(s[g]) * xd[k * ng + g];
+            sd[k * ng + g] = m;
+            c += m * (float)((int32_t)z[g] * xs[k * ng + g]);
+        }
+        corr[k] = c;
+    }
+}
+
+/* ==== Chunk decoding (plain, per the plane table in pack/layout.h) ==== */
+
+/* Adds plane p (4, 2 or 1 bits) of 32 values, shifted left by shift, into q. */
+static inline void plane_add(int p, int shift, const uint8_t *src, uint8_t *q)
+{
+    if (p == 4)
+        for (int k = 0; k < 16; k++) {
+            q[k] |= (uint8_t)((src[k] & 15u) << shift);
+            q[k + 16] |= (uint8_t)((src[k] >> 4) << shift);
+        }
+    else if (p == 2)
+        for (int k = 0; k < 8; k++)
+            for (int i = 0; i < 4; i++) q[k + 8 * i] |= (uint8_t)(((src[k] >> (2 * i)) & 3u) << shift);
+    else
+        for (int k = 0; k < 32; k++) q[k] |= (uint8_t)(((src[k >> 3] >> (k & 7)) & 1u) << shift);
+}
+
+/* One chunk of width bits at src into q[32]. */
+static inline void chunk_decode(int bits, const uint8_t *src, uint8_t *q)
+{
+    for (int i = 0; i < 32; i++) q[i] = bits == 8 ? src[i] : 0;
+    if (bits == 8) return;
+    int shift = 0;
+    for (int p = 4; p >= 1; p >>= 1) {
+        if (!(bits & p)) continue;
+        plane_add(p, shift, src, q);
+        src += p * 4;
+        shift += p;
+    }
+}
+
+/* ==== Dot products ==== */
+
+static inline void dot_generic(int bits, const uint8_t *v, int64_t ng, int64_t gch, const int8_t *xq,
+                               int64_t xq_stride, const float *sd, int64_t sd_stride, float *acc, int nb)
+{
+    assert(nb >= 1 && nb <= QK_NB);
+    uint8_t q[32];
+    for (int64_t g = 0; g < ng; g++) {
+        int32_t dot[QK_NB] = {0};
+        for (int64_t c = 0; c < gch; c++, v += bits * 4) {
+            chunk_decode(bits, v, q);
+            const int8_t *x = xq + (g * gch + c) * 32;
+            for (int k = 0; k < nb; k++)
+                for (int i = 0; i < 32; i++) dot[k] += (int32_t)q[i] * x[k * xq_stride + i];
+        }
+        for (int k = 0; k < nb; k++) acc[k] += sd[k * sd_stride + g] * (float)dot[k];
+    }
+}
+
+#define DOT_WIDTH(b)                                                                                   \
+    static void dot##b##_generic(const uint8_t *v, int64_t ng, int64_t gch, const int8_t *xq,          \
+                                 int64_t xq_stride, const float *sd, int64_t sd_stride, float *acc,    \
+                                 int nb)                                                               \
+    {                                                                                                  \
+        dot_generic(b, v, ng, gch, xq, xq_stride, sd, sd_stride, acc, nb);                             \
+    }
+DOT_WIDTH(2)
+DOT_WIDTH(3)
+DOT_WIDTH(4)
+DOT_WIDTH(5)
+DOT_WIDTH(6)
+DOT_WIDTH(7)
+DOT_WIDTH(8)
+
+const qk_kernels qk_generic = {
+    .name = "generic",
+    .quant = qk_quant_ref,
+    .prep = prep_generic,
+    .dot = { [2] = dot2_generic, [3] = dot3_generic, [4] = dot4_generic, [5] = dot5_generic,
+             [6] = dot6_generic, [7] = dot7_generic, [8] = dot8_generic },
+};
+
+/* ==== Dispatch ==== */
+
+static int cpu_has(qk_isa isa)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    if (isa == QK_ISA_AVX2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("bmi2");
+    if (isa == QK_ISA_AVX512)
+        return cpu_has(QK_ISA_AVX2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512vnni");
+#endif
+    return isa == QK_ISA_GENERIC;
+}
+
+const qk_kernels *qk_get(qk_isa isa)
+{
+    if (isa == QK_ISA_AUTO) {
+        const qk_kernels *k = qk_get(QK_ISA_AVX512);
+        if (!k) k = qk_get(QK_ISA_AVX2);
+        return k ? k : &qk_generic;
+    }
+    if (!cpu_has(isa)) return NULL;
+    return isa == QK_ISA_AVX512 ? &qk_avx512 : isa == QK_ISA_AVX2 ? &qk_avx2 : &qk_generic;
+}
+
+static qk_isa forced = QK_ISA_AUTO;
+
+const qk_kernels *qk_active(void) { return qk_get(forced); }
+
+int qk_force(qk_isa isa)
+{
+    if (!qk_get(isa)) return -1;
+    forced = isa;
+    return 0;
+}

@@ -1,0 +1,99 @@
+/*
+ * runtime/qkernels.h — internal: the CPU kernels behind packed linear layers
+ * (runtime/qlinear.c), one table per instruction set. runtime.h stays the public
+ * header; only qlinear.c, the tests and the benchmarks include this one.
+ * Kernels neither allocate nor print; they touch only the memory they are given.
+ *
+ * The product y = W x over a packed tensor (pack/layout.h) is computed with the
+ * activations quantized to int8, one scale per weight group, so that integer dot
+ * products (AVX-512 VNNI vpdpbusd, AVX2 vpmaddubsw) do the work, as llama.cpp does
+ * with its Q8 activations:
+ *
+ *     xp[j]   = x[perm[j]]                          stored (act-order) column order,
+ *                                                   or the kernel order of pair_order
+ *     d_g     = max_{j in g} |xp[j]| / 127          one float per group (0 if all zero)
+ *     xq[j]   = round_half_even(xp[j] * (127 / max|xp|))   in -127..127
+ *     xs_g    = sum_{j in g} xq[j]                  exact int32
+ *
+ *     y[r] = sum_g s_rg * d_g * ( sum_{j in g} q_rj * xq[j]  -  z_rg * xs_g )
+ *
+ * which is exactly W_deq · x~ with x~[perm[j]] = d_g * xq[j]. That is the plain
+ * reference every kernel is tested against (tests/test_qkernels.c dequantizes W with
+ * lay_packed_dequant and multiplies by x~ in double): the kernels sum integers
+ * exactly, so they differ from it by float rounding only, QK_REL_TOL at most,
+ * measured as max|y - y_ref| / max|y_ref|. What the int8 activations cost against
+ * exact x is a modelling error, not a kernel error, and shows up in the end-to-end
+ * KL divergence. Batch 1 and batch n give the same numbers for the same row (one
+ * code path, register-blocked over up to QK_NB activation rows).
+ *
+ * A row of a packed tensor is at most three runs of groups that share a width and a
+ * group length (hi groups, lo groups, a short last group): qk_dot_fn walks one run.
+ */
+#ifndef BITPLAN_RUNTIME_QKERNELS_H
+#define BITPLAN_RUNTIME_QKERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../pack/layout.h"
+
+#define QK_REL_TOL 1e-5   /* kernel vs reference: max|y - y_ref| / max|y_ref| */
+#define QK_NB 4           /* activation rows one dot call handles at most */
+#define QK_MAX_GROUP 32768 /* columns per group: keeps 255 * 127 * group in int32 */
+
+/* Quantizes one activation row already in stored (or kernel) order: xp[cols] -> xq[cols],
+ * xd[ng] (the d_g above), xs[ng]. group is the tensor's group length. */
+typedef void (*qk_quant_fn)(const float *xp, int64_t cols, int64_t group, int8_t *xq, float *xd, int32_t *xs);
+
+/* Per row: sd[k * ng + g] = s_g * xd[k * ng + g] and corr[k] = sum_g sd * z_g * xs
+ * for the nb activation rows k (ng groups, s fp16 bits, z one byte per group). */
+typedef void (*qk_prep_fn)(const uint16_t *s, const uint8_t *z, const float *xd, const int32_t *xs,
+                           int64_t ng, int nb, float *sd, float *corr);
+
+/* One run of ng groups of gch chunks each, all of this width: v is the packed
+ * values of the run's first group (in one row), xq the activations of its first
+ * column (row k at xq + k * xq_stride), sd its first multiplier (row k at sd + k *
+ * sd_stride). Adds sum_g sd[g] * sum_i q_i * xq_i to acc[k] for k < nb (1..QK_NB). */
+typedef void (*qk_dot_fn)(const uint8_t *v, int64_t ng, int64_t gch, const int8_t *xq, int64_t xq_stride,
+                          const float *sd, int64_t sd_stride, float *acc, int nb);
+
+typedef enum { QK_ISA_AUTO = 0, QK_ISA_GENERIC, QK_ISA_AVX2, QK_ISA_AVX512 } qk_isa;
+
+/* Activation order inside a run. A kernel may want a run's activations in another
+ * order than the stored one, as long as it stays inside each group (so xd and xs do
+ * not change). pair_order[b] = 1: in runs of width b whose groups have an even
+ * number of chunks, each pair of chunks (c0, c1) takes its 64 activations as
+ *
+ *     c0[0..16) c1[0..16) c0[16..32) c1[16..32)
+ *
+ * so that one 32-byte load of two 4-bit planes gives the low nibbles (values 0..15
+ * of both chunks) and the high nibbles (16..31) with one shift and two masks.
+ * qk_pair_pos gives the stored offset within the pair of kernel position p. */
+static inline int qk_pair_pos(int p) { return (p / 16 % 2) * 32 + p / 32 * 16 + p % 16; }
+
+typedef struct {
+    const char *name;                    /* "generic", "avx2", "avx512" */
+    uint8_t pair_order[LAY_MAX_BITS + 1];
+    qk_quant_fn quant;
+    qk_prep_fn prep;
+    qk_dot_fn dot[LAY_MAX_BITS + 1];     /* by width, 2..8 */
+} qk_kernels;
+
+/* The kernel set of an instruction set, or NULL if this CPU lacks it (AUTO: the
+ * best one this CPU runs). */
+const qk_kernels *qk_get(qk_isa isa);
+/* What new packed layers use: qk_get(AUTO) unless qk_force chose another (tests and
+ * benchmarks force the portable path this way). Returns 0, or -1 if unsupported. */
+const qk_kernels *qk_active(void);
+int qk_force(qk_isa isa);
+
+/* The portable kernels; the SIMD files export theirs the same way. */
+extern const qk_kernels qk_generic;
+extern const qk_kernels qk_avx2;
+extern const qk_kernels qk_avx512;
+
+/* The activation quantizer of the table above, plain C; every qk_quant_fn gives
+ * bit-for-bit the same xq, xd, xs. */
+void qk_quant_ref(const float *xp, int64_t cols, int64_t group, int8_t *xq, float *xd, int32_t *xs);
+
+#endif

@@ -1,0 +1,215 @@
+/*
+ * runtime/qlinear.c — a linear layer over a packed tensor (pack/layout.h): the
+ * matrix-vector and matrix-matrix products decode the packed blocks on the fly
+ * (runtime/qkernels.h), threaded with OpenMP over tiles of rows. It owns its
+ * scratch (permuted and quantized activations, per-row multipliers), allocated
+ * once at creation; it never makes a dequantized copy of the tensor and never
+ * allocates in matmul. The packed arrays are borrowed: they must outlive the layer.
+ * One layer runs one product at a time (the scratch is shared).
+ */
+#include "runtime.h"
+#include "qkernels.h"
+
+#include <assert.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TILE_ROWS 16   /* rows per work item: stays in L1 while the batch streams by */
+
+/* A run of groups that share a width and a length (at most three per row). */
+typedef struct {
+    int64_t g0, ng, gch, off;   /* first group, groups, chunks per group, byte offset in a row */
+    int bits;
+} qrun;
+
+typedef struct {
+    lay_packed p;               /* borrowed arrays */
+    const qk_kernels *k;
+    int64_t ng, row_bytes;
+    int nruns;
+    qrun runs[3];
+    int32_t *perm;              /* [cols] original column of stored column j */
+    int32_t *gather;            /* [cols] original column of kernel position j (qk pair order) */
+    uint8_t *zsym;              /* [ng] 2^(b-1) for symmetric formats, else NULL */
+    int max_batch, max_threads;
+    float *xp;                  /* [max_batch][cols] activations in stored order */
+    int8_t *xq;                 /* [max_batch][cols] quantized */
+    float *xd;                  /* [max_batch][ng] activation scale per group */
+    int32_t *xs;                /* [max_batch][ng] sum of xq per group */
+    float *sd;                  /* [max_threads][QK_NB][ng] per-row multipliers */
+} qlin;
+
+/* ==== Products ==== */
+
+/* y[kb + k][r] for k < nb: one row against nb quantized activation rows. */
+static void row_product(const qlin *q, int64_t r, int kb, int nb, float *sd, float *y)
+{
+    const lay_packed *p = &q->p;
+    int64_t ng = q->ng, cols = p->cols;
+    const uint8_t *z = q->zsym ? q->zsym : p->zeros + r * ng;
+    float corr[QK_NB], acc[QK_NB] = {0};
+    q->k->prep(p->scales + r * ng, z, q->xd + kb * ng, q->xs + kb * ng, ng, nb, sd, corr);
+    const uint8_t *row = p->values + r * q->row_bytes;
+    for (int i = 0; i < q->nruns; i++) {
+        const qrun *u = &q->runs[i];
+        q->k->dot[u->bits](row + u->off, u->ng, u->gch, q->xq + kb * cols + u->g0 * p->opt.group, cols,
+                           sd + u->g0, ng, acc, nb);
+    }
+    for (int k = 0; k < nb; k++) y[(kb + k) * p->rows + r] = acc[k] - corr[k];
+}
+
+/* Activation row k into stored order, then int8 per group. */
+static void quantize_input(const qlin *q, const float *x, int k)
+{
+    int64_t cols = q->p.cols;
+    float *xp = q->xp + k * cols;
+    for (int64_t j = 0; j < cols; j++) xp[j] = x[k * cols + q->gather[j]];
+    q->k->quant(xp, cols, q->p.opt.group, q->xq + k * cols, q->xd + k * q->ng, q->xs + k * q->ng);
+}
+
+static void packed_matmul(const rt_linear *l, const float *x, float *y, int n)
+{
+    const qlin *q = l->impl;
+    assert(n >= 1 && n <= q->max_batch);
+    int nt = omp_get_max_threads();
+    if (nt > q->max_threads) nt = q->max_threads;
+    int64_t tiles = (q->p.rows + TILE_ROWS - 1) / TILE_ROWS;
+#pragma omp parallel num_threads(nt)
+    {
+        float *sd = q->sd + (int64_t)omp_get_thread_num() * QK_NB * q->ng;
+#pragma omp for schedule(static)
+        for (int k = 0; k < n; k++) quantize_input(q, x, k);
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < tiles; t++) {
+            int64_t r1 = (t + 1) * TILE_ROWS < q->p.rows ? (t + 1) * TILE_ROWS : q->p.rows;
+            for (int kb = 0; kb < n; kb += QK_NB) {
+                int nb = n - kb < QK_NB ? n - kb : QK_NB;
+                for (int64_t r = t * TILE_ROWS; r < r1; r++) row_product(q, r, kb, nb, sd, y);
+            }
+        }
+    }
+}
+
+/* Row r of W in the original column order: s * (q - z), decoded with the plain
+ * chunk unpacker. */
+static void packed_get_row(const rt_linear *l, int64_t r, float *out)
+{
+    const qlin *q = l->impl;
+    const lay_packed *p = &q->p;
+    uint8_t v[LAY_CHUNK];
+    assert(r >= 0 && r < p->rows);
+    for (int i = 0; i < q->nruns; i++) {
+        const qrun *u = &q->runs[i];
+        const uint8_t *src = p->values + r * q->row_bytes + u->off;
+        for (int64_t g = u->g0; g < u->g0 + u->ng; g++) {
+            float s = lay_f16_to_f32(p->scales[r * q->ng + g]);
+            float z = (float)(q->zsym ? q->zsym[g] : p->zeros[r * q->ng + g]);
+            int64_t j = g * p->opt.group;
+            for (int64_t c = 0; c < u->gch; c++, src += u->bits * 4, j += LAY_CHUNK) {
+                lay_unpack_chunk(u->bits, src, v);
+                for (int i2 = 0; i2 < LAY_CHUNK; i2++) out[q->perm[j + i2]] = s * ((float)v[i2] - z);
+            }
+        }
+    }
+}
+
+/* ==== Creation ==== */
+
+/* The gather index: stored order, except in runs whose width the kernels take in
+ * pair order (runtime/qkernels.h). */
+static void build_gather(qlin *q)
+{
+    const lay_option *o = &q->p.opt;
+    for (int64_t j = 0; j < q->p.cols; j++) q->gather[j] = q->perm[j];
+    for (int i = 0; i < q->nruns; i++) {
+        const qrun *u = &q->runs[i];
+        if (!q->k->pair_order[u->bits] || u->gch % 2) continue;
+        for (int64_t j0 = u->g0 * o->group; j0 < (u->g0 + u->ng) * o->group; j0 += 2 * LAY_CHUNK)
+            for (int p = 0; p < 2 * LAY_CHUNK; p++) q->gather[j0 + p] = q->perm[j0 + qk_pair_pos(p)];
+    }
+}
+
+static void qlin_free(qlin *q)
+{
+    if (!q) return;
+    free(q->perm), free(q->gather), free(q->zsym), free(q->xp), free(q->xq), free(q->xd), free(q->xs), free(q->sd);
+    free(q);
+}
+
+static void packed_destroy(rt_linear *l) { qlin_free(l->impl); l->impl = NULL; }
+
+/* The runs of a row: maximal stretches of groups with one width and one length. */
+static void build_runs(qlin *q)
+{
+    const lay_option *o = &q->p.opt;
+    int64_t cols = q->p.cols;
+    q->nruns = 0;
+    for (int64_t g = 0; g < q->ng;) {
+        int bits = lay_group_bits(o, cols, g);
+        int64_t gc = lay_group_cols(o, cols, g), g1 = g + 1;
+        while (g1 < q->ng && lay_group_bits(o, cols, g1) == bits && lay_group_cols(o, cols, g1) == gc) g1++;
+        assert(q->nruns < 3);
+        q->runs[q->nruns++] = (qrun){ .g0 = g, .ng = g1 - g, .gch = gc / LAY_CHUNK,
+                                      .off = lay_group_offset(o, cols, g), .bits = bits };
+        g = g1;
+    }
+}
+
+static int qlin_alloc(qlin *q, int max_batch)
+{
+    int64_t cols = q->p.cols, ng = q->ng, mb = max_batch;
+    q->max_batch = max_batch;
+    q->max_threads = omp_get_max_threads() > omp_get_num_procs() ? omp_get_max_threads() : omp_get_num_procs();
+    q->perm = malloc((size_t)cols * sizeof *q->perm);
+    q->gather = malloc((size_t)cols * sizeof *q->gather);
+    q->xp = malloc((size_t)(mb * cols) * sizeof *q->xp);
+    q->xq = malloc((size_t)(mb * cols));
+    q->xd = malloc((size_t)(mb * ng) * sizeof *q->xd);
+    q->xs = malloc((size_t)(mb * ng) * sizeof *q->xs);
+    q->sd = malloc((size_t)(q->max_threads * QK_NB * ng) * sizeof *q->sd);
+    if (q->p.opt.scale_fmt == LAY_SCALE_F16) q->zsym = malloc((size_t)ng);
+    return q->perm && q->gather && q->xp && q->xq && q->xd && q->xs && q->sd &&
+           (q->p.opt.scale_fmt != LAY_SCALE_F16 || q->zsym) ? 0 : -1;
+}
+
+rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, char *err, size_t err_len)
+{
+    char why[128];
+    qlin *q = NULL;
+    rt_linear *l = NULL;
+    if (lay_option_check(&p->opt, p->rows, p->cols, why, sizeof why)) goto fail;
+    snprintf(why, sizeof why, "group %d is over %d columns", (int)p->opt.group, QK_MAX_GROUP);
+    if (p->opt.group > QK_MAX_GROUP) goto fail;
+    snprintf(why, sizeof why, "max_batch %d is not positive", max_batch);
+    if (max_batch < 1) goto fail;
+    snprintf(why, sizeof why, "no zeros for an asymmetric format");
+    if (p->opt.scale_fmt == LAY_SCALE_F16_Z8 && !p->zeros) goto fail;
+    snprintf(why, sizeof why, "out of memory");
+    if (!(q = calloc(1, sizeof *q)) || !(l = calloc(1, sizeof *l))) goto fail;
+    q->p = *p;
+    if (p->opt.scale_fmt == LAY_SCALE_F16) q->p.zeros = NULL;
+    q->k = qk_active();
+    q->ng = lay_n_groups(&p->opt, p->cols);
+    q->row_bytes = lay_row_bytes(&p->opt, p->cols);
+    if (qlin_alloc(q, max_batch)) goto fail;
+    for (int64_t j = 0; j < p->cols; j++) {
+        int64_t v = lay_perm_at(p, j);
+        snprintf(why, sizeof why, "perm[%lld] = %lld is not a column", (long long)j, (long long)v);
+        if (v < 0 || v >= p->cols) goto fail;
+        q->perm[j] = (int32_t)v;
+    }
+    for (int64_t g = 0; q->zsym && g < q->ng; g++) q->zsym[g] = (uint8_t)(1 << (lay_group_bits(&p->opt, p->cols, g) - 1));
+    build_runs(q);
+    build_gather(q);
+    *l = (rt_linear){ .rows = p->rows, .cols = p->cols, .matmul = packed_matmul, .get_row = packed_get_row,
+                      .destroy = packed_destroy, .impl = q };
+    return l;
+fail:
+    if (err && err_len) snprintf(err, err_len, "packed linear %lldx%lld (%s): %s", (long long)p->rows,
+                                 (long long)p->cols, p->opt.name, why);
+    qlin_free(q);
+    free(l);
+    return NULL;
+}

@@ -1,0 +1,81 @@
+/*
+ * runtime/state.c — the run state of one sequence: KV cache, scratch buffers and
+ * RoPE tables, all sized once from max_ctx and max_batch.
+ *
+ * What it is for: rt_forward writes nothing but these buffers, so a forward pass
+ * never allocates. It must never depend on which rt_linear implementation the
+ * model uses.
+ */
+#include <assert.h>
+#include <math.h>
+#include <stdlib.h>
+
+#include "rt_int.h"
+
+/* cos/sin of pos * theta^(-2i/rope_dim) / scale for every position and pair,
+ * computed in double. Linear scaling divides the position by the factor. */
+static void fill_rope_tables(rt_state *s, const mdl_config *c)
+{
+    int half = c->rope_dim / 2;
+    double scale = c->rope_scaling == MDL_ROPE_LINEAR ? c->rope_scale : 1.0;
+    for (int i = 0; i < half; i++) {
+        double freq = pow((double)c->rope_theta, -2.0 * i / c->rope_dim);
+        for (int p = 0; p < s->max_ctx; p++) {
+            double a = p / scale * freq;
+            s->rope_cos[(size_t)p * half + i] = (float)cos(a);
+            s->rope_sin[(size_t)p * half + i] = (float)sin(a);
+        }
+    }
+}
+
+rt_state *rt_state_new(const rt_model *m, int max_ctx, int max_batch)
+{
+    const mdl_config *c = &m->cfg;
+    assert(max_ctx > 0 && max_batch > 0);
+    if (max_batch > max_ctx) max_batch = max_ctx;
+    rt_state *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->max_ctx = max_ctx;
+    s->max_batch = max_batch;
+    s->q_dim = c->n_heads * c->head_dim;
+    s->kv_dim = c->n_kv_heads * c->head_dim;
+    s->rope_neox = rt_rope_is_neox(c);
+    size_t T = (size_t)max_ctx, B = (size_t)max_batch, L = (size_t)c->n_layers;
+    size_t hidden = (size_t)c->hidden_dim, dim = (size_t)c->dim, half = (size_t)c->rope_dim / 2;
+    s->key_cache = calloc(L * T * (size_t)s->kv_dim, sizeof(float));
+    s->value_cache = calloc(L * T * (size_t)s->kv_dim, sizeof(float));
+    s->x = calloc(B * dim, sizeof(float));
+    s->xb = calloc(B * dim, sizeof(float));
+    s->xo = calloc(B * dim, sizeof(float));
+    s->q = calloc(B * (size_t)s->q_dim, sizeof(float));
+    s->att = calloc(B * (size_t)s->q_dim, sizeof(float));
+    s->scores = calloc(B * T, sizeof(float));
+    s->gate = calloc(B * hidden, sizeof(float));
+    s->up = calloc(B * hidden, sizeof(float));
+    s->rope_cos = calloc(T * half, sizeof(float));
+    s->rope_sin = calloc(T * half, sizeof(float));
+    if (!s->key_cache || !s->value_cache || !s->x || !s->xb || !s->xo || !s->q || !s->att || !s->scores ||
+        !s->gate || !s->up || !s->rope_cos || !s->rope_sin) {
+        rt_state_free(s);
+        return NULL;
+    }
+    fill_rope_tables(s, c);
+    return s;
+}
+
+void rt_state_free(rt_state *s)
+{
+    if (!s) return;
+    free(s->key_cache); free(s->value_cache);
+    free(s->x); free(s->xb); free(s->xo);
+    free(s->q); free(s->att); free(s->scores);
+    free(s->gate); free(s->up);
+    free(s->rope_cos); free(s->rope_sin);
+    free(s);
+}
+
+void rt_state_set_observer(rt_state *s, rt_observer fn, void *ctx)
+{
+    s->observer = fn;
+    s->observer_ctx = ctx;
+}

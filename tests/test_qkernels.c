@@ -1,0 +1,348 @@
+/*
+ * tests/test_qkernels.c — the packed-weight CPU kernels (runtime/qkernels*.c) and the
+ * packed linear layer (runtime/qlinear.c) against a plain reference: W dequantized
+ * with lay_packed_dequant, times the int8-rounded activations, in double. Every
+ * kernel set this CPU runs, every width 2..8, mixes, both scale formats, odd sizes,
+ * batches 1, 2, 3, 7, 33. Random data only; never asserts on time.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pack/layout.h"
+#include "runtime/qkernels.h"
+#include "runtime/runtime.h"
+
+/* ==== Random data ==== */
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static uint32_t rnd(void)
+{
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (uint32_t)(rng >> 16);
+}
+static float rndf(void) { return (float)rnd() / 4294967296.0f * 2.0f - 1.0f; } /* [-1, 1) */
+
+/* A packed tensor and the arrays behind it. */
+typedef struct {
+    lay_packed p;
+    uint8_t *values, *zeros;
+    uint16_t *scales;
+    void *perm;
+} packed_t;
+
+static void make_packed(packed_t *t, int64_t rows, int64_t cols, const lay_option *o)
+{
+    lay_qtensor q;
+    assert_int_equal(lay_option_check(o, rows, cols, NULL, 0), 0);
+    assert_int_equal(lay_qtensor_alloc(&q, rows, cols, o), 0);
+    int64_t ng = lay_n_groups(o, cols);
+    for (int64_t j = 0; j < cols; j++) q.perm[j] = (int32_t)j;
+    for (int64_t j = cols - 1; j > 0; j--) { /* Fisher-Yates */
+        int64_t i = rnd() % (uint32_t)(j + 1);
+        int32_t v = q.perm[i]; q.perm[i] = q.perm[j]; q.perm[j] = v;
+    }
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t g = 0; g < ng; g++) {
+            int bits = lay_group_bits(o, cols, g);
+            q.scale[r * ng + g] = lay_f32_to_f16(0.001f + 0.1f * (rndf() + 1.0f));
+            q.zero[r * ng + g] = o->scale_fmt == LAY_SCALE_F16 ? (uint8_t)(1 << (bits - 1)) : (uint8_t)(rnd() % (1u << bits));
+            for (int64_t j = lay_group_start(o, g); j < lay_group_start(o, g) + lay_group_cols(o, cols, g); j++)
+                q.q[r * cols + j] = (uint8_t)(rnd() % (1u << bits));
+        }
+    lay_cost c = lay_tensor_cost(o, rows, cols);
+    t->values = malloc((size_t)c.values);
+    t->scales = malloc((size_t)c.scales);
+    t->zeros = c.zeros ? malloc((size_t)c.zeros) : NULL;
+    t->perm = malloc((size_t)c.perm);
+    lay_pack_tensor(&q, t->values, t->scales, t->zeros, t->perm);
+    t->p = (lay_packed){ .rows = rows, .cols = cols, .opt = *o, .values = t->values, .scales = t->scales,
+                         .zeros = t->zeros, .perm = t->perm };
+    lay_qtensor_free(&q);
+}
+
+static void free_packed(packed_t *t) { free(t->values), free(t->scales), free(t->zeros), free(t->perm); }
+
+static void linear_free(rt_linear *l) { l->destroy(l); free(l); }
+
+/* ==== The reference ==== */
+
+/* x~[n][cols] in original column order: x rounded through qk_quant_ref. */
+static void round_inputs(const lay_packed *p, const float *x, int n, float *xt)
+{
+    int64_t cols = p->cols, ng = lay_n_groups(&p->opt, cols);
+    float *xp = malloc((size_t)cols * sizeof *xp), *xd = malloc((size_t)ng * sizeof *xd);
+    int8_t *xq = malloc((size_t)cols);
+    int32_t *xs = malloc((size_t)ng * sizeof *xs);
+    for (int k = 0; k < n; k++) {
+        for (int64_t j = 0; j < cols; j++) xp[j] = x[k * cols + lay_perm_at(p, j)];
+        qk_quant_ref(xp, cols, p->opt.group, xq, xd, xs);
+        for (int64_t j = 0; j < cols; j++) xt[k * cols + lay_perm_at(p, j)] = xd[j / p->opt.group] * (float)xq[j];
+    }
+    free(xp), free(xd), free(xq), free(xs);
+}
+
+/* y[n][rows] = W_deq x~ in double, rounded to float. */
+static void reference(const lay_packed *p, const float *x, int n, float *y)
+{
+    float *w = malloc((size_t)(p->rows * p->cols) * sizeof *w), *xt = malloc((size_t)(n * p->cols) * sizeof *xt);
+    lay_packed_dequant(p, w);
+    round_inputs(p, x, n, xt);
+    for (int k = 0; k < n; k++)
+        for (int64_t r = 0; r < p->rows; r++) {
+            double s = 0;
+            for (int64_t c = 0; c < p->cols; c++) s += (double)w[r * p->cols + c] * xt[k * p->cols + c];
+            y[k * p->rows + r] = (float)s;
+        }
+    free(w), free(xt);
+}
+
+static double rel_err(const float *y, const float *ref, int64_t len)
+{
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < len; i++) {
+        num = fmax(num, fabs((double)y[i] - ref[i]));
+        den = fmax(den, fabs((double)ref[i]));
+    }
+    return den > 0 ? num / den : num;
+}
+
+/* ==== Option sets ==== */
+
+static lay_option opt(int lo, int hi, float share, int group, lay_scale_fmt fmt)
+{
+    lay_option o = { .bits_lo = (uint8_t)lo, .bits_hi = (uint8_t)hi, .hi_share = share, .group = group, .scale_fmt = fmt };
+    snprintf(o.name, sizeof o.name, "%d/%d %.2f g%d f%d", lo, hi, (double)share, group, (int)fmt);
+    return o;
+}
+
+static int all_options(lay_option *out)
+{
+    int n = 0;
+    for (int f = 0; f < 2; f++) {
+        lay_scale_fmt fmt = f ? LAY_SCALE_F16 : LAY_SCALE_F16_Z8;
+        for (int b = LAY_MIN_BITS; b <= LAY_MAX_BITS; b++) out[n++] = opt(b, b, 0, b % 2 ? 64 : 128, fmt);
+        out[n++] = opt(2, 3, 0.1f, 32, fmt);
+        out[n++] = opt(2, 4, 0.25f, 64, fmt);
+        out[n++] = opt(3, 5, 0.3f, 128, fmt);
+        out[n++] = opt(4, 6, 0.5f, 64, fmt);
+        out[n++] = opt(5, 8, 0.2f, 32, fmt);
+        out[n++] = opt(6, 7, 0.75f, 96, fmt);
+        out[n++] = opt(2, 8, 1.0f, 128, fmt);  /* every group hi, short last one too */
+    }
+    return n;
+}
+
+/* ==== Tests ==== */
+
+static const qk_isa isas[] = { QK_ISA_GENERIC, QK_ISA_AVX2, QK_ISA_AVX512 };
+
+/* The activation quantizer: in range, within half a step of x, sums exact; the SIMD
+ * quantizers agree with it bit for bit. */
+static void test_quant(void **state)
+{
+    (void)state;
+    enum { COLS = 32 * 13, GROUP = 96, NG = (COLS + GROUP - 1) / GROUP };
+    float x[COLS], xd[NG], xd2[NG];
+    int8_t xq[COLS], xq2[COLS];
+    int32_t xs[NG], xs2[NG];
+    for (int j = 0; j < COLS; j++) x[j] = rndf() * (j < GROUP ? 0.0f : (float)(1 + j % 7));
+    qk_quant_ref(x, COLS, GROUP, xq, xd, xs);
+    assert_true(xd[0] == 0.0f && xs[0] == 0);
+    for (int g = 0; g < NG; g++) {
+        int32_t sum = 0;
+        for (int j = g * GROUP; j < COLS && j < (g + 1) * GROUP; j++) {
+            assert_true(xq[j] >= -127 && xq[j] <= 127);
+            assert_true(fabsf(xd[g] * xq[j] - x[j]) <= 0.5001f * xd[g]);
+            sum += xq[j];
+        }
+        assert_int_equal(sum, xs[g]);
+    }
+    for (size_t i = 0; i < sizeof isas / sizeof *isas; i++) {
+        const qk_kernels *k = qk_get(isas[i]);
+        if (!k) continue;
+        k->quant(x, COLS, GROUP, xq2, xd2, xs2);
+        assert_memory_equal(xq, xq2, sizeof xq);
+        assert_memory_equal(xd, xd2, sizeof xd);
+        assert_memory_equal(xs, xs2, sizeof xs);
+    }
+}
+
+/* Every kernel set, option and batch against the reference. */
+static void test_matmul(void **state)
+{
+    (void)state;
+    static const int batches[] = { 1, 2, 3, 7, 33 };
+    const int64_t rows = 37, cols = 32 * 13;     /* no group divides 416 except 32 */
+    lay_option opts[32];
+    int nopt = all_options(opts);
+    float *x = malloc(33 * cols * sizeof *x), *y = malloc(33 * rows * sizeof *y), *ref = malloc(33 * rows * sizeof *ref);
+    for (int64_t i = 0; i < 33 * cols; i++) x[i] = rndf() * (1.0f + (float)(i % 5));
+    for (size_t i = 0; i < sizeof isas / sizeof *isas; i++) {
+        if (qk_force(isas[i])) continue;
+        for (int o = 0; o < nopt; o++) {
+            packed_t t;
+            char err[256];
+            make_packed(&t, rows, cols, &opts[o]);
+            rt_linear *l = rt_linear_packed(&t.p, 33, err, sizeof err);
+            assert_non_null(l);
+            reference(&t.p, x, 33, ref);
+            for (size_t b = 0; b < sizeof batches / sizeof *batches; b++) {
+                int n = batches[b];
+                memset(y, 0xff, (size_t)(n * rows) * sizeof *y);
+                l->matmul(l, x, y, n);
+                double e = rel_err(y, ref, n * rows);
+                if (e >= QK_REL_TOL) print_error("%s %s batch %d: rel err %g\n", qk_active()->name, opts[o].name, n, e);
+                assert_true(e < QK_REL_TOL);
+            }
+            linear_free(l);
+            free_packed(&t);
+        }
+    }
+    qk_force(QK_ISA_AUTO);
+    free(x), free(y), free(ref);
+}
+
+/* The int8 activations are close to exact ones: W_deq x against the kernel. */
+static void test_activation_rounding_small(void **state)
+{
+    (void)state;
+    const int64_t rows = 40, cols = 512;
+    lay_option o = opt(4, 4, 0, 128, LAY_SCALE_F16_Z8);
+    packed_t t;
+    make_packed(&t, rows, cols, &o);
+    float *w = malloc((size_t)(rows * cols) * sizeof *w), x[512], y[40], exact[40];
+    for (int j = 0; j < cols; j++) x[j] = rndf();
+    lay_packed_dequant(&t.p, w);
+    for (int64_t r = 0; r < rows; r++) {
+        double s = 0;
+        for (int64_t c = 0; c < cols; c++) s += (double)w[r * cols + c] * x[c];
+        exact[r] = (float)s;
+    }
+    rt_linear *l = rt_linear_packed(&t.p, 1, NULL, 0);
+    assert_non_null(l);
+    l->matmul(l, x, y, 1);
+    double e = rel_err(y, exact, rows);
+    assert_true(e < 2e-2);
+    assert_true(e > 0);   /* the rounding is really there */
+    linear_free(l), free(w), free_packed(&t);
+}
+
+/* 1 and 2 threads give the same bits (each row is one thread's work). */
+static void test_threads(void **state)
+{
+    (void)state;
+    const int64_t rows = 101, cols = 32 * 9;
+    lay_option o = opt(3, 5, 0.4f, 64, LAY_SCALE_F16_Z8);
+    packed_t t;
+    make_packed(&t, rows, cols, &o);
+    float *x = malloc(7 * cols * sizeof *x), y1[7 * 101], y2[7 * 101];
+    for (int64_t i = 0; i < 7 * cols; i++) x[i] = rndf();
+    rt_linear *l = rt_linear_packed(&t.p, 7, NULL, 0);
+    assert_non_null(l);
+    int saved = omp_get_max_threads();
+    for (int n = 1; n <= 7; n += 6) {
+        omp_set_num_threads(1);
+        l->matmul(l, x, y1, n);
+        omp_set_num_threads(2);
+        l->matmul(l, x, y2, n);
+        assert_memory_equal(y1, y2, (size_t)(n * rows) * sizeof *y1);
+    }
+    omp_set_num_threads(saved);
+    linear_free(l), free(x), free_packed(&t);
+}
+
+/* get_row is the dequantized row, exactly. */
+static void test_get_row(void **state)
+{
+    (void)state;
+    const int64_t rows = 19, cols = 32 * 11;
+    for (int f = 0; f < 2; f++) {
+        lay_option o = opt(2, 7, 0.3f, 64, f ? LAY_SCALE_F16 : LAY_SCALE_F16_Z8);
+        packed_t t;
+        make_packed(&t, rows, cols, &o);
+        float *w = malloc((size_t)(rows * cols) * sizeof *w), row[32 * 11];
+        lay_packed_dequant(&t.p, w);
+        rt_linear *l = rt_linear_packed(&t.p, 1, NULL, 0);
+        assert_non_null(l);
+        for (int64_t r = 0; r < rows; r++) {
+            l->get_row(l, r, row);
+            assert_memory_equal(row, w + r * cols, sizeof row);
+        }
+        linear_free(l), free(w), free_packed(&t);
+    }
+}
+
+/* AUTO picks the widest instruction set the CPU has; forcing works and reverts. */
+static void test_dispatch(void **state)
+{
+    (void)state;
+    qk_force(QK_ISA_AUTO);
+    __builtin_cpu_init();
+    int has512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+                 __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx2");
+    int has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    const char *want = has512 ? "avx512" : has2 ? "avx2" : "generic";
+    assert_string_equal(qk_get(QK_ISA_AUTO)->name, want);
+    assert_string_equal(qk_active()->name, want);
+    assert_int_equal(qk_force(QK_ISA_GENERIC), 0);
+    assert_string_equal(qk_active()->name, "generic");
+    assert_int_equal(qk_force(QK_ISA_AUTO), 0);
+    assert_string_equal(qk_active()->name, want);
+    assert_true((qk_get(QK_ISA_AVX512) != NULL) == has512);
+    for (size_t i = 0; i < sizeof isas / sizeof *isas; i++) {
+        const qk_kernels *k = qk_get(isas[i]);
+        for (int b = LAY_MIN_BITS; k && b <= LAY_MAX_BITS; b++) assert_non_null(k->dot[b]);
+    }
+}
+
+/* Bad input is refused with the value in the message. */
+static void test_errors(void **state)
+{
+    (void)state;
+    lay_option o = opt(4, 4, 0, 64, LAY_SCALE_F16_Z8);
+    packed_t t;
+    char err[256] = "";
+    make_packed(&t, 5, 128, &o);
+    lay_packed bad = t.p;
+    bad.opt.bits_lo = 9, bad.opt.bits_hi = 9;
+    assert_null(rt_linear_packed(&bad, 1, err, sizeof err));
+    assert_non_null(strstr(err, "bits_lo 9"));
+    bad = t.p;
+    bad.cols = 100;
+    assert_null(rt_linear_packed(&bad, 1, err, sizeof err));
+    assert_non_null(strstr(err, "cols 100"));
+    assert_null(rt_linear_packed(&t.p, 0, err, sizeof err));
+    assert_non_null(strstr(err, "max_batch 0"));
+    bad = t.p;
+    bad.zeros = NULL;
+    assert_null(rt_linear_packed(&bad, 1, err, sizeof err));
+    assert_non_null(strstr(err, "zeros"));
+    ((uint16_t *)t.perm)[3] = 500;
+    assert_null(rt_linear_packed(&t.p, 1, err, sizeof err));
+    assert_non_null(strstr(err, "perm[3] = 500"));
+    free_packed(&t);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_quant),
+        cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_activation_rounding_small),
+        cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_get_row),
+        cmocka_unit_test(test_dispatch),
+        cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,45 @@
+/*
+ * tests/tool_logits.c — writes the logits bitplan computes for given token ids,
+ * for tests/test_forward.py (which checks them against an independent NumPy
+ * forward pass).
+ *
+ *   tool_logits MODEL OUT.f32 ID...      raw float32 logits [n_ids][vocab], one batch
+ *
+ * What it must never do: hide an error (every failure prints one line and exits 1).
+ */
+#include "model/model.h"
+#include "runtime/runtime.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+static int fail(const char *msg)
+{
+    fprintf(stderr, "tool_logits: %s\n", msg);
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 4) return fail("usage: tool_logits MODEL OUT.f32 ID...");
+    char err[512];
+    mdl_model *f;
+    rt_model *m;
+    if (mdl_open(argv[1], &f, err, sizeof err)) return fail(err);
+    if (rt_model_load_dense(f, 1, &m, err, sizeof err)) { mdl_close(f); return fail(err); }
+    int n = argc - 3, vocab = m->cfg.vocab_size;
+    int32_t *ids = malloc((size_t)n * sizeof *ids);
+    float *logits = malloc((size_t)n * vocab * sizeof *logits);
+    rt_state *s = rt_state_new(m, n, n);
+    if (!ids || !logits || !s) return fail("out of memory");
+    for (int i = 0; i < n; i++) ids[i] = atoi(argv[3 + i]);
+    if (rt_forward(m, s, ids, n, 0, logits)) return fail("a token id is outside the vocabulary");
+    FILE *out = fopen(argv[2], "wb");
+    if (!out || fwrite(logits, sizeof *logits, (size_t)n * vocab, out) != (size_t)n * vocab || fclose(out))
+        return fail("cannot write the output file");
+    rt_state_free(s);
+    rt_model_free(m);
+    free(ids);
+    free(logits);
+    return 0;
+}
