@@ -21,8 +21,9 @@
  *
  * Also here: the budgets (bits per weight; the VRAM memory model), and baseline
  * allocators (uniform, greedy, simulated annealing) that the exact plan is compared
- * with. Uses db/ (through the caller) and pack/layout.h's cost only. Never prints
- * (except GLPK's own terminal output when asked), never speaks SQL.
+ * with, and the glue that turns a calibration read by db/ (db_alloc_load) into a
+ * problem. Uses db/'s structs and, through the measurements, pack/layout.h's cost.
+ * Never prints (except GLPK's own output when asked), never speaks SQL.
  *
  *     alloc_problem *p = alloc_problem_new();
  *     int t = alloc_add_tensor(p, ALLOC_Q, 0, 576 * 576, 1);

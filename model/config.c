@@ -185,7 +185,7 @@ static int expect(const mdl_model *m, const char *name, int optional, int64_t d0
         shape_str(want, n, need, sizeof need);
         return mdl_errf(err, err_len, "%s: tensor '%s' has shape %s, the config needs %s", m->path, name, have, need);
     }
-    if (t->type == MDL_I32) return mdl_errf(err, err_len, "%s: tensor '%s' is I32, not a weight type", m->path, name);
+    if (t->type >= MDL_I32) return mdl_errf(err, err_len, "%s: tensor '%s' is %s, not a weight type", m->path, name, mdl_dtype_name(t->type));
     return 0;
 }
 
@@ -245,6 +245,8 @@ static void mark_rope_rows(mdl_model *m)
 
 int mdl_config_load(mdl_model *m, char *err, size_t err_len)
 {
+    if (mdl_is_packed(m)) /* its tensors are parts; pack/ checks them against the config */
+        return mdl_packed_config(m, err, err_len) || check_values(m, err, err_len) ? -1 : 0;
     int rc = !strcmp(m->format, "gguf") ? from_gguf(m, err, err_len) : from_json(m, err, err_len);
     if (rc || check_values(m, err, err_len) || check_tensors(m, err, err_len)) return -1;
     mark_rope_rows(m);

@@ -23,7 +23,8 @@ static const struct {
     [MDL_F32] = {"F32", 1, 4},     [MDL_F16] = {"F16", 1, 2},       [MDL_BF16] = {"BF16", 1, 2},
     [MDL_Q8_0] = {"Q8_0", 32, 34}, [MDL_Q4_0] = {"Q4_0", 32, 18},   [MDL_Q4_1] = {"Q4_1", 32, 20},
     [MDL_Q4_K] = {"Q4_K", 256, 144}, [MDL_Q5_K] = {"Q5_K", 256, 176}, [MDL_Q6_K] = {"Q6_K", 256, 210},
-    [MDL_I32] = {"I32", 1, 4},
+    [MDL_I32] = {"I32", 1, 4},     [MDL_U8] = {"U8", 1, 1},         [MDL_U16] = {"U16", 1, 2},
+    [MDL_U32] = {"U32", 1, 4},
 };
 
 const char *mdl_dtype_name(mdl_dtype t) { return (unsigned)t < MDL_DTYPE_COUNT ? traits[t].name : "?"; }
@@ -199,7 +200,7 @@ static void row_q6_k(const uint8_t *b, float *y, int64_t nb)
 
 void mdl_dequant_row(mdl_dtype t, const void *src, float *dst, int64_t n)
 {
-    assert((unsigned)t < MDL_DTYPE_COUNT && t != MDL_I32 && n % traits[t].block == 0);
+    assert((unsigned)t < MDL_I32 && n % traits[t].block == 0);
     const uint8_t *b = src;
     int64_t nb = n / traits[t].block;
     switch (t) {

@@ -153,9 +153,6 @@ static int read_kv(mdl_model *m, cursor *c)
     if (rd_str(c, &key, &key_len, "metadata key") || rd_u32(c, &type, "metadata value type")) return -1;
     mdl_kv *kv = mdl_kv_add(m, key, (size_t)key_len);
     if (!kv) return mdl_errf(c->err, c->err_len, "%s: out of memory", c->path);
-    for (int i = 0; i < m->n_kv - 1; i++)
-        if (!strcmp(m->kv[i].key, kv->key))
-            return mdl_errf(c->err, c->err_len, "%s: duplicate metadata key '%s'", c->path, kv->key);
     kv->type = type;
     size_t start = c->pos;
     if (type == MDL_GV_ARR) {
@@ -176,6 +173,22 @@ static int read_kv(mdl_model *m, cursor *c)
         read_scalar(c->p + start, type, kv);
     }
     return 0;
+}
+
+static int cmp_key(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Sorting finds a repeated key in n log n, whatever the count. */
+static int check_unique_keys(const mdl_model *m, cursor *c)
+{
+    char **keys = malloc((size_t)(m->n_kv ? m->n_kv : 1) * sizeof *keys);
+    int rc = 0;
+    if (!keys) return mdl_errf(c->err, c->err_len, "%s: out of memory", c->path);
+    for (int i = 0; i < m->n_kv; i++) keys[i] = m->kv[i].key;
+    qsort(keys, (size_t)m->n_kv, sizeof *keys, cmp_key);
+    for (int i = 1; i < m->n_kv && !rc; i++)
+        if (!strcmp(keys[i], keys[i - 1])) rc = mdl_errf(c->err, c->err_len, "%s: duplicate metadata key '%s'", c->path, keys[i]);
+    free(keys);
+    return rc;
 }
 
 int mdl_kv_str_at(const mdl_kv *kv, uint64_t *cursor_pos, const char **s, uint64_t *len)
@@ -311,7 +324,7 @@ int mdl_gguf_load(mdl_model *m, const char *path, char *err, size_t err_len)
     if (read_header(&c, &n_tensors, &n_kv)) goto done;
     for (uint64_t i = 0; i < n_kv; i++)
         if (read_kv(m, &c)) goto done;
-    if (alignment(m, &c, &align)) goto done;
+    if (check_unique_keys(m, &c) || alignment(m, &c, &align)) goto done;
     if (!(offsets = malloc((n_tensors ? n_tensors : 1) * sizeof *offsets))) {
         mdl_errf(err, err_len, "%s: out of memory", path);
         goto done;

@@ -328,7 +328,7 @@ static int64_t rope_source_row(int64_t r, int64_t hd)
 int mdl_tensor_to_f32(const mdl_model *m, const mdl_tensor *t, float *out)
 {
     (void)m;
-    if (t->type == MDL_I32) return -1;
+    if (t->type >= MDL_I32) return -1; /* integer types are not weights */
     int64_t rows = t->n_dims > 1 ? t->n_elems / t->shape[t->n_dims - 1] : 1;
     int64_t cols = t->n_elems / rows;
     int64_t hd = 0;

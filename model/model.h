@@ -46,6 +46,9 @@ typedef enum {
     MDL_Q5_K, /* 176 bytes per 256 */
     MDL_Q6_K, /* 210 bytes per 256 */
     MDL_I32,  /* safetensors/GGUF integer tensors: listed, not dequantized */
+    MDL_U8,   /* safetensors unsigned integers (bitplan packed files): listed, */
+    MDL_U16,  /* not dequantized; every type from MDL_I32 on is an integer type */
+    MDL_U32,
     MDL_DTYPE_COUNT
 } mdl_dtype;
 
@@ -109,8 +112,9 @@ const mdl_tensor *mdl_find(const mdl_model *m, const char *name); /* NULL if abs
  * dequantized (MDL_I32). NaN/Inf are passed through; callers check. */
 int mdl_tensor_to_f32(const mdl_model *m, const mdl_tensor *t, float *out);
 
-/* Metadata lookup (GGUF keys, or config.json keys prefixed "config."). Return 0 if
- * found with the right type, -1 otherwise. Strings point into the model. */
+/* Metadata lookup (GGUF keys, config.json keys prefixed "config.", or a safetensors
+ * file's __metadata__ entries prefixed "meta."). Return 0 if found with the right
+ * type, -1 otherwise. Strings point into the model. */
 int mdl_meta_str(const mdl_model *m, const char *key, const char **out);
 int mdl_meta_int(const mdl_model *m, const char *key, int64_t *out);
 
@@ -130,6 +134,33 @@ tok_tokenizer *mdl_tokenizer(mdl_model *m, char *err, size_t err_len);
 void mdl_dequant_row(mdl_dtype t, const void *src, float *dst, int64_t n);
 size_t mdl_row_bytes(mdl_dtype t, int64_t n); /* bytes of n values of type t */
 int mdl_block_size(mdl_dtype t);              /* values per block: 1, 32 or 256 */
+
+/* ==== Packed files (model/packed_meta.c) ==== */
+
+/* A bitplan packed file (pack/FORMAT.md) is a safetensors file whose __metadata__
+ * "format" is "bitplan-packed". mdl_open reads its configuration from the "config"
+ * metadata JSON and its tokenizer from the "tokenizer" metadata JSON; its tensors
+ * are listed as stored (U8/U16/F16/F32 parts), not checked against the config. */
+int mdl_is_packed(const mdl_model *m);
+
+/* One entry of the "options" metadata: tensor name -> quantization option. */
+typedef struct {
+    char tensor[96];
+    char name[32];
+    int bits_lo, bits_hi;
+    double hi_share;
+    int group, scale_fmt;
+    int64_t bits;
+} mdl_packed_option;
+
+/* Parses the "options" metadata of a packed file: malloc'd (*out)[*n], sorted by
+ * tensor name. 0, or -1 with "FILE: options: problem" in err. */
+int mdl_packed_options(const mdl_model *m, mdl_packed_option **out, int *n, char *err, size_t err_len);
+
+/* The model's tokenizer vocabulary as the "tokenizer" metadata JSON of a packed
+ * file (keys kind, pre, tokens, types, scores, merges, bos, eos, unk,
+ * add_space_prefix, add_bos). malloc'd, or NULL with err set. */
+char *mdl_tokenizer_json(mdl_model *m, char *err, size_t err_len);
 
 /* ==== Tokenizer ==== */
 

@@ -97,6 +97,14 @@ int mdl_kv_str_at(const mdl_kv *kv, uint64_t *cursor, const char **s, uint64_t *
 /* Fills m->cfg from the metadata and checks the tensors the Llama family needs. */
 int mdl_config_load(mdl_model *m, char *err, size_t err_len);
 
+/* ==== Packed files (packed_meta.c) ==== */
+
+/* m->cfg from the "config" metadata JSON of a bitplan packed file. */
+int mdl_packed_config(mdl_model *m, char *err, size_t err_len);
+/* The tokenizer from the "tokenizer" metadata JSON (model_tok.c's mdl_tokenizer
+ * calls it for packed files). */
+tok_tokenizer *mdl_packed_tokenizer(mdl_model *m, char *err, size_t err_len);
+
 /* ==== SHA-256 (sha256.c) ==== */
 
 typedef struct {

@@ -231,6 +231,10 @@ static int vocab_from_json(const mdl_model *m, vocab_build *b, char *err, size_t
 tok_tokenizer *mdl_tokenizer(mdl_model *m, char *err, size_t err_len)
 {
     if (m->tok) return m->tok;
+    if (mdl_is_packed(m)) {
+        if ((m->tok = mdl_packed_tokenizer(m, err, err_len))) m->tok_free = tok_free;
+        return m->tok;
+    }
     vocab_build b;
     memset(&b, 0, sizeof b);
     int rc = !strcmp(m->format, "gguf") ? vocab_from_gguf(m, &b, err, err_len) : vocab_from_json(m, &b, err, err_len);
@@ -242,4 +246,103 @@ tok_tokenizer *mdl_tokenizer(mdl_model *m, char *err, size_t err_len)
     }
     build_free(&b);
     return m->tok;
+}
+
+/* ==== Export: the "tokenizer" metadata of a packed file (pack/FORMAT.md) ==== */
+
+typedef struct { char *s; size_t len, cap; int oom; } jbuf;
+
+static void jb_put(jbuf *b, const char *s, size_t n)
+{
+    if (b->oom) return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n + 1) cap *= 2;
+        char *p = realloc(b->s, cap);
+        if (!p) { b->oom = 1; return; }
+        b->s = p, b->cap = cap;
+    }
+    memcpy(b->s + b->len, s, n);
+    b->len += n;
+    b->s[b->len] = 0;
+}
+
+static void jb_printf(jbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void jb_printf(jbuf *b, const char *fmt, ...)
+{
+    char tmp[128];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n > 0) jb_put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+}
+
+/* A JSON string literal: bytes >= 0x80 pass through, controls are escaped. */
+static void jb_str(jbuf *b, const char *s, size_t n)
+{
+    jb_put(b, "\"", 1);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') { jb_put(b, "\\", 1); jb_put(b, (const char *)&c, 1); }
+        else if (c < 0x20 || c == 0x7f) jb_printf(b, "\\u%04x", c);
+        else jb_put(b, (const char *)&c, 1);
+    }
+    jb_put(b, "\"", 1);
+}
+
+static void jb_strs(jbuf *b, const char *key, const tok_str *v, int n)
+{
+    jb_printf(b, ",\"%s\":[", key);
+    for (int i = 0; i < n; i++) {
+        if (i) jb_put(b, ",", 1);
+        jb_str(b, v[i].s, v[i].len);
+    }
+    jb_put(b, "]", 1);
+}
+
+static int add_bos_of(const mdl_model *m, tok_kind kind)
+{
+    int64_t v;
+    if (!mdl_meta_int(m, "tokenizer.ggml.add_bos_token", &v)) return v != 0;
+    if (!mdl_meta_int(m, "config.add_bos_token", &v)) return v != 0;
+    return kind == TOK_SPM;
+}
+
+static char *vocab_json(const mdl_model *m, const tok_vocab *v)
+{
+    jbuf b = {0};
+    jb_printf(&b, "{\"kind\":\"%s\",\"pre\":", v->kind == TOK_SPM ? "spm" : "bpe_bytes");
+    if (v->pre) jb_str(&b, v->pre, strlen(v->pre));
+    else jb_put(&b, "null", 4);
+    jb_strs(&b, "tokens", v->tokens, v->n_vocab);
+    jb_put(&b, ",\"types\":", 9);
+    for (int i = 0; v->types && i < v->n_vocab; i++) jb_printf(&b, "%c%d", i ? ',' : '[', (int)v->types[i]);
+    jb_put(&b, v->types ? "]" : "null", v->types ? 1 : 4);
+    jb_put(&b, ",\"scores\":", 10);
+    for (int i = 0; v->scores && i < v->n_vocab; i++) jb_printf(&b, "%c%.9g", i ? ',' : '[', (double)v->scores[i]);
+    jb_put(&b, v->scores ? "]" : "null", v->scores ? 1 : 4);
+    jb_strs(&b, "merges", v->merges, v->n_merges);
+    jb_printf(&b, ",\"bos\":%d,\"eos\":%d,\"unk\":%d,\"add_space_prefix\":%d,\"add_bos\":%d}", v->bos, v->eos, v->unk,
+              v->add_space_prefix, add_bos_of(m, v->kind));
+    if (b.oom) { free(b.s); return NULL; }
+    return b.s;
+}
+
+char *mdl_tokenizer_json(mdl_model *m, char *err, size_t err_len)
+{
+    const char *s;
+    if (mdl_is_packed(m)) {
+        if (mdl_meta_str(m, "meta.tokenizer", &s)) { mdl_errf(err, err_len, "%s: no tokenizer in the file", m->path); return NULL; }
+        char *copy = strdup(s);
+        if (!copy) mdl_errf(err, err_len, "%s: out of memory", m->path);
+        return copy;
+    }
+    vocab_build b;
+    memset(&b, 0, sizeof b);
+    char *out = NULL;
+    int rc = !strcmp(m->format, "gguf") ? vocab_from_gguf(m, &b, err, err_len) : vocab_from_json(m, &b, err, err_len);
+    if (!rc && !(out = vocab_json(m, &b.v))) mdl_errf(err, err_len, "%s: out of memory", m->path);
+    build_free(&b);
+    return out;
 }

@@ -71,8 +71,9 @@ static int ignored_name(const char *hf)
 static int st_dtype(const char *path, const char *name, const char *s, mdl_dtype *t, char *err, size_t err_len)
 {
     static const struct { const char *name; mdl_dtype t; } known[] = {
-        {"F32", MDL_F32}, {"F16", MDL_F16}, {"BF16", MDL_BF16}, {"I32", MDL_I32}};
-    static const char *other[] = {"F64", "I64", "I16", "I8", "U8", "U16", "U32", "U64", "BOOL", "F8_E4M3", "F8_E5M2"};
+        {"F32", MDL_F32}, {"F16", MDL_F16}, {"BF16", MDL_BF16}, {"I32", MDL_I32},
+        {"U8", MDL_U8}, {"U16", MDL_U16}, {"U32", MDL_U32}};
+    static const char *other[] = {"F64", "I64", "I16", "I8", "U64", "BOOL", "F8_E4M3", "F8_E5M2"};
     for (size_t i = 0; s && i < sizeof known / sizeof *known; i++)
         if (!strcmp(s, known[i].name)) { *t = known[i].t; return 0; }
     for (size_t i = 0; s && i < sizeof other / sizeof *other; i++)
@@ -105,7 +106,7 @@ static int read_shape(const char *path, const char *name, const mdl_json *shape,
 static int read_extent(const mdl_file *f, uint64_t data_start, const char *name, const mdl_json *offs, mdl_tensor *t,
                        char *err, size_t err_len)
 {
-    uint64_t b, e, elem = t->type == MDL_F32 || t->type == MDL_I32 ? 4 : 2;
+    uint64_t b, e, elem = mdl_row_bytes(t->type, 1);
     if (!offs || offs->type != MDL_JSON_ARR || offs->n != 2 || json_uint(&offs->items[0], &b) || json_uint(&offs->items[1], &e) || b > e)
         return mdl_errf(err, err_len, "%s: tensor '%s': bad data_offsets", f->path, name);
     if (e - b != t->n_bytes)
@@ -135,6 +136,22 @@ static int read_entry(mdl_model *m, const mdl_file *f, uint64_t data_start, cons
     return read_extent(f, data_start, hf, mdl_json_get(v, "data_offsets"), t, err, err_len);
 }
 
+/* __metadata__ (string -> string) as "meta.KEY" entries. */
+static int read_metadata(mdl_model *m, const char *path, const mdl_json *meta, char *err, size_t err_len)
+{
+    if (meta->type != MDL_JSON_OBJ) return mdl_errf(err, err_len, "%s: __metadata__ is not an object", path);
+    for (int i = 0; i < meta->n; i++) {
+        char key[256];
+        if (meta->items[i].type != MDL_JSON_STR)
+            return mdl_errf(err, err_len, "%s: __metadata__ '%s' is not a string", path, meta->keys[i]);
+        if (snprintf(key, sizeof key, "meta.%s", meta->keys[i]) >= (int)sizeof key) continue;
+        mdl_kv *kv = mdl_kv_add(m, key, strlen(key));
+        if (!kv || !(kv->s = strdup(meta->items[i].str))) return mdl_errf(err, err_len, "%s: out of memory", path);
+        kv->type = MDL_GV_STR;
+    }
+    return 0;
+}
+
 static int load_file(mdl_model *m, const char *path, char *err, size_t err_len)
 {
     mdl_file *f;
@@ -151,7 +168,8 @@ static int load_file(mdl_model *m, const char *path, char *err, size_t err_len)
     if (!h) return mdl_errf(err, err_len, "%s: bad JSON header: %s", path, jerr);
     int rc = h->type == MDL_JSON_OBJ ? 0 : mdl_errf(err, err_len, "%s: the header is not a JSON object", path);
     for (int i = 0; !rc && i < h->n; i++)
-        if (strcmp(h->keys[i], "__metadata__")) rc = read_entry(m, f, 8 + n, h->keys[i], &h->items[i], err, err_len);
+        rc = strcmp(h->keys[i], "__metadata__") ? read_entry(m, f, 8 + n, h->keys[i], &h->items[i], err, err_len)
+                                               : m->n_files > 1 ? 0 : read_metadata(m, path, &h->items[i], err, err_len);
     mdl_json_free(h);
     return rc;
 }
@@ -183,18 +201,30 @@ static int shard_names(const char *path, const mdl_json *map, char ***out, int *
     return 0;
 }
 
+static int cmp_tensor_name(const void *a, const void *b)
+{
+    return strcmp((*(const mdl_tensor *const *)a)->name, (*(const mdl_tensor *const *)b)->name);
+}
+
+/* Every name in the weight map must be in some shard (n log n: maps can be big). */
 static int check_listed(const mdl_model *m, const char *path, const mdl_json *map, char *err, size_t err_len)
 {
-    for (int i = 0; i < map->n; i++) {
-        char name[sizeof m->tensors[0].name];
+    const mdl_tensor **sorted = malloc((size_t)(m->n_tensors ? m->n_tensors : 1) * sizeof *sorted);
+    int rc = 0;
+    if (!sorted) return mdl_errf(err, err_len, "%s: out of memory", path);
+    for (int j = 0; j < m->n_tensors; j++) sorted[j] = &m->tensors[j];
+    qsort(sorted, (size_t)m->n_tensors, sizeof *sorted, cmp_tensor_name);
+    for (int i = 0; i < map->n && !rc; i++) {
+        mdl_tensor key;
+        const mdl_tensor *kp = &key;
         if (ignored_name(map->keys[i])) continue;
-        if (canonical_name(map->keys[i], name, sizeof name)) return mdl_errf(err, err_len, "%s: tensor name '%s' is too long", path, map->keys[i]);
-        int found = 0;
-        for (int j = 0; j < m->n_tensors && !found; j++) found = !strcmp(m->tensors[j].name, name);
-        if (!found)
-            return mdl_errf(err, err_len, "%s: tensor '%s' is not in %s", path, map->keys[i], map->items[i].str);
+        if (canonical_name(map->keys[i], key.name, sizeof key.name))
+            rc = mdl_errf(err, err_len, "%s: tensor name '%s' is too long", path, map->keys[i]);
+        else if (!bsearch(&kp, sorted, (size_t)m->n_tensors, sizeof *sorted, cmp_tensor_name))
+            rc = mdl_errf(err, err_len, "%s: tensor '%s' is not in %s", path, map->keys[i], map->items[i].str);
     }
-    return 0;
+    free(sorted);
+    return rc;
 }
 
 static int load_index(mdl_model *m, const char *path, const char *dir, char *err, size_t err_len)
@@ -276,5 +306,6 @@ int mdl_st_load(mdl_model *m, const char *path, char *err, size_t err_len)
     size_t n = strlen(path);
     int rc = n >= 5 && !strcmp(path + n - 5, ".json") ? load_index(m, path, m->dir, err, err_len)
                                                        : load_file(m, path, err, err_len);
-    return rc ? rc : load_config(m, err, err_len);
+    if (rc || mdl_is_packed(m)) return rc; /* a packed file holds its config in its metadata */
+    return load_config(m, err, err_len);
 }

@@ -169,6 +169,22 @@ static int is_special_type(int32_t type)
     return type == TOK_TYPE_CONTROL || type == TOK_TYPE_USER_DEFINED || type == TOK_TYPE_UNKNOWN;
 }
 
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+/* The byte an SPM byte token "<0xNN>" stands for, or -1. */
+static int spm_byte_value(const char *s, size_t len)
+{
+    if (len != 6 || memcmp(s, "<0x", 3) || s[5] != '>') return -1;
+    int hi = hex_digit(s[3]), lo = hex_digit(s[4]);
+    return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
+}
+
 /* Writes the bytes token id stands for into out (room for its stored length);
  * returns their count. Byte-level: stand-ins back to bytes. SPM: U+2581 -> space,
  * <0xNN> -> the byte. Special tokens stand for their text. */
@@ -180,11 +196,8 @@ static size_t piece_bytes(const tok_tokenizer *t, int id, char *out)
         memcpy(out, s, len);
         return len;
     }
-    if (t->kind == TOK_SPM && t->type[id] == TOK_TYPE_BYTE) {
-        unsigned v;
-        char tail;
-        if (len == 6 && sscanf(s, "<0x%2x%c", &v, &tail) == 2 && tail == '>') { out[0] = (char)v; return 1; }
-    }
+    int byte = t->kind == TOK_SPM && t->type[id] == TOK_TYPE_BYTE ? spm_byte_value(s, len) : -1;
+    if (byte >= 0) { out[0] = (char)byte; return 1; }
     for (size_t i = 0; i < len;) {
         uint32_t cp;
         size_t k = uni_next(s + i, len - i, &cp);

@@ -120,7 +120,7 @@ void lay_qtensor_dequant(const lay_qtensor *t, float *w);
 
 /* A packed tensor: the arrays as stored in the file (values in the chunk layout
  * above, row after row; every row has lay_row_bytes bytes). Kernels read this. */
-typedef struct {
+typedef struct lay_packed_s {
     int64_t rows, cols;
     lay_option opt;
     const uint8_t *values;   /* [rows][lay_row_bytes] */

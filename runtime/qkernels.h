@@ -10,7 +10,7 @@
  * with its Q8 activations:
  *
  *     xp[j]   = x[perm[j]]                          stored (act-order) column order,
- *                                                   or the kernel order of pair_order
+ *                                                   or the kernel order of block_order
  *     d_g     = max_{j in g} |xp[j]| / 127          one float per group (0 if all zero)
  *     xq[j]   = round_half_even(xp[j] * (127 / max|xp|))   in -127..127
  *     xs_g    = sum_{j in g} xq[j]                  exact int32
@@ -61,19 +61,20 @@ typedef enum { QK_ISA_AUTO = 0, QK_ISA_GENERIC, QK_ISA_AVX2, QK_ISA_AVX512 } qk_
 
 /* Activation order inside a run. A kernel may want a run's activations in another
  * order than the stored one, as long as it stays inside each group (so xd and xs do
- * not change). pair_order[b] = 1: in runs of width b whose groups have an even
- * number of chunks, each pair of chunks (c0, c1) takes its 64 activations as
+ * not change). block_order[b] = B (2 or 4): in runs of width b, each block of B'
+ * chunks c0..c(B'-1) takes its 32B' activations as below, where B' is the largest
+ * of B, B/2 that divides the chunks per group (none: stored order):
  *
- *     c0[0..16) c1[0..16) c0[16..32) c1[16..32)
+ *     c0[0..16) c1[0..16) .. c(B'-1)[0..16)  c0[16..32) c1[16..32) .. c(B'-1)[16..32)
  *
- * so that one 32-byte load of two 4-bit planes gives the low nibbles (values 0..15
- * of both chunks) and the high nibbles (16..31) with one shift and two masks.
- * qk_pair_pos gives the stored offset within the pair of kernel position p. */
-static inline int qk_pair_pos(int p) { return (p / 16 % 2) * 32 + p / 32 * 16 + p % 16; }
+ * so that one 16B'-byte load of B' 4-bit planes gives the low nibbles (values 0..15
+ * of every chunk) and the high nibbles (16..31) with one shift and two masks.
+ * qk_block_pos gives the stored offset within the block of kernel position p. */
+static inline int qk_block_pos(int B, int p) { return (p / 16 % B) * 32 + p / (16 * B) * 16 + p % 16; }
 
 typedef struct {
     const char *name;                    /* "generic", "avx2", "avx512" */
-    uint8_t pair_order[LAY_MAX_BITS + 1];
+    uint8_t block_order[LAY_MAX_BITS + 1];
     qk_quant_fn quant;
     qk_prep_fn prep;
     qk_dot_fn dot[LAY_MAX_BITS + 1];     /* by width, 2..8 */

@@ -15,6 +15,8 @@
  *
  * then vpmaddubsw (values <= 127, so the pair sums never saturate) and vpmaddwd
  * sum into int32 lanes; 8-bit values (up to 255) are widened to 16 bits instead.
+ * Width 4 takes its activations in pair order (qkernels.h): one 32-byte load is two
+ * chunks' planes. Per group the int32 lanes become floats once, scaled by s * d.
  */
 #include "qkernels.h"
 
@@ -23,6 +25,9 @@
 #include <string.h>
 
 #define AI static inline __attribute__((always_inline))
+/* Loops over the activation rows of a block unroll fully, so their accumulators
+ * live in registers rather than on the stack. */
+#define EACH_K _Pragma("GCC unroll 4")
 
 /* ==== Chunk decoding ==== */
 
@@ -99,14 +104,14 @@ AI void dot_group(const int b, const uint8_t *v, const int64_t gch, const int8_t
                   const float *sd, int64_t sd_stride, __m256 *facc, const int nb)
 {
     __m256i ia[QK_NB], ib[QK_NB];
-    for (int k = 0; k < nb; k++) ia[k] = _mm256_setzero_si256(), ib[k] = _mm256_setzero_si256();
+    EACH_K for (int k = 0; k < nb; k++) ia[k] = _mm256_setzero_si256(), ib[k] = _mm256_setzero_si256();
     int64_t c = 0;
     if (b == 4 && gch % 2 == 0) { /* pair order: one 32-byte load is two chunks */
 #pragma GCC unroll 4
         for (; c < gch; c += 2) {
             __m256i w = _mm256_loadu_si256((const __m256i *)(v + c * 16)), m = _mm256_set1_epi8(0x0f);
             __m256i lo = _mm256_and_si256(w, m), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m);
-            for (int k = 0; k < nb; k++) {
+            EACH_K for (int k = 0; k < nb; k++) {
                 ia[k] = dot_add(b, ia[k], lo, xq + k * xq_stride + c * 32);
                 ib[k] = dot_add(b, ib[k], hi, xq + k * xq_stride + c * 32 + 32);
             }
@@ -115,16 +120,16 @@ AI void dot_group(const int b, const uint8_t *v, const int64_t gch, const int8_t
 #pragma GCC unroll 4
     for (; c + 2 <= gch; c += 2) {
         __m256i q0 = chunk_decode(b, v + c * b * 4), q1 = chunk_decode(b, v + (c + 1) * b * 4);
-        for (int k = 0; k < nb; k++) {
+        EACH_K for (int k = 0; k < nb; k++) {
             ia[k] = dot_add(b, ia[k], q0, xq + k * xq_stride + c * 32);
             ib[k] = dot_add(b, ib[k], q1, xq + k * xq_stride + c * 32 + 32);
         }
     }
     if (c < gch) {
         __m256i q0 = chunk_decode(b, v + c * b * 4);
-        for (int k = 0; k < nb; k++) ia[k] = dot_add(b, ia[k], q0, xq + k * xq_stride + c * 32);
+        EACH_K for (int k = 0; k < nb; k++) ia[k] = dot_add(b, ia[k], q0, xq + k * xq_stride + c * 32);
     }
-    for (int k = 0; k < nb; k++)
+    EACH_K for (int k = 0; k < nb; k++)
         facc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(ia[k], ib[k])),
                                   _mm256_set1_ps(sd[k * sd_stride]), facc[k]);
 }
@@ -132,11 +137,15 @@ AI void dot_group(const int b, const uint8_t *v, const int64_t gch, const int8_t
 AI void dot_run(const int b, const uint8_t *v, int64_t ng, const int64_t gch, const int8_t *xq, int64_t xq_stride,
                 const float *sd, int64_t sd_stride, float *acc, const int nb)
 {
-    __m256 facc[QK_NB];
-    for (int k = 0; k < nb; k++) facc[k] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < ng; g++)
-        dot_group(b, v + g * gch * b * 4, gch, xq + g * gch * 32, xq_stride, sd + g, sd_stride, facc, nb);
-    for (int k = 0; k < nb; k++) acc[k] += hsum(facc[k]);
+    __m256 fa[QK_NB], fb[QK_NB];   /* two chains: a float add per group is not the limit */
+    EACH_K for (int k = 0; k < nb; k++) fa[k] = _mm256_setzero_ps(), fb[k] = _mm256_setzero_ps();
+    int64_t g = 0;
+    for (; g + 2 <= ng; g += 2) {
+        dot_group(b, v + g * gch * b * 4, gch, xq + g * gch * 32, xq_stride, sd + g, sd_stride, fa, nb);
+        dot_group(b, v + (g + 1) * gch * b * 4, gch, xq + (g + 1) * gch * 32, xq_stride, sd + g + 1, sd_stride, fb, nb);
+    }
+    if (g < ng) dot_group(b, v + g * gch * b * 4, gch, xq + g * gch * 32, xq_stride, sd + g, sd_stride, fa, nb);
+    EACH_K for (int k = 0; k < nb; k++) acc[k] += hsum(_mm256_add_ps(fa[k], fb[k]));
 }
 
 /* Specialised for the common group lengths (1, 2, 4 chunks: g32, g64, g128). */
@@ -176,7 +185,7 @@ DOT_WIDTH(8)
 static void prep_avx2(const uint16_t *s, const uint8_t *z, const float *xd, const int32_t *xs, int64_t ng,
                       int nb, float *sd, float *corr)
 {
-    for (int k = 0; k < nb; k++) {
+    EACH_K for (int k = 0; k < nb; k++) {
         const float *d = xd + k * ng;
         const int32_t *x = xs + k * ng;
         float *o = sd + k * ng;
@@ -242,7 +251,7 @@ const qk_kernels qk_avx2 = {
     .name = "avx2",
     .quant = quant_avx2,
     .prep = prep_avx2,
-    .pair_order = { [4] = 1 },
+    .block_order = { [4] = 2 },
     .dot = { [2] = dot2_avx2, [3] = dot3_avx2, [4] = dot4_avx2, [5] = dot5_avx2,
              [6] = dot6_avx2, [7] = dot7_avx2, [8] = dot8_avx2 },
 };

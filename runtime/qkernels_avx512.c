@@ -15,9 +15,12 @@
  *                           the plane's weight into the selected bytes
  *
  * then one vpdpbusd (unsigned values times signed activations, four products per
- * int32 lane, no saturation) per chunk and activation row. 256-bit vectors: on
- * Zen 4 a 512-bit operation costs two 256-bit ones, so nothing is lost, and the
- * same decoding serves both files.
+ * int32 lane, no saturation) per chunk and activation row, mostly on 256-bit
+ * vectors (on Zen 4 a 512-bit operation costs two 256-bit ones). Width 4 takes its
+ * activations in block order (qkernels.h): one 64-byte load is four chunks' planes,
+ * one mask gives their low nibbles and a shift and a mask their high nibbles.
+ * Per group the int32 lanes become floats once, scaled by s * d. Two interleaved
+ * accumulators at each level keep vpdpbusd and the float adds off one long chain.
  */
 #include "qkernels.h"
 
@@ -26,6 +29,9 @@
 #include <string.h>
 
 #define AI static inline __attribute__((always_inline))
+/* Loops over the activation rows of a block unroll fully, so their accumulators
+ * live in registers rather than on the stack. */
+#define EACH_K _Pragma("GCC unroll 4")
 
 /* ==== Chunk decoding ==== */
 
@@ -89,14 +95,30 @@ AI void dot_group(const int b, const uint8_t *v, const int64_t gch, const int8_t
                   const float *sd, int64_t sd_stride, __m256 *facc, const int nb)
 {
     __m256i ia[QK_NB], ib[QK_NB];
-    for (int k = 0; k < nb; k++) ia[k] = _mm256_setzero_si256(), ib[k] = _mm256_setzero_si256();
+    EACH_K for (int k = 0; k < nb; k++) ia[k] = _mm256_setzero_si256(), ib[k] = _mm256_setzero_si256();
     int64_t c = 0;
+    if (b == 4 && gch % 4 == 0) { /* block order: one 64-byte load is four chunks */
+        __m512i za[QK_NB], zb[QK_NB];
+        EACH_K for (int k = 0; k < nb; k++) za[k] = _mm512_setzero_si512(), zb[k] = _mm512_setzero_si512();
+        for (; c < gch; c += 4) {
+            __m512i w = _mm512_loadu_si512(v + c * 16), m = _mm512_set1_epi8(0x0f);
+            __m512i lo = _mm512_and_si512(w, m), hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), m);
+            EACH_K for (int k = 0; k < nb; k++) {
+                za[k] = _mm512_dpbusd_epi32(za[k], lo, _mm512_loadu_si512(xq + k * xq_stride + c * 32));
+                zb[k] = _mm512_dpbusd_epi32(zb[k], hi, _mm512_loadu_si512(xq + k * xq_stride + c * 32 + 64));
+            }
+        }
+        EACH_K for (int k = 0; k < nb; k++) {
+            __m512i t = _mm512_add_epi32(za[k], zb[k]);
+            ia[k] = _mm256_add_epi32(_mm512_castsi512_si256(t), _mm512_extracti64x4_epi64(t, 1));
+        }
+    }
     if (b == 4 && gch % 2 == 0) { /* pair order: one 32-byte load is two chunks */
 #pragma GCC unroll 4
         for (; c < gch; c += 2) {
             __m256i w = _mm256_loadu_si256((const __m256i *)(v + c * 16)), m = _mm256_set1_epi8(0x0f);
             __m256i lo = _mm256_and_si256(w, m), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m);
-            for (int k = 0; k < nb; k++) {
+            EACH_K for (int k = 0; k < nb; k++) {
                 ia[k] = dot_add(b, ia[k], lo, xq + k * xq_stride + c * 32);
                 ib[k] = dot_add(b, ib[k], hi, xq + k * xq_stride + c * 32 + 32);
             }
@@ -105,16 +127,16 @@ AI void dot_group(const int b, const uint8_t *v, const int64_t gch, const int8_t
 #pragma GCC unroll 4
     for (; c + 2 <= gch; c += 2) {
         __m256i q0 = chunk_decode(b, v + c * b * 4), q1 = chunk_decode(b, v + (c + 1) * b * 4);
-        for (int k = 0; k < nb; k++) {
+        EACH_K for (int k = 0; k < nb; k++) {
             ia[k] = dot_add(b, ia[k], q0, xq + k * xq_stride + c * 32);
             ib[k] = dot_add(b, ib[k], q1, xq + k * xq_stride + c * 32 + 32);
         }
     }
     if (c < gch) {
         __m256i q0 = chunk_decode(b, v + c * b * 4);
-        for (int k = 0; k < nb; k++) ia[k] = dot_add(b, ia[k], q0, xq + k * xq_stride + c * 32);
+        EACH_K for (int k = 0; k < nb; k++) ia[k] = dot_add(b, ia[k], q0, xq + k * xq_stride + c * 32);
     }
-    for (int k = 0; k < nb; k++)
+    EACH_K for (int k = 0; k < nb; k++)
         facc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(ia[k], ib[k])),
                                   _mm256_set1_ps(sd[k * sd_stride]), facc[k]);
 }
@@ -122,11 +144,15 @@ AI void dot_group(const int b, const uint8_t *v, const int64_t gch, const int8_t
 AI void dot_run(const int b, const uint8_t *v, int64_t ng, const int64_t gch, const int8_t *xq, int64_t xq_stride,
                 const float *sd, int64_t sd_stride, float *acc, const int nb)
 {
-    __m256 facc[QK_NB];
-    for (int k = 0; k < nb; k++) facc[k] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < ng; g++)
-        dot_group(b, v + g * gch * b * 4, gch, xq + g * gch * 32, xq_stride, sd + g, sd_stride, facc, nb);
-    for (int k = 0; k < nb; k++) acc[k] += hsum(facc[k]);
+    __m256 fa[QK_NB], fb[QK_NB];   /* two chains: a float add per group is not the limit */
+    EACH_K for (int k = 0; k < nb; k++) fa[k] = _mm256_setzero_ps(), fb[k] = _mm256_setzero_ps();
+    int64_t g = 0;
+    for (; g + 2 <= ng; g += 2) {
+        dot_group(b, v + g * gch * b * 4, gch, xq + g * gch * 32, xq_stride, sd + g, sd_stride, fa, nb);
+        dot_group(b, v + (g + 1) * gch * b * 4, gch, xq + (g + 1) * gch * 32, xq_stride, sd + g + 1, sd_stride, fb, nb);
+    }
+    if (g < ng) dot_group(b, v + g * gch * b * 4, gch, xq + g * gch * 32, xq_stride, sd + g, sd_stride, fa, nb);
+    EACH_K for (int k = 0; k < nb; k++) acc[k] += hsum(_mm256_add_ps(fa[k], fb[k]));
 }
 
 /* Specialised for the common group lengths (1, 2, 4 chunks: g32, g64, g128). */
@@ -166,7 +192,7 @@ DOT_WIDTH(8)
 static void prep_avx512(const uint16_t *s, const uint8_t *z, const float *xd, const int32_t *xs, int64_t ng,
                       int nb, float *sd, float *corr)
 {
-    for (int k = 0; k < nb; k++) {
+    EACH_K for (int k = 0; k < nb; k++) {
         const float *d = xd + k * ng;
         const int32_t *x = xs + k * ng;
         float *o = sd + k * ng;
@@ -230,7 +256,7 @@ const qk_kernels qk_avx512 = {
     .name = "avx512",
     .quant = quant_avx512,
     .prep = prep_avx512,
-    .pair_order = { [4] = 1 },
+    .block_order = { [4] = 4 },
     .dot = { [2] = dot2_avx512, [3] = dot3_avx512, [4] = dot4_avx512, [5] = dot5_avx512,
              [6] = dot6_avx512, [7] = dot7_avx512, [8] = dot8_avx512 },
 };

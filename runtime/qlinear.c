@@ -31,7 +31,7 @@ typedef struct {
     int nruns;
     qrun runs[3];
     int32_t *perm;              /* [cols] original column of stored column j */
-    int32_t *gather;            /* [cols] original column of kernel position j (qk pair order) */
+    int32_t *gather;            /* [cols] original column of kernel position j (block_order) */
     uint8_t *zsym;              /* [ng] 2^(b-1) for symmetric formats, else NULL */
     int max_batch, max_threads;
     float *xp;                  /* [max_batch][cols] activations in stored order */
@@ -118,16 +118,18 @@ static void packed_get_row(const rt_linear *l, int64_t r, float *out)
 /* ==== Creation ==== */
 
 /* The gather index: stored order, except in runs whose width the kernels take in
- * pair order (runtime/qkernels.h). */
+ * block order (runtime/qkernels.h). */
 static void build_gather(qlin *q)
 {
     const lay_option *o = &q->p.opt;
     for (int64_t j = 0; j < q->p.cols; j++) q->gather[j] = q->perm[j];
     for (int i = 0; i < q->nruns; i++) {
         const qrun *u = &q->runs[i];
-        if (!q->k->pair_order[u->bits] || u->gch % 2) continue;
-        for (int64_t j0 = u->g0 * o->group; j0 < (u->g0 + u->ng) * o->group; j0 += 2 * LAY_CHUNK)
-            for (int p = 0; p < 2 * LAY_CHUNK; p++) q->gather[j0 + p] = q->perm[j0 + qk_pair_pos(p)];
+        int B = q->k->block_order[u->bits];
+        while (B > 1 && u->gch % B) B /= 2;
+        if (B < 2) continue;
+        for (int64_t j0 = u->g0 * o->group; j0 < (u->g0 + u->ng) * o->group; j0 += B * LAY_CHUNK)
+            for (int p = 0; p < B * LAY_CHUNK; p++) q->gather[j0 + p] = q->perm[j0 + qk_block_pos(B, p)];
     }
 }
 

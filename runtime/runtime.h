@@ -50,6 +50,9 @@ struct rt_linear {
     void (*get_row)(const rt_linear *l, int64_t r, float *out);
     void (*destroy)(rt_linear *l);   /* frees impl; rt_linear_free then free()s l */
     void *impl;
+    /* What other devices need to upload the weights: exactly one is non-NULL. */
+    const float *dense;                 /* [rows][cols] for dense fp32 layers */
+    const struct lay_packed_s *packed;  /* the packed tensor for packed layers */
 };
 
 /* A dense fp32 linear layer over w[rows][cols]; takes ownership of w (free()d). */

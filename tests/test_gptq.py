@@ -124,10 +124,15 @@ def ref_dequant(perm, q, scale, zero, group):
     return wq
 
 
-def ref_rel_err(w, wq, h):
+def energy(d, h):
+    """tr(D H D^T)."""
+    d = d.astype(np.float64)
+    return np.einsum("ij,ij->", d @ h, d)
+
+
+def ref_rel_err(w, wq, h, w_energy=None):
     d = wq.astype(np.float64) - w.astype(np.float64)
-    w = w.astype(np.float64)
-    return np.trace(d @ h @ d.T) / np.trace(w @ h @ w.T)
+    return energy(d, h) / (energy(w, h) if w_energy is None else w_energy)
 
 
 # ==== Test data ====
@@ -180,9 +185,10 @@ def check_against_ref(w, h, opt):
     # the file's dequantization is what the C side measured
     wq_c = ref_dequant(c["perm"], c["q"], c["scale"], c["zero"], group)
     assert np.array_equal(wq_c, c["wq"])
-    err_ref = ref_rel_err(w, ref_dequant(perm, q, scale, zero, group), h)
+    e = energy(w, h)
+    err_ref = ref_rel_err(w, ref_dequant(perm, q, scale, zero, group), h, e)
     assert c["rel_err"] == pytest.approx(err_ref, rel=1e-4)
-    assert c["rel_err"] == pytest.approx(ref_rel_err(w, c["wq"], h), rel=1e-5)
+    assert c["rel_err"] == pytest.approx(ref_rel_err(w, c["wq"], h, e), rel=1e-5)
     return c
 
 
@@ -239,7 +245,7 @@ def smollm2():
 
 @pytest.mark.parametrize("name,opt", REAL_CASES)
 def test_real_layer_matches_numpy(smollm2, name, opt):
-    w = smollm2[name]
+    w = smollm2[name][:576]  # rows are independent given H: 576 of ffn_up's 1536 will do
     rng = np.random.default_rng(7)
     h = hessian(correlated_inputs(rng, 2048, w.shape[1]))
     check_against_ref(w, h, opt)

@@ -1,0 +1,80 @@
+/*
+ * runtime/cuda/cuda_stub.c — the CUDA runtime's API (rt_cuda.h) for builds without
+ * nvcc (or with NO_CUDA=1, as the sanitizer build): every entry fails with
+ * "bitplan was built without CUDA", so that `--device cuda` says why it cannot run
+ * and the tests can skip.
+ *
+ * What it must never do: pretend to succeed.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "runtime/cuda/rt_cuda.h"
+
+#define NO_CUDA_MSG "bitplan was built without CUDA (no nvcc at build time, or NO_CUDA=1)"
+
+static int no_cuda(char *err, size_t err_len)
+{
+    if (err && err_len) snprintf(err, err_len, "%s", NO_CUDA_MSG);
+    return -1;
+}
+
+int rt_cuda_device_info(char *out, size_t cap, char *err, size_t err_len)
+{
+    if (out && cap) out[0] = '\0';
+    return no_cuda(err, err_len);
+}
+
+int rt_cuda_model_new(const rt_model *m, int max_ctx, int max_batch, rt_cuda_model **out, char *err, size_t err_len)
+{
+    (void)m, (void)max_ctx, (void)max_batch;
+    *out = NULL;
+    return no_cuda(err, err_len);
+}
+
+void rt_cuda_model_free(rt_cuda_model *g) { (void)g; }
+
+int64_t rt_cuda_model_device_bytes(const rt_cuda_model *g)
+{
+    (void)g;
+    return 0;
+}
+
+int rt_cuda_forward(rt_cuda_model *g, const int32_t *tokens, int n, int pos, int first, int n_logits, float *logits,
+                    char *err, size_t err_len)
+{
+    (void)g, (void)tokens, (void)n, (void)pos, (void)first, (void)n_logits, (void)logits;
+    return no_cuda(err, err_len);
+}
+
+int rt_cuda_eval(const rt_model *m, const rt_model *ref, const int32_t *tokens, int64_t n_tokens,
+                 const rt_eval_params *p, rt_eval_result *out, char *err, size_t err_len)
+{
+    (void)m, (void)ref, (void)tokens, (void)n_tokens, (void)p;
+    memset(out, 0, sizeof *out);
+    return no_cuda(err, err_len);
+}
+
+int rt_cuda_generate(const rt_model *m, const int32_t *prompt, int n_prompt, const rt_gen_params *p,
+                     void (*emit)(void *ctx, const char *piece, size_t len), void *emit_ctx, rt_gen_stats *stats,
+                     char *err, size_t err_len)
+{
+    (void)m, (void)prompt, (void)n_prompt, (void)p, (void)emit, (void)emit_ctx;
+    memset(stats, 0, sizeof *stats);
+    return no_cuda(err, err_len);
+}
+
+int rt_cuda_matvec_packed(const lay_packed *p, const float *x_host, int n, float *y_host, rt_cuda_path path,
+                          char *err, size_t err_len)
+{
+    (void)p, (void)x_host, (void)n, (void)y_host, (void)path;
+    return no_cuda(err, err_len);
+}
+
+int rt_cuda_bench_matvec(const lay_packed *p, int batch, int copies, int passes, rt_cuda_bench *out, char *err,
+                         size_t err_len)
+{
+    (void)p, (void)batch, (void)copies, (void)passes;
+    memset(out, 0, sizeof *out);
+    return no_cuda(err, err_len);
+}

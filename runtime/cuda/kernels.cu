@@ -1,0 +1,650 @@
+/*
+ * runtime/cuda/kernels.cu — the CUDA kernels of the runtime and their launchers:
+ * the packed matrix-vector product (batch 1..4 per launch), the dequantization
+ * of a packed tensor to fp16 for the cuBLAS prompt path, activation gathers,
+ * RMSNorm, RoPE with the KV-cache store, causal grouped-query attention, SwiGLU,
+ * residual and bias adds. Also the upload of one linear layer.
+ *
+ * The packed kernels take their index arithmetic and their decoding from
+ * runtime/cuda/decode.cuh (the layout, the tile repack and the activation
+ * interleave are drawn there); the __global__ functions here are thin.
+ *
+ * What it must never do: allocate or print inside a kernel or a launcher (the
+ * upload functions allocate through rtc_mem), or launch without checking.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/cuda/rtc_int.cuh"
+
+/* ==== Checked calls and tracked memory ==== */
+
+int rtc_cuda_fail(cudaError_t e, const char *call, const char *file, int line, char *err, size_t err_len)
+{
+    (void)cudaGetLastError(); /* clear a non-sticky error so that the next call is not blamed */
+    if (err && err_len)
+        snprintf(err, err_len, "CUDA: %s failed: %s (%s) at %s:%d", call, cudaGetErrorString(e), cudaGetErrorName(e),
+                 file, line);
+    return -1;
+}
+
+static const char *blas_status_name(cublasStatus_t s)
+{
+    switch (s) {
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    default: return "unknown cuBLAS status";
+    }
+}
+
+int rtc_blas_fail(cublasStatus_t s, const char *call, const char *file, int line, char *err, size_t err_len)
+{
+    if (err && err_len)
+        snprintf(err, err_len, "cuBLAS: %s failed: %s (%d) at %s:%d", call, blas_status_name(s), (int)s, file, line);
+    return -1;
+}
+
+int rtc_alloc(rtc_mem *m, void **p, size_t bytes, const char *what, char *err, size_t err_len)
+{
+    *p = NULL;
+    if (!bytes) return 0;
+    if (m->n == m->cap) {
+        int cap = m->cap ? 2 * m->cap : 64;
+        void **np = (void **)realloc(m->ptr, (size_t)cap * sizeof *np);
+        if (!np) { snprintf(err, err_len, "out of host memory tracking device buffers"); return -1; }
+        m->ptr = np, m->cap = cap;
+    }
+    cudaError_t e = cudaMalloc(p, bytes);
+    if (e == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError();
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        snprintf(err, err_len, "out of device memory for %s: asked for %.1f MiB, %.1f MiB free of %.1f MiB "
+                 "(%.1f MiB already held by this model)", what, bytes / 1048576.0, fr / 1048576.0, tot / 1048576.0,
+                 m->bytes / 1048576.0);
+        *p = NULL;
+        return -1;
+    }
+    if (e != cudaSuccess) return rtc_cuda_fail(e, "cudaMalloc", __FILE__, __LINE__, err, err_len);
+    m->ptr[m->n++] = *p;
+    m->bytes += (int64_t)bytes;
+    return 0;
+}
+
+int rtc_upload(rtc_mem *m, void **p, const void *src, size_t bytes, const char *what, char *err, size_t err_len)
+{
+    if (rtc_alloc(m, p, bytes, what, err, err_len)) return -1;
+    if (bytes && RTC_CUDA(cudaMemcpy(*p, src, bytes, cudaMemcpyHostToDevice))) return -1;
+    return 0;
+}
+
+void rtc_mem_free(rtc_mem *m)
+{
+    for (int i = 0; i < m->n; i++) cudaFree(m->ptr[i]);
+    free(m->ptr);
+    memset(m, 0, sizeof *m);
+}
+
+/* ==== Packed matrix-vector product ====
+ *
+ * A block owns R consecutive rows; its warps share the row's tiles (warp w takes
+ * tiles w, w + warps, ...), each lane one chunk of every tile, for all R rows and
+ * NB activation rows at once, so each activation quad is loaded once for R rows
+ * and each weight word once for NB activation rows. Partial sums meet through warp
+ * shuffles and one shared-memory pass.
+ */
+
+#define MV_MAX_WARPS 8
+
+/* One lane's chunk of tile x for R rows: the words (coalesced across the warp,
+ * streamed past L1), the group's scale and zero, then chunk_dot. */
+template <int R, int NB, int B>
+__device__ __forceinline__ void mv_tile(const rtc_geom &g, const rtc_tile &x, int lane, const int32_t *rowv,
+                                        const uint32_t *__restrict__ values, const __half *__restrict__ scales,
+                                        const uint8_t *__restrict__ zeros, const float *__restrict__ xi, float *part)
+{
+    uint32_t wd[R * 8];
+    float m[R], s[R], acc[R * NB];
+    int32_t c = x.c0 + lane;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const uint32_t *row = values + (int64_t)rowv[r] * g.row_words;
+#pragma unroll
+        for (int w = 0; w < B; w++) wd[r * 8 + w] = __ldcs(row + rtc_word_index(&x, lane, w));
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        m[r] = RTC_MAGIC_F + (float)rtc_zero_of(&g, zeros, rowv[r], c, B);
+        s[r] = __half2float(scales[rtc_scale_index(&g, rowv[r], c)]);
+    }
+#pragma unroll
+    for (int i = 0; i < R * NB; i++) acc[i] = 0.0f;
+    rtc_chunk_dot(wd, R, NB, B, m, xi + rtc_xi_index(&x, lane, 0, 0), x.k * 4, g.cols, acc);
+#pragma unroll
+    for (int i = 0; i < R * NB; i++) part[i] += s[i / NB] * acc[i];
+}
+
+template <int R, int NB>
+__global__ void __launch_bounds__(MV_MAX_WARPS * 32)
+k_matvec(rtc_geom g, const uint32_t *__restrict__ values, const __half *__restrict__ scales,
+         const uint8_t *__restrict__ zeros, const float *__restrict__ xi, float *__restrict__ y, int64_t y_stride)
+{
+    __shared__ float red[MV_MAX_WARPS][R * NB];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+    int32_t row0 = blockIdx.x * R, rowv[R];
+    float part[R * NB];
+#pragma unroll
+    for (int r = 0; r < R; r++) rowv[r] = row0 + r < g.rows ? row0 + r : g.rows - 1;
+#pragma unroll
+    for (int i = 0; i < R * NB; i++) part[i] = 0.0f;
+    for (int32_t t = warp; t < g.n_tiles; t += nw) {
+        rtc_tile x = rtc_tile_at(&g, t);
+        if (lane >= x.k) continue;
+        switch (x.bits) {
+        case 2: mv_tile<R, NB, 2>(g, x, lane, rowv, values, scales, zeros, xi, part); break;
+        case 3: mv_tile<R, NB, 3>(g, x, lane, rowv, values, scales, zeros, xi, part); break;
+        case 4: mv_tile<R, NB, 4>(g, x, lane, rowv, values, scales, zeros, xi, part); break;
+        case 5: mv_tile<R, NB, 5>(g, x, lane, rowv, values, scales, zeros, xi, part); break;
+        case 6: mv_tile<R, NB, 6>(g, x, lane, rowv, values, scales, zeros, xi, part); break;
+        case 7: mv_tile<R, NB, 7>(g, x, lane, rowv, values, scales, zeros, xi, part); break;
+        default: mv_tile<R, NB, 8>(g, x, lane, rowv, values, scales, zeros, xi, part); break;
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < R * NB; i++) {
+        float v = part[i];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0) red[warp][i] = v;
+    }
+    __syncthreads();
+    if (threadIdx.x < R * NB) {
+        int i = threadIdx.x, r = i / NB, b = i % NB;
+        float v = 0.0f;
+        for (int w = 0; w < nw; w++) v += red[w][i];
+        if (row0 + r < g.rows) y[(int64_t)b * y_stride + row0 + r] = v;
+    }
+}
+
+/* xi[b][j] = x[b][xmap[j]] for n activation rows of `cols` values. */
+__global__ void k_gather_f32(const float *__restrict__ x, const int32_t *__restrict__ map, float *__restrict__ out,
+                             int n, int64_t cols)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)n * cols) return;
+    int64_t b = i / cols, j = i % cols;
+    out[i] = x[b * cols + map[j]];
+}
+
+/* xh[b][j] = fp16(x[b][perm[j]]): stored order for the prompt path. */
+__global__ void k_gather_f16(const float *__restrict__ x, const int32_t *__restrict__ perm, __half *__restrict__ out,
+                             int n, int64_t cols)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)n * cols) return;
+    int64_t b = i / cols, j = i % cols;
+    out[i] = __float2half_rn(x[b * cols + perm[j]]);
+}
+
+/* ==== Dequantization (prompt path) ====
+ *
+ * One warp per (row, tile); lane l writes the 32 fp16 weights of its chunk in
+ * stored column order, w[row][(c0 + l) * 32 + v] = s (q - z), as four 16-byte
+ * stores.
+ */
+template <int B>
+__device__ __forceinline__ void dq_chunk(const rtc_geom &g, const rtc_tile &x, int lane, int32_t row,
+                                         const uint32_t *__restrict__ values, const __half *__restrict__ scales,
+                                         const uint8_t *__restrict__ zeros, __half *__restrict__ w)
+{
+    uint32_t wd[8];
+    int32_t c = x.c0 + lane;
+    const uint32_t *src = values + (int64_t)row * g.row_words;
+#pragma unroll
+    for (int i = 0; i < B; i++) wd[i] = __ldcs(src + rtc_word_index(&x, lane, i));
+    float m = RTC_MAGIC_F + (float)rtc_zero_of(&g, zeros, row, c, B);
+    float s = __half2float(scales[rtc_scale_index(&g, row, c)]);
+    uint4 *dst = (uint4 *)(w + (int64_t)row * g.cols + (int64_t)c * LAY_CHUNK);
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        uint32_t q0 = rtc_decode_quad(wd, B, 2 * u), q1 = rtc_decode_quad(wd, B, 2 * u + 1);
+        __half2 h[4];
+        h[0] = __floats2half2_rn(s * (rtc_quad_magic(q0, 0) - m), s * (rtc_quad_magic(q0, 1) - m));
+        h[1] = __floats2half2_rn(s * (rtc_quad_magic(q0, 2) - m), s * (rtc_quad_magic(q0, 3) - m));
+        h[2] = __floats2half2_rn(s * (rtc_quad_magic(q1, 0) - m), s * (rtc_quad_magic(q1, 1) - m));
+        h[3] = __floats2half2_rn(s * (rtc_quad_magic(q1, 2) - m), s * (rtc_quad_magic(q1, 3) - m));
+        uint4 v;
+        memcpy(&v, h, sizeof v);
+        dst[u] = v;
+    }
+}
+
+__global__ void k_dequant(rtc_geom g, const uint32_t *__restrict__ values, const __half *__restrict__ scales,
+                          const uint8_t *__restrict__ zeros, __half *__restrict__ w)
+{
+    int64_t gw = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (gw >= (int64_t)g.rows * g.n_tiles) return;
+    int32_t row = (int32_t)(gw / g.n_tiles);
+    rtc_tile x = rtc_tile_at(&g, (int32_t)(gw % g.n_tiles));
+    if (lane >= x.k) return;
+    switch (x.bits) {
+    case 2: dq_chunk<2>(g, x, lane, row, values, scales, zeros, w); break;
+    case 3: dq_chunk<3>(g, x, lane, row, values, scales, zeros, w); break;
+    case 4: dq_chunk<4>(g, x, lane, row, values, scales, zeros, w); break;
+    case 5: dq_chunk<5>(g, x, lane, row, values, scales, zeros, w); break;
+    case 6: dq_chunk<6>(g, x, lane, row, values, scales, zeros, w); break;
+    case 7: dq_chunk<7>(g, x, lane, row, values, scales, zeros, w); break;
+    default: dq_chunk<8>(g, x, lane, row, values, scales, zeros, w); break;
+    }
+}
+
+/* ==== Uploading a linear layer ==== */
+
+static int check_packed(const lay_packed *p, char *err, size_t err_len)
+{
+    char why[128];
+    if (lay_option_check(&p->opt, p->rows, p->cols, why, sizeof why)) {
+        snprintf(err, err_len, "packed tensor %lldx%lld (%s): %s", (long long)p->rows, (long long)p->cols,
+                 p->opt.name, why);
+        return -1;
+    }
+    if (p->rows > INT32_MAX / 2 || p->cols > INT32_MAX / 64) {
+        snprintf(err, err_len, "packed tensor %lldx%lld is too large for the CUDA kernels", (long long)p->rows,
+                 (long long)p->cols);
+        return -1;
+    }
+    if (!p->values || !p->scales || !p->perm || (p->opt.scale_fmt == LAY_SCALE_F16_Z8 && !p->zeros)) {
+        snprintf(err, err_len, "packed tensor %lldx%lld (%s): an array (values, scales, zeros or perm) is missing",
+                 (long long)p->rows, (long long)p->cols, p->opt.name);
+        return -1;
+    }
+    for (int64_t j = 0; j < p->cols; j++) {
+        int64_t v = lay_perm_at(p, j);
+        if (v < 0 || v >= p->cols) {
+            snprintf(err, err_len, "packed tensor %lldx%lld (%s): perm[%lld] = %lld is not a column",
+                     (long long)p->rows, (long long)p->cols, p->opt.name, (long long)j, (long long)v);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The values, repacked tile by tile (decode.cuh), in slabs of rows. */
+static int upload_values(rtc_mem *m, const lay_packed *p, const rtc_geom *g, uint32_t **out, char *err,
+                         size_t err_len)
+{
+    const int64_t slab = 256, rw = g->row_words;
+    int rc = -1;
+    uint32_t *dev, *src = (uint32_t *)malloc((size_t)rw * 4), *dst = (uint32_t *)malloc((size_t)(slab * rw) * 4);
+    if (!src || !dst) { snprintf(err, err_len, "out of host memory repacking a %lldx%lld tensor",
+                                 (long long)p->rows, (long long)p->cols); goto done; }
+    if (rtc_alloc(m, (void **)&dev, (size_t)(p->rows * rw) * 4, "packed values", err, err_len)) goto done;
+    for (int64_t r0 = 0; r0 < p->rows; r0 += slab) {
+        int64_t nr = p->rows - r0 < slab ? p->rows - r0 : slab;
+        for (int64_t r = 0; r < nr; r++) {
+            memcpy(src, p->values + (r0 + r) * rw * 4, (size_t)rw * 4); /* the file's bytes may be unaligned */
+            rtc_repack_row(g, src, dst + r * rw);
+        }
+        if (RTC_CUDA(cudaMemcpy(dev + r0 * rw, dst, (size_t)(nr * rw) * 4, cudaMemcpyHostToDevice))) goto done;
+    }
+    *out = dev;
+    rc = 0;
+done:
+    free(src);
+    free(dst);
+    return rc;
+}
+
+int rtc_linear_upload_packed(rtc_mem *m, const lay_packed *p, rtc_linear *out, char *err, size_t err_len)
+{
+    memset(out, 0, sizeof *out);
+    if (check_packed(p, err, err_len)) return -1;
+    rtc_geom g;
+    rtc_geom_init(&g, p);
+    int rc = -1;
+    int32_t *xmap = (int32_t *)malloc((size_t)p->cols * sizeof *xmap);
+    int32_t *perm = (int32_t *)malloc((size_t)p->cols * sizeof *perm);
+    uint32_t *values;
+    void *scales, *zeros = NULL, *dxmap, *dperm;
+    if (!xmap || !perm) { snprintf(err, err_len, "out of host memory for a permutation of %lld columns",
+                                   (long long)p->cols); goto done; }
+    rtc_build_xmap(&g, p, xmap);
+    for (int64_t j = 0; j < p->cols; j++) perm[j] = (int32_t)lay_perm_at(p, j);
+    if (upload_values(m, p, &g, &values, err, err_len)) goto done;
+    if (rtc_upload(m, &scales, p->scales, (size_t)(p->rows * g.ng) * 2, "packed scales", err, err_len)) goto done;
+    if (!g.sym && rtc_upload(m, &zeros, p->zeros, (size_t)(p->rows * g.ng), "packed zeros", err, err_len)) goto done;
+    if (rtc_upload(m, &dxmap, xmap, (size_t)p->cols * 4, "activation map", err, err_len)) goto done;
+    if (rtc_upload(m, &dperm, perm, (size_t)p->cols * 4, "permutation", err, err_len)) goto done;
+    out->rows = p->rows, out->cols = p->cols, out->packed = 1, out->g = g;
+    out->values = values, out->scales = (const __half *)scales, out->zeros = (const uint8_t *)zeros;
+    out->xmap = (const int32_t *)dxmap, out->perm = (const int32_t *)dperm;
+    rc = 0;
+done:
+    free(xmap);
+    free(perm);
+    return rc;
+}
+
+int rtc_linear_upload_dense(rtc_mem *m, const float *w, int64_t rows, int64_t cols, rtc_linear *out, char *err,
+                            size_t err_len)
+{
+    void *d;
+    memset(out, 0, sizeof *out);
+    if (rtc_upload(m, &d, w, (size_t)(rows * cols) * sizeof(float), "dense weights", err, err_len)) return -1;
+    out->rows = rows, out->cols = cols, out->packed = 0, out->w = (const float *)d;
+    return 0;
+}
+
+/* ==== Linear forward ==== */
+
+static int64_t blocks_for(int64_t n, int threads) { return (n + threads - 1) / threads; }
+
+/* Rows per block: 4 while that still gives two blocks per multiprocessor. */
+static int rows_per_block(int64_t rows, int n_sm)
+{
+    if (rows / 4 >= 2 * (int64_t)n_sm) return 4;
+    if (rows / 2 >= 2 * (int64_t)n_sm) return 2;
+    return 1;
+}
+
+/* Warps per block: at most 8, as few as keep the tiles evenly shared. */
+static int warps_per_block(int32_t n_tiles)
+{
+    int per = (n_tiles + MV_MAX_WARPS - 1) / MV_MAX_WARPS;
+    return (n_tiles + per - 1) / per;
+}
+
+template <int R>
+static void launch_mv_r(const rtc_linear *l, int nb, const float *xi, float *y, cudaStream_t st)
+{
+    dim3 grid((unsigned)((l->rows + R - 1) / R)), block((unsigned)(32 * warps_per_block(l->g.n_tiles)));
+    switch (nb) {
+    case 1: k_matvec<R, 1><<<grid, block, 0, st>>>(l->g, l->values, l->scales, l->zeros, xi, y, l->rows); break;
+    case 2: k_matvec<R, 2><<<grid, block, 0, st>>>(l->g, l->values, l->scales, l->zeros, xi, y, l->rows); break;
+    case 3: k_matvec<R, 3><<<grid, block, 0, st>>>(l->g, l->values, l->scales, l->zeros, xi, y, l->rows); break;
+    default: k_matvec<R, 4><<<grid, block, 0, st>>>(l->g, l->values, l->scales, l->zeros, xi, y, l->rows); break;
+    }
+}
+
+static int packed_matvec(const rtc_linear *l, const float *x, float *y, int n, const rtc_scratch *s,
+                         cudaStream_t st, int n_sm, char *err, size_t err_len)
+{
+    int64_t total = (int64_t)n * l->cols;
+    k_gather_f32<<<(unsigned)blocks_for(total, 256), 256, 0, st>>>(x, l->xmap, s->xi, n, l->cols);
+    if (RTC_LAUNCHED("k_gather_f32")) return -1;
+    int R = rows_per_block(l->rows, n_sm);
+    for (int b0 = 0; b0 < n; b0 += RTC_MV_MAX_NB) {
+        int nb = n - b0 < RTC_MV_MAX_NB ? n - b0 : RTC_MV_MAX_NB;
+        const float *xi = s->xi + (int64_t)b0 * l->cols;
+        float *yb = y + (int64_t)b0 * l->rows;
+        if (R == 4) launch_mv_r<4>(l, nb, xi, yb, st);
+        else if (R == 2) launch_mv_r<2>(l, nb, xi, yb, st);
+        else launch_mv_r<1>(l, nb, xi, yb, st);
+        if (RTC_LAUNCHED("k_matvec")) return -1;
+    }
+    return 0;
+}
+
+/* y^T (rows x n, column-major) = W (rows x cols) * X^T: W is row-major [rows][cols],
+ * i.e. column-major cols x rows, hence op T; X row-major [n][cols] is column-major
+ * cols x n. */
+static int packed_gemm(const rtc_linear *l, const float *x, float *y, int n, const rtc_scratch *s,
+                       cublasHandle_t blas, cudaStream_t st, char *err, size_t err_len)
+{
+    int64_t total = (int64_t)n * l->cols;
+    k_gather_f16<<<(unsigned)blocks_for(total, 256), 256, 0, st>>>(x, l->perm, s->xh, n, l->cols);
+    if (RTC_LAUNCHED("k_gather_f16")) return -1;
+    int64_t warps = l->rows * l->g.n_tiles;
+    k_dequant<<<(unsigned)blocks_for(warps * 32, 256), 256, 0, st>>>(l->g, l->values, l->scales, l->zeros, s->wd);
+    if (RTC_LAUNCHED("k_dequant")) return -1;
+    const float one = 1.0f, zero = 0.0f;
+    return RTC_BLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)l->rows, n, (int)l->cols, &one, s->wd,
+                                 CUDA_R_16F, (int)l->cols, s->xh, CUDA_R_16F, (int)l->cols, &zero, y, CUDA_R_32F,
+                                 (int)l->rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+int rtc_linear_forward(const rtc_linear *l, const float *x, float *y, int n, rtc_path path, const rtc_scratch *s,
+                       cublasHandle_t blas, cudaStream_t st, int n_sm, char *err, size_t err_len)
+{
+    if (!l->packed) {
+        const float one = 1.0f, zero = 0.0f;
+        return RTC_BLAS(cublasSgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)l->rows, n, (int)l->cols, &one, l->w,
+                                    (int)l->cols, x, (int)l->cols, &zero, y, (int)l->rows));
+    }
+    if (path == RTC_PATH_AUTO) path = n <= RTC_MV_MAX_BATCH ? RTC_PATH_MATVEC : RTC_PATH_GEMM;
+    if (path == RTC_PATH_GEMM) {
+        if ((int64_t)n * l->cols > s->xh_elems || l->rows * l->cols > s->wd_elems) {
+            snprintf(err, err_len, "no prompt-path scratch for a %lldx%lld product of %d rows", (long long)l->rows,
+                     (long long)l->cols, n);
+            return -1;
+        }
+        return packed_gemm(l, x, y, n, s, blas, st, err, err_len);
+    }
+    if (n > s->xi_rows) {
+        snprintf(err, err_len, "the matrix-vector scratch holds %d rows, not %d", s->xi_rows, n);
+        return -1;
+    }
+    return packed_matvec(l, x, y, n, s, st, n_sm, err, err_len);
+}
+
+/* ==== Element-wise kernels ==== */
+
+/* Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it. */
+__device__ float block_sum(float v, float *sh)
+{
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads(); /* sh may still be read from a previous call */
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    v = lane < nw ? sh[lane] : 0.0f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ float block_max(float v, float *sh)
+{
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    __syncthreads();
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    v = lane < nw ? sh[lane] : -INFINITY;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* One block per row: out = x / rms(x) * w. */
+__global__ void k_rmsnorm(const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ out, int dim,
+                          float eps)
+{
+    __shared__ float sh[32];
+    const float *xr = x + (int64_t)blockIdx.x * dim;
+    float *orow = out + (int64_t)blockIdx.x * dim;
+    float ss = 0.0f;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) ss += xr[j] * xr[j];
+    ss = block_sum(ss, sh);
+    float r = rsqrtf(ss / (float)dim + eps);
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) orow[j] = xr[j] * r * w[j];
+}
+
+__global__ void k_add_bias(float *__restrict__ y, const float *__restrict__ bias, int64_t len, int rows)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < len) y[i] += bias[i % rows];
+}
+
+__global__ void k_add(float *__restrict__ h, const float *__restrict__ d, int64_t len)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < len) h[i] += d[i];
+}
+
+__global__ void k_swiglu(float *__restrict__ gate, const float *__restrict__ up, int64_t len)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= len) return;
+    float g = gate[i];
+    gate[i] = g / (1.0f + expf(-g)) * up[i];
+}
+
+int rtc_rmsnorm(const float *x, const float *w, float *out, int n, int dim, float eps, cudaStream_t st, char *err,
+                size_t err_len)
+{
+    k_rmsnorm<<<(unsigned)n, 256, 0, st>>>(x, w, out, dim, eps);
+    return RTC_LAUNCHED("k_rmsnorm");
+}
+
+int rtc_add_bias(float *y, const float *bias, int n, int rows, cudaStream_t st, char *err, size_t err_len)
+{
+    int64_t len = (int64_t)n * rows;
+    k_add_bias<<<(unsigned)blocks_for(len, 256), 256, 0, st>>>(y, bias, len, rows);
+    return RTC_LAUNCHED("k_add_bias");
+}
+
+int rtc_add(float *h, const float *d, int64_t len, cudaStream_t st, char *err, size_t err_len)
+{
+    k_add<<<(unsigned)blocks_for(len, 256), 256, 0, st>>>(h, d, len);
+    return RTC_LAUNCHED("k_add");
+}
+
+int rtc_swiglu(float *gate, const float *up, int64_t len, cudaStream_t st, char *err, size_t err_len)
+{
+    k_swiglu<<<(unsigned)blocks_for(len, 256), 256, 0, st>>>(gate, up, len);
+    return RTC_LAUNCHED("k_swiglu");
+}
+
+/* ==== RoPE and the KV cache ====
+ *
+ * Pairs of a head rotate by the angle of their index j < rope_dim / 2: (2j, 2j+1)
+ * in GGUF's interleaved order, (j, j + rope_dim/2) for NeoX-order models, as in
+ * runtime/forward.c. One block per token.
+ */
+__device__ __forceinline__ void rope_pair(float *x, int j, int half, int neox, float c, float s)
+{
+    int a = neox ? j : 2 * j, b = neox ? j + half : 2 * j + 1;
+    float x0 = x[a], x1 = x[b];
+    x[a] = x0 * c - x1 * s;
+    x[b] = x0 * s + x1 * c;
+}
+
+__global__ void k_rope_store(rtc_attn_shape a, float *__restrict__ q, const float *__restrict__ k,
+                             const float *__restrict__ v, __half *__restrict__ kc, __half *__restrict__ vc, int pos)
+{
+    int i = blockIdx.x, p = pos + i, half = a.rope_dim / 2;
+    const float *cs = a.cos + (int64_t)p * half, *sn = a.sin + (int64_t)p * half;
+    float *qi = q + (int64_t)i * a.q_dim;
+    for (int u = threadIdx.x; u < a.n_heads * half; u += blockDim.x) {
+        int h = u / half, j = u % half;
+        rope_pair(qi + h * a.head_dim, j, half, a.neox, cs[j], sn[j]);
+    }
+    /* k: rotate the pair in registers and store both into the cache; the other
+     * values of k and all of v are copied. */
+    const float *ki = k + (int64_t)i * a.kv_dim, *vi = v + (int64_t)i * a.kv_dim;
+    __half *kr = kc + (int64_t)p * a.kv_dim, *vr = vc + (int64_t)p * a.kv_dim;
+    for (int d = threadIdx.x; d < a.kv_dim; d += blockDim.x) {
+        int h = d / a.head_dim, e = d % a.head_dim;
+        float val = ki[d];
+        if (e < a.rope_dim) {
+            int j = a.neox ? e % half : e / 2, first = a.neox ? e < half : e % 2 == 0;
+            int other = a.neox ? (first ? e + half : e - half) : (first ? e + 1 : e - 1);
+            float o = ki[h * a.head_dim + other];
+            val = first ? val * cs[j] - o * sn[j] : o * sn[j] + val * cs[j];
+        }
+        kr[d] = __float2half_rn(val);
+        vr[d] = __float2half_rn(vi[d]);
+    }
+}
+
+int rtc_rope_store(const rtc_attn_shape *a, float *q, const float *k, const float *v, __half *kc, __half *vc, int n,
+                   int pos, cudaStream_t st, char *err, size_t err_len)
+{
+    k_rope_store<<<(unsigned)n, 256, 0, st>>>(*a, q, k, v, kc, vc, pos);
+    return RTC_LAUNCHED("k_rope_store");
+}
+
+/* ==== Attention ====
+ *
+ * One block per (head, query): scores of the T = pos + i + 1 visible keys in
+ * shared memory (a warp per key, lanes along head_dim), softmax, then each thread
+ * sums p_t v_t over t for its output dimensions.
+ */
+#define ATT_THREADS 128
+
+static size_t att_smem(const rtc_attn_shape *a) { return ((size_t)a->max_ctx + (size_t)a->head_dim) * sizeof(float); }
+
+__global__ void __launch_bounds__(ATT_THREADS)
+k_attention(rtc_attn_shape a, const float *__restrict__ q, const __half *__restrict__ kc,
+            const __half *__restrict__ vc, float *__restrict__ att, int pos)
+{
+    extern __shared__ float sm[];
+    __shared__ float red[32];
+    int h = blockIdx.x, i = blockIdx.y, T = pos + i + 1, hd = a.head_dim;
+    int kvh = h / (a.n_heads / a.n_kv), warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+    float *qs = sm, *sc = sm + hd;
+    float scale = rsqrtf((float)hd);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = q[(int64_t)i * a.q_dim + h * hd + d] * scale;
+    __syncthreads();
+    const __half *kh = kc + (int64_t)kvh * hd, *vh = vc + (int64_t)kvh * hd;
+    for (int t = warp; t < T; t += nw) {
+        const __half *kt = kh + (int64_t)t * a.kv_dim;
+        float s = 0.0f;
+        for (int d = lane; d < hd; d += 32) s += qs[d] * __half2float(kt[d]);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) sc[t] = s;
+    }
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int t = threadIdx.x; t < T; t += blockDim.x) mx = fmaxf(mx, sc[t]);
+    mx = block_max(mx, red);
+    float sum = 0.0f;
+    for (int t = threadIdx.x; t < T; t += blockDim.x) {
+        float e = expf(sc[t] - mx);
+        sc[t] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, red); /* its barriers also publish sc[] */
+    float inv = 1.0f / sum;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float o = 0.0f;
+        for (int t = 0; t < T; t++) o += sc[t] * __half2float(vh[(int64_t)t * a.kv_dim + d]);
+        att[(int64_t)i * a.q_dim + h * hd + d] = o * inv;
+    }
+}
+
+int rtc_attention_prepare(const rtc_attn_shape *a, char *err, size_t err_len)
+{
+    int dev, optin;
+    size_t need = att_smem(a);
+    if (RTC_CUDA(cudaGetDevice(&dev))) return -1;
+    if (RTC_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev))) return -1;
+    if (need + 32 * sizeof(float) > (size_t)optin) {
+        snprintf(err, err_len, "a context of %d tokens needs %zu bytes of shared memory per attention block; "
+                 "this device allows %d", a->max_ctx, need, optin);
+        return -1;
+    }
+    if (RTC_CUDA(cudaFuncSetAttribute(k_attention, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)need))) return -1;
+    return 0;
+}
+
+int rtc_attention(const rtc_attn_shape *a, const float *q, const __half *kc, const __half *vc, float *att, int n,
+                  int pos, cudaStream_t st, char *err, size_t err_len)
+{
+    dim3 grid((unsigned)a->n_heads, (unsigned)n);
+    size_t smem = ((size_t)pos + (size_t)n + (size_t)a->head_dim) * sizeof(float);
+    k_attention<<<grid, ATT_THREADS, smem, st>>>(*a, q, kc, vc, att, pos);
+    return RTC_LAUNCHED("k_attention");
+}

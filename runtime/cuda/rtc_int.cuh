@@ -1,0 +1,130 @@
+/*
+ * runtime/cuda/rtc_int.cuh — internals shared by the CUDA runtime's .cu files:
+ * checked CUDA and cuBLAS calls, tracked device allocations, the device form of a
+ * linear layer, and the host-side launchers of the kernels (runtime/cuda/kernels.cu).
+ *
+ * Every CUDA or cuBLAS call goes through RTC_CUDA / RTC_BLAS, which turn a failure
+ * into a message naming the call, the error and file:line, and return -1; every
+ * kernel launch is followed by RTC_LAUNCHED. Functions that can fail take
+ * (char *err, size_t err_len) last and return 0 or -1.
+ *
+ * What it must never do: be included from C (it is C++/CUDA), or hide an error.
+ */
+#ifndef BITPLAN_RUNTIME_CUDA_RTC_INT_CUH
+#define BITPLAN_RUNTIME_CUDA_RTC_INT_CUH
+
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "runtime/cuda/decode.cuh"
+
+/* ==== Checked calls ==== */
+
+int rtc_cuda_fail(cudaError_t e, const char *call, const char *file, int line, char *err, size_t err_len);
+int rtc_blas_fail(cublasStatus_t s, const char *call, const char *file, int line, char *err, size_t err_len);
+
+#define RTC_CUDA(call)                                                                     \
+    __extension__({                                                                        \
+        cudaError_t c_ = (call);                                                           \
+        c_ == cudaSuccess ? 0 : rtc_cuda_fail(c_, #call, __FILE__, __LINE__, err, err_len); \
+    })
+#define RTC_BLAS(call)                                                                     \
+    __extension__({                                                                        \
+        cublasStatus_t s_ = (call);                                                        \
+        s_ == CUBLAS_STATUS_SUCCESS ? 0 : rtc_blas_fail(s_, #call, __FILE__, __LINE__, err, err_len); \
+    })
+/* After a kernel launch: the launch error (bad configuration, no kernel image). */
+#define RTC_LAUNCHED(name)                                                                 \
+    __extension__({                                                                        \
+        cudaError_t e_ = cudaGetLastError();                                               \
+        e_ == cudaSuccess ? 0 : rtc_cuda_fail(e_, "launch of " name, __FILE__, __LINE__, err, err_len); \
+    })
+
+/* ==== Tracked device memory ==== */
+
+/* Every device allocation of one owner, freed together. */
+typedef struct {
+    void **ptr;
+    int n, cap;
+    int64_t bytes;      /* sum of the sizes asked for */
+} rtc_mem;
+
+/* cudaMalloc of `bytes` for `what`; out of memory is a message with the size asked
+ * for and the free/total figures of cudaMemGetInfo. bytes == 0 gives NULL. */
+int rtc_alloc(rtc_mem *m, void **p, size_t bytes, const char *what, char *err, size_t err_len);
+/* rtc_alloc and a host-to-device copy of src. */
+int rtc_upload(rtc_mem *m, void **p, const void *src, size_t bytes, const char *what, char *err, size_t err_len);
+void rtc_mem_free(rtc_mem *m);
+
+/* ==== A linear layer on the device ==== */
+
+#define RTC_MV_MAX_NB 4        /* activation rows per matrix-vector launch */
+#define RTC_MV_MAX_BATCH 16    /* batches up to this run as matrix-vector products */
+
+typedef struct {
+    int64_t rows, cols;
+    int packed;                 /* 1: packed, 0: dense fp32 */
+    /* packed */
+    rtc_geom g;
+    const uint32_t *values;     /* [rows][row_words], tiles repacked (decode.cuh) */
+    const __half *scales;       /* [rows][ng] */
+    const uint8_t *zeros;       /* [rows][ng], NULL for symmetric */
+    const int32_t *xmap;        /* [cols] interleaved position -> original column */
+    const int32_t *perm;        /* [cols] stored column -> original column */
+    /* dense */
+    const float *w;             /* [rows][cols] */
+} rtc_linear;
+
+/* Scratch a product needs, sized by the caller for its largest layer and batch. */
+typedef struct {
+    float *xi;                  /* [xi_rows][max_cols] interleaved activations */
+    int xi_rows;
+    __half *xh;                 /* [max_batch][max_cols] fp16 activations, stored order (prompt path) */
+    __half *wd;                 /* [max rows * cols] dequantized weights (prompt path) */
+    int64_t xh_elems, wd_elems; /* capacities (0: no prompt path) */
+} rtc_scratch;
+
+typedef enum { RTC_PATH_AUTO = 0, RTC_PATH_MATVEC = 1, RTC_PATH_GEMM = 2 } rtc_path;
+
+/* Uploads one packed tensor (repacked tiles, scales, zeros, xmap, perm). Checks the
+ * option, the zeros and every permutation entry first. */
+int rtc_linear_upload_packed(rtc_mem *m, const lay_packed *p, rtc_linear *out, char *err, size_t err_len);
+int rtc_linear_upload_dense(rtc_mem *m, const float *w, int64_t rows, int64_t cols, rtc_linear *out,
+                            char *err, size_t err_len);
+
+/* y[n][rows] = x[n][cols] W^T on stream st; x, y on the device. Batches up to
+ * RTC_MV_MAX_BATCH use the matrix-vector kernel (path AUTO), larger ones the
+ * dequantize + cublasGemmEx path. */
+int rtc_linear_forward(const rtc_linear *l, const float *x, float *y, int n, rtc_path path, const rtc_scratch *s,
+                       cublasHandle_t blas, cudaStream_t st, int n_sm, char *err, size_t err_len);
+
+/* ==== Launchers of the element-wise and attention kernels (kernels.cu) ==== */
+
+int rtc_rmsnorm(const float *x, const float *w, float *out, int n, int dim, float eps, cudaStream_t st,
+                char *err, size_t err_len);
+int rtc_add_bias(float *y, const float *bias, int n, int rows, cudaStream_t st, char *err, size_t err_len);
+int rtc_add(float *h, const float *d, int64_t len, cudaStream_t st, char *err, size_t err_len);
+int rtc_swiglu(float *gate, const float *up, int64_t len, cudaStream_t st, char *err, size_t err_len);
+
+typedef struct {
+    int n_heads, n_kv, head_dim, rope_dim, neox;
+    int q_dim, kv_dim;
+    int max_ctx;
+    const float *cos, *sin;     /* [max_ctx][rope_dim / 2] */
+} rtc_attn_shape;
+
+/* RoPE on q[n][q_dim] in place and on k[n][kv_dim]; k and v then go to the cache
+ * rows pos..pos+n-1 (fp16, [max_ctx][kv_dim] for this layer). */
+int rtc_rope_store(const rtc_attn_shape *a, float *q, const float *k, const float *v, __half *kc, __half *vc,
+                   int n, int pos, cudaStream_t st, char *err, size_t err_len);
+/* att[n][q_dim]: causal grouped-query attention of query i (position pos + i) over
+ * cache rows 0..pos+i. */
+int rtc_attention(const rtc_attn_shape *a, const float *q, const __half *kc, const __half *vc, float *att, int n,
+                  int pos, cudaStream_t st, char *err, size_t err_len);
+/* Raises the attention kernel's shared-memory limit for max_ctx (once per model). */
+int rtc_attention_prepare(const rtc_attn_shape *a, char *err, size_t err_len);
+
+#endif

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# make bench: every benchmark under bench/, each reporting against a baseline
+# measured in the same run. Results go to stdout (Markdown tables); BENCHMARKS.md
+# records them with the machine. BENCH_ONLY=matvec|forward|alloc|cuda runs one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+B=${BUILD:-build}
+only=${BENCH_ONLY:-}
+run() { [ -z "$only" ] || [ "$only" = "$1" ]; }
+
+echo "# bitplan benchmarks — $(date -u +%Y-%m-%d), $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p')"
+
+if run matvec; then
+    echo; echo "## Packed matrix-vector product vs memory read bandwidth"
+    "$B/bench/bench_matvec"
+fi
+if run forward; then
+    echo; echo "## fp32 forward: prompt and generation tokens/s"
+    "$B/bench/bench_forward" models/SmolLM2-135M-Instruct.Q4_1.gguf
+fi
+if run alloc; then
+    echo; echo "## Allocation: GLPK vs baselines"
+    db=${BENCH_DB:-out/smol.db}
+    if [ -f "$db" ]; then "$B/bench/bench_alloc" --db "$db" --bpw 2.5,3,3.5,4,5,6 --sizes 1000,10000
+    else "$B/bench/bench_alloc" --sizes 1000,10000; echo "(no measurement at $db: run make demo first for the real-model table)"; fi
+fi
+if run cuda && [ -x "$B/bench/bench_cuda" ]; then
+    echo; echo "## CUDA"
+    "$B/bench/bench_cuda" || echo "(bench_cuda: no usable GPU here)"
+fi
