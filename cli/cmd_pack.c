@@ -1,8 +1,97 @@
-/* cli/cmd_pack.c — `bitplan pack`. (Being written: see the module's owner.) */
+/*
+ * cli/cmd_pack.c — `bitplan pack MODEL --db D [--plan N | --uniform OPTION] -o OUT`:
+ * quantizes the model at a plan and writes one packed file (pack/FORMAT.md).
+ * --uniform first records a plan with that one option for every tensor (the
+ * baseline the exact plans are compared with) and packs it.
+ * It must never quantize or write anything itself: pack/ and db/ do.
+ */
 #include "cli.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "../db/db.h"
+#include "../pack/pack.h"
+
+static const char usage[] =
+    "usage: bitplan pack MODEL --db D [--plan N] -o OUT [--hessians sequential|full]\n"
+    "  --db D             the measurement database holding the plan\n"
+    "  --plan N           plan id (default: the newest plan)\n"
+    "  -o, --out OUT      the packed file to write (atomically: complete or absent)\n"
+    "  --hessians MODE    sequential (default): Hessians through the already quantized\n"
+    "                     layers, as EXL2 does; full: the full-precision model's, as measured\n"
+    "  --uniform OPTION   record a uniform plan (OPTION for every tensor) and pack it\n"
+    "  --head-option OPT  with --uniform: the head's option (default: OPTION)\n"
+    "  --progress         progress on stderr even when it is not a terminal\n";
+
+typedef struct {
+    const char *model, *db, *out, *uniform, *head_option;
+    long plan;
+    pack_params p;
+} pack_args;
+
+static int parse_args(int argc, char **argv, pack_args *a)
+{
+    memset(a, 0, sizeof *a);
+    pack_params_init(&a->p);
+    a->p.progress = cli_progress_wanted();
+    for (int i = 1; i < argc; i++) {
+        const char *o = argv[i];
+        int has_val = i + 1 < argc;
+        if (!strcmp(o, "--db") && has_val) a->db = argv[++i];
+        else if ((!strcmp(o, "-o") || !strcmp(o, "--out")) && has_val) a->out = argv[++i];
+        else if (!strcmp(o, "--uniform") && has_val) a->uniform = argv[++i];
+        else if (!strcmp(o, "--head-option") && has_val) a->head_option = argv[++i];
+        else if (!strcmp(o, "--plan") && has_val) {
+            if (cli_parse_int(argv[++i], &a->plan) || a->plan < 1) return cli_fail("pack", "--plan '%s' is not a plan id", argv[i]);
+        } else if (!strcmp(o, "--hessians") && has_val) {
+            const char *v = argv[++i];
+            if (!strcmp(v, "full")) a->p.hessians = PACK_HESS_FULL;
+            else if (!strcmp(v, "sequential")) a->p.hessians = PACK_HESS_SEQUENTIAL;
+            else return cli_fail("pack", "--hessians '%s' is neither full nor sequential", v);
+        } else if (!strcmp(o, "--progress")) a->p.progress = 1;
+        else if (o[0] == '-' && o[1]) return cli_fail("pack", "unknown or incomplete option '%s' (see --help)", o);
+        else if (!a->model) a->model = o;
+        else return cli_fail("pack", "unexpected argument '%s'", o);
+    }
+    if (!a->model) return cli_fail("pack", "no model given (usage: bitplan pack MODEL --db D -o OUT)");
+    if (!a->db) return cli_fail("pack", "no --db D given");
+    if (!a->out) return cli_fail("pack", "no -o OUT given");
+    if (a->uniform && a->plan) return cli_fail("pack", "--uniform and --plan exclude each other");
+    if (a->head_option && !a->uniform) return cli_fail("pack", "--head-option needs --uniform");
+    return 0;
+}
+
+static int record_uniform(pack_args *a)
+{
+    db_conn *d = NULL;
+    int64_t id = 0;
+    int rc = db_open(a->db, DB_OPEN_WRITE, &d) ||
+             db_plan_insert_uniform(d, 0, a->uniform, a->head_option, cli_command_line(), &id);
+    if (rc) cli_fail("pack", "%s", d ? db_errmsg(d) : "cannot open the database");
+    else printf("plan            %lld (uniform \"%s\"%s%s%s)\n", (long long)id, a->uniform, a->head_option ? ", head \"" : "",
+                a->head_option ? a->head_option : "", a->head_option ? "\"" : "");
+    db_close(d);
+    a->plan = (long)id;
+    return rc;
+}
 
 int cmd_pack(int argc, char **argv)
 {
-    (void)argc, (void)argv;
-    return cli_fail("pack", "not available in this build yet");
+    if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) { fputs(usage, stdout); return 0; }
+    pack_args a;
+    if (parse_args(argc, argv, &a)) return 1;
+    if (a.uniform && record_uniform(&a)) return 1;
+    pack_stats st;
+    char err[1024];
+    if (pack_model(a.model, a.db, a.plan, a.out, &a.p, &st, err, sizeof err)) return cli_fail("pack", "%s", err);
+    printf("packed          %s\n", a.out);
+    printf("hessians        %s\n", a.p.hessians == PACK_HESS_FULL ? "full" : "sequential");
+    printf("tensors         %lld quantized\n", (long long)st.n_quantized);
+    printf("bits            %lld (%.1f MiB)\n", (long long)st.quantized_bits, (double)st.quantized_bits / 8 / (1 << 20));
+    printf("bpw             %.4f over the quantized layers (%lld weights)\n",
+           st.quantized_weights ? (double)st.quantized_bits / (double)st.quantized_weights : 0.0, (long long)st.quantized_weights);
+    printf("file size       %lld bytes (%.1f MiB)\n", (long long)st.file_bytes, (double)st.file_bytes / (1 << 20));
+    printf("time            %.1f s\n", st.seconds);
+    return 0;
 }

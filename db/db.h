@@ -213,11 +213,18 @@ typedef struct {
 } db_pack_choice;
 
 typedef struct {
+    char path[4096];        /* as given to bitplan measure */
+    char sha256[65];
+} db_pack_source;
+
+typedef struct {
     int64_t plan_id, calib_id;
     char kind[8];           /* "bpw" or "vram" */
     double target, achieved_bpw, file_bpw, objective;
     char model_hash[65];
     char *sources_json;     /* the calibration's [{"path","sha256"}], malloc'd */
+    int n_sources;
+    db_pack_source *sources; /* the same, parsed (malloc'd) */
     int rows, ctx;
     double damp;
     int n_choices;
@@ -228,6 +235,14 @@ typedef struct {
  * calibration it was made from. db_pack_plan_free releases it. */
 int db_pack_plan_load(db_conn *d, int64_t plan_id, db_pack_plan *out);
 void db_pack_plan_free(db_pack_plan *p);
+
+/* Inserts a uniform plan of calibration calib_id (0: the newest with measurements):
+ * every measured tensor gets option option_name, except the head, which gets
+ * head_option_name when that is not NULL. Every tensor must have a measurement at
+ * its option. kind 'bpw', target = achieved bpw (over the blocks, as allocate
+ * counts), metric 'rel_err', predicted = rel_err. One transaction. */
+int db_plan_insert_uniform(db_conn *d, int64_t calib_id, const char *option_name, const char *head_option_name,
+                           const char *command, int64_t *plan_id);
 
 /* ==== Evaluations and report queries (cli eval, reports/) ==== */
 

@@ -430,6 +430,7 @@ static void unit_done(mrun *r, const munit *u, int rc, const db_measurement *m, 
 {
     if (rc) {
         if (!r->failed) fail(r, "%s, option \"%s\": %s", r->t[u->t].name, r->opts->v[u->o].name, err);
+#pragma omp atomic write
         r->failed = 1;
         return;
     }
@@ -437,7 +438,10 @@ static void unit_done(mrun *r, const munit *u, int rc, const db_measurement *m, 
     r->pending[r->n_pending++] = *m;
     r->prog.units_done++;
     if (--r->t[u->t].todo == 0) r->prog.tensors_done++;
-    if (now_s() - r->last_flush >= MEAS_FLUSH_SECONDS && flush(r)) r->failed = 1;
+    if (now_s() - r->last_flush >= MEAS_FLUSH_SECONDS && flush(r)) {
+#pragma omp atomic write
+        r->failed = 1;
+    }
     report(r, "measure");
 }
 
@@ -506,7 +510,10 @@ static void run_parallel(mrun *r, const munit *u, int n, gptq_prep *const *prep)
     openblas_set_num_threads(1); /* one unit per thread; GPTQ's BLAS calls stay serial */
 #pragma omp parallel for schedule(dynamic, 1) num_threads(r->threads)
     for (int i = 0; i < n; i++) {
-        if (r->failed) continue;
+        int failed;
+#pragma omp atomic read
+        failed = r->failed;
+        if (failed) continue; /* an OpenMP loop cannot break: skip the rest */
         char err[512] = "";
         db_measurement m;
         int rc = run_unit(r, &u[i], prep, &m, err, sizeof err);
@@ -643,6 +650,7 @@ static void cleanup(mrun *r)
     calib_free(&r->cal);
     opt_set_free(&r->own_opts);
     db_close(r->db);
+    if (r->threads > 0) omp_set_num_threads(r->threads); /* as apply_threads found it, or as asked */
 }
 
 int meas_run(const char *model_path, const char *const *calib_paths, int n_calib, const char *db_path,

@@ -35,6 +35,9 @@ typedef struct {
     int damp_retries;   /* Cholesky failures that needed more damping */
     int64_t dead_cols;  /* columns with H_ii = 0 (set to zero before quantizing) */
 } gptq_stats;
+/* Results (q, perm, scales, zeros, rel_err) are bit-identical between runs with the
+ * same inputs and the same BLAS thread count. stats may be NULL: then rel_err is not
+ * computed (it costs about as much as the quantization). */
 
 /* Quantizes w[rows][cols] (original column order; not modified) under option o,
  * using the Hessian h[cols][cols] (double, symmetric; not modified). out must be
@@ -73,7 +76,7 @@ int rtn_quantize(const float *w, int64_t rows, int64_t cols, const double *h,
                  const lay_option *o, lay_qtensor *out, char *err, size_t err_len);
 
 /* tr(dW H dW^T) / tr(W H W^T) for dW = wq - w, both [rows][cols] (0 if both traces
- * are 0, +inf if only the denominator is; NaN if out of memory). */
+ * are 0, +inf if only the denominator is 0; NaN if out of memory). */
 double gptq_relative_error(const float *w, const float *wq, int64_t rows, int64_t cols, const double *h);
 /* tr(W H W^T), the denominator of rel_err (NaN if out of memory). */
 double gptq_weight_energy(const float *w, int64_t rows, int64_t cols, const double *h);
@@ -81,10 +84,11 @@ double gptq_weight_energy(const float *w, int64_t rows, int64_t cols, const doub
 /* ==== Hessians ==== */
 
 /* h[cols][cols] (full, symmetric) += x^T x for the rows x[n][cols], summed in double
- * (float products are exact in double). Rows are taken in fixed chunks of 256, so
- * the result depends only on the inputs and the sequence of calls whose n are
- * multiples of 256, never on timing: a resumed accumulation equals an uninterrupted
- * one. 0, or -1 if out of memory (h unchanged). */
+ * (float products are exact in double). Each call adds its rows in chunks of 256
+ * (one dsyrk each), so h depends only on the inputs and where the calls cut them,
+ * never on timing: the same calls give the same bits, and calls of 512 rows give
+ * the bits of twice as many calls of 256 (a resumed accumulation that keeps the cut
+ * points equals an uninterrupted one). 0, or -1 if out of memory (h unchanged). */
 int hess_accumulate(double *h, const float *x, int n, int64_t cols);
 /* H = 2/n_rows * h (n_rows: all rows accumulated); checks that H is finite and its
  * diagonal non-negative. 0, or -1 with a message naming the entry. */
@@ -97,9 +101,11 @@ typedef struct {
     lay_option *v;
 } opt_set;
 
-/* The default candidate set (about 2 to 8 bpw in small steps). */
+/* The default candidate set (28 options, 2.2 to 8.8 bpw in steps of at most 0.5;
+ * table in measure/options.c). s->n is 0 if out of memory. */
 void opt_default_set(opt_set *s);
-/* Reads a user's option file (format in the README). 0, or -1 with a message. */
+/* Reads a user's option file (format at the top of measure/options.c and in the
+ * README). 0, or -1 with a message "FILE:LINE: what 'value' is wrong". */
 int opt_read_file(const char *path, opt_set *s, char *err, size_t err_len);
 void opt_set_free(opt_set *s);
 

@@ -66,7 +66,14 @@ int pack_model(const char *model_path, const char *db_path, int64_t plan_id, con
 
 /* 1 if path is a bitplan packed file (by its metadata), 0 otherwise. */
 int pack_is_packed(const char *path);
-/* Opens a packed file as a runnable model (packed linear layers). */
+/* Opens a packed file as a runnable model (packed linear layers). Products of any
+ * batch size work; max_batch sizes each layer's scratch (larger batches run in
+ * pieces of max_batch rows). Every check of pack/FORMAT.md runs first; an error is
+ * one line naming the file. */
 int pack_load(const char *path, int max_batch, struct rt_model **out, char *err, size_t err_len);
+/* The same for a file already opened by model/ (mdl_open), which the model takes
+ * over: it is closed with the model, or here on failure. */
+struct mdl_model;
+int pack_load_file(struct mdl_model *file, int max_batch, struct rt_model **out, char *err, size_t err_len);
 
 #endif

@@ -6,7 +6,14 @@
  * cache, o, residual, RMSNorm, SwiGLU, down, residual; then the final RMSNorm and
  * the head. A batch of tokens runs as matrix-matrix products (BLAS for dense
  * weights); attention is two BLAS products per head with a causal softmax in
- * between; the element-wise steps are spread over rows with OpenMP.
+ * between.
+ *
+ * Threads: the products are where the time goes, and they run on BLAS's (or a
+ * packed kernel's) own threads. The element-wise steps (norms, RoPE, softmax,
+ * SwiGLU, residuals) run on the calling thread: OpenMP teams for them beside
+ * OpenBLAS's thread pool made a 128-token batch 8-16x slower on a loaded 2-core
+ * machine (spinning barriers whose partner thread was descheduled), and gained
+ * under 10% even with OMP_WAIT_POLICY=passive.
  *
  * RoPE follows llama.cpp: for llama-family GGUF files the q/k rows are already
  * permuted so that pairs (2i, 2i+1) of a head rotate together by
@@ -27,7 +34,6 @@
  * as ggml does). */
 static void rmsnorm(float *out, const float *x, const float *w, int n, int dim, float eps)
 {
-#pragma omp parallel for if (n > 1) schedule(static)
     for (int i = 0; i < n; i++) {
         const float *xi = x + (size_t)i * dim;
         float *oi = out + (size_t)i * dim;
@@ -44,7 +50,6 @@ static void rope(const rt_state *s, const mdl_config *c, float *v, int n, int n_
 {
     int half = c->rope_dim / 2, hd = c->head_dim;
     int stride = s->rope_neox ? 1 : 2, offset = s->rope_neox ? half : 1;
-#pragma omp parallel for if (n > 1) schedule(static)
     for (int i = 0; i < n; i++) {
         const float *cs = s->rope_cos + (size_t)(pos + i) * half;
         const float *sn = s->rope_sin + (size_t)(pos + i) * half;
@@ -69,14 +74,12 @@ static void add_bias(float *y, const float *bias, int n, int rows)
 
 static void add_residual(float *h, const float *delta, int64_t len)
 {
-#pragma omp parallel for if (len > 65536) schedule(static)
     for (int64_t i = 0; i < len; i++) h[i] += delta[i];
 }
 
 /* gate = silu(gate) * up over len values. */
 static void swiglu(float *gate, const float *up, int64_t len)
 {
-#pragma omp parallel for if (len > 16384) schedule(static)
     for (int64_t i = 0; i < len; i++) {
         float g = gate[i];
         gate[i] = g / (1.0f + expf(-g)) * up[i];
@@ -123,7 +126,6 @@ static void attention(const mdl_config *c, rt_state *s, int l, int n, int pos)
         /* scores[n][T] = Q_h K_h^T * scale; causal softmax; out[n][hd] = P V_h */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, T, hd, scale, q, s->q_dim, k, s->kv_dim,
                     0.0f, s->scores, T);
-#pragma omp parallel for schedule(static)
         for (int i = 0; i < n; i++) softmax_prefix(s->scores + (size_t)i * T, pos + i + 1, T);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, T, 1.0f, s->scores, T, v, s->kv_dim,
                     0.0f, out, s->q_dim);

@@ -57,6 +57,7 @@ rt_linear *rt_linear_dense(float *w, int64_t rows, int64_t cols)
     l->get_row = dense_get_row;
     l->destroy = dense_destroy;
     l->impl = d;
+    l->dense = w;
     return l;
 }
 

@@ -60,7 +60,8 @@ static void row_product(const qlin *q, int64_t r, int kb, int nb, float *sd, flo
     for (int k = 0; k < nb; k++) y[(kb + k) * p->rows + r] = acc[k] - corr[k];
 }
 
-/* Activation row k into stored order, then int8 per group. */
+/* Activation row k into kernel order (stored order, or block order in some runs),
+ * then int8 per group. */
 static void quantize_input(const qlin *q, const float *x, int k)
 {
     int64_t cols = q->p.cols;
@@ -206,7 +207,7 @@ rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, char *err, size_
     build_runs(q);
     build_gather(q);
     *l = (rt_linear){ .rows = p->rows, .cols = p->cols, .matmul = packed_matmul, .get_row = packed_get_row,
-                      .destroy = packed_destroy, .impl = q };
+                      .destroy = packed_destroy, .impl = q, .packed = &q->p };
     return l;
 fail:
     if (err && err_len) snprintf(err, err_len, "packed linear %lldx%lld (%s): %s", (long long)p->rows,

@@ -1,0 +1,359 @@
+/*
+ * bench/bench_cuda.c — the CUDA runtime's speed, as Markdown tables on stdout
+ * (progress on stderr):
+ *
+ *   (a) the packed matrix-vector product (batch 1) on 4096x14336 and 8192x28672
+ *       weights (rows x cols) at about 2.5, 3, 4, 5, 6 and 8 bpw: GB/s of packed
+ *       bytes (values, scales, zeros) over the device-to-device copy bandwidth
+ *       measured in the same run, (read + written bytes) / s; each figure rotates
+ *       over enough copies of the tensor (>= 512 MiB) to leave the L2 cache;
+ *   (b) token generation (batch 1, after a 16-token prompt and 8 warm-up tokens)
+ *       for a synthetic model of Llama-2-7B's shapes with random packed weights at
+ *       about 3.0, 4.0 and 5.0 bpw, built here in memory, and for a packed file
+ *       (--packed FILE, e.g. SmolLM2 at 4.0 bpw from `bitplan pack`);
+ *   (c) device memory held by each model (rt_cuda_model_device_bytes) next to a
+ *       predicted figure (--predict BYTES, for the packed file).
+ *
+ *   bench_cuda [--quick] [--packed FILE] [--predict BYTES] [--ctx N] [--tokens N]
+ *
+ * Without a GPU it prints why and exits with status 1. Random weights are never
+ * all zeros (zeros can run faster than real data).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "pack/layout.h"
+#include "pack/pack.h"
+#include "runtime/cuda/rt_cuda.h"
+#include "runtime/runtime.h"
+
+/* pack_load may be absent from a build; then the packed-file figures are skipped. */
+#pragma weak pack_load
+
+#define MIB (1024.0 * 1024.0)
+
+static int quick = 0;
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* ==== Random packed tensors, directly in memory ==== */
+
+static uint64_t rng = 0x2545F4914F6CDD1Dull;
+static uint64_t rnd64(void)
+{
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return rng;
+}
+
+typedef struct {
+    lay_packed p;
+    uint8_t *values, *zeros;
+    uint16_t *scales;
+    void *perm;
+} rpacked;
+
+/* Random codes, scales of about `mag` / 2^(b-1), zeros in range, a random
+ * permutation. Returns 0, or -1 if out of memory. */
+static int rp_make(rpacked *t, int64_t rows, int64_t cols, const lay_option *o, float mag)
+{
+    lay_cost c = lay_tensor_cost(o, rows, cols);
+    int64_t ng = lay_n_groups(o, cols);
+    memset(t, 0, sizeof *t);
+    t->values = malloc((size_t)c.values + 8);
+    t->scales = malloc((size_t)c.scales);
+    t->zeros = c.zeros ? malloc((size_t)c.zeros) : NULL;
+    t->perm = malloc((size_t)c.perm);
+    if (!t->values || !t->scales || (c.zeros && !t->zeros) || !t->perm) return -1;
+    for (int64_t i = 0; i < c.values; i += 8) {
+        uint64_t v = rnd64();
+        memcpy(t->values + i, &v, 8);
+    }
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t g = 0; g < ng; g++) {
+            int bits = lay_group_bits(o, cols, g);
+            uint64_t v = rnd64();
+            float s = mag / (float)(1 << (bits - 1)) * (0.5f + (float)(v & 0xFFFF) / 65536.0f);
+            t->scales[r * ng + g] = lay_f32_to_f16(s);
+            if (t->zeros) t->zeros[r * ng + g] = (uint8_t)((v >> 16) % (1u << bits));
+        }
+    int pb = lay_perm_bytes(cols);
+    for (int64_t j = 0; j < cols; j++) {
+        if (pb == 2) ((uint16_t *)t->perm)[j] = (uint16_t)j;
+        else ((uint32_t *)t->perm)[j] = (uint32_t)j;
+    }
+    for (int64_t j = cols - 1; j > 0; j--) {
+        int64_t i = (int64_t)(rnd64() % (uint64_t)(j + 1));
+        if (pb == 2) { uint16_t *p = t->perm, x = p[i]; p[i] = p[j]; p[j] = x; }
+        else { uint32_t *p = t->perm, x = p[i]; p[i] = p[j]; p[j] = x; }
+    }
+    t->p = (lay_packed){ .rows = rows, .cols = cols, .opt = *o, .values = t->values, .scales = t->scales,
+                         .zeros = t->zeros, .perm = t->perm };
+    return 0;
+}
+
+static void rp_free(rpacked *t) { free(t->values), free(t->scales), free(t->zeros), free(t->perm); }
+
+/* An option of about `bpw` bits per weight at group 128 (asymmetric): bits_lo =
+ * floor, and the share of groups one bit wider that makes up the rest. */
+static lay_option option_near(double bpw)
+{
+    double overhead = 24.0 / 128.0; /* fp16 scale + uint8 zero per 128 weights */
+    int lo = (int)(bpw - overhead);
+    if (lo < 2) lo = 2;
+    if (lo > 8) lo = 8;
+    double share = bpw - overhead - lo;
+    if (share < 0) share = 0;
+    int hi = share > 0.01 && lo < 8 ? lo + 1 : lo;
+    lay_option o = { .bits_lo = (uint8_t)lo, .bits_hi = (uint8_t)hi, .hi_share = hi > lo ? (float)share : 0.0f,
+                     .group = 128, .scale_fmt = LAY_SCALE_F16_Z8 };
+    if (hi == lo) snprintf(o.name, sizeof o.name, "%db g128", lo);
+    else snprintf(o.name, sizeof o.name, "%db/%db %d%% g128", lo, lo + 1, (int)(share * 100 + 0.5));
+    return o;
+}
+
+static lay_option option_plain(int bits)
+{
+    lay_option o = { .bits_lo = (uint8_t)bits, .bits_hi = (uint8_t)bits, .hi_share = 0, .group = 128,
+                     .scale_fmt = LAY_SCALE_F16_Z8 };
+    snprintf(o.name, sizeof o.name, "%db g128", bits);
+    return o;
+}
+
+/* ==== (a) the matrix-vector product ==== */
+
+static int bench_matvec(void)
+{
+    const int64_t shapes[2][2] = { { 4096, 14336 }, { 8192, 28672 } };
+    lay_option opts[6] = { option_near(2.5), option_plain(3), option_plain(4), option_plain(5), option_plain(6),
+                           option_plain(8) };
+    char err[512];
+    int bad = 0;
+    printf("\n### Packed matrix-vector product, batch 1\n\n");
+    printf("| shape (rows x cols) | option | bpw | MiB | copies | us/product | GB/s | D2D copy GB/s | ratio |\n");
+    printf("|---|---|---|---|---|---|---|---|---|\n");
+    for (int s = 0; s < 2; s++)
+        for (int k = 0; k < 6; k++) {
+            if (quick && k % 2) continue;
+            rpacked t;
+            int64_t rows = shapes[s][0], cols = shapes[s][1];
+            double bpw = (double)lay_tensor_bits(&opts[k], rows, cols) / (double)(rows * cols);
+            fprintf(stderr, "matvec %lldx%lld %s ...\n", (long long)rows, (long long)cols, opts[k].name);
+            if (rp_make(&t, rows, cols, &opts[k], 0.02f)) { fprintf(stderr, "out of host memory\n"); rp_free(&t); return 1; }
+            lay_cost c = lay_tensor_cost(&opts[k], rows, cols);
+            double bytes = (double)(c.values + c.scales + c.zeros);
+            int copies = (int)(512.0 * MIB / bytes) + 1;
+            rt_cuda_bench r;
+            if (rt_cuda_bench_matvec(&t.p, 1, copies, quick ? 5 : 21, &r, err, sizeof err)) {
+                printf("| %lldx%lld | %s | %.2f | | | | | | failed: %s |\n", (long long)rows, (long long)cols,
+                       opts[k].name, bpw, err);
+                bad = 1;
+            } else {
+                printf("| %lldx%lld | %s | %.2f | %.1f | %d | %.1f | %.0f | %.0f | %.2f |\n", (long long)rows,
+                       (long long)cols, opts[k].name, bpw, bytes / MIB, r.copies, r.seconds * 1e6, r.gbps,
+                       r.copy_gbps, r.gbps / r.copy_gbps);
+            }
+            fflush(stdout);
+            rp_free(&t);
+        }
+    return bad;
+}
+
+/* ==== (b, c) token generation ==== */
+
+/* A synthetic Llama-2-7B: random packed layers and head, dense random embedding. */
+typedef struct {
+    rt_model m;
+    rpacked *pk;          /* [n_layers * 7 + 1] */
+    rt_linear *lins;      /* the same count, bare: shape and `packed` */
+    float *norm;          /* [dim], shared by every norm */
+} synth;
+
+static void synth_free(synth *s)
+{
+    int n = s->m.cfg.n_layers * RT_HEAD + 1;
+    for (int i = 0; s->pk && i < n; i++) rp_free(&s->pk[i]);
+    free(s->pk), free(s->lins), free(s->norm), free(s->m.layers);
+    rt_linear_free(s->m.embed);
+}
+
+static int synth_make(synth *s, const lay_option *o, int n_layers)
+{
+    memset(s, 0, sizeof *s);
+    mdl_config *c = &s->m.cfg;
+    snprintf(c->arch, sizeof c->arch, "llama");
+    c->n_layers = n_layers, c->dim = 4096, c->hidden_dim = 11008, c->n_heads = 32, c->n_kv_heads = 32;
+    c->head_dim = 128, c->vocab_size = 32000, c->max_ctx = 4096, c->rope_theta = 10000, c->rope_dim = 128;
+    c->rope_scale = 1, c->norm_eps = 1e-5f, c->tied_embeddings = 0;
+    const int64_t shape[RT_HEAD][2] = {{4096, 4096}, {4096, 4096}, {4096, 4096}, {4096, 4096},
+                                       {11008, 4096}, {11008, 4096}, {4096, 11008}};
+    int n = n_layers * RT_HEAD + 1;
+    s->pk = calloc((size_t)n, sizeof *s->pk);
+    s->lins = calloc((size_t)n, sizeof *s->lins);
+    s->norm = malloc(4096 * sizeof *s->norm);
+    s->m.layers = calloc((size_t)n_layers, sizeof *s->m.layers);
+    float *emb = malloc((size_t)32000 * 4096 * sizeof *emb);
+    if (!s->pk || !s->lins || !s->norm || !s->m.layers || !emb) { free(emb); return -1; }
+    for (int i = 0; i < 4096; i++) s->norm[i] = 1.0f + (float)(rnd64() % 1000) / 10000.0f;
+    for (int64_t i = 0; i < (int64_t)32000 * 4096; i++) emb[i] = (float)((int64_t)(rnd64() % 2001) - 1000) / 50000.0f;
+    if (!(s->m.embed = rt_linear_dense(emb, 32000, 4096))) return -1;
+    for (int i = 0; i < n; i++) {
+        int k = i % RT_HEAD, head = i == n - 1;
+        int64_t rows = head ? 32000 : shape[k][0], cols = head ? 4096 : shape[k][1];
+        if (rp_make(&s->pk[i], rows, cols, o, 1.0f / 64.0f)) return -1;
+        s->lins[i].rows = rows, s->lins[i].cols = cols, s->lins[i].packed = &s->pk[i].p;
+        if (head) s->m.head = &s->lins[i];
+        else s->m.layers[i / RT_HEAD].lin[k] = &s->lins[i];
+    }
+    for (int l = 0; l < n_layers; l++) s->m.layers[l].attn_norm = s->m.layers[l].ffn_norm = s->norm;
+    s->m.out_norm = s->norm;
+    return 0;
+}
+
+typedef struct { double tps, ms; int64_t dev_bytes; } gen_figure;
+
+/* 16 prompt tokens, 8 warm-up tokens, then n_tokens timed decode steps. */
+static int time_generation(const rt_model *m, int ctx, int n_tokens, gen_figure *f, char *err, size_t err_len)
+{
+    rt_cuda_model *g;
+    int vocab = m->cfg.vocab_size, rc = -1;
+    float *logits = malloc((size_t)vocab * sizeof *logits);
+    int32_t prompt[16];
+    for (int i = 0; i < 16; i++) prompt[i] = (int32_t)(1 + rnd64() % (uint64_t)(vocab - 1));
+    if (!logits) { snprintf(err, err_len, "out of host memory"); return -1; }
+    if (ctx < 16 + 8 + n_tokens) ctx = 16 + 8 + n_tokens;
+    if (rt_cuda_model_new(m, ctx, 16, &g, err, err_len)) goto done;
+    f->dev_bytes = rt_cuda_model_device_bytes(g);
+    if (rt_cuda_forward(g, prompt, 16, 0, 15, 1, logits, err, err_len)) goto free_g;
+    int32_t tok = prompt[15];
+    double t0 = 0;
+    for (int i = 0; i < 8 + n_tokens; i++) {
+        if (i == 8) t0 = now();
+        tok = (int32_t)((uint32_t)(tok * 2654435761u + 1) % (uint32_t)vocab); /* any token: speed only */
+        if (rt_cuda_forward(g, &tok, 1, 16 + i, 0, 1, logits, err, err_len)) goto free_g;
+    }
+    double t = now() - t0;
+    f->tps = n_tokens / t;
+    f->ms = t / n_tokens * 1e3;
+    rc = 0;
+free_g:
+    rt_cuda_model_free(g);
+done:
+    free(logits);
+    return rc;
+}
+
+static double model_bpw(const rt_model *m)
+{
+    double bits = 0, weights = 0;
+    for (int l = 0; l <= m->cfg.n_layers; l++)
+        for (int k = 0; k < RT_HEAD; k++) {
+            const rt_linear *x = l < m->cfg.n_layers ? m->layers[l].lin[k] : m->head;
+            if (x && x->packed) {
+                bits += (double)lay_tensor_bits(&x->packed->opt, x->rows, x->cols);
+                weights += (double)x->rows * (double)x->cols;
+            }
+            if (l == m->cfg.n_layers) break;
+        }
+    return weights > 0 ? bits / weights : 0;
+}
+
+static void print_gen_header(void)
+{
+    printf("\n### Token generation, batch 1 (and device memory)\n\n");
+    printf("| model | packed bpw | context | tokens/s | ms/token | device MiB | predicted MiB | used/predicted |\n");
+    printf("|---|---|---|---|---|---|---|---|\n");
+}
+
+static int bench_synthetic(int ctx, int n_tokens)
+{
+    const double targets[3] = { 3.0, 4.0, 5.0 };
+    char err[512];
+    int bad = 0;
+    for (int i = 0; i < 3; i++) {
+        if (quick && i != 1) continue;
+        lay_option o = option_near(targets[i]);
+        synth s;
+        gen_figure f;
+        fprintf(stderr, "synthetic Llama-2-7B shapes, %s: building ...\n", o.name);
+        double t = now();
+        int layers = quick ? 4 : 32;
+        if (synth_make(&s, &o, layers)) {
+            printf("| Llama-2-7B shapes (%s) | | | | | | | out of host memory |\n", o.name);
+            synth_free(&s);
+            return 1;
+        }
+        fprintf(stderr, "  built in %.1f s; running ...\n", now() - t);
+        if (time_generation(&s.m, ctx, n_tokens, &f, err, sizeof err)) {
+            printf("| Llama-2-7B shapes%s (%s) | %.2f | %d | failed: %s | | | | |\n", quick ? ", 4 layers" : "", o.name,
+                   model_bpw(&s.m), ctx, err);
+            bad = 1;
+        } else {
+            printf("| Llama-2-7B shapes%s (%s) | %.2f | %d | %.1f | %.2f | %.0f | | |\n", quick ? ", 4 layers" : "",
+                   o.name, model_bpw(&s.m), ctx, f.tps, f.ms, f.dev_bytes / MIB);
+        }
+        fflush(stdout);
+        synth_free(&s);
+    }
+    return bad;
+}
+
+static int bench_packed_file(const char *path, double predicted, int ctx, int n_tokens)
+{
+    char err[512];
+    rt_model *m = NULL;
+    gen_figure f;
+    if (!pack_load) {
+        printf("| %s | | | skipped: this build has no packed-file loader (pack_load) | | | | |\n", path);
+        return 0;
+    }
+    if (pack_load(path, 16, &m, err, sizeof err)) {
+        printf("| %s | | | failed to load: %s | | | | |\n", path, err);
+        return 1;
+    }
+    int rc = time_generation(m, ctx, n_tokens, &f, err, sizeof err);
+    if (rc) printf("| %s | %.2f | %d | failed: %s | | | | |\n", path, model_bpw(m), ctx, err);
+    else if (predicted > 0)
+        printf("| %s | %.2f | %d | %.1f | %.2f | %.1f | %.1f | %.3f |\n", path, model_bpw(m), ctx, f.tps, f.ms,
+               f.dev_bytes / MIB, predicted / MIB, (double)f.dev_bytes / predicted);
+    else
+        printf("| %s | %.2f | %d | %.1f | %.2f | %.1f | | |\n", path, model_bpw(m), ctx, f.tps, f.ms, f.dev_bytes / MIB);
+    rt_model_free(m);
+    return rc ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *packed = NULL;
+    double predicted = 0;
+    int ctx = 2048, n_tokens = 128, bad = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--quick")) quick = 1;
+        else if (!strcmp(argv[i], "--packed") && i + 1 < argc) packed = argv[++i];
+        else if (!strcmp(argv[i], "--predict") && i + 1 < argc) predicted = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--ctx") && i + 1 < argc) ctx = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) n_tokens = atoi(argv[++i]);
+        else {
+            fprintf(stderr, "usage: bench_cuda [--quick] [--packed FILE] [--predict BYTES] [--ctx N] [--tokens N]\n");
+            return 2;
+        }
+    }
+    char info[256], err[256];
+    if (rt_cuda_device_info(info, sizeof info, err, sizeof err)) {
+        fprintf(stderr, "bench_cuda: %s\n", err);
+        return 1;
+    }
+    if (ctx < 64 || n_tokens < 1) { fprintf(stderr, "bench_cuda: --ctx must be >= 64 and --tokens >= 1\n"); return 2; }
+    printf("## bitplan CUDA benchmark\n\ndevice: %s\n", info);
+    bad |= bench_matvec();
+    print_gen_header();
+    if (packed) bad |= bench_packed_file(packed, predicted, ctx, n_tokens);
+    bad |= bench_synthetic(ctx, n_tokens);
+    return bad;
+}

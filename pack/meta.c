@@ -1,0 +1,73 @@
+/*
+ * pack/meta.c — the __metadata__ JSON of a packed file (pack/FORMAT.md): the model
+ * configuration, the option of every quantized tensor, and the plan it came from.
+ * The tokenizer JSON comes from model/ (mdl_tokenizer_json), which alone knows
+ * vocabulary formats; reading all of it back is model/packed_meta.c's job.
+ * It must never write a number that does not read back to the same value.
+ */
+#include "pack_int.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const char *rope_name(mdl_rope_scaling s)
+{
+    static const char *names[] = {"none", "linear", "yarn", "llama3"};
+    return (unsigned)s < 4 ? names[s] : "none";
+}
+
+void pack_meta_config(sb_buf *b, const mdl_config *c)
+{
+    sb_puts(b, "{\"arch\":");
+    sb_json_string(b, c->arch);
+    sb_puts(b, ",\"name\":");
+    sb_json_string(b, c->name);
+    sb_printf(b, ",\"n_layers\":%d,\"dim\":%d,\"hidden_dim\":%d,\"n_heads\":%d,\"n_kv_heads\":%d,\"head_dim\":%d,"
+                 "\"vocab_size\":%d,\"max_ctx\":%d,\"rope_theta\":%.9g,\"rope_dim\":%d,\"rope_scaling\":\"%s\","
+                 "\"rope_scale\":%.9g,\"norm_eps\":%.9g,\"tied_embeddings\":%d,\"attn_bias\":%d}",
+              c->n_layers, c->dim, c->hidden_dim, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size, c->max_ctx,
+              (double)c->rope_theta, c->rope_dim, rope_name(c->rope_scaling), (double)c->rope_scale,
+              (double)c->norm_eps, c->tied_embeddings, c->attn_bias);
+}
+
+void pack_meta_options(sb_buf *b, const pack_meta_tensor *t, int n)
+{
+    sb_putc(b, '{');
+    for (int i = 0; i < n; i++) {
+        const lay_option *o = &t[i].opt;
+        if (i) sb_putc(b, ',');
+        sb_json_string(b, t[i].name);
+        sb_puts(b, ":{\"name\":");
+        sb_json_string(b, o->name);
+        sb_printf(b, ",\"bits_lo\":%d,\"bits_hi\":%d,\"hi_share\":%.9g,\"group\":%d,\"scale_fmt\":%d,\"bits\":%lld}",
+                  o->bits_lo, o->bits_hi, (double)o->hi_share, (int)o->group, (int)o->scale_fmt,
+                  (long long)lay_tensor_bits(o, t[i].rows, t[i].cols));
+    }
+    sb_putc(b, '}');
+}
+
+void pack_meta_plan_json(sb_buf *b, const pack_meta_plan *p)
+{
+    sb_printf(b, "{\"id\":%lld,\"kind\":", (long long)p->plan_id);
+    sb_json_string(b, p->kind);
+    sb_printf(b, ",\"target\":%.17g,\"achieved_bpw\":%.17g,\"plan_file_bpw\":%.17g,\"objective\":%.17g,"
+                 "\"file_bpw\":%.17g,\"db\":",
+              p->target, p->achieved_bpw, p->plan_file_bpw, p->objective, p->file_bpw);
+    sb_json_string(b, p->db_path);
+    sb_puts(b, ",\"model_hash\":");
+    sb_json_string(b, p->model_hash);
+    sb_puts(b, ",\"hessians\":");
+    sb_json_string(b, p->hessians);
+    sb_putc(b, '}');
+}
+
+void pack_option_from_meta(const mdl_packed_option *m, lay_option *o)
+{
+    memset(o, 0, sizeof *o);
+    snprintf(o->name, sizeof o->name, "%s", m->name);
+    o->bits_lo = (uint8_t)(m->bits_lo < 0 || m->bits_lo > 255 ? 0 : m->bits_lo);
+    o->bits_hi = (uint8_t)(m->bits_hi < 0 || m->bits_hi > 255 ? 0 : m->bits_hi);
+    o->hi_share = (float)m->hi_share;
+    o->group = m->group;
+    o->scale_fmt = (lay_scale_fmt)m->scale_fmt;
+}

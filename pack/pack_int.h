@@ -1,0 +1,46 @@
+/*
+ * pack/pack_int.h — what the files of pack/ share: the metadata builders
+ * (meta.c) used by the packer (quantize.c), and the names of a tensor's parts.
+ * Internal to pack/.
+ */
+#ifndef BITPLAN_PACK_INT_H
+#define BITPLAN_PACK_INT_H
+
+#include "pack.h"
+#include "strbuf.h"
+#include "../model/model.h"
+
+#define PACK_FORMAT "bitplan-packed"
+#define PACK_FORMAT_VERSION 1
+
+/* Suffixes of the four parts of a quantized tensor (pack/FORMAT.md). */
+#define PACK_SUFFIX_VALUES ".qvalues"
+#define PACK_SUFFIX_SCALES ".qscales"
+#define PACK_SUFFIX_ZEROS ".qzeros"
+#define PACK_SUFFIX_PERM ".qperm"
+
+/* One quantized tensor as the metadata describes it. */
+typedef struct {
+    const char *name;
+    int64_t rows, cols;
+    lay_option opt;
+} pack_meta_tensor;
+
+/* What the "plan" metadata records. */
+typedef struct {
+    int64_t plan_id;
+    const char *kind;          /* "bpw" or "vram" */
+    double target, achieved_bpw, plan_file_bpw, objective;
+    double file_bpw;           /* quantized bits / quantized weights, as written */
+    const char *db_path, *model_hash, *hessians;
+} pack_meta_plan;
+
+/* Appends the JSON of the config / options / plan metadata to b (check b->oom). */
+void pack_meta_config(sb_buf *b, const mdl_config *c);
+void pack_meta_options(sb_buf *b, const pack_meta_tensor *t, int n);
+void pack_meta_plan_json(sb_buf *b, const pack_meta_plan *p);
+
+/* Converts an option as model/ reads it from a packed file into a lay_option. */
+void pack_option_from_meta(const mdl_packed_option *m, lay_option *o);
+
+#endif

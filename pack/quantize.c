@@ -1,0 +1,573 @@
+/*
+ * pack/quantize.c — pack_model: a model file and a plan in, one packed file out.
+ *
+ * The pass, as invariants:
+ *  1. Everything that can be refused is refused before any quantization: a plan
+ *     for another model (content hash), a calibration source that changed since
+ *     the measurement (SHA-256), an option that does not apply to its tensor, or
+ *     a recorded cost that is not lay_tensor_bits.
+ *  2. The calibration rows are the measurement's (calib_load with the same files,
+ *     rows and ctx), hs holds their hidden state at the current layer's input, and
+ *     each input group's Hessian is accumulated while its layer runs, as in
+ *     measure/driver.c; GPTQ uses the calibration's damping.
+ *  3. Hessians are either the full-precision model's (PACK_HESS_FULL: the forward
+ *     never sees a quantized weight, so the packed tensors are exactly the ones the
+ *     measurement scored) or the partly quantized model's (PACK_HESS_SEQUENTIAL:
+ *     after layer l is quantized its dense weights are replaced by the dequantized
+ *     ones and layer l runs again from its saved input, so layer l + 1 sees the
+ *     quantization error of every layer before it, as EXL2 does). The embedding
+ *     stays full precision in both modes.
+ *  4. Every quantized tensor is written as its four (three) parts, whose sizes are
+ *     lay_tensor_cost's by construction; every other tensor of the model file is
+ *     written unquantized (1-D as F32, 2-D as F16).
+ *  5. The file appears under its name only when complete (pack_writer_write).
+ * Progress goes to stderr when asked; nothing else is printed.
+ */
+#include "pack_int.h"
+
+#include <assert.h>
+#include <cblas.h>
+#include <errno.h>
+#include <math.h>
+#include <omp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../db/db.h"
+#include "../measure/measure.h"
+#include "../runtime/runtime.h"
+
+/* ==== State of one pass ==== */
+
+typedef struct {
+    char name[96];
+    int layer;                  /* block index; n_layers for the head */
+    rt_class cls;
+    int64_t rows, cols;
+    lay_option opt;
+    int planned;                /* 1: the plan quantizes it */
+    lay_qtensor q;              /* the result, until it is packed */
+} ptensor;
+
+typedef struct {
+    const pack_params *p;
+    char *err;
+    size_t err_len;
+    const char *db_path;
+    int64_t plan_id;            /* asked for; 0 = the newest */
+    db_pack_plan plan;
+    mdl_model *file;            /* owned until the dense model takes it */
+    rt_model *m;
+    rt_state *s;
+    calib_set cal;
+    ptensor *t;                 /* [nt]: q k v o gate up down of every layer, then the head */
+    int nt;
+    float *hs, *hs_in;          /* [rows][ctx][dim] hidden state; the current layer's input */
+    int cur_layer;
+    double *h[RT_INPUT_COUNT];
+    int64_t h_cols[RT_INPUT_COUNT], h_n[RT_INPUT_COUNT];
+    int h_fail, failed;
+    pack_writer *w;
+    pack_stats *st;
+    double t0;
+} prun;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int fail(prun *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(prun *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->err, r->err_len, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static void progress(prun *r, const char *what, int layer)
+{
+    if (!r->p->progress) return;
+    fprintf(stderr, "\r  pack  %-8s layer %3d/%d  %6.1fs   ", what, layer, r->m->cfg.n_layers, now_s() - r->t0);
+    if (layer >= r->m->cfg.n_layers) fputc('\n', stderr);
+}
+
+void pack_params_init(pack_params *p)
+{
+    memset(p, 0, sizeof *p);
+    p->hessians = PACK_HESS_SEQUENTIAL;
+}
+
+/* ==== Setup (invariant 1) ==== */
+
+static const db_pack_choice *find_choice(const db_pack_plan *p, const char *name)
+{
+    for (int i = 0; i < p->n_choices; i++)
+        if (!strcmp(p->choices[i].name, name)) return &p->choices[i];
+    return NULL;
+}
+
+static void option_from_db(const db_option *d, lay_option *o)
+{
+    memset(o, 0, sizeof *o);
+    snprintf(o->name, sizeof o->name, "%s", d->name);
+    o->bits_lo = (uint8_t)d->bits_lo, o->bits_hi = (uint8_t)d->bits_hi;
+    o->hi_share = (float)d->hi_share, o->group = d->group_size, o->scale_fmt = (lay_scale_fmt)d->scale_fmt;
+}
+
+/* The plan's tensors against the model's linear layers. */
+static int list_tensors(prun *r)
+{
+    const mdl_config *c = mdl_get_config(r->file);
+    r->nt = c->n_layers * RT_HEAD + 1;
+    if (!(r->t = calloc((size_t)r->nt, sizeof *r->t))) return fail(r, "out of memory");
+    int n_planned = 0;
+    for (int i = 0; i < r->nt; i++) {
+        ptensor *t = &r->t[i];
+        t->layer = i / RT_HEAD;
+        t->cls = i == r->nt - 1 ? RT_HEAD : (rt_class)(i % RT_HEAD);
+        rt_tensor_name(c, t->layer, t->cls, t->name, sizeof t->name);
+        const mdl_tensor *mt = mdl_find(r->file, t->name);
+        if (!mt || mt->n_dims != 2) return fail(r, "%s: tensor %s is missing or not 2-D", mdl_path(r->file), t->name);
+        t->rows = mt->shape[0], t->cols = mt->shape[1];
+        const db_pack_choice *ch = find_choice(&r->plan, t->name);
+        if (!ch) continue;
+        char why[160];
+        option_from_db(&ch->option, &t->opt);
+        if (ch->rows != t->rows || ch->cols != t->cols)
+            return fail(r, "plan %lld: %s is %lldx%lld in the database but %lldx%lld in %s", (long long)r->plan.plan_id,
+                        t->name, (long long)ch->rows, (long long)ch->cols, (long long)t->rows, (long long)t->cols,
+                        mdl_path(r->file));
+        if (lay_option_check(&t->opt, t->rows, t->cols, why, sizeof why))
+            return fail(r, "plan %lld: option \"%s\" cannot apply to %s: %s", (long long)r->plan.plan_id, t->opt.name,
+                        t->name, why);
+        if (ch->bits != lay_tensor_bits(&t->opt, t->rows, t->cols))
+            return fail(r, "plan %lld: %s at \"%s\" is recorded as %lld bits, but it stores %lld", (long long)r->plan.plan_id,
+                        t->name, t->opt.name, (long long)ch->bits, (long long)lay_tensor_bits(&t->opt, t->rows, t->cols));
+        t->planned = 1;
+        n_planned++;
+    }
+    if (n_planned != r->plan.n_choices)
+        return fail(r, "plan %lld names %d tensors, of which only %d are linear layers of %s", (long long)r->plan.plan_id,
+                    r->plan.n_choices, n_planned, mdl_path(r->file));
+    return 0;
+}
+
+static int sha256_file(const char *path, char hex[65], char *err, size_t err_len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return snprintf(err, err_len, "%s: %s", path, strerror(errno)), -1;
+    size_t cap = 1 << 20, n = 0;
+    char *buf = malloc(cap);
+    int rc = buf ? 0 : -1;
+    while (!rc) {
+        if (n == cap) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb) { rc = -1; break; }
+            buf = nb;
+        }
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (got == 0) break;
+    }
+    if (!rc && ferror(f)) rc = -1;
+    fclose(f);
+    if (!rc) meas_sha256_hex(buf, n, hex);
+    else snprintf(err, err_len, "%s: cannot read", path);
+    free(buf);
+    return rc;
+}
+
+/* The calibration rows of the measurement; every source must be unchanged. */
+static int load_calibration(prun *r)
+{
+    const char **paths = malloc((size_t)r->plan.n_sources * sizeof *paths);
+    if (!paths) return fail(r, "out of memory");
+    int rc = 0;
+    for (int i = 0; !rc && i < r->plan.n_sources; i++) {
+        const db_pack_source *s = &r->plan.sources[i];
+        char hex[65], why[4608];
+        paths[i] = s->path;
+        if (sha256_file(s->path, hex, why, sizeof why)) rc = fail(r, "calibration source %s", why);
+        else if (strcmp(hex, s->sha256))
+            rc = fail(r, "calibration source %s changed since the measurement (sha256 %.12s..., was %.12s...)", s->path, hex,
+                      s->sha256);
+    }
+    tok_tokenizer *tok = rc ? NULL : mdl_tokenizer(r->file, r->err, r->err_len);
+    if (!rc && !tok) rc = -1;
+    if (!rc) rc = calib_load(tok, paths, r->plan.n_sources, r->plan.rows, r->plan.ctx, &r->cal, r->err, r->err_len);
+    free(paths);
+    return rc;
+}
+
+static int open_inputs(prun *r, const char *model_path)
+{
+    db_conn *d = NULL;
+    int rc = db_open(r->db_path, DB_OPEN_READ, &d) || db_pack_plan_load(d, r->plan_id, &r->plan);
+    if (rc) fail(r, "%s", d ? db_errmsg(d) : "cannot open the database");
+    db_close(d);
+    if (rc || mdl_open(model_path, &r->file, r->err, r->err_len)) return -1;
+    const char *hash = mdl_content_hash(r->file);
+    if (!hash) return fail(r, "%s: cannot hash the model file", model_path);
+    if (strcmp(hash, r->plan.model_hash))
+        return fail(r, "%s is not the model plan %lld was made for (sha256 %.12s..., the plan's model %.12s...)", model_path,
+                    (long long)r->plan.plan_id, hash, r->plan.model_hash);
+    if (list_tensors(r) || load_calibration(r)) return -1;
+    return 0;
+}
+
+/* ==== Hessians (invariant 2) ==== */
+
+static void observe(void *ctx, int layer, rt_input which, const float *x, int n, int64_t cols)
+{
+    prun *r = ctx;
+    if (layer != r->cur_layer) return;
+    assert(cols == r->h_cols[which]);
+    if (hess_accumulate(r->h[which], x, n, cols)) r->h_fail = 1;
+    r->h_n[which] += n;
+}
+
+static int alloc_hessians(prun *r)
+{
+    const mdl_config *c = &r->m->cfg;
+    int64_t cols[RT_INPUT_COUNT] = {c->dim, (int64_t)c->n_heads * c->head_dim, c->dim, c->hidden_dim, c->dim};
+    for (int g = 0; g < RT_INPUT_COUNT; g++) {
+        r->h_cols[g] = cols[g];
+        if (!(r->h[g] = malloc((size_t)(cols[g] * cols[g]) * sizeof *r->h[g]))) return fail(r, "out of memory for Hessians");
+    }
+    return 0;
+}
+
+static void start_hessians(prun *r, int layer)
+{
+    for (int g = 0; g < RT_INPUT_COUNT; g++) {
+        memset(r->h[g], 0, (size_t)(r->h_cols[g] * r->h_cols[g]) * sizeof *r->h[g]);
+        r->h_n[g] = 0;
+    }
+    r->cur_layer = layer;
+    r->h_fail = 0;
+    rt_state_set_observer(r->s, observe, r);
+}
+
+static int finish_hessians(prun *r, int layer)
+{
+    rt_state_set_observer(r->s, NULL, NULL);
+    r->cur_layer = -1;
+    if (r->h_fail) return fail(r, "out of memory accumulating Hessians");
+    for (int g = 0; g < RT_INPUT_COUNT; g++) {
+        char why[256];
+        if (r->h_n[g] && hess_finalize(r->h[g], r->h_cols[g], r->h_n[g], why, sizeof why))
+            return fail(r, "layer %d, input group %d: %s", layer, g, why);
+    }
+    return 0;
+}
+
+/* ==== Quantizing and packing one tensor ==== */
+
+static rt_linear **linear_of(prun *r, const ptensor *t)
+{
+    return t->cls == RT_HEAD ? &r->m->head : &r->m->layers[t->layer].lin[t->cls];
+}
+
+/* Weights w[rows][cols] of a tensor from the dense model (a view, or a copy). */
+static const float *weights_of(prun *r, const ptensor *t, float **copy)
+{
+    const rt_linear *l = *linear_of(r, t);
+    *copy = NULL;
+    if (l->dense) return l->dense;
+    if (!(*copy = malloc((size_t)(t->rows * t->cols) * sizeof **copy))) return NULL;
+    for (int64_t i = 0; i < t->rows; i++) l->get_row(l, i, *copy + i * t->cols);
+    return *copy;
+}
+
+static int quantize_one(prun *r, ptensor *t, const gptq_prep *prep, char *err, size_t err_len)
+{
+    float *copy;
+    const float *w = weights_of(r, t, &copy);
+    if (!w) return snprintf(err, err_len, "out of memory"), -1;
+    gptq_stats st;
+    int rc = gptq_quantize_prepared(w, t->rows, prep, &t->opt, -1.0, &t->q, &st, err, err_len);
+    free(copy);
+    return rc;
+}
+
+static int add_part(prun *r, const ptensor *t, const char *suffix, const char *dtype, int n_dims, int64_t d0, int64_t d1,
+                    void *data, size_t bytes)
+{
+    char name[128];
+    int64_t shape[2] = {d0, d1};
+    snprintf(name, sizeof name, "%s%s", t->name, suffix);
+    if (pack_writer_add(r->w, name, dtype, n_dims, shape, data, bytes)) return fail(r, "out of memory adding %s", name);
+    return 0;
+}
+
+/* Packs t->q into its parts (invariant 4) and hands them to the writer. */
+static int pack_one(prun *r, ptensor *t)
+{
+    lay_cost c = lay_tensor_cost(&t->opt, t->rows, t->cols);
+    int64_t ng = lay_n_groups(&t->opt, t->cols), rb = lay_row_bytes(&t->opt, t->cols);
+    uint8_t *values = malloc((size_t)c.values), *zeros = c.zeros ? malloc((size_t)c.zeros) : NULL;
+    uint16_t *scales = malloc((size_t)c.scales);
+    void *perm = malloc((size_t)c.perm);
+    if (!values || !scales || !perm || (c.zeros && !zeros)) {
+        free(values), free(zeros), free(scales), free(perm);
+        return fail(r, "out of memory packing %s", t->name);
+    }
+    lay_pack_tensor(&t->q, values, scales, zeros, perm);
+    assert(rb * t->rows == c.values && ng * t->rows * 2 == c.scales);
+    /* the writer owns each buffer once added (and frees it on failure); free the rest */
+    int rc = add_part(r, t, PACK_SUFFIX_VALUES, "U8", 2, t->rows, rb, values, (size_t)c.values);
+    if (rc) { free(scales), free(zeros), free(perm); return -1; }
+    rc = add_part(r, t, PACK_SUFFIX_SCALES, "F16", 2, t->rows, ng, scales, (size_t)c.scales);
+    if (rc) { free(zeros), free(perm); return -1; }
+    rc = zeros ? add_part(r, t, PACK_SUFFIX_ZEROS, "U8", 2, t->rows, ng, zeros, (size_t)c.zeros) : 0;
+    if (rc) { free(perm); return -1; }
+    if (add_part(r, t, PACK_SUFFIX_PERM, lay_perm_bytes(t->cols) == 2 ? "U16" : "U32", 1, t->cols, 0, perm, (size_t)c.perm))
+        return -1;
+    r->st->n_quantized++;
+    r->st->quantized_bits += 8 * (c.values + c.scales + c.zeros + c.perm);
+    r->st->quantized_weights += t->rows * t->cols;
+    return 0;
+}
+
+/* Sequential mode: the layer runs on the dequantized weights from now on. */
+static int swap_in_dequantized(prun *r, ptensor *t)
+{
+    float *w = malloc((size_t)(t->rows * t->cols) * sizeof *w);
+    if (!w) return fail(r, "out of memory for %s", t->name);
+    lay_qtensor_dequant(&t->q, w);
+    rt_linear *l = rt_linear_dense(w, t->rows, t->cols), **slot = linear_of(r, t);
+    if (!l) return fail(r, "out of memory for %s", t->name);
+    int tied = *slot == r->m->embed;
+    if (tied) { /* the embedding stays full precision (invariant 3) */
+        r->m->head = l;
+        return 0;
+    }
+    rt_linear_free(*slot);
+    *slot = l;
+    return 0;
+}
+
+/* Quantizes the planned tensors of [t0, t1) in parallel, then packs them. */
+static int quantize_range(prun *r, int t0, int t1)
+{
+    gptq_params gp;
+    gptq_params_init(&gp);
+    gp.damp = r->plan.damp;
+    gptq_prep *prep[RT_INPUT_COUNT] = {NULL};
+    int rc = 0;
+    for (int i = t0; !rc && i < t1; i++) {
+        rt_input g = rt_class_input(r->t[i].cls);
+        char why[256];
+        if (!r->t[i].planned || prep[g]) continue;
+        if (gptq_prepare(r->h[g], r->h_cols[g], &gp, &prep[g], why, sizeof why)) rc = fail(r, "%s: %s", r->t[i].name, why);
+    }
+    int blas_threads = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+#pragma omp parallel for schedule(dynamic, 1) if (!rc)
+    for (int i = t0; i < t1; i++) {
+        ptensor *t = &r->t[i];
+        char err[512];
+        if (!t->planned || r->failed) continue;
+        if (quantize_one(r, t, prep[rt_class_input(t->cls)], err, sizeof err)) {
+#pragma omp critical(pack_fail)
+            if (!r->failed) r->failed = 1, fail(r, "%s, option \"%s\": %s", t->name, t->opt.name, err);
+        }
+    }
+    openblas_set_num_threads(blas_threads);
+    for (int g = 0; g < RT_INPUT_COUNT; g++) gptq_prep_free(prep[g]);
+    if (rc || r->failed) return -1;
+    for (int i = t0; i < t1; i++) {
+        ptensor *t = &r->t[i];
+        if (!t->planned) continue;
+        if (pack_one(r, t)) return -1;
+        if (r->p->hessians == PACK_HESS_SEQUENTIAL && swap_in_dequantized(r, t)) return -1;
+        lay_qtensor_free(&t->q);
+    }
+    return 0;
+}
+
+/* ==== The pass (invariants 2 and 3) ==== */
+
+static int run_layer_rows(prun *r, int l)
+{
+    size_t row = (size_t)r->cal.ctx * (size_t)r->m->cfg.dim;
+    for (int i = 0; i < r->cal.rows; i++)
+        if (rt_forward_layers(r->m, r->s, r->hs + i * row, r->cal.ctx, 0, l, l + 1)) return fail(r, "forward failed at layer %d", l);
+    return 0;
+}
+
+static int any_planned(const prun *r, int t0, int t1)
+{
+    for (int i = t0; i < t1; i++)
+        if (r->t[i].planned) return 1;
+    return 0;
+}
+
+static int step_layer(prun *r, int l)
+{
+    int t0 = l * RT_HEAD, t1 = t0 + RT_HEAD, work = any_planned(r, t0, t1);
+    int seq = work && r->p->hessians == PACK_HESS_SEQUENTIAL;
+    size_t bytes = (size_t)r->cal.rows * (size_t)r->cal.ctx * (size_t)r->m->cfg.dim * sizeof *r->hs;
+    progress(r, "forward", l);
+    if (seq) memcpy(r->hs_in, r->hs, bytes);
+    if (work) start_hessians(r, l);
+    if (run_layer_rows(r, l)) return -1;
+    if (work && finish_hessians(r, l)) return -1;
+    progress(r, "quantize", l);
+    if (work && quantize_range(r, t0, t1)) return -1;
+    if (!seq) return 0;
+    memcpy(r->hs, r->hs_in, bytes); /* the layer again, now on its quantized weights */
+    return run_layer_rows(r, l);
+}
+
+static void null_matmul(const rt_linear *l, const float *x, float *y, int n) { (void)l, (void)x, (void)y, (void)n; }
+
+/* The head's input is the final norm's output, observed through rt_logits with a
+ * head that computes nothing. */
+static int step_head(prun *r)
+{
+    int t0 = r->nt - 1, nl = r->m->cfg.n_layers;
+    if (!any_planned(r, t0, r->nt)) return 0;
+    progress(r, "head", nl);
+    rt_linear nothing = *r->m->head, *head = r->m->head;
+    nothing.matmul = null_matmul;
+    float unused = 0;
+    size_t row = (size_t)r->cal.ctx * (size_t)r->m->cfg.dim;
+    start_hessians(r, nl);
+    r->m->head = &nothing;
+    for (int i = 0; i < r->cal.rows; i++) rt_logits(r->m, r->s, r->hs + i * row, r->cal.ctx, &unused);
+    r->m->head = head;
+    return finish_hessians(r, nl) || quantize_range(r, t0, r->nt) ? -1 : 0;
+}
+
+static int run_pass(prun *r)
+{
+    const mdl_config *c = &r->m->cfg;
+    size_t n = (size_t)r->cal.rows * (size_t)r->cal.ctx * (size_t)c->dim;
+    r->s = rt_state_new(r->m, r->cal.ctx, r->cal.ctx);
+    r->hs = malloc(n * sizeof *r->hs);
+    if (r->p->hessians == PACK_HESS_SEQUENTIAL) r->hs_in = malloc(n * sizeof *r->hs_in);
+    if (!r->s || !r->hs || (r->p->hessians == PACK_HESS_SEQUENTIAL && !r->hs_in))
+        return fail(r, "out of memory for %d x %d calibration tokens", r->cal.rows, r->cal.ctx);
+    if (alloc_hessians(r)) return -1;
+    size_t row = (size_t)r->cal.ctx * (size_t)c->dim;
+    for (int i = 0; i < r->cal.rows; i++) rt_embed(r->m, r->cal.tokens + (size_t)i * r->cal.ctx, r->cal.ctx, r->hs + i * row);
+    for (int l = 0; l < c->n_layers; l++)
+        if (step_layer(r, l)) return -1;
+    return step_head(r);
+}
+
+/* ==== Unquantized tensors and metadata (invariant 4) ==== */
+
+static int is_planned(const prun *r, const char *name)
+{
+    for (int i = 0; i < r->nt; i++)
+        if (r->t[i].planned && !strcmp(r->t[i].name, name)) return 1;
+    return 0;
+}
+
+/* Every tensor of the model file that the plan does not quantize: 1-D as F32,
+ * 2-D (an untied embedding, an unplanned linear layer) as F16. */
+static int add_unquantized(prun *r)
+{
+    for (int i = 0; i < mdl_tensor_count(r->file); i++) {
+        const mdl_tensor *t = mdl_tensor_at(r->file, i);
+        if (is_planned(r, t->name) || t->type >= MDL_I32) continue;
+        float *f = malloc((size_t)t->n_elems * sizeof *f);
+        if (!f || mdl_tensor_to_f32(r->file, t, f)) { free(f); return fail(r, "out of memory reading %s", t->name); }
+        if (t->n_dims == 1) {
+            if (pack_writer_add(r->w, t->name, "F32", 1, t->shape, f, (size_t)t->n_elems * 4)) return fail(r, "out of memory");
+            continue;
+        }
+        uint16_t *h = malloc((size_t)t->n_elems * sizeof *h);
+        for (int64_t k = 0; h && k < t->n_elems; k++) h[k] = lay_f32_to_f16(f[k]);
+        free(f);
+        if (!h || pack_writer_add(r->w, t->name, "F16", t->n_dims, t->shape, h, (size_t)t->n_elems * 2))
+            return fail(r, "out of memory");
+    }
+    return 0;
+}
+
+static int put_meta(prun *r, const char *key, sb_buf *b)
+{
+    int rc = b->oom || !b->s || pack_writer_meta(r->w, key, b->s) ? fail(r, "out of memory writing metadata") : 0;
+    free(b->s);
+    memset(b, 0, sizeof *b);
+    return rc;
+}
+
+static int add_metadata(prun *r)
+{
+    sb_buf b = {0};
+    pack_meta_tensor *mt = malloc((size_t)r->nt * sizeof *mt);
+    int n = 0;
+    if (!mt) return fail(r, "out of memory");
+    for (int i = 0; i < r->nt; i++)
+        if (r->t[i].planned) mt[n++] = (pack_meta_tensor){r->t[i].name, r->t[i].rows, r->t[i].cols, r->t[i].opt};
+    pack_meta_options(&b, mt, n);
+    free(mt);
+    if (put_meta(r, "options", &b)) return -1;
+    pack_meta_config(&b, &r->m->cfg);
+    if (put_meta(r, "config", &b)) return -1;
+    pack_meta_plan pp = {r->plan.plan_id, r->plan.kind, r->plan.target, r->plan.achieved_bpw, r->plan.file_bpw,
+                         r->plan.objective, (double)r->st->quantized_bits / (double)r->st->quantized_weights, r->db_path,
+                         r->plan.model_hash, r->p->hessians == PACK_HESS_SEQUENTIAL ? "sequential" : "full"};
+    pack_meta_plan_json(&b, &pp);
+    if (put_meta(r, "plan", &b)) return -1;
+    char *tok = mdl_tokenizer_json(r->file, r->err, r->err_len);
+    if (!tok) return -1;
+    int rc = pack_writer_meta(r->w, "tokenizer", tok);
+    free(tok);
+    char version[16];
+    snprintf(version, sizeof version, "%d", PACK_FORMAT_VERSION);
+    if (rc || pack_writer_meta(r->w, "format", PACK_FORMAT) || pack_writer_meta(r->w, "format_version", version))
+        return fail(r, "out of memory writing metadata");
+    return 0;
+}
+
+/* ==== Entry ==== */
+
+static void cleanup(prun *r)
+{
+    rt_model_free(r->m); /* loaded with own_file 0: the file is closed below */
+    mdl_close(r->file);
+    rt_state_free(r->s);
+    for (int g = 0; g < RT_INPUT_COUNT; g++) free(r->h[g]);
+    for (int i = 0; r->t && i < r->nt; i++) lay_qtensor_free(&r->t[i].q);
+    free(r->t), free(r->hs), free(r->hs_in);
+    calib_free(&r->cal);
+    db_pack_plan_free(&r->plan);
+    pack_writer_free(r->w);
+}
+
+int pack_model(const char *model_path, const char *db_path, int64_t plan_id, const char *out, const pack_params *p,
+               pack_stats *stats, char *err, size_t err_len)
+{
+    assert(model_path && db_path && out && p && stats);
+    prun r = {.p = p, .err = err, .err_len = err_len, .db_path = db_path, .plan_id = plan_id, .cur_layer = -1, .st = stats};
+    memset(stats, 0, sizeof *stats);
+    r.t0 = now_s();
+    int rc = -1;
+    if (!(r.w = pack_writer_new())) { fail(&r, "out of memory"); goto done; }
+    if (open_inputs(&r, model_path)) goto done;
+    if (rt_model_load_dense(r.file, 0, &r.m, err, err_len)) goto done;
+    if (run_pass(&r) || add_unquantized(&r) || add_metadata(&r)) goto done;
+    if (pack_writer_write(r.w, out, err, err_len)) goto done;
+    stats->file_bytes = 0;
+    FILE *f = fopen(out, "rb");
+    if (f && !fseek(f, 0, SEEK_END)) stats->file_bytes = ftell(f);
+    if (f) fclose(f);
+    rc = 0;
+done:
+    stats->seconds = now_s() - r.t0;
+    cleanup(&r);
+    return rc;
+}

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# scripts/gpu-check.sh — on a machine with an NVIDIA GPU: build bitplan with CUDA,
+# run the CUDA tests (tests/test_cuda.c), and measure (bench/bench_cuda.c):
+#   (a) the packed matrix-vector product's GB/s over the device-to-device copy
+#       bandwidth, 4096x14336 and 8192x28672, about 2.5/3/4/5/6/8 bpw;
+#   (b) token generation for a packed file (optional) and for a synthetic model of
+#       Llama-2-7B's shapes at about 3.0, 4.0 and 5.0 bpw;
+#   (c) device memory held by the packed file's model against a predicted figure.
+# Results go to stdout as Markdown; stage names and logs to stderr. About 3-6 minutes
+# on an H100 (most of it the build). Exit status: 0 only if the build, every test and
+# every measurement succeeded.
+#
+#   scripts/gpu-check.sh [PACKED_FILE [PREDICTED_BYTES]]
+#     PACKED_FILE      e.g. SmolLM2 at 4.0 bpw from `bitplan pack` (skipped if absent)
+#     PREDICTED_BYTES  the memory model's figure for that file (bytes)
+#   env: BUILD (default build-gpu), JOBS (default nproc), QUICK=1 (bench --quick)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BUILD=${BUILD:-build-gpu}
+JOBS=${JOBS:-$(nproc)}
+PACKED=${1:-}
+PREDICT=${2:-0}
+LOGDIR=${LOGDIR:-$BUILD/gpu-check}
+status=0
+
+stage() { echo "== gpu-check: $* ($(date +%H:%M:%S))" >&2; }
+die() { echo "gpu-check: $*" >&2; exit 1; }
+
+stage "device"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.max.sm \
+    --format=csv >&2 || echo "(nvidia-smi not found)" >&2
+NVCC=$(command -v nvcc || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; } || true)
+[ -n "$NVCC" ] || die "no nvcc found (PATH or /usr/local/cuda/bin): cannot build the CUDA runtime"
+
+stage "build ($BUILD, $JOBS jobs)"
+mkdir -p "$LOGDIR"
+if ! make -j"$JOBS" BUILD="$BUILD" all "$BUILD/tests/test_cuda" "$BUILD/bench/bench_cuda" >"$LOGDIR/build.log" 2>&1; then
+    tail -40 "$LOGDIR/build.log" >&2
+    die "build failed (log: $LOGDIR/build.log)"
+fi
+[ -f "$BUILD/runtime/cuda/model.o" ] || die "the build did not compile runtime/cuda/*.cu (NO_CUDA set?)"
+# The packed-file loader, once the library has it, is linked into the benchmark
+# (bench_cuda refers to it weakly so that it builds without it).
+if nm -g "$BUILD/libbitplan.a" 2>/dev/null | grep -qE ' T pack_load$'; then
+    rm -f "$BUILD/bench/bench_cuda"
+    make BUILD="$BUILD" CC="${CC:-cc} -Wl,-u,pack_load" "$BUILD/bench/bench_cuda" >>"$LOGDIR/build.log" 2>&1 ||
+        die "relinking bench_cuda with pack_load failed (log: $LOGDIR/build.log)"
+fi
+
+stage "tests (tests/test_cuda)"
+set +e
+CMOCKA_MESSAGE_OUTPUT=TAP "$BUILD/tests/test_cuda" >"$LOGDIR/test_cuda.tap" 2>&1
+trc=$?
+set -e
+passed=$(grep -cE '^ok [0-9]+' "$LOGDIR/test_cuda.tap" || true)
+skipped=$(grep -cE '^(not )?ok [0-9]+ .*# SKIP' "$LOGDIR/test_cuda.tap" || true)
+failed=$(grep -E '^not ok [0-9]+' "$LOGDIR/test_cuda.tap" | grep -vc '# SKIP' || true)
+echo "## bitplan gpu-check"
+echo
+echo "| stage | result |"
+echo "|---|---|"
+echo "| tests/test_cuda | $passed passed, $failed failed, $skipped skipped (exit $trc) |"
+if [ "$trc" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$skipped" -ne 0 ]; then
+    status=1
+    grep -vE '^ok ' "$LOGDIR/test_cuda.tap" | tail -40 >&2
+fi
+
+stage "benchmarks (bench/bench_cuda)"
+args=()
+[ "${QUICK:-0}" = 1 ] && args+=(--quick)
+if [ -n "$PACKED" ]; then
+    if [ -f "$PACKED" ]; then args+=(--packed "$PACKED" --predict "$PREDICT")
+    else echo "gpu-check: packed file $PACKED is absent: its figures are skipped" >&2; fi
+fi
+set +e
+"$BUILD/bench/bench_cuda" "${args[@]}" 2> >(tee "$LOGDIR/bench.err" >&2)
+brc=$?
+set -e
+[ "$brc" -eq 0 ] || { status=1; echo "gpu-check: bench_cuda exited $brc" >&2; }
+
+stage "done (status $status)"
+exit "$status"

@@ -1,0 +1,94 @@
+/*
+ * tests/tool_pack.c — what tests/test_pack.py needs from the C side of a packed
+ * file, as raw float32 it can compare with its own NumPy decoder:
+ *
+ *   tool_pack logits MODEL OUT.f32 ID...   logits [n_ids][vocab] of one batch; MODEL is
+ *                                          a packed file (packed kernels) or a model file
+ *   tool_pack rows PACKED NAME OUT.f32     every row of linear layer NAME as the runtime
+ *                                          decodes it (rt_linear get_row): [rows][cols]
+ *
+ * What it must never do: hide an error (every failure prints one line and exits 1).
+ */
+#include "model/model.h"
+#include "pack/pack.h"
+#include "runtime/runtime.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fail(const char *msg)
+{
+    fprintf(stderr, "tool_pack: %s\n", msg);
+    return 1;
+}
+
+static int open_any(const char *path, rt_model **m, char *err, size_t err_len)
+{
+    mdl_model *f;
+    if (mdl_open(path, &f, err, err_len)) return -1;
+    if (mdl_is_packed(f)) return pack_load_file(f, 64, m, err, err_len);
+    if (rt_model_load_dense(f, 1, m, err, err_len)) { mdl_close(f); return -1; }
+    return 0;
+}
+
+static int write_f32(const char *path, const float *v, size_t n)
+{
+    FILE *out = fopen(path, "wb");
+    int ok = out && fwrite(v, sizeof *v, n, out) == n;
+    if (out && fclose(out)) ok = 0;
+    return ok ? 0 : -1;
+}
+
+static int logits(int argc, char **argv)
+{
+    char err[512];
+    rt_model *m;
+    if (argc < 5) return fail("usage: tool_pack logits MODEL OUT.f32 ID...");
+    if (open_any(argv[2], &m, err, sizeof err)) return fail(err);
+    int n = argc - 4, vocab = m->cfg.vocab_size;
+    int32_t *ids = malloc((size_t)n * sizeof *ids);
+    float *out = malloc((size_t)n * (size_t)vocab * sizeof *out);
+    rt_state *s = rt_state_new(m, n, n);
+    int rc = ids && out && s ? 0 : fail("out of memory");
+    for (int i = 0; !rc && i < n; i++) ids[i] = atoi(argv[4 + i]);
+    if (!rc && rt_forward(m, s, ids, n, 0, out)) rc = fail("forward failed");
+    if (!rc && write_f32(argv[3], out, (size_t)n * (size_t)vocab)) rc = fail("cannot write the output");
+    rt_state_free(s), free(ids), free(out), rt_model_free(m);
+    return rc;
+}
+
+static rt_linear *find_linear(const rt_model *m, const char *name)
+{
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < RT_HEAD; k++) {
+            char n[96];
+            rt_tensor_name(&m->cfg, l, (rt_class)k, n, sizeof n);
+            if (!strcmp(n, name)) return m->layers[l].lin[k];
+        }
+    if (!strcmp(name, "token_embd.weight")) return m->embed;
+    if (!strcmp(name, "output.weight")) return m->head;
+    return NULL;
+}
+
+static int rows(int argc, char **argv)
+{
+    char err[512];
+    rt_model *m;
+    if (argc != 5) return fail("usage: tool_pack rows PACKED NAME OUT.f32");
+    if (open_any(argv[2], &m, err, sizeof err)) return fail(err);
+    rt_linear *l = find_linear(m, argv[3]);
+    float *w = l ? malloc((size_t)(l->rows * l->cols) * sizeof *w) : NULL;
+    int rc = w ? 0 : fail(l ? "out of memory" : "no such linear layer");
+    for (int64_t r = 0; !rc && r < l->rows; r++) l->get_row(l, r, w + r * l->cols);
+    if (!rc && write_f32(argv[4], w, (size_t)(l->rows * l->cols))) rc = fail("cannot write the output");
+    free(w), rt_model_free(m);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && !strcmp(argv[1], "logits")) return logits(argc, argv);
+    if (argc > 1 && !strcmp(argv[1], "rows")) return rows(argc, argv);
+    return fail("usage: tool_pack logits|rows ...");
+}
