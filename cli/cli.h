@@ -9,6 +9,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "../runtime/runtime.h"
+
 int cmd_inspect(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_measure(int argc, char **argv);
@@ -33,13 +35,17 @@ const char *cli_command_line(void);
 /* 1 if stderr is a terminal (progress is shown only then, unless forced). */
 int cli_progress_wanted(void);
 
+/* --device cpu|cuda: where rt_eval / rt_generate run the model. Sets *open to NULL
+ * (CPU) or the CUDA runner; for cuda, checks that a GPU is there and says so
+ * clearly if not. 0, or 1 after printing "bitplan CMD: ...". */
+int cli_parse_device(const char *cmd, const char *name, rt_runner_open_fn *open);
+
 /* Reads a whole file into a malloc'd NUL-terminated buffer. NULL with err set. */
 char *cli_read_file(const char *path, size_t *len, char *err, size_t err_len);
 
 /* Opens a model for running (eval, generate): a model file (GGUF, safetensors),
  * loaded as dense fp32. 0, or -1 with a one-line message in err. The caller frees
  * *out with rt_model_free. */
-typedef struct rt_model rt_model;
 int cli_open_model(const char *path, rt_model **out, char *err, size_t err_len);
 
 #endif

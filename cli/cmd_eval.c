@@ -14,17 +14,22 @@
 #include "../runtime/runtime.h"
 
 static const char usage[] =
-    "usage: bitplan eval MODEL --text FILE [--ctx N] [--chunks N] [--ref MODEL]\n"
+    "usage: bitplan eval MODEL --text FILE [--ctx N] [--chunks N] [--ref MODEL] [--bos] [--device cpu|cuda]\n"
     "  --text FILE    text to score (tokenized whole, cut into chunks of N tokens)\n"
     "  --ctx N        chunk length (default 512); the second half of each chunk is scored\n"
     "  --chunks N     at most N chunks (default: all)\n"
     "  --ref MODEL    also KL divergence and top-1 agreement against this model\n"
+    "  --bos          put BOS first in every chunk even if the model does not add BOS\n"
+    "                 (default: as llama-perplexity, only when the model adds BOS)\n"
+    "  --device D     cpu (default) or cuda; the reference always runs on the CPU\n"
     "  --progress     progress on stderr even when it is not a terminal\n";
 
 typedef struct {
     const char *model, *text, *ref;
     long ctx, chunks;
     int progress;
+    int force_bos;
+    rt_runner_open_fn open_runner;
 } eval_args;
 
 static int parse_args(int argc, char **argv, eval_args *a)
@@ -43,7 +48,10 @@ static int parse_args(int argc, char **argv, eval_args *a)
         } else if (!strcmp(o, "--chunks") && has_val) {
             if (cli_parse_int(argv[++i], &a->chunks) || a->chunks < 1 || a->chunks > 1 << 30)
                 return cli_fail("eval", "--chunks '%s' is not a positive count", argv[i]);
-        } else if (!strcmp(o, "--progress")) a->progress = 1;
+        } else if (!strcmp(o, "--device") && has_val) {
+            if (cli_parse_device("eval", argv[++i], &a->open_runner)) return 1;
+        } else if (!strcmp(o, "--bos")) a->force_bos = 1;
+        else if (!strcmp(o, "--progress")) a->progress = 1;
         else if (o[0] == '-' && o[1]) return cli_fail("eval", "unknown or incomplete option '%s' (see --help)", o);
         else if (!a->model) a->model = o;
         else return cli_fail("eval", "unexpected argument '%s'", o);
@@ -107,7 +115,8 @@ int cmd_eval(int argc, char **argv)
     p.ctx = (int)a.ctx;
     p.max_chunks = (int)a.chunks;
     p.progress = a.progress;
-    p.bos = m->add_bos ? tok_bos(m->tok) : -1;
+    p.bos = m->add_bos || a.force_bos ? tok_bos(m->tok) : -1;
+    p.open_runner = a.open_runner;
     rt_eval_result r;
     if (rt_eval(m, ref, ids, n, &p, &r, err, sizeof err)) { cli_fail("eval", "%s: %s", a.text, err); goto done; }
     print_result(&a, m, n, &r);

@@ -15,12 +15,13 @@
 #include "../runtime/runtime.h"
 
 static const char usage[] =
-    "usage: bitplan generate MODEL --prompt \"...\" [-n N] [--temp T] [--top-p P] [--seed S] [--chat]\n"
+    "usage: bitplan generate MODEL --prompt \"...\" [-n N] [--temp T] [--top-p P] [--seed S] [--chat] [--device cpu|cuda]\n"
     "  -n N        tokens to generate (default 128)\n"
     "  --temp T    temperature, 0 = greedy (default 0.8)\n"
     "  --top-p P   nucleus sampling, 1 = off (default 0.95)\n"
     "  --seed S    random seed (default 42)\n"
-    "  --chat      wrap the prompt in the model's chat template (instruct models)\n";
+    "  --chat      wrap the prompt in the model's chat template (instruct models)\n"
+    "  --device D  cpu (default) or cuda\n";
 
 typedef struct {
     const char *model, *prompt;
@@ -56,6 +57,8 @@ static int parse_args(int argc, char **argv, gen_args *a)
         } else if (!strcmp(o, "--seed") && has_val) {
             if (parse_number(o, argv[++i], 0, 9007199254740992.0, &v)) return 1;
             a->gen.seed = (uint64_t)v;
+        } else if (!strcmp(o, "--device") && has_val) {
+            if (cli_parse_device("generate", argv[++i], &a->gen.open_runner)) return 1;
         } else if (!strcmp(o, "--chat")) a->chat = 1;
         else if (o[0] == '-' && o[1]) return cli_fail("generate", "unknown or incomplete option '%s' (see --help)", o);
         else if (!a->model) a->model = o;

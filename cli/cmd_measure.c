@@ -54,16 +54,19 @@ static void show_progress(void *ctx, const meas_progress *p)
     if (now - s->last < 0.25) return;
     s->last = now;
     s->shown = 1;
-    double rate = p->elapsed > 0 ? (double)p->units_done / p->elapsed : 0;
+    /* rate and time left of the measurement, or of the probes once it is done */
+    int units = p->units_total > p->units_done || !p->probes_total;
+    int64_t done = units ? p->units_done : p->probes_done, total = units ? p->units_total : p->probes_total;
+    double rate = p->elapsed > 0 ? (double)done / p->elapsed : 0;
     char left[32] = "?";
-    if (p->units_done > 0 && rate > 0) {
-        double sec = (double)(p->units_total - p->units_done) / rate;
+    if (done > 0 && rate > 0) {
+        double sec = (double)(total - done) / rate;
         snprintf(left, sizeof left, "%dm%02ds", (int)(sec / 60), (int)sec % 60);
     }
-    fprintf(stderr, "\r  %-7s layer %3d  tensors %lld/%lld  options %lld/%lld  %.1f/s  left %s",
-            p->phase, p->layer, (long long)p->tensors_done, (long long)p->tensors_total, (long long)p->units_done,
-            (long long)p->units_total, rate, left);
+    fprintf(stderr, "\r  %-7s layer %3d  tensors %lld/%lld  options %lld/%lld", p->phase, p->layer,
+            (long long)p->tensors_done, (long long)p->tensors_total, (long long)p->units_done, (long long)p->units_total);
     if (p->probes_total) fprintf(stderr, "  probes %lld/%lld", (long long)p->probes_done, (long long)p->probes_total);
+    fprintf(stderr, "  %.1f %s/s  left %s", rate, units ? "options" : "probes", left);
     fprintf(stderr, "   ");
     fflush(stderr);
 }

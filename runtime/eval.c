@@ -42,37 +42,34 @@ static double now_s(void)
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-/* ==== One model's buffers for one chunk ==== */
+/* ==== One model's runner and logits for one chunk ==== */
 
 typedef struct {
     const rt_model *m;
-    rt_state *s;
-    float *h;       /* [ctx][dim] hidden states of the chunk */
+    rt_runner *r;
     float *logits;  /* [n_score][vocab] logits at the scored positions */
 } eval_run;
 
-static int run_open(eval_run *r, const rt_model *m, int ctx, int n_score)
+static int run_open(eval_run *r, const rt_model *m, rt_runner_open_fn open, int ctx, int n_score, char *err,
+                    size_t err_len)
 {
     r->m = m;
-    r->s = rt_state_new(m, ctx, ctx);
-    r->h = malloc((size_t)ctx * m->cfg.dim * sizeof(float));
+    if ((open ? open : rt_runner_open_cpu)(m, ctx, ctx, &r->r, err, err_len)) return -1;
     r->logits = malloc((size_t)n_score * m->cfg.vocab_size * sizeof(float));
-    return r->s && r->h && r->logits ? 0 : -1;
+    if (!r->logits) snprintf(err, err_len, "out of memory for a context of %d", ctx);
+    return r->logits ? 0 : -1;
 }
 
 static void run_close(eval_run *r)
 {
-    rt_state_free(r->s);
-    free(r->h);
+    rt_runner_free(r->r);
     free(r->logits);
 }
 
 /* Logits of positions first .. first + n_score - 1 of one chunk, from an empty cache. */
-static void run_chunk(eval_run *r, const int32_t *tok, int ctx, int first, int n_score)
+static int run_chunk(eval_run *r, const int32_t *tok, int ctx, int first, int n_score, char *err, size_t err_len)
 {
-    rt_embed(r->m, tok, ctx, r->h);
-    rt_forward_layers(r->m, r->s, r->h, ctx, 0, 0, r->m->cfg.n_layers);
-    rt_logits(r->m, r->s, r->h + (size_t)first * r->m->cfg.dim, n_score, r->logits);
+    return r->r->forward(r->r, tok, ctx, 0, first, n_score, r->logits, err, err_len);
 }
 
 /* ==== Scoring ==== */
@@ -181,18 +178,18 @@ int rt_eval(const rt_model *m, const rt_model *ref, const int32_t *tokens, int64
     eval_run run = {0}, rrun = {0};
     eval_sums sums = {0};
     int32_t *chunk = malloc((size_t)ctx * sizeof *chunk);
-    if (!chunk || run_open(&run, m, ctx, n_score) || (ref && run_open(&rrun, ref, ctx, n_score))) {
-        snprintf(err, err_len, "out of memory for a context of %d", ctx);
+    if (!chunk) { snprintf(err, err_len, "out of memory for a context of %d", ctx); goto done; }
+    if (run_open(&run, m, p->open_runner, ctx, n_score, err, err_len) ||
+        (ref && run_open(&rrun, ref, NULL, ctx, n_score, err, err_len)))
         goto done;
-    }
     double t0 = now_s(), t_model = 0;
     for (int64_t c = 0; c < n_chunk; c++) {
         memcpy(chunk, tokens + c * ctx, (size_t)ctx * sizeof *chunk);
         if (p->bos >= 0) chunk[0] = p->bos;
         double t1 = now_s();
-        run_chunk(&run, chunk, ctx, first, n_score);
+        if (run_chunk(&run, chunk, ctx, first, n_score, err, err_len)) goto done;
         t_model += now_s() - t1;
-        if (ref) run_chunk(&rrun, chunk, ctx, first, n_score);
+        if (ref && run_chunk(&rrun, chunk, ctx, first, n_score, err, err_len)) goto done;
         score_chunk(&run, ref ? &rrun : NULL, chunk + first + 1, n_score, &sums);
         if (p->progress)
             fprintf(stderr, "\reval: chunk %lld/%lld, perplexity %.4f, %.1f tokens/s ", (long long)(c + 1),
@@ -206,6 +203,6 @@ int rt_eval(const rt_model *m, const rt_model *ref, const int32_t *tokens, int64
 done:
     free(chunk);
     run_close(&run);
-    if (ref) run_close(&rrun);
+    run_close(&rrun);
     return rc;
 }

@@ -132,13 +132,11 @@ static int32_t sample(const float *logits, int vocab, const rt_gen_params *p, ge
 /* ==== The loop ==== */
 
 /* Runs the prompt through the cache in batches; logits of its last token. */
-static int run_prompt(const rt_model *m, rt_state *s, const int32_t *prompt, int n_prompt, float *logits)
+static int run_prompt(rt_runner *r, const int32_t *prompt, int n_prompt, float *logits, char *err, size_t err_len)
 {
-    for (int pos = 0; pos < n_prompt; pos += GEN_PROMPT_BATCH) {
-        int n = n_prompt - pos < GEN_PROMPT_BATCH ? n_prompt - pos : GEN_PROMPT_BATCH;
-        if (rt_forward(m, s, prompt + pos, n, pos, NULL)) return -1;
-        if (pos + n == n_prompt)
-            rt_logits(m, s, s->x + (size_t)(n - 1) * m->cfg.dim, 1, logits);
+    for (int pos = 0; pos < n_prompt; pos += r->max_batch) {
+        int n = n_prompt - pos < r->max_batch ? n_prompt - pos : r->max_batch, last = pos + n == n_prompt;
+        if (r->forward(r, prompt + pos, n, pos, n - 1, last, logits, err, err_len)) return -1;
     }
     return 0;
 }
@@ -163,24 +161,24 @@ int rt_generate(const rt_model *m, const int32_t *prompt, int n_prompt, const rt
     if (n_prompt < 1) { snprintf(err, err_len, "the prompt is empty"); return -1; }
     if (p->n_predict < 0) { snprintf(err, err_len, "n_predict %d is negative", p->n_predict); return -1; }
     int max_ctx = n_prompt + (p->n_predict > 0 ? p->n_predict : 1);
-    rt_state *s = rt_state_new(m, max_ctx, n_prompt < GEN_PROMPT_BATCH ? n_prompt : GEN_PROMPT_BATCH);
+    rt_runner *r = NULL;
     float *logits = malloc((size_t)vocab * sizeof *logits), *probs = malloc((size_t)vocab * sizeof *probs);
     gen_cand *cand = malloc((size_t)vocab * sizeof *cand);
     gen_rng rng;
     rng_seed(&rng, p->seed);
-    if (!s || !logits || !probs || !cand) { snprintf(err, err_len, "out of memory for %d tokens", max_ctx); goto done; }
-    double t0 = now_s();
-    if (run_prompt(m, s, prompt, n_prompt, logits)) {
-        snprintf(err, err_len, "a prompt token is outside the vocabulary of %d", vocab);
+    if (!logits || !probs || !cand) { snprintf(err, err_len, "out of memory for %d tokens", max_ctx); goto done; }
+    if ((p->open_runner ? p->open_runner : rt_runner_open_cpu)(
+            m, max_ctx, n_prompt < GEN_PROMPT_BATCH ? n_prompt : GEN_PROMPT_BATCH, &r, err, err_len))
         goto done;
-    }
+    double t0 = now_s();
+    if (run_prompt(r, prompt, n_prompt, logits, err, err_len)) goto done;
     double t1 = now_s();
     for (int pos = n_prompt; n_gen < p->n_predict; pos++) {
         int32_t id = sample(logits, vocab, p, &rng, probs, cand);
         n_gen++;
         emit_token(m, p, id, emit, emit_ctx);
         if (id == eos || n_gen == p->n_predict) break;
-        rt_forward(m, s, &id, 1, pos, logits);
+        if (r->forward(r, &id, 1, pos, 0, 1, logits, err, err_len)) goto done;
     }
     double t2 = now_s();
     stats->n_prompt = n_prompt;
@@ -189,7 +187,7 @@ int rt_generate(const rt_model *m, const int32_t *prompt, int n_prompt, const rt
     stats->gen_tps = n_gen > 1 ? (n_gen - 1) / (t2 - t1) : 0; /* the first token came with the prompt */
     rc = 0;
 done:
-    rt_state_free(s);
+    rt_runner_free(r);
     free(logits); free(probs); free(cand);
     return rc;
 }

@@ -126,9 +126,33 @@ void rt_embed(const rt_model *m, const int32_t *tokens, int n, float *h);
 int rt_forward_layers(const rt_model *m, rt_state *s, float *h, int n, int pos, int l0, int l1);
 void rt_logits(const rt_model *m, rt_state *s, const float *h, int n, float *logits);
 
+/* ==== Runners: where a forward pass runs ==== */
+
+/* Evaluation and generation drive a runner, so the CPU and a device (runtime/cuda/)
+ * share one loop. forward() runs n tokens at positions pos..pos+n-1 (the cache holds
+ * 0..pos-1) and writes the logits of batch rows first..first+n_logits-1 into
+ * logits[n_logits][vocab] (n_logits 0: no head). 0, or -1 with a message. */
+typedef struct rt_runner rt_runner;
+struct rt_runner {
+    const rt_model *model;   /* configuration and tokenizer */
+    int max_ctx, max_batch;
+    int (*forward)(rt_runner *r, const int32_t *tokens, int n, int pos, int first, int n_logits,
+                   float *logits, char *err, size_t err_len);
+    void (*destroy)(rt_runner *r);   /* frees impl; rt_runner_free then free()s r */
+    void *impl;
+};
+
+/* Opens a runner for m with room for max_ctx positions and batches of max_batch. */
+typedef int (*rt_runner_open_fn)(const rt_model *m, int max_ctx, int max_batch, rt_runner **out,
+                                 char *err, size_t err_len);
+int rt_runner_open_cpu(const rt_model *m, int max_ctx, int max_batch, rt_runner **out, char *err,
+                       size_t err_len);
+void rt_runner_free(rt_runner *r);
+
 /* ==== Evaluation ==== */
 
 typedef struct {
+    rt_runner_open_fn open_runner; /* where the model runs; NULL = CPU (the reference always runs on the CPU) */
     int ctx;                 /* chunk length (default 512) */
     int max_chunks;          /* 0 = all */
     int progress;            /* 1: progress on stderr */
@@ -159,6 +183,7 @@ int rt_eval(const rt_model *m, const rt_model *ref, const int32_t *tokens, int64
 /* ==== Generation ==== */
 
 typedef struct {
+    rt_runner_open_fn open_runner; /* where the model runs; NULL = CPU */
     int n_predict;           /* tokens to generate */
     float temp;              /* 0 = greedy */
     float top_p;             /* nucleus sampling, 1 = off */

@@ -16,7 +16,7 @@
  *     1e-3 for the fp16 cuBLAS path);
  *   - a tiny packed model's logits (prompt batch, then token by token) against the
  *     CPU forward pass of the same model with dequantized dense weights;
- *   - rt_cuda_eval against rt_eval, rt_cuda_generate (greedy) against rt_generate;
+ *   - rt_eval and rt_generate (greedy) with the GPU runner against the CPU's;
  *   - errors: a layer without weights, a batch too large, a token out of range.
  *
  * What it must never do: assert on time, or pass without comparing.
@@ -533,7 +533,8 @@ static void test_gpu_eval(void **state)
     rt_eval_result a, b;
     char err[256];
     if (rt_eval(&m.cpu, NULL, tok, N, &p, &a, err, sizeof err)) fail_msg("%s", err);
-    if (rt_cuda_eval(&m.gpu, &m.cpu, tok, N, &p, &b, err, sizeof err)) fail_msg("%s", err);
+    p.open_runner = rt_cuda_runner_open;
+    if (rt_eval(&m.gpu, &m.cpu, tok, N, &p, &b, err, sizeof err)) fail_msg("%s", err);
     assert_int_equal(a.tokens_scored, b.tokens_scored);
     if (!(fabs(b.ppl / a.ppl - 1) < 3e-3)) fail_msg("perplexity %g on the GPU, %g on the CPU", b.ppl, a.ppl);
     if (!(fabs(b.ref_ppl / a.ppl - 1) < 1e-9)) fail_msg("reference perplexity %g, CPU %g", b.ref_ppl, a.ppl);
@@ -563,7 +564,8 @@ static void test_gpu_generate(void **state)
     p.on_token_ctx = a;
     if (rt_generate(&m.cpu, prompt, 5, &p, NULL, NULL, &st, err, sizeof err)) fail_msg("%s", err);
     p.on_token_ctx = b;
-    if (rt_cuda_generate(&m.gpu, prompt, 5, &p, NULL, NULL, &st, err, sizeof err)) fail_msg("%s", err);
+    p.open_runner = rt_cuda_runner_open;
+    if (rt_generate(&m.gpu, prompt, 5, &p, NULL, NULL, &st, err, sizeof err)) fail_msg("%s", err);
     assert_int_equal(a[0], 30);
     assert_int_equal(b[0], 30);
     assert_memory_equal(a, b, sizeof a);

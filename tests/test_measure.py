@@ -140,7 +140,7 @@ def test_rerun_does_nothing(work):
     db = work["dir"] / "rerun.db"
     run(base_args(work, "small", db))
     before = dump(db)
-    p = run(base_args(work, "small", db))
+    p = run(base_args(work, "small", db) + ["--progress"])
     total = 7 * SMALL_MODEL["n_layers"] + 1
     assert "already measured: %d tensors × %d options" % (total, N_OPTIONS) in p.stdout
     assert dump(db) == before
@@ -193,7 +193,7 @@ def lay_tensor_bits(lo, hi, share, group, fmt, rows, cols):
 def test_bits_are_the_layout_cost(work):
     """(e) every row's bits equals the documented cost formula."""
     db = work["dir"] / "bits.db"
-    run(base_args(work, "small", db))
+    assert run(base_args(work, "small", db)).stderr == ""  # quiet in pipes
     with sqlite3.connect(db) as c:
         rows = c.execute("SELECT t.rows, t.cols, o.bits_lo, o.bits_hi, o.hi_share, o.group_size, o.scale_fmt, m.bits "
                          "FROM measurements m JOIN tensors t ON t.id = m.tensor_id "

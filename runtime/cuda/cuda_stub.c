@@ -47,20 +47,10 @@ int rt_cuda_forward(rt_cuda_model *g, const int32_t *tokens, int n, int pos, int
     return no_cuda(err, err_len);
 }
 
-int rt_cuda_eval(const rt_model *m, const rt_model *ref, const int32_t *tokens, int64_t n_tokens,
-                 const rt_eval_params *p, rt_eval_result *out, char *err, size_t err_len)
+int rt_cuda_runner_open(const rt_model *m, int max_ctx, int max_batch, rt_runner **out, char *err, size_t err_len)
 {
-    (void)m, (void)ref, (void)tokens, (void)n_tokens, (void)p;
-    memset(out, 0, sizeof *out);
-    return no_cuda(err, err_len);
-}
-
-int rt_cuda_generate(const rt_model *m, const int32_t *prompt, int n_prompt, const rt_gen_params *p,
-                     void (*emit)(void *ctx, const char *piece, size_t len), void *emit_ctx, rt_gen_stats *stats,
-                     char *err, size_t err_len)
-{
-    (void)m, (void)prompt, (void)n_prompt, (void)p, (void)emit, (void)emit_ctx;
-    memset(stats, 0, sizeof *stats);
+    (void)m, (void)max_ctx, (void)max_batch;
+    *out = NULL;
     return no_cuda(err, err_len);
 }
 

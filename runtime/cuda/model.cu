@@ -391,301 +391,32 @@ extern "C" int rt_cuda_forward(rt_cuda_model *g, const int32_t *tokens, int n, i
     return RTC_CUDA(cudaStreamSynchronize(g->st));
 }
 
-/* ==== Evaluation (runtime/eval.c's procedure, the model on the GPU) ==== */
+/* ==== Runner: rt_eval and rt_generate drive the GPU through this ==== */
 
-static double now_s(void)
+static int runner_forward(rt_runner *r, const int32_t *tokens, int n, int pos, int first, int n_logits, float *logits,
+                          char *err, size_t err_len)
 {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+    return rt_cuda_forward((rt_cuda_model *)r->impl, tokens, n, pos, first, n_logits, logits, err, err_len);
 }
 
-typedef struct {
-    double nll, nll2, ref_nll, ref_nll2, kld, kld2;
-    int64_t same_top, count;
-} ev_sums;
+static void runner_destroy(rt_runner *r) { rt_cuda_model_free((rt_cuda_model *)r->impl); }
 
-/* KL(ref || model) of one position. */
-static double ev_kl(const float *ref, double ref_lse, const float *x, double lse, int vocab)
+extern "C" int rt_cuda_runner_open(const rt_model *m, int max_ctx, int max_batch, rt_runner **out, char *err,
+                                   size_t err_len)
 {
-    double sum = 0;
-    for (int v = 0; v < vocab; v++) {
-        double lr = (double)ref[v] - ref_lse;
-        sum += exp(lr) * (lr - ((double)x[v] - lse));
-    }
-    return sum;
-}
-
-static void ev_score(const float *logits, const float *ref, const int32_t *targets, int n_score, int vocab, ev_sums *s)
-{
-    for (int j = 0; j < n_score; j++) {
-        const float *x = logits + (size_t)j * vocab;
-        double lse = rt_log_sum_exp(x, vocab), v = lse - x[targets[j]];
-        s->nll += v, s->nll2 += v * v, s->count++;
-        if (!ref) continue;
-        const float *y = ref + (size_t)j * vocab;
-        double rlse = rt_log_sum_exp(y, vocab), rv = rlse - y[targets[j]], k = ev_kl(y, rlse, x, lse, vocab);
-        s->ref_nll += rv, s->ref_nll2 += rv * rv, s->kld += k, s->kld2 += k * k;
-        s->same_top += rt_argmax(x, vocab) == rt_argmax(y, vocab);
-    }
-}
-
-static void ev_mean_se(double s, double s2, int64_t n, double *mean, double *se)
-{
-    *mean = s / (double)n;
-    double var = s2 / (double)n - *mean * *mean;
-    *se = n > 1 && var > 0 ? sqrt(var / (double)(n - 1)) : 0;
-}
-
-static void ev_finish(const ev_sums *s, int with_ref, rt_eval_result *out)
-{
-    double mean, se;
-    out->tokens_scored = s->count;
-    out->nll_sum = s->nll;
-    ev_mean_se(s->nll, s->nll2, s->count, &mean, &se);
-    out->ppl = exp(mean);
-    out->ppl_stderr = out->ppl * se;
-    if (!with_ref) return;
-    ev_mean_se(s->ref_nll, s->ref_nll2, s->count, &mean, &se);
-    out->ref_ppl = exp(mean);
-    ev_mean_se(s->kld, s->kld2, s->count, &out->kld_mean, &out->kld_stderr);
-    out->top1_agree = (double)s->same_top / (double)s->count;
-}
-
-static int ev_check(const rt_model *m, const rt_model *ref, const int32_t *tokens, int64_t n_tokens,
-                    const rt_eval_params *p, char *err, size_t err_len)
-{
-    if (p->ctx < 4) { snprintf(err, err_len, "context %d is too small (at least 4)", p->ctx); return -1; }
-    if (n_tokens < 2 * (int64_t)p->ctx) {
-        snprintf(err, err_len, "the text has %lld tokens; a context of %d needs at least %lld", (long long)n_tokens,
-                 p->ctx, 2 * (long long)p->ctx);
+    rt_cuda_model *g;
+    *out = NULL;
+    if (rt_cuda_model_new(m, max_ctx, max_batch, &g, err, err_len)) return -1;
+    rt_runner *r = (rt_runner *)calloc(1, sizeof *r);
+    if (!r) {
+        rt_cuda_model_free(g);
+        snprintf(err, err_len, "out of host memory");
         return -1;
     }
-    if (ref && ref->cfg.vocab_size != m->cfg.vocab_size) {
-        snprintf(err, err_len, "the reference's vocabulary has %d tokens, the model's %d", ref->cfg.vocab_size,
-                 m->cfg.vocab_size);
-        return -1;
-    }
-    if (p->bos >= m->cfg.vocab_size) { snprintf(err, err_len, "BOS token %d is out of range", p->bos); return -1; }
-    for (int64_t i = 0; i < n_tokens; i++)
-        if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size) {
-            snprintf(err, err_len, "token %lld has id %d, outside the vocabulary of %d", (long long)i, tokens[i],
-                     m->cfg.vocab_size);
-            return -1;
-        }
+    r->model = m, r->max_ctx = max_ctx, r->max_batch = max_batch;
+    r->forward = runner_forward, r->destroy = runner_destroy, r->impl = g;
+    *out = r;
     return 0;
-}
-
-/* The reference's logits of one chunk on the CPU (eval.c's run_chunk). */
-static void ev_ref_chunk(const rt_model *ref, rt_state *s, float *h, const int32_t *tok, int ctx, int first,
-                         int n_score, float *logits)
-{
-    rt_embed(ref, tok, ctx, h);
-    rt_forward_layers(ref, s, h, ctx, 0, 0, ref->cfg.n_layers);
-    rt_logits(ref, s, h + (size_t)first * ref->cfg.dim, n_score, logits);
-}
-
-extern "C" int rt_cuda_eval(const rt_model *m, const rt_model *ref, const int32_t *tokens, int64_t n_tokens,
-                            const rt_eval_params *p, rt_eval_result *out, char *err, size_t err_len)
-{
-    memset(out, 0, sizeof *out);
-    if (ev_check(m, ref, tokens, n_tokens, p, err, err_len)) return -1;
-    int ctx = p->ctx, first = ctx / 2, n_score = ctx - 1 - first, vocab = m->cfg.vocab_size, rc = -1;
-    int64_t n_chunk = n_tokens / ctx;
-    if (p->max_chunks > 0 && p->max_chunks < n_chunk) n_chunk = p->max_chunks;
-    rt_cuda_model *g = NULL;
-    rt_state *rs = NULL;
-    ev_sums sums;
-    memset(&sums, 0, sizeof sums);
-    int32_t *chunk = (int32_t *)malloc((size_t)ctx * sizeof *chunk);
-    float *logits = (float *)malloc((size_t)n_score * vocab * sizeof *logits), *rlogits = NULL, *rh = NULL;
-    if (ref) {
-        rs = rt_state_new(ref, ctx, ctx);
-        rlogits = (float *)malloc((size_t)n_score * vocab * sizeof *rlogits);
-        rh = (float *)malloc((size_t)ctx * ref->cfg.dim * sizeof *rh);
-    }
-    if (!chunk || !logits || (ref && (!rs || !rlogits || !rh))) {
-        snprintf(err, err_len, "out of memory for a context of %d", ctx);
-        goto done;
-    }
-    if (rt_cuda_model_new(m, ctx, ctx, &g, err, err_len)) goto done;
-    {
-        double t0 = now_s(), t_model = 0;
-        for (int64_t c = 0; c < n_chunk; c++) {
-            memcpy(chunk, tokens + c * ctx, (size_t)ctx * sizeof *chunk);
-            if (p->bos >= 0) chunk[0] = p->bos;
-            double t1 = now_s();
-            if (rt_cuda_forward(g, chunk, ctx, 0, first, n_score, logits, err, err_len)) goto done;
-            t_model += now_s() - t1;
-            if (ref) ev_ref_chunk(ref, rs, rh, chunk, ctx, first, n_score, rlogits);
-            ev_score(logits, rlogits, chunk + first + 1, n_score, vocab, &sums);
-            if (p->progress)
-                fprintf(stderr, "\reval (cuda): chunk %lld/%lld, perplexity %.4f, %.1f tokens/s ", (long long)(c + 1),
-                        (long long)n_chunk, exp(sums.nll / (double)sums.count), (double)(c + 1) * ctx / t_model);
-        }
-        if (p->progress) fputc('\n', stderr);
-        ev_finish(&sums, ref != NULL, out);
-        out->seconds = now_s() - t0;
-        out->tokens_per_s = t_model > 0 ? (double)n_chunk * ctx / t_model : 0;
-    }
-    rc = 0;
-done:
-    rt_cuda_model_free(g);
-    rt_state_free(rs);
-    free(chunk);
-    free(logits);
-    free(rlogits);
-    free(rh);
-    return rc;
-}
-
-/* ==== Generation (runtime/generate.c's sampler and loop, the model on the GPU) ==== */
-
-#define GEN_PROMPT_BATCH 512
-
-typedef struct { uint64_t s[4]; } gen_rng;
-
-static uint64_t gen_splitmix(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static uint64_t gen_rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-/* xoshiro256**: uniform in [0, 1) with 53 bits. */
-static double gen_uniform(gen_rng *r)
-{
-    uint64_t *s = r->s, out = gen_rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0], s[3] ^= s[1], s[1] ^= s[2], s[0] ^= s[3];
-    s[2] ^= t, s[3] = gen_rotl(s[3], 45);
-    return (double)(out >> 11) * 0x1.0p-53;
-}
-
-typedef struct { float p; int32_t id; } gen_cand;
-
-static int gen_cand_desc(const void *a, const void *b)
-{
-    const gen_cand *x = (const gen_cand *)a, *y = (const gen_cand *)b;
-    if (x->p != y->p) return x->p < y->p ? 1 : -1;
-    return x->id < y->id ? -1 : x->id > y->id;
-}
-
-/* probs = softmax(logits / temp); returns the largest. */
-static float gen_softmax(const float *logits, int vocab, float temp, float *probs)
-{
-    float mx = logits[0], pmax = 0;
-    for (int v = 1; v < vocab; v++) mx = logits[v] > mx ? logits[v] : mx;
-    double sum = 0;
-    for (int v = 0; v < vocab; v++) sum += probs[v] = expf((logits[v] - mx) / temp);
-    for (int v = 0; v < vocab; v++) {
-        probs[v] = (float)(probs[v] / sum);
-        pmax = probs[v] > pmax ? probs[v] : pmax;
-    }
-    return pmax;
-}
-
-/* The nucleus: candidates above a falling cut until they hold top_p of the mass,
- * sorted; returns how many of them make up top_p. */
-static int gen_nucleus(const float *probs, int vocab, float pmax, float top_p, gen_cand *cand)
-{
-    for (float cut = pmax * 1e-3f;; cut *= 1e-3f) {
-        int n = 0;
-        double mass = 0;
-        for (int v = 0; v < vocab; v++)
-            if (probs[v] >= cut || cut < 1e-30f) cand[n].p = probs[v], cand[n].id = v, n++, mass += probs[v];
-        if (mass < top_p && cut >= 1e-30f) continue;
-        qsort(cand, (size_t)n, sizeof *cand, gen_cand_desc);
-        double cum = 0;
-        for (int i = 0; i < n; i++)
-            if ((cum += cand[i].p) >= top_p) return i + 1;
-        return n;
-    }
-}
-
-static int32_t gen_sample(const float *logits, int vocab, const rt_gen_params *p, gen_rng *rng, float *probs,
-                          gen_cand *cand)
-{
-    if (p->temp <= 0) return rt_argmax(logits, vocab);
-    float pmax = gen_softmax(logits, vocab, p->temp, probs);
-    int n = vocab;
-    if (p->top_p < 1) n = gen_nucleus(probs, vocab, pmax, p->top_p, cand);
-    else
-        for (int v = 0; v < vocab; v++) cand[v].p = probs[v], cand[v].id = v;
-    double total = 0, cum = 0;
-    for (int i = 0; i < n; i++) total += cand[i].p;
-    double u = gen_uniform(rng) * total;
-    for (int i = 0; i < n; i++)
-        if ((cum += cand[i].p) > u) return cand[i].id;
-    return cand[n - 1].id;
-}
-
-static void gen_emit(const rt_model *m, const rt_gen_params *p, int32_t id, void (*emit)(void *, const char *, size_t),
-                     void *emit_ctx)
-{
-    if (p->on_token) p->on_token(p->on_token_ctx, id);
-    if (!emit || !m->tok || tok_is_special(m->tok, id)) return;
-    size_t len;
-    const char *piece = tok_piece(m->tok, id, &len);
-    if (piece && len) emit(emit_ctx, piece, len);
-}
-
-/* The prompt through the cache in batches; the logits of its last token. */
-static int gen_prompt(rt_cuda_model *g, const int32_t *prompt, int n_prompt, float *logits, char *err, size_t err_len)
-{
-    for (int pos = 0; pos < n_prompt; pos += g->max_batch) {
-        int n = n_prompt - pos < g->max_batch ? n_prompt - pos : g->max_batch, last = pos + n == n_prompt;
-        if (rt_cuda_forward(g, prompt + pos, n, pos, last ? n - 1 : 0, last, last ? logits : NULL, err, err_len))
-            return -1;
-    }
-    return 0;
-}
-
-extern "C" int rt_cuda_generate(const rt_model *m, const int32_t *prompt, int n_prompt, const rt_gen_params *p,
-                                void (*emit)(void *ctx, const char *piece, size_t len), void *emit_ctx,
-                                rt_gen_stats *stats, char *err, size_t err_len)
-{
-    int vocab = m->cfg.vocab_size, rc = -1, n_gen = 0;
-    int eos = p->stop_at_eos && m->tok ? tok_eos(m->tok) : -1;
-    memset(stats, 0, sizeof *stats);
-    if (n_prompt < 1) { snprintf(err, err_len, "the prompt is empty"); return -1; }
-    if (p->n_predict < 0) { snprintf(err, err_len, "n_predict %d is negative", p->n_predict); return -1; }
-    int max_ctx = n_prompt + (p->n_predict > 0 ? p->n_predict : 1);
-    rt_cuda_model *g = NULL;
-    float *logits = (float *)malloc((size_t)vocab * sizeof *logits), *probs = (float *)malloc((size_t)vocab * sizeof *probs);
-    gen_cand *cand = (gen_cand *)malloc((size_t)vocab * sizeof *cand);
-    gen_rng rng;
-    uint64_t seed = p->seed;
-    for (int i = 0; i < 4; i++) rng.s[i] = gen_splitmix(&seed);
-    if (!logits || !probs || !cand) { snprintf(err, err_len, "out of memory for a vocabulary of %d", vocab); goto done; }
-    if (rt_cuda_model_new(m, max_ctx, n_prompt < GEN_PROMPT_BATCH ? n_prompt : GEN_PROMPT_BATCH, &g, err, err_len))
-        goto done;
-    {
-        double t0 = now_s();
-        if (gen_prompt(g, prompt, n_prompt, logits, err, err_len)) goto done;
-        double t1 = now_s();
-        for (int pos = n_prompt; n_gen < p->n_predict; pos++) {
-            int32_t id = gen_sample(logits, vocab, p, &rng, probs, cand);
-            n_gen++;
-            gen_emit(m, p, id, emit, emit_ctx);
-            if (id == eos || n_gen == p->n_predict) break;
-            if (rt_cuda_forward(g, &id, 1, pos, 0, 1, logits, err, err_len)) goto done;
-        }
-        double t2 = now_s();
-        stats->n_prompt = n_prompt;
-        stats->n_gen = n_gen;
-        stats->prompt_tps = n_prompt / (t1 - t0);
-        stats->gen_tps = n_gen > 1 ? (n_gen - 1) / (t2 - t1) : 0; /* the first token came with the prompt */
-    }
-    rc = 0;
-done:
-    rt_cuda_model_free(g);
-    free(logits);
-    free(probs);
-    free(cand);
-    return rc;
 }
 
 /* ==== Kernel-level entry points ==== */

@@ -1,7 +1,7 @@
 /*
  * runtime/cuda/rt_cuda.h — running a model (runtime/runtime.h's rt_model) on an
  * NVIDIA GPU: upload, forward pass with a KV cache in device memory, perplexity /
- * KL evaluation and generation mirroring rt_eval / rt_generate, and kernel-level
+ * a runner that rt_eval / rt_generate drive (runtime.h), and kernel-level
  * entry points for tests and benchmarks. C-callable.
  *
  * Built from the .cu files of runtime/cuda/ when nvcc is present; otherwise runtime/cuda/
@@ -9,11 +9,11 @@
  * without CUDA". On a machine without a GPU or driver every entry fails with a
  * message that says so (rt_cuda_device_info first).
  *
- * Typical use (the lead's --device cuda):
+ * Typical use (--device cuda):
  *
- *     char err[256];
- *     if (rt_cuda_eval(m, ref, tokens, n, &params, &res, err, sizeof err)) die(err);
- *     if (rt_cuda_generate(m, prompt, n_prompt, &gp, emit, ctx, &stats, err, sizeof err)) die(err);
+ *     rt_eval_params p; rt_eval_params_init(&p);
+ *     p.open_runner = rt_cuda_runner_open;       // the model runs on the GPU
+ *     if (rt_eval(m, ref, tokens, n, &p, &res, err, sizeof err)) die(err);
  *
  * or, lower level:
  *
@@ -73,18 +73,13 @@ int64_t rt_cuda_model_device_bytes(const rt_cuda_model *g);
 int rt_cuda_forward(rt_cuda_model *g, const int32_t *tokens, int n, int pos, int first, int n_logits,
                     float *logits, char *err, size_t err_len);
 
-/* ==== Evaluation and generation (same semantics as rt_eval / rt_generate) ==== */
+/* ==== Evaluation and generation ==== */
 
-/* rt_eval with the model on the GPU; ref (optional) runs on the CPU. */
-int rt_cuda_eval(const rt_model *m, const rt_model *ref, const int32_t *tokens, int64_t n_tokens,
-                 const rt_eval_params *p, rt_eval_result *out, char *err, size_t err_len);
-
-/* rt_generate with the model on the GPU: the same sampler (xoshiro256** seeded by
- * splitmix64, temperature, top-p), so a seed picks the same tokens from the same
- * logits. */
-int rt_cuda_generate(const rt_model *m, const int32_t *prompt, int n_prompt, const rt_gen_params *p,
-                     void (*emit)(void *ctx, const char *piece, size_t len), void *emit_ctx, rt_gen_stats *stats,
-                     char *err, size_t err_len);
+/* An rt_runner (runtime.h) over the GPU: set rt_eval_params.open_runner or
+ * rt_gen_params.open_runner to this, and rt_eval / rt_generate run the model on the
+ * GPU with the same procedure and sampler as on the CPU (a reference model still
+ * runs on the CPU). */
+int rt_cuda_runner_open(const rt_model *m, int max_ctx, int max_batch, rt_runner **out, char *err, size_t err_len);
 
 /* ==== Kernel-level entry points (tests, benchmarks) ==== */
 
