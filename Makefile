@@ -19,6 +19,7 @@ LDLIBS   = -lglpk -lsqlite3 -llapack -lopenblas -lz -lm -lpthread
 AVX2     = -mavx2 -mfma -mf16c -mbmi2
 AVX512   = $(AVX2) -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni
 
+JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
 NVCC     ?= $(shell command -v nvcc 2>/dev/null || (test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc))
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 NO_CUDA  ?=
@@ -107,12 +108,17 @@ model: deps
 text: deps
 	@bash scripts/get-text.sh
 
+# Set-up runs first and alone (a fresh machine has no compiler libraries yet); the
+# builds then run in parallel.
+SETUP = bash scripts/deps.sh && bash scripts/get-model.sh && bash scripts/get-text.sh
+
 # Everything a test run needs, built once; then C tests, the same under ASan and
 # UBSan, and the pytest cross-checks; one summary line at the end.
-test: deps model text
-	@$(MAKE) --no-print-directory all $(TEST_BIN) $(TOOL_BIN)
-	@$(MAKE) --no-print-directory BUILD=build-san SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" OPT=-O1 \
-	    build-san/bitplan $(TEST_SRC:tests/%.c=build-san/tests/%)
+test:
+	@$(SETUP)
+	@$(MAKE) --no-print-directory -j$(JOBS) all $(TEST_BIN) $(TOOL_BIN)
+	@$(MAKE) --no-print-directory -j$(JOBS) BUILD=build-san SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" OPT=-O1 \
+	    build-san/bitplan $(TEST_SRC:tests/%.c=build-san/tests/%) $(TOOL_SRC:tests/%.c=build-san/tests/%)
 	@bash scripts/run-tests.sh
 
 test-c: all $(TEST_BIN) $(TOOL_BIN)
@@ -121,10 +127,14 @@ test-c: all $(TEST_BIN) $(TOOL_BIN)
 test-py: all $(TOOL_BIN)
 	@BITPLAN_ONLY=py bash scripts/run-tests.sh
 
-bench: deps model all $(BENCH_BIN)
+bench:
+	@$(SETUP)
+	@$(MAKE) --no-print-directory -j$(JOBS) all $(BENCH_BIN)
 	@bash scripts/run-bench.sh
 
-demo: deps model text all
+demo:
+	@$(SETUP)
+	@$(MAKE) --no-print-directory -j$(JOBS) all
 	@bash scripts/demo.sh
 
 clean:

@@ -6,15 +6,18 @@
  */
 #include "cli.h"
 
+#include <math.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../db/db.h"
+#include "../measure/measure.h"
 #include "../model/model.h"
 #include "../runtime/runtime.h"
 
 static const char usage[] =
-    "usage: bitplan eval MODEL --text FILE [--ctx N] [--chunks N] [--ref MODEL] [--bos] [--device cpu|cuda]\n"
+    "usage: bitplan eval MODEL --text FILE [--ctx N] [--chunks N] [--ref MODEL] [--bos] [--device cpu|cuda] [--db D]\n"
     "  --text FILE    text to score (tokenized whole, cut into chunks of N tokens)\n"
     "  --ctx N        chunk length (default 512); the second half of each chunk is scored\n"
     "  --chunks N     at most N chunks (default: all)\n"
@@ -22,10 +25,11 @@ static const char usage[] =
     "  --bos          put BOS first in every chunk even if the model does not add BOS\n"
     "                 (default: as llama-perplexity, only when the model adds BOS)\n"
     "  --device D     cpu (default) or cuda; the reference always runs on the CPU\n"
+    "  --db D         also record the result in database D (for bitplan report)\n"
     "  --progress     progress on stderr even when it is not a terminal\n";
 
 typedef struct {
-    const char *model, *text, *ref;
+    const char *model, *text, *ref, *db;
     long ctx, chunks;
     int progress;
     int force_bos;
@@ -50,7 +54,8 @@ static int parse_args(int argc, char **argv, eval_args *a)
                 return cli_fail("eval", "--chunks '%s' is not a positive count", argv[i]);
         } else if (!strcmp(o, "--device") && has_val) {
             if (cli_parse_device("eval", argv[++i], &a->open_runner)) return 1;
-        } else if (!strcmp(o, "--bos")) a->force_bos = 1;
+        } else if (!strcmp(o, "--db") && has_val) a->db = argv[++i];
+        else if (!strcmp(o, "--bos")) a->force_bos = 1;
         else if (!strcmp(o, "--progress")) a->progress = 1;
         else if (o[0] == '-' && o[1]) return cli_fail("eval", "unknown or incomplete option '%s' (see --help)", o);
         else if (!a->model) a->model = o;
@@ -96,6 +101,52 @@ static void print_result(const eval_args *a, const rt_model *m, int64_t n_tokens
     printf("top-1 agreement %.2f %%\n", 100.0 * r->top1_agree);
 }
 
+/* ==== Recording the result (--db) ==== */
+
+/* What was evaluated: the full-precision model's hash, and for a packed file its
+ * plan and bpw. */
+static int identify(const char *path, mdl_packed_plan_info *who, int *packed, char *err, size_t err_len)
+{
+    mdl_model *f;
+    if (mdl_open(path, &f, err, err_len)) return -1;
+    int rc = 0;
+    *packed = mdl_is_packed(f);
+    if (*packed) rc = mdl_packed_plan(f, who, err, err_len);
+    else {
+        memset(who, 0, sizeof *who);
+        snprintf(who->model_hash, sizeof who->model_hash, "%s", mdl_content_hash(f));
+    }
+    mdl_close(f);
+    return rc;
+}
+
+static int record(const eval_args *a, const rt_eval_result *r, char *err, size_t err_len)
+{
+    mdl_packed_plan_info who;
+    int packed;
+    size_t len;
+    char text_hash[65], *text = cli_read_file(a->text, &len, err, err_len);
+    if (!text) return -1;
+    meas_sha256_hex(text, len, text_hash);
+    free(text);
+    if (identify(a->model, &who, &packed, err, err_len)) return -1;
+    db_conn *d;
+    db_eval_row e = {.subject = a->model, .subject_kind = packed ? "packed" : "model",
+                     .bpw = packed ? who.achieved_bpw : NAN, .text_path = a->text, .text_hash = text_hash,
+                     .ctx = (int)a->ctx, .tokens = r->tokens_scored, .ppl = r->ppl, .ppl_stderr = r->ppl_stderr,
+                     .kld = a->ref ? r->kld_mean : NAN, .kld_stderr = a->ref ? r->kld_stderr : NAN,
+                     .top1 = a->ref ? r->top1_agree : NAN, .ref_path = a->ref,
+                     .device = a->open_runner ? "cuda" : "cpu", .command = cli_command_line()};
+    int64_t id = 0;
+    int rc = db_open(a->db, DB_OPEN_CREATE, &d) || db_eval_resolve(d, who.model_hash, who.plan_id, &e.model_id, &e.plan_id) ||
+             db_eval_insert(d, &e, &id);
+    if (rc) snprintf(err, err_len, "%s", db_errmsg(d));
+    else printf("recorded        evaluation %lld in %s%s\n", (long long)id, a->db,
+                packed && !e.plan_id ? " (its plan is not in this database)" : "");
+    db_close(d);
+    return rc ? -1 : 0;
+}
+
 int cmd_eval(int argc, char **argv)
 {
     if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) { fputs(usage, stdout); return 0; }
@@ -120,6 +171,7 @@ int cmd_eval(int argc, char **argv)
     rt_eval_result r;
     if (rt_eval(m, ref, ids, n, &p, &r, err, sizeof err)) { cli_fail("eval", "%s: %s", a.text, err); goto done; }
     print_result(&a, m, n, &r);
+    if (a.db && record(&a, &r, err, sizeof err)) { cli_fail("eval", "%s", err); goto done; }
     rc = 0;
 done:
     free(ids);

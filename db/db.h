@@ -266,6 +266,11 @@ typedef struct {
     const char *command;     /* the command line */
 } db_eval_row;
 
+/* Files an evaluation in this database: *model_id is the model with this content
+ * hash (0 if the database does not know it); *plan_id is want_plan if that plan
+ * exists here and was made for that model, else 0. */
+int db_eval_resolve(db_conn *d, const char *model_hash, int64_t want_plan, int64_t *model_id, int64_t *plan_id);
+
 /* Inserts one evaluation (one transaction); *id (may be NULL) gets its rowid. */
 int db_eval_insert(db_conn *d, const db_eval_row *e, int64_t *id);
 

@@ -71,6 +71,31 @@ int db_eval_insert(db_conn *d, const db_eval_row *e, int64_t *id)
     return rc;
 }
 
+static int64_t lookup_id(db_conn *d, const char *sql, const char *text, int64_t num, int *rc)
+{
+    sqlite3_stmt *st = db_prepare(d, sql);
+    if (!st) { *rc = -1; return 0; }
+    sqlite3_bind_text(st, 1, text, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 2, num);
+    int step = sqlite3_step(st);
+    int64_t id = step == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    if (step != SQLITE_ROW && step != SQLITE_DONE) *rc = db_fail_sql(d, "looking up the evaluated model");
+    sqlite3_finalize(st);
+    return id;
+}
+
+int db_eval_resolve(db_conn *d, const char *model_hash, int64_t want_plan, int64_t *model_id, int64_t *plan_id)
+{
+    int rc = 0;
+    *model_id = lookup_id(d, "SELECT id FROM models WHERE content_hash = ?1 AND ?2 = ?2", model_hash, 0, &rc);
+    *plan_id = want_plan > 0 && *model_id
+                   ? lookup_id(d, "SELECT p.id FROM plans p JOIN calibrations c ON c.id = p.calib_id"
+                                  " JOIN models m ON m.id = c.model_id WHERE m.content_hash = ?1 AND p.id = ?2",
+                               model_hash, want_plan, &rc)
+                   : 0;
+    return rc;
+}
+
 /* ==== Small readers ==== */
 
 /* A column as a malloc'd string, "" for NULL; NULL only when out of memory. */

@@ -157,6 +157,14 @@ typedef struct {
  * tensor name. 0, or -1 with "FILE: options: problem" in err. */
 int mdl_packed_options(const mdl_model *m, mdl_packed_option **out, int *n, char *err, size_t err_len);
 
+/* The plan a packed file was made from ("plan" metadata). 0, or -1 with err. */
+typedef struct {
+    int64_t plan_id;
+    double achieved_bpw, file_bpw;
+    char model_hash[65];      /* the full-precision model's content hash */
+} mdl_packed_plan_info;
+int mdl_packed_plan(const mdl_model *m, mdl_packed_plan_info *out, char *err, size_t err_len);
+
 /* The model's tokenizer vocabulary as the "tokenizer" metadata JSON of a packed
  * file (keys kind, pre, tokens, types, scores, merges, bos, eos, unk,
  * add_space_prefix, add_bos). malloc'd, or NULL with err set. */

@@ -16,7 +16,9 @@
  * memory (bench/bench_matvec --mmap; numbers in pack/FORMAT.md), and the copy
  * costs one pass over a file that is small next to the model it replaces.
  * BITPLAN_PACKED_MMAP=1 in the environment keeps the parts in the mapping, to
- * measure the difference end to end.
+ * measure the difference end to end; BITPLAN_PACKED_DENSE=1 decodes every packed
+ * tensor into a dense fp32 layer instead (no int8 activations), to measure what
+ * the kernels' activation quantization costs.
  *
  * It never parses the file itself (model/ does) and never modifies it.
  */
@@ -62,6 +64,7 @@ typedef struct {
     int n_opts;
     pack_owner *own;
     int use_map;
+    int dequant;               /* BITPLAN_PACKED_DENSE=1: decoded dense layers */
     char *err;
     size_t err_len;
 } lctx;
@@ -305,6 +308,13 @@ static int packed_linear(lctx *x, const mdl_packed_option *m, int max_batch, rt_
     if (!p->values || !p->scales || !p->perm || (z && !p->zeros)) return lfail(x, "internal: packed memory too small");
     x->own->n_packed++;
     char why[256];
+    if (x->dequant) { /* dense fp32 over the decoded weights: no activation quantization */
+        float *w = malloc((size_t)(rows * cols) * sizeof *w);
+        if (!w) return lfail(x, "out of memory for %s", m->tensor);
+        lay_packed_dequant(p, w);
+        if (!(*out = rt_linear_dense(w, rows, cols))) return lfail(x, "out of memory for %s", m->tensor);
+        return 0;
+    }
     rt_linear *l = rt_linear_packed(p, max_batch, why, sizeof why);
     if (!l) return lfail(x, "%s: %s", m->tensor, why);
     if (!(*out = split_wrap(l, max_batch))) return lfail(x, "out of memory for %s", m->tensor);
@@ -402,6 +412,8 @@ int pack_load_file(mdl_model *file, int max_batch, rt_model **out, char *err, si
     lctx x = {.path = mdl_path(file), .file = file, .c = mdl_get_config(file), .err = err, .err_len = err_len};
     const char *env = getenv("BITPLAN_PACKED_MMAP");
     x.use_map = env && !strcmp(env, "1");
+    env = getenv("BITPLAN_PACKED_DENSE");
+    x.dequant = env && !strcmp(env, "1");
     *out = NULL;
     rt_model *m = calloc(1, sizeof *m);
     x.own = calloc(1, sizeof *x.own);

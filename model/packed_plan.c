@@ -1,0 +1,30 @@
+/*
+ * model/packed_plan.c — which plan a packed file was made from (its "plan"
+ * metadata, pack/FORMAT.md), so that an evaluation can be filed under that plan.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "json.h"
+#include "model_int.h"
+
+int mdl_packed_plan(const mdl_model *m, mdl_packed_plan_info *out, char *err, size_t err_len)
+{
+    const char *text;
+    memset(out, 0, sizeof *out);
+    if (!mdl_is_packed(m) || mdl_meta_str(m, "meta.plan", &text))
+        return mdl_errf(err, err_len, "%s: not a packed file with a plan", m->path);
+    mdl_json *j = mdl_json_parse(text, strlen(text), err, err_len);
+    if (!j) return -1;
+    int rc = 0;
+    if (j->type != MDL_JSON_OBJ) rc = mdl_errf(err, err_len, "%s: plan: not a JSON object", m->path);
+    else {
+        out->plan_id = (int64_t)mdl_json_num(j, "id", 0);
+        out->achieved_bpw = mdl_json_num(j, "achieved_bpw", 0);
+        out->file_bpw = mdl_json_num(j, "file_bpw", 0);
+        const char *h = mdl_json_str(j, "model_hash");
+        snprintf(out->model_hash, sizeof out->model_hash, "%s", h ? h : "");
+    }
+    mdl_json_free(j);
+    return rc;
+}
