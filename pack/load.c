@@ -12,9 +12,10 @@
  *
  * Where the kernels read from: a copy of the packed parts in ordinary memory
  * (2 MiB aligned, transparent huge pages asked for), not the file mapping. The
- * mapping's 4 KiB page-cache pages were measured to read slower than huge-page
- * memory (bench/bench_matvec --mmap; numbers in pack/FORMAT.md), and the copy
- * costs one pass over a file that is small next to the model it replaces.
+ * mapping's 4 KiB page-cache pages were seen to read slower than huge-page
+ * memory on large files (DESIGN.md; bench/bench_matvec --mmap measures it), and
+ * the copy costs one pass over a file that is small next to the model it
+ * replaces. On SmolLM2 the two are within noise (pack/FORMAT.md).
  * BITPLAN_PACKED_MMAP=1 in the environment keeps the parts in the mapping, to
  * measure the difference end to end; BITPLAN_PACKED_DENSE=1 decodes every packed
  * tensor into a dense fp32 layer instead (no int8 activations), to measure what
@@ -115,13 +116,12 @@ static const mdl_packed_option *option_of(const lctx *x, const char *name)
 
 static int check_header(lctx *x)
 {
-    const char *fmt, *ver;
+    const char *ver;
     if (!mdl_is_packed(x->file)) return lfail(x, "not a bitplan packed file (no \"format\": \"%s\" metadata)", PACK_FORMAT);
     if (mdl_meta_str(x->file, "meta.format_version", &ver)) return lfail(x, "no format_version metadata");
     char want[16];
     snprintf(want, sizeof want, "%d", PACK_FORMAT_VERSION);
     if (strcmp(ver, want)) return lfail(x, "format_version %s is not supported (this build reads %s)", ver, want);
-    (void)fmt;
     return 0;
 }
 

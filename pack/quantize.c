@@ -28,7 +28,6 @@
 #include <assert.h>
 #include <cblas.h>
 #include <errno.h>
-#include <math.h>
 #include <omp.h>
 #include <stdarg.h>
 #include <stdio.h>

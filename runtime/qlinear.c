@@ -129,7 +129,9 @@ static void build_gather(qlin *q)
         int B = q->k->block_order[u->bits];
         while (B > 1 && u->gch % B) B /= 2;
         if (B < 2) continue;
-        for (int64_t j0 = u->g0 * o->group; j0 < (u->g0 + u->ng) * o->group; j0 += B * LAY_CHUNK)
+        /* the run ends after its last group, which may be the short one */
+        int64_t end = u->g0 * o->group + u->ng * u->gch * LAY_CHUNK;
+        for (int64_t j0 = u->g0 * o->group; j0 < end; j0 += B * LAY_CHUNK)
             for (int p = 0; p < B * LAY_CHUNK; p++) q->gather[j0 + p] = q->perm[j0 + qk_block_pos(B, p)];
     }
 }

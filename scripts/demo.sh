@@ -16,8 +16,10 @@ step() { printf '\n== %s\n' "$*"; }
 step "inspect"
 "$BP" inspect "$MODEL" | head -20
 
-step "measure (resumable; a finished measurement is reused)"
-"$BP" measure "$MODEL" --calib data/calib.txt --db "$OUT/smol.db"
+# --kl-probe scales each tensor's error curve into predicted KL divergence; plans
+# made on it beat plans made on the raw relative errors (BENCHMARKS.md).
+step "measure with KL probes (resumable; a finished measurement is reused)"
+"$BP" measure "$MODEL" --calib data/calib.txt --db "$OUT/smol.db" --kl-probe
 
 step "allocate: $BPW bpw"
 "$BP" allocate --db "$OUT/smol.db" --bpw "$BPW" | tee "$OUT/allocate.txt"
