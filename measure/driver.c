@@ -79,10 +79,8 @@ typedef struct {
     int ref;                  /* the probes' reference option, -1 without probes */
     meas_probe *probe;
     float *hs;                /* [rows][ctx][dim] hidden state of the calibration rows */
-    int cur_layer;            /* layer whose Hessians are being accumulated, -1 none */
-    double *h[RT_INPUT_COUNT];
-    int64_t h_cols[RT_INPUT_COUNT], h_n[RT_INPUT_COUNT];
-    int h_fail, failed;
+    hess_layer hl;            /* the current layer's Hessians */
+    int failed;
     int threads;              /* workers of the units' parallel region */
     db_measurement *pending;  /* results not yet written */
     int n_pending;
@@ -124,12 +122,6 @@ void meas_params_init(meas_params *p)
 }
 
 /* ==== Setup: model, tensors, options ==== */
-
-static const char *input_group_name(rt_input g)
-{
-    static const char *const names[RT_INPUT_COUNT] = {"attn", "attn_out", "mlp", "mlp_out", "head"};
-    return names[g];
-}
 
 /* The quantizable tensors: q, k, v, o, gate, up, down of every layer, then the head. */
 static int list_tensors(mrun *r)
@@ -236,7 +228,7 @@ static int record_tensors(mrun *r)
     for (int i = 0; i < r->nt; i++) {
         mtensor *t = &r->t[i];
         db_tensor_info ti = {t->name, t->cls == RT_HEAD ? -1 : t->layer, rt_class_name(t->cls),
-                             input_group_name(rt_class_input(t->cls)), t->rows, t->cols};
+                             hess_input_name(rt_class_input(t->cls)), t->rows, t->cols};
         if (db_tensor_upsert(r->db, r->model_id, &ti, &t->db_id)) return -1;
     }
     return 0;
@@ -322,49 +314,18 @@ static int read_done(mrun *r)
 
 /* ==== Hessians (invariant 3) ==== */
 
-static void observe(void *ctx, int layer, rt_input which, const float *x, int n, int64_t cols)
-{
-    mrun *r = ctx;
-    if (layer != r->cur_layer) return;
-    assert(cols == r->h_cols[which]);
-    if (hess_accumulate(r->h[which], x, n, cols)) r->h_fail = 1;
-    r->h_n[which] += n;
-}
-
 static int alloc_hessians(mrun *r)
 {
-    const mdl_config *c = &r->m->cfg;
-    int64_t cols[RT_INPUT_COUNT] = {c->dim, (int64_t)c->n_heads * c->head_dim, c->dim, c->hidden_dim, c->dim};
-    for (int g = 0; g < RT_INPUT_COUNT; g++) {
-        r->h_cols[g] = cols[g];
-        if (!(r->h[g] = malloc((size_t)(cols[g] * cols[g]) * sizeof *r->h[g]))) return fail(r, "out of memory for Hessians");
-    }
-    return 0;
+    char why[256];
+    return hess_layer_init(&r->hl, &r->m->cfg, why, sizeof why) ? fail(r, "%s", why) : 0;
 }
 
-static void start_hessians(mrun *r, int layer)
-{
-    for (int g = 0; g < RT_INPUT_COUNT; g++) {
-        memset(r->h[g], 0, (size_t)(r->h_cols[g] * r->h_cols[g]) * sizeof *r->h[g]);
-        r->h_n[g] = 0;
-    }
-    r->cur_layer = layer;
-    r->h_fail = 0;
-    rt_state_set_observer(r->s, observe, r);
-}
+static void start_hessians(mrun *r, int layer) { hess_layer_start(&r->hl, r->s, layer); }
 
-/* Stops accumulating and finalizes the Hessians of the groups that saw input. */
 static int finish_hessians(mrun *r)
 {
-    rt_state_set_observer(r->s, NULL, NULL);
-    r->cur_layer = -1;
-    if (r->h_fail) return fail(r, "out of memory accumulating Hessians");
-    for (int g = 0; g < RT_INPUT_COUNT; g++) {
-        char why[256];
-        if (r->h_n[g] && hess_finalize(r->h[g], r->h_cols[g], r->h_n[g], why, sizeof why))
-            return fail(r, "layer %d, %s input: %s", r->prog.layer, input_group_name((rt_input)g), why);
-    }
-    return 0;
+    char why[320];
+    return hess_layer_finish(&r->hl, r->s, why, sizeof why) ? fail(r, "layer %d, %s", r->prog.layer, why) : 0;
 }
 
 /* ==== Units (invariant 4) ==== */
@@ -406,7 +367,7 @@ static int run_unit(mrun *r, const munit *u, gptq_prep *const *prep, db_measurem
 {
     mtensor *t = &r->t[u->t];
     const lay_option *o = &r->opts->v[u->o];
-    const double *h = r->h[rt_class_input(t->cls)];
+    const double *h = r->hl.h[rt_class_input(t->cls)];
     lay_qtensor q;
     gptq_stats st;
     if (gptq_quantize_prepared(t->w, t->rows, prep[rt_class_input(t->cls)], o, t->energy, &q, &st, err,
@@ -478,7 +439,7 @@ static int load_weights(mrun *r, int t0, int t1)
         rt_linear *l = t->cls == RT_HEAD ? r->m->head : r->m->layers[t->layer].lin[t->cls];
         if (!(t->w = malloc((size_t)(t->rows * t->cols) * sizeof *t->w))) return fail(r, "out of memory for %s", t->name);
         for (int64_t row = 0; row < t->rows; row++) l->get_row(l, row, t->w + row * t->cols);
-        t->energy = gptq_weight_energy(t->w, t->rows, t->cols, r->h[rt_class_input(t->cls)]);
+        t->energy = gptq_weight_energy(t->w, t->rows, t->cols, r->hl.h[rt_class_input(t->cls)]);
         if (isnan(t->energy)) return fail(r, "out of memory for %s", t->name);
     }
     return 0;
@@ -498,7 +459,7 @@ static int prepare_groups(mrun *r, int t0, int t1, gptq_prep **prep)
         rt_input g = rt_class_input(r->t[i].cls);
         char why[256];
         if (prep[g]) continue;
-        if (gptq_prepare(r->h[g], r->h_cols[g], &gp, &prep[g], why, sizeof why))
+        if (gptq_prepare(r->hl.h[g], r->hl.cols[g], &gp, &prep[g], why, sizeof why))
             return fail(r, "%s: %s", r->t[i].name, why);
     }
     return 0;
@@ -644,7 +605,7 @@ static void cleanup(mrun *r)
     else mdl_close(r->file);
     probe_free(r->probe);
     rt_state_free(r->s);
-    for (int g = 0; g < RT_INPUT_COUNT; g++) free(r->h[g]);
+    hess_layer_free(&r->hl);
     for (int i = 0; r->t && i < r->nt; i++) free(r->t[i].w), free(r->t[i].probe_wq);
     free(r->t), free(r->done), free(r->opt_ids), free(r->hs);
     calib_free(&r->cal);
@@ -657,7 +618,7 @@ int meas_run(const char *model_path, const char *const *calib_paths, int n_calib
              const meas_params *p, meas_result *out, char *err, size_t err_len)
 {
     assert(model_path && calib_paths && n_calib > 0 && db_path && p && out && p->rows > 0 && p->ctx > 0);
-    mrun r = {.p = p, .err = err, .err_len = err_len, .ref = -1, .cur_layer = -1, .res = out};
+    mrun r = {.p = p, .err = err, .err_len = err_len, .ref = -1, .res = out};
     memset(out, 0, sizeof *out);
     r.t0 = r.last_flush = now_s();
     apply_threads(&r);

@@ -19,6 +19,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define HESS_CHUNK 256
 
@@ -68,5 +69,69 @@ int hess_finalize(double *h, int64_t cols, int64_t n_rows, char *err, size_t err
             snprintf(err, err_len, "Hessian diagonal [%lld] is %g (negative)", (long long)j, h[j * cols + j]);
             return -1;
         }
+    return 0;
+}
+
+/* ==== A layer's Hessians from a forward pass ==== */
+
+const char *hess_input_name(rt_input g)
+{
+    static const char *const names[RT_INPUT_COUNT] = {"attn", "attn_out", "mlp", "mlp_out", "head"};
+    return names[g];
+}
+
+int hess_layer_init(hess_layer *hl, const mdl_config *c, char *err, size_t err_len)
+{
+    int64_t cols[RT_INPUT_COUNT] = {c->dim, (int64_t)c->n_heads * c->head_dim, c->dim, c->hidden_dim, c->dim};
+    memset(hl, 0, sizeof *hl);
+    hl->layer = -1;
+    for (int g = 0; g < RT_INPUT_COUNT; g++) {
+        hl->cols[g] = cols[g];
+        if (!(hl->h[g] = malloc((size_t)(cols[g] * cols[g]) * sizeof *hl->h[g]))) {
+            hess_layer_free(hl);
+            snprintf(err, err_len, "out of memory for Hessians");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void hess_layer_free(hess_layer *hl)
+{
+    for (int g = 0; g < RT_INPUT_COUNT; g++) free(hl->h[g]), hl->h[g] = NULL;
+}
+
+static void observe(void *ctx, int layer, rt_input which, const float *x, int n, int64_t cols)
+{
+    hess_layer *hl = ctx;
+    if (layer != hl->layer) return;
+    assert(cols == hl->cols[which]);
+    if (hess_accumulate(hl->h[which], x, n, cols)) hl->failed = 1;
+    hl->n[which] += n;
+}
+
+void hess_layer_start(hess_layer *hl, rt_state *s, int layer)
+{
+    for (int g = 0; g < RT_INPUT_COUNT; g++) {
+        memset(hl->h[g], 0, (size_t)(hl->cols[g] * hl->cols[g]) * sizeof *hl->h[g]);
+        hl->n[g] = 0;
+    }
+    hl->layer = layer;
+    hl->failed = 0;
+    rt_state_set_observer(s, observe, hl);
+}
+
+int hess_layer_finish(hess_layer *hl, rt_state *s, char *err, size_t err_len)
+{
+    rt_state_set_observer(s, NULL, NULL);
+    hl->layer = -1;
+    if (hl->failed) return snprintf(err, err_len, "out of memory accumulating Hessians"), -1;
+    for (int g = 0; g < RT_INPUT_COUNT; g++) {
+        char why[256];
+        if (hl->n[g] && hess_finalize(hl->h[g], hl->cols[g], hl->n[g], why, sizeof why)) {
+            snprintf(err, err_len, "%s input: %s", hess_input_name((rt_input)g), why);
+            return -1;
+        }
+    }
     return 0;
 }

@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "../pack/layout.h"
+#include "../runtime/runtime.h"
 
 /* ==== GPTQ ==== */
 
@@ -93,6 +94,28 @@ int hess_accumulate(double *h, const float *x, int n, int64_t cols);
 /* H = 2/n_rows * h (n_rows: all rows accumulated); checks that H is finite and its
  * diagonal non-negative. 0, or -1 with a message naming the entry. */
 int hess_finalize(double *h, int64_t cols, int64_t n_rows, char *err, size_t err_len);
+
+/* The Hessians of one layer's input groups, filled through rt_forward's observer
+ * while that layer runs (the measurement and the packer both collect them so):
+ *
+ *     hess_layer hl;  hess_layer_init(&hl, &m->cfg, err, sizeof err);
+ *     hess_layer_start(&hl, state, l);   ... forward over the rows ...
+ *     hess_layer_finish(&hl, state, err, sizeof err);   // hl.h[RT_IN_MLP] is H of gate/up
+ */
+typedef struct {
+    double *h[RT_INPUT_COUNT];  /* [cols][cols] per input group */
+    int64_t cols[RT_INPUT_COUNT];
+    int64_t n[RT_INPUT_COUNT];  /* rows accumulated; 0: the group saw no input */
+    int layer;                  /* the layer being accumulated, -1 none */
+    int failed;                 /* out of memory inside the observer */
+} hess_layer;
+int hess_layer_init(hess_layer *hl, const mdl_config *c, char *err, size_t err_len);
+void hess_layer_free(hess_layer *hl);
+/* Zeroes the Hessians and observes layer `layer` of forward passes on s. */
+void hess_layer_start(hess_layer *hl, rt_state *s, int layer);
+/* Stops observing and finalizes the groups that saw input; errors name the group. */
+int hess_layer_finish(hess_layer *hl, rt_state *s, char *err, size_t err_len);
+const char *hess_input_name(rt_input g); /* "attn", "attn_out", "mlp", "mlp_out", "head" */
 
 /* ==== Options ==== */
 

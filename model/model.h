@@ -170,6 +170,26 @@ int mdl_packed_plan(const mdl_model *m, mdl_packed_plan_info *out, char *err, si
  * add_space_prefix, add_bos). malloc'd, or NULL with err set. */
 char *mdl_tokenizer_json(mdl_model *m, char *err, size_t err_len);
 
+/* ==== SHA-256 (sha256.c) ==== */
+
+/* FIPS 180-4 SHA-256, for content hashes of models, texts and vocabularies:
+ *
+ *     mdl_sha256 s; uint8_t d[32]; char hex[65];
+ *     mdl_sha256_init(&s); mdl_sha256_update(&s, buf, len); mdl_sha256_final(&s, d);
+ *     mdl_sha256_hex(d, hex);
+ */
+typedef struct {
+    uint32_t h[8];
+    uint64_t n;
+    uint8_t buf[64];
+    size_t fill;
+} mdl_sha256;
+
+void mdl_sha256_init(mdl_sha256 *s);
+void mdl_sha256_update(mdl_sha256 *s, const void *data, size_t len);
+void mdl_sha256_final(mdl_sha256 *s, uint8_t out[32]);
+void mdl_sha256_hex(const uint8_t digest[32], char hex[65]);
+
 /* ==== Tokenizer ==== */
 
 typedef enum { TOK_BPE_BYTES = 0, /* GPT-2 byte-level BPE (SmolLM, Qwen, Llama-3) */

@@ -105,18 +105,4 @@ int mdl_packed_config(mdl_model *m, char *err, size_t err_len);
  * calls it for packed files). */
 tok_tokenizer *mdl_packed_tokenizer(mdl_model *m, char *err, size_t err_len);
 
-/* ==== SHA-256 (sha256.c) ==== */
-
-typedef struct {
-    uint32_t h[8];
-    uint64_t n;
-    uint8_t buf[64];
-    size_t fill;
-} mdl_sha256;
-
-void mdl_sha256_init(mdl_sha256 *s);
-void mdl_sha256_update(mdl_sha256 *s, const void *data, size_t len);
-void mdl_sha256_final(mdl_sha256 *s, uint8_t out[32]);
-void mdl_sha256_hex(const uint8_t digest[32], char hex[65]);
-
 #endif

@@ -65,10 +65,8 @@ typedef struct {
     ptensor *t;                 /* [nt]: q k v o gate up down of every layer, then the head */
     int nt;
     float *hs, *hs_in;          /* [rows][ctx][dim] hidden state; the current layer's input */
-    int cur_layer;
-    double *h[RT_INPUT_COUNT];
-    int64_t h_cols[RT_INPUT_COUNT], h_n[RT_INPUT_COUNT];
-    int h_fail, failed;
+    hess_layer hl;            /* the current layer's Hessians */
+    int failed;
     pack_writer *w;
     pack_stats *st;
     double t0;
@@ -224,48 +222,18 @@ static int open_inputs(prun *r, const char *model_path)
 
 /* ==== Hessians (invariant 2) ==== */
 
-static void observe(void *ctx, int layer, rt_input which, const float *x, int n, int64_t cols)
-{
-    prun *r = ctx;
-    if (layer != r->cur_layer) return;
-    assert(cols == r->h_cols[which]);
-    if (hess_accumulate(r->h[which], x, n, cols)) r->h_fail = 1;
-    r->h_n[which] += n;
-}
-
 static int alloc_hessians(prun *r)
 {
-    const mdl_config *c = &r->m->cfg;
-    int64_t cols[RT_INPUT_COUNT] = {c->dim, (int64_t)c->n_heads * c->head_dim, c->dim, c->hidden_dim, c->dim};
-    for (int g = 0; g < RT_INPUT_COUNT; g++) {
-        r->h_cols[g] = cols[g];
-        if (!(r->h[g] = malloc((size_t)(cols[g] * cols[g]) * sizeof *r->h[g]))) return fail(r, "out of memory for Hessians");
-    }
-    return 0;
+    char why[256];
+    return hess_layer_init(&r->hl, &r->m->cfg, why, sizeof why) ? fail(r, "%s", why) : 0;
 }
 
-static void start_hessians(prun *r, int layer)
-{
-    for (int g = 0; g < RT_INPUT_COUNT; g++) {
-        memset(r->h[g], 0, (size_t)(r->h_cols[g] * r->h_cols[g]) * sizeof *r->h[g]);
-        r->h_n[g] = 0;
-    }
-    r->cur_layer = layer;
-    r->h_fail = 0;
-    rt_state_set_observer(r->s, observe, r);
-}
+static void start_hessians(prun *r, int layer) { hess_layer_start(&r->hl, r->s, layer); }
 
 static int finish_hessians(prun *r, int layer)
 {
-    rt_state_set_observer(r->s, NULL, NULL);
-    r->cur_layer = -1;
-    if (r->h_fail) return fail(r, "out of memory accumulating Hessians");
-    for (int g = 0; g < RT_INPUT_COUNT; g++) {
-        char why[256];
-        if (r->h_n[g] && hess_finalize(r->h[g], r->h_cols[g], r->h_n[g], why, sizeof why))
-            return fail(r, "layer %d, input group %d: %s", layer, g, why);
-    }
-    return 0;
+    char why[320];
+    return hess_layer_finish(&r->hl, r->s, why, sizeof why) ? fail(r, "layer %d, %s", layer, why) : 0;
 }
 
 /* ==== Quantizing and packing one tensor ==== */
@@ -366,7 +334,7 @@ static int quantize_range(prun *r, int t0, int t1)
         rt_input g = rt_class_input(r->t[i].cls);
         char why[256];
         if (!r->t[i].planned || prep[g]) continue;
-        if (gptq_prepare(r->h[g], r->h_cols[g], &gp, &prep[g], why, sizeof why)) rc = fail(r, "%s: %s", r->t[i].name, why);
+        if (gptq_prepare(r->hl.h[g], r->hl.cols[g], &gp, &prep[g], why, sizeof why)) rc = fail(r, "%s: %s", r->t[i].name, why);
     }
     int blas_threads = openblas_get_num_threads();
     openblas_set_num_threads(1);
@@ -539,7 +507,7 @@ static void cleanup(prun *r)
     rt_model_free(r->m); /* loaded with own_file 0: the file is closed below */
     mdl_close(r->file);
     rt_state_free(r->s);
-    for (int g = 0; g < RT_INPUT_COUNT; g++) free(r->h[g]);
+    hess_layer_free(&r->hl);
     for (int i = 0; r->t && i < r->nt; i++) lay_qtensor_free(&r->t[i].q);
     free(r->t), free(r->hs), free(r->hs_in);
     calib_free(&r->cal);
@@ -551,7 +519,7 @@ int pack_model(const char *model_path, const char *db_path, int64_t plan_id, con
                pack_stats *stats, char *err, size_t err_len)
 {
     assert(model_path && db_path && out && p && stats);
-    prun r = {.p = p, .err = err, .err_len = err_len, .db_path = db_path, .plan_id = plan_id, .cur_layer = -1, .st = stats};
+    prun r = {.p = p, .err = err, .err_len = err_len, .db_path = db_path, .plan_id = plan_id, .st = stats};
     memset(stats, 0, sizeof *stats);
     r.t0 = now_s();
     int rc = -1;

@@ -14,7 +14,8 @@ mkdir -p "$OUT"
 step() { printf '\n== %s\n' "$*"; }
 
 step "inspect"
-"$BP" inspect "$MODEL" | head -20
+"$BP" inspect "$MODEL" >"$OUT/inspect.txt"
+sed -n 1,5p "$OUT/inspect.txt"; echo "..."; tail -n 8 "$OUT/inspect.txt"
 
 # --kl-probe scales each tensor's error curve into predicted KL divergence; plans
 # made on it beat plans made on the raw relative errors (BENCHMARKS.md).
