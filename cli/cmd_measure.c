@@ -26,7 +26,7 @@ static const char usage_text[] =
     "  --db D            SQLite database (created if absent)\n"
     "  --rows R          calibration rows (default 16)\n"
     "  --ctx C           tokens per row (default 512)\n"
-    "  --options F       option file (default: the built-in set of 27 options)\n"
+    "  --options F       option file (default: the built-in set of 28 options)\n"
     "  --damp X          GPTQ damping, a share of mean(diag H) (default 0.01)\n"
     "  --kl-probe        also measure each tensor's end-to-end KL divergence\n"
     "                    (quantized alone at the 4-bit g128 option)\n"

@@ -23,7 +23,7 @@ step "measure with KL probes (resumable; a finished measurement is reused)"
 "$BP" measure "$MODEL" --calib data/calib.txt --db "$OUT/smol.db" --kl-probe
 
 step "allocate: $BPW bpw"
-"$BP" allocate --db "$OUT/smol.db" --bpw "$BPW" | tee "$OUT/allocate.txt"
+"$BP" allocate --db "$OUT/smol.db" --bpw "$BPW" --label demo | tee "$OUT/allocate.txt"
 plan=$(sed -n 's/.*plan \([0-9][0-9]*\).*/\1/p' "$OUT/allocate.txt" | head -1)
 
 step "pack plan $plan"
@@ -37,11 +37,14 @@ step "generate"
 "$BP" generate "$OUT/smol-$BPW.bp" --chat --prompt "What is the capital of France?" -n 48 2>"$OUT/gen-stats.txt" | tee "$OUT/gen.txt"
 echo; cat "$OUT/gen-stats.txt"
 
+step "Pareto sweep: one exact plan per target, for the report"
+"$BP" allocate --db "$OUT/smol.db" --sweep 2.5:6:0.5 --label demo | grep -E '^plan|unreachable' || true
+
 step "report"
-"$BP" report --db "$OUT/smol.db" -o "$OUT/report.html"
+"$BP" report --db "$OUT/smol.db" --plan "$plan" -o "$OUT/report.html"
 
 step "summary"
 size=$(stat -c %s "$OUT/smol-$BPW.bp")
 printf 'packed file   %s (%s MiB)\n' "$OUT/smol-$BPW.bp" "$(awk -v s="$size" 'BEGIN { printf "%.1f", s / 1048576 }')"
-grep -E 'bpw|perplexity|KL|top-1|tokens/s' "$OUT/allocate.txt" "$OUT/eval.txt" "$OUT/gen-stats.txt" | sed 's/^[^:]*://'
+grep -hE '^plan [0-9]|^perplexity|^ref perplexity|^KL|^top-1|tokens/s' "$OUT/allocate.txt" "$OUT/eval.txt" "$OUT/gen-stats.txt"
 echo "report        $OUT/report.html"

@@ -279,6 +279,19 @@ def test_rtn_matches_numpy_and_gptq_beats_it(opt):
     assert g["rel_err"] < c["rel_err"]
 
 
+@pytest.mark.parametrize("name", ["blk.3.attn_v.weight", "blk.12.attn_q.weight", "blk.20.ffn_down.weight"])
+def test_real_layer_gptq_beats_rtn_and_error_falls_with_bits(name):
+    w = read_smollm2([name])[name][:384]
+    h = hessian(correlated_inputs(np.random.default_rng(13), 2048, w.shape[1]))
+    errs = []
+    for bits in (2, 3, 4, 5, 6, 8):
+        opt = (bits, bits, 0, 128, "z8")
+        g, r = run_c("gptq", w, h, opt)["rel_err"], run_c("rtn", w, h, opt)["rel_err"]
+        assert g < r, f"{name} at {bits} bits: GPTQ {g} is not below RTN {r}"
+        errs.append(g)
+    assert all(a > b for a, b in zip(errs, errs[1:])), f"{name}: errors {errs} do not fall as bits rise"
+
+
 # ==== Hessian accumulation ====
 
 def test_hessian_matches_numpy_and_is_resumable():
