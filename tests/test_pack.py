@@ -553,6 +553,46 @@ def measured_real_db(tmp_path):
     return str(db)
 
 
+def quantize_activations(x, perm, group):
+    """x~: the int8-per-group activations the packed kernels use (runtime/qkernels.h):
+    in stored column order, d = amax / 127 per group, q = round-half-even(x * 127 / amax)
+    in float32; returned in the original column order as d * q."""
+    xs = x[:, perm].astype(np.float32)
+    out = np.zeros_like(xs)
+    for j0 in range(0, xs.shape[1], group):
+        blk = xs[:, j0:j0 + group]
+        amax = np.abs(blk).max(axis=1, keepdims=True).astype(np.float32)
+        inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+        out[:, j0:j0 + group] = (amax / np.float32(127)) * np.rint(blk * inv)
+    back = np.empty_like(out)
+    back[:, perm] = out
+    return back
+
+
+def check_kernels_on_real_tensors(packed, tmp_path):
+    """The packed kernels on real tensors of every option in the file, against the
+    independent decoder times the same int8 activations, in double (QK_REL_TOL 1e-5)."""
+    tensors, _, opts = check_sizes(packed)
+    seen = {}
+    for name, o in sorted(opts.items()):
+        seen.setdefault(o["name"], name)
+    rng = np.random.default_rng(17)
+    for opt_name, name in sorted(seen.items()):
+        o, parts = opts[name], parts_of(tensors, name)
+        rows, cols = parts["qvalues"].shape[0], parts["qperm"].shape[0]
+        if rows > 4096:
+            continue  # the head: same kernels, 49152 rows of decoding in NumPy is slow
+        x = rng.standard_normal((3, cols)).astype(np.float32)
+        xp, yp = tmp_path / "x.f32", tmp_path / "y.f32"
+        x.tofile(xp)
+        tool(["matvec", packed, name, xp, 3, yp])
+        got = np.fromfile(yp, np.float32).reshape(3, rows)
+        w = decode(parts, o, rows, cols).astype(np.float64)
+        ref = quantize_activations(x, parts["qperm"].astype(np.int64), o["group"]).astype(np.float64) @ w.T
+        err = np.abs(got - ref).max() / np.abs(ref).max()
+        assert err < 1e-5, (opt_name, name, err)
+
+
 def test_real_model_sizes(tmp_path):
     """(a) on SmolLM2 at one plan: every one of the 211 quantized tensors stores
     exactly lay_tensor_bits. BITPLAN_PACK_REAL=FILE checks a packed file already
@@ -561,6 +601,7 @@ def test_real_model_sizes(tmp_path):
     given = os.environ.get("BITPLAN_PACK_REAL", "")
     if given and os.path.exists(given):
         assert len(check_sizes(given)[2]) == 211  # 30 layers x 7, and the tied head
+        check_kernels_on_real_tensors(given, tmp_path)
         return
     assert os.path.exists(REAL_MODEL), "the real model is missing: run scripts/get-model.sh"
     db = real_db() or measured_real_db(tmp_path)
@@ -572,3 +613,4 @@ def test_real_model_sizes(tmp_path):
     run("pack", [REAL_MODEL, "--db", db, "-o", out, "--hessians", "full"], cwd=ROOT)
     tensors_file, _, opts = check_sizes(out, expect_tensors=tensors)
     assert len(opts) == 211
+    check_kernels_on_real_tensors(out, tmp_path)

@@ -6,6 +6,9 @@
  *                                          a packed file (packed kernels) or a model file
  *   tool_pack rows PACKED NAME OUT.f32     every row of linear layer NAME as the runtime
  *                                          decodes it (rt_linear get_row): [rows][cols]
+ *   tool_pack matvec PACKED NAME X.f32 N OUT.f32
+ *                                          y[N][rows] = x[N][cols] W^T through the packed
+ *                                          kernels (rt_linear matmul)
  *
  * What it must never do: hide an error (every failure prints one line and exits 1).
  */
@@ -86,9 +89,38 @@ static int rows(int argc, char **argv)
     return rc;
 }
 
+static float *read_f32(const char *path, size_t n)
+{
+    FILE *in = fopen(path, "rb");
+    float *v = in ? malloc(n * sizeof *v) : NULL;
+    int ok = v && fread(v, sizeof *v, n, in) == n;
+    if (in) fclose(in);
+    if (!ok) free(v);
+    return ok ? v : NULL;
+}
+
+static int matvec(int argc, char **argv)
+{
+    char err[512];
+    rt_model *m;
+    if (argc != 7) return fail("usage: tool_pack matvec PACKED NAME X.f32 N OUT.f32");
+    int n = atoi(argv[5]);
+    if (n < 1 || n > 64) return fail("N must be 1..64");
+    if (open_any(argv[2], &m, err, sizeof err)) return fail(err);
+    rt_linear *l = find_linear(m, argv[3]);
+    float *x = l ? read_f32(argv[4], (size_t)(n * l->cols)) : NULL;
+    float *y = x ? malloc((size_t)(n * l->rows) * sizeof *y) : NULL;
+    int rc = y ? 0 : fail(!l ? "no such linear layer" : !x ? "cannot read X" : "out of memory");
+    if (!rc) l->matmul(l, x, y, n);
+    if (!rc && write_f32(argv[6], y, (size_t)(n * l->rows))) rc = fail("cannot write the output");
+    free(x), free(y), rt_model_free(m);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "logits")) return logits(argc, argv);
     if (argc > 1 && !strcmp(argv[1], "rows")) return rows(argc, argv);
-    return fail("usage: tool_pack logits|rows ...");
+    if (argc > 1 && !strcmp(argv[1], "matvec")) return matvec(argc, argv);
+    return fail("usage: tool_pack logits|rows|matvec ...");
 }
