@@ -29,7 +29,11 @@ run_c() { # build dir
             if [ "$(grep -E '^not ok' "$out" | grep -vc '# SKIP')" = 0 ]; then fail=$((fail + 1)); fi   # crashed
             echo "FAIL $t (exit $rc)"; sed 's/^/    /' "$out" | tail -40
         else
-            echo "ok   $t ($(grep -cE '^ok ' "$out") tests)"
+            echo "ok   $t ($(grep -E '^ok ' "$out" | grep -vc '# SKIP') tests)"
+        fi
+        # a skipped test says why
+        if grep -q '# SKIP' "$out"; then
+            echo "     $(grep -c '# SKIP' "$out") skipped: $(grep -m1 '^# skipped:' "$out" | sed 's/^# skipped: //')"
         fi
     done
 }
