@@ -8,7 +8,6 @@ APT_PKGS=(
   libglpk-dev glpk-utils       # allocate/: exact MILP (glp_intopt); glpsol checks LP files
   libsqlite3-dev sqlite3       # db/: measurements and plans
   libopenblas-dev liblapack-dev  # dense products (BLAS) and Cholesky (LAPACK)
-  zlib1g-dev                   # scripts/: inflating R's Rdata.rdb (Austen text)
   libcmocka-dev                # tests/: C unit tests
   python3 python3-pip          # tests/: independent NumPy/gguf/tokenizers references
   chromium fonts-dejavu-core   # tests/: renders the HTML report headless (console errors, screenshots)
