@@ -29,9 +29,6 @@
 #include "runtime/cuda/rt_cuda.h"
 #include "runtime/runtime.h"
 
-/* pack_load may be absent from a build; then the packed-file figures are skipped. */
-#pragma weak pack_load
-
 #define MIB (1024.0 * 1024.0)
 
 static int quick = 0;
@@ -309,10 +306,6 @@ static int bench_packed_file(const char *path, double predicted, int ctx, int n_
     char err[512];
     rt_model *m = NULL;
     gen_figure f;
-    if (!pack_load) {
-        printf("| %s | | | skipped: this build has no packed-file loader (pack_load) | | | | |\n", path);
-        return 0;
-    }
     if (pack_load(path, 16, &m, err, sizeof err)) {
         printf("| %s | | | failed to load: %s | | | | |\n", path, err);
         return 1;

@@ -40,13 +40,6 @@ if ! make -j"$JOBS" BUILD="$BUILD" all "$BUILD/tests/test_cuda" "$BUILD/bench/be
     die "build failed (log: $LOGDIR/build.log)"
 fi
 [ -f "$BUILD/runtime/cuda/model.o" ] || die "the build did not compile runtime/cuda/*.cu (NO_CUDA set?)"
-# The packed-file loader, once the library has it, is linked into the benchmark
-# (bench_cuda refers to it weakly so that it builds without it).
-if nm -g "$BUILD/libbitplan.a" 2>/dev/null | grep -qE ' T pack_load$'; then
-    rm -f "$BUILD/bench/bench_cuda"
-    make BUILD="$BUILD" CC="${CC:-cc} -Wl,-u,pack_load" "$BUILD/bench/bench_cuda" >>"$LOGDIR/build.log" 2>&1 ||
-        die "relinking bench_cuda with pack_load failed (log: $LOGDIR/build.log)"
-fi
 
 stage "tests (tests/test_cuda)"
 set +e
