@@ -3,7 +3,8 @@
  *
  *   bitplan allocate --db D --bpw 3.5            [common options]
  *   bitplan allocate --db D --vram 8GiB --ctx 4096 [--batch 1] [--kv-bits 16] [--reserve 256MiB]
- *   bitplan allocate --db D --sweep 2.0:8.0:0.1  [--label NAME]
+ *   bitplan allocate --db D --sweep 2.0:8.0:0.1  [--label NAME]   (--label also puts a
+ *                                                 single --bpw plan on a sweep's curve)
  *   bitplan allocate --db D --list
  * common: --calib ID, --metric rel_err|kld, --unweighted, --tie qkv|gate_up|CLASSES,
  *         --min-bits CLASS=B, --max-bits CLASS=B, --head-bits B, --gap G,
@@ -270,11 +271,11 @@ static int solve_budget(ctx *c, const args *a, int64_t budget, alloc_result *r)
     return 0;
 }
 
-static int run_bpw(ctx *c, const args *a, double target, const char *sweep, int quiet_unreachable)
+static int run_bpw(ctx *c, const args *a, double target, const char *sweep, int in_sweep)
 {
     double lo = (double)c->lo / (double)c->b.block_weights, hi = (double)c->hi / (double)c->b.block_weights;
     if (target < lo - 1e-12 || target > hi + 1e-12) {
-        if (quiet_unreachable) { printf("%.4g bpw: unreachable (%.4f to %.4f), skipped\n", target, lo, hi); return 0; }
+        if (in_sweep) { printf("%.4g bpw: unreachable (%.4f to %.4f), skipped\n", target, lo, hi); return 0; }
         return cli_fail(CMD, "target %.4g bpw is unreachable: this model and option set reach %.4f to %.4f bpw", target, lo, hi);
     }
     int64_t budget = (int64_t)floor(target * (double)c->b.block_weights + 1e-9);
@@ -282,7 +283,7 @@ static int run_bpw(ctx *c, const args *a, double target, const char *sweep, int 
     alloc_result r;
     int rc = solve_budget(c, a, budget, &r);
     if (!rc) rc = store_plan(c, a, "bpw", target, &r, NULL, sweep);
-    if (!rc && !sweep) print_histogram(&c->in, &c->b, r.choice);
+    if (!rc && !in_sweep) print_histogram(&c->in, &c->b, r.choice);
     alloc_result_free(&r);
     return rc;
 }
@@ -368,7 +369,7 @@ int cmd_allocate(int argc, char **argv)
         return rc;
     }
     if (a.list) rc = list_plans(c.d, &a);
-    else if (!(rc = prepare(&c, &a))) rc = a.vram > 0 ? run_vram(&c, &a) : a.sweep[2] > 0 ? run_sweep(&c, &a) : run_bpw(&c, &a, a.bpw, NULL, 0);
+    else if (!(rc = prepare(&c, &a))) rc = a.vram > 0 ? run_vram(&c, &a) : a.sweep[2] > 0 ? run_sweep(&c, &a) : run_bpw(&c, &a, a.bpw, a.label, 0);
     alloc_built_free(&c.b);
     db_alloc_input_free(&c.in);
     db_close(c.d);

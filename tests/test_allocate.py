@@ -169,6 +169,10 @@ def test_sweep_shares_a_label_and_damage_falls(tmp_path):
     assert all(p["sweep"] == "s1" for p in ps)
     objs = [p["objective"] for p in ps]
     assert all(a >= b for a, b in zip(objs, objs[1:]))
+    # a single plan can join the sweep's curve; without --label it stands alone
+    assert run("--db", db, "--bpw", "4.5", "--label", "s1").returncode == 0
+    assert run("--db", db, "--bpw", "4.5").returncode == 0
+    assert [(p["target"], p["sweep"]) for p in plans(db)[-2:]] == [(4.5, "s1"), (4.5, None)]
 
 
 def test_ties_and_class_bounds(tmp_path):
