@@ -23,6 +23,7 @@ JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
 NVCC     ?= $(shell command -v nvcc 2>/dev/null || (test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc))
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 NO_CUDA  ?=
+CUDA_EMU ?=
 ifneq ($(SAN),)
 NO_CUDA := 1
 endif
@@ -42,9 +43,22 @@ LDLIBS  += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/targets/x86_64-linux/lib -lcudart
 NVFLAGS  = -O2 -std=c++17 -I. -Xcompiler -Wall,-Wextra,-Werror -Werror all-warnings \
            -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
            -gencode arch=compute_90,code=compute_90
-else
+else ifneq ($(CUDA_EMU),)
+ifneq ($(wildcard $(CUDA_HOME)/include/cuda_runtime.h),)
+# CUDA_EMU=1 (the sanitizer build of `make test`): runtime/cuda/*.cu runs on the
+# CPU emulation of tests/cuda_emu/ (rewritten by rewrite.py, compiled by the C++
+# compiler), so the kernels and the GPU forward pass are checked without a GPU.
+EMU_CU   = 1
+CU_OBJ   = $(CU_SRC:%.cu=$(BUILD)/emu/%.o) $(BUILD)/tests/cuda_emu/emu.o
+LDLIBS  += -lstdc++
+EMU_CXXFLAGS = -std=c++17 -g $(OPT) -Wall -Wextra -Werror -I. -I$(CUDA_HOME)/include $(SAN)
+endif
+endif
+ifndef HAVE_CUDA
+ifndef EMU_CU
 LIB_SRC += $(wildcard runtime/cuda/cuda_stub.c)
 CU_OBJ   =
+endif
 endif
 LIB_OBJ  = $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_OBJ)
 CLI_SRC  = $(wildcard cli/*.c)
@@ -83,6 +97,17 @@ $(BUILD)/%.o: %.cu
 	@mkdir -p $(@D)
 	$(NVCC) $(NVFLAGS) -c -o $@ $<
 
+$(BUILD)/emu/%.cpp: %.cu tests/cuda_emu/rewrite.py
+	@mkdir -p $(@D)
+	python3 tests/cuda_emu/rewrite.py $< $@
+
+$(BUILD)/emu/%.o: $(BUILD)/emu/%.cpp tests/cuda_emu/emu.h
+	$(CXX) $(EMU_CXXFLAGS) -include tests/cuda_emu/emu.h -MMD -MP -c -o $@ $<
+
+$(BUILD)/tests/cuda_emu/emu.o: tests/cuda_emu/emu.cpp tests/cuda_emu/emu.h
+	@mkdir -p $(@D)
+	$(CXX) $(EMU_CXXFLAGS) -MMD -MP -c -o $@ $<
+
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libbitplan.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_BASE) -o $@ $< $(BUILD)/libbitplan.a -lcmocka $(LDLIBS)
@@ -117,7 +142,7 @@ SETUP = bash scripts/deps.sh && bash scripts/get-model.sh && bash scripts/get-te
 test:
 	@$(SETUP)
 	@$(MAKE) --no-print-directory -j$(JOBS) all $(TEST_BIN) $(TOOL_BIN)
-	@$(MAKE) --no-print-directory -j$(JOBS) BUILD=build-san SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" OPT=-O1 \
+	@$(MAKE) --no-print-directory -j$(JOBS) BUILD=build-san CUDA_EMU=1 SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" OPT=-O1 \
 	    build-san/bitplan $(TEST_SRC:tests/%.c=build-san/tests/%) $(TOOL_SRC:tests/%.c=build-san/tests/%)
 	@bash scripts/run-tests.sh
 
@@ -141,3 +166,4 @@ clean:
 	rm -rf build build-san
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)
+.PRECIOUS: $(BUILD)/emu/%.cpp

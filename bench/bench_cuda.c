@@ -7,14 +7,22 @@
  *       bytes (values, scales, zeros) over the device-to-device copy bandwidth
  *       measured in the same run, (read + written bytes) / s; each figure rotates
  *       over enough copies of the tensor (>= 512 MiB) to leave the L2 cache;
- *   (b) token generation (batch 1, after a 16-token prompt and 8 warm-up tokens)
- *       for a synthetic model of Llama-2-7B's shapes with random packed weights at
- *       about 3.0, 4.0 and 5.0 bpw, built here in memory, and for a packed file
+ *   (b) token generation (batch 1, after 16 prompt and 8 warm-up tokens)
+ *       for synthetic models of random packed weights built here in memory,
+ *       Llama-2-7B's shapes at about 3.0, 4.0 and 5.0 bpw and SmolLM2-135M's at
+ *       4.0 (no file needed on the GPU machine), and for a packed file
  *       (--packed FILE, e.g. SmolLM2 at 4.0 bpw from `bitplan pack`);
- *   (c) device memory held by each model (rt_cuda_model_device_bytes) next to a
- *       predicted figure (--predict BYTES, for the packed file).
+ *   (c) device memory of each model: "allocated", the sum of its allocations
+ *       (rt_cuda_model_device_bytes), and "taken", the drop in free device memory
+ *       from before its upload to after its first forward (allocation rounding and
+ *       cuBLAS's workspace included), the latter next to a predicted figure
+ *       (--predict BYTES, for the packed file).
  *
- *   bench_cuda [--quick] [--packed FILE] [--predict BYTES] [--ctx N] [--tokens N]
+ *   bench_cuda [--quick | --smoke] [--packed FILE] [--predict BYTES] [--ctx N] [--tokens N]
+ *
+ * --smoke runs every step on shapes small enough for the CPU emulation of
+ * tests/cuda_emu/ (scripts/gpu-check.sh with EMU=1): it checks that the benchmark
+ * itself works; its figures mean nothing.
  *
  * Without a GPU it prints why and exits with status 1. Random weights are never
  * all zeros (zeros can run faster than real data).
@@ -31,7 +39,30 @@
 
 #define MIB (1024.0 * 1024.0)
 
-static int quick = 0;
+static int quick = 0, smoke = 0;
+
+/* A transformer's shapes, for a synthetic model of random packed weights. */
+typedef struct {
+    const char *name;
+    int dim, hidden, heads, kv_heads, head_dim, vocab, layers, tied;
+    double bpw[3];                         /* targets (0: none) */
+} model_shape;
+
+/* The shapes measured, or tiny stand-ins for --smoke. */
+typedef struct {
+    int64_t mv[2][2];                      /* matrix-vector rows x cols */
+    model_shape models[2];
+} bench_shapes;
+
+static const bench_shapes full_shapes = {
+    { { 4096, 14336 }, { 8192, 28672 } },
+    { { "Llama-2-7B shapes", 4096, 11008, 32, 32, 128, 32000, 32, 0, { 3.0, 4.0, 5.0 } },
+      { "SmolLM2-135M shapes", 576, 1536, 9, 3, 64, 49152, 30, 1, { 4.0, 0, 0 } } } };
+static const bench_shapes smoke_shapes = {
+    { { 256, 1024 }, { 96, 4096 + 384 } },
+    { { "smoke shapes", 256, 704, 4, 4, 64, 1000, 2, 0, { 3.0, 4.0, 5.0 } },
+      { "smoke shapes, GQA, tied", 192, 512, 6, 2, 32, 700, 2, 1, { 4.0, 0, 0 } } } };
+static const bench_shapes *shapes = &full_shapes;
 
 static double now(void)
 {
@@ -127,7 +158,6 @@ static lay_option option_plain(int bits)
 
 static int bench_matvec(void)
 {
-    const int64_t shapes[2][2] = { { 4096, 14336 }, { 8192, 28672 } };
     lay_option opts[6] = { option_near(2.5), option_plain(3), option_plain(4), option_plain(5), option_plain(6),
                            option_plain(8) };
     char err[512];
@@ -139,15 +169,15 @@ static int bench_matvec(void)
         for (int k = 0; k < 6; k++) {
             if (quick && k % 2) continue;
             rpacked t;
-            int64_t rows = shapes[s][0], cols = shapes[s][1];
+            int64_t rows = shapes->mv[s][0], cols = shapes->mv[s][1];
             double bpw = (double)lay_tensor_bits(&opts[k], rows, cols) / (double)(rows * cols);
             fprintf(stderr, "matvec %lldx%lld %s ...\n", (long long)rows, (long long)cols, opts[k].name);
             if (rp_make(&t, rows, cols, &opts[k], 0.02f)) { fprintf(stderr, "out of host memory\n"); rp_free(&t); return 1; }
             lay_cost c = lay_tensor_cost(&opts[k], rows, cols);
             double bytes = (double)(c.values + c.scales + c.zeros);
-            int copies = (int)(512.0 * MIB / bytes) + 1;
+            int copies = smoke ? 2 : (int)(512.0 * MIB / bytes) + 1;
             rt_cuda_bench r;
-            if (rt_cuda_bench_matvec(&t.p, 1, copies, quick ? 5 : 21, &r, err, sizeof err)) {
+            if (rt_cuda_bench_matvec(&t.p, 1, copies, quick || smoke ? 5 : 21, &r, err, sizeof err)) {
                 printf("| %lldx%lld | %s | %.2f | | | | | | failed: %s |\n", (long long)rows, (long long)cols,
                        opts[k].name, bpw, err);
                 bad = 1;
@@ -175,67 +205,81 @@ typedef struct {
 static void synth_free(synth *s)
 {
     int n = s->m.cfg.n_layers * RT_HEAD + 1;
+    rt_linear_free(s->m.embed);
     for (int i = 0; s->pk && i < n; i++) rp_free(&s->pk[i]);
     free(s->pk), free(s->lins), free(s->norm), free(s->m.layers);
-    rt_linear_free(s->m.embed);
 }
 
-static int synth_make(synth *s, const lay_option *o, int n_layers)
+static int synth_make(synth *s, const model_shape *b, const lay_option *o, int n_layers)
 {
+    int64_t D = b->dim, H = b->hidden, V = b->vocab, Q = (int64_t)b->heads * b->head_dim;
+    int64_t KV = (int64_t)b->kv_heads * b->head_dim;
     memset(s, 0, sizeof *s);
     mdl_config *c = &s->m.cfg;
     snprintf(c->arch, sizeof c->arch, "llama");
-    c->n_layers = n_layers, c->dim = 4096, c->hidden_dim = 11008, c->n_heads = 32, c->n_kv_heads = 32;
-    c->head_dim = 128, c->vocab_size = 32000, c->max_ctx = 4096, c->rope_theta = 10000, c->rope_dim = 128;
-    c->rope_scale = 1, c->norm_eps = 1e-5f, c->tied_embeddings = 0;
-    const int64_t shape[RT_HEAD][2] = {{4096, 4096}, {4096, 4096}, {4096, 4096}, {4096, 4096},
-                                       {11008, 4096}, {11008, 4096}, {4096, 11008}};
+    c->n_layers = n_layers, c->dim = (int)D, c->hidden_dim = (int)H, c->n_heads = b->heads;
+    c->n_kv_heads = b->kv_heads, c->head_dim = b->head_dim, c->vocab_size = (int)V, c->max_ctx = 8192;
+    c->rope_theta = 10000, c->rope_dim = b->head_dim, c->rope_scale = 1, c->norm_eps = 1e-5f;
+    c->tied_embeddings = b->tied;
+    const int64_t shape[RT_HEAD][2] = {{Q, D}, {KV, D}, {KV, D}, {D, Q}, {H, D}, {H, D}, {D, H}};
     int n = n_layers * RT_HEAD + 1;
     s->pk = calloc((size_t)n, sizeof *s->pk);
     s->lins = calloc((size_t)n, sizeof *s->lins);
-    s->norm = malloc(4096 * sizeof *s->norm);
+    s->norm = malloc((size_t)D * sizeof *s->norm);
     s->m.layers = calloc((size_t)n_layers, sizeof *s->m.layers);
-    float *emb = malloc((size_t)32000 * 4096 * sizeof *emb);
-    if (!s->pk || !s->lins || !s->norm || !s->m.layers || !emb) { free(emb); return -1; }
-    for (int i = 0; i < 4096; i++) s->norm[i] = 1.0f + (float)(rnd64() % 1000) / 10000.0f;
-    for (int64_t i = 0; i < (int64_t)32000 * 4096; i++) emb[i] = (float)((int64_t)(rnd64() % 2001) - 1000) / 50000.0f;
-    if (!(s->m.embed = rt_linear_dense(emb, 32000, 4096))) return -1;
+    if (!s->pk || !s->lins || !s->norm || !s->m.layers) return -1;
+    for (int64_t i = 0; i < D; i++) s->norm[i] = 1.0f + (float)(rnd64() % 1000) / 10000.0f;
     for (int i = 0; i < n; i++) {
         int k = i % RT_HEAD, head = i == n - 1;
-        int64_t rows = head ? 32000 : shape[k][0], cols = head ? 4096 : shape[k][1];
+        int64_t rows = head ? V : shape[k][0], cols = head ? D : shape[k][1];
         if (rp_make(&s->pk[i], rows, cols, o, 1.0f / 64.0f)) return -1;
         s->lins[i].rows = rows, s->lins[i].cols = cols, s->lins[i].packed = &s->pk[i].p;
         if (head) s->m.head = &s->lins[i];
         else s->m.layers[i / RT_HEAD].lin[k] = &s->lins[i];
+    }
+    if (b->tied) { /* the embedding is the packed head, rows decoded on the host */
+        char err[256];
+        if (!(s->m.embed = rt_linear_packed(&s->pk[n - 1].p, 1, err, sizeof err))) return -1;
+    } else {
+        float *emb = malloc((size_t)(V * D) * sizeof *emb);
+        if (!emb) return -1;
+        for (int64_t i = 0; i < V * D; i++) emb[i] = (float)((int64_t)(rnd64() % 2001) - 1000) / 50000.0f;
+        if (!(s->m.embed = rt_linear_dense(emb, V, D))) return -1;
     }
     for (int l = 0; l < n_layers; l++) s->m.layers[l].attn_norm = s->m.layers[l].ffn_norm = s->norm;
     s->m.out_norm = s->norm;
     return 0;
 }
 
-typedef struct { double tps, ms; int64_t dev_bytes; } gen_figure;
+typedef struct {
+    double tps, ms;
+    int64_t dev_bytes;    /* the model's own allocations (rt_cuda_model_device_bytes) */
+    int64_t dev_taken;    /* free device memory before the model minus after its first forward */
+} gen_figure;
 
-/* 16 prompt tokens, 8 warm-up tokens, then n_tokens timed decode steps. */
+/* Batch 1 throughout, as the memory model assumes: 16 prompt tokens, 8 warm-up
+ * tokens, then n_tokens timed decode steps. */
 static int time_generation(const rt_model *m, int ctx, int n_tokens, gen_figure *f, char *err, size_t err_len)
 {
     rt_cuda_model *g;
     int vocab = m->cfg.vocab_size, rc = -1;
     float *logits = malloc((size_t)vocab * sizeof *logits);
-    int32_t prompt[16];
-    for (int i = 0; i < 16; i++) prompt[i] = (int32_t)(1 + rnd64() % (uint64_t)(vocab - 1));
     if (!logits) { snprintf(err, err_len, "out of host memory"); return -1; }
     if (ctx < 16 + 8 + n_tokens) ctx = 16 + 8 + n_tokens;
-    if (rt_cuda_model_new(m, ctx, 16, &g, err, err_len)) goto done;
+    size_t free0, free1, total;
+    if (rt_cuda_mem_info(&free0, &total, err, err_len)) goto done;
+    if (rt_cuda_model_new(m, ctx, 1, &g, err, err_len)) goto done;
     f->dev_bytes = rt_cuda_model_device_bytes(g);
-    if (rt_cuda_forward(g, prompt, 16, 0, 15, 1, logits, err, err_len)) goto free_g;
-    int32_t tok = prompt[15];
+    int32_t tok = 1;
     double t0 = 0;
-    for (int i = 0; i < 8 + n_tokens; i++) {
-        if (i == 8) t0 = now();
+    for (int i = 0; i < 16 + 8 + n_tokens; i++) {
+        if (i == 16 + 8) t0 = now();
         tok = (int32_t)((uint32_t)(tok * 2654435761u + 1) % (uint32_t)vocab); /* any token: speed only */
-        if (rt_cuda_forward(g, &tok, 1, 16 + i, 0, 1, logits, err, err_len)) goto free_g;
+        if (rt_cuda_forward(g, &tok, 1, i, 0, 1, logits, err, err_len)) goto free_g;
+        if (i == 0 && rt_cuda_mem_info(&free1, &total, err, err_len)) goto free_g;
     }
     double t = now() - t0;
+    f->dev_taken = (int64_t)free0 - (int64_t)free1;
     f->tps = n_tokens / t;
     f->ms = t / n_tokens * 1e3;
     rc = 0;
@@ -264,36 +308,36 @@ static double model_bpw(const rt_model *m)
 static void print_gen_header(void)
 {
     printf("\n### Token generation, batch 1 (and device memory)\n\n");
-    printf("| model | packed bpw | context | tokens/s | ms/token | device MiB | predicted MiB | used/predicted |\n");
-    printf("|---|---|---|---|---|---|---|---|\n");
+    printf("| model | packed bpw | context | tokens/s | ms/token | allocated MiB | taken MiB | predicted MiB | "
+           "taken/predicted |\n");
+    printf("|---|---|---|---|---|---|---|---|---|\n");
 }
 
-static int bench_synthetic(int ctx, int n_tokens)
+static int bench_synthetic(const model_shape *b, int ctx, int n_tokens)
 {
-    const double targets[3] = { 3.0, 4.0, 5.0 };
-    char err[512];
+    char err[512], label[128];
     int bad = 0;
-    for (int i = 0; i < 3; i++) {
-        if (quick && i != 1) continue;
-        lay_option o = option_near(targets[i]);
+    for (int i = 0; i < 3 && b->bpw[i] > 0; i++) {
+        if (quick && b->bpw[i] != 4.0) continue;
+        lay_option o = option_near(b->bpw[i]);
         synth s;
         gen_figure f;
-        fprintf(stderr, "synthetic Llama-2-7B shapes, %s: building ...\n", o.name);
+        int layers = quick && b->layers > 4 ? 4 : b->layers;
+        snprintf(label, sizeof label, "%s%s (%s)", b->name, layers < b->layers ? ", 4 layers" : "", o.name);
+        fprintf(stderr, "synthetic model, %s: building ...\n", label);
         double t = now();
-        int layers = quick ? 4 : 32;
-        if (synth_make(&s, &o, layers)) {
-            printf("| Llama-2-7B shapes (%s) | | | | | | | out of host memory |\n", o.name);
+        if (synth_make(&s, b, &o, layers)) {
+            printf("| %s | | | | | | | | out of host memory |\n", label);
             synth_free(&s);
             return 1;
         }
         fprintf(stderr, "  built in %.1f s; running ...\n", now() - t);
         if (time_generation(&s.m, ctx, n_tokens, &f, err, sizeof err)) {
-            printf("| Llama-2-7B shapes%s (%s) | %.2f | %d | failed: %s | | | | |\n", quick ? ", 4 layers" : "", o.name,
-                   model_bpw(&s.m), ctx, err);
+            printf("| %s | %.2f | %d | failed: %s | | | | | |\n", label, model_bpw(&s.m), ctx, err);
             bad = 1;
         } else {
-            printf("| Llama-2-7B shapes%s (%s) | %.2f | %d | %.1f | %.2f | %.0f | | |\n", quick ? ", 4 layers" : "",
-                   o.name, model_bpw(&s.m), ctx, f.tps, f.ms, f.dev_bytes / MIB);
+            printf("| %s | %.2f | %d | %.1f | %.2f | %.1f | %.1f | | |\n", label, model_bpw(&s.m), ctx, f.tps, f.ms,
+                   f.dev_bytes / MIB, f.dev_taken / MIB);
         }
         fflush(stdout);
         synth_free(&s);
@@ -311,12 +355,13 @@ static int bench_packed_file(const char *path, double predicted, int ctx, int n_
         return 1;
     }
     int rc = time_generation(m, ctx, n_tokens, &f, err, sizeof err);
-    if (rc) printf("| %s | %.2f | %d | failed: %s | | | | |\n", path, model_bpw(m), ctx, err);
+    if (rc) printf("| %s | %.2f | %d | failed: %s | | | | | |\n", path, model_bpw(m), ctx, err);
     else if (predicted > 0)
-        printf("| %s | %.2f | %d | %.1f | %.2f | %.1f | %.1f | %.3f |\n", path, model_bpw(m), ctx, f.tps, f.ms,
-               f.dev_bytes / MIB, predicted / MIB, (double)f.dev_bytes / predicted);
+        printf("| %s | %.2f | %d | %.1f | %.2f | %.1f | %.1f | %.1f | %.3f |\n", path, model_bpw(m), ctx, f.tps, f.ms,
+               f.dev_bytes / MIB, f.dev_taken / MIB, predicted / MIB, (double)f.dev_taken / predicted);
     else
-        printf("| %s | %.2f | %d | %.1f | %.2f | %.1f | | |\n", path, model_bpw(m), ctx, f.tps, f.ms, f.dev_bytes / MIB);
+        printf("| %s | %.2f | %d | %.1f | %.2f | %.1f | %.1f | | |\n", path, model_bpw(m), ctx, f.tps, f.ms,
+               f.dev_bytes / MIB, f.dev_taken / MIB);
     rt_model_free(m);
     return rc ? 1 : 0;
 }
@@ -328,12 +373,13 @@ int main(int argc, char **argv)
     int ctx = 2048, n_tokens = 128, bad = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) quick = 1;
+        else if (!strcmp(argv[i], "--smoke")) smoke = 1, shapes = &smoke_shapes;
         else if (!strcmp(argv[i], "--packed") && i + 1 < argc) packed = argv[++i];
         else if (!strcmp(argv[i], "--predict") && i + 1 < argc) predicted = atof(argv[++i]);
         else if (!strcmp(argv[i], "--ctx") && i + 1 < argc) ctx = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) n_tokens = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: bench_cuda [--quick] [--packed FILE] [--predict BYTES] [--ctx N] [--tokens N]\n");
+            fprintf(stderr, "usage: bench_cuda [--quick | --smoke] [--packed FILE] [--predict BYTES] [--ctx N] [--tokens N]\n");
             return 2;
         }
     }
@@ -347,6 +393,6 @@ int main(int argc, char **argv)
     bad |= bench_matvec();
     print_gen_header();
     if (packed) bad |= bench_packed_file(packed, predicted, ctx, n_tokens);
-    bad |= bench_synthetic(ctx, n_tokens);
+    for (int i = 0; i < 2; i++) bad |= bench_synthetic(&shapes->models[i], ctx, n_tokens);
     return bad;
 }

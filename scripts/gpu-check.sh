@@ -3,24 +3,31 @@
 # run the CUDA tests (tests/test_cuda.c), and measure (bench/bench_cuda.c):
 #   (a) the packed matrix-vector product's GB/s over the device-to-device copy
 #       bandwidth, 4096x14336 and 8192x28672, about 2.5/3/4/5/6/8 bpw;
-#   (b) token generation for a packed file (optional) and for a synthetic model of
-#       Llama-2-7B's shapes at about 3.0, 4.0 and 5.0 bpw;
+#   (b) token generation for a packed file (optional) and for synthetic models of
+#       Llama-2-7B's shapes at about 3.0, 4.0 and 5.0 bpw and SmolLM2-135M's at 4.0;
 #   (c) device memory held by the packed file's model against a predicted figure.
 # Results go to stdout as Markdown; stage names and logs to stderr. About 3-6 minutes
 # on an H100 (most of it the build). Exit status: 0 only if the build, every test and
 # every measurement succeeded.
 #
-#   scripts/gpu-check.sh [PACKED_FILE [PREDICTED_BYTES]]
-#     PACKED_FILE      e.g. SmolLM2 at 4.0 bpw from `bitplan pack` (skipped if absent)
-#     PREDICTED_BYTES  the memory model's figure for that file (bytes)
-#   env: BUILD (default build-gpu), JOBS (default nproc), QUICK=1 (bench --quick)
+#   scripts/gpu-check.sh [PACKED_FILE [PREDICTED_BYTES [CTX]]]
+#     PACKED_FILE      a packed model, e.g. out/gpu/smol-vram.bp from scripts/gpu-prep.sh
+#                      (skipped if absent)
+#     PREDICTED_BYTES  the memory model's figure for that file at CTX (gpu-prep.sh)
+#     CTX              context of the generation runs and the prediction (default 2048)
+#   env: BUILD (default build-gpu), JOBS (default nproc), QUICK=1 (bench --quick),
+#        EMU=1 (a dry run without a GPU: the CPU emulation of tests/cuda_emu/, build-emu,
+#        bench --smoke; it checks this script and the benchmark, its figures mean nothing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-BUILD=${BUILD:-build-gpu}
+EMU=${EMU:-0}
+if [ "$EMU" = 1 ]; then BUILD=${BUILD:-build-emu}; MAKEVARS=(CUDA_EMU=1 NO_CUDA=1); OBJ=emu/runtime/cuda/model.o
+else BUILD=${BUILD:-build-gpu}; MAKEVARS=(); OBJ=runtime/cuda/model.o; fi
 JOBS=${JOBS:-$(nproc)}
 PACKED=${1:-}
 PREDICT=${2:-0}
+CTX=${3:-2048}
 LOGDIR=${LOGDIR:-$BUILD/gpu-check}
 status=0
 
@@ -35,11 +42,11 @@ NVCC=$(command -v nvcc || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/
 
 stage "build ($BUILD, $JOBS jobs)"
 mkdir -p "$LOGDIR"
-if ! make -j"$JOBS" BUILD="$BUILD" all "$BUILD/tests/test_cuda" "$BUILD/bench/bench_cuda" >"$LOGDIR/build.log" 2>&1; then
+if ! make -j"$JOBS" BUILD="$BUILD" "${MAKEVARS[@]}" all "$BUILD/tests/test_cuda" "$BUILD/bench/bench_cuda" >"$LOGDIR/build.log" 2>&1; then
     tail -40 "$LOGDIR/build.log" >&2
     die "build failed (log: $LOGDIR/build.log)"
 fi
-[ -f "$BUILD/runtime/cuda/model.o" ] || die "the build did not compile runtime/cuda/*.cu (NO_CUDA set?)"
+[ -f "$BUILD/$OBJ" ] || die "the build did not compile runtime/cuda/*.cu (NO_CUDA set?)"
 
 stage "tests (tests/test_cuda)"
 set +e
@@ -60,8 +67,9 @@ if [ "$trc" -ne 0 ] || [ "$failed" -ne 0 ] || [ "$skipped" -ne 0 ]; then
 fi
 
 stage "benchmarks (bench/bench_cuda)"
-args=()
+args=(--ctx "$CTX")
 [ "${QUICK:-0}" = 1 ] && args+=(--quick)
+[ "$EMU" = 1 ] && args+=(--smoke --tokens 2)
 if [ -n "$PACKED" ]; then
     if [ -f "$PACKED" ]; then args+=(--packed "$PACKED" --predict "$PREDICT")
     else echo "gpu-check: packed file $PACKED is absent: its figures are skipped" >&2; fi

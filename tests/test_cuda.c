@@ -10,7 +10,8 @@
  *     mixes, symmetric formats and short last groups and tiles;
  *   - the dequantization kernel's unit of work equals lay_packed_dequant exactly;
  *   - without a GPU, rt_cuda_device_info fails with a message that says so.
- * On a machine with a GPU (each test skips, saying why, where there is none):
+ * On a machine with a GPU, and in the build whose CUDA runtime is the CPU emulation
+ * of tests/cuda_emu/ (build-san in `make test`); elsewhere each test skips, saying why:
  *   - rt_cuda_matvec_packed on every option, batch 1..4, 5, 16 and a prompt batch
  *     on both paths against x W^T in double (1e-4 for the fp32 matrix-vector path,
  *     1e-3 for the fp16 cuBLAS path);

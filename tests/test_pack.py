@@ -27,6 +27,7 @@ What it must never do: use bitplan's own decoder as the reference.
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import struct
@@ -339,6 +340,37 @@ def test_eval_and_generate_run_packed(work):
     assert "KL divergence" in p.stdout and "perplexity" in p.stdout
     p = run("generate", [work["packed"], "--prompt", "The quick brown", "-n", 8])
     assert p.returncode == 0
+
+
+EMU_BIN = os.path.join(ROOT, os.environ.get("BITPLAN_EMU_BUILD", "build-san"), "bitplan")
+
+
+def test_cuda_runs_the_packed_file(work):
+    """--device cuda end to end: eval's logits on the device against the CPU running the
+    same weights dequantized to fp32, and generation. Runs on the CPU emulation of the
+    CUDA runtime that `make test` builds into build-san (tests/cuda_emu/), or on a GPU."""
+    if not os.path.exists(EMU_BIN):
+        pytest.skip("%s is missing: make test builds it (the CUDA emulation, CUDA_EMU=1)" % EMU_BIN)
+    deq = work["dir"] / "dequantized-cuda.gguf"
+    write_dequantized_gguf(work["packed"], deq)
+    text = work["dir"] / "held-cuda.txt"
+    text.write_text(calib_text(11, copies=2))
+    args = [work["packed"], "--text", text, "--ref", deq, "--ctx", 64, "--chunks", 2]
+    p = subprocess.run([EMU_BIN, "eval"] + [str(a) for a in args + ["--device", "cuda"]], capture_output=True,
+                       text=True, errors="replace")
+    if p.returncode != 0 and "no CUDA GPU" in p.stderr:
+        pytest.skip("the build in %s has no CUDA emulation and this machine no GPU" % EMU_BIN)
+    assert p.returncode == 0, p.stderr
+    assert re.search(r"^device +\S", p.stderr, re.M), p.stderr  # which device ran it
+    kl = float(re.search(r"^KL divergence +(\S+)", p.stdout, re.M).group(1))
+    top1 = float(re.search(r"^top-1 agreement +(\S+) %", p.stdout, re.M).group(1))
+    assert kl < 1e-4 and top1 > 99, p.stdout
+    # greedy generation: the same tokens as the CPU running the dequantized weights
+    gen = ["--prompt", "The quick brown", "-n", "12", "--temp", "0"]
+    g = subprocess.run([EMU_BIN, "generate", str(work["packed"])] + gen + ["--device", "cuda"], capture_output=True,
+                       text=True, errors="replace")
+    assert g.returncode == 0, g.stderr
+    assert g.stdout == run("generate", [deq] + gen).stdout
 
 
 def test_full_hessians_reproduce_the_measurement(work):

@@ -25,6 +25,12 @@ int rt_cuda_device_info(char *out, size_t cap, char *err, size_t err_len)
     return no_cuda(err, err_len);
 }
 
+int rt_cuda_mem_info(size_t *free_bytes, size_t *total_bytes, char *err, size_t err_len)
+{
+    *free_bytes = *total_bytes = 0;
+    return no_cuda(err, err_len);
+}
+
 int rt_cuda_model_new(const rt_model *m, int max_ctx, int max_batch, rt_cuda_model **out, char *err, size_t err_len)
 {
     (void)m, (void)max_ctx, (void)max_batch;

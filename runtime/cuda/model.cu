@@ -61,6 +61,14 @@ extern "C" int rt_cuda_device_info(char *out, size_t cap, char *err, size_t err_
     return 0;
 }
 
+extern "C" int rt_cuda_mem_info(size_t *free_bytes, size_t *total_bytes, char *err, size_t err_len)
+{
+    cudaDeviceProp prop;
+    *free_bytes = *total_bytes = 0;
+    if (device_open(&prop, err, err_len)) return -1;
+    return RTC_CUDA(cudaMemGetInfo(free_bytes, total_bytes));
+}
+
 /* ==== The model on the device ==== */
 
 typedef struct {

@@ -49,6 +49,9 @@ extern "C" {
  * is no device or no driver, or when built without CUDA. */
 int rt_cuda_device_info(char *out, size_t cap, char *err, size_t err_len);
 
+/* Free and total memory of device 0 (cudaMemGetInfo). */
+int rt_cuda_mem_info(size_t *free_bytes, size_t *total_bytes, char *err, size_t err_len);
+
 /* ==== Model ==== */
 
 typedef struct rt_cuda_model rt_cuda_model;
