@@ -110,12 +110,20 @@ DOT_WIDTH(6)
 DOT_WIDTH(7)
 DOT_WIDTH(8)
 
+static void decode_generic(int bits, const uint8_t *src, float s, float z, float *out)
+{
+    uint8_t q[LAY_CHUNK];
+    lay_unpack_chunk(bits, src, q);
+    for (int i = 0; i < LAY_CHUNK; i++) out[i] = s * ((float)q[i] - z);
+}
+
 const qk_kernels qk_generic = {
     .name = "generic",
     .quant = qk_quant_ref,
     .prep = prep_generic,
     .dot = { [2] = dot2_generic, [3] = dot3_generic, [4] = dot4_generic, [5] = dot5_generic,
              [6] = dot6_generic, [7] = dot7_generic, [8] = dot8_generic },
+    .decode = decode_generic,
 };
 
 /* ==== Dispatch ==== */

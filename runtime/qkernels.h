@@ -4,10 +4,11 @@
  * header; only qlinear.c, the tests and the benchmarks include this one.
  * Kernels neither allocate nor print; they touch only the memory they are given.
  *
- * The product y = W x over a packed tensor (pack/layout.h) is computed with the
- * activations quantized to int8, one scale per weight group, so that integer dot
- * products (AVX-512 VNNI vpdpbusd, AVX2 vpmaddubsw) do the work, as llama.cpp does
- * with its Q8 activations:
+ * The product y = W x over a packed tensor (pack/layout.h) for small batches
+ * (decoding; qlinear.c takes larger ones through qk_decode_fn and BLAS, exactly) is
+ * computed with the activations quantized to int8, one scale per weight group, so
+ * that integer dot products (AVX-512 VNNI vpdpbusd, AVX2 vpmaddubsw) do the work,
+ * as llama.cpp does with its Q8 activations:
  *
  *     xp[j]   = x[perm[j]]                          stored (act-order) column order,
  *                                                   or the kernel order of block_order
@@ -57,6 +58,11 @@ typedef void (*qk_prep_fn)(const uint16_t *s, const uint8_t *z, const float *xd,
 typedef void (*qk_dot_fn)(const uint8_t *v, int64_t ng, int64_t gch, const int8_t *xq, int64_t xq_stride,
                           const float *sd, int64_t sd_stride, float *acc, int nb);
 
+/* One chunk of width bits (2..8) dequantized in value order: out[i] = s * (q_i - z),
+ * the same float operations as lay_packed_dequant, so the same bits. The exact
+ * path of runtime/qlinear.c decodes rows with it. */
+typedef void (*qk_decode_fn)(int bits, const uint8_t *src, float s, float z, float *out);
+
 typedef enum { QK_ISA_AUTO = 0, QK_ISA_GENERIC, QK_ISA_AVX2, QK_ISA_AVX512 } qk_isa;
 
 /* Activation order inside a run. A kernel may want a run's activations in another
@@ -78,6 +84,7 @@ typedef struct {
     qk_quant_fn quant;
     qk_prep_fn prep;
     qk_dot_fn dot[LAY_MAX_BITS + 1];     /* by width, 2..8 */
+    qk_decode_fn decode;
 } qk_kernels;
 
 /* The kernel set of an instruction set, or NULL if this CPU lacks it (AUTO: the

@@ -6,7 +6,7 @@
  * instruction set, after they define what differs:
  *
  *   AI, EACH_K                 inlining and unrolling
- *   chunk_decode(b, src)       32 values of width b -> 32 bytes in value order
+ *   chunk_decode(b, src)       32 values of width b (2..8) -> 32 bytes in value order
  *   dot_add(b, acc, q, x)      int32 lanes += q . x (32 unsigned by 32 signed bytes)
  *   quant32(x, id, sum)        32 floats * id -> 32 int8, sums into *sum
  *   QK_WIDE4(...)              an optional faster loop over 4-bit chunks (may be empty)
@@ -159,6 +159,26 @@ static void QK_NAME(quant)(const float *xp, int64_t cols, int64_t group, int8_t 
     }
 }
 
+/* ==== Dequantization (the exact path) ==== */
+
+/* 8 bytes of q -> s * (q - z): subtract first, as lay_packed_dequant does. */
+AI void dequant8(__m128i q8, __m256 s, __m256 z, float *out)
+{
+    __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q8));
+    _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_sub_ps(q, z), s));
+}
+
+static void QK_NAME(decode)(int bits, const uint8_t *src, float s, float z, float *out)
+{
+    __m256i q = chunk_decode(bits, src);
+    __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    __m256 s8 = _mm256_set1_ps(s), z8 = _mm256_set1_ps(z);
+    dequant8(lo, s8, z8, out);
+    dequant8(_mm_srli_si128(lo, 8), s8, z8, out + 8);
+    dequant8(hi, s8, z8, out + 16);
+    dequant8(_mm_srli_si128(hi, 8), s8, z8, out + 24);
+}
+
 const qk_kernels QK_TABLE = {
     .name = QK_ISA_NAME,
     .quant = QK_NAME(quant),
@@ -166,4 +186,5 @@ const qk_kernels QK_TABLE = {
     .block_order = { [4] = QK_BLOCK4 },
     .dot = { [2] = QK_NAME(dot2), [3] = QK_NAME(dot3), [4] = QK_NAME(dot4), [5] = QK_NAME(dot5),
              [6] = QK_NAME(dot6), [7] = QK_NAME(dot7), [8] = QK_NAME(dot8) },
+    .decode = QK_NAME(decode),
 };

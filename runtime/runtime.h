@@ -62,16 +62,20 @@ void rt_linear_free(rt_linear *l);
 /* ==== Packed linear layers ==== */
 
 /* A linear layer over a packed tensor (pack/layout.h) that decodes the packed blocks
- * inside its products (runtime/qlinear.c), threaded with OpenMP over rows. The
- * activations are quantized to int8 per weight group inside matmul (see
- * runtime/qkernels.h), so y differs from W_deq x by that rounding. The arrays of p
- * are borrowed and must outlive the layer; scratch for up to max_batch activation
- * rows is allocated here, once. One product at a time per layer. Returns NULL with
- * a message for an invalid option, a bad permutation or no memory:
+ * inside its products (runtime/qlinear.c), threaded with OpenMP over rows.
+ * Products of fewer than RT_PACKED_EXACT_BATCH activation rows (decoding) quantize
+ * the activations to int8 per weight group (runtime/qkernels.h), so y differs from
+ * W_deq x by that rounding; larger batches (prompts, evaluation) decode slabs of
+ * rows to fp32 and multiply them with BLAS, so y is W_deq x up to float rounding.
+ * The arrays of p are borrowed and must outlive the layer; scratch for up to
+ * max_batch activation rows is allocated here, once. One product at a time per
+ * layer. Returns NULL with a message for an invalid option, a bad permutation or no
+ * memory:
  *
  *     rt_linear *l = rt_linear_packed(&packed, 512, err, sizeof err);
  *     l->matmul(l, x, y, n);                    // y[n][rows] = x[n][cols] W^T
  */
+#define RT_PACKED_EXACT_BATCH 64
 #include "../pack/layout.h"
 rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, char *err, size_t err_len);
 

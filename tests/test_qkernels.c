@@ -90,12 +90,15 @@ static void round_inputs(const lay_packed *p, const float *x, int n, float *xt)
     free(xp), free(xd), free(xq), free(xs);
 }
 
-/* y[n][rows] = W_deq x~ in double, rounded to float. */
+/* y[n][rows] = W_deq x~ in double, rounded to float; x~ is x rounded as the int8
+ * path rounds it, or x itself where the product takes the exact path
+ * (n >= RT_PACKED_EXACT_BATCH). */
 static void reference(const lay_packed *p, const float *x, int n, float *y)
 {
     float *w = malloc((size_t)(p->rows * p->cols) * sizeof *w), *xt = malloc((size_t)(n * p->cols) * sizeof *xt);
     lay_packed_dequant(p, w);
-    round_inputs(p, x, n, xt);
+    if (n >= RT_PACKED_EXACT_BATCH) memcpy(xt, x, (size_t)(n * p->cols) * sizeof *xt);
+    else round_inputs(p, x, n, xt);
     for (int k = 0; k < n; k++)
         for (int64_t r = 0; r < p->rows; r++) {
             double s = 0;
@@ -176,32 +179,35 @@ static void test_quant(void **state)
     }
 }
 
-/* Every kernel set, option and batch against the reference, on one shape. */
+/* Every kernel set, option and batch against the reference, on one shape: batches
+ * below RT_PACKED_EXACT_BATCH through the int8 kernels, the others exact. */
 static void check_matmul_shape(int64_t rows, int64_t cols)
 {
-    static const int batches[] = { 1, 2, 3, 7, 33 };
+    enum { NMAX = RT_PACKED_EXACT_BATCH + 5 };
+    static const int batches[] = { 1, 2, 3, 7, 33, RT_PACKED_EXACT_BATCH - 1, RT_PACKED_EXACT_BATCH, NMAX };
     lay_option opts[32];
     int nopt = all_options(opts);
-    float *x = malloc(33 * cols * sizeof *x), *y = malloc(33 * rows * sizeof *y), *ref = malloc(33 * rows * sizeof *ref);
-    for (int64_t i = 0; i < 33 * cols; i++) x[i] = rndf() * (1.0f + (float)(i % 5));
+    float *x = malloc(NMAX * cols * sizeof *x), *y = malloc(NMAX * rows * sizeof *y);
+    float *ref = malloc(NMAX * rows * sizeof *ref);
+    for (int64_t i = 0; i < NMAX * cols; i++) x[i] = rndf() * (1.0f + (float)(i % 5));
     for (size_t i = 0; i < sizeof isas / sizeof *isas; i++) {
         if (qk_force(isas[i])) continue;
         for (int o = 0; o < nopt; o++) {
             packed_t t;
             char err[256];
             make_packed(&t, rows, cols, &opts[o]);
-            rt_linear *l = rt_linear_packed(&t.p, 33, err, sizeof err);
+            rt_linear *l = rt_linear_packed(&t.p, NMAX, err, sizeof err);
             assert_non_null(l);
-            reference(&t.p, x, 33, ref);
             for (size_t b = 0; b < sizeof batches / sizeof *batches; b++) {
                 int n = batches[b];
+                reference(&t.p, x, n, ref);
                 memset(y, 0xff, (size_t)(n * rows) * sizeof *y);
                 l->matmul(l, x, y, n);
-                double e = rel_err(y, ref, n * rows);
-                if (e >= QK_REL_TOL)
+                double e = rel_err(y, ref, n * rows), tol = n >= RT_PACKED_EXACT_BATCH ? 1e-5 : QK_REL_TOL;
+                if (e >= tol)
                     print_error("%s %s %lldx%lld batch %d: rel err %g\n", qk_active()->name, opts[o].name,
                                 (long long)rows, (long long)cols, n, e);
-                assert_true(e < QK_REL_TOL);
+                assert_true(e < tol);
             }
             linear_free(l);
             free_packed(&t);
@@ -243,21 +249,25 @@ static void test_activation_rounding_small(void **state)
     linear_free(l), free(w), free_packed(&t);
 }
 
-/* 1 and 2 threads give the same bits (each row is one thread's work), and so do
- * batch 1 and batch n. */
+/* 1 and 2 threads give the same bits (each row is one thread's work), on both
+ * paths, and so do batch 1 and batch n. */
 static void test_threads(void **state)
 {
     (void)state;
-    const int64_t rows = 101, cols = 32 * 9;
+    const int64_t rows = 301, cols = 32 * 9; /* three slabs of the exact path, the last short */
+    enum { NMAX = RT_PACKED_EXACT_BATCH + 3 };
     lay_option o = opt(3, 5, 0.4f, 64, LAY_SCALE_F16_Z8);
     packed_t t;
     make_packed(&t, rows, cols, &o);
-    float *x = malloc(7 * cols * sizeof *x), y1[7 * 101], y2[7 * 101];
-    for (int64_t i = 0; i < 7 * cols; i++) x[i] = rndf();
-    rt_linear *l = rt_linear_packed(&t.p, 7, NULL, 0);
+    float *x = malloc(NMAX * cols * sizeof *x), *y1 = malloc(NMAX * rows * sizeof *y1);
+    float *y2 = malloc(NMAX * rows * sizeof *y2);
+    for (int64_t i = 0; i < NMAX * cols; i++) x[i] = rndf();
+    rt_linear *l = rt_linear_packed(&t.p, NMAX, NULL, 0);
     assert_non_null(l);
     int saved = omp_get_max_threads();
-    for (int n = 1; n <= 7; n += 6) {
+    static const int batches[] = { 1, 7, NMAX };
+    for (int b = 0; b < 3; b++) {
+        int n = batches[b];
         omp_set_num_threads(1);
         l->matmul(l, x, y1, n);
         omp_set_num_threads(2);
@@ -268,28 +278,33 @@ static void test_threads(void **state)
     l->matmul(l, x, y1, 1);   /* batch 1 and batch 7 agree on their shared row, bit for bit */
     l->matmul(l, x, y2, 7);
     assert_memory_equal(y1, y2, (size_t)rows * sizeof *y1);
-    linear_free(l), free(x), free_packed(&t);
+    linear_free(l), free(x), free(y1), free(y2), free_packed(&t);
 }
 
-/* get_row is the dequantized row, exactly. */
+/* get_row is the dequantized row, exactly, with every kernel set's decoder (the
+ * exact path decodes its slabs the same way). */
 static void test_get_row(void **state)
 {
     (void)state;
     const int64_t rows = 19, cols = 32 * 11;
-    for (int f = 0; f < 2; f++) {
-        lay_option o = opt(2, 7, 0.3f, 64, f ? LAY_SCALE_F16 : LAY_SCALE_F16_Z8);
-        packed_t t;
-        make_packed(&t, rows, cols, &o);
-        float *w = malloc((size_t)(rows * cols) * sizeof *w), row[32 * 11];
-        lay_packed_dequant(&t.p, w);
-        rt_linear *l = rt_linear_packed(&t.p, 1, NULL, 0);
-        assert_non_null(l);
-        for (int64_t r = 0; r < rows; r++) {
-            l->get_row(l, r, row);
-            assert_memory_equal(row, w + r * cols, sizeof row);
+    for (size_t i = 0; i < sizeof isas / sizeof *isas; i++) {
+        if (qk_force(isas[i])) continue;
+        for (int f = 0; f < 4; f++) {
+            lay_option o = opt(f < 2 ? 2 : 4, f < 2 ? 7 : 8, 0.3f, 64, f % 2 ? LAY_SCALE_F16 : LAY_SCALE_F16_Z8);
+            packed_t t;
+            make_packed(&t, rows, cols, &o);
+            float *w = malloc((size_t)(rows * cols) * sizeof *w), row[32 * 11];
+            lay_packed_dequant(&t.p, w);
+            rt_linear *l = rt_linear_packed(&t.p, 1, NULL, 0);
+            assert_non_null(l);
+            for (int64_t r = 0; r < rows; r++) {
+                l->get_row(l, r, row);
+                assert_memory_equal(row, w + r * cols, sizeof row);
+            }
+            linear_free(l), free(w), free_packed(&t);
         }
-        linear_free(l), free(w), free_packed(&t);
     }
+    qk_force(QK_ISA_AUTO);
 }
 
 /* AUTO picks the widest instruction set the CPU has; forcing works and reverts. */
