@@ -227,7 +227,7 @@ void alloc_vram_params_init(alloc_vram_params *v);
 /* Every term of the memory model, in bytes. */
 typedef struct {
     int64_t weights;       /* packed quantized tensors: plan bits / 8 */
-    int64_t unquantized;   /* 4 * n_1d + 2 * n_2d */
+    int64_t unquantized;   /* 4 * n_1d + 2 * n_2d, less an untied token embedding (host memory) */
     int64_t kv_cache;      /* n_layers * 2 * n_kv_heads * head_dim * ctx * batch * kv_bits / 8 */
     int64_t scratch;       /* activations, see alloc_scratch_bytes */
     int64_t reserve;

@@ -117,8 +117,11 @@ int64_t alloc_scratch_bytes(const alloc_shape *s, const alloc_vram_params *v)
 alloc_memory alloc_memory_model(const alloc_shape *s, alloc_unquantized u, const alloc_vram_params *v, int64_t plan_bits)
 {
     alloc_memory m;
+    /* an untied token embedding stays in host memory: the runtime copies up the rows
+     * of the tokens it needs (runtime/cuda/model.cu) */
+    int64_t embedding = s->tied_embeddings ? 0 : (int64_t)s->vocab_size * s->dim;
     m.weights = (plan_bits + 7) / 8;
-    m.unquantized = 4 * u.n_1d + 2 * u.n_2d;
+    m.unquantized = 4 * u.n_1d + 2 * (u.n_2d > embedding ? u.n_2d - embedding : 0);
     m.kv_cache = alloc_kv_bytes(s, v);
     m.scratch = alloc_scratch_bytes(s, v);
     m.reserve = v->reserve;

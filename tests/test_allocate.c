@@ -319,6 +319,9 @@ static void t_memory_model(void **s)
     alloc_memory m = alloc_memory_model(&sh, u, &v, 8000);
     assert_int_equal(m.weights, 1000);
     assert_int_equal(m.total, 1000 + 4 * norms + 2 * embd + alloc_kv_bytes(&sh, &v) + alloc_scratch_bytes(&sh, &v) + 1000);
+    sh.tied_embeddings = 0; /* an untied embedding is looked up in host memory: not device memory */
+    assert_int_equal(alloc_memory_model(&sh, u, &v, 8000).unquantized, 4 * norms);
+    sh.tied_embeddings = 1;
     assert_int_equal(alloc_shape_from_json("{\"dim\": 5}", &sh, err, sizeof err), -1);
     assert_non_null(strstr(err, "n_layers"));
 }

@@ -203,7 +203,7 @@ template <int B>
 __device__ __forceinline__ void dq_chunk(const rtc_geom &g, const rtc_tile &x, int lane, int32_t row,
                                          const uint32_t *__restrict__ values, const __half *__restrict__ scales,
                                          const uint8_t *__restrict__ zeros, __half *__restrict__ w)
-{
+{ /* w points at this row's place in the slab */
     uint32_t wd[8];
     int32_t c = x.c0 + lane;
     const uint32_t *src = values + (int64_t)row * g.row_words;
@@ -211,7 +211,7 @@ __device__ __forceinline__ void dq_chunk(const rtc_geom &g, const rtc_tile &x, i
     for (int i = 0; i < B; i++) wd[i] = __ldcs(src + rtc_word_index(&x, lane, i));
     float m = RTC_MAGIC_F + (float)rtc_zero_of(&g, zeros, row, c, B);
     float s = __half2float(scales[rtc_scale_index(&g, row, c)]);
-    uint4 *dst = (uint4 *)(w + (int64_t)row * g.cols + (int64_t)c * LAY_CHUNK);
+    uint4 *dst = (uint4 *)(w + (int64_t)c * LAY_CHUNK);
 #pragma unroll
     for (int u = 0; u < 4; u++) {
         uint32_t q0 = rtc_decode_quad(wd, B, 2 * u), q1 = rtc_decode_quad(wd, B, 2 * u + 1);
@@ -226,15 +226,17 @@ __device__ __forceinline__ void dq_chunk(const rtc_geom &g, const rtc_tile &x, i
     }
 }
 
+/* Rows row0 .. row0 + nrows - 1 into the slab w[nrows][cols]. */
 __global__ void k_dequant(rtc_geom g, const uint32_t *__restrict__ values, const __half *__restrict__ scales,
-                          const uint8_t *__restrict__ zeros, __half *__restrict__ w)
+                          const uint8_t *__restrict__ zeros, int32_t row0, int32_t nrows, __half *__restrict__ slab)
 {
     int64_t gw = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x % 32;
-    if (gw >= (int64_t)g.rows * g.n_tiles) return;
-    int32_t row = (int32_t)(gw / g.n_tiles);
+    if (gw >= (int64_t)nrows * g.n_tiles) return;
+    int32_t row = row0 + (int32_t)(gw / g.n_tiles);
     rtc_tile x = rtc_tile_at(&g, (int32_t)(gw % g.n_tiles));
     if (lane >= x.k) return;
+    __half *w = slab + (int64_t)(row - row0) * g.cols;
     switch (x.bits) {
     case 2: dq_chunk<2>(g, x, lane, row, values, scales, zeros, w); break;
     case 3: dq_chunk<3>(g, x, lane, row, values, scales, zeros, w); break;
@@ -393,22 +395,28 @@ static int packed_matvec(const rtc_linear *l, const float *x, float *y, int n, c
     return 0;
 }
 
-/* y^T (rows x n, column-major) = W (rows x cols) * X^T: W is row-major [rows][cols],
- * i.e. column-major cols x rows, hence op T; X row-major [n][cols] is column-major
- * cols x n. */
+/* Slab by slab of rows (as many as the scratch holds): dequantize, then y^T (rows x
+ * n, column-major, leading dimension rows) = W_slab (nr x cols) * X^T: the slab is
+ * row-major [nr][cols], i.e. column-major cols x nr, hence op T; X row-major
+ * [n][cols] is column-major cols x n. */
 static int packed_gemm(const rtc_linear *l, const float *x, float *y, int n, const rtc_scratch *s,
                        cublasHandle_t blas, cudaStream_t st, char *err, size_t err_len)
 {
-    int64_t total = (int64_t)n * l->cols;
+    int64_t total = (int64_t)n * l->cols, slab = s->wd_elems / l->cols;
     k_gather_f16<<<(unsigned)blocks_for(total, 256), 256, 0, st>>>(x, l->perm, s->xh, n, l->cols);
     if (RTC_LAUNCHED("k_gather_f16")) return -1;
-    int64_t warps = l->rows * l->g.n_tiles;
-    k_dequant<<<(unsigned)blocks_for(warps * 32, 256), 256, 0, st>>>(l->g, l->values, l->scales, l->zeros, s->wd);
-    if (RTC_LAUNCHED("k_dequant")) return -1;
     const float one = 1.0f, zero = 0.0f;
-    return RTC_BLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)l->rows, n, (int)l->cols, &one, s->wd,
-                                 CUDA_R_16F, (int)l->cols, s->xh, CUDA_R_16F, (int)l->cols, &zero, y, CUDA_R_32F,
-                                 (int)l->rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    for (int64_t r0 = 0; r0 < l->rows; r0 += slab) {
+        int64_t nr = l->rows - r0 < slab ? l->rows - r0 : slab;
+        k_dequant<<<(unsigned)blocks_for(nr * l->g.n_tiles * 32, 256), 256, 0, st>>>(
+            l->g, l->values, l->scales, l->zeros, (int32_t)r0, (int32_t)nr, s->wd);
+        if (RTC_LAUNCHED("k_dequant")) return -1;
+        if (RTC_BLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nr, n, (int)l->cols, &one, s->wd, CUDA_R_16F,
+                                  (int)l->cols, s->xh, CUDA_R_16F, (int)l->cols, &zero, y + r0, CUDA_R_32F,
+                                  (int)l->rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)))
+            return -1;
+    }
+    return 0;
 }
 
 int rtc_linear_forward(const rtc_linear *l, const float *x, float *y, int n, rtc_path path, const rtc_scratch *s,
@@ -421,7 +429,7 @@ int rtc_linear_forward(const rtc_linear *l, const float *x, float *y, int n, rtc
     }
     if (path == RTC_PATH_AUTO) path = n <= RTC_MV_MAX_BATCH ? RTC_PATH_MATVEC : RTC_PATH_GEMM;
     if (path == RTC_PATH_GEMM) {
-        if ((int64_t)n * l->cols > s->xh_elems || l->rows * l->cols > s->wd_elems) {
+        if ((int64_t)n * l->cols > s->xh_elems || l->cols > s->wd_elems) {
             snprintf(err, err_len, "no prompt-path scratch for a %lldx%lld product of %d rows", (long long)l->rows,
                      (long long)l->cols, n);
             return -1;

@@ -244,7 +244,8 @@ static int alloc_state(rt_cuda_model *g, char *err, size_t err_len)
     g->scr.xi_rows = (int)(B < RTC_MV_MAX_BATCH ? B : RTC_MV_MAX_BATCH);
     if (alloc_f32(g, &g->scr.xi, g->scr.xi_rows * max_cols, "interleaved activations", err, err_len)) return -1;
     if (B > RTC_MV_MAX_BATCH && max_packed > 0) { /* the prompt path */
-        g->scr.xh_elems = B * max_cols, g->scr.wd_elems = max_packed;
+        g->scr.xh_elems = B * max_cols;
+        g->scr.wd_elems = max_packed < RTC_DQ_SLAB ? max_packed : RTC_DQ_SLAB > max_cols ? RTC_DQ_SLAB : max_cols;
         if (rtc_alloc(&g->mem, (void **)&g->scr.xh, (size_t)g->scr.xh_elems * 2, "fp16 activations", err, err_len) ||
             rtc_alloc(&g->mem, (void **)&g->scr.wd, (size_t)g->scr.wd_elems * 2, "dequantized weights", err, err_len))
             return -1;
@@ -455,7 +456,8 @@ static int single_open(rtc_single *t, const lay_packed *p, int n, int copies, ch
     for (int c = 0; c < copies; c++) /* the last copy is t->l; the others stay allocated in t->mem */
         if (rtc_linear_upload_packed(&t->mem, p, &t->l, err, err_len)) return -1;
     t->s.xi_rows = n;
-    t->s.xh_elems = (int64_t)n * p->cols, t->s.wd_elems = p->rows * p->cols;
+    /* slabs of a third of the rows: the several-slab path that the largest tensors take */
+    t->s.xh_elems = (int64_t)n * p->cols, t->s.wd_elems = (p->rows / 3 + 1) * p->cols;
     if (rtc_alloc(&t->mem, (void **)&t->x, (size_t)(n * p->cols) * 4, "activations", err, err_len) ||
         rtc_alloc(&t->mem, (void **)&t->y, (size_t)(n * p->rows) * 4, "outputs", err, err_len) ||
         rtc_alloc(&t->mem, (void **)&t->s.xi, (size_t)(n * p->cols) * 4, "interleaved activations", err, err_len) ||

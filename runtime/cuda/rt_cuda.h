@@ -26,8 +26,8 @@
  * products by cublasSgemm) or `packed` (uploaded in the packed layout, tiles
  * repacked once for coalesced reads: runtime/cuda/decode.cuh). Packed products of
  * up to 16 activation rows run the matrix-vector kernel with fp32 activations;
- * larger batches dequantize the tensor to fp16 and call cublasGemmEx (fp16 inputs,
- * fp32 accumulation). Norm weights and biases are fp32; the KV cache is fp16. The
+ * larger batches dequantize the tensor to fp16 in slabs of rows (at most 16M weights,
+ * 32 MiB of scratch) and call cublasGemmEx on each (fp16 inputs, fp32 accumulation). Norm weights and biases are fp32; the KV cache is fp16. The
  * embedding is looked up on the host (rt_linear get_row) and copied up.
  */
 #ifndef BITPLAN_RT_CUDA_H

@@ -63,6 +63,7 @@ void rtc_mem_free(rtc_mem *m);
 
 #define RTC_MV_MAX_NB 4        /* activation rows per matrix-vector launch */
 #define RTC_MV_MAX_BATCH 16    /* batches up to this run as matrix-vector products */
+#define RTC_DQ_SLAB (16 << 20) /* weights per dequantized slab of the prompt path (32 MiB) */
 
 typedef struct {
     int64_t rows, cols;
@@ -83,7 +84,7 @@ typedef struct {
     float *xi;                  /* [xi_rows][max_cols] interleaved activations */
     int xi_rows;
     __half *xh;                 /* [max_batch][max_cols] fp16 activations, stored order (prompt path) */
-    __half *wd;                 /* [max rows * cols] dequantized weights (prompt path) */
+    __half *wd;                 /* a slab of dequantized rows (prompt path): wd_elems / cols rows */
     int64_t xh_elems, wd_elems; /* capacities (0: no prompt path) */
 } rtc_scratch;
 
