@@ -287,7 +287,11 @@ static int model_setup(rt_cuda_model *g, char *err, size_t err_len)
     if (upload_linear(g, g->m->head, c->vocab_size, c->dim, "head", &g->head, err, err_len)) return -1;
     if (upload_vec(g, &g->out_norm, g->m->out_norm, c->dim, "output_norm", err, err_len)) return -1;
     if (upload_rope(g, err, err_len) || alloc_state(g, err, err_len)) return -1;
-    return rtc_attention_prepare(&g->att, err, err_len);
+    if (rtc_attention_prepare(&g->att, err, err_len)) return -1;
+    /* The uploads and cache clears ran on the legacy default stream, which a
+     * non-blocking stream does not wait for (and a pageable cudaMemcpy may return
+     * before its DMA lands): finish them before the first forward on g->st. */
+    return RTC_CUDA(cudaDeviceSynchronize());
 }
 
 extern "C" int rt_cuda_model_new(const rt_model *m, int max_ctx, int max_batch, rt_cuda_model **out, char *err,

@@ -410,8 +410,40 @@ static bool on_device(const void *p, size_t n)
     return (uintptr_t)p >= it->first && (uintptr_t)p + n <= it->first + it->second;
 }
 
+/* ==== The legacy default stream, held back ====
+ *
+ * cudaMemcpy to the device and cudaMemset run on the legacy default stream and may
+ * return before the data lands (a pageable copy returns once its source is staged).
+ * A non-blocking stream does not wait for that stream. So both are queued here (the
+ * source copied at once) and done only when something orders them: a device
+ * synchronization, a synchronization of the legacy stream, a copy back to the host,
+ * a launch or a cuBLAS call on the legacy stream, cudaFree. A kernel on a
+ * non-blocking stream that reads an upload nobody waited for sees 0xFF bytes. */
+struct legacy_op {
+    void *dst;
+    std::vector<unsigned char> data;   /* a copy's source; empty for a memset */
+    int value;
+    size_t n;
+};
+
+static std::vector<legacy_op> &legacy_queue(void)
+{
+    static std::vector<legacy_op> q;
+    return q;
+}
+
+static void legacy_flush(void)
+{
+    for (legacy_op &op : legacy_queue()) {
+        if (op.data.empty()) memset(op.dst, op.value, op.n);
+        else memcpy(op.dst, op.data.data(), op.n);
+    }
+    legacy_queue().clear();
+}
+
 void emu_run(const char *name, const void *kernel, const emu_launch_cfg &cfg, void (*body)(void *), void *ctx)
 {
+    if (!cfg.stream) legacy_flush();
     uint64_t threads = (uint64_t)cfg.block.x * cfg.block.y * cfg.block.z;
     if (threads == 0 || threads > MAX_THREADS || cfg.block.z > 64 || cfg.grid.x == 0 || cfg.grid.y == 0 ||
         cfg.grid.z == 0 || cfg.grid.x > 0x7fffffffu || cfg.grid.y > 65535 || cfg.grid.z > 65535) {
@@ -551,7 +583,11 @@ cudaError_t cudaFuncSetAttribute(const void *func, cudaFuncAttribute attr, int v
     return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void)
+{
+    legacy_flush();
+    return cudaSuccess;
+}
 
 /* ==== Memory ==== */
 
@@ -568,6 +604,7 @@ cudaError_t cudaMalloc(void **p, size_t bytes)
 cudaError_t cudaFree(void *p)
 {
     if (!p) return cudaSuccess;
+    legacy_flush(); /* cudaFree synchronizes the device */
     auto it = device_allocs().find((uintptr_t)p);
     if (it == device_allocs().end()) return fail(cudaErrorInvalidValue);
     device_used -= it->second;
@@ -584,6 +621,7 @@ cudaError_t cudaMallocHost(void **p, size_t bytes)
 
 cudaError_t cudaFreeHost(void *p)
 {
+    legacy_flush(); /* as cudaFree, it synchronizes the device */
     free(p);
     return cudaSuccess;
 }
@@ -597,20 +635,30 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t n, cudaMemcpyKind kind
                                                  : false;
     if (!ok) return fail(kind == cudaMemcpyDefault || kind == cudaMemcpyHostToHost ? cudaErrorInvalidMemcpyDirection
                                                                                    : cudaErrorInvalidValue);
+    if (kind == cudaMemcpyHostToDevice) {
+        const unsigned char *b = (const unsigned char *)src;
+        legacy_queue().push_back(legacy_op{dst, std::vector<unsigned char>(b, b + n), 0, n});
+        return cudaSuccess;
+    }
+    legacy_flush();
     memmove(dst, src, n);
     return cudaSuccess;
 }
 
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t n, cudaMemcpyKind kind, cudaStream_t st)
 {
-    (void)st;
-    return cudaMemcpy(dst, src, n, kind);
+    if (!st) return cudaMemcpy(dst, src, n, kind); /* the legacy stream: as cudaMemcpy */
+    bool ok = kind == cudaMemcpyHostToDevice ? on_device(dst, n) : kind == cudaMemcpyDeviceToHost ? on_device(src, n)
+              : kind == cudaMemcpyDeviceToDevice && on_device(src, n) && on_device(dst, n);
+    if (n && !ok) return fail(cudaErrorInvalidValue);
+    memmove(dst, src, n); /* a non-blocking stream runs in order, at once */
+    return cudaSuccess;
 }
 
 cudaError_t cudaMemset(void *p, int v, size_t n)
 {
     if (n && !on_device(p, n)) return fail(cudaErrorInvalidValue);
-    memset(p, v, n);
+    legacy_queue().push_back(legacy_op{p, {}, v, n});
     return cudaSuccess;
 }
 
@@ -634,7 +682,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t st)
 
 cudaError_t cudaStreamSynchronize(cudaStream_t st)
 {
-    (void)st;
+    if (!st) legacy_flush();
     return cudaSuccess;
 }
 
@@ -662,6 +710,7 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t st)
 cudaError_t cudaEventSynchronize(cudaEvent_t e)
 {
     (void)e;
+    legacy_flush();
     return cudaSuccess;
 }
 
@@ -718,6 +767,7 @@ cublasStatus_t cublasSgemm_v2(cublasHandle_t h, cublasOperation_t ta, cublasOper
     if ((ta != CUBLAS_OP_N && ta != CUBLAS_OP_T) || (tb != CUBLAS_OP_N && tb != CUBLAS_OP_T) ||
         !gemm_args_ok(ta, tb, m, n, k, A, lda, 4, B, ldb, 4, C, ldc, 4))
         return CUBLAS_STATUS_INVALID_VALUE;
+    if (!h->st) legacy_flush();
     if (m && n) cblas_sgemm(CblasColMajor, cblas_op(ta), cblas_op(tb), m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
     return CUBLAS_STATUS_SUCCESS;
 }
@@ -747,6 +797,7 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
         !gemm_args_ok(ta, tb, m, n, k, A, lda, el, B, ldb, el, C, ldc, 4))
         return CUBLAS_STATUS_INVALID_VALUE;
     if (!m || !n) return CUBLAS_STATUS_SUCCESS;
+    if (!h->st) legacy_flush();
     if (!k) {
         for (int j = 0; j < n; j++)
             for (int i = 0; i < m; i++) ((float *)C)[(size_t)j * ldc + i] *= *(const float *)beta;

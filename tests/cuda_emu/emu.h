@@ -24,6 +24,10 @@
  *     floats), so that reading what no thread wrote shows in the results; each is
  *     a separate heap block of exactly its size, so AddressSanitizer reports any
  *     access outside it. Vector loads (__ldg of float4) check their alignment.
+ *   - copies to the device and memsets on the legacy default stream are held back
+ *     until something orders them (emu.cpp), so a kernel on a non-blocking stream
+ *     that reads an upload nobody waited for sees 0xFF bytes; non-blocking streams
+ *     run in order, at once.
  *   - cuBLAS's Sgemm and GemmEx (fp16 or fp32 inputs, fp32 accumulation) by the
  *     host BLAS, with cuBLAS's argument checks.
  * What is not: timing, the memory model (a missing __threadfence or a race that
