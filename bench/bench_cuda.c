@@ -15,8 +15,10 @@
  *   (c) device memory of each model: "allocated", the sum of its allocations
  *       (rt_cuda_model_device_bytes), and "taken", the drop in free device memory
  *       from before its upload to after its first forward (allocation rounding and
- *       cuBLAS's workspace included), the latter next to a predicted figure
- *       (--predict BYTES, for the packed file).
+ *       cuBLAS's workspace included), the latter next to the VRAM memory model's
+ *       prediction for the same model and context at batch 1 without reserve
+ *       (alloc_memory_model, what `bitplan allocate --vram` plans with); --predict
+ *       BYTES shows another figure beside it (scripts/gpu-prep.sh passes its plan's).
  *
  *   bench_cuda [--quick | --smoke] [--packed FILE] [--predict BYTES] [--ctx N] [--tokens N]
  *
@@ -32,6 +34,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "allocate/allocate.h"
 #include "pack/layout.h"
 #include "pack/pack.h"
 #include "runtime/cuda/rt_cuda.h"
@@ -255,6 +258,7 @@ typedef struct {
     double tps, ms;
     int64_t dev_bytes;    /* the model's own allocations (rt_cuda_model_device_bytes) */
     int64_t dev_taken;    /* free device memory before the model minus after its first forward */
+    int ctx;              /* the context the model was made for */
 } gen_figure;
 
 /* Batch 1 throughout, as the memory model assumes: 16 prompt tokens, 8 warm-up
@@ -266,6 +270,7 @@ static int time_generation(const rt_model *m, int ctx, int n_tokens, gen_figure 
     float *logits = malloc((size_t)vocab * sizeof *logits);
     if (!logits) { snprintf(err, err_len, "out of host memory"); return -1; }
     if (ctx < 16 + 8 + n_tokens) ctx = 16 + 8 + n_tokens;
+    f->ctx = ctx;
     size_t free0, free1, total;
     if (rt_cuda_mem_info(&free0, &total, err, err_len)) goto done;
     if (rt_cuda_model_new(m, ctx, 1, &g, err, err_len)) goto done;
@@ -305,12 +310,44 @@ static double model_bpw(const rt_model *m)
     return weights > 0 ? bits / weights : 0;
 }
 
+/* The memory model's bytes for m at ctx tokens, batch 1, fp16 KV cache, no reserve. */
+static double model_prediction(const rt_model *m, int ctx)
+{
+    const mdl_config *c = &m->cfg;
+    alloc_shape sh = { .n_layers = c->n_layers, .dim = c->dim, .hidden_dim = c->hidden_dim, .n_heads = c->n_heads,
+                       .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim, .vocab_size = c->vocab_size,
+                       .tied_embeddings = c->tied_embeddings, .attn_bias = m->layers[0].bias_q != NULL };
+    int64_t bits = 0, weights = 0;
+    for (int l = 0; l <= c->n_layers; l++)
+        for (int k = 0; k < RT_HEAD; k++) {
+            const rt_linear *x = l < c->n_layers ? m->layers[l].lin[k] : m->head;
+            if (x && x->packed) bits += lay_tensor_bits(&x->packed->opt, x->rows, x->cols);
+            if (x) weights += x->rows * x->cols;
+            if (l == c->n_layers) break;
+        }
+    int64_t norms = (int64_t)c->n_layers * 2 * c->dim + c->dim, embedding = c->tied_embeddings ? 0 : (int64_t)c->vocab_size * c->dim;
+    alloc_unquantized u = alloc_unquantized_params(&sh, weights + norms + embedding, weights);
+    alloc_vram_params v;
+    alloc_vram_params_init(&v);
+    v.ctx = ctx, v.batch = 1, v.kv_bits = 16, v.reserve = 0;
+    return (double)alloc_memory_model(&sh, u, &v, bits).total;
+}
+
 static void print_gen_header(void)
 {
     printf("\n### Token generation, batch 1 (and device memory)\n\n");
     printf("| model | packed bpw | context | tokens/s | ms/token | allocated MiB | taken MiB | predicted MiB | "
            "taken/predicted |\n");
     printf("|---|---|---|---|---|---|---|---|---|\n");
+}
+
+/* One row: speed, the runtime's memory, and the memory model's figure for it. */
+static void print_gen_row(const char *label, const rt_model *m, const gen_figure *f)
+{
+    double predicted = model_prediction(m, f->ctx);
+    printf("| %s | %.2f | %d | %.1f | %.2f | %.1f | %.1f | %.1f | %.3f |\n", label, model_bpw(m), f->ctx, f->tps, f->ms,
+           f->dev_bytes / MIB, f->dev_taken / MIB, predicted / MIB, (double)f->dev_taken / predicted);
+    fflush(stdout);
 }
 
 static int bench_synthetic(const model_shape *b, int ctx, int n_tokens)
@@ -336,32 +373,32 @@ static int bench_synthetic(const model_shape *b, int ctx, int n_tokens)
             printf("| %s | %.2f | %d | failed: %s | | | | | |\n", label, model_bpw(&s.m), ctx, err);
             bad = 1;
         } else {
-            printf("| %s | %.2f | %d | %.1f | %.2f | %.1f | %.1f | | |\n", label, model_bpw(&s.m), ctx, f.tps, f.ms,
-                   f.dev_bytes / MIB, f.dev_taken / MIB);
+            print_gen_row(label, &s.m, &f);
         }
-        fflush(stdout);
         synth_free(&s);
     }
     return bad;
 }
 
+/* A packed file; `predicted` (> 0) is its plan's own figure from `bitplan allocate
+ * --vram`, which must be the memory model's. */
 static int bench_packed_file(const char *path, double predicted, int ctx, int n_tokens)
 {
     char err[512];
     rt_model *m = NULL;
     gen_figure f;
     if (pack_load(path, 16, &m, err, sizeof err)) {
-        printf("| %s | | | failed to load: %s | | | | |\n", path, err);
+        printf("| %s | | | failed to load: %s | | | | | |\n", path, err);
         return 1;
     }
     int rc = time_generation(m, ctx, n_tokens, &f, err, sizeof err);
     if (rc) printf("| %s | %.2f | %d | failed: %s | | | | | |\n", path, model_bpw(m), ctx, err);
-    else if (predicted > 0)
-        printf("| %s | %.2f | %d | %.1f | %.2f | %.1f | %.1f | %.1f | %.3f |\n", path, model_bpw(m), ctx, f.tps, f.ms,
-               f.dev_bytes / MIB, f.dev_taken / MIB, predicted / MIB, (double)f.dev_taken / predicted);
-    else
-        printf("| %s | %.2f | %d | %.1f | %.2f | %.1f | %.1f | | |\n", path, model_bpw(m), ctx, f.tps, f.ms,
-               f.dev_bytes / MIB, f.dev_taken / MIB);
+    else print_gen_row(path, m, &f);
+    if (!rc && predicted > 0 && predicted != model_prediction(m, f.ctx)) {
+        fprintf(stderr, "bench_cuda: the plan predicted %.0f bytes, the memory model here %.0f\n", predicted,
+                model_prediction(m, f.ctx));
+        rc = 1;
+    }
     rt_model_free(m);
     return rc ? 1 : 0;
 }

@@ -16,6 +16,8 @@
 #     PREDICTED_BYTES  the memory model's figure for that file at CTX (gpu-prep.sh)
 #     CTX              context of the generation runs and the prediction (default 2048)
 #   env: BUILD (default build-gpu), JOBS (default nproc), QUICK=1 (bench --quick),
+#        PREBUILT=DIR (run the binaries of scripts/gpu-bundle.sh instead of building:
+#        for an image without this project's C libraries),
 #        EMU=1 (a dry run without a GPU: the CPU emulation of tests/cuda_emu/, build-emu,
 #        bench --smoke; it checks this script and the benchmark, its figures mean nothing)
 set -euo pipefail
@@ -38,19 +40,36 @@ stage "device"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.max.sm \
     --format=csv >&2 || echo "(nvidia-smi not found)" >&2
 NVCC=$(command -v nvcc || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; } || true)
-[ -n "$NVCC" ] || die "no nvcc found (PATH or /usr/local/cuda/bin): cannot build the CUDA runtime"
+[ -n "$NVCC" ] || [ -n "${PREBUILT:-}" ] || die "no nvcc found (PATH or /usr/local/cuda/bin): cannot build the CUDA runtime"
 
-stage "build ($BUILD, $JOBS jobs)"
 mkdir -p "$LOGDIR"
-if ! make -j"$JOBS" BUILD="$BUILD" "${MAKEVARS[@]}" all "$BUILD/tests/test_cuda" "$BUILD/bench/bench_cuda" >"$LOGDIR/build.log" 2>&1; then
-    tail -40 "$LOGDIR/build.log" >&2
-    die "build failed (log: $LOGDIR/build.log)"
+TEST_BIN=$BUILD/tests/test_cuda
+BENCH_BIN=$BUILD/bench/bench_cuda
+if [ -n "${PREBUILT:-}" ]; then
+    stage "prebuilt binaries ($PREBUILT)"
+    [ -x "$PREBUILT/bin/test_cuda" ] && [ -f "$PREBUILT/lib.tar.xz" ] || die "$PREBUILT is not a gpu-bundle.sh output"
+    libdir=$(mktemp -d)
+    tar -C "$libdir" -xJf "$PREBUILT/lib.tar.xz"
+    cudalib=$([ -n "$NVCC" ] && echo "$(dirname "$(dirname "$NVCC")")/lib64" || echo /usr/local/cuda/lib64)
+    export LD_LIBRARY_PATH="$libdir/lib:$cudalib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    TEST_BIN=$PREBUILT/bin/test_cuda
+    BENCH_BIN=$PREBUILT/bin/bench_cuda
+    if ldd "$TEST_BIN" "$BENCH_BIN" | grep -q 'not found'; then
+        ldd "$TEST_BIN" "$BENCH_BIN" | grep 'not found' >&2
+        die "the prebuilt binaries miss libraries here"
+    fi
+else
+    stage "build ($BUILD, $JOBS jobs)"
+    if ! make -j"$JOBS" BUILD="$BUILD" "${MAKEVARS[@]}" all "$TEST_BIN" "$BENCH_BIN" >"$LOGDIR/build.log" 2>&1; then
+        tail -40 "$LOGDIR/build.log" >&2
+        die "build failed (log: $LOGDIR/build.log)"
+    fi
+    [ -f "$BUILD/$OBJ" ] || die "the build did not compile runtime/cuda/*.cu (NO_CUDA set?)"
 fi
-[ -f "$BUILD/$OBJ" ] || die "the build did not compile runtime/cuda/*.cu (NO_CUDA set?)"
 
 stage "tests (tests/test_cuda)"
 set +e
-CMOCKA_MESSAGE_OUTPUT=TAP "$BUILD/tests/test_cuda" >"$LOGDIR/test_cuda.tap" 2>&1
+CMOCKA_MESSAGE_OUTPUT=TAP "$TEST_BIN" >"$LOGDIR/test_cuda.tap" 2>&1
 trc=$?
 set -e
 passed=$(grep -cE '^ok [0-9]+' "$LOGDIR/test_cuda.tap" || true)
@@ -75,7 +94,7 @@ if [ -n "$PACKED" ]; then
     else echo "gpu-check: packed file $PACKED is absent: its figures are skipped" >&2; fi
 fi
 set +e
-"$BUILD/bench/bench_cuda" "${args[@]}" 2> >(tee "$LOGDIR/bench.err" >&2)
+"$BENCH_BIN" "${args[@]}" 2> >(tee "$LOGDIR/bench.err" >&2)
 brc=$?
 set -e
 [ "$brc" -eq 0 ] || { status=1; echo "gpu-check: bench_cuda exited $brc" >&2; }

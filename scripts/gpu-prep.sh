@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # scripts/gpu-prep.sh — run here, before a GPU run: a packed SmolLM2 file small enough
-# to travel with the working tree to the GPU machine (a VRAM plan, ~50 MiB), and what
-# the memory model predicts that model and context need, for scripts/gpu-check.sh:
+# to travel with the working tree to the GPU machine (a VRAM plan, ~42 MiB, leaving
+# room under the device tool's 64 MiB for scripts/gpu-bundle.sh's 11), and what the
+# memory model predicts that model and context need, for scripts/gpu-check.sh:
 #
-#     make demo && bash scripts/gpu-prep.sh
+#     make demo && bash scripts/gpu-prep.sh && bash scripts/gpu-bundle.sh
 #     # then, on the GPU machine (out/gpu carried along):
-#     bash scripts/gpu-check.sh out/gpu/smol-vram.bp $(cat out/gpu/predicted-bytes) $(cat out/gpu/ctx)
+#     PREBUILT=out/gpu/bundle bash scripts/gpu-check.sh out/gpu/smol-vram.bp \
+#         $(cat out/gpu/predicted-bytes) $(cat out/gpu/ctx)
 #
 # The plan is `allocate --vram BUDGET --ctx CTX --reserve 0`, so its memory total is
 # exactly the prediction for weights, unquantized tensors, KV cache and scratch.
-#   env: BUDGET (default 96MiB), CTX (default 2048)
+#   env: BUDGET (default 88MiB), CTX (default 2048)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BUDGET=${BUDGET:-96MiB}
+BUDGET=${BUDGET:-88MiB}
 CTX=${CTX:-2048}
 BP=build/bitplan
 MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
