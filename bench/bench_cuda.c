@@ -394,9 +394,9 @@ static int bench_packed_file(const char *path, double predicted, int ctx, int n_
     int rc = time_generation(m, ctx, n_tokens, &f, err, sizeof err);
     if (rc) printf("| %s | %.2f | %d | failed: %s | | | | | |\n", path, model_bpw(m), ctx, err);
     else print_gen_row(path, m, &f);
-    if (!rc && predicted > 0 && predicted != model_prediction(m, f.ctx)) {
-        fprintf(stderr, "bench_cuda: the plan predicted %.0f bytes, the memory model here %.0f\n", predicted,
-                model_prediction(m, f.ctx));
+    double model = rc ? 0 : model_prediction(m, f.ctx);
+    if (!rc && predicted > 0 && predicted != model) {
+        fprintf(stderr, "bench_cuda: the plan predicted %.0f bytes, the memory model here %.0f\n", predicted, model);
         rc = 1;
     }
     rt_model_free(m);

@@ -23,12 +23,13 @@
 #include "pack/pack.h"
 #include "runtime/runtime.h"
 
-static char dir[64];
+static char dir[512];
 
 static int setup(void **state)
 {
     (void)state;
-    snprintf(dir, sizeof dir, "/tmp/bitplan-test-pack-XXXXXX");
+    const char *tmp = getenv("TMPDIR");
+    snprintf(dir, sizeof dir, "%s/bitplan-test-pack-XXXXXX", tmp && *tmp ? tmp : "/tmp");
     return mkdtemp(dir) ? 0 : -1;
 }
 
@@ -38,7 +39,7 @@ static int teardown(void **state)
     DIR *d = opendir(dir);
     struct dirent *e;
     while (d && (e = readdir(d))) {
-        char p[512];
+        char p[1024];
         if (e->d_name[0] == '.') continue;
         snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
         unlink(p);
@@ -109,7 +110,7 @@ static void write_sample(const char *path, int packed)
 static void test_writer_round_trip(void **state)
 {
     (void)state;
-    char path[128], err[256] = "";
+    char path[1024], err[256] = "";
     snprintf(path, sizeof path, "%s/round.safetensors", dir);
     write_sample(path, 1);
 
@@ -173,7 +174,7 @@ static int count_files(void)
 static void test_writer_failure_leaves_nothing(void **state)
 {
     (void)state;
-    char path[160], err[256] = "";
+    char path[1024], err[256] = "";
     int before = count_files();
     snprintf(path, sizeof path, "%s/no-such-folder/out.bp", dir);
     pack_writer *w = pack_writer_new();
@@ -211,7 +212,7 @@ static void test_writer_refuses_bad_dtypes(void **state)
 static void test_load_refuses_plain_safetensors(void **state)
 {
     (void)state;
-    char path[128], err[512] = "";
+    char path[1024], err[512] = "";
     snprintf(path, sizeof path, "%s/plain.safetensors", dir);
     write_sample(path, 0); /* no format tag: read as a Hugging Face file, which needs config.json */
     rt_model *m = NULL;
@@ -225,7 +226,7 @@ static void test_load_refuses_plain_safetensors(void **state)
 static void test_load_refuses_wrong_version(void **state)
 {
     (void)state;
-    char path[128], err[512] = "";
+    char path[1024], err[512] = "";
     snprintf(path, sizeof path, "%s/v9.bp", dir);
     pack_writer *w = pack_writer_new();
     int64_t shape[1] = {4};
