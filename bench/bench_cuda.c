@@ -242,7 +242,7 @@ static int synth_make(synth *s, const model_shape *b, const lay_option *o, int n
     }
     if (b->tied) { /* the embedding is the packed head, rows decoded on the host */
         char err[256];
-        if (!(s->m.embed = rt_linear_packed(&s->pk[n - 1].p, 1, err, sizeof err))) return -1;
+        if (!(s->m.embed = rt_linear_packed(&s->pk[n - 1].p, 1, NULL, err, sizeof err))) return -1;
     } else {
         float *emb = malloc((size_t)(V * D) * sizeof *emb);
         if (!emb) return -1;

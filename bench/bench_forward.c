@@ -86,7 +86,7 @@ int main(int argc, char **argv)
     char err[512];
     mdl_model *f;
     rt_model *m;
-    if (mdl_open(path, &f, err, sizeof err) || rt_model_load_dense(f, 1, &m, err, sizeof err)) {
+    if (mdl_open(path, &f, err, sizeof err) || rt_model_open(f, 1, RT_OPEN_RESIDENT, &m, err, sizeof err)) {
         fprintf(stderr, "bench_forward: %s\n", err);
         return 1;
     }

@@ -157,7 +157,7 @@ static int rotation_open(rotation *r, const lay_option *o, int64_t rows, int64_t
         lay_packed p = { .rows = rows, .cols = cols, .opt = *o, .values = values + (size_t)i * r->values_bytes,
                          .scales = (const uint16_t *)m, .zeros = c.zeros ? m + c.scales : NULL, .perm = r->perm };
         char err[256];
-        if (!(r->lin[i] = rt_linear_packed(&p, 1, err, sizeof err))) { fprintf(stderr, "%s\n", err); return -1; }
+        if (!(r->lin[i] = rt_linear_packed(&p, 1, NULL, err, sizeof err))) { fprintf(stderr, "%s\n", err); return -1; }
     }
     return 0;
 }
@@ -206,7 +206,7 @@ static double hot_rate(const rotation *r, const uint8_t *values, const float *x,
     lay_cost c = lay_tensor_cost(&r->opt, rows, r->cols);
     lay_packed p = { .rows = rows, .cols = r->cols, .opt = r->opt, .values = values, .scales = (const uint16_t *)m,
                      .zeros = c.zeros ? m + c.scales : NULL, .perm = r->perm };
-    rt_linear *l = rt_linear_packed(&p, 1, NULL, 0);
+    rt_linear *l = rt_linear_packed(&p, 1, NULL, NULL, 0);
     int reps = 400, saved = omp_get_max_threads();
     omp_set_num_threads(1);
     l->matmul(l, x, y, 1);
@@ -308,7 +308,7 @@ static void bench_batch(int n)
     for (int64_t i = 0; i < rows * cols; i++) w[i] = (float)(i % 1999) * 1e-3f - 1.0f;
     for (int64_t i = 0; i < n * cols; i++) x[i] = (float)(i % 997) * 1e-3f - 0.5f;
     lay_packed p = { .rows = rows, .cols = cols, .opt = o, .values = v, .scales = sc, .zeros = z, .perm = perm };
-    rt_linear *l = rt_linear_packed(&p, n, NULL, 0);
+    rt_linear *l = rt_linear_packed(&p, n, NULL, NULL, 0);
     double flop = 2.0 * (double)rows * (double)cols * n;
     printf("\nbatch %d, %lldx%lld: packed 4b g128 (int8 kernels) vs dense fp32 cblas_sgemm, GFLOP/s\n", n,
            (long long)rows, (long long)cols);

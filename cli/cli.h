@@ -43,9 +43,11 @@ int cli_parse_device(const char *cmd, const char *name, rt_runner_open_fn *open)
 /* Reads a whole file into a malloc'd NUL-terminated buffer. NULL with err set. */
 char *cli_read_file(const char *path, size_t *len, char *err, size_t err_len);
 
-/* Opens a model for running (eval, generate): a model file (GGUF, safetensors),
- * loaded as dense fp32. 0, or -1 with a one-line message in err. The caller frees
- * *out with rt_model_free. */
+/* Opens a model for running (eval, generate): a bitplan packed file, or a model
+ * file (GGUF, safetensors) whose weights stay in their stored type and are decoded
+ * per product, unless the whole model as fp32 would take under a quarter of the
+ * memory available, in which case it is decoded once (faster). 0, or -1 with a
+ * one-line message in err. The caller frees *out with rt_model_free. */
 int cli_open_model(const char *path, rt_model **out, char *err, size_t err_len);
 
 #endif

@@ -22,6 +22,8 @@ static const char usage[] =
     "                     layers, as EXL2 does; full: the full-precision model's, as measured\n"
     "  --uniform OPTION   record a uniform plan (OPTION for every tensor) and pack it\n"
     "  --head-option OPT  with --uniform: the head's option (default: OPTION)\n"
+    "  --resident         decode every weight to fp32 at the start instead of one\n"
+    "                     block at a time (same file; memory grows with the model)\n"
     "  --progress         progress on stderr even when it is not a terminal\n";
 
 typedef struct {
@@ -50,6 +52,7 @@ static int parse_args(int argc, char **argv, pack_args *a)
             else if (!strcmp(v, "sequential")) a->p.hessians = PACK_HESS_SEQUENTIAL;
             else return cli_fail("pack", "--hessians '%s' is neither full nor sequential", v);
         } else if (!strcmp(o, "--progress")) a->p.progress = 1;
+        else if (!strcmp(o, "--resident")) a->p.resident = 1;
         else if (o[0] == '-' && o[1]) return cli_fail("pack", "unknown or incomplete option '%s' (see --help)", o);
         else if (!a->model) a->model = o;
         else return cli_fail("pack", "unexpected argument '%s'", o);

@@ -5,22 +5,20 @@
  * The pass, as invariants:
  *  1. Everything that can be refused is refused before the first write: options
  *     that do not fit a tensor's shape, text too short for rows x ctx, non-finite
- *     weights (the dense loader checks), an unwritable or foreign database.
+ *     weights (rt_model_open checks every tensor), an unwritable or foreign database.
  *  2. A calibration is identified by the SHA-256 of (model hash, sources' hashes,
  *     rows, ctx, tokenizer, damp, option set); its rows never mix with another's.
- *  3. The full-precision forward runs layer by layer over all calibration rows
- *     (hs holds their hidden state at the current layer's input). Layer l's input
- *     groups' Hessians are accumulated only while layer l runs, by hess_accumulate
- *     in the same call order on every run, so a resumed run recomputes bit for bit
- *     the Hessians of an uninterrupted one. Layers with nothing left to do are
- *     only run forward.
+ *  3. The full-precision model runs layer by layer over all calibration rows in
+ *     the calibration walk (walk.c), which holds one block's weights at a time and
+ *     hands each layer with work left its Hessians, bit for bit those of an
+ *     uninterrupted run. Layers with nothing left to do are only run forward.
  *  4. The (tensor, option) units of a layer run in parallel (OpenMP, one unit per
  *     thread, BLAS single-threaded inside the region); each unit depends only on
  *     its weights, its Hessian and its option, so the order of completion never
  *     changes a number. Results are written in transactions (at most every
  *     MEAS_FLUSH_SECONDS and at the end of each layer): a row present is done.
- *  5. The head comes last; its input is the final norm's output (observed through
- *     rt_logits with a head that computes nothing).
+ *  5. The head comes last (the walk's last visit). Probes of a layer's tensors run
+ *     while the walk holds that layer (probe.c holds the later ones in turn).
  * It must never print (progress goes through a callback) and never write a row
  * whose numbers it did not compute in this run.
  */
@@ -49,7 +47,7 @@ typedef struct {
     int64_t rows, cols, db_id;
     int todo;                 /* options not measured yet */
     int probe;                /* 1: this run probes it */
-    float *w;                 /* [rows][cols] while its layer is measured */
+    const float *w;           /* [rows][cols] while its layer is held, borrowed from the model */
     double energy;            /* tr(W H W^T), the denominator of rel_err */
     float *probe_wq;          /* dequantized at the reference option, for the probe */
     double probe_rel;
@@ -65,9 +63,8 @@ typedef struct {
     const meas_params *p;
     char *err;
     size_t err_len;
-    mdl_model *file;          /* owned until the dense model takes it */
+    mdl_model *file;          /* owned until the model takes it */
     rt_model *m;
-    rt_state *s;
     calib_set cal;
     opt_set own_opts;
     const opt_set *opts;
@@ -78,8 +75,7 @@ typedef struct {
     uint8_t *done;            /* [nt][opts->n]: measured */
     int ref;                  /* the probes' reference option, -1 without probes */
     meas_probe *probe;
-    float *hs;                /* [rows][ctx][dim] hidden state of the calibration rows */
-    hess_layer hl;            /* the current layer's Hessians */
+    const hess_layer *hl;     /* the Hessians of the layer being visited */
     int failed;
     int threads;              /* workers of the units' parallel region */
     db_measurement *pending;  /* results not yet written */
@@ -203,6 +199,7 @@ static int calib_key(mrun *r, const char *model_hash, char key[65])
         n += (size_t)snprintf(s + n, cap - n, "option %d %d %.9g %d %d\n", op->bits_lo, op->bits_hi,
                               (double)op->hi_share, (int)op->group, (int)op->scale_fmt);
     }
+    if (r->p->fast_error) n += (size_t)snprintf(s + n, cap - n, "error fast\n"); /* other numbers: another key */
     meas_sha256_hex(s, n, key);
     free(s);
     return 0;
@@ -312,22 +309,6 @@ static int read_done(mrun *r)
     return 0;
 }
 
-/* ==== Hessians (invariant 3) ==== */
-
-static int alloc_hessians(mrun *r)
-{
-    char why[256];
-    return hess_layer_init(&r->hl, &r->m->cfg, why, sizeof why) ? fail(r, "%s", why) : 0;
-}
-
-static void start_hessians(mrun *r, int layer) { hess_layer_start(&r->hl, r->s, layer); }
-
-static int finish_hessians(mrun *r)
-{
-    char why[320];
-    return hess_layer_finish(&r->hl, r->s, why, sizeof why) ? fail(r, "layer %d, %s", r->prog.layer, why) : 0;
-}
-
 /* ==== Units (invariant 4) ==== */
 
 /* Writes the pending results in one transaction. Called inside the critical section. */
@@ -341,37 +322,15 @@ static int flush(mrun *r)
     return 0;
 }
 
-/* RTN under the same grid and its error, with the same metric as GPTQ's:
- * tr(dW H dW^T) / tr(W H W^T). */
-static int rtn_error(const mtensor *t, const double *h, const lay_option *o, double *rel, char *err, size_t err_len)
-{
-    lay_qtensor q;
-    if (rtn_quantize(t->w, t->rows, t->cols, h, o, &q, err, err_len)) return -1;
-    int64_t n = t->rows * t->cols;
-    float *dw = malloc((size_t)n * sizeof *dw);
-    double num = NAN;
-    if (dw) {
-        lay_qtensor_dequant(&q, dw);
-        for (int64_t i = 0; i < n; i++) dw[i] -= t->w[i];
-        num = gptq_weight_energy(dw, t->rows, t->cols, h);
-    }
-    lay_qtensor_free(&q);
-    free(dw);
-    if (isnan(num)) return snprintf(err, err_len, "out of memory"), -1;
-    *rel = t->energy > 0 ? num / t->energy : num == 0 ? 0 : INFINITY;
-    return 0;
-}
-
 /* One (tensor, option): GPTQ, RTN, and the result. Runs in a worker thread. */
 static int run_unit(mrun *r, const munit *u, gptq_prep *const *prep, db_measurement *out, char *err, size_t err_len)
 {
     mtensor *t = &r->t[u->t];
     const lay_option *o = &r->opts->v[u->o];
-    const double *h = r->hl.h[rt_class_input(t->cls)];
+    const gptq_prep *pp = prep[rt_class_input(t->cls)];
     lay_qtensor q;
     gptq_stats st;
-    if (gptq_quantize_prepared(t->w, t->rows, prep[rt_class_input(t->cls)], o, t->energy, &q, &st, err,
-                               err_len)) return -1;
+    if (gptq_quantize_prepared(t->w, t->rows, pp, o, t->energy, &q, &st, err, err_len)) return -1;
     if (u->keep) {
         t->probe_wq = malloc((size_t)(t->rows * t->cols) * sizeof *t->probe_wq);
         if (t->probe_wq) lay_qtensor_dequant(&q, t->probe_wq), t->probe_rel = st.rel_err;
@@ -380,7 +339,7 @@ static int run_unit(mrun *r, const munit *u, gptq_prep *const *prep, db_measurem
     if (u->keep && !t->probe_wq) return snprintf(err, err_len, "out of memory"), -1;
     if (!u->measure) return 0;
     double rtn = 0;
-    if (rtn_error(t, h, o, &rtn, err, err_len)) return -1;
+    if (rtn_error_prepared(t->w, t->rows, pp, o, t->energy, &rtn, err, err_len)) return -1;
     *out = (db_measurement){t->db_id, r->opt_ids[u->o], lay_tensor_bits(o, t->rows, t->cols), st.rel_err, rtn, st.seconds};
     return 0;
 }
@@ -416,13 +375,15 @@ static int unit_cost_desc(const void *a, const void *b, void *ctx)
     return x->t != y->t ? x->t - y->t : x->o - y->o;
 }
 
-/* The units of tensors [t0, t1) that this run must do, most expensive first. */
-static munit *plan_units(mrun *r, int t0, int t1, int *n)
+/* The units of the tensors of [t0, t1) that read input g and that this run must
+ * do, most expensive first. */
+static munit *plan_units(mrun *r, int t0, int t1, rt_input g, int *n)
 {
     int no = r->opts->n, k = 0;
     munit *u = malloc((size_t)(t1 - t0) * (size_t)(no + 1) * sizeof *u);
     if (!u) return NULL;
     for (int t = t0; t < t1; t++) {
+        if (rt_class_input(r->t[t].cls) != g) continue;
         for (int o = 0; o < no; o++)
             if (!r->done[t * no + o]) u[k++] = (munit){t, o, 1, r->t[t].probe && o == r->ref};
         if (r->t[t].probe && r->done[t * no + r->ref]) u[k++] = (munit){t, r->ref, 0, 1};
@@ -432,36 +393,34 @@ static munit *plan_units(mrun *r, int t0, int t1, int *n)
     return u;
 }
 
+/* The weights of tensors [t0, t1), which the walk holds as fp32. */
 static int load_weights(mrun *r, int t0, int t1)
 {
     for (int i = t0; i < t1; i++) {
         mtensor *t = &r->t[i];
-        rt_linear *l = t->cls == RT_HEAD ? r->m->head : r->m->layers[t->layer].lin[t->cls];
-        if (!(t->w = malloc((size_t)(t->rows * t->cols) * sizeof *t->w))) return fail(r, "out of memory for %s", t->name);
-        for (int64_t row = 0; row < t->rows; row++) l->get_row(l, row, t->w + row * t->cols);
-        t->energy = gptq_weight_energy(t->w, t->rows, t->cols, r->hl.h[rt_class_input(t->cls)]);
+        const rt_linear *l = t->cls == RT_HEAD ? r->m->head : r->m->layers[t->layer].lin[t->cls];
+        assert(l->dense);
+        t->w = l->dense;
+        t->energy = gptq_weight_energy(t->w, t->rows, t->cols, r->hl->h[rt_class_input(t->cls)]);
         if (isnan(t->energy)) return fail(r, "out of memory for %s", t->name);
     }
     return 0;
 }
 
-static void free_weights(mrun *r, int t0, int t1)
+static void forget_weights(mrun *r, int t0, int t1)
 {
-    for (int i = t0; i < t1; i++) free(r->t[i].w), r->t[i].w = NULL;
+    for (int i = t0; i < t1; i++) r->t[i].w = NULL;
 }
 
-static int prepare_groups(mrun *r, int t0, int t1, gptq_prep **prep)
+static int prepare_group(mrun *r, rt_input g, const char *tensor, gptq_prep **prep)
 {
     gptq_params gp;
     gptq_params_init(&gp);
     gp.damp = r->p->damp;
-    for (int i = t0; i < t1; i++) {
-        rt_input g = rt_class_input(r->t[i].cls);
-        char why[256];
-        if (prep[g]) continue;
-        if (gptq_prepare(r->hl.h[g], r->hl.cols[g], &gp, &prep[g], why, sizeof why))
-            return fail(r, "%s: %s", r->t[i].name, why);
-    }
+    gp.fast_error = r->p->fast_error;
+    gp.borrow_h = 1; /* the walk's Hessian lives until the visit returns */
+    char why[256];
+    if (gptq_prepare(r->hl->h[g], r->hl->cols[g], &gp, prep, why, sizeof why)) return fail(r, "%s: %s", tensor, why);
     return 0;
 }
 
@@ -484,41 +443,60 @@ static void run_parallel(mrun *r, const munit *u, int n, gptq_prep *const *prep)
     openblas_set_num_threads(blas_threads);
 }
 
-/* Measures tensors [t0, t1) (one layer, or the head) with the Hessians at hand. */
-static int run_units(mrun *r, int t0, int t1)
+/* Measures the tensors of [t0, t1) that read input g. Their GPTQ preparation (a
+ * Cholesky factor as large as the Hessian) exists only while they run, so a layer
+ * holds one group's at a time. */
+static int run_group(mrun *r, int t0, int t1, rt_input g)
 {
     int n = 0, rc = -1;
     gptq_prep *prep[RT_INPUT_COUNT] = {NULL};
-    munit *u = plan_units(r, t0, t1, &n);
+    munit *u = plan_units(r, t0, t1, g, &n);
     if (!u) return fail(r, "out of memory");
     if (n == 0) { free(u); return 0; }
     r->pending = malloc((size_t)n * sizeof *r->pending);
     if (!r->pending) fail(r, "out of memory");
-    else if (!load_weights(r, t0, t1) && !prepare_groups(r, t0, t1, prep)) {
+    else if (!prepare_group(r, g, r->t[u[0].t].name, &prep[g])) {
         run_parallel(r, u, n, prep);
         rc = r->failed ? -1 : 0;
         if (flush(r)) rc = -1; /* what finished is kept even after a failure */
     }
-    for (int g = 0; g < RT_INPUT_COUNT; g++) gptq_prep_free(prep[g]);
-    free_weights(r, t0, t1);
+    gptq_prep_free(prep[g]);
     free(r->pending), r->pending = NULL;
     free(u);
     return rc;
 }
 
+/* Measures tensors [t0, t1) (one layer, or the head) with the Hessians at hand. */
+static int run_units(mrun *r, int t0, int t1)
+{
+    int rc = load_weights(r, t0, t1);
+    for (int g = 0; !rc && g < RT_INPUT_COUNT; g++) rc = run_group(r, t0, t1, (rt_input)g);
+    forget_weights(r, t0, t1);
+    return rc;
+}
+
 /* ==== Probes ==== */
 
+/* Probes the tensors of [t0, t1) that this run probes, together (probe.c). */
 static int run_probes(mrun *r, int t0, int t1)
 {
+    rt_class cls[RT_CLASS_COUNT];
+    float *wq[RT_CLASS_COUNT];
+    int idx[RT_CLASS_COUNT], n = 0;
     for (int i = t0; i < t1; i++) {
         mtensor *t = &r->t[i];
         if (!t->probe) continue;
-        assert(t->probe_wq);
-        double t_start = now_s(), kld = 0;
-        float *wq = t->probe_wq;
+        assert(t->probe_wq && n < RT_CLASS_COUNT);
+        idx[n] = i, cls[n] = t->cls, wq[n++] = t->probe_wq;
         t->probe_wq = NULL;
-        if (probe_tensor(r->probe, t->cls, wq, &kld)) return fail(r, "out of memory probing %s", t->name);
-        db_kl_probe kp = {t->db_id, r->opt_ids[r->ref], kld, t->probe_rel, now_s() - t_start};
+    }
+    if (!n) return 0;
+    double t_start = now_s(), kld[RT_CLASS_COUNT];
+    if (probe_tensors(r->probe, n, cls, wq, kld)) return fail(r, "out of memory probing %s", r->t[idx[0]].name);
+    double each = (now_s() - t_start) / n;
+    for (int k = 0; k < n; k++) {
+        mtensor *t = &r->t[idx[k]];
+        db_kl_probe kp = {t->db_id, r->opt_ids[r->ref], kld[k], t->probe_rel, each};
         if (db_kl_probe_insert(r->db, r->calib_id, &kp)) return fail(r, "%s", db_errmsg(r->db));
         r->res->probed++;
         r->prog.probes_done++;
@@ -527,59 +505,58 @@ static int run_probes(mrun *r, int t0, int t1)
     return 0;
 }
 
-/* ==== The pass ==== */
+/* ==== The pass: visits of the calibration walk ==== */
 
-static int layer_needs_work(const mrun *r, int t0, int t1)
+/* Tensors of layer l (n_layers: the head) are [t0, t1). */
+static void layer_tensors(const mrun *r, int l, int *t0, int *t1)
 {
+    *t0 = l == r->m->cfg.n_layers ? r->nt - 1 : l * RT_HEAD;
+    *t1 = l == r->m->cfg.n_layers ? r->nt : *t0 + RT_HEAD;
+}
+
+static int layer_needs_work(void *ctx, int l)
+{
+    const mrun *r = ctx;
+    int t0, t1;
+    layer_tensors(r, l, &t0, &t1);
     for (int i = t0; i < t1; i++)
         if (r->t[i].todo || r->t[i].probe) return 1;
     return 0;
 }
 
-static int step_layer(mrun *r, int l)
+static int visit_layer(void *ctx, int l, const hess_layer *hl, char *err, size_t err_len)
 {
-    int t0 = l * RT_HEAD, t1 = t0 + RT_HEAD, work = layer_needs_work(r, t0, t1);
-    size_t row = (size_t)r->cal.ctx * (size_t)r->m->cfg.dim;
-    r->prog.layer = l;
-    report(r, "forward");
-    if (work) start_hessians(r, l);
-    for (int i = 0; i < r->cal.rows; i++) rt_forward_layers(r->m, r->s, r->hs + i * row, r->cal.ctx, 0, l, l + 1);
-    if (work && (finish_hessians(r) || run_units(r, t0, t1) || run_probes(r, t0, t1))) return -1;
-    if (r->probe) probe_advance(r->probe);
+    mrun *r = ctx;
+    int t0, t1;
+    (void)err, (void)err_len; /* r->err is the caller's err */
+    layer_tensors(r, l, &t0, &t1);
+    r->hl = hl;
+    int rc = run_units(r, t0, t1) || run_probes(r, t0, t1) ? -1 : 0;
+    r->hl = NULL;
+    return rc;
+}
+
+static int passed_layer(void *ctx, int l, char *err, size_t err_len)
+{
+    mrun *r = ctx;
+    (void)err, (void)err_len;
+    if (r->probe && l < r->m->cfg.n_layers && probe_advance(r->probe)) return fail(r, "out of memory for the KL probe");
     return 0;
 }
 
-static void null_matmul(const rt_linear *l, const float *x, float *y, int n) { (void)l, (void)x, (void)y, (void)n; }
-
-static int step_head(mrun *r)
+static void walk_progress(void *ctx, const char *phase, int layer)
 {
-    int t0 = r->nt - 1;
-    if (!layer_needs_work(r, t0, r->nt)) return 0;
-    r->prog.layer = r->m->cfg.n_layers;
-    report(r, "head");
-    rt_linear nothing = *r->m->head, *head = r->m->head;
-    nothing.matmul = null_matmul;
-    float unused = 0;
-    size_t row = (size_t)r->cal.ctx * (size_t)r->m->cfg.dim;
-    start_hessians(r, r->m->cfg.n_layers);
-    r->m->head = &nothing;
-    for (int i = 0; i < r->cal.rows; i++) rt_logits(r->m, r->s, r->hs + i * row, r->cal.ctx, &unused);
-    r->m->head = head;
-    return finish_hessians(r) || run_units(r, t0, r->nt) || run_probes(r, t0, r->nt) ? -1 : 0;
+    mrun *r = ctx;
+    r->prog.layer = layer;
+    report(r, phase);
 }
 
 static int run_pass(mrun *r)
 {
-    const mdl_config *c = &r->m->cfg;
-    size_t row = (size_t)r->cal.ctx * (size_t)c->dim;
-    if (!(r->s = rt_state_new(r->m, r->cal.ctx, r->cal.ctx)) || !(r->hs = malloc((size_t)r->cal.rows * row * sizeof *r->hs)))
-        return fail(r, "out of memory for %d x %d calibration tokens", r->cal.rows, r->cal.ctx);
-    if (alloc_hessians(r)) return -1;
-    for (int i = 0; i < r->cal.rows; i++) rt_embed(r->m, r->cal.tokens + (size_t)i * r->cal.ctx, r->cal.ctx, r->hs + i * row);
-    if (r->ref >= 0 && probe_new(r->m, r->s, &r->cal, &r->probe)) return fail(r, "out of memory for the KL probe");
-    for (int l = 0; l < c->n_layers; l++)
-        if (step_layer(r, l)) return -1;
-    if (step_head(r)) return -1;
+    if (r->ref >= 0 && probe_new(r->m, &r->cal, &r->probe)) return fail(r, "out of memory for the KL probe");
+    walk_params w = {.m = r->m, .cal = &r->cal, .wants = layer_needs_work, .visit = visit_layer,
+                     .passed = passed_layer, .progress = walk_progress, .ctx = r};
+    if (walk_run(&w, r->err, r->err_len)) return -1;
     if (db_calib_mark_done(r->db, r->calib_id)) return fail(r, "%s", db_errmsg(r->db));
     return 0;
 }
@@ -604,10 +581,8 @@ static void cleanup(mrun *r)
     if (r->m) rt_model_free(r->m); /* closes the file */
     else mdl_close(r->file);
     probe_free(r->probe);
-    rt_state_free(r->s);
-    hess_layer_free(&r->hl);
-    for (int i = 0; r->t && i < r->nt; i++) free(r->t[i].w), free(r->t[i].probe_wq);
-    free(r->t), free(r->done), free(r->opt_ids), free(r->hs);
+    for (int i = 0; r->t && i < r->nt; i++) free(r->t[i].probe_wq);
+    free(r->t), free(r->done), free(r->opt_ids);
     calib_free(&r->cal);
     opt_set_free(&r->own_opts);
     db_close(r->db);
@@ -630,7 +605,7 @@ int meas_run(const char *model_path, const char *const *calib_paths, int n_calib
     if (!hash) { fail(&r, "%s: cannot hash the model file", model_path); goto done; }
     if (calib_key(&r, hash, out->calib_key)) goto done;
     if (db_open(db_path, DB_OPEN_CREATE, &r.db)) { fail(&r, "%s", db_errmsg(r.db)); goto done; }
-    if (rt_model_load_dense(r.file, 1, &r.m, err, err_len)) goto done;
+    if (rt_model_open(r.file, 1, p->resident ? RT_OPEN_RESIDENT : 0, &r.m, err, err_len)) goto done;
     if (record_setup(&r, hash, &calib_done) || read_done(&r)) goto done;
     out->calib_id = r.calib_id, out->n_tensors = r.nt, out->n_options = r.opts->n;
     if (p->kl_probe) r.ref = pick_reference(&r), snprintf(out->ref_option, sizeof out->ref_option, "%s", r.opts->v[r.ref].name);

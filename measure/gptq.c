@@ -28,7 +28,22 @@
  *     or lies inside one block, and always starts a sub-block, so step 5 sees fully
  *     updated weights: the result is that of the plain column loop.
  *  7. rel_err = tr(dW H dW^T) / tr(W H W^T) with the undamped H and the dequantized
- *     qtensor (so it is exactly what the packed file reproduces).
+ *     qtensor (so it is exactly what the packed file reproduces). By default the
+ *     numerator is a syrk over dW (rows x cols^2, summed in float). With
+ *     fast_error it comes from GPTQ's own errors instead: with E the scaled errors
+ *     of step 6, the loop leaves Q = W' - E U (W' = W with dead columns zeroed), so
+ *     dW' = -E U and tr(dW' Hd dW'^T) = tr(E U Hd U^T E^T) = ||E||^2 since
+ *     U Hd U^T = I; Hd is H plus a diagonal (damping, and 1 on dead columns), so
+ *     tr(dW H dW^T) = ||E||^2 - sum_j add_j ||dW'[:, j]||^2, at rows x cols cost.
+ *     Dead columns do not count when their row of H is zero (a channel that never
+ *     fired); otherwise, and when the subtraction would cancel, the syrk is used.
+ *
+ * Cost per unit (rows x cols): the updates of step 6 are rows x cols^2 multiply-adds
+ * in double (GEMMs); the default rel_err and RTN's error a syrk each of the same
+ * order. Everything else is rows x cols and is written to stream through memory:
+ * W is transposed in row tiles, q values go to a column buffer that is transposed
+ * once per block, the quantization of a column runs 16 rows at a time on AVX-512,
+ * RTN's error works row by row on the original layout.
  *
  * The grid of one (row, group), with x the group's weights of that row:
  *   asymmetric (LAY_SCALE_F16_Z8): lo = min(min x, 0), hi = max(max x, 0),
@@ -46,6 +61,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define GPTQ_AVX512 1
+#endif
 
 #define GPTQ_MAX_RETRIES 4
 #define GPTQ_ERR_CHUNK 256      /* rows per syrk in the error traces */
@@ -61,9 +80,14 @@ struct gptq_prep {
     uint8_t *dead;     /* [cols] by original column: H_jj == 0 */
     int64_t n_dead;
     double *u;         /* [cols][cols] upper factor of the damped permuted H^-1 (lower part 0) */
-    double *h;         /* [cols][cols] copy of the undamped H, original order */
+    double *h;         /* [cols][cols] the undamped H, original order: a copy, or borrowed */
+    int own_h;         /* 1: h is the prep's copy */
     double damp;       /* lambda used */
     int retries;
+    int32_t *order;    /* [cols] act-order by the undamped diag (RTN's order): perm, or its own */
+    double diag_add;   /* lambda * mean(diag H): what damping added to each diagonal entry */
+    int fast_error;    /* gptq_params.fast_error */
+    int dead_isolated; /* every dead column's row and column of H are zero */
 };
 
 void gptq_params_init(gptq_params *p)
@@ -71,6 +95,8 @@ void gptq_params_init(gptq_params *p)
     p->damp = 0.01;
     p->act_order = 1;
     p->block = 128;
+    p->fast_error = 0;
+    p->borrow_h = 0;
 }
 
 static double now_seconds(void)
@@ -140,19 +166,34 @@ static int act_order_perm(const double *h, int64_t cols, int act_order, int32_t 
 
 /* ==== Cholesky of the damped inverse (steps 1, 3, 4) ==== */
 
-/* u = H[perm][perm] with dead diagonals 1 and lambda * mean(diag) added. */
-static void damped_permuted(const gptq_prep *pr, double lambda, double *u)
+/* u = H[perm][perm] with dead diagonals 1 and lambda * mean(diag) added; returns
+ * what was added. */
+static double damped_permuted(const gptq_prep *pr, double lambda, double *u)
 {
     int64_t n = pr->cols;
     double mean = 0;
     for (int64_t j = 0; j < n; j++) mean += pr->dead[j] ? 1.0 : pr->h[j * n + j];
     mean /= (double)n;
+    double add = lambda * mean;
     for (int64_t a = 0; a < n; a++) {
         const double *src = pr->h + (int64_t)pr->perm[a] * n;
         for (int64_t b = 0; b < n; b++) u[a * n + b] = src[pr->perm[b]];
         if (pr->dead[pr->perm[a]]) u[a * n + a] = 1.0;
-        u[a * n + a] += lambda * mean;
+        u[a * n + a] += add;
     }
+    return add;
+}
+
+/* 1 if every dead column's row and column of h are zero, as for a channel that never
+ * fired: then dW's values there do not change tr(dW H dW^T). */
+static int dead_isolated(const double *h, const uint8_t *dead, int64_t n)
+{
+    for (int64_t j = 0; j < n; j++) {
+        if (!dead[j]) continue;
+        for (int64_t k = 0; k < n; k++)
+            if (h[j * n + k] != 0 || h[k * n + j] != 0) return 0;
+    }
+    return 1;
 }
 
 /* In place: symmetric positive definite a (row-major) -> the row-major upper factor
@@ -172,7 +213,9 @@ static int chol_inverse_upper(double *a, int64_t n64)
 void gptq_prep_free(gptq_prep *prep)
 {
     if (!prep) return;
-    free(prep->perm), free(prep->dead), free(prep->u), free(prep->h);
+    if (prep->order != prep->perm) free(prep->order);
+    free(prep->perm), free(prep->dead), free(prep->u);
+    if (prep->own_h) free(prep->h);
     free(prep);
 }
 
@@ -188,14 +231,20 @@ int gptq_prepare(const double *h, int64_t cols, const gptq_params *p, gptq_prep 
     pr->perm = malloc((size_t)cols * sizeof *pr->perm);
     pr->dead = malloc((size_t)cols);
     pr->u = malloc((size_t)(cols * cols) * sizeof *pr->u);
-    pr->h = malloc((size_t)(cols * cols) * sizeof *pr->h);
+    pr->own_h = !p->borrow_h;
+    pr->h = pr->own_h ? malloc((size_t)(cols * cols) * sizeof *pr->h) : (double *)h;
     if (!pr->perm || !pr->dead || !pr->u || !pr->h) goto oom;
-    memcpy(pr->h, h, (size_t)(cols * cols) * sizeof *h);
+    if (pr->own_h) memcpy(pr->h, h, (size_t)(cols * cols) * sizeof *h);
     if (act_order_perm(h, cols, p->act_order, pr->perm)) goto oom;
+    pr->order = pr->perm;
+    if (!p->act_order && (!(pr->order = malloc((size_t)cols * sizeof *pr->order)) ||
+                          act_order_perm(h, cols, 1, pr->order))) goto oom;
     for (int64_t j = 0; j < cols; j++) pr->n_dead += pr->dead[j] = h[j * cols + j] == 0;
+    pr->dead_isolated = dead_isolated(h, pr->dead, cols);
+    pr->fast_error = p->fast_error;
     pr->damp = p->damp;
     for (;;) {
-        damped_permuted(pr, pr->damp, pr->u);
+        pr->diag_add = damped_permuted(pr, pr->damp, pr->u);
         int info = chol_inverse_upper(pr->u, cols);
         if (info == 0) break;
         if (pr->retries == GPTQ_MAX_RETRIES || pr->damp == 0) {
@@ -254,13 +303,17 @@ static inline uint8_t grid_quant(double w, double s, double z, double maxq)
 
 /* Working state of one quantization: wt[cols][rows] is W transposed in stored
  * column order (a column is contiguous), e[block][rows] the scaled errors of the
- * current block; s, z hold the current group's scale and zero per row. */
+ * current block, qt[block][rows] its q values column by column; s, z hold the
+ * current group's scale and zero per row. */
 typedef struct {
     const lay_option *o;
     const double *u;     /* NULL: round-to-nearest (no error feedback) */
     int64_t rows, cols, ng;
     double *wt, *e, *mn, *mx;
     float *s, *z;
+    uint8_t *qt;
+    int want_e2;         /* sum the squared scaled errors into e2 (fast rel_err) */
+    double e2;
     lay_qtensor *out;
 } gptq_run;
 
@@ -294,18 +347,78 @@ static void group_start(gptq_run *r, int64_t g, int64_t j0, int64_t j1)
     }
 }
 
-/* Step 6 for stored column j: quantize it into out->q and leave the scaled error
- * (w - deq) / U_jj in e_row (only with error feedback). */
-static void quantize_column(gptq_run *r, int64_t j, int bits, double *e_row)
+/* quantize_column's loop, 16 rows at a time, with the same IEEE operations, so the
+ * same bits: rint by the 1.5 * 2^52 trick without round_even's |x| < 2^51 test
+ * (beyond it x + z lies far outside [0, maxq] either way, and the clamp gives the
+ * same end), the clamp by max/min (which differ from the ternaries only on NaN and
+ * on the sign of a zero, neither of which survives the conversion to an integer).
+ * Returns the rows done; the caller finishes the rest. */
+#ifdef GPTQ_AVX512
+__attribute__((target("avx512f"))) static int64_t quantize_avx512(const double *c, const float *s, const float *z,
+                                                                  int64_t rows, double maxq, double inv_d,
+                                                                  uint8_t *qcol, double *e_row)
+{
+    const __m512d magic = _mm512_set1_pd(6755399441055744.0), top = _mm512_set1_pd(maxq), inv = _mm512_set1_pd(inv_d);
+    int64_t i = 0;
+    for (; i + 16 <= rows; i += 16) {
+        __m256i qh[2];
+        for (int h = 0; h < 2; h++) {
+            const __m256 sf = _mm256_loadu_ps(s + i + 8 * h), zf = _mm256_loadu_ps(z + i + 8 * h);
+            const __m512d cv = _mm512_loadu_pd(c + i + 8 * h);
+            __m512d x = _mm512_div_pd(cv, _mm512_cvtps_pd(sf));
+            x = _mm512_add_pd(_mm512_sub_pd(_mm512_add_pd(x, magic), magic), _mm512_cvtps_pd(zf));
+            x = _mm512_min_pd(_mm512_max_pd(x, _mm512_setzero_pd()), top);
+            qh[h] = _mm512_cvttpd_epi32(x);
+            if (!e_row) continue;
+            __m256 deq = _mm256_mul_ps(sf, _mm256_sub_ps(_mm256_cvtepi32_ps(qh[h]), zf));
+            _mm512_storeu_pd(e_row + i + 8 * h, _mm512_mul_pd(_mm512_sub_pd(cv, _mm512_cvtps_pd(deq)), inv));
+        }
+        __m512i q16 = _mm512_inserti64x4(_mm512_castsi256_si512(qh[0]), qh[1], 1);
+        _mm_storeu_si128((__m128i *)(qcol + i), _mm512_cvtepi32_epi8(q16));
+    }
+    return i;
+}
+#endif
+
+/* Step 6 for stored column j: its q values into qcol and, with error feedback
+ * (e_row non-NULL), the scaled errors (w - deq) / U_jj into e_row. Both outputs are
+ * contiguous: a store per row straight into out->q would touch one cache line per
+ * row and column. */
+static void quantize_column(gptq_run *r, int64_t j, int bits, uint8_t *qcol, double *e_row)
 {
     const double *c = r->wt + j * r->rows;
-    double maxq = (double)((1 << bits) - 1), inv_d = r->u ? 1.0 / r->u[j * r->cols + j] : 0;
-    for (int64_t i = 0; i < r->rows; i++) {
-        uint8_t q = grid_quant(c[i], (double)r->s[i], (double)r->z[i], maxq);
-        r->out->q[i * r->cols + j] = q;
+    const float *s = r->s, *z = r->z;
+    double maxq = (double)((1 << bits) - 1), inv_d = e_row ? 1.0 / r->u[j * r->cols + j] : 0;
+    int64_t i = 0;
+#ifdef GPTQ_AVX512
+    if (__builtin_cpu_supports("avx512f")) i = quantize_avx512(c, s, z, r->rows, maxq, inv_d, qcol, e_row);
+#endif
+    for (; i < r->rows; i++) {
+        uint8_t q = grid_quant(c[i], (double)s[i], (double)z[i], maxq);
+        qcol[i] = q;
         if (!e_row) continue;
-        float deq = r->s[i] * ((float)q - r->z[i]);   /* exactly lay_qtensor_dequant */
+        float deq = s[i] * ((float)q - z[i]);   /* exactly lay_qtensor_dequant */
         e_row[i] = (c[i] - (double)deq) * inv_d;
+    }
+    if (r->want_e2 && e_row) {
+        double e2 = 0;
+        for (int64_t k = 0; k < r->rows; k++) e2 += e_row[k] * e_row[k];
+        r->e2 += e2;
+    }
+}
+
+/* out->q[i][b0 + k] = qt[k][i] for the block's columns; rows go in tiles so that
+ * the tile's lines of qt stay in cache while every row takes its bytes. */
+static void store_block(gptq_run *r, int64_t b0, int64_t b1)
+{
+    enum { TILE = 64 };
+    int64_t rows = r->rows, cols = r->cols, nb = b1 - b0;
+    for (int64_t i0 = 0; i0 < rows; i0 += TILE) {
+        int64_t i1 = i0 + TILE < rows ? i0 + TILE : rows;
+        for (int64_t i = i0; i < i1; i++) {
+            uint8_t *dst = r->out->q + i * cols + b0;
+            for (int64_t k = 0; k < nb; k++) dst[k] = r->qt[k * rows + i];
+        }
     }
 }
 
@@ -334,7 +447,7 @@ static void run_block(gptq_run *r, int64_t b0, int64_t b1)
             int64_t g = j / group;
             if (j % group == 0) group_start(r, g, j, j + lay_group_cols(r->o, cols, g));
             double *e_row = r->u ? r->e + (j - b0) * rows : NULL;
-            quantize_column(r, j, lay_group_bits(r->o, cols, g), e_row);
+            quantize_column(r, j, lay_group_bits(r->o, cols, g), r->qt + (j - b0) * rows, e_row);
             if (e_row && j + 1 < s1) /* wt[j+1:s1, :] -= U[j, j+1:s1]^T e_row */
                 cblas_dger(CblasRowMajor, (int)(s1 - j - 1), (int)rows, -1.0, r->u + j * cols + j + 1, 1, e_row,
                            1, r->wt + (j + 1) * rows, (int)rows);
@@ -342,36 +455,55 @@ static void run_block(gptq_run *r, int64_t b0, int64_t b1)
         if (r->u) push_errors(r, b0, s0, s1, s1, b1);
     }
     if (r->u) push_errors(r, b0, b0, b1, b1, cols);
+    store_block(r, b0, b1);
 }
 
 static void run_free(gptq_run *r)
 {
-    free(r->wt), free(r->e), free(r->mn), free(r->mx), free(r->s), free(r->z);
+    free(r->wt), free(r->e), free(r->qt), free(r->mn), free(r->mx), free(r->s), free(r->z);
+}
+
+/* wt[j][i] = w[i][perm[j]] (0 for dead columns). A column-by-column gather misses
+ * the cache on every element (the rows are cols apart); taking LOAD_ROWS rows at a
+ * time keeps them in cache while all their columns are gathered. */
+#define LOAD_ROWS 16
+static void load_transposed(const float *w, const int32_t *perm, const uint8_t *dead, int64_t rows, int64_t cols,
+                            double *wt)
+{
+    for (int64_t r0 = 0; r0 < rows; r0 += LOAD_ROWS) {
+        int64_t nr = rows - r0 < LOAD_ROWS ? rows - r0 : LOAD_ROWS;
+        for (int64_t j = 0; j < cols; j++) {
+            int64_t c = perm[j];
+            const float *src = w + r0 * cols + c;
+            double *dst = wt + j * rows + r0;
+            if (dead && dead[c]) memset(dst, 0, (size_t)nr * sizeof *dst);
+            else for (int64_t i = 0; i < nr; i++) dst[i] = (double)src[i * cols];
+        }
+    }
 }
 
 /* Fills out (already allocated, perm set) from w. dead: zero those original
- * columns first (may be NULL). 0, or -1 if out of memory. */
+ * columns first (may be NULL). e2 (may be NULL): the sum of the squared scaled
+ * errors. 0, or -1 if out of memory. */
 static int run_columns(const float *w, const uint8_t *dead, const double *u, int64_t block,
-                       lay_qtensor *out)
+                       lay_qtensor *out, double *e2)
 {
     int64_t rows = out->rows, cols = out->cols;
     int64_t bs = block_cols(block, out->opt.group);
     gptq_run r = {.o = &out->opt, .u = u, .rows = rows, .cols = cols, .ng = lay_n_groups(&out->opt, cols),
-                  .out = out};
+                  .want_e2 = e2 != NULL, .out = out};
     r.wt = malloc((size_t)(rows * cols) * sizeof *r.wt);
     r.e = u ? malloc((size_t)(bs * rows) * sizeof *r.e) : NULL;
+    r.qt = malloc((size_t)(bs * rows));
     r.mn = malloc((size_t)rows * sizeof *r.mn), r.mx = malloc((size_t)rows * sizeof *r.mx);
     r.s = malloc((size_t)rows * sizeof *r.s), r.z = malloc((size_t)rows * sizeof *r.z);
-    if (!r.wt || (u && !r.e) || !r.mn || !r.mx || !r.s || !r.z) {
+    if (!r.wt || (u && !r.e) || !r.qt || !r.mn || !r.mx || !r.s || !r.z) {
         run_free(&r);
         return -1;
     }
-    for (int64_t j = 0; j < cols; j++) {
-        int64_t c = out->perm[j];
-        double *dst = r.wt + j * rows;
-        for (int64_t i = 0; i < rows; i++) dst[i] = dead && dead[c] ? 0.0 : (double)w[i * cols + c];
-    }
+    load_transposed(w, out->perm, dead, rows, cols, r.wt);
     for (int64_t b0 = 0; b0 < cols; b0 += bs) run_block(&r, b0, b0 + bs < cols ? b0 + bs : cols);
+    if (e2) *e2 = r.e2;
     run_free(&r);
     return 0;
 }
@@ -392,44 +524,91 @@ static double upper_dot(const double *h, const double *cd, const float *cf, int6
     return sum;
 }
 
-double gptq_weight_energy(const float *w, int64_t rows, int64_t cols, const double *h)
+/* Rows of some matrix D, GPTQ_ERR_CHUNK at a time, for tr(D H D^T): fill writes rows
+ * r0..r0+nr of D to d ([nr][cols], float if single, else double). */
+typedef struct {
+    void (*fill)(const void *ctx, int64_t r0, int64_t nr, int64_t cols, void *d);
+    const void *ctx;
+    int single;
+} rows_source;
+
+/* tr(D H D^T) = sum_ij H_ij (D^T D)_ij, with D^T D summed by one syrk per chunk of
+ * GPTQ_ERR_CHUNK rows (in float if src->single). The chunking fixes the bits. NaN
+ * if out of memory. */
+static double quad_trace(const rows_source *src, int64_t rows, int64_t cols, const double *h)
 {
-    assert(w && h && rows > 0 && cols > 0);
-    double *c = calloc((size_t)(cols * cols), sizeof *c);
-    double *d = malloc((size_t)(GPTQ_ERR_CHUNK * cols) * sizeof *d);
+    size_t el = src->single ? sizeof(float) : sizeof(double);
+    void *c = calloc((size_t)(cols * cols), el), *d = malloc((size_t)(GPTQ_ERR_CHUNK * cols) * el);
     double sum = NAN;
     if (c && d) {
         for (int64_t r0 = 0; r0 < rows; r0 += GPTQ_ERR_CHUNK) {
             int64_t nr = rows - r0 < GPTQ_ERR_CHUNK ? rows - r0 : GPTQ_ERR_CHUNK;
-            for (int64_t i = 0; i < nr * cols; i++) d[i] = (double)w[r0 * cols + i];
-            cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)cols, (int)nr, 1.0, d, (int)cols, 1.0, c,
-                        (int)cols);
+            src->fill(src->ctx, r0, nr, cols, d);
+            if (src->single)
+                cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)cols, (int)nr, 1.0f, d, (int)cols, 1.0f, c,
+                            (int)cols);
+            else
+                cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)cols, (int)nr, 1.0, d, (int)cols, 1.0, c,
+                            (int)cols);
         }
-        sum = upper_dot(h, c, NULL, cols);
+        sum = src->single ? upper_dot(h, NULL, c, cols) : upper_dot(h, c, NULL, cols);
     }
     free(c), free(d);
     return sum;
 }
 
-/* tr(dW H dW^T), dW = wq - w. The errors are small and only their energy matters,
- * so dW^T dW is summed in float (relative error ~1e-6), at half the cost of
- * double; this is the per-option cost next to GPTQ itself. NaN if out of memory. */
-static double error_energy(const float *w, const float *wq, int64_t rows, int64_t cols, const double *h)
+static void fill_weights(const void *ctx, int64_t r0, int64_t nr, int64_t cols, void *d)
 {
-    float *c = calloc((size_t)(cols * cols), sizeof *c);
-    float *d = malloc((size_t)(GPTQ_ERR_CHUNK * cols) * sizeof *d);
-    double sum = NAN;
-    if (c && d) {
-        for (int64_t r0 = 0; r0 < rows; r0 += GPTQ_ERR_CHUNK) {
-            int64_t nr = rows - r0 < GPTQ_ERR_CHUNK ? rows - r0 : GPTQ_ERR_CHUNK;
-            for (int64_t i = 0; i < nr * cols; i++) d[i] = (float)((double)wq[r0 * cols + i] - (double)w[r0 * cols + i]);
-            cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)cols, (int)nr, 1.0f, d, (int)cols, 1.0f, c,
-                        (int)cols);
+    const float *w = ctx;
+    double *dd = d;
+    for (int64_t i = 0; i < nr * cols; i++) dd[i] = (double)w[r0 * cols + i];
+}
+
+double gptq_weight_energy(const float *w, int64_t rows, int64_t cols, const double *h)
+{
+    assert(w && h && rows > 0 && cols > 0);
+    rows_source src = {fill_weights, w, 0};
+    return quad_trace(&src, rows, cols, h);
+}
+
+/* dW = wq - w, rounded to float: the errors are small and only their energy
+ * matters, so dW^T dW is summed in float (relative error ~1e-6), at half the cost
+ * of double. */
+typedef struct {
+    const float *w, *wq;
+} diff_rows;
+
+static void fill_diff(const void *ctx, int64_t r0, int64_t nr, int64_t cols, void *d)
+{
+    const diff_rows *x = ctx;
+    float *df = d;
+    for (int64_t i = 0; i < nr * cols; i++)
+        df[i] = (float)((double)x->wq[r0 * cols + i] - (double)x->w[r0 * cols + i]);
+}
+
+/* The same dW, with wq dequantized from a qtensor a chunk of rows at a time (the
+ * float arithmetic of lay_qtensor_dequant): no full dequantized copy. */
+typedef struct {
+    const lay_qtensor *q;
+    const float *w;
+} qdiff_rows;
+
+static void fill_qdiff(const void *ctx, int64_t r0, int64_t nr, int64_t cols, void *d)
+{
+    const qdiff_rows *x = ctx;
+    const lay_qtensor *t = x->q;
+    int64_t ng = lay_n_groups(&t->opt, cols);
+    float *df = d;
+    for (int64_t r = r0; r < r0 + nr; r++)
+        for (int64_t g = 0; g < ng; g++) {
+            float s = lay_f16_to_f32(t->scale[r * ng + g]), z = (float)t->zero[r * ng + g];
+            int64_t j0 = lay_group_start(&t->opt, g), j1 = j0 + lay_group_cols(&t->opt, cols, g);
+            for (int64_t j = j0; j < j1; j++) {
+                int64_t c = t->perm[j];
+                float wq = s * ((float)t->q[r * cols + j] - z);
+                df[(r - r0) * cols + c] = (float)((double)wq - (double)x->w[r * cols + c]);
+            }
         }
-        sum = upper_dot(h, NULL, c, cols);
-    }
-    free(c), free(d);
-    return sum;
 }
 
 static double error_ratio(double num, double den)
@@ -442,7 +621,89 @@ static double error_ratio(double num, double den)
 double gptq_relative_error(const float *w, const float *wq, int64_t rows, int64_t cols, const double *h)
 {
     assert(w && wq && h && rows > 0 && cols > 0);
-    return error_ratio(error_energy(w, wq, rows, cols, h), gptq_weight_energy(w, rows, cols, h));
+    diff_rows x = {w, wq};
+    rows_source src = {fill_diff, &x, 1};
+    return error_ratio(quad_trace(&src, rows, cols, h), gptq_weight_energy(w, rows, cols, h));
+}
+
+/* ||dW'||^2 over all columns and over the dead ones, dW' = dequantized q - W'
+ * (W' = w with dead columns zero), in double. */
+static void deq_error_sums(const lay_qtensor *t, const float *w, const uint8_t *dead, double *all, double *dead_sum)
+{
+    int64_t rows = t->rows, cols = t->cols, ng = lay_n_groups(&t->opt, cols);
+    double sa = 0, sd = 0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t g = 0; g < ng; g++) {
+            float s = lay_f16_to_f32(t->scale[r * ng + g]), z = (float)t->zero[r * ng + g];
+            int64_t j0 = lay_group_start(&t->opt, g), j1 = j0 + lay_group_cols(&t->opt, cols, g);
+            for (int64_t j = j0; j < j1; j++) {
+                int64_t c = t->perm[j];
+                double deq = (double)(s * ((float)t->q[r * cols + j] - z));
+                double d = dead[c] ? deq : deq - (double)w[r * cols + c];
+                sa += d * d;
+                if (dead[c]) sd += d * d;
+            }
+        }
+    *all = sa, *dead_sum = sd;
+}
+
+/* Beyond this ratio of ||E||^2 to the result, the subtraction of the damping term
+ * would leave fewer than ~10 of double's 16 digits: the syrk is used instead. */
+#define GPTQ_FAST_MAX_CANCEL 1e6
+
+/* tr(dW H dW^T) from GPTQ's scaled errors (step 7, fast_error): ||E||^2 minus the
+ * diagonal that damping and dead columns added to H. NaN where it does not apply. */
+static double fast_error_energy(const gptq_prep *pr, const lay_qtensor *t, const float *w, double e2)
+{
+    if (!pr->dead_isolated) return NAN;
+    double all, dead_sum;
+    deq_error_sums(t, w, pr->dead, &all, &dead_sum);
+    double num = e2 - (pr->diag_add * all + dead_sum);
+    return num > 0 && e2 <= GPTQ_FAST_MAX_CANCEL * num ? num : e2 == 0 ? 0 : NAN;
+}
+
+/* ==== RTN error without a qtensor ==== */
+
+/* RTN's dW rows: every row's groups (in act-order) fitted and rounded as
+ * rtn_quantize does, dequantized as lay_qtensor_dequant does, minus w, in float
+ * (as a float copy would hold it); then widened to double unless single. Rows are
+ * independent under RTN, so no transposed copy is needed. */
+typedef struct {
+    const float *w;
+    const int32_t *order;
+    const lay_option *o;
+    int single;
+} rtn_rows;
+
+static void fill_rtn(const void *ctx, int64_t r0, int64_t nr, int64_t cols, void *d)
+{
+    const rtn_rows *x = ctx;
+    const lay_option *o = x->o;
+    int64_t ng = lay_n_groups(o, cols);
+    for (int64_t r = r0; r < r0 + nr; r++) {
+        const float *wr = x->w + r * cols;
+        for (int64_t g = 0; g < ng; g++) {
+            int64_t j0 = lay_group_start(o, g), j1 = j0 + lay_group_cols(o, cols, g);
+            int bits = lay_group_bits(o, cols, g);
+            double mn = INFINITY, mx = -INFINITY, maxq = (double)((1 << bits) - 1);
+            for (int64_t j = j0; j < j1; j++) {
+                double v = (double)wr[x->order[j]];
+                if (v < mn) mn = v;
+                if (v > mx) mx = v;
+            }
+            uint16_t s16;
+            uint8_t z8;
+            grid_fit(mn, mx, bits, o->scale_fmt, &s16, &z8);
+            float s = lay_f16_to_f32(s16), z = (float)z8;
+            for (int64_t j = j0; j < j1; j++) {
+                int64_t c = x->order[j];
+                uint8_t q = grid_quant((double)wr[c], (double)s, (double)z, maxq);
+                float dw = s * ((float)q - z) - wr[c];
+                if (x->single) ((float *)d)[(r - r0) * cols + c] = dw;
+                else ((double *)d)[(r - r0) * cols + c] = (double)dw;
+            }
+        }
+    }
 }
 
 /* ==== Entry points ==== */
@@ -461,28 +722,30 @@ int gptq_quantize_prepared(const float *w, int64_t rows, const gptq_prep *prep,
                            char *err, size_t err_len)
 {
     assert(w && prep && o && out);
-    double t0 = now_seconds();
+    double t0 = now_seconds(), e2 = 0;
     int64_t cols = prep->cols;
-    float *wq = NULL;
+    int fast = stats && prep->fast_error;
     memset(out, 0, sizeof *out);
     if (option_applies(o, rows, cols, err, err_len) || check_w(w, rows, cols, err, err_len)) return -1;
     if (lay_qtensor_alloc(out, rows, cols, o)) goto oom;
     memcpy(out->perm, prep->perm, (size_t)cols * sizeof *out->perm);
-    if (run_columns(w, prep->dead, prep->u, prep->block, out)) goto oom;
+    if (run_columns(w, prep->dead, prep->u, prep->block, out, fast ? &e2 : NULL)) goto oom;
     if (stats) {
-        if (!(wq = malloc((size_t)(rows * cols) * sizeof *wq))) goto oom;
-        lay_qtensor_dequant(out, wq);
         if (w_energy < 0) w_energy = gptq_weight_energy(w, rows, cols, prep->h);
-        stats->rel_err = error_ratio(error_energy(w, wq, rows, cols, prep->h), w_energy);
+        double num = fast ? fast_error_energy(prep, out, w, e2) : NAN;
+        if (isnan(num)) {
+            qdiff_rows x = {out, w};
+            rows_source src = {fill_qdiff, &x, 1};
+            num = quad_trace(&src, rows, cols, prep->h);
+        }
+        stats->rel_err = error_ratio(num, w_energy);
         if (isnan(stats->rel_err)) goto oom;
         stats->damp = prep->damp, stats->damp_retries = prep->retries, stats->dead_cols = prep->n_dead;
         stats->seconds = now_seconds() - t0;
-        free(wq);
     }
     return 0;
 oom:
     snprintf(err, err_len, "out of memory quantizing a %lldx%lld tensor", (long long)rows, (long long)cols);
-    free(wq);
     lay_qtensor_free(out);
     return -1;
 }
@@ -511,9 +774,28 @@ int rtn_quantize(const float *w, int64_t rows, int64_t cols, const double *h,
     if (option_applies(o, rows, cols, err, err_len) || check_w(w, rows, cols, err, err_len)) return -1;
     if (h && check_h(h, cols, err, err_len)) return -1;
     if (lay_qtensor_alloc(out, rows, cols, o) || act_order_perm(h, cols, 1, out->perm) ||
-        run_columns(w, NULL, NULL, 128, out)) {
+        run_columns(w, NULL, NULL, 128, out, NULL)) {
         snprintf(err, err_len, "out of memory quantizing a %lldx%lld tensor", (long long)rows, (long long)cols);
         lay_qtensor_free(out);
+        return -1;
+    }
+    return 0;
+}
+
+int rtn_error_prepared(const float *w, int64_t rows, const gptq_prep *prep, const lay_option *o,
+                       double w_energy, double *rel_err, char *err, size_t err_len)
+{
+    assert(w && prep && o && rel_err);
+    int64_t cols = prep->cols;
+    if (option_applies(o, rows, cols, err, err_len) || check_w(w, rows, cols, err, err_len)) return -1;
+    if (w_energy < 0) w_energy = gptq_weight_energy(w, rows, cols, prep->h);
+    rtn_rows x = {w, prep->order, o, prep->fast_error};
+    rows_source src = {fill_rtn, &x, prep->fast_error};
+    double num = quad_trace(&src, rows, cols, prep->h);
+    *rel_err = error_ratio(num, w_energy);
+    if (isnan(*rel_err)) {
+        snprintf(err, err_len, "out of memory for the RTN error of a %lldx%lld tensor", (long long)rows,
+                 (long long)cols);
         return -1;
     }
     return 0;

@@ -26,6 +26,16 @@ typedef struct {
     double damp;        /* lambda: adds damp * mean(diag H) to the diagonal (default 0.01) */
     int act_order;      /* 1: columns by diag(H) descending (default 1) */
     int block;          /* lazy-update block size (default 128) */
+    int fast_error;     /* 0 (default): rel_err by a float syrk over dW (rows x cols^2),
+                           bit for bit gptq_relative_error's; rtn_error_prepared's by a
+                           double syrk, bit for bit the rtn_quantize path's. 1: GPTQ's
+                           rel_err from its own scaled errors (rows x cols; within 1e-10
+                           of a double-precision trace where the float syrk is within
+                           ~1e-6), RTN's by a float syrk (half the time, ~1e-7). The
+                           quantized tensors are the same either way */
+    int borrow_h;       /* 1: gptq_prepare keeps a pointer to h instead of a copy (8 cols^2
+                           bytes less: 969 MB at 11008 columns); h must then stay unchanged
+                           until gptq_prep_free. 0 (default): a copy */
 } gptq_params;
 void gptq_params_init(gptq_params *p);
 
@@ -38,7 +48,7 @@ typedef struct {
 } gptq_stats;
 /* Results (q, perm, scales, zeros, rel_err) are bit-identical between runs with the
  * same inputs and the same BLAS thread count. stats may be NULL: then rel_err is not
- * computed (it costs about as much as the quantization). */
+ * computed (without fast_error it costs about 40% of the quantization itself). */
 
 /* Quantizes w[rows][cols] (original column order; not modified) under option o,
  * using the Hessian h[cols][cols] (double, symmetric; not modified). out must be
@@ -56,13 +66,22 @@ int gptq_quantize(const float *w, int64_t rows, int64_t cols, const double *h,
  *     gptq_prep *prep;
  *     if (gptq_prepare(h, cols, &p, &prep, err, sizeof err)) ...;
  *     double e = gptq_weight_energy(w, rows, cols, h);      (once per tensor)
- *     for (each option o) gptq_quantize_prepared(w, rows, prep, &o, e, &qt, &st, err, sizeof err);
+ *     for (each option o) {
+ *         gptq_quantize_prepared(w, rows, prep, &o, e, &qt, &st, err, sizeof err);
+ *         rtn_error_prepared(w, rows, prep, &o, e, &rtn, err, sizeof err);  (if wanted)
+ *     }
  *     gptq_prep_free(prep);
  *
- * gptq_prepare copies what it needs from h (h may be freed afterwards); a prep is
+ * gptq_prepare copies what it needs from h (h may be freed afterwards; with
+ * borrow_h it keeps h itself, which must outlive the prep); a prep is
  * read-only afterwards, so threads may share it. w_energy is tr(W H W^T) from
  * gptq_weight_energy for this w and h, or negative to have it computed here.
- * Results are bit-identical to gptq_quantize with the same inputs. */
+ * Results are bit-identical to gptq_quantize with the same inputs.
+ *
+ * Memory (bytes): a prep holds 16 cols^2 (H and the factor). A quantization holds
+ * its qtensor (rows x cols + scales) and 8 rows x cols of working weights, then,
+ * without fast_error, 4 cols^2 for the rel_err syrk; rtn_error_prepared 8 cols^2
+ * (4 with fast_error); gptq_weight_energy 8 cols^2. */
 typedef struct gptq_prep gptq_prep;
 int gptq_prepare(const double *h, int64_t cols, const gptq_params *p, gptq_prep **out,
                  char *err, size_t err_len);
@@ -75,6 +94,13 @@ void gptq_prep_free(gptq_prep *prep);
  * and scales): the baseline GPTQ must beat. h may be NULL (identity order). */
 int rtn_quantize(const float *w, int64_t rows, int64_t cols, const double *h,
                  const lay_option *o, lay_qtensor *out, char *err, size_t err_len);
+/* RTN's rel_err under option o with the Hessian of prep (act-order by its diagonal),
+ * without a qtensor or a dequantized copy: rows are rounded a chunk at a time.
+ * Without fast_error, bit for bit what rtn_quantize with the same Hessian, then
+ * lay_qtensor_dequant, dW = wq - w in float and gptq_weight_energy(dW) / w_energy
+ * give. w_energy as for gptq_quantize_prepared. 0, or -1 with a message. */
+int rtn_error_prepared(const float *w, int64_t rows, const gptq_prep *prep, const lay_option *o,
+                       double w_energy, double *rel_err, char *err, size_t err_len);
 
 /* tr(dW H dW^T) / tr(W H W^T) for dW = wq - w, both [rows][cols] (0 if both traces
  * are 0, +inf if only the denominator is 0; NaN if out of memory). */
@@ -154,6 +180,38 @@ void calib_free(calib_set *c);
 /* SHA-256 of data[0..n) as 64 hex digits + NUL. */
 void meas_sha256_hex(const void *data, size_t n, char hex[65]);
 
+/* ==== The calibration walk (walk.c) ==== */
+
+/* The model runs layer by layer over the calibration rows; for each layer that the
+ * caller wants (layer n_layers is the head), the Hessians of its input groups are
+ * collected while it runs and `visit` sees them with the layer's weights held as
+ * fp32 (each rt_linear's dense), before the next layer starts. Memory grows with one
+ * block. The measurement and the packer are both visits:
+ *
+ *     walk_params w = {.m = m, .cal = &cal, .wants = wants, .visit = visit, .ctx = me};
+ *     if (walk_run(&w, err, sizeof err)) ...
+ */
+typedef struct {
+    rt_model *m;                /* opened over its file (rt_model_open) */
+    const calib_set *cal;
+    int sequential;             /* 1: after its visit a layer runs again from its input, on the
+                                   weights the visit left in its slots (quantized), so later
+                                   layers see earlier layers' error (the packer's default) */
+    /* 1 if layer l (n_layers: the head) wants its Hessians and a visit. */
+    int (*wants)(void *ctx, int layer);
+    /* Layer l's Hessians are in hl (those of groups that saw input), its weights held.
+     * May replace the layer's rt_linears (then `passed` must put them back). 0 or -1
+     * with a message. */
+    int (*visit)(void *ctx, int layer, const hess_layer *hl, char *err, size_t err_len);
+    /* Optional: layer l has run (the walk's hidden state stands after it) and is still
+     * held, visited or not. 0 or -1 with a message. */
+    int (*passed)(void *ctx, int layer, char *err, size_t err_len);
+    /* Optional: phase "forward" or "head" begins at layer l. */
+    void (*progress)(void *ctx, const char *phase, int layer);
+    void *ctx;
+} walk_params;
+int walk_run(const walk_params *p, char *err, size_t err_len);
+
 /* ==== The measurement pass (driver.c, probe.c) ==== */
 
 /* What the pass reports while it runs (never printed by measure/ itself). */
@@ -171,6 +229,10 @@ typedef struct {
     double damp;                /* GPTQ damping lambda (default 0.01) */
     int kl_probe;               /* 1: also the end-to-end KL probe of every tensor */
     int threads;                /* threads for options and BLAS; 0 = leave as set */
+    int resident;               /* 1: every weight as fp32 from the start (faster for small
+                                   models; memory grows with the model) */
+    int fast_error;             /* 1: errors from GPTQ's own sums and RTN's in float (gptq_params;
+                                   a third less time, rel_err within 2e-6; its own calibration) */
     const opt_set *options;     /* NULL: opt_default_set() */
     void (*progress)(void *ctx, const meas_progress *p); /* NULL: silent */
     void *progress_ctx;

@@ -75,6 +75,34 @@ static float bf16(const uint8_t *p)
     return f;
 }
 
+/* F16 rows with the F16C instruction where the CPU has it (chosen at run time):
+ * exact like half_to_float for every finite value and infinity, eight at a time,
+ * which is what lets a model run from its F16 file at memory speed. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+__attribute__((target("avx,f16c"))) static void row_f16_f16c(const uint8_t *b, float *y, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(b + 2 * i))));
+    for (; i < n; i++) y[i] = fp16(b + 2 * i);
+}
+
+static int have_f16c(void) { return __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx"); }
+#else
+static void row_f16_f16c(const uint8_t *b, float *y, int64_t n) { (void)b, (void)y, (void)n; }
+static int have_f16c(void) { return 0; }
+#endif
+
+static void row_f16(const uint8_t *b, float *y, int64_t n)
+{
+    if (have_f16c()) {
+        row_f16_f16c(b, y, n);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) y[i] = fp16(b + 2 * i);
+}
+
 /* ==== 32-value blocks ==== */
 
 /* Q8_0, 34 bytes:  OFFSET 0 fp16 d | 2 int8 q[32].   x = d * q */
@@ -205,7 +233,7 @@ void mdl_dequant_row(mdl_dtype t, const void *src, float *dst, int64_t n)
     int64_t nb = n / traits[t].block;
     switch (t) {
     case MDL_F32: memcpy(dst, src, (size_t)n * 4); break;
-    case MDL_F16: for (int64_t i = 0; i < n; i++) dst[i] = fp16(b + 2 * i); break;
+    case MDL_F16: row_f16(b, dst, n); break;
     case MDL_BF16: for (int64_t i = 0; i < n; i++) dst[i] = bf16(b + 2 * i); break;
     case MDL_Q8_0: row_q8_0(b, dst, nb); break;
     case MDL_Q4_0: row_q4_0(b, dst, nb); break;

@@ -12,6 +12,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -325,27 +326,106 @@ static int64_t rope_source_row(int64_t r, int64_t hd)
     return h * hd + (w % 2) * (hd / 2) + w / 2;
 }
 
-int mdl_tensor_to_f32(const mdl_model *m, const mdl_tensor *t, float *out)
+/* A tensor as rows x cols for decoding: a 1-D tensor that permutes (a q/k bias)
+ * is n values of one column each; any other 1-D tensor is one row. */
+static void row_geometry(const mdl_tensor *t, int64_t *rows, int64_t *cols, int64_t *hd)
+{
+    *rows = t->n_dims > 1 ? t->n_elems / t->shape[t->n_dims - 1] : 1;
+    *cols = t->n_elems / *rows;
+    *hd = 0;
+    if (t->permute_rope_heads > 0) {
+        if (t->n_dims == 1) *rows = t->n_elems, *cols = 1;
+        *hd = *rows / t->permute_rope_heads;
+        assert(*hd % 2 == 0 && *hd * t->permute_rope_heads == *rows);
+    }
+}
+
+int64_t mdl_tensor_rows(const mdl_tensor *t)
+{
+    int64_t rows, cols, hd;
+    row_geometry(t, &rows, &cols, &hd);
+    return rows;
+}
+
+int mdl_tensor_rows_to_f32(const mdl_model *m, const mdl_tensor *t, int64_t r0, int64_t n, float *out)
 {
     (void)m;
     if (t->type >= MDL_I32) return -1; /* integer types are not weights */
-    int64_t rows = t->n_dims > 1 ? t->n_elems / t->shape[t->n_dims - 1] : 1;
-    int64_t cols = t->n_elems / rows;
-    int64_t hd = 0;
-    if (t->permute_rope_heads > 0) { /* a 1-D bias permutes element by element */
-        if (t->n_dims == 1) rows = t->n_elems, cols = 1;
-        hd = rows / t->permute_rope_heads;
-        assert(hd % 2 == 0 && hd * t->permute_rope_heads == rows);
-    }
+    int64_t rows, cols, hd;
+    row_geometry(t, &rows, &cols, &hd);
+    assert(r0 >= 0 && n >= 0 && r0 + n <= rows && cols % mdl_block_size(t->type) == 0);
     size_t row_bytes = mdl_row_bytes(t->type, cols);
     const uint8_t *src = t->data;
-    assert(cols % mdl_block_size(t->type) == 0);
-#pragma omp parallel for schedule(static) if (t->n_elems >= (1 << 18))
-    for (int64_t r = 0; r < rows; r++) {
+    for (int64_t r = r0; r < r0 + n; r++) {
         int64_t s = hd ? rope_source_row(r, hd) : r;
-        mdl_dequant_row(t->type, src + (size_t)s * row_bytes, out + r * cols, cols);
+        mdl_dequant_row(t->type, src + (size_t)s * row_bytes, out + (r - r0) * cols, cols);
     }
     return 0;
+}
+
+int mdl_tensor_to_f32(const mdl_model *m, const mdl_tensor *t, float *out)
+{
+    if (t->type >= MDL_I32) return -1;
+    int64_t rows, cols, hd;
+    row_geometry(t, &rows, &cols, &hd);
+#pragma omp parallel for schedule(static) if (t->n_elems >= (1 << 18))
+    for (int64_t r = 0; r < rows; r++) mdl_tensor_rows_to_f32(m, t, r, 1, out + r * cols);
+    return 0;
+}
+
+/* ==== Finite values ==== */
+
+/* First non-finite value of rows [r0, r1) decoded through buf[cols]: its flat index
+ * in the tensor, or -1. */
+static int64_t first_nonfinite_rows(const mdl_model *m, const mdl_tensor *t, int64_t r0, int64_t r1, int64_t cols,
+                                    float *buf)
+{
+    for (int64_t r = r0; r < r1; r++) {
+        mdl_tensor_rows_to_f32(m, t, r, 1, buf);
+        for (int64_t j = 0; j < cols; j++)
+            if (!isfinite(buf[j])) return r * cols + j;
+    }
+    return -1;
+}
+
+/* 1 if the raw bits of an F32/F16/BF16 tensor hold no Inf or NaN (exponent all
+ * ones): a scan at memory speed, without decoding. */
+static int raw_all_finite(const mdl_tensor *t)
+{
+    const uint8_t *p = t->data;
+    int64_t n = t->n_elems;
+    int bad = 0;
+    if (t->type == MDL_F32) {
+#pragma omp parallel for schedule(static) reduction(| : bad) if (n >= (1 << 20))
+        for (int64_t i = 0; i < n; i++) {
+            uint32_t v;
+            memcpy(&v, p + 4 * i, 4);
+            bad |= (v & 0x7F800000u) == 0x7F800000u;
+        }
+    } else {
+        uint16_t mask = t->type == MDL_F16 ? 0x7C00 : 0x7F80;
+#pragma omp parallel for schedule(static) reduction(| : bad) if (n >= (1 << 20))
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t v;
+            memcpy(&v, p + 2 * i, 2);
+            bad |= (v & mask) == mask;
+        }
+    }
+    return !bad;
+}
+
+int mdl_tensor_find_nonfinite(const mdl_model *m, const mdl_tensor *t, int64_t *row, int64_t *col, float *value)
+{
+    if (t->type >= MDL_I32) return -1;
+    int64_t rows, cols, hd;
+    row_geometry(t, &rows, &cols, &hd);
+    if ((t->type == MDL_F32 || t->type == MDL_F16 || t->type == MDL_BF16) && raw_all_finite(t)) return 0;
+    float *buf = malloc((size_t)cols * sizeof *buf);
+    if (!buf) return -1;
+    int64_t at = first_nonfinite_rows(m, t, 0, rows, cols, buf);
+    if (at >= 0) *row = at / cols, *col = at % cols, *value = buf[*col];
+    free(buf);
+    return at >= 0;
 }
 
 /* ==== Content hash ==== */

@@ -112,6 +112,21 @@ const mdl_tensor *mdl_find(const mdl_model *m, const char *name); /* NULL if abs
  * dequantized (MDL_I32). NaN/Inf are passed through; callers check. */
 int mdl_tensor_to_f32(const mdl_model *m, const mdl_tensor *t, float *out);
 
+/* Rows as the tensor is decoded: the outer dimensions of a matrix (a q/k bias
+ * that is permuted counts each value as a row; any other vector is one row). */
+int64_t mdl_tensor_rows(const mdl_tensor *t);
+/* Dequantizes rows r0..r0+n-1 of t (in canonical order: q/k rows of a safetensors
+ * model come out permuted, as from mdl_tensor_to_f32) into out[n][cols], straight
+ * from the mapping, so that a model never needs a whole tensor as fp32. Returns 0,
+ * or -1 for an integer type. Bit-identical to the same rows of mdl_tensor_to_f32;
+ * never allocates. */
+int mdl_tensor_rows_to_f32(const mdl_model *m, const mdl_tensor *t, int64_t r0, int64_t n, float *out);
+/* Finds the first Inf or NaN of t in row-major order: 1 with its row, column (as
+ * mdl_tensor_rows_to_f32 counts them) and value, 0 if every value is finite, -1
+ * for an integer type or no memory. F32/F16/BF16 are checked on their bits at
+ * memory speed; block formats are decoded a row at a time. */
+int mdl_tensor_find_nonfinite(const mdl_model *m, const mdl_tensor *t, int64_t *row, int64_t *col, float *value);
+
 /* Metadata lookup (GGUF keys, config.json keys prefixed "config.", or a safetensors
  * file's __metadata__ entries prefixed "meta."). Return 0 if found with the right
  * type, -1 otherwise. Strings point into the model. */

@@ -1,7 +1,8 @@
 /*
  * pack/load.c — a packed file (pack/FORMAT.md) as a runnable rt_model: packed
- * linear layers (runtime/qlinear.c) over the file's parts, dense layers for the
- * tensors the plan left unquantized, norms and biases as fp32.
+ * linear layers (runtime/qlinear.c) over the file's parts, layers over the file's
+ * F16 for the tensors the plan left unquantized (runtime/stored.c: the embedding
+ * is a row lookup, never an fp32 copy), norms and biases as fp32.
  *
  * Everything is checked before a layer is built, and every problem is one line
  * naming the file and what is wrong: the format tag and version; every option
@@ -66,6 +67,7 @@ typedef struct {
     pack_owner *own;
     int use_map;
     int dequant;               /* BITPLAN_PACKED_DENSE=1: decoded dense layers */
+    rt_scratch *scratch;       /* the model's, for unquantized matrices */
     char *err;
     size_t err_len;
 } lctx;
@@ -315,7 +317,7 @@ static int packed_linear(lctx *x, const mdl_packed_option *m, int max_batch, rt_
         if (!(*out = rt_linear_dense(w, rows, cols))) return lfail(x, "out of memory for %s", m->tensor);
         return 0;
     }
-    rt_linear *l = rt_linear_packed(p, max_batch, why, sizeof why);
+    rt_linear *l = rt_linear_packed(p, max_batch, x->scratch, why, sizeof why);
     if (!l) return lfail(x, "%s: %s", m->tensor, why);
     if (!(*out = split_wrap(l, max_batch))) return lfail(x, "out of memory for %s", m->tensor);
     return 0;
@@ -347,13 +349,36 @@ static int dense_f32(lctx *x, const char *name, int64_t d0, int64_t d1, float **
     return 0;
 }
 
+/* An unquantized matrix (an untied embedding, a layer the plan left alone) stays
+ * F16 in the file and is decoded per row or product (runtime/stored.c): no fp32
+ * copy. Exactly this shape, a float type, finite. */
+static int stored_linear(lctx *x, const char *name, int64_t rows, int64_t cols, rt_linear **out)
+{
+    const mdl_tensor *t = mdl_find(x->file, name);
+    char have[64];
+    if (!t) return lfail(x, "tensor %s is missing (neither packed nor stored)", name);
+    if (t->n_dims != 2 || t->shape[0] != rows || t->shape[1] != cols) {
+        shape_text(t, have, sizeof have);
+        return lfail(x, "%s has shape %s, the config needs [%lld, %lld]", name, have, (long long)rows, (long long)cols);
+    }
+    if (t->type >= MDL_I32) return lfail(x, "%s is %s, not a float type", name, mdl_dtype_name(t->type));
+    int64_t r, c;
+    float v;
+    int bad = mdl_tensor_find_nonfinite(x->file, t, &r, &c, &v);
+    if (bad < 0) return lfail(x, "out of memory for %s", name);
+    if (bad) return lfail(x, "%s has a non-finite value at element %lld", name, (long long)(r * cols + c));
+    if (!(*out = rt_linear_stored(x->file, t, x->scratch))) return lfail(x, "out of memory for %s", name);
+    return 0;
+}
+
 static int linear(lctx *x, const char *name, int max_batch, rt_linear **out)
 {
     const mdl_packed_option *m = option_of(x, name);
     if (m) return packed_linear(x, m, max_batch, out);
     int64_t rows, cols;
-    float *w;
     linear_shape(x->c, name, &rows, &cols);
+    if (!x->dequant) return stored_linear(x, name, rows, cols, out);
+    float *w;
     if (dense_f32(x, name, rows, cols, &w)) return -1;
     if (!(*out = rt_linear_dense(w, rows, cols))) return lfail(x, "out of memory for %s", name);
     return 0;
@@ -391,7 +416,7 @@ static int build_model(lctx *x, int max_batch, rt_model *m)
     if (dense_f32(x, "output_norm.weight", c->dim, 0, &m->out_norm)) return -1;
     for (int l = 0; l < c->n_layers; l++)
         if (build_layer(x, l, max_batch, &m->layers[l])) return -1;
-    return 0;
+    return rt_scratch_ready(m->scratch) ? lfail(x, "out of memory for scratch") : 0;
 }
 
 /* ==== Entry points ==== */
@@ -417,11 +442,13 @@ int pack_load_file(mdl_model *file, int max_batch, rt_model **out, char *err, si
     *out = NULL;
     rt_model *m = calloc(1, sizeof *m);
     x.own = calloc(1, sizeof *x.own);
-    if (!m || !x.own) {
+    x.scratch = rt_scratch_new();
+    if (!m || !x.own || !x.scratch) {
         lfail(&x, "out of memory");
-        free(m), free(x.own), mdl_close(file);
+        free(m), free(x.own), rt_scratch_free(x.scratch), mdl_close(file);
         return -1;
     }
+    m->scratch = x.scratch;
     x.own->file = file;
     m->owner = x.own, m->owner_free = owner_free;
     int rc = check_header(&x) || mdl_packed_options(file, &x.opts, &x.n_opts, err, err_len) || check_options(&x) ||

@@ -25,17 +25,22 @@ struct rt_model;
 
 typedef struct pack_writer pack_writer;
 
-pack_writer *pack_writer_new(void);
+/* A writer of the file `path`. Tensor data waits in an unlinked temporary file in
+ * path's directory, not in memory. NULL with a message if that cannot be made
+ * (no such folder, not writable) or out of memory. */
+pack_writer *pack_writer_new(const char *path, char *err, size_t err_len);
 void pack_writer_free(pack_writer *w);
 /* Adds a tensor. dtype is a safetensors dtype ("U8", "U16", "U32", "F16", "F32").
- * The writer takes ownership of data (malloc'd; freed by the writer). 0 or -1. */
+ * The writer takes ownership of data (malloc'd) and frees it at once. 0, or -1 for
+ * a bad dtype or shape, no memory or a failed write (pack_writer_strerror says). */
 int pack_writer_add(pack_writer *w, const char *name, const char *dtype, int n_dims,
                     const int64_t *shape, void *data, size_t n_bytes);
+const char *pack_writer_strerror(const pack_writer *w);
 /* Adds a __metadata__ entry (copied). */
 int pack_writer_meta(pack_writer *w, const char *key, const char *value);
 /* Writes the file atomically: a temporary file beside path, fsync, rename. A
  * killed writer never leaves a partial file under path. */
-int pack_writer_write(pack_writer *w, const char *path, char *err, size_t err_len);
+int pack_writer_write(pack_writer *w, char *err, size_t err_len);
 
 /* ==== Packing a model per plan ==== */
 
@@ -49,6 +54,7 @@ typedef enum {
 typedef struct {
     pack_hessian_mode hessians;
     int progress;           /* 1: progress on stderr */
+    int resident;           /* 1: every weight as fp32 from the start (memory grows with the model) */
 } pack_params;
 void pack_params_init(pack_params *p);
 

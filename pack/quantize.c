@@ -7,20 +7,23 @@
  *     the measurement (SHA-256), an option that does not apply to its tensor, or
  *     a recorded cost that is not lay_tensor_bits.
  *  2. The calibration rows are the measurement's (calib_load with the same files,
- *     rows and ctx), hs holds their hidden state at the current layer's input, and
- *     each input group's Hessian is accumulated while its layer runs, as in
- *     measure/driver.c; GPTQ uses the calibration's damping.
+ *     rows and ctx) and run through the measurement's calibration walk
+ *     (measure/walk.c: one block held at a time, its Hessians collected while it
+ *     runs); GPTQ uses the calibration's damping.
  *  3. Hessians are either the full-precision model's (PACK_HESS_FULL: the forward
  *     never sees a quantized weight, so the packed tensors are exactly the ones the
  *     measurement scored) or the partly quantized model's (PACK_HESS_SEQUENTIAL:
- *     after layer l is quantized its dense weights are replaced by the dequantized
- *     ones and layer l runs again from its saved input, so layer l + 1 sees the
- *     quantization error of every layer before it, as EXL2 does). The embedding
- *     stays full precision in both modes.
+ *     after layer l is quantized its weights are replaced by the dequantized ones
+ *     and the walk runs layer l again from its saved input, so layer l + 1 sees the
+ *     quantization error of every layer before it, as EXL2 does; once the walk has
+ *     passed layer l its own weights are put back and the copies freed). The
+ *     embedding stays full precision in both modes.
  *  4. Every quantized tensor is written as its four (three) parts, whose sizes are
  *     lay_tensor_cost's by construction; every other tensor of the model file is
  *     written unquantized (1-D as F32, 2-D as F16).
- *  5. The file appears under its name only when complete (pack_writer_write).
+ *  5. Each tensor's parts go to the writer as soon as they are packed, and the
+ *     writer keeps them on disk, not in memory; the file appears under its name
+ *     only when complete (pack_writer_write).
  * Progress goes to stderr when asked; nothing else is printed.
  */
 #include "pack_int.h"
@@ -49,6 +52,7 @@ typedef struct {
     lay_option opt;
     int planned;                /* 1: the plan quantizes it */
     lay_qtensor q;              /* the result, until it is packed */
+    rt_linear *orig;            /* sequential: the model's own layer while the quantized one runs */
 } ptensor;
 
 typedef struct {
@@ -58,14 +62,12 @@ typedef struct {
     const char *db_path;
     int64_t plan_id;            /* asked for; 0 = the newest */
     db_pack_plan plan;
-    mdl_model *file;            /* owned until the dense model takes it */
+    mdl_model *file;            /* outlives the model (opened with own_file 0) */
     rt_model *m;
-    rt_state *s;
     calib_set cal;
     ptensor *t;                 /* [nt]: q k v o gate up down of every layer, then the head */
     int nt;
-    float *hs, *hs_in;          /* [rows][ctx][dim] hidden state; the current layer's input */
-    hess_layer hl;            /* the current layer's Hessians */
+    const hess_layer *hl;       /* the Hessians of the layer being visited */
     int failed;
     pack_writer *w;
     pack_stats *st;
@@ -89,10 +91,16 @@ static int fail(prun *r, const char *fmt, ...)
     return -1;
 }
 
+/* Progress with the time left, extrapolated from the layers done (the head
+ * counts as one). */
 static void progress(prun *r, const char *what, int layer)
 {
     if (!r->p->progress) return;
-    fprintf(stderr, "\r  pack  %-8s layer %3d/%d  %6.1fs   ", what, layer, r->m->cfg.n_layers, now_s() - r->t0);
+    int total = r->m->cfg.n_layers + 1;
+    double t = now_s() - r->t0, left = layer > 0 ? t / layer * (total - layer) : 0;
+    fprintf(stderr, "\r  pack  %-8s layer %3d/%d  %6.1fs", what, layer, r->m->cfg.n_layers, t);
+    if (layer > 0) fprintf(stderr, "  left %dm%02ds", (int)(left / 60), (int)left % 60);
+    fputs("   ", stderr);
     if (layer >= r->m->cfg.n_layers) fputc('\n', stderr);
 }
 
@@ -220,22 +228,6 @@ static int open_inputs(prun *r, const char *model_path)
     return 0;
 }
 
-/* ==== Hessians (invariant 2) ==== */
-
-static int alloc_hessians(prun *r)
-{
-    char why[256];
-    return hess_layer_init(&r->hl, &r->m->cfg, why, sizeof why) ? fail(r, "%s", why) : 0;
-}
-
-static void start_hessians(prun *r, int layer) { hess_layer_start(&r->hl, r->s, layer); }
-
-static int finish_hessians(prun *r, int layer)
-{
-    char why[320];
-    return hess_layer_finish(&r->hl, r->s, why, sizeof why) ? fail(r, "layer %d, %s", layer, why) : 0;
-}
-
 /* ==== Quantizing and packing one tensor ==== */
 
 static rt_linear **linear_of(prun *r, const ptensor *t)
@@ -243,26 +235,13 @@ static rt_linear **linear_of(prun *r, const ptensor *t)
     return t->cls == RT_HEAD ? &r->m->head : &r->m->layers[t->layer].lin[t->cls];
 }
 
-/* Weights w[rows][cols] of a tensor from the dense model (a view, or a copy). */
-static const float *weights_of(prun *r, const ptensor *t, float **copy)
-{
-    const rt_linear *l = *linear_of(r, t);
-    *copy = NULL;
-    if (l->dense) return l->dense;
-    if (!(*copy = malloc((size_t)(t->rows * t->cols) * sizeof **copy))) return NULL;
-    for (int64_t i = 0; i < t->rows; i++) l->get_row(l, i, *copy + i * t->cols);
-    return *copy;
-}
-
+/* Quantizes t from its weights, which the walk holds as fp32. */
 static int quantize_one(prun *r, ptensor *t, const gptq_prep *prep, char *err, size_t err_len)
 {
-    float *copy;
-    const float *w = weights_of(r, t, &copy);
-    if (!w) return snprintf(err, err_len, "out of memory"), -1;
-    gptq_stats st;
-    int rc = gptq_quantize_prepared(w, t->rows, prep, &t->opt, -1.0, &t->q, &st, err, err_len);
-    free(copy);
-    return rc;
+    const rt_linear *l = *linear_of(r, t);
+    assert(l->dense);
+    /* no stats: the error (about 40% of the time) is the measurement's business */
+    return gptq_quantize_prepared(l->dense, t->rows, prep, &t->opt, -1.0, &t->q, NULL, err, err_len);
 }
 
 static int add_part(prun *r, const ptensor *t, const char *suffix, const char *dtype, int n_dims, int64_t d0, int64_t d1,
@@ -271,7 +250,8 @@ static int add_part(prun *r, const ptensor *t, const char *suffix, const char *d
     char name[128];
     int64_t shape[2] = {d0, d1};
     snprintf(name, sizeof name, "%s%s", t->name, suffix);
-    if (pack_writer_add(r->w, name, dtype, n_dims, shape, data, bytes)) return fail(r, "out of memory adding %s", name);
+    if (pack_writer_add(r->w, name, dtype, n_dims, shape, data, bytes))
+        return fail(r, "adding %s: %s", name, pack_writer_strerror(r->w));
     return 0;
 }
 
@@ -304,7 +284,9 @@ static int pack_one(prun *r, ptensor *t)
     return 0;
 }
 
-/* Sequential mode: the layer runs on the dequantized weights from now on. */
+/* Sequential mode: the layer runs on the dequantized weights until the walk has
+ * passed it (a tied head's slot is the head's alone: the embedding stays full
+ * precision, invariant 3). */
 static int swap_in_dequantized(prun *r, ptensor *t)
 {
     float *w = malloc((size_t)(t->rows * t->cols) * sizeof *w);
@@ -312,14 +294,22 @@ static int swap_in_dequantized(prun *r, ptensor *t)
     lay_qtensor_dequant(&t->q, w);
     rt_linear *l = rt_linear_dense(w, t->rows, t->cols), **slot = linear_of(r, t);
     if (!l) return fail(r, "out of memory for %s", t->name);
-    int tied = *slot == r->m->embed;
-    if (tied) { /* the embedding stays full precision (invariant 3) */
-        r->m->head = l;
-        return 0;
-    }
-    rt_linear_free(*slot);
+    t->orig = *slot;
     *slot = l;
     return 0;
+}
+
+/* Puts the model's own layers back in the slots of [t0, t1) (invariant 3). */
+static void swap_back(prun *r, int t0, int t1)
+{
+    for (int i = t0; i < t1; i++) {
+        ptensor *t = &r->t[i];
+        if (!t->orig) continue;
+        rt_linear **slot = linear_of(r, t);
+        rt_linear_free(*slot);
+        *slot = t->orig;
+        t->orig = NULL;
+    }
 }
 
 /* Quantizes the planned tensors of [t0, t1) in parallel, then packs them. */
@@ -328,13 +318,14 @@ static int quantize_range(prun *r, int t0, int t1)
     gptq_params gp;
     gptq_params_init(&gp);
     gp.damp = r->plan.damp;
+    gp.borrow_h = 1; /* the walk's Hessians live until the visit returns */
     gptq_prep *prep[RT_INPUT_COUNT] = {NULL};
     int rc = 0;
     for (int i = t0; !rc && i < t1; i++) {
         rt_input g = rt_class_input(r->t[i].cls);
         char why[256];
         if (!r->t[i].planned || prep[g]) continue;
-        if (gptq_prepare(r->hl.h[g], r->hl.cols[g], &gp, &prep[g], why, sizeof why)) rc = fail(r, "%s: %s", r->t[i].name, why);
+        if (gptq_prepare(r->hl->h[g], r->hl->cols[g], &gp, &prep[g], why, sizeof why)) rc = fail(r, "%s: %s", r->t[i].name, why);
     }
     int blas_threads = openblas_get_num_threads();
     openblas_set_num_threads(1);
@@ -361,75 +352,56 @@ static int quantize_range(prun *r, int t0, int t1)
     return 0;
 }
 
-/* ==== The pass (invariants 2 and 3) ==== */
+/* ==== The pass: visits of the calibration walk (invariants 2 and 3) ==== */
 
-static int run_layer_rows(prun *r, int l)
+/* Tensors of layer l (n_layers: the head) are [t0, t1). */
+static void layer_tensors(const prun *r, int l, int *t0, int *t1)
 {
-    size_t row = (size_t)r->cal.ctx * (size_t)r->m->cfg.dim;
-    for (int i = 0; i < r->cal.rows; i++)
-        if (rt_forward_layers(r->m, r->s, r->hs + i * row, r->cal.ctx, 0, l, l + 1)) return fail(r, "forward failed at layer %d", l);
-    return 0;
+    *t0 = l == r->m->cfg.n_layers ? r->nt - 1 : l * RT_HEAD;
+    *t1 = l == r->m->cfg.n_layers ? r->nt : *t0 + RT_HEAD;
 }
 
-static int any_planned(const prun *r, int t0, int t1)
+static int any_planned(void *ctx, int l)
 {
+    const prun *r = ctx;
+    int t0, t1;
+    layer_tensors(r, l, &t0, &t1);
     for (int i = t0; i < t1; i++)
         if (r->t[i].planned) return 1;
     return 0;
 }
 
-static int step_layer(prun *r, int l)
+static int visit_layer(void *ctx, int l, const hess_layer *hl, char *err, size_t err_len)
 {
-    int t0 = l * RT_HEAD, t1 = t0 + RT_HEAD, work = any_planned(r, t0, t1);
-    int seq = work && r->p->hessians == PACK_HESS_SEQUENTIAL;
-    size_t bytes = (size_t)r->cal.rows * (size_t)r->cal.ctx * (size_t)r->m->cfg.dim * sizeof *r->hs;
-    progress(r, "forward", l);
-    if (seq) memcpy(r->hs_in, r->hs, bytes);
-    if (work) start_hessians(r, l);
-    if (run_layer_rows(r, l)) return -1;
-    if (work && finish_hessians(r, l)) return -1;
+    prun *r = ctx;
+    int t0, t1;
+    (void)err, (void)err_len; /* r->err is the caller's err */
+    layer_tensors(r, l, &t0, &t1);
     progress(r, "quantize", l);
-    if (work && quantize_range(r, t0, t1)) return -1;
-    if (!seq) return 0;
-    memcpy(r->hs, r->hs_in, bytes); /* the layer again, now on its quantized weights */
-    return run_layer_rows(r, l);
+    r->hl = hl;
+    int rc = quantize_range(r, t0, t1);
+    r->hl = NULL;
+    return rc;
 }
 
-static void null_matmul(const rt_linear *l, const float *x, float *y, int n) { (void)l, (void)x, (void)y, (void)n; }
-
-/* The head's input is the final norm's output, observed through rt_logits with a
- * head that computes nothing. */
-static int step_head(prun *r)
+static int passed_layer(void *ctx, int l, char *err, size_t err_len)
 {
-    int t0 = r->nt - 1, nl = r->m->cfg.n_layers;
-    if (!any_planned(r, t0, r->nt)) return 0;
-    progress(r, "head", nl);
-    rt_linear nothing = *r->m->head, *head = r->m->head;
-    nothing.matmul = null_matmul;
-    float unused = 0;
-    size_t row = (size_t)r->cal.ctx * (size_t)r->m->cfg.dim;
-    start_hessians(r, nl);
-    r->m->head = &nothing;
-    for (int i = 0; i < r->cal.rows; i++) rt_logits(r->m, r->s, r->hs + i * row, r->cal.ctx, &unused);
-    r->m->head = head;
-    return finish_hessians(r, nl) || quantize_range(r, t0, r->nt) ? -1 : 0;
+    prun *r = ctx;
+    int t0, t1;
+    (void)err, (void)err_len;
+    layer_tensors(r, l, &t0, &t1);
+    swap_back(r, t0, t1);
+    return 0;
 }
+
+static void walk_progress(void *ctx, const char *phase, int layer) { progress(ctx, phase, layer); }
 
 static int run_pass(prun *r)
 {
-    const mdl_config *c = &r->m->cfg;
-    size_t n = (size_t)r->cal.rows * (size_t)r->cal.ctx * (size_t)c->dim;
-    r->s = rt_state_new(r->m, r->cal.ctx, r->cal.ctx);
-    r->hs = malloc(n * sizeof *r->hs);
-    if (r->p->hessians == PACK_HESS_SEQUENTIAL) r->hs_in = malloc(n * sizeof *r->hs_in);
-    if (!r->s || !r->hs || (r->p->hessians == PACK_HESS_SEQUENTIAL && !r->hs_in))
-        return fail(r, "out of memory for %d x %d calibration tokens", r->cal.rows, r->cal.ctx);
-    if (alloc_hessians(r)) return -1;
-    size_t row = (size_t)r->cal.ctx * (size_t)c->dim;
-    for (int i = 0; i < r->cal.rows; i++) rt_embed(r->m, r->cal.tokens + (size_t)i * r->cal.ctx, r->cal.ctx, r->hs + i * row);
-    for (int l = 0; l < c->n_layers; l++)
-        if (step_layer(r, l)) return -1;
-    return step_head(r);
+    walk_params w = {.m = r->m, .cal = &r->cal, .sequential = r->p->hessians == PACK_HESS_SEQUENTIAL,
+                     .wants = any_planned, .visit = visit_layer, .passed = passed_layer,
+                     .progress = walk_progress, .ctx = r};
+    return walk_run(&w, r->err, r->err_len);
 }
 
 /* ==== Unquantized tensors and metadata (invariant 4) ==== */
@@ -441,6 +413,22 @@ static int is_planned(const prun *r, const char *name)
     return 0;
 }
 
+/* A matrix as F16, decoded a slab of rows at a time (never a whole fp32 copy). */
+static uint16_t *to_f16(prun *r, const mdl_tensor *t)
+{
+    int64_t rows = mdl_tensor_rows(t), cols = t->n_elems / rows, slab = 256;
+    uint16_t *h = malloc((size_t)t->n_elems * sizeof *h);
+    float *f = malloc((size_t)(slab * cols) * sizeof *f);
+    for (int64_t r0 = 0; h && f && r0 < rows; r0 += slab) {
+        int64_t n = rows - r0 < slab ? rows - r0 : slab;
+        mdl_tensor_rows_to_f32(r->file, t, r0, n, f);
+        for (int64_t k = 0; k < n * cols; k++) h[r0 * cols + k] = lay_f32_to_f16(f[k]);
+    }
+    if (!f) free(h), h = NULL;
+    free(f);
+    return h;
+}
+
 /* Every tensor of the model file that the plan does not quantize: 1-D as F32,
  * 2-D (an untied embedding, an unplanned linear layer) as F16. */
 static int add_unquantized(prun *r)
@@ -448,17 +436,18 @@ static int add_unquantized(prun *r)
     for (int i = 0; i < mdl_tensor_count(r->file); i++) {
         const mdl_tensor *t = mdl_tensor_at(r->file, i);
         if (is_planned(r, t->name) || t->type >= MDL_I32) continue;
-        float *f = malloc((size_t)t->n_elems * sizeof *f);
-        if (!f || mdl_tensor_to_f32(r->file, t, f)) { free(f); return fail(r, "out of memory reading %s", t->name); }
         if (t->n_dims == 1) {
-            if (pack_writer_add(r->w, t->name, "F32", 1, t->shape, f, (size_t)t->n_elems * 4)) return fail(r, "out of memory");
+            float *f = malloc((size_t)t->n_elems * sizeof *f);
+            if (!f) return fail(r, "out of memory reading %s", t->name);
+            mdl_tensor_to_f32(r->file, t, f);
+            if (pack_writer_add(r->w, t->name, "F32", 1, t->shape, f, (size_t)t->n_elems * 4))
+                return fail(r, "%s: %s", t->name, pack_writer_strerror(r->w));
             continue;
         }
-        uint16_t *h = malloc((size_t)t->n_elems * sizeof *h);
-        for (int64_t k = 0; h && k < t->n_elems; k++) h[k] = lay_f32_to_f16(f[k]);
-        free(f);
-        if (!h || pack_writer_add(r->w, t->name, "F16", t->n_dims, t->shape, h, (size_t)t->n_elems * 2))
-            return fail(r, "out of memory");
+        uint16_t *h = to_f16(r, t);
+        if (!h) return fail(r, "out of memory reading %s", t->name);
+        if (pack_writer_add(r->w, t->name, "F16", t->n_dims, t->shape, h, (size_t)t->n_elems * 2))
+            return fail(r, "%s: %s", t->name, pack_writer_strerror(r->w));
     }
     return 0;
 }
@@ -504,12 +493,11 @@ static int add_metadata(prun *r)
 
 static void cleanup(prun *r)
 {
-    rt_model_free(r->m); /* loaded with own_file 0: the file is closed below */
+    if (r->m && r->t) swap_back(r, 0, r->nt); /* after a failure inside a layer */
+    rt_model_free(r->m); /* opened with own_file 0: the file is closed below */
     mdl_close(r->file);
-    rt_state_free(r->s);
-    hess_layer_free(&r->hl);
     for (int i = 0; r->t && i < r->nt; i++) lay_qtensor_free(&r->t[i].q);
-    free(r->t), free(r->hs), free(r->hs_in);
+    free(r->t);
     calib_free(&r->cal);
     db_pack_plan_free(&r->plan);
     pack_writer_free(r->w);
@@ -523,11 +511,11 @@ int pack_model(const char *model_path, const char *db_path, int64_t plan_id, con
     memset(stats, 0, sizeof *stats);
     r.t0 = now_s();
     int rc = -1;
-    if (!(r.w = pack_writer_new())) { fail(&r, "out of memory"); goto done; }
+    if (!(r.w = pack_writer_new(out, err, err_len))) goto done;
     if (open_inputs(&r, model_path)) goto done;
-    if (rt_model_load_dense(r.file, 0, &r.m, err, err_len)) goto done;
+    if (rt_model_open(r.file, 0, p->resident ? RT_OPEN_RESIDENT : 0, &r.m, err, err_len)) goto done;
     if (run_pass(&r) || add_unquantized(&r) || add_metadata(&r)) goto done;
-    if (pack_writer_write(r.w, out, err, err_len)) goto done;
+    if (pack_writer_write(r.w, err, err_len)) goto done;
     stats->file_bytes = 0;
     FILE *f = fopen(out, "rb");
     if (f && !fseek(f, 0, SEEK_END)) stats->file_bytes = ftell(f);

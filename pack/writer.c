@@ -3,11 +3,18 @@
  * alignment (4, 2, then 1 byte) so every tensor starts aligned without padding
  * between tensors, pads the JSON header so the data starts at a multiple of 64, and
  * writes atomically (temporary file, fsync, rename). It never interprets tensors.
+ *
+ * Memory does not grow with the file: each tensor's bytes go, as they are added, to
+ * a spool file beside the destination that is unlinked as soon as it is created
+ * (so a killed writer leaves nothing behind), and the final file is the header
+ * followed by the spool's ranges in the header's order, copied by the kernel
+ * (copy_file_range) where it can.
  */
 #include "pack.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,27 +27,64 @@ typedef struct {
     char dtype[8];
     int n_dims;
     int64_t shape[4];
-    void *data;
+    size_t offset;  /* in the spool */
     size_t n_bytes;
     int align;      /* element size: 4, 2 or 1 */
     int order;      /* insertion order, to keep it within an alignment run */
 } entry;
 
 struct pack_writer {
+    char *path;     /* the destination */
+    int spool;      /* fd of the unlinked spool file */
+    size_t spooled; /* bytes in it */
+    int io_errno;   /* the first spool write error, 0 if none */
     entry *v;
     int n, cap;
     char **meta;    /* key, value, key, value, ... */
     int n_meta;
 };
 
-pack_writer *pack_writer_new(void) { return calloc(1, sizeof(pack_writer)); }
+/* An unlinked read-write file in path's directory. */
+static int open_spool(const char *path)
+{
+    char *copy = strdup(path);
+    if (!copy) return errno = ENOMEM, -1;
+    char tmpl[4096];
+    snprintf(tmpl, sizeof tmpl, "%s/.bitplan-spool.XXXXXX", dirname(copy));
+    free(copy);
+    int fd = mkostemp(tmpl, O_CLOEXEC);
+    if (fd >= 0) unlink(tmpl);
+    return fd;
+}
+
+pack_writer *pack_writer_new(const char *path, char *err, size_t err_len)
+{
+    pack_writer *w = calloc(1, sizeof *w);
+    if (!w || !(w->path = strdup(path))) {
+        free(w);
+        snprintf(err, err_len, "%s: out of memory", path);
+        return NULL;
+    }
+    if ((w->spool = open_spool(path)) < 0) {
+        snprintf(err, err_len, "%s: cannot create a temporary file beside it: %s", path, strerror(errno));
+        free(w->path), free(w);
+        return NULL;
+    }
+    return w;
+}
 
 void pack_writer_free(pack_writer *w)
 {
     if (!w) return;
-    for (int i = 0; i < w->n; i++) free(w->v[i].name), free(w->v[i].data);
+    for (int i = 0; i < w->n; i++) free(w->v[i].name);
     for (int i = 0; i < 2 * w->n_meta; i++) free(w->meta[i]);
-    free(w->v), free(w->meta), free(w);
+    if (w->spool >= 0) close(w->spool);
+    free(w->path), free(w->v), free(w->meta), free(w);
+}
+
+const char *pack_writer_strerror(const pack_writer *w)
+{
+    return w->io_errno ? strerror(w->io_errno) : "out of memory";
 }
 
 static int dtype_align(const char *dtype)
@@ -48,6 +92,32 @@ static int dtype_align(const char *dtype)
     if (!strcmp(dtype, "F32") || !strcmp(dtype, "U32") || !strcmp(dtype, "I32")) return 4;
     if (!strcmp(dtype, "F16") || !strcmp(dtype, "U16") || !strcmp(dtype, "BF16")) return 2;
     if (!strcmp(dtype, "U8")) return 1;
+    return 0;
+}
+
+static int write_all(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+    while (n) {
+        ssize_t k = write(fd, c, n > (1u << 30) ? (1u << 30) : n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return -1;
+        c += k, n -= (size_t)k;
+    }
+    return 0;
+}
+
+/* Appends data to the spool; the writer takes and frees it. */
+static int spool_data(pack_writer *w, void *data, size_t n_bytes, size_t *offset)
+{
+    *offset = w->spooled;
+    int rc = write_all(w->spool, data, n_bytes);
+    free(data);
+    if (rc) {
+        w->io_errno = errno ? errno : EIO;
+        return -1;
+    }
+    w->spooled += n_bytes;
     return 0;
 }
 
@@ -69,7 +139,8 @@ int pack_writer_add(pack_writer *w, const char *name, const char *dtype, int n_d
     snprintf(e->dtype, sizeof e->dtype, "%s", dtype);
     e->n_dims = n_dims;
     memcpy(e->shape, shape, (size_t)n_dims * sizeof *shape);
-    e->data = data, e->n_bytes = n_bytes, e->align = align, e->order = w->n++;
+    if (spool_data(w, data, n_bytes, &e->offset)) { free(e->name); return -1; }
+    e->n_bytes = n_bytes, e->align = align, e->order = w->n++;
     return 0;
 }
 
@@ -121,14 +192,23 @@ static char *header_json(pack_writer *w, size_t *len)
     return b.s;
 }
 
-static int write_all(int fd, const void *p, size_t n)
+/* Copies n bytes of the spool from offset off to the end of fd: in the kernel
+ * where it can, else through a buffer. */
+static int copy_range(int spool, int fd, size_t off, size_t n)
 {
-    const char *c = p;
+    loff_t in = (loff_t)off;
     while (n) {
-        ssize_t k = write(fd, c, n > (1u << 30) ? (1u << 30) : n);
+        ssize_t k = copy_file_range(spool, &in, fd, NULL, n, 0);
         if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return -1;
-        c += k, n -= (size_t)k;
+        if (k <= 0) break; /* EXDEV, ENOSYS, EINVAL...: copy by hand */
+        n -= (size_t)k;
+    }
+    char buf[1 << 16];
+    while (n) {
+        ssize_t k = pread(spool, buf, n < sizeof buf ? n : sizeof buf, in);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0 || write_all(fd, buf, (size_t)k)) return errno = k == 0 ? EIO : errno, -1;
+        in += k, n -= (size_t)k;
     }
     return 0;
 }
@@ -139,12 +219,14 @@ static int write_body(pack_writer *w, int fd, const char *header, size_t hlen)
     for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
     if (write_all(fd, len8, 8) || write_all(fd, header, hlen)) return -1;
     for (int i = 0; i < w->n; i++)
-        if (write_all(fd, w->v[i].data, w->v[i].n_bytes)) return -1;
+        if (copy_range(w->spool, fd, w->v[i].offset, w->v[i].n_bytes)) return -1;
     return fsync(fd);
 }
 
-int pack_writer_write(pack_writer *w, const char *path, char *err, size_t err_len)
+int pack_writer_write(pack_writer *w, char *err, size_t err_len)
 {
+    const char *path = w->path;
+    if (w->io_errno) return snprintf(err, err_len, "%s: write failed: %s", path, strerror(w->io_errno)), -1;
     qsort(w->v, (size_t)w->n, sizeof *w->v, by_alignment);
     size_t hlen;
     char *header = header_json(w, &hlen);

@@ -110,8 +110,8 @@ static void observe(rt_state *s, int layer, rt_input which, const float *x, int 
 static void attention(const mdl_config *c, rt_state *s, int l, int n, int pos)
 {
     int hd = c->head_dim, group = c->n_heads / c->n_kv_heads, T = pos + n;
-    const float *kc = s->key_cache + (size_t)l * s->max_ctx * s->kv_dim;
-    const float *vc = s->value_cache + (size_t)l * s->max_ctx * s->kv_dim;
+    const float *kc = s->key_cache + rt_cache_offset(s, l, 0);
+    const float *vc = s->value_cache + rt_cache_offset(s, l, 0);
     float scale = 1.0f / sqrtf((float)hd);
     for (int h = 0; h < c->n_heads; h++) {
         const float *k = kc + (size_t)(h / group) * hd, *v = vc + (size_t)(h / group) * hd;
@@ -138,8 +138,8 @@ static void attention_block(const rt_model *m, rt_state *s, int l, float *h, int
 {
     const mdl_config *c = &m->cfg;
     const rt_layer *ly = &m->layers[l];
-    float *kc = s->key_cache + ((size_t)l * s->max_ctx + pos) * s->kv_dim;
-    float *vc = s->value_cache + ((size_t)l * s->max_ctx + pos) * s->kv_dim;
+    float *kc = s->key_cache + rt_cache_offset(s, l, pos);
+    float *vc = s->value_cache + rt_cache_offset(s, l, pos);
     rmsnorm(s->xb, h, ly->attn_norm, n, c->dim, c->norm_eps);
     observe(s, l, RT_IN_ATTN, s->xb, n, c->dim);
     ly->lin[RT_Q]->matmul(ly->lin[RT_Q], s->xb, s->q, n);
@@ -184,6 +184,7 @@ int rt_forward_layers(const rt_model *m, rt_state *s, float *h, int n, int pos, 
 {
     assert(n >= 1 && n <= s->max_batch && pos >= 0 && pos + n <= s->max_ctx);
     assert(l0 >= 0 && l0 <= l1 && l1 <= m->cfg.n_layers);
+    assert(s->cache_layers == m->cfg.n_layers || pos == 0); /* a shared cache holds no history */
     for (int l = l0; l < l1; l++) {
         attention_block(m, s, l, h, n, pos);
         mlp_block(m, s, l, h, n);

@@ -12,10 +12,12 @@
  *     0.01 nats of KL divergence on SmolLM2), and BLAS outruns the int8 kernels
  *     once the batch is large.
  *
- * It owns its scratch (permuted and quantized activations, per-row multipliers,
- * the fp32 slabs), allocated once at creation; it never makes a dequantized copy of
- * the whole tensor and never allocates in matmul. The packed arrays are borrowed:
- * they must outlive the layer. One layer runs one product at a time.
+ * Its scratch (permuted and quantized activations, per-row multipliers, the fp32
+ * slabs) is an rt_scratch that every layer of a model shares (one product runs at
+ * a time), sized at creation, so a 7B model's scratch is one layer's, not 224; a
+ * layer made without one owns its own. It never makes a dequantized copy of the
+ * whole tensor and never allocates in matmul. The packed arrays are borrowed: they
+ * must outlive the layer.
  */
 #include "runtime.h"
 #include "qkernels.h"
@@ -47,14 +49,29 @@ typedef struct {
     uint8_t *zsym;              /* [ng] 2^(b-1) for symmetric formats, else NULL */
     int max_batch, max_threads;
     int int8_rows;              /* rows of the int8 scratch: min(max_batch, RT_PACKED_EXACT_BATCH - 1) */
+    int64_t slab_rows;          /* min(rows, SLAB_ROWS) */
+    rt_scratch *scratch;        /* shared (or owned: own_scratch) */
+    int own_scratch;
+    size_t off[5], need;        /* byte offsets of xq, xd, xs, sd in the int8 scratch; its size */
+} qlin;
+
+/* A product's scratch, carved from the shared buffer. The int8 path and the exact
+ * path never run at once, so they overlap. */
+typedef struct {
     float *xp;                  /* [int8_rows][cols] activations in stored order */
     int8_t *xq;                 /* [int8_rows][cols] quantized */
     float *xd;                  /* [int8_rows][ng] activation scale per group */
     int32_t *xs;                /* [int8_rows][ng] sum of xq per group */
     float *sd;                  /* [max_threads][QK_NB][ng] per-row multipliers */
-    int64_t slab_rows;          /* min(rows, SLAB_ROWS) */
-    float *slab;                /* [max_threads][slab_rows][cols] fp32 rows, or NULL (max_batch small) */
-} qlin;
+    float *slab;                /* [max_threads][slab_rows][cols] fp32 rows (exact path) */
+} qbufs;
+
+static qbufs bufs_of(const qlin *q)
+{
+    char *b = rt_scratch_get(q->scratch, q->need);
+    return (qbufs){.xp = (float *)b, .xq = (int8_t *)(b + q->off[0]), .xd = (float *)(b + q->off[1]),
+                   .xs = (int32_t *)(b + q->off[2]), .sd = (float *)(b + q->off[3]), .slab = (float *)b};
+}
 
 /* ==== Products ==== */
 
@@ -87,17 +104,17 @@ static void packed_get_row(const rt_linear *l, int64_t r, float *out)
 
 
 /* y[kb + k][r] for k < nb: one row against nb quantized activation rows. */
-static void row_product(const qlin *q, int64_t r, int kb, int nb, float *sd, float *y)
+static void row_product(const qlin *q, const qbufs *b, int64_t r, int kb, int nb, float *sd, float *y)
 {
     const lay_packed *p = &q->p;
     int64_t ng = q->ng, cols = p->cols;
     const uint8_t *z = q->zsym ? q->zsym : p->zeros + r * ng;
     float corr[QK_NB], acc[QK_NB] = {0};
-    q->k->prep(p->scales + r * ng, z, q->xd + kb * ng, q->xs + kb * ng, ng, nb, sd, corr);
+    q->k->prep(p->scales + r * ng, z, b->xd + kb * ng, b->xs + kb * ng, ng, nb, sd, corr);
     const uint8_t *row = p->values + r * q->row_bytes;
     for (int i = 0; i < q->nruns; i++) {
         const qrun *u = &q->runs[i];
-        q->k->dot[u->bits](row + u->off, u->ng, u->gch, q->xq + kb * cols + u->g0 * p->opt.group, cols,
+        q->k->dot[u->bits](row + u->off, u->ng, u->gch, b->xq + kb * cols + u->g0 * p->opt.group, cols,
                            sd + u->g0, ng, acc, nb);
     }
     for (int k = 0; k < nb; k++) y[(kb + k) * p->rows + r] = acc[k] - corr[k];
@@ -105,12 +122,12 @@ static void row_product(const qlin *q, int64_t r, int kb, int nb, float *sd, flo
 
 /* Activation row k into kernel order (stored order, or block order in some runs),
  * then int8 per group. */
-static void quantize_input(const qlin *q, const float *x, int k)
+static void quantize_input(const qlin *q, const qbufs *b, const float *x, int k)
 {
     int64_t cols = q->p.cols;
-    float *xp = q->xp + k * cols;
+    float *xp = b->xp + k * cols;
     for (int64_t j = 0; j < cols; j++) xp[j] = x[k * cols + q->gather[j]];
-    q->k->quant(xp, cols, q->p.opt.group, q->xq + k * cols, q->xd + k * q->ng, q->xs + k * q->ng);
+    q->k->quant(xp, cols, q->p.opt.group, b->xq + k * cols, b->xd + k * q->ng, b->xs + k * q->ng);
 }
 
 static int threads_for(const qlin *q)
@@ -125,11 +142,12 @@ static int threads_for(const qlin *q)
 static void exact_matmul(const qlin *q, const float *x, float *y, int n)
 {
     int64_t rows = q->p.rows, cols = q->p.cols, sr = q->slab_rows, slabs = (rows + sr - 1) / sr;
+    float *slab = bufs_of(q).slab;
     int blas_threads = openblas_get_num_threads();
     openblas_set_num_threads(1);
 #pragma omp parallel num_threads(threads_for(q))
     {
-        float *w = q->slab + (int64_t)omp_get_thread_num() * sr * cols;
+        float *w = slab + (int64_t)omp_get_thread_num() * sr * cols;
 #pragma omp for schedule(static)
         for (int64_t s = 0; s < slabs; s++) {
             int64_t r0 = s * sr, nr = rows - r0 < sr ? rows - r0 : sr;
@@ -151,17 +169,18 @@ static void packed_matmul(const rt_linear *l, const float *x, float *y, int n)
     }
     int nt = threads_for(q);
     int64_t tiles = (q->p.rows + TILE_ROWS - 1) / TILE_ROWS;
+    qbufs b = bufs_of(q);
 #pragma omp parallel num_threads(nt)
     {
-        float *sd = q->sd + (int64_t)omp_get_thread_num() * QK_NB * q->ng;
+        float *sd = b.sd + (int64_t)omp_get_thread_num() * QK_NB * q->ng;
 #pragma omp for schedule(static)
-        for (int k = 0; k < n; k++) quantize_input(q, x, k);
+        for (int k = 0; k < n; k++) quantize_input(q, &b, x, k);
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tiles; t++) {
             int64_t r1 = (t + 1) * TILE_ROWS < q->p.rows ? (t + 1) * TILE_ROWS : q->p.rows;
             for (int kb = 0; kb < n; kb += QK_NB) {
                 int nb = n - kb < QK_NB ? n - kb : QK_NB;
-                for (int64_t r = t * TILE_ROWS; r < r1; r++) row_product(q, r, kb, nb, sd, y);
+                for (int64_t r = t * TILE_ROWS; r < r1; r++) row_product(q, &b, r, kb, nb, sd, y);
             }
         }
     }
@@ -190,8 +209,8 @@ static void build_gather(qlin *q)
 static void qlin_free(qlin *q)
 {
     if (!q) return;
-    free(q->perm), free(q->gather), free(q->zsym), free(q->xp), free(q->xq), free(q->xd), free(q->xs), free(q->sd);
-    free(q->slab);
+    free(q->perm), free(q->gather), free(q->zsym);
+    if (q->own_scratch) rt_scratch_free(q->scratch);
     free(q);
 }
 
@@ -214,30 +233,44 @@ static void build_runs(qlin *q)
     }
 }
 
-static int qlin_alloc(qlin *q, int max_batch)
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+/* Sizes the product scratch (bufs_of's layout) and asks the shared buffer for it. */
+static void plan_scratch(qlin *q)
+{
+    size_t cols = (size_t)q->p.cols, ng = (size_t)q->ng, mb = (size_t)q->int8_rows;
+    size_t sizes[5] = {mb * cols * sizeof(float), mb * cols, mb * ng * sizeof(float), mb * ng * sizeof(int32_t),
+                       (size_t)q->max_threads * QK_NB * ng * sizeof(float)};
+    size_t at = 0;
+    for (int i = 0; i < 5; i++) {
+        at += align64(sizes[i]);
+        q->off[i] = at; /* off[i] is where part i + 1 starts; off[4] the end */
+    }
+    q->need = at;
+    size_t slab = (size_t)q->max_threads * (size_t)q->slab_rows * cols * sizeof(float);
+    if (q->max_batch >= RT_PACKED_EXACT_BATCH && slab > q->need) q->need = slab;
+    rt_scratch_want(q->scratch, q->need);
+}
+
+static int qlin_alloc(qlin *q, int max_batch, rt_scratch *shared)
 {
     int64_t cols = q->p.cols, ng = q->ng;
     q->max_batch = max_batch;
     q->max_threads = omp_get_max_threads() > omp_get_num_procs() ? omp_get_max_threads() : omp_get_num_procs();
     q->int8_rows = max_batch < RT_PACKED_EXACT_BATCH ? max_batch : RT_PACKED_EXACT_BATCH - 1;
-    int64_t mb = q->int8_rows;
-    if (max_batch >= RT_PACKED_EXACT_BATCH) {
-        q->slab_rows = q->p.rows < SLAB_ROWS ? q->p.rows : SLAB_ROWS;
-        if (!(q->slab = malloc((size_t)(q->max_threads * q->slab_rows * cols) * sizeof *q->slab))) return -1;
-    }
+    q->slab_rows = q->p.rows < SLAB_ROWS ? q->p.rows : SLAB_ROWS;
+    q->scratch = shared ? shared : rt_scratch_new();
+    q->own_scratch = !shared;
+    if (!q->scratch) return -1;
+    plan_scratch(q);
+    if (q->own_scratch && rt_scratch_ready(q->scratch)) return -1;
     q->perm = malloc((size_t)cols * sizeof *q->perm);
     q->gather = malloc((size_t)cols * sizeof *q->gather);
-    q->xp = malloc((size_t)(mb * cols) * sizeof *q->xp);
-    q->xq = malloc((size_t)(mb * cols));
-    q->xd = malloc((size_t)(mb * ng) * sizeof *q->xd);
-    q->xs = malloc((size_t)(mb * ng) * sizeof *q->xs);
-    q->sd = malloc((size_t)(q->max_threads * QK_NB * ng) * sizeof *q->sd);
     if (q->p.opt.scale_fmt == LAY_SCALE_F16) q->zsym = malloc((size_t)ng);
-    return q->perm && q->gather && q->xp && q->xq && q->xd && q->xs && q->sd &&
-           (q->p.opt.scale_fmt != LAY_SCALE_F16 || q->zsym) ? 0 : -1;
+    return q->perm && q->gather && (q->p.opt.scale_fmt != LAY_SCALE_F16 || q->zsym) ? 0 : -1;
 }
 
-rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, char *err, size_t err_len)
+rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, rt_scratch *scratch, char *err, size_t err_len)
 {
     char why[128];
     qlin *q = NULL;
@@ -256,7 +289,7 @@ rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, char *err, size_
     q->k = qk_active();
     q->ng = lay_n_groups(&p->opt, p->cols);
     q->row_bytes = lay_row_bytes(&p->opt, p->cols);
-    if (qlin_alloc(q, max_batch)) goto fail;
+    if (qlin_alloc(q, max_batch, scratch)) goto fail;
     for (int64_t j = 0; j < p->cols; j++) {
         int64_t v = lay_perm_at(p, j);
         snprintf(why, sizeof why, "perm[%lld] = %lld is not a column", (long long)j, (long long)v);

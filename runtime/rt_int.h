@@ -19,8 +19,9 @@
 struct rt_state {
     int max_ctx, max_batch;
     int q_dim, kv_dim;
-    float *key_cache;    /* [L][T][KV]: keys after RoPE */
-    float *value_cache;  /* [L][T][KV] */
+    int cache_layers;    /* L, or 1 for rt_state_new_one_cache (all layers share one) */
+    float *key_cache;    /* [cache_layers][T][KV]: keys after RoPE */
+    float *value_cache;  /* [cache_layers][T][KV] */
     float *x;            /* [B][D] residual stream of rt_forward */
     float *xb;           /* [B][D] normalized input of a block */
     float *xo;           /* [B][D] output of o or down, before the residual add */
@@ -33,6 +34,13 @@ struct rt_state {
     rt_observer observer;
     void *observer_ctx;
 };
+
+/* Layer l's part of the KV cache: keys (values) of position pos at
+ * cache + rt_cache_offset(s, l, pos). */
+static inline size_t rt_cache_offset(const rt_state *s, int l, int pos)
+{
+    return ((size_t)(s->cache_layers == 1 ? 0 : l) * (size_t)s->max_ctx + (size_t)pos) * (size_t)s->kv_dim;
+}
 
 /* 1 if the architecture's q/k rows are in "NeoX" RoPE order (halves) rather than
  * llama.cpp's interleaved order. GGUF stores llama/mistral q/k interleaved (the

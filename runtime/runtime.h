@@ -10,7 +10,7 @@
  * Typical use:
  *
  *     rt_model *m; char err[256];
- *     rt_model_load_dense(model_file, &m, err, sizeof err);
+ *     rt_model_open(model_file, 1, 0, &m, err, sizeof err);
  *     rt_state *s = rt_state_new(m, 512, 512);      // max context, max batch
  *     rt_forward(m, s, tokens, n, 0, logits);       // logits[n][vocab]
  *     rt_state_free(s); rt_model_free(m);
@@ -50,14 +50,42 @@ struct rt_linear {
     void (*get_row)(const rt_linear *l, int64_t r, float *out);
     void (*destroy)(rt_linear *l);   /* frees impl; rt_linear_free then free()s l */
     void *impl;
-    /* What other devices need to upload the weights: exactly one is non-NULL. */
-    const float *dense;                 /* [rows][cols] for dense fp32 layers */
+    /* What other devices need to upload the weights: at most one is non-NULL; a
+     * layer over stored weights has neither until it is held. */
+    const float *dense;                 /* [rows][cols] for dense fp32 layers (and held stored ones) */
     const struct lay_packed_s *packed;  /* the packed tensor for packed layers */
+    /* For layers over stored weights (NULL otherwise): see rt_linear_hold. */
+    int (*hold)(rt_linear *l);
+    void (*release)(rt_linear *l);
 };
 
 /* A dense fp32 linear layer over w[rows][cols]; takes ownership of w (free()d). */
 rt_linear *rt_linear_dense(float *w, int64_t rows, int64_t cols);
 void rt_linear_free(rt_linear *l);
+
+/* ==== Layers over stored weights (runtime/stored.c) ==== */
+
+/* Scratch shared by the layers of one model, which run one product at a time: each
+ * layer says what it needs when it is made (rt_scratch_want), the model allocates
+ * the largest once (rt_scratch_ready), and products borrow it (rt_scratch_get), so
+ * scratch does not grow with the number of layers. */
+typedef struct rt_scratch rt_scratch;
+rt_scratch *rt_scratch_new(void);
+void rt_scratch_free(rt_scratch *s);
+void rt_scratch_want(rt_scratch *s, size_t bytes);
+int rt_scratch_ready(rt_scratch *s);            /* 0, or -1 if out of memory */
+void *rt_scratch_get(const rt_scratch *s, size_t bytes);
+
+/* A linear layer over a 2-D tensor of a model file, in the file's own type, read
+ * from the mapping (the file must outlive the layer). Products decode slabs of rows
+ * to fp32 in the shared scratch; get_row decodes one row. NULL if out of memory. */
+rt_linear *rt_linear_stored(const mdl_model *file, const mdl_tensor *t, rt_scratch *scratch);
+
+/* Holding a layer over stored weights decodes it once to fp32 (l->dense then points
+ * at it) and makes its products exactly rt_linear_dense's, until as many releases
+ * as holds free it again. Other layers ignore both. 0, or -1 if out of memory. */
+int rt_linear_hold(rt_linear *l);
+void rt_linear_release(rt_linear *l);
 
 /* ==== Packed linear layers ==== */
 
@@ -67,17 +95,18 @@ void rt_linear_free(rt_linear *l);
  * the activations to int8 per weight group (runtime/qkernels.h), so y differs from
  * W_deq x by that rounding; larger batches (prompts, evaluation) decode slabs of
  * rows to fp32 and multiply them with BLAS, so y is W_deq x up to float rounding.
- * The arrays of p are borrowed and must outlive the layer; scratch for up to
- * max_batch activation rows is allocated here, once. One product at a time per
- * layer. Returns NULL with a message for an invalid option, a bad permutation or no
- * memory:
+ * The arrays of p are borrowed and must outlive the layer. Scratch for up to
+ * max_batch activation rows comes from `scratch`, shared with the model's other
+ * layers (the caller makes it ready once all are made), or, with NULL, is the
+ * layer's own. One product at a time per scratch. Returns NULL with a message for
+ * an invalid option, a bad permutation or no memory:
  *
- *     rt_linear *l = rt_linear_packed(&packed, 512, err, sizeof err);
+ *     rt_linear *l = rt_linear_packed(&packed, 512, NULL, err, sizeof err);
  *     l->matmul(l, x, y, n);                    // y[n][rows] = x[n][cols] W^T
  */
 #define RT_PACKED_EXACT_BATCH 64
 #include "../pack/layout.h"
-rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, char *err, size_t err_len);
+rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, rt_scratch *scratch, char *err, size_t err_len);
 
 /* ==== Model ==== */
 
@@ -97,16 +126,29 @@ typedef struct rt_model {
     rt_linear *head;               /* [vocab][dim]; == embed when tied */
     float *out_norm;               /* [dim] */
     tok_tokenizer *tok;            /* borrowed from the model file, may be NULL */
+    rt_scratch *scratch;           /* shared by the linear layers; may be NULL */
     void *owner;                   /* whatever keeps the weights alive (file, mapping) */
     void (*owner_free)(void *owner);
     int add_bos;                   /* 1: texts start with BOS (tokenizer.ggml.add_bos_token) */
 } rt_model;
 
-/* Loads every weight of a model file as dense fp32. Fails with a message for NaN or
- * Inf weights, missing tensors or shapes that disagree with the config. The model
- * keeps `file` open (and closes it in rt_model_free) when own_file is 1. */
-int rt_model_load_dense(mdl_model *file, int own_file, rt_model **out, char *err, size_t err_len);
+/* Opens a model file as a runnable model whose linear layers and embedding read
+ * their weights from the file's mapping in its own type (rt_linear_stored); norms
+ * and biases are fp32. Memory is then the mapping plus what is held. With
+ * RT_OPEN_RESIDENT every layer is held from the start (fastest where the model fits
+ * in memory as fp32). Fails with a message for NaN or Inf weights (every tensor is
+ * checked), missing tensors or shapes that disagree with the config. The model keeps
+ * `file` open (and closes it in rt_model_free) when own_file is 1; otherwise the
+ * file must outlive the model. */
+#define RT_OPEN_RESIDENT 1
+int rt_model_open(mdl_model *file, int own_file, int flags, rt_model **out, char *err, size_t err_len);
 void rt_model_free(rt_model *m);
+
+/* Holds (rt_linear_hold) the linear layers of block `layer`, or the head for layer
+ * == n_layers, so that they run as dense fp32; release undoes one hold. 0, or -1
+ * with a message if out of memory (nothing is left held then). */
+int rt_model_hold_layer(rt_model *m, int layer, char *err, size_t err_len);
+void rt_model_release_layer(rt_model *m, int layer);
 
 /* ==== State and forward ==== */
 
@@ -117,6 +159,12 @@ typedef struct rt_state rt_state;
 typedef void (*rt_observer)(void *ctx, int layer, rt_input which, const float *x, int n, int64_t cols);
 
 rt_state *rt_state_new(const rt_model *m, int max_ctx, int max_batch);
+/* A state whose KV cache has room for one layer, shared by all: for passes that run
+ * whole sequences from position 0 (rt_forward_layers with pos 0 and n tokens),
+ * where a layer's keys are not needed once the next layer starts, as in the
+ * measurement's layer-by-layer walk. Its memory does not grow with depth. Must not
+ * be used for decoding token by token. */
+rt_state *rt_state_new_one_cache(const rt_model *m, int max_ctx, int max_batch);
 void rt_state_free(rt_state *s);
 void rt_state_set_observer(rt_state *s, rt_observer fn, void *ctx);
 
@@ -155,6 +203,8 @@ void rt_runner_free(rt_runner *r);
 
 /* ==== Evaluation ==== */
 
+typedef struct rt_ref_logits rt_ref_logits;
+
 typedef struct {
     rt_runner_open_fn open_runner; /* where the model runs; NULL = CPU (the reference always runs on the CPU) */
     int ctx;                 /* chunk length (default 512) */
@@ -162,6 +212,15 @@ typedef struct {
     int progress;            /* 1: progress on stderr */
     int32_t bos;             /* token put first in every chunk, -1 = none (default); llama.cpp
                                 does this when the model adds BOS (rt_model.add_bos) */
+    /* Saved reference logits (as llama-perplexity's --kl-divergence-base), so that an
+     * evaluation never holds two models. At most one of ref, ref_logits, save_logits: */
+    rt_ref_logits *ref_logits;   /* the reference's logits, read chunk by chunk from this
+                                    file (rt_ref_logits_open) instead of running a model */
+    const char *save_logits;     /* write the model's logits at every scored position to
+                                    this file (atomically), to serve later as ref_logits */
+    const char *save_model_path; /* recorded in the saved file: the model's path, */
+    const char *save_model_hash; /* its content hash (hex), */
+    const char *save_text_path;  /* and the text's path; each may be NULL */
 } rt_eval_params;
 void rt_eval_params_init(rt_eval_params *p);
 
@@ -176,13 +235,57 @@ typedef struct {
     double ref_ppl;          /* reference perplexity, 0 without ref */
     double seconds;
     double tokens_per_s;     /* tokens processed (not only scored) per second */
+    int64_t logits_bytes;    /* size of the file written (save_logits) or read (ref_logits) */
 } rt_eval_result;
 
 /* Perplexity as llama-perplexity computes it: non-overlapping chunks of ctx tokens,
  * the first token of each replaced by BOS, only the second half of each chunk scored.
- * With ref != NULL also KL divergence and top-1 agreement against ref. */
+ * With ref != NULL (or p->ref_logits) also KL divergence and top-1 agreement against
+ * the reference, and its perplexity. A reference read from a file gives the same
+ * numbers, bit for bit, as running the model that saved it on the CPU. */
 int rt_eval(const rt_model *m, const rt_model *ref, const int32_t *tokens, int64_t n_tokens,
             const rt_eval_params *p, rt_eval_result *out, char *err, size_t err_len);
+
+/* ---- Reference logits files (format: runtime/eval.c) ----
+ *
+ *     rt_eval_params p; rt_eval_params_init(&p);
+ *     p.save_logits = "ref.logits";                       // once, with the reference alone
+ *     rt_eval(ref_model, NULL, tokens, n, &p, &r, err, sizeof err);
+ *
+ *     rt_ref_logits *f; rt_ref_logits_open("ref.logits", &f, err, sizeof err);
+ *     p.save_logits = NULL; p.ref_logits = f;             // then for every quantized model
+ *     rt_eval(model, NULL, tokens, n, &p, &r, err, sizeof err);
+ *     rt_ref_logits_close(f);
+ *
+ * A file holds the exact float32 logits at every scored position: vocab x (ctx - 1 -
+ * ctx/2) x chunks x 4 bytes, plus a header and 4 bytes a chunk (max_chunks limits
+ * it; SmolLM2's vocabulary of 49152 at ctx 512 takes 50 MB a chunk). It is written
+ * and read one chunk at a time, so no more than a chunk's logits are in memory. */
+typedef struct {
+    int32_t vocab, ctx;
+    int32_t first, n_score;      /* scored positions of a chunk: first .. first + n_score - 1 */
+    int32_t bos;                 /* BOS put first in every chunk, -1 none */
+    int32_t device;              /* what ran the saving model: 0 CPU, 1 another runner */
+    int64_t chunks, n_tokens;    /* chunks saved; tokens of the whole text */
+    uint8_t tokens_sha256[32];   /* of the text's n_tokens ids as int32 little-endian */
+    char model_hash[65];         /* the saving model's content hash, "" if not given */
+    char *model_path, *text_path; /* as given when saving ("" if not given) */
+    int64_t file_bytes;
+} rt_ref_info;
+
+/* Opens a file written by rt_eval with save_logits: checks its header (magic,
+ * version, checksum, sizes) and that its length is exactly what the header says.
+ * 0, or -1 with a one-line message ("FILE: truncated: ...") in err. */
+int rt_ref_logits_open(const char *path, rt_ref_logits **out, char *err, size_t err_len);
+const rt_ref_info *rt_ref_logits_info(const rt_ref_logits *f);
+void rt_ref_logits_close(rt_ref_logits *f);
+
+/* 0 if f was saved for this evaluation of m (the same tokens, ctx, chunks, BOS and
+ * vocabulary); otherwise -1 with one line naming every field that differs, e.g.
+ * "FILE was saved for another evaluation: ctx 64 there, 128 here". rt_eval checks
+ * this too; callers may check early. */
+int rt_ref_logits_match(const rt_ref_logits *f, const rt_model *m, const int32_t *tokens, int64_t n_tokens,
+                        const rt_eval_params *p, char *err, size_t err_len);
 
 /* ==== Generation ==== */
 

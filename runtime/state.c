@@ -28,7 +28,7 @@ static void fill_rope_tables(rt_state *s, const mdl_config *c)
     }
 }
 
-rt_state *rt_state_new(const rt_model *m, int max_ctx, int max_batch)
+static rt_state *state_new(const rt_model *m, int max_ctx, int max_batch, int cache_layers)
 {
     const mdl_config *c = &m->cfg;
     assert(max_ctx > 0 && max_batch > 0);
@@ -40,7 +40,8 @@ rt_state *rt_state_new(const rt_model *m, int max_ctx, int max_batch)
     s->q_dim = c->n_heads * c->head_dim;
     s->kv_dim = c->n_kv_heads * c->head_dim;
     s->rope_neox = rt_rope_is_neox(c);
-    size_t T = (size_t)max_ctx, B = (size_t)max_batch, L = (size_t)c->n_layers;
+    s->cache_layers = cache_layers;
+    size_t T = (size_t)max_ctx, B = (size_t)max_batch, L = (size_t)cache_layers;
     size_t hidden = (size_t)c->hidden_dim, dim = (size_t)c->dim, half = (size_t)c->rope_dim / 2;
     s->key_cache = calloc(L * T * (size_t)s->kv_dim, sizeof(float));
     s->value_cache = calloc(L * T * (size_t)s->kv_dim, sizeof(float));
@@ -61,6 +62,16 @@ rt_state *rt_state_new(const rt_model *m, int max_ctx, int max_batch)
     }
     fill_rope_tables(s, c);
     return s;
+}
+
+rt_state *rt_state_new(const rt_model *m, int max_ctx, int max_batch)
+{
+    return state_new(m, max_ctx, max_batch, m->cfg.n_layers);
+}
+
+rt_state *rt_state_new_one_cache(const rt_model *m, int max_ctx, int max_batch)
+{
+    return state_new(m, max_ctx, max_batch, 1);
 }
 
 void rt_state_free(rt_state *s)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make bench: every benchmark under bench/, each reporting against a baseline
 # measured in the same run. Results go to stdout (Markdown tables); BENCHMARKS.md
-# records them with the machine. BENCH_ONLY=matvec|forward|alloc|cuda runs one.
+# records them with the machine. BENCH_ONLY=matvec|forward|alloc|gptq|cuda runs
+# one; BENCH_ONLY=scale runs bench/bench_scale.py (a 7B-shaped model), and only then.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${BUILD:-build}
@@ -23,6 +24,16 @@ if run alloc; then
     db=${BENCH_DB:-out/smol.db}
     if [ -f "$db" ]; then "$B/bench/bench_alloc" --db "$db" --bpw 2.5,3,3.5,4,5,6 --sizes 1000,10000
     else "$B/bench/bench_alloc" --sizes 1000,10000; echo "(no measurement at $db: run make demo first for the real-model table)"; fi
+fi
+if run gptq; then
+    echo; echo "## GPTQ units and the 7B measurement projection"
+    "$B/bench/bench_gptq" --quick
+fi
+# The 7B-shaped model's time and memory: 14 GB of disk and over an hour, so only
+# when asked for (BENCH_ONLY=scale).
+if [ "$only" = scale ]; then
+    echo; echo "## Every command on a 7B-shaped model"
+    BUILD=$B python3 bench/bench_scale.py
 fi
 if run cuda && [ -x "$B/bench/bench_cuda" ]; then
     echo; echo "## CUDA"

@@ -4,8 +4,9 @@
  * What it is for: the facts a caller relies on that need no NumPy: GPTQ beats RTN,
  * error falls as bits rise, the reported rel_err is exactly that of the stored
  * (and packed) tensor, refusals name the bad value, dead columns, damping retries,
- * determinism, and the option set's coverage. tests/test_gptq.py checks the values
- * themselves against an independent NumPy GPTQ.
+ * determinism, the fast error paths against a direct long-double trace, and the
+ * option set's coverage. tests/test_gptq.py checks the values themselves against an
+ * independent NumPy GPTQ.
  *
  * What it must never do: assert on time.
  */
@@ -260,8 +261,8 @@ static void test_deterministic_and_prepared_identical(void **state)
     lay_option o = opt(2, 3, 0.3f, 64, LAY_SCALE_F16_Z8);
     gptq_params p;
     gptq_params_init(&p);
-    lay_qtensor q[3];
-    gptq_stats st[3];
+    lay_qtensor q[4];
+    gptq_stats st[4];
     char err[256];
     assert_int_equal(gptq_quantize(L.w, L.rows, L.cols, L.h, &o, &p, &q[0], &st[0], err, sizeof err), 0);
     assert_int_equal(gptq_quantize(L.w, L.rows, L.cols, L.h, &o, &p, &q[1], &st[1], err, sizeof err), 0);
@@ -270,15 +271,20 @@ static void test_deterministic_and_prepared_identical(void **state)
     double e = gptq_weight_energy(L.w, L.rows, L.cols, L.h);
     assert_int_equal(gptq_quantize_prepared(L.w, L.rows, prep, &o, e, &q[2], &st[2], err, sizeof err), 0);
     gptq_prep_free(prep);
+    /* a prep that borrows the Hessian instead of copying it gives the same bits */
+    p.borrow_h = 1;
+    assert_int_equal(gptq_prepare(L.h, L.cols, &p, &prep, err, sizeof err), 0);
+    assert_int_equal(gptq_quantize_prepared(L.w, L.rows, prep, &o, e, &q[3], &st[3], err, sizeof err), 0);
+    gptq_prep_free(prep);
     int64_t n = L.rows * L.cols, ng = lay_n_groups(&o, L.cols);
-    for (int k = 1; k < 3; k++) {
+    for (int k = 1; k < 4; k++) {
         assert_memory_equal(q[0].q, q[k].q, (size_t)n);
         assert_memory_equal(q[0].perm, q[k].perm, (size_t)L.cols * sizeof *q[0].perm);
         assert_memory_equal(q[0].scale, q[k].scale, (size_t)(L.rows * ng) * sizeof *q[0].scale);
         assert_memory_equal(q[0].zero, q[k].zero, (size_t)(L.rows * ng));
         assert_memory_equal(&st[0].rel_err, &st[k].rel_err, sizeof(double));
     }
-    for (int k = 0; k < 3; k++) lay_qtensor_free(&q[k]);
+    for (int k = 0; k < 4; k++) lay_qtensor_free(&q[k]);
     free_layer(&L);
 }
 
@@ -335,6 +341,137 @@ static void test_rtn_without_hessian_keeps_order(void **state)
         }
     free(wq);
     lay_qtensor_free(&q);
+    free_layer(&L);
+}
+
+/* ==== Fast error paths ==== */
+
+/* tr(dW H dW^T) / tr(W H W^T) straight from the definition, in long double, with
+ * dW = dequantized q - w: the reference for both error paths. */
+static double direct_rel_err(const float *w, const float *wq, int64_t rows, int64_t cols, const double *h)
+{
+    long double num = 0, den = 0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = 0; i < cols; i++) {
+            long double di = (long double)wq[r * cols + i] - w[r * cols + i], wi = w[r * cols + i], sd = 0, sw = 0;
+            for (int64_t j = 0; j < cols; j++) {
+                sd += h[i * cols + j] * ((long double)wq[r * cols + j] - w[r * cols + j]);
+                sw += h[i * cols + j] * (long double)w[r * cols + j];
+            }
+            num += di * sd, den += wi * sw;
+        }
+    return (double)(num / den);
+}
+
+/* GPTQ under prep, its dequantized weights into wq; returns rel_err. */
+static double gptq_prepped(const layer *L, const gptq_prep *prep, const lay_option *o, lay_qtensor *q, float *wq)
+{
+    gptq_stats st;
+    char err[256];
+    assert_int_equal(gptq_quantize_prepared(L->w, L->rows, prep, o, -1.0, q, &st, err, sizeof err), 0);
+    lay_qtensor_dequant(q, wq);
+    return st.rel_err;
+}
+
+/* fast_error: the same tensor as without, and rel_err equal to the direct trace to
+ * 1e-9 (the default float syrk gets ~1e-6), on plain layers, with dead channels,
+ * and on small groups at 8 bits, where the errors are smallest. */
+static void test_fast_error_matches_direct_trace(void **state)
+{
+    (void)state;
+    struct { int64_t rows, cols; int dead; lay_option o; } cases[] = {
+        {64, 256, 0, opt(2, 3, 0.3f, 64, LAY_SCALE_F16_Z8)}, {48, 320, 9, opt(4, 4, 0, 64, LAY_SCALE_F16)},
+        {32, 384, 0, opt(8, 8, 0, 32, LAY_SCALE_F16_Z8)}, {40, 192, 5, opt(3, 5, 0.5f, 96, LAY_SCALE_F16_Z8)},
+    };
+    char err[256];
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        layer L = make_layer(cases[k].rows, cases[k].cols, 20 + k, cases[k].dead);
+        int64_t n = L.rows * L.cols;
+        gptq_params p;
+        gptq_params_init(&p);
+        gptq_prep *slow, *fast;
+        assert_int_equal(gptq_prepare(L.h, L.cols, &p, &slow, err, sizeof err), 0);
+        p.fast_error = 1;
+        assert_int_equal(gptq_prepare(L.h, L.cols, &p, &fast, err, sizeof err), 0);
+        lay_qtensor a, b;
+        float *wa = malloc((size_t)n * sizeof *wa), *wb = malloc((size_t)n * sizeof *wb);
+        double ea = gptq_prepped(&L, slow, &cases[k].o, &a, wa), eb = gptq_prepped(&L, fast, &cases[k].o, &b, wb);
+        assert_memory_equal(wa, wb, (size_t)n * sizeof *wa);
+        double ref = direct_rel_err(L.w, wb, L.rows, L.cols, L.h);
+        if (!(fabs(eb - ref) <= 1e-9 * ref)) fail_msg("case %zu: fast %.17g, direct %.17g", k, eb, ref);
+        if (!(fabs(ea - ref) <= 1e-5 * ref)) fail_msg("case %zu: default %.17g, direct %.17g", k, ea, ref);
+        lay_qtensor_free(&a), lay_qtensor_free(&b);
+        gptq_prep_free(slow), gptq_prep_free(fast);
+        free(wa), free(wb);
+        free_layer(&L);
+    }
+}
+
+/* Where the identity behind the fast rel_err does not hold (a dead channel whose
+ * row of H is not zero, so dW's values there count) it is not used: the result is
+ * the default's, bit for bit. */
+static void test_fast_error_falls_back(void **state)
+{
+    (void)state;
+    layer L = make_layer(32, 128, 30, 10); /* channels 1, 11, ... dead */
+    for (int64_t k = 0; k < L.cols; k++)
+        if (k != 11) L.h[11 * L.cols + k] = L.h[k * L.cols + 11] = 1e-3 * L.h[k * L.cols + k];
+    lay_option o = opt(3, 3, 0, 32, LAY_SCALE_F16_Z8);
+    gptq_params p;
+    gptq_params_init(&p);
+    char err[256];
+    gptq_prep *slow, *fast;
+    assert_int_equal(gptq_prepare(L.h, L.cols, &p, &slow, err, sizeof err), 0);
+    p.fast_error = 1;
+    assert_int_equal(gptq_prepare(L.h, L.cols, &p, &fast, err, sizeof err), 0);
+    lay_qtensor a, b;
+    float *wa = malloc((size_t)(L.rows * L.cols) * sizeof *wa), *wb = malloc((size_t)(L.rows * L.cols) * sizeof *wb);
+    double ea = gptq_prepped(&L, slow, &o, &a, wa), eb = gptq_prepped(&L, fast, &o, &b, wb);
+    assert_memory_equal(&ea, &eb, sizeof ea);
+    lay_qtensor_free(&a), lay_qtensor_free(&b);
+    gptq_prep_free(slow), gptq_prep_free(fast);
+    free(wa), free(wb);
+    free_layer(&L);
+}
+
+/* rtn_error_prepared is, bit for bit, rtn_quantize with the same Hessian, then
+ * lay_qtensor_dequant, dW = wq - w in float and gptq_weight_energy(dW) / tr(W H W^T)
+ * (with act-order in the prep or not: RTN always orders by diag H); with fast_error
+ * it is within float summation (1e-5) of that. */
+static void test_rtn_error_prepared_is_rtn_quantize(void **state)
+{
+    (void)state;
+    layer L = make_layer(72, 320, 40, 7);
+    lay_option os[] = {opt(4, 4, 0, 64, LAY_SCALE_F16_Z8), opt(2, 3, 0.5f, 32, LAY_SCALE_F16),
+                       opt(3, 5, 0.25f, 96, LAY_SCALE_F16_Z8), opt(8, 8, 0, 128, LAY_SCALE_F16)};
+    int64_t n = L.rows * L.cols;
+    float *dw = malloc((size_t)n * sizeof *dw);
+    double energy = gptq_weight_energy(L.w, L.rows, L.cols, L.h);
+    char err[256];
+    for (int mode = 0; mode < 3; mode++) { /* act-order, no act-order, fast */
+        gptq_params p;
+        gptq_params_init(&p);
+        p.act_order = mode != 1, p.fast_error = mode == 2;
+        gptq_prep *prep;
+        assert_int_equal(gptq_prepare(L.h, L.cols, &p, &prep, err, sizeof err), 0);
+        for (size_t i = 0; i < sizeof os / sizeof os[0]; i++) {
+            lay_qtensor q;
+            assert_int_equal(rtn_quantize(L.w, L.rows, L.cols, L.h, &os[i], &q, err, sizeof err), 0);
+            lay_qtensor_dequant(&q, dw);
+            for (int64_t k = 0; k < n; k++) dw[k] -= L.w[k];
+            double want = gptq_weight_energy(dw, L.rows, L.cols, L.h) / energy, got;
+            assert_int_equal(rtn_error_prepared(L.w, L.rows, prep, &os[i], mode ? energy : -1.0, &got, err, sizeof err), 0);
+            if (mode < 2) assert_memory_equal(&got, &want, sizeof got);
+            else if (!(fabs(got - want) <= 1e-5 * want)) fail_msg("%s: fast %.17g, exact %.17g", os[i].name, got, want);
+            lay_qtensor_free(&q);
+        }
+        lay_option bad = opt(4, 4, 0, 48, LAY_SCALE_F16_Z8);
+        double got;
+        assert_int_equal(rtn_error_prepared(L.w, L.rows, prep, &bad, energy, &got, err, sizeof err), -1);
+        assert_non_null(strstr(err, "group 48"));
+        gptq_prep_free(prep);
+    }
+    free(dw);
     free_layer(&L);
 }
 
@@ -428,6 +565,9 @@ int main(void)
         cmocka_unit_test(test_deterministic_and_prepared_identical),
         cmocka_unit_test(test_cholesky_retries),
         cmocka_unit_test(test_rtn_without_hessian_keeps_order),
+        cmocka_unit_test(test_fast_error_matches_direct_trace),
+        cmocka_unit_test(test_fast_error_falls_back),
+        cmocka_unit_test(test_rtn_error_prepared_is_rtn_quantize),
         cmocka_unit_test(test_hessian_sum_chunks_and_finalize),
         cmocka_unit_test(test_default_options),
         cmocka_unit_test(test_option_file_error_names_line),

@@ -7,8 +7,9 @@ upper Cholesky factor of the inverse Hessian, lazy block updates (here one block
 group, unlike the C code's 128-column blocks), groups fitted to the updated weights,
 fp16 scales, mixed widths — in float64. Both must give the same quantized values in
 at least 99.9% of positions and the same relative error to 1e-4, on random layers
-and on real SmolLM2-135M layers. Also checks RTN, the Hessian accumulation, and the
-option file reader.
+and on real SmolLM2-135M layers. Also checks RTN, the fast error paths (fast_error:
+GPTQ's rel_err from its own errors, RTN's error without a qtensor) against NumPy's
+trace in float64, the Hessian accumulation, and the option file reader.
 
 What it must never do: share code with the C side, or pass without running it.
 """
@@ -290,6 +291,57 @@ def test_real_layer_gptq_beats_rtn_and_error_falls_with_bits(name):
         assert g < r, f"{name} at {bits} bits: GPTQ {g} is not below RTN {r}"
         errs.append(g)
     assert all(a > b for a, b in zip(errs, errs[1:])), f"{name}: errors {errs} do not fall as bits rise"
+
+
+# ==== Fast error paths ====
+
+@pytest.mark.parametrize("rows,cols,opt,dead", RANDOM_CASES[:5])
+def test_fast_error_matches_numpy_trace(rows, cols, opt, dead):
+    """fast_error changes only how rel_err is computed: the same tensor, and rel_err
+    equal to NumPy's float64 tr(dW H dW^T) / tr(W H W^T) of that tensor to 1e-9 (the
+    default float syrk agrees only to ~1e-6)."""
+    rng = np.random.default_rng(rows * 1000 + cols)
+    h = hessian(correlated_inputs(rng, 2 * cols, cols, dead))
+    w = (rng.standard_normal((rows, cols)) * 0.05).astype(np.float32)
+    a, b = run_c("prep", w, h, opt), run_c("fast", w, h, opt)
+    for k in ("q", "perm", "scale", "zero", "wq"):
+        assert np.array_equal(a[k], b[k]), k
+    ref = ref_rel_err(w, b["wq"], h)
+    assert b["rel_err"] == pytest.approx(ref, rel=1e-9)
+    assert a["rel_err"] == pytest.approx(ref, rel=1e-5)
+
+
+def rtn_err_c(mode, w, h, opt):
+    rows, cols = w.shape
+    with tempfile.TemporaryDirectory() as d:
+        wp, hp = os.path.join(d, "w.f32"), os.path.join(d, "h.f64")
+        np.ascontiguousarray(w, np.float32).tofile(wp)
+        np.ascontiguousarray(h, np.float64).tofile(hp)
+        return float(tool("rtnerr", mode, wp, hp, rows, cols, *opt))
+
+
+@pytest.mark.parametrize("opt", [(4, 4, 0, 64, "z8"), (2, 3, 0.5, 32, "sym"), (3, 5, 0.25, 96, "z8")])
+def test_rtn_error_prepared_matches_numpy(opt):
+    """RTN's error without a qtensor: NumPy's RTN (same grid, act-order), dequantized
+    in float32, its float64 trace; the exact path to float32 rounding of dW (1e-6),
+    the float-summed one to 1e-5; and the same as the tool's rtn_quantize path."""
+    rng = np.random.default_rng(17)
+    rows, cols = 96, 288
+    h = hessian(correlated_inputs(rng, 1024, cols, (7,)))
+    w = (rng.standard_normal((rows, cols)) * 0.05).astype(np.float32)
+    lo, hi, share, group, fmt = opt
+    perm, q = ref_rtn(w, h, *opt)
+    n, bits = ref_groups(cols, lo, hi, share, group)
+    wp = w[:, perm].astype(np.float64)
+    scale = np.zeros((rows, n), np.float32)
+    zero = np.zeros((rows, n), np.float32)
+    for g in range(n):
+        scale[:, g], zero[:, g] = ref_grid(wp[:, g * group:(g + 1) * group], bits[g], fmt)
+    ref = ref_rel_err(w, ref_dequant(perm, q, scale, zero, group), h)
+    exact, fast = rtn_err_c("exact", w, h, opt), rtn_err_c("fast", w, h, opt)
+    assert exact == pytest.approx(ref, rel=1e-6)
+    assert fast == pytest.approx(ref, rel=1e-5)
+    assert exact == pytest.approx(run_c("rtn", w, h, opt)["rel_err"], rel=1e-5)
 
 
 # ==== Hessian accumulation ====

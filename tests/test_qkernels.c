@@ -196,7 +196,7 @@ static void check_matmul_shape(int64_t rows, int64_t cols)
             packed_t t;
             char err[256];
             make_packed(&t, rows, cols, &opts[o]);
-            rt_linear *l = rt_linear_packed(&t.p, NMAX, err, sizeof err);
+            rt_linear *l = rt_linear_packed(&t.p, NMAX, NULL, err, sizeof err);
             assert_non_null(l);
             for (size_t b = 0; b < sizeof batches / sizeof *batches; b++) {
                 int n = batches[b];
@@ -240,7 +240,7 @@ static void test_activation_rounding_small(void **state)
         for (int64_t c = 0; c < cols; c++) s += (double)w[r * cols + c] * x[c];
         exact[r] = (float)s;
     }
-    rt_linear *l = rt_linear_packed(&t.p, 1, NULL, 0);
+    rt_linear *l = rt_linear_packed(&t.p, 1, NULL, NULL, 0);
     assert_non_null(l);
     l->matmul(l, x, y, 1);
     double e = rel_err(y, exact, rows);
@@ -262,7 +262,7 @@ static void test_threads(void **state)
     float *x = malloc(NMAX * cols * sizeof *x), *y1 = malloc(NMAX * rows * sizeof *y1);
     float *y2 = malloc(NMAX * rows * sizeof *y2);
     for (int64_t i = 0; i < NMAX * cols; i++) x[i] = rndf();
-    rt_linear *l = rt_linear_packed(&t.p, NMAX, NULL, 0);
+    rt_linear *l = rt_linear_packed(&t.p, NMAX, NULL, NULL, 0);
     assert_non_null(l);
     int saved = omp_get_max_threads();
     static const int batches[] = { 1, 7, NMAX };
@@ -295,7 +295,7 @@ static void test_get_row(void **state)
             make_packed(&t, rows, cols, &o);
             float *w = malloc((size_t)(rows * cols) * sizeof *w), row[32 * 11];
             lay_packed_dequant(&t.p, w);
-            rt_linear *l = rt_linear_packed(&t.p, 1, NULL, 0);
+            rt_linear *l = rt_linear_packed(&t.p, 1, NULL, NULL, 0);
             assert_non_null(l);
             for (int64_t r = 0; r < rows; r++) {
                 l->get_row(l, r, row);
@@ -341,20 +341,20 @@ static void test_errors(void **state)
     make_packed(&t, 5, 128, &o);
     lay_packed bad = t.p;
     bad.opt.bits_lo = 9, bad.opt.bits_hi = 9;
-    assert_null(rt_linear_packed(&bad, 1, err, sizeof err));
+    assert_null(rt_linear_packed(&bad, 1, NULL, err, sizeof err));
     assert_non_null(strstr(err, "bits_lo 9"));
     bad = t.p;
     bad.cols = 100;
-    assert_null(rt_linear_packed(&bad, 1, err, sizeof err));
+    assert_null(rt_linear_packed(&bad, 1, NULL, err, sizeof err));
     assert_non_null(strstr(err, "cols 100"));
-    assert_null(rt_linear_packed(&t.p, 0, err, sizeof err));
+    assert_null(rt_linear_packed(&t.p, 0, NULL, err, sizeof err));
     assert_non_null(strstr(err, "max_batch 0"));
     bad = t.p;
     bad.zeros = NULL;
-    assert_null(rt_linear_packed(&bad, 1, err, sizeof err));
+    assert_null(rt_linear_packed(&bad, 1, NULL, err, sizeof err));
     assert_non_null(strstr(err, "zeros"));
     ((uint16_t *)t.perm)[3] = 500;
-    assert_null(rt_linear_packed(&t.p, 1, err, sizeof err));
+    assert_null(rt_linear_packed(&t.p, 1, NULL, err, sizeof err));
     assert_non_null(strstr(err, "perm[3] = 500"));
     free_packed(&t);
 }

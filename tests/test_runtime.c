@@ -8,6 +8,7 @@
  *     tensor fail with a message naming the tensor;
  *   - eval: perplexity, KL divergence and top-1 agreement equal a direct
  *     computation from rt_forward logits done here, following llama-perplexity;
+ *     a reference's logits saved to a file give exactly the reference's numbers;
  *   - generation: temp 0 is deterministic and is the argmax of rt_forward; a seed
  *     repeats; a tiny top-p keeps only the most likely token;
  *   - the observer sees every input group once per layer with the right widths.
@@ -293,7 +294,7 @@ static int load_file(const char *path, rt_model **m, char *err, size_t err_len)
 {
     mdl_model *f;
     if (mdl_open(path, &f, err, err_len)) return -1;
-    if (rt_model_load_dense(f, 1, m, err, err_len)) { mdl_close(f); return -1; }
+    if (rt_model_open(f, 1, 0, m, err, err_len)) { mdl_close(f); return -1; }
     return 0;
 }
 
@@ -486,6 +487,83 @@ static void test_eval_matches_direct(void **state)
     tiny_free(&w); tiny_free(&w2);
 }
 
+/* Saved reference logits (rt_eval with save_logits, then ref_logits): the same
+ * result as the reference model, field for field; a file for another evaluation
+ * or a truncated one is refused; no temporary file is left behind. */
+static void test_eval_saved_logits(void **state)
+{
+    (void)state;
+    tiny_weights w, w2;
+    tiny_make(&w, 8, 1);
+    tiny_make(&w2, 8, 1);
+    for (int i = 0; i < w2.n; i++)
+        for (int64_t k = 0; k < w2.t[i].rows * (w2.t[i].cols ? w2.t[i].cols : 1); k++)
+            w2.t[i].data[k] *= (float)(1 + 0.05 * rnd_normal());
+    rt_model *ref = tiny_model_direct(&w), *m = tiny_model_direct(&w2);
+    enum { N = 75, CTX = 16 };
+    int32_t tok[N];
+    random_tokens(tok, N, m->cfg.vocab_size, 12);
+    char path[256], err[512];
+    snprintf(path, sizeof path, "%s/ref.logits", tmp_dir);
+    rt_eval_params p;
+    rt_eval_params_init(&p);
+    p.ctx = CTX;
+    p.bos = 1;
+    rt_eval_result want, saved, got;
+    assert_int_equal(rt_eval(m, ref, tok, N, &p, &want, err, sizeof err), 0);
+    p.save_logits = path;
+    p.save_model_path = "ref.gguf";
+    assert_int_equal(rt_eval(ref, NULL, tok, N, &p, &saved, err, sizeof err), 0);
+    int64_t rec = 4 * (int64_t)(CTX - 1 - CTX / 2) * m->cfg.vocab_size + 4;
+    assert_int_equal(saved.logits_bytes, 164 + 8 + 4 * rec);  /* 4 chunks, path "ref.gguf" */
+    assert_true(saved.ppl == want.ref_ppl);
+    /* saving with a reference model is refused */
+    assert_int_not_equal(rt_eval(m, ref, tok, N, &p, &got, err, sizeof err), 0);
+
+    rt_ref_logits *f;
+    assert_int_equal(rt_ref_logits_open(path, &f, err, sizeof err), 0);
+    const rt_ref_info *in = rt_ref_logits_info(f);
+    assert_int_equal(in->chunks, 4);
+    assert_int_equal(in->bos, 1);
+    assert_string_equal(in->model_path, "ref.gguf");
+    assert_string_equal(in->text_path, "");
+    assert_int_equal(in->model_hash[0], 0);
+    p.save_logits = NULL;
+    p.ref_logits = f;
+    assert_int_equal(rt_eval(m, NULL, tok, N, &p, &got, err, sizeof err), 0);
+    assert_true(got.ppl == want.ppl && got.ppl_stderr == want.ppl_stderr && got.ref_ppl == want.ref_ppl);
+    assert_true(got.kld_mean == want.kld_mean && got.kld_stderr == want.kld_stderr);
+    assert_true(got.top1_agree == want.top1_agree && got.tokens_scored == want.tokens_scored);
+    assert_true(got.kld_mean > 0);
+    /* another evaluation: every difference named */
+    p.ctx = 12;
+    p.bos = -1;
+    assert_int_not_equal(rt_eval(m, NULL, tok, N, &p, &got, err, sizeof err), 0);
+    assert_non_null(strstr(err, "ctx 16 there, 12 here"));
+    assert_non_null(strstr(err, "BOS 1 there, none here"));
+    assert_non_null(strstr(err, "4 chunks there, 6 here"));
+    p.ctx = CTX;
+    p.bos = 1;
+    tok[3] ^= 1;
+    assert_int_not_equal(rt_ref_logits_match(f, m, tok, N, &p, err, sizeof err), 0);
+    assert_non_null(strstr(err, "another text"));
+    tok[3] ^= 1;
+    assert_int_equal(rt_ref_logits_match(f, m, tok, N, &p, err, sizeof err), 0);
+    rt_ref_logits_close(f);
+
+    /* truncated by one byte */
+    assert_int_equal(truncate(path, saved.logits_bytes - 1), 0);
+    assert_int_not_equal(rt_ref_logits_open(path, &f, err, sizeof err), 0);
+    assert_non_null(strstr(err, "truncated"));
+    /* nothing but the file itself in the folder */
+    char tmp[300];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    assert_int_not_equal(access(tmp, F_OK), 0);
+    unlink(path);
+    rt_model_free(m); rt_model_free(ref);
+    tiny_free(&w); tiny_free(&w2);
+}
+
 /* ==== Generation ==== */
 
 typedef struct { int n; int32_t id[64]; } id_list;
@@ -655,6 +733,7 @@ int main(void)
         cmocka_unit_test(test_bad_weights),
         cmocka_unit_test(test_bad_tokens),
         cmocka_unit_test(test_eval_matches_direct),
+        cmocka_unit_test(test_eval_saved_logits),
         cmocka_unit_test(test_generate_greedy_is_argmax),
         cmocka_unit_test(test_sampling_follows_the_distribution),
         cmocka_unit_test(test_observer_sees_every_group),

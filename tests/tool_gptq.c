@@ -5,9 +5,12 @@
  *
  * What it must never do: hide an error (every failure prints one line and exits 1).
  *
- *   tool_gptq quant gptq|rtn|prep W.f32 H.f64|- ROWS COLS LO HI SHARE GROUP z8|sym DAMP OUTDIR
+ *   tool_gptq quant gptq|rtn|prep|fast W.f32 H.f64|- ROWS COLS LO HI SHARE GROUP z8|sym DAMP OUTDIR
  *       writes OUTDIR/{q.u8,perm.i32,scale.u16,zero.u8,wq.f32,stats.txt}
- *       (prep: through gptq_prepare + gptq_quantize_prepared; wq: lay_qtensor_dequant)
+ *       (prep: through gptq_prepare + gptq_quantize_prepared; fast: the same with
+ *       fast_error; wq: lay_qtensor_dequant)
+ *   tool_gptq rtnerr exact|fast W.f32 H.f64 ROWS COLS LO HI SHARE GROUP z8|sym
+ *       prints RTN's rel_err from rtn_error_prepared (fast: a prep with fast_error)
  *   tool_gptq hess X.f32 N COLS CALL_ROWS OUT.f64   H = 2/N sum x x^T, in calls of CALL_ROWS
  *   tool_gptq relerr W.f32 WQ.f32 H.f64 ROWS COLS   prints rel_err
  *   tool_gptq options [FILE]                        the option table with bpw
@@ -73,6 +76,7 @@ static int cmd_quant(char **a)
     else if (!strcmp(method, "gptq")) rc = gptq_quantize(w, rows, cols, h, &o, &p, &q, &st, err, sizeof err);
     else {
         gptq_prep *prep;
+        p.fast_error = !strcmp(method, "fast");
         rc = gptq_prepare(h, cols, &p, &prep, err, sizeof err);
         if (!rc) rc = gptq_quantize_prepared(w, rows, prep, &o, -1.0, &q, &st, err, sizeof err);
         gptq_prep_free(prep);
@@ -108,6 +112,25 @@ static int cmd_hess(char **a)
     FILE *f = fopen(a[4], "wb");
     if (!f || fwrite(h, sizeof *h, (size_t)(cols * cols), f) != (size_t)(cols * cols) || fclose(f)) die(a[4]);
     free(x), free(h);
+    return 0;
+}
+
+static int cmd_rtnerr(char **a)
+{
+    int64_t rows = atoll(a[3]), cols = atoll(a[4]);
+    lay_option o = parse_option(a + 5);
+    float *w = read_raw(a[1], (size_t)(rows * cols) * sizeof *w);
+    double *h = read_raw(a[2], (size_t)(cols * cols) * sizeof *h), rel;
+    gptq_params p;
+    gptq_params_init(&p);
+    p.fast_error = !strcmp(a[0], "fast");
+    gptq_prep *prep;
+    char err[512];
+    if (gptq_prepare(h, cols, &p, &prep, err, sizeof err) ||
+        rtn_error_prepared(w, rows, prep, &o, -1.0, &rel, err, sizeof err)) die(err);
+    printf("%.17g\n", rel);
+    gptq_prep_free(prep);
+    free(w), free(h);
     return 0;
 }
 
@@ -229,6 +252,7 @@ int main(int argc, char **argv)
     if (argc == 14 && !strcmp(argv[1], "quant")) return cmd_quant(argv + 2);
     if (argc == 7 && !strcmp(argv[1], "hess")) return cmd_hess(argv + 2);
     if (argc == 7 && !strcmp(argv[1], "relerr")) return cmd_relerr(argv + 2);
+    if (argc == 12 && !strcmp(argv[1], "rtnerr")) return cmd_rtnerr(argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "options")) return cmd_options(argc - 2, argv + 2);
     if (argc == 2 && !strcmp(argv[1], "time")) return cmd_time();
     die("usage: see the comment at the top of tests/tool_gptq.c");

@@ -3,7 +3,11 @@
  * for tests/test_forward.py (which checks them against an independent NumPy
  * forward pass).
  *
- *   tool_logits MODEL OUT.f32 ID...      raw float32 logits [n_ids][vocab], one batch
+ *   tool_logits [--resident] MODEL OUT.f32 ID...   raw float32 logits [n_ids][vocab], one batch
+ *
+ * By default the weights stay in the file's type and are decoded per product
+ * (runtime/stored.c); --resident decodes them all to fp32 first, so a test can
+ * compare the two.
  *
  * What it must never do: hide an error (every failure prints one line and exits 1).
  */
@@ -12,6 +16,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static int fail(const char *msg)
 {
@@ -21,12 +26,14 @@ static int fail(const char *msg)
 
 int main(int argc, char **argv)
 {
-    if (argc < 4) return fail("usage: tool_logits MODEL OUT.f32 ID...");
+    int resident = argc > 1 && !strcmp(argv[1], "--resident");
+    argc -= resident, argv += resident;
+    if (argc < 4) return fail("usage: tool_logits [--resident] MODEL OUT.f32 ID...");
     char err[512];
     mdl_model *f;
     rt_model *m;
     if (mdl_open(argv[1], &f, err, sizeof err)) return fail(err);
-    if (rt_model_load_dense(f, 1, &m, err, sizeof err)) { mdl_close(f); return fail(err); }
+    if (rt_model_open(f, 1, resident ? RT_OPEN_RESIDENT : 0, &m, err, sizeof err)) { mdl_close(f); return fail(err); }
     int n = argc - 3, vocab = m->cfg.vocab_size;
     int32_t *ids = malloc((size_t)n * sizeof *ids);
     float *logits = malloc((size_t)n * vocab * sizeof *logits);

@@ -120,13 +120,17 @@ static int check_config(const mdl_config *c, int max_ctx, int max_batch, char *e
     return 0;
 }
 
-/* One rt_linear to the device: exactly one of dense / packed, with the shape the
- * config says. */
+static int upload_held(rt_cuda_model *g, const rt_linear *l, int64_t rows, int64_t cols, const char *name,
+                       rtc_linear *out, char *err, size_t err_len);
+
+/* One rt_linear to the device: exactly one of dense / packed (a layer over stored
+ * weights is held as fp32 for the upload), with the shape the config says. */
 static int upload_linear(rt_cuda_model *g, const rt_linear *l, int64_t rows, int64_t cols, const char *name,
                          rtc_linear *out, char *err, size_t err_len)
 {
     char sub[192];
     int rc;
+    if (l && !l->dense && !l->packed && l->hold) return upload_held(g, l, rows, cols, name, out, err, err_len);
     if (!l || (!l->dense) == (!l->packed)) {
         snprintf(err, err_len, "%s: the layer must have exactly one of dense or packed weights for CUDA (%s)", name,
                  !l ? "no layer" : l->dense ? "both are set" : "neither is set");
@@ -140,6 +144,20 @@ static int upload_linear(rt_cuda_model *g, const rt_linear *l, int64_t rows, int
     if (l->packed) rc = rtc_linear_upload_packed(&g->mem, l->packed, out, sub, sizeof sub);
     else rc = rtc_linear_upload_dense(&g->mem, l->dense, rows, cols, out, sub, sizeof sub);
     if (rc) snprintf(err, err_len, "%s: %s", name, sub);
+    return rc;
+}
+
+/* The layer decoded to fp32 in host memory only while it is uploaded. */
+static int upload_held(rt_cuda_model *g, const rt_linear *l, int64_t rows, int64_t cols, const char *name,
+                       rtc_linear *out, char *err, size_t err_len)
+{
+    rt_linear *held = (rt_linear *)l; /* holding changes no weight, only where it is decoded */
+    if (rt_linear_hold(held)) {
+        snprintf(err, err_len, "%s: out of memory decoding the weights for the upload", name);
+        return -1;
+    }
+    int rc = upload_linear(g, held, rows, cols, name, out, err, err_len);
+    rt_linear_release(held);
     return rc;
 }
 

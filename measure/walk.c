@@ -1,0 +1,138 @@
+/*
+ * measure/walk.c — the calibration walk: the model runs layer by layer over the
+ * calibration rows, each layer's input groups' Hessians are collected while it
+ * runs, and a caller's visit sees them with the layer's weights in memory. The
+ * measurement (driver.c) and the packer (pack/quantize.c) are both visits.
+ *
+ * The walk, as invariants:
+ *  1. Memory grows with one block: layer l's weights are held as fp32
+ *     (rt_model_hold_layer) only from just before it runs until it has run, the
+ *     KV cache has room for one layer (rt_state_new_one_cache), and hs holds the
+ *     calibration rows' hidden state at the current layer's input.
+ *  2. Hessians of layer l are accumulated only while layer l runs, by
+ *     hess_accumulate in the same call order on every run, so a resumed walk
+ *     recomputes bit for bit the Hessians of an uninterrupted one. Layers that
+ *     want no visit are only run forward.
+ *  3. Sequential mode (the packer's default): after the visit, layer l runs again
+ *     from its saved input, on whatever weights the visit left in its slots (the
+ *     quantized ones), so layer l + 1 sees the error of every layer before it.
+ *  4. The head comes last; its input is the final norm's output, observed through
+ *     rt_logits with a head that computes nothing, and it is held only while it is
+ *     visited.
+ * It never prints (progress goes through a callback) and never keeps a layer held
+ * after passing it.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "measure.h"
+
+typedef struct {
+    const walk_params *p;
+    char *err;
+    size_t err_len;
+    rt_model *m;
+    rt_state *s;
+    hess_layer hl;
+    float *hs, *hs_in;        /* [rows][ctx][dim]: hidden state; a visited layer's input (sequential) */
+    size_t row;               /* floats of one row's hidden state */
+} walker;
+
+static void progress(walker *w, const char *phase, int layer)
+{
+    if (w->p->progress) w->p->progress(w->p->ctx, phase, layer);
+}
+
+static int run_rows(walker *w, int l)
+{
+    for (int i = 0; i < w->p->cal->rows; i++)
+        if (rt_forward_layers(w->m, w->s, w->hs + i * w->row, w->p->cal->ctx, 0, l, l + 1))
+            return snprintf(w->err, w->err_len, "forward failed at layer %d", l), -1;
+    return 0;
+}
+
+static int finish_hessians(walker *w, int l)
+{
+    char why[320];
+    if (!hess_layer_finish(&w->hl, w->s, why, sizeof why)) return 0;
+    snprintf(w->err, w->err_len, "layer %d, %s", l, why);
+    return -1;
+}
+
+/* Layer l, held: Hessians and visit if wanted, forward, and the caller's word that
+ * it has passed. */
+static int step_held_layer(walker *w, int l)
+{
+    const walk_params *p = w->p;
+    int visit = p->wants(p->ctx, l), seq = visit && p->sequential;
+    size_t bytes = (size_t)p->cal->rows * w->row * sizeof *w->hs;
+    if (seq) memcpy(w->hs_in, w->hs, bytes);
+    if (visit) hess_layer_start(&w->hl, w->s, l);
+    if (run_rows(w, l)) return -1;
+    if (visit && (finish_hessians(w, l) || p->visit(p->ctx, l, &w->hl, w->err, w->err_len))) return -1;
+    if (seq) {
+        memcpy(w->hs, w->hs_in, bytes); /* the layer again, on the weights the visit left */
+        if (run_rows(w, l)) return -1;
+    }
+    return p->passed ? p->passed(p->ctx, l, w->err, w->err_len) : 0;
+}
+
+static int step_layer(walker *w, int l)
+{
+    progress(w, "forward", l);
+    if (rt_model_hold_layer(w->m, l, w->err, w->err_len)) return -1;
+    int rc = step_held_layer(w, l);
+    rt_model_release_layer(w->m, l);
+    return rc;
+}
+
+static void null_matmul(const rt_linear *l, const float *x, float *y, int n) { (void)l, (void)x, (void)y, (void)n; }
+
+static int step_head(walker *w)
+{
+    const walk_params *p = w->p;
+    int nl = w->m->cfg.n_layers;
+    if (!p->wants(p->ctx, nl)) return 0;
+    progress(w, "head", nl);
+    rt_linear nothing = *w->m->head, *head = w->m->head;
+    nothing.matmul = null_matmul;
+    float unused = 0;
+    hess_layer_start(&w->hl, w->s, nl);
+    w->m->head = &nothing;
+    for (int i = 0; i < p->cal->rows; i++) rt_logits(w->m, w->s, w->hs + i * w->row, p->cal->ctx, &unused);
+    w->m->head = head;
+    if (finish_hessians(w, nl) || rt_model_hold_layer(w->m, nl, w->err, w->err_len)) return -1;
+    int rc = p->visit(p->ctx, nl, &w->hl, w->err, w->err_len);
+    if (!rc && p->passed) rc = p->passed(p->ctx, nl, w->err, w->err_len);
+    rt_model_release_layer(w->m, nl);
+    return rc;
+}
+
+static int walk_setup(walker *w)
+{
+    const calib_set *c = w->p->cal;
+    size_t n = (size_t)c->rows * w->row;
+    char why[256];
+    w->s = rt_state_new_one_cache(w->m, c->ctx, c->ctx);
+    w->hs = malloc(n * sizeof *w->hs);
+    if (w->p->sequential) w->hs_in = malloc(n * sizeof *w->hs_in);
+    if (!w->s || !w->hs || (w->p->sequential && !w->hs_in))
+        return snprintf(w->err, w->err_len, "out of memory for %d x %d calibration tokens", c->rows, c->ctx), -1;
+    if (hess_layer_init(&w->hl, &w->m->cfg, why, sizeof why)) return snprintf(w->err, w->err_len, "%s", why), -1;
+    for (int i = 0; i < c->rows; i++) rt_embed(w->m, c->tokens + (size_t)i * c->ctx, c->ctx, w->hs + i * w->row);
+    return 0;
+}
+
+int walk_run(const walk_params *p, char *err, size_t err_len)
+{
+    walker w = {.p = p, .err = err, .err_len = err_len, .m = p->m,
+                .row = (size_t)p->cal->ctx * (size_t)p->m->cfg.dim};
+    int rc = walk_setup(&w);
+    for (int l = 0; !rc && l < w.m->cfg.n_layers; l++) rc = step_layer(&w, l);
+    if (!rc) rc = step_head(&w);
+    hess_layer_free(&w.hl);
+    rt_state_free(w.s);
+    free(w.hs), free(w.hs_in);
+    return rc;
+}
