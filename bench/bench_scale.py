@@ -124,7 +124,7 @@ def stage_block(a, out):
     r = Run([BIN, "measure", a.model, "--calib", CALIB, "--db", db, "--threads", 2, "--progress"] + a.extra,
             stop_when=done)
     r.go(errf)
-    out.append(r.row("measure, layer 0 of 32, 28 options, 16 x 512 tokens%s" % (" " + " ".join(a.extra))))
+    out.append(r.row("measure, layer 0 of %d, 28 options, 16 x 512 tokens %s" % (a.layers, " ".join(a.extra))))
     a.setup_seconds = seen.get("forward", r.t0) - r.t0
     a.block_seconds = r.seconds - a.setup_seconds
     with sqlite3.connect(db) as c:
@@ -167,7 +167,7 @@ def stage_measure1(a, out):
         f.write("# name lo hi share group fmt\n4b-g128 4 4 0 128 z8\n")
     r = Run([BIN, "measure", a.model, "--calib", CALIB, "--db", db, "--options", opts, "--rows", 4, "--ctx", 256,
              "--threads", 2]).go()
-    out.append(r.row("measure, all 225 tensors at one option, 4 x 256 tokens"))
+    out.append(r.row("measure, all %d tensors at one option, 4 x 256 tokens" % (7 * a.layers + 1)))
 
 
 def stage_pack(a, out):
@@ -206,6 +206,11 @@ def main():
     ap.add_argument("--fast-error", action="store_true", help="measure with --fast-error")
     a = ap.parse_args()
     a.extra = ["--fast-error"] if a.fast_error else []
+    with open(os.path.join(a.model, "config.json")) if os.path.exists(os.path.join(a.model, "config.json")) else \
+            open(os.devnull) as f:
+        text = f.read()
+    m = re.search(r'"num_hidden_layers"\s*:\s*(\d+)', text)
+    a.layers = int(m.group(1)) if m else 32
     os.makedirs(a.work, exist_ok=True)
     if not os.path.exists(os.path.join(a.model, "model.safetensors")):
         subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "synth-model.py"), "--shape", "llama2-7b",

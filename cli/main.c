@@ -6,6 +6,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <malloc.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -47,6 +48,11 @@ static void remember_command_line(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    /* Blocks of 1 MiB and more (a layer's weights, Hessians, GPTQ's work) are mapped
+     * and unmapped on their own. glibc would otherwise raise this threshold after the
+     * first such free and serve the next ones from the heap, whose fragments then
+     * grow with the number of layers walked: memory must grow with one block. */
+    mallopt(M_MMAP_THRESHOLD, 1 << 20);
     remember_command_line(argc, argv);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);

@@ -2,13 +2,16 @@
  * cli/open_model.c — the one way subcommands that run a model (eval, generate)
  * open it: a model file is read by model/ and opened by runtime/ over its
  * mapping (weights stay in their stored type and are decoded per product, or,
- * for a model whose fp32 copy is small next to the free memory, decoded once);
- * a bitplan packed file is loaded by pack/ with packed linear layers.
+ * for a model whose fp32 copy is small next to the free memory, decoded once,
+ * unless BITPLAN_STREAM=1 is in the environment); a bitplan packed file is
+ * loaded by pack/ with packed linear layers.
  * It must never parse a model file itself.
  */
 #include "cli.h"
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "../model/model.h"
 #include "../pack/pack.h"
@@ -46,7 +49,8 @@ int cli_open_model(const char *path, rt_model **out, char *err, size_t err_len)
     *out = NULL;
     if (mdl_open(path, &file, err, err_len)) return -1;
     if (mdl_is_packed(file)) return pack_load_file(file, CLI_PACKED_BATCH, out, err, err_len);
-    int resident = fp32_bytes(file) < available_memory() / 4;
+    const char *stream = getenv("BITPLAN_STREAM"); /* 1: never decode up front (tests, benchmarks) */
+    int resident = !(stream && !strcmp(stream, "1")) && fp32_bytes(file) < available_memory() / 4;
     if (rt_model_open(file, 1, resident ? RT_OPEN_RESIDENT : 0, out, err, err_len)) {
         mdl_close(file);
         return -1;

@@ -13,7 +13,8 @@
  *     hands each layer with work left its Hessians, bit for bit those of an
  *     uninterrupted run. Layers with nothing left to do are only run forward.
  *  4. The (tensor, option) units of a layer run in parallel (OpenMP, one unit per
- *     thread, BLAS single-threaded inside the region); each unit depends only on
+ *     thread, BLAS single-threaded inside the region, fewer at once where one
+ *     unit's working memory is large); each unit depends only on
  *     its weights, its Hessian and its option, so the order of completion never
  *     changes a number. Results are written in transactions (at most every
  *     MEAS_FLUSH_SECONDS and at the end of each layer): a row present is done.
@@ -393,15 +394,22 @@ static munit *plan_units(mrun *r, int t0, int t1, rt_input g, int *n)
     return u;
 }
 
-/* The weights of tensors [t0, t1), which the walk holds as fp32. */
-static int load_weights(mrun *r, int t0, int t1)
+static rt_linear *linear_of(mrun *r, const mtensor *t)
+{
+    return t->cls == RT_HEAD ? r->m->head : r->m->layers[t->layer].lin[t->cls];
+}
+
+/* Holds the weights of the tensors of [t0, t1) that read input g as fp32, and
+ * computes their energies: one input group's tensors at a time are in memory. */
+static int load_weights(mrun *r, int t0, int t1, rt_input g)
 {
     for (int i = t0; i < t1; i++) {
         mtensor *t = &r->t[i];
-        const rt_linear *l = t->cls == RT_HEAD ? r->m->head : r->m->layers[t->layer].lin[t->cls];
-        assert(l->dense);
+        rt_linear *l = linear_of(r, t);
+        if (rt_class_input(t->cls) != g) continue;
+        if (rt_linear_hold(l)) return fail(r, "out of memory for %s as fp32", t->name);
         t->w = l->dense;
-        t->energy = gptq_weight_energy(t->w, t->rows, t->cols, r->hl->h[rt_class_input(t->cls)]);
+        t->energy = gptq_weight_energy(t->w, t->rows, t->cols, r->hl->h[g]);
         if (isnan(t->energy)) return fail(r, "out of memory for %s", t->name);
     }
     return 0;
@@ -409,7 +417,11 @@ static int load_weights(mrun *r, int t0, int t1)
 
 static void forget_weights(mrun *r, int t0, int t1)
 {
-    for (int i = t0; i < t1; i++) r->t[i].w = NULL;
+    for (int i = t0; i < t1; i++) {
+        if (!r->t[i].w) continue;
+        rt_linear_release(linear_of(r, &r->t[i]));
+        r->t[i].w = NULL;
+    }
 }
 
 static int prepare_group(mrun *r, rt_input g, const char *tensor, gptq_prep **prep)
@@ -424,11 +436,28 @@ static int prepare_group(mrun *r, rt_input g, const char *tensor, gptq_prep **pr
     return 0;
 }
 
+/* Units at once: one a thread, as long as their working memory (GPTQ's and the
+ * RTN error's, about MEAS_UNIT_BYTES a weight) stays within MEAS_UNITS_BUDGET.
+ * A large head (49152 x 4096: 2.4 GB a unit) then runs one unit at a time. */
+#define MEAS_UNIT_BYTES 12
+#define MEAS_UNITS_BUDGET ((int64_t)2 << 30)
+
+static int units_at_once(const mrun *r, const munit *u, int n)
+{
+    int64_t most = 0;
+    for (int i = 0; i < n; i++) {
+        const mtensor *t = &r->t[u[i].t];
+        if (t->rows * t->cols > most) most = t->rows * t->cols;
+    }
+    int64_t fit = MEAS_UNITS_BUDGET / (most * MEAS_UNIT_BYTES);
+    return fit < 1 ? 1 : fit < r->threads ? (int)fit : r->threads;
+}
+
 static void run_parallel(mrun *r, const munit *u, int n, gptq_prep *const *prep)
 {
     int blas_threads = openblas_get_num_threads();
     openblas_set_num_threads(1); /* one unit per thread; GPTQ's BLAS calls stay serial */
-#pragma omp parallel for schedule(dynamic, 1) num_threads(r->threads)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(units_at_once(r, u, n))
     for (int i = 0; i < n; i++) {
         int failed;
 #pragma omp atomic read
@@ -443,9 +472,9 @@ static void run_parallel(mrun *r, const munit *u, int n, gptq_prep *const *prep)
     openblas_set_num_threads(blas_threads);
 }
 
-/* Measures the tensors of [t0, t1) that read input g. Their GPTQ preparation (a
- * Cholesky factor as large as the Hessian) exists only while they run, so a layer
- * holds one group's at a time. */
+/* Measures the tensors of [t0, t1) that read input g. Their weights as fp32 and
+ * their GPTQ preparation (a Cholesky factor as large as the Hessian) exist only
+ * while they run, so a layer holds one group's at a time. */
 static int run_group(mrun *r, int t0, int t1, rt_input g)
 {
     int n = 0, rc = -1;
@@ -455,12 +484,13 @@ static int run_group(mrun *r, int t0, int t1, rt_input g)
     if (n == 0) { free(u); return 0; }
     r->pending = malloc((size_t)n * sizeof *r->pending);
     if (!r->pending) fail(r, "out of memory");
-    else if (!prepare_group(r, g, r->t[u[0].t].name, &prep[g])) {
+    else if (!load_weights(r, t0, t1, g) && !prepare_group(r, g, r->t[u[0].t].name, &prep[g])) {
         run_parallel(r, u, n, prep);
         rc = r->failed ? -1 : 0;
         if (flush(r)) rc = -1; /* what finished is kept even after a failure */
     }
     gptq_prep_free(prep[g]);
+    forget_weights(r, t0, t1);
     free(r->pending), r->pending = NULL;
     free(u);
     return rc;
@@ -469,9 +499,8 @@ static int run_group(mrun *r, int t0, int t1, rt_input g)
 /* Measures tensors [t0, t1) (one layer, or the head) with the Hessians at hand. */
 static int run_units(mrun *r, int t0, int t1)
 {
-    int rc = load_weights(r, t0, t1);
+    int rc = 0;
     for (int g = 0; !rc && g < RT_INPUT_COUNT; g++) rc = run_group(r, t0, t1, (rt_input)g);
-    forget_weights(r, t0, t1);
     return rc;
 }
 

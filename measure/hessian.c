@@ -85,14 +85,9 @@ int hess_layer_init(hess_layer *hl, const mdl_config *c, char *err, size_t err_l
     int64_t cols[RT_INPUT_COUNT] = {c->dim, (int64_t)c->n_heads * c->head_dim, c->dim, c->hidden_dim, c->dim};
     memset(hl, 0, sizeof *hl);
     hl->layer = -1;
-    for (int g = 0; g < RT_INPUT_COUNT; g++) {
-        hl->cols[g] = cols[g];
-        if (!(hl->h[g] = malloc((size_t)(cols[g] * cols[g]) * sizeof *hl->h[g]))) {
-            hess_layer_free(hl);
-            snprintf(err, err_len, "out of memory for Hessians");
-            return -1;
-        }
-    }
+    hl->n_layers = c->n_layers;
+    for (int g = 0; g < RT_INPUT_COUNT; g++) hl->cols[g] = cols[g];
+    (void)err, (void)err_len; /* the Hessians are allocated by hess_layer_start */
     return 0;
 }
 
@@ -104,20 +99,33 @@ void hess_layer_free(hess_layer *hl)
 static void observe(void *ctx, int layer, rt_input which, const float *x, int n, int64_t cols)
 {
     hess_layer *hl = ctx;
-    if (layer != hl->layer) return;
+    if (layer != hl->layer || !hl->h[which]) return;
     assert(cols == hl->cols[which]);
     if (hess_accumulate(hl->h[which], x, n, cols)) hl->failed = 1;
     hl->n[which] += n;
 }
 
+/* A block's groups, or the head's: only those exist while the layer is collected
+ * (the head's 4 block Hessians would be 1.4 GB of nothing at 7B). */
+static int group_is_used(const hess_layer *hl, int layer, int g)
+{
+    return (g == RT_IN_HEAD) == (layer == hl->n_layers);
+}
+
 void hess_layer_start(hess_layer *hl, rt_state *s, int layer)
 {
+    hl->failed = 0;
     for (int g = 0; g < RT_INPUT_COUNT; g++) {
-        memset(hl->h[g], 0, (size_t)(hl->cols[g] * hl->cols[g]) * sizeof *hl->h[g]);
+        size_t bytes = (size_t)(hl->cols[g] * hl->cols[g]) * sizeof *hl->h[g];
         hl->n[g] = 0;
+        if (!group_is_used(hl, layer, g)) {
+            free(hl->h[g]), hl->h[g] = NULL;
+            continue;
+        }
+        if (!hl->h[g] && !(hl->h[g] = malloc(bytes))) hl->failed = 1;
+        if (hl->h[g]) memset(hl->h[g], 0, bytes);
     }
     hl->layer = layer;
-    hl->failed = 0;
     rt_state_set_observer(s, observe, hl);
 }
 

@@ -129,11 +129,13 @@ int hess_finalize(double *h, int64_t cols, int64_t n_rows, char *err, size_t err
  *     hess_layer_finish(&hl, state, err, sizeof err);   // hl.h[RT_IN_MLP] is H of gate/up
  */
 typedef struct {
-    double *h[RT_INPUT_COUNT];  /* [cols][cols] per input group */
+    double *h[RT_INPUT_COUNT];  /* [cols][cols] per input group: a block's four, or the head's
+                                   (the others are NULL) */
     int64_t cols[RT_INPUT_COUNT];
     int64_t n[RT_INPUT_COUNT];  /* rows accumulated; 0: the group saw no input */
     int layer;                  /* the layer being accumulated, -1 none */
-    int failed;                 /* out of memory inside the observer */
+    int n_layers;               /* layer n_layers is the head */
+    int failed;                 /* out of memory (at start or inside the observer) */
 } hess_layer;
 int hess_layer_init(hess_layer *hl, const mdl_config *c, char *err, size_t err_len);
 void hess_layer_free(hess_layer *hl);
@@ -182,11 +184,11 @@ void meas_sha256_hex(const void *data, size_t n, char hex[65]);
 
 /* ==== The calibration walk (walk.c) ==== */
 
-/* The model runs layer by layer over the calibration rows; for each layer that the
- * caller wants (layer n_layers is the head), the Hessians of its input groups are
- * collected while it runs and `visit` sees them with the layer's weights held as
- * fp32 (each rt_linear's dense), before the next layer starts. Memory grows with one
- * block. The measurement and the packer are both visits:
+/* The model runs layer by layer over the calibration rows (each layer held as fp32
+ * only while it runs); for each layer that the caller wants (layer n_layers is the
+ * head), the Hessians of its input groups are collected while it runs and `visit`
+ * sees them before the next layer starts. Memory grows with one block. The
+ * measurement and the packer are both visits:
  *
  *     walk_params w = {.m = m, .cal = &cal, .wants = wants, .visit = visit, .ctx = me};
  *     if (walk_run(&w, err, sizeof err)) ...
@@ -199,12 +201,13 @@ typedef struct {
                                    layers see earlier layers' error (the packer's default) */
     /* 1 if layer l (n_layers: the head) wants its Hessians and a visit. */
     int (*wants)(void *ctx, int layer);
-    /* Layer l's Hessians are in hl (those of groups that saw input), its weights held.
-     * May replace the layer's rt_linears (then `passed` must put them back). 0 or -1
-     * with a message. */
+    /* Layer l's Hessians are in hl (those of groups that saw input). The visit holds
+     * the weights it reads (rt_linear_hold: then each rt_linear's dense) and releases
+     * them. May replace the layer's rt_linears (then `passed` must put them back). 0
+     * or -1 with a message. */
     int (*visit)(void *ctx, int layer, const hess_layer *hl, char *err, size_t err_len);
-    /* Optional: layer l has run (the walk's hidden state stands after it) and is still
-     * held, visited or not. 0 or -1 with a message. */
+    /* Optional: layer l has run (the walk's hidden state stands after it), visited or
+     * not. 0 or -1 with a message. */
     int (*passed)(void *ctx, int layer, char *err, size_t err_len);
     /* Optional: phase "forward" or "head" begins at layer l. */
     void (*progress)(void *ctx, const char *phase, int layer);

@@ -6,9 +6,10 @@
  *
  * The walk, as invariants:
  *  1. Memory grows with one block: layer l's weights are held as fp32
- *     (rt_model_hold_layer) only from just before it runs until it has run, the
- *     KV cache has room for one layer (rt_state_new_one_cache), and hs holds the
- *     calibration rows' hidden state at the current layer's input.
+ *     (rt_model_hold_layer) only while it runs over the rows; the visit holds
+ *     what it uses itself (the measurement one input group's tensors at a time),
+ *     the KV cache has room for one layer (rt_state_new_one_cache), and hs holds
+ *     the calibration rows' hidden state at the current layer's input.
  *  2. Hessians of layer l are accumulated only while layer l runs, by
  *     hess_accumulate in the same call order on every run, so a resumed walk
  *     recomputes bit for bit the Hessians of an uninterrupted one. Layers that
@@ -17,10 +18,9 @@
  *     from its saved input, on whatever weights the visit left in its slots (the
  *     quantized ones), so layer l + 1 sees the error of every layer before it.
  *  4. The head comes last; its input is the final norm's output, observed through
- *     rt_logits with a head that computes nothing, and it is held only while it is
- *     visited.
+ *     rt_logits with a head that computes nothing, so the walk never holds it.
  * It never prints (progress goes through a callback) and never keeps a layer held
- * after passing it.
+ * after running it.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,12 +44,17 @@ static void progress(walker *w, const char *phase, int layer)
     if (w->p->progress) w->p->progress(w->p->ctx, phase, layer);
 }
 
+/* Runs the rows through layer l, held as fp32 meanwhile (the weights in its slots:
+ * in sequential mode, after the visit, the quantized ones). */
 static int run_rows(walker *w, int l)
 {
-    for (int i = 0; i < w->p->cal->rows; i++)
-        if (rt_forward_layers(w->m, w->s, w->hs + i * w->row, w->p->cal->ctx, 0, l, l + 1))
-            return snprintf(w->err, w->err_len, "forward failed at layer %d", l), -1;
-    return 0;
+    if (rt_model_hold_layer(w->m, l, w->err, w->err_len)) return -1;
+    int rc = 0;
+    for (int i = 0; !rc && i < w->p->cal->rows; i++)
+        rc = rt_forward_layers(w->m, w->s, w->hs + i * w->row, w->p->cal->ctx, 0, l, l + 1);
+    if (rc) snprintf(w->err, w->err_len, "forward failed at layer %d", l);
+    rt_model_release_layer(w->m, l);
+    return rc;
 }
 
 static int finish_hessians(walker *w, int l)
@@ -60,11 +65,12 @@ static int finish_hessians(walker *w, int l)
     return -1;
 }
 
-/* Layer l, held: Hessians and visit if wanted, forward, and the caller's word that
- * it has passed. */
-static int step_held_layer(walker *w, int l)
+/* Layer l: forward, with Hessians and a visit if wanted, and the caller's word
+ * that it has passed. */
+static int step_layer(walker *w, int l)
 {
     const walk_params *p = w->p;
+    progress(w, "forward", l);
     int visit = p->wants(p->ctx, l), seq = visit && p->sequential;
     size_t bytes = (size_t)p->cal->rows * w->row * sizeof *w->hs;
     if (seq) memcpy(w->hs_in, w->hs, bytes);
@@ -76,15 +82,6 @@ static int step_held_layer(walker *w, int l)
         if (run_rows(w, l)) return -1;
     }
     return p->passed ? p->passed(p->ctx, l, w->err, w->err_len) : 0;
-}
-
-static int step_layer(walker *w, int l)
-{
-    progress(w, "forward", l);
-    if (rt_model_hold_layer(w->m, l, w->err, w->err_len)) return -1;
-    int rc = step_held_layer(w, l);
-    rt_model_release_layer(w->m, l);
-    return rc;
 }
 
 static void null_matmul(const rt_linear *l, const float *x, float *y, int n) { (void)l, (void)x, (void)y, (void)n; }
@@ -102,11 +99,8 @@ static int step_head(walker *w)
     w->m->head = &nothing;
     for (int i = 0; i < p->cal->rows; i++) rt_logits(w->m, w->s, w->hs + i * w->row, p->cal->ctx, &unused);
     w->m->head = head;
-    if (finish_hessians(w, nl) || rt_model_hold_layer(w->m, nl, w->err, w->err_len)) return -1;
-    int rc = p->visit(p->ctx, nl, &w->hl, w->err, w->err_len);
-    if (!rc && p->passed) rc = p->passed(p->ctx, nl, w->err, w->err_len);
-    rt_model_release_layer(w->m, nl);
-    return rc;
+    if (finish_hessians(w, nl) || p->visit(p->ctx, nl, &w->hl, w->err, w->err_len)) return -1;
+    return p->passed ? p->passed(p->ctx, nl, w->err, w->err_len) : 0;
 }
 
 static int walk_setup(walker *w)

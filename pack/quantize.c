@@ -53,6 +53,7 @@ typedef struct {
     int planned;                /* 1: the plan quantizes it */
     lay_qtensor q;              /* the result, until it is packed */
     rt_linear *orig;            /* sequential: the model's own layer while the quantized one runs */
+    int held;                   /* 1: its weights are held as fp32 (quantize_range) */
 } ptensor;
 
 typedef struct {
@@ -235,7 +236,7 @@ static rt_linear **linear_of(prun *r, const ptensor *t)
     return t->cls == RT_HEAD ? &r->m->head : &r->m->layers[t->layer].lin[t->cls];
 }
 
-/* Quantizes t from its weights, which the walk holds as fp32. */
+/* Quantizes t from its weights, held as fp32 by quantize_range. */
 static int quantize_one(prun *r, ptensor *t, const gptq_prep *prep, char *err, size_t err_len)
 {
     const rt_linear *l = *linear_of(r, t);
@@ -312,6 +313,24 @@ static void swap_back(prun *r, int t0, int t1)
     }
 }
 
+/* Holds the planned tensors of [t0, t1) as fp32 while they are quantized. */
+static int hold_planned(prun *r, int t0, int t1)
+{
+    for (int i = t0; i < t1; i++) {
+        ptensor *t = &r->t[i];
+        if (!t->planned) continue;
+        if (rt_linear_hold(*linear_of(r, t))) return fail(r, "out of memory for %s as fp32", t->name);
+        t->held = 1;
+    }
+    return 0;
+}
+
+static void release_planned(prun *r, int t0, int t1)
+{
+    for (int i = t0; i < t1; i++)
+        if (r->t[i].held) rt_linear_release(*linear_of(r, &r->t[i])), r->t[i].held = 0;
+}
+
 /* Quantizes the planned tensors of [t0, t1) in parallel, then packs them. */
 static int quantize_range(prun *r, int t0, int t1)
 {
@@ -327,6 +346,7 @@ static int quantize_range(prun *r, int t0, int t1)
         if (!r->t[i].planned || prep[g]) continue;
         if (gptq_prepare(r->hl->h[g], r->hl->cols[g], &gp, &prep[g], why, sizeof why)) rc = fail(r, "%s: %s", r->t[i].name, why);
     }
+    if (!rc) rc = hold_planned(r, t0, t1);
     int blas_threads = openblas_get_num_threads();
     openblas_set_num_threads(1);
 #pragma omp parallel for schedule(dynamic, 1) if (!rc)
@@ -341,6 +361,7 @@ static int quantize_range(prun *r, int t0, int t1)
     }
     openblas_set_num_threads(blas_threads);
     for (int g = 0; g < RT_INPUT_COUNT; g++) gptq_prep_free(prep[g]);
+    release_planned(r, t0, t1); /* before any slot is swapped */
     if (rc || r->failed) return -1;
     for (int i = t0; i < t1; i++) {
         ptensor *t = &r->t[i];

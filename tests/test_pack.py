@@ -372,6 +372,13 @@ def test_cuda_runs_the_packed_file(work):
                        text=True, errors="replace")
     assert g.returncode == 0, g.stderr
     assert g.stdout == run("generate", [deq] + gen).stdout
+    # an unquantized model kept over its file (BITPLAN_STREAM=1): each layer is decoded
+    # to fp32 only while it is uploaded
+    env = dict(os.environ, BITPLAN_STREAM="1")
+    d = subprocess.run([EMU_BIN, "generate", str(deq)] + gen + ["--device", "cuda"], capture_output=True, text=True,
+                       errors="replace", env=env)
+    assert d.returncode == 0, d.stderr
+    assert d.stdout == g.stdout
 
 
 def test_full_hessians_reproduce_the_measurement(work):

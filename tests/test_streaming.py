@@ -17,6 +17,7 @@ what that must keep and what it must give:
 """
 
 import os
+import re
 import shutil
 import sqlite3
 import struct
@@ -224,3 +225,23 @@ def test_f16_model_equals_its_f32_copy(work):
     assert np.abs(a - c).max() <= 1e-5 * scale
     one = logits(f16, ids[:1])  # a product of one row: the matrix-vector path
     assert np.abs(one[0] - a[0]).max() <= 1e-5 * scale
+
+
+def test_eval_streamed_equals_decoded_up_front(work):
+    """`bitplan eval` of an unquantized model decodes slabs per product when told to
+    (BITPLAN_STREAM=1, as for a model larger than memory) and gives the numbers of the
+    model decoded up front (small models are), to float rounding."""
+    model = work / "eval-f16.gguf"
+    tiny_model.write_tiny_gguf(str(model), dtype="F16", tied=False, **MODEL)
+    text = work / "eval.txt"
+    text.write_text(calib_text())
+
+    def ppl(stream):
+        env = dict(os.environ, BITPLAN_STREAM="1" if stream else "0")
+        p = subprocess.run([BIN, "eval", str(model), "--text", str(text), "--ctx", "64", "--chunks", "3"],
+                           capture_output=True, text=True, env=env)
+        assert p.returncode == 0, p.stderr
+        return float(re.search(r"^perplexity +(\S+)", p.stdout, re.M).group(1))
+
+    a, b = ppl(True), ppl(False)
+    assert a > 1 and abs(a - b) <= 1e-5 * b
