@@ -200,7 +200,7 @@ def stage_generate(a, out):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="/work/synth/llama2-7b")
+    ap.add_argument("--model", default=os.path.join(ROOT, "out", "llama2-7b"))
     ap.add_argument("--work", default=os.path.join(ROOT, "out", "scale"))
     ap.add_argument("--stages", default="block,measure1,pack,eval,generate")
     ap.add_argument("--fast-error", action="store_true", help="measure with --fast-error")

@@ -375,12 +375,11 @@ int mdl_tensor_to_f32(const mdl_model *m, const mdl_tensor *t, float *out)
 
 /* ==== Finite values ==== */
 
-/* First non-finite value of rows [r0, r1) decoded through buf[cols]: its flat index
- * in the tensor, or -1. */
-static int64_t first_nonfinite_rows(const mdl_model *m, const mdl_tensor *t, int64_t r0, int64_t r1, int64_t cols,
-                                    float *buf)
+/* First non-finite value of the tensor's rows decoded through buf[cols]: its flat
+ * index, or -1. */
+static int64_t first_nonfinite_rows(const mdl_model *m, const mdl_tensor *t, int64_t rows, int64_t cols, float *buf)
 {
-    for (int64_t r = r0; r < r1; r++) {
+    for (int64_t r = 0; r < rows; r++) {
         mdl_tensor_rows_to_f32(m, t, r, 1, buf);
         for (int64_t j = 0; j < cols; j++)
             if (!isfinite(buf[j])) return r * cols + j;
@@ -422,7 +421,7 @@ int mdl_tensor_find_nonfinite(const mdl_model *m, const mdl_tensor *t, int64_t *
     if ((t->type == MDL_F32 || t->type == MDL_F16 || t->type == MDL_BF16) && raw_all_finite(t)) return 0;
     float *buf = malloc((size_t)cols * sizeof *buf);
     if (!buf) return -1;
-    int64_t at = first_nonfinite_rows(m, t, 0, rows, cols, buf);
+    int64_t at = first_nonfinite_rows(m, t, rows, cols, buf);
     if (at >= 0) *row = at / cols, *col = at % cols, *value = buf[*col];
     free(buf);
     return at >= 0;
