@@ -16,6 +16,7 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_measure(int argc, char **argv);
 int cmd_allocate(int argc, char **argv);
 int cmd_pack(int argc, char **argv);
+int cmd_export_gguf(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_report(int argc, char **argv);

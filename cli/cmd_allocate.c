@@ -3,6 +3,7 @@
  *
  *   bitplan allocate --db D --bpw 3.5            [common options]
  *   bitplan allocate --db D --vram 8GiB --ctx 4096 [--batch 1] [--kv-bits 16] [--reserve 256MiB]
+ *   bitplan allocate --db D --size 90MiB          (the file's tensors, as pack or export-gguf write them)
  *   bitplan allocate --db D --sweep 2.0:8.0:0.1  [--label NAME]   (--label also puts a
  *                                                 single --bpw plan on a sweep's curve)
  *   bitplan allocate --db D --list
@@ -13,8 +14,9 @@
  * bpw is the EXL2 convention: bits of the quantized linear layers of the blocks over
  * their weights. The head is outside that budget (pinned to its cheapest option with
  * bpw >= --head-bits, 6 by default); the whole-file bpw printed beside counts every
- * parameter, norms as F32 and unquantized 2-D tensors as F16. For --vram every byte
- * counts, the head included. Parses, calls db/ and allocate/, prints; nothing else.
+ * parameter, norms as F32 and unquantized 2-D tensors as F16. For --vram and --size
+ * every byte counts, the head included (--size: the planned tensors, norms as F32,
+ * other 2-D tensors as F16; metadata, tokenizer and alignment padding are extra). Parses, calls db/ and allocate/, prints; nothing else.
  */
 #include <math.h>
 #include <stdio.h>
@@ -34,6 +36,7 @@ typedef struct {
     double bpw;                 /* NAN unless --bpw */
     double sweep[3];            /* from, to, step; sweep[2] = 0 unless --sweep */
     int64_t vram;               /* 0 unless --vram */
+    int64_t size;               /* 0 unless --size */
     alloc_vram_params vp;
     int ctx_given, list;
     alloc_setup setup;
@@ -45,7 +48,8 @@ typedef struct {
 static int usage(void)
 {
     fprintf(stderr,
-            "usage: bitplan allocate --db D (--bpw B | --vram SIZE --ctx N | --sweep FROM:TO:STEP | --list)\n"
+            "usage: bitplan allocate --db D (--bpw B | --vram SIZE --ctx N | --size SIZE | --sweep FROM:TO:STEP | --list)\n"
+            "  --size SIZE           the file's tensors (planned, norms F32, other 2-D F16) within SIZE, the head included\n"
             "  --calib ID            calibration (default: the newest finished one)\n"
             "  --metric rel_err|kld  damage to minimize (default: kld when every tensor has a KL probe)\n"
             "  --unweighted          rel_err not weighted by tensor size\n"
@@ -92,6 +96,7 @@ static int parse_valued(args *a, const char *f, const char *v)
     else if (!strcmp(f, "--bpw")) { if (cli_parse_double(v, &a->bpw) || a->bpw <= 0) return cli_fail(CMD, "--bpw wants a positive number, got '%s'", v); }
     else if (!strcmp(f, "--sweep")) return parse_sweep(v, a->sweep);
     else if (!strcmp(f, "--vram")) { if (cli_parse_size(v, &a->vram) || a->vram <= 0) return cli_fail(CMD, "--vram wants a size such as 8GiB, got '%s'", v); }
+    else if (!strcmp(f, "--size")) { if (cli_parse_size(v, &a->size) || a->size <= 0) return cli_fail(CMD, "--size wants a size such as 90MiB, got '%s'", v); }
     else if (!strcmp(f, "--ctx")) { if (cli_parse_int(v, &n) || n <= 0) return cli_fail(CMD, "--ctx wants a positive count, got '%s'", v); a->vp.ctx = n, a->ctx_given = 1; }
     else if (!strcmp(f, "--batch")) { if (cli_parse_int(v, &n) || n <= 0) return cli_fail(CMD, "--batch wants a positive count, got '%s'", v); a->vp.batch = n; }
     else if (!strcmp(f, "--kv-bits")) { if (cli_parse_int(v, &n) || n < 1 || n > 32) return cli_fail(CMD, "--kv-bits wants 1..32, got '%s'", v); a->vp.kv_bits = (int)n; }
@@ -134,11 +139,11 @@ static int parse_args(int argc, char **argv, args *a)
         if (rc < 0) return cli_fail(CMD, "unknown flag %s (see bitplan allocate --help)", f);
         if (rc) return rc;
     }
-    int modes = !isnan(a->bpw) + (a->vram > 0) + (a->sweep[2] > 0) + a->list;
+    int modes = !isnan(a->bpw) + (a->vram > 0) + (a->size > 0) + (a->sweep[2] > 0) + a->list;
     if (!a->db) return cli_fail(CMD, "--db D is required");
-    if (modes != 1) return cli_fail(CMD, "give exactly one of --bpw, --vram, --sweep, --list");
+    if (modes != 1) return cli_fail(CMD, "give exactly one of --bpw, --vram, --size, --sweep, --list");
     if (a->vram > 0 && !a->ctx_given) return cli_fail(CMD, "--vram needs --ctx N (the context to fit)");
-    a->setup.head_in_budget = a->vram > 0;
+    a->setup.head_in_budget = a->vram > 0 || a->size > 0;
     return 0;
 }
 
@@ -251,7 +256,7 @@ static int store_plan(ctx *c, const args *a, const char *kind, double target, co
     free(ch);
     if (rc) return cli_fail(CMD, "%s", db_errmsg(c->d));
     char tgt[32];
-    if (!strcmp(kind, "vram")) human_bytes((int64_t)target, tgt, sizeof tgt);
+    if (!strcmp(kind, "vram") || !strcmp(kind, "size")) human_bytes((int64_t)target, tgt, sizeof tgt);
     else snprintf(tgt, sizeof tgt, "%.6g", target);
     printf("plan %lld: %s %s -> %.4f bpw (blocks), %.4f bpw (whole file); %s %.6g, gap %.1e (%s), %.2f s, "
            "%lld dominated options dropped\n", (long long)id, kind, tgt, row.achieved_bpw, row.file_bpw, row.metric,
@@ -313,6 +318,31 @@ static int run_vram(ctx *c, const args *a)
     return rc;
 }
 
+/* --size: the planned tensors' bytes plus the unquantized ones (alloc_file_bits)
+ * within the size. */
+static int run_size(ctx *c, const args *a)
+{
+    int64_t fixed = alloc_file_bits(0, c->u) / 8, room = a->size - fixed;
+    if (room * 8 < c->lo || room <= 0) {
+        char s[3][32];
+        human_bytes(a->size, s[0], 32), human_bytes(fixed + (c->lo + 7) / 8, s[1], 32), human_bytes(fixed + (c->hi + 7) / 8, s[2], 32);
+        return cli_fail(CMD, "a file of %s is unreachable: this model and option set need %s to %s", s[0], s[1], s[2]);
+    }
+    int64_t budget = room > INT64_MAX / 8 ? INT64_MAX : room * 8;
+    alloc_result r;
+    int rc = solve_budget(c, a, budget, &r);
+    if (rc) return rc;
+    char json[256], s[32];
+    snprintf(json, sizeof json, "{\"planned\":%lld,\"unquantized\":%lld,\"total\":%lld,\"budget\":%lld}",
+             (long long)((r.total_bits + 7) / 8), (long long)fixed, (long long)((r.total_bits + 7) / 8 + fixed), (long long)a->size);
+    rc = store_plan(c, a, "size", (double)a->size, &r, json, NULL);
+    human_bytes((r.total_bits + 7) / 8 + fixed, s, sizeof s);
+    if (!rc) printf("  tensors %s (%lld bytes) of %lld\n", s, (long long)((r.total_bits + 7) / 8 + fixed), (long long)a->size),
+             print_histogram(&c->in, &c->b, r.choice);
+    alloc_result_free(&r);
+    return rc;
+}
+
 static int run_sweep(ctx *c, const args *a)
 {
     char label[96];
@@ -369,7 +399,9 @@ int cmd_allocate(int argc, char **argv)
         return rc;
     }
     if (a.list) rc = list_plans(c.d, &a);
-    else if (!(rc = prepare(&c, &a))) rc = a.vram > 0 ? run_vram(&c, &a) : a.sweep[2] > 0 ? run_sweep(&c, &a) : run_bpw(&c, &a, a.bpw, a.label, 0);
+    else if (!(rc = prepare(&c, &a)))
+        rc = a.vram > 0 ? run_vram(&c, &a) : a.size > 0 ? run_size(&c, &a) : a.sweep[2] > 0 ? run_sweep(&c, &a)
+                                                                                : run_bpw(&c, &a, a.bpw, a.label, 0);
     alloc_built_free(&c.b);
     db_alloc_input_free(&c.in);
     db_close(c.d);

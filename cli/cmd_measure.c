@@ -27,7 +27,8 @@ static const char usage_text[] =
     "  --db D            SQLite database (created if absent)\n"
     "  --rows R          calibration rows (default 16)\n"
     "  --ctx C           tokens per row (default 512)\n"
-    "  --options F       option file (default: the built-in set of 28 options)\n"
+    "  --options F       option file, or a preset: default (the built-in 28 options) or\n"
+    "                    ggml (GGUF block types Q2_K .. Q8_0, for export-gguf)\n"
     "  --damp X          GPTQ damping, a share of mean(diag H) (default 0.01)\n"
     "  --kl-probe        also measure each tensor's end-to-end KL divergence\n"
     "                    (quantized alone at the 4-bit g128 option)\n"
@@ -158,7 +159,7 @@ int cmd_measure(int argc, char **argv)
     int pr = parse_args(&a, argc, argv);
     if (pr) { free(a.calib); return pr < 0 ? 0 : pr; }
     if (a.options) {
-        if (opt_read_file(a.options, &opts, err, sizeof err)) { free(a.calib); return cli_fail("measure", "%s", err); }
+        if (opt_set_load(a.options, &opts, err, sizeof err)) { free(a.calib); return cli_fail("measure", "%s", err); }
         a.p.options = &opts;
     }
     if (a.progress || cli_progress_wanted()) a.p.progress = show_progress, a.p.progress_ctx = &ps;

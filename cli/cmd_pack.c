@@ -1,6 +1,8 @@
 /*
  * cli/cmd_pack.c — `bitplan pack MODEL --db D [--plan N | --uniform OPTION] -o OUT`:
- * quantizes the model at a plan and writes one packed file (pack/FORMAT.md).
+ * quantizes the model at a plan and writes one packed file (pack/FORMAT.md);
+ * `bitplan export-gguf` (same arguments) writes a plan of ggml block types as a
+ * GGUF file for llama.cpp and Ollama instead (pack/export.c).
  * --uniform first records a plan with that one option for every tensor (the
  * baseline the exact plans are compared with) and packs it.
  * It must never quantize or write anything itself: pack/ and db/ do.
@@ -12,6 +14,12 @@
 
 #include "../db/db.h"
 #include "../pack/pack.h"
+
+static const char usage_gguf[] =
+    "usage: bitplan export-gguf MODEL --db D [--plan N] -o OUT.gguf [--hessians sequential|full]\n"
+    "  writes the plan as a GGUF file that llama.cpp and Ollama run unchanged: every\n"
+    "  planned tensor must be a ggml block type (measure with --options ggml); the\n"
+    "  source's metadata and tokenizer are kept. Options as for `bitplan pack`:\n";
 
 static const char usage[] =
     "usage: bitplan pack MODEL --db D [--plan N] -o OUT [--hessians sequential|full]\n"
@@ -26,6 +34,8 @@ static const char usage[] =
     "                     block at a time (same file; memory grows with the model)\n"
     "  --progress         progress on stderr even when it is not a terminal\n";
 
+static const char *cmd_name = "pack"; /* or "export-gguf": what errors are prefixed with */
+
 typedef struct {
     const char *model, *db, *out, *uniform, *head_option;
     long plan;
@@ -34,8 +44,10 @@ typedef struct {
 
 static int parse_args(int argc, char **argv, pack_args *a)
 {
+    pack_out_format out = a->p.out;
     memset(a, 0, sizeof *a);
     pack_params_init(&a->p);
+    a->p.out = out;
     a->p.progress = cli_progress_wanted();
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i];
@@ -45,23 +57,23 @@ static int parse_args(int argc, char **argv, pack_args *a)
         else if (!strcmp(o, "--uniform") && has_val) a->uniform = argv[++i];
         else if (!strcmp(o, "--head-option") && has_val) a->head_option = argv[++i];
         else if (!strcmp(o, "--plan") && has_val) {
-            if (cli_parse_int(argv[++i], &a->plan) || a->plan < 1) return cli_fail("pack", "--plan '%s' is not a plan id", argv[i]);
+            if (cli_parse_int(argv[++i], &a->plan) || a->plan < 1) return cli_fail(cmd_name, "--plan '%s' is not a plan id", argv[i]);
         } else if (!strcmp(o, "--hessians") && has_val) {
             const char *v = argv[++i];
             if (!strcmp(v, "full")) a->p.hessians = PACK_HESS_FULL;
             else if (!strcmp(v, "sequential")) a->p.hessians = PACK_HESS_SEQUENTIAL;
-            else return cli_fail("pack", "--hessians '%s' is neither full nor sequential", v);
+            else return cli_fail(cmd_name, "--hessians '%s' is neither full nor sequential", v);
         } else if (!strcmp(o, "--progress")) a->p.progress = 1;
         else if (!strcmp(o, "--resident")) a->p.resident = 1;
-        else if (o[0] == '-' && o[1]) return cli_fail("pack", "unknown or incomplete option '%s' (see --help)", o);
+        else if (o[0] == '-' && o[1]) return cli_fail(cmd_name, "unknown or incomplete option '%s' (see --help)", o);
         else if (!a->model) a->model = o;
-        else return cli_fail("pack", "unexpected argument '%s'", o);
+        else return cli_fail(cmd_name, "unexpected argument '%s'", o);
     }
-    if (!a->model) return cli_fail("pack", "no model given (usage: bitplan pack MODEL --db D -o OUT)");
-    if (!a->db) return cli_fail("pack", "no --db D given");
-    if (!a->out) return cli_fail("pack", "no -o OUT given");
-    if (a->uniform && a->plan) return cli_fail("pack", "--uniform and --plan exclude each other");
-    if (a->head_option && !a->uniform) return cli_fail("pack", "--head-option needs --uniform");
+    if (!a->model) return cli_fail(cmd_name, "no model given (usage: bitplan pack MODEL --db D -o OUT)");
+    if (!a->db) return cli_fail(cmd_name, "no --db D given");
+    if (!a->out) return cli_fail(cmd_name, "no -o OUT given");
+    if (a->uniform && a->plan) return cli_fail(cmd_name, "--uniform and --plan exclude each other");
+    if (a->head_option && !a->uniform) return cli_fail(cmd_name, "--head-option needs --uniform");
     return 0;
 }
 
@@ -71,7 +83,7 @@ static int record_uniform(pack_args *a)
     int64_t id = 0;
     int rc = db_open(a->db, DB_OPEN_WRITE, &d) ||
              db_plan_insert_uniform(d, 0, a->uniform, a->head_option, cli_command_line(), &id);
-    if (rc) cli_fail("pack", "%s", d ? db_errmsg(d) : "cannot open the database");
+    if (rc) cli_fail(cmd_name, "%s", d ? db_errmsg(d) : "cannot open the database");
     else printf("plan            %lld (uniform \"%s\"%s%s%s)\n", (long long)id, a->uniform, a->head_option ? ", head \"" : "",
                 a->head_option ? a->head_option : "", a->head_option ? "\"" : "");
     db_close(d);
@@ -79,16 +91,22 @@ static int record_uniform(pack_args *a)
     return rc;
 }
 
-int cmd_pack(int argc, char **argv)
+static int run(int argc, char **argv, pack_out_format out)
 {
-    if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) { fputs(usage, stdout); return 0; }
+    if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        if (out == PACK_OUT_GGUF) fputs(usage_gguf, stdout);
+        fputs(usage, stdout);
+        return 0;
+    }
     pack_args a;
+    a.p.out = out;
+    cmd_name = out == PACK_OUT_GGUF ? "export-gguf" : "pack";
     if (parse_args(argc, argv, &a)) return 1;
     if (a.uniform && record_uniform(&a)) return 1;
     pack_stats st;
     char err[1024];
-    if (pack_model(a.model, a.db, a.plan, a.out, &a.p, &st, err, sizeof err)) return cli_fail("pack", "%s", err);
-    printf("packed          %s\n", a.out);
+    if (pack_model(a.model, a.db, a.plan, a.out, &a.p, &st, err, sizeof err)) return cli_fail(cmd_name, "%s", err);
+    printf("%s          %s\n", out == PACK_OUT_GGUF ? "gguf  " : "packed", a.out);
     printf("hessians        %s\n", a.p.hessians == PACK_HESS_FULL ? "full" : "sequential");
     printf("tensors         %lld quantized\n", (long long)st.n_quantized);
     printf("bits            %lld (%.1f MiB)\n", (long long)st.quantized_bits, (double)st.quantized_bits / 8 / (1 << 20));
@@ -98,3 +116,6 @@ int cmd_pack(int argc, char **argv)
     printf("time            %.1f s\n", st.seconds);
     return 0;
 }
+
+int cmd_pack(int argc, char **argv) { return run(argc, argv, PACK_OUT_BITPLAN); }
+int cmd_export_gguf(int argc, char **argv) { return run(argc, argv, PACK_OUT_GGUF); }

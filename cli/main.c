@@ -23,6 +23,7 @@ static const struct {
     {"measure", cmd_measure, "measure MODEL --calib TEXT... --db D         measurement pass (resumable)"},
     {"allocate", cmd_allocate, "allocate --db D (--bpw B | --vram SIZE --ctx N) exact plan for a budget"},
     {"pack", cmd_pack, "pack MODEL --db D [--plan N] -o OUT           quantize and pack"},
+    {"export-gguf", cmd_export_gguf, "export-gguf MODEL --db D [--plan N] -o OUT   a plan of ggml types as GGUF"},
     {"eval", cmd_eval, "eval OUT|MODEL --text FILE [--ref MODEL]      perplexity and KL divergence"},
     {"generate", cmd_generate, "generate OUT|MODEL --prompt \"...\"            text generation"},
     {"report", cmd_report, "report --db D -o report.html                  sensitivity and allocation report"},

@@ -16,9 +16,32 @@
 
 #include "schema_sql.h" /* static const char db_schema_sql[] */
 
-/* migrations[i] brings version i+1 to i+2; none yet beyond the schema itself. */
-static const char *const migrations[] = {NULL};
-#define DB_VERSION 1
+/* migrations[i] brings version i+1 to i+2.
+ *   1 -> 2: plans may be of kind 'size' (a file-size budget). A CHECK constraint
+ *           changes no stored row, so the table's SQL text is edited in place (as
+ *           SQLite's documentation allows for CHECK constraints) and the schema
+ *           cookie bumped (migrate() does that after every step) so that every
+ *           connection reads the new text. */
+static const char *const migrations[] = {
+    "PRAGMA writable_schema = ON;"
+    "UPDATE sqlite_master SET sql = replace(sql, 'CHECK (kind IN (''bpw'',''vram''))',"
+    " 'CHECK (kind IN (''bpw'',''vram'',''size''))') WHERE type = 'table' AND name = 'plans';"
+    "PRAGMA writable_schema = OFF;",
+};
+#define DB_VERSION 2
+
+/* The schema cookie + 1: connections (this one too) reparse the schema. */
+static int bump_schema_cookie(db_conn *d)
+{
+    sqlite3_stmt *st = db_prepare(d, "PRAGMA schema_version");
+    if (!st) return -1;
+    int v = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : -1;
+    sqlite3_finalize(st);
+    if (v < 0) return db_fail_sql(d, "reading the schema version");
+    char sql[64];
+    snprintf(sql, sizeof sql, "PRAGMA schema_version = %d", v + 1);
+    return db_exec(d, sql);
+}
 
 int db_fail(db_conn *d, const char *fmt, ...)
 {
@@ -89,7 +112,7 @@ static int migrate(db_conn *d, int writable)
         char bump[128];
         snprintf(bump, sizeof bump, "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '%d')", v + 1);
         if (db_begin(d)) return -1;
-        if (db_exec(d, step) || db_exec(d, bump)) { db_rollback(d); return -1; }
+        if (db_exec(d, step) || (v > 0 && bump_schema_cookie(d)) || db_exec(d, bump)) { db_rollback(d); return -1; }
         if (db_commit(d)) return -1;
     }
     return 0;

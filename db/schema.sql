@@ -98,8 +98,8 @@ CREATE TABLE kl_probes (
 CREATE TABLE plans (
     id            INTEGER PRIMARY KEY,
     calib_id      INTEGER NOT NULL REFERENCES calibrations(id) ON DELETE CASCADE,
-    kind          TEXT NOT NULL CHECK (kind IN ('bpw','vram')),
-    target        REAL NOT NULL,            -- bpw, or bytes for 'vram'
+    kind          TEXT NOT NULL CHECK (kind IN ('bpw','vram','size')),
+    target        REAL NOT NULL,            -- bpw, or bytes for 'vram' and 'size' (the file's tensors)
     metric        TEXT NOT NULL CHECK (metric IN ('rel_err','kld')),
     achieved_bpw  REAL NOT NULL,            -- over the quantized linear layers
     file_bpw      REAL NOT NULL,            -- over every parameter of the file

@@ -73,7 +73,7 @@ typedef struct {
     int64_t model_id, calib_id, *opt_ids;
     mtensor *t;
     int nt;
-    uint8_t *done;            /* [nt][opts->n]: measured */
+    uint8_t *done;            /* [nt][opts->n]: 1 measured, 2 skipped (skips()) */
     int ref;                  /* the probes' reference option, -1 without probes */
     meas_probe *probe;
     const hess_layer *hl;     /* the Hessians of the layer being visited */
@@ -139,22 +139,40 @@ static int list_tensors(mrun *r)
     return 0;
 }
 
-/* Invariant 1: every option must apply to every tensor. */
+/* 1 if option o skips tensor t: a ggml block type whose block does not divide the
+ * tensor's columns (llama.cpp falls back to a 32-wide type there; so does the
+ * allocator, which sees no measurement of the pair). */
+static int skips(const mrun *r, int o, int t)
+{
+    const lay_ggml_traits *g = lay_ggml_traits_of(lay_option_ggml(&r->opts->v[o]));
+    return g && r->t[t].cols % g->block != 0;
+}
+
+/* Invariant 1: every option must apply to every tensor (except the pairs that
+ * skips() names), and every tensor must have an option. */
 static int check_options(mrun *r)
 {
     if (r->opts->n <= 0) return fail(r, "the option set is empty");
-    for (int o = 0; o < r->opts->n; o++)
-        for (int i = 0; i < r->nt; i++) {
+    for (int i = 0; i < r->nt; i++) {
+        int usable = 0;
+        for (int o = 0; o < r->opts->n; o++) {
             char why[160];
+            if (skips(r, o, i)) continue;
             if (lay_option_check(&r->opts->v[o], r->t[i].rows, r->t[i].cols, why, sizeof why))
                 return fail(r, "option \"%s\" cannot apply to %s (%lldx%lld): %s", r->opts->v[o].name, r->t[i].name,
                             (long long)r->t[i].rows, (long long)r->t[i].cols, why);
+            usable++;
         }
+        if (!usable)
+            return fail(r, "no option of the set applies to %s (%lldx%lld): its columns are not a multiple of any "
+                        "option's block", r->t[i].name, (long long)r->t[i].rows, (long long)r->t[i].cols);
+    }
     return 0;
 }
 
 /* The plain 4-bit option with groups of 128 if the set has it, else the option
- * whose bits per weight over all tensors is nearest 4 (the first of equals). */
+ * whose bits per weight over all tensors is nearest 4 (the first of equals) among
+ * those that apply to every tensor; -1 if none does. */
 static int pick_reference(const mrun *r)
 {
     int best = -1;
@@ -162,6 +180,9 @@ static int pick_reference(const mrun *r)
     for (int o = 0; o < r->opts->n; o++) {
         const lay_option *op = &r->opts->v[o];
         if (op->bits_lo == 4 && op->bits_hi == 4 && op->group == 128 && op->scale_fmt == LAY_SCALE_F16_Z8) return o;
+        int everywhere = 1;
+        for (int i = 0; i < r->nt; i++) everywhere &= !skips(r, o, i);
+        if (!everywhere) continue;
         double bits = 0, n = 0;
         for (int i = 0; i < r->nt; i++)
             bits += (double)lay_tensor_bits(op, r->t[i].rows, r->t[i].cols), n += (double)(r->t[i].rows * r->t[i].cols);
@@ -289,6 +310,8 @@ static int read_done(mrun *r)
         free(pairs);
         return fail(r, "%s", db_errmsg(r->db));
     }
+    for (int t = 0; t < r->nt; t++)
+        for (int o = 0; o < no; o++) r->done[t * no + o] = skips(r, o, t) ? 2 : 0;
     for (int64_t i = 0; i < n; i++) {
         int t = tensor_index(r, pairs[2 * i]), o = option_index(r, pairs[2 * i + 1]);
         if (t >= 0 && o >= 0 && !r->done[t * no + o]) r->done[t * no + o] = 1, r->res->skipped++;
@@ -323,12 +346,14 @@ static int flush(mrun *r)
     return 0;
 }
 
-/* One (tensor, option): GPTQ, RTN, and the result. Runs in a worker thread. */
+/* One (tensor, option): GPTQ, RTN, and the result. Runs in a worker thread.
+ * prep[0] is the group's Hessian prepared in act-order, prep[1] in column order
+ * (for ggml block types, which store no permutation). */
 static int run_unit(mrun *r, const munit *u, gptq_prep *const *prep, db_measurement *out, char *err, size_t err_len)
 {
     mtensor *t = &r->t[u->t];
     const lay_option *o = &r->opts->v[u->o];
-    const gptq_prep *pp = prep[rt_class_input(t->cls)];
+    const gptq_prep *pp = prep[lay_option_ggml(o) >= 0];
     lay_qtensor q;
     gptq_stats st;
     if (gptq_quantize_prepared(t->w, t->rows, pp, o, t->energy, &q, &st, err, err_len)) return -1;
@@ -424,15 +449,24 @@ static void forget_weights(mrun *r, int t0, int t1)
     }
 }
 
-static int prepare_group(mrun *r, rt_input g, const char *tensor, gptq_prep **prep)
+/* prep[0] in act-order if a unit of u[0..n) needs it, prep[1] in column order if
+ * one is a ggml block type. */
+static int prepare_group(mrun *r, rt_input g, const munit *u, int n, gptq_prep **prep)
 {
     gptq_params gp;
     gptq_params_init(&gp);
     gp.damp = r->p->damp;
     gp.fast_error = r->p->fast_error;
     gp.borrow_h = 1; /* the walk's Hessian lives until the visit returns */
-    char why[256];
-    if (gptq_prepare(r->hl->h[g], r->hl->cols[g], &gp, prep, why, sizeof why)) return fail(r, "%s: %s", tensor, why);
+    for (int order = 0; order < 2; order++) {
+        int wanted = 0;
+        for (int i = 0; i < n; i++) wanted |= (lay_option_ggml(&r->opts->v[u[i].o]) >= 0) == order;
+        if (!wanted) continue;
+        gp.act_order = !order;
+        char why[256];
+        if (gptq_prepare(r->hl->h[g], r->hl->cols[g], &gp, &prep[order], why, sizeof why))
+            return fail(r, "%s: %s", r->t[u[0].t].name, why);
+    }
     return 0;
 }
 
@@ -478,18 +512,18 @@ static void run_parallel(mrun *r, const munit *u, int n, gptq_prep *const *prep)
 static int run_group(mrun *r, int t0, int t1, rt_input g)
 {
     int n = 0, rc = -1;
-    gptq_prep *prep[RT_INPUT_COUNT] = {NULL};
+    gptq_prep *prep[2] = {NULL, NULL};
     munit *u = plan_units(r, t0, t1, g, &n);
     if (!u) return fail(r, "out of memory");
     if (n == 0) { free(u); return 0; }
     r->pending = malloc((size_t)n * sizeof *r->pending);
     if (!r->pending) fail(r, "out of memory");
-    else if (!load_weights(r, t0, t1, g) && !prepare_group(r, g, r->t[u[0].t].name, &prep[g])) {
+    else if (!load_weights(r, t0, t1, g) && !prepare_group(r, g, u, n, prep)) {
         run_parallel(r, u, n, prep);
         rc = r->failed ? -1 : 0;
         if (flush(r)) rc = -1; /* what finished is kept even after a failure */
     }
-    gptq_prep_free(prep[g]);
+    gptq_prep_free(prep[0]), gptq_prep_free(prep[1]);
     forget_weights(r, t0, t1);
     free(r->pending), r->pending = NULL;
     free(u);
@@ -637,7 +671,11 @@ int meas_run(const char *model_path, const char *const *calib_paths, int n_calib
     if (rt_model_open(r.file, 1, p->resident ? RT_OPEN_RESIDENT : 0, &r.m, err, err_len)) goto done;
     if (record_setup(&r, hash, &calib_done) || read_done(&r)) goto done;
     out->calib_id = r.calib_id, out->n_tensors = r.nt, out->n_options = r.opts->n;
-    if (p->kl_probe) r.ref = pick_reference(&r), snprintf(out->ref_option, sizeof out->ref_option, "%s", r.opts->v[r.ref].name);
+    if (p->kl_probe && (r.ref = pick_reference(&r)) < 0) {
+        fail(&r, "--kl-probe needs an option that applies to every tensor");
+        goto done;
+    }
+    if (p->kl_probe) snprintf(out->ref_option, sizeof out->ref_option, "%s", r.opts->v[r.ref].name);
     if (everything_done(&r)) {
         out->already_done = 1;
         rc = calib_done || !db_calib_mark_done(r.db, r.calib_id) ? 0 : fail(&r, "%s", db_errmsg(r.db));

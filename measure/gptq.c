@@ -88,6 +88,8 @@ struct gptq_prep {
     double diag_add;   /* lambda * mean(diag H): what damping added to each diagonal entry */
     int fast_error;    /* gptq_params.fast_error */
     int dead_isolated; /* every dead column's row and column of H are zero */
+    int act_order;     /* gptq_params.act_order: perm is the identity when 0 */
+    float *imp;        /* [cols] diag(H) by original column: the ggml fits' importance */
 };
 
 void gptq_params_init(gptq_params *p)
@@ -214,7 +216,7 @@ void gptq_prep_free(gptq_prep *prep)
 {
     if (!prep) return;
     if (prep->order != prep->perm) free(prep->order);
-    free(prep->perm), free(prep->dead), free(prep->u);
+    free(prep->perm), free(prep->dead), free(prep->u), free(prep->imp);
     if (prep->own_h) free(prep->h);
     free(prep);
 }
@@ -231,9 +233,12 @@ int gptq_prepare(const double *h, int64_t cols, const gptq_params *p, gptq_prep 
     pr->perm = malloc((size_t)cols * sizeof *pr->perm);
     pr->dead = malloc((size_t)cols);
     pr->u = malloc((size_t)(cols * cols) * sizeof *pr->u);
+    pr->imp = malloc((size_t)cols * sizeof *pr->imp);
     pr->own_h = !p->borrow_h;
     pr->h = pr->own_h ? malloc((size_t)(cols * cols) * sizeof *pr->h) : (double *)h;
-    if (!pr->perm || !pr->dead || !pr->u || !pr->h) goto oom;
+    if (!pr->perm || !pr->dead || !pr->u || !pr->h || !pr->imp) goto oom;
+    for (int64_t j = 0; j < cols; j++) pr->imp[j] = (float)h[j * cols + j];
+    pr->act_order = p->act_order;
     if (pr->own_h) memcpy(pr->h, h, (size_t)(cols * cols) * sizeof *h);
     if (act_order_perm(h, cols, p->act_order, pr->perm)) goto oom;
     pr->order = pr->perm;
@@ -315,6 +320,14 @@ typedef struct {
     int want_e2;         /* sum the squared scaled errors into e2 (fast rel_err) */
     double e2;
     lay_qtensor *out;
+    /* ggml block types: each block's header is fitted (imp-weighted) to the updated
+       weights when the block starts; grid[i] is row i's current block */
+    const lay_ggml_traits *gt;
+    int gtype;
+    const float *imp;    /* [cols] importance by column (no permutation) */
+    lay_ggml_grid *grid; /* [rows] */
+    float *gx;           /* [block] scratch: one row's block */
+    uint8_t *gq;         /* [block] scratch: one row's q values */
 } gptq_run;
 
 /* Columns per lazy block: a multiple of group (group <= block) or a divisor of it,
@@ -327,9 +340,48 @@ static int64_t block_cols(int64_t block, int64_t group)
     return b;
 }
 
+/* Step 5 for a ggml block type: every row's block header fitted to the current
+ * weights of columns j0..j1 (one block). */
+static void ggml_block_start(gptq_run *r, int64_t j0, int64_t j1)
+{
+    for (int64_t i = 0; i < r->rows; i++) {
+        for (int64_t j = j0; j < j1; j++) r->gx[j - j0] = (float)r->wt[j * r->rows + i];
+        lay_ggml_fit(r->gtype, r->gx, r->imp + j0, &r->grid[i]);
+    }
+}
+
+/* The block of columns j0..j1 is quantized: every row's block is encoded from its
+ * grid and the q values in qt (the lazy block starting at b0 holds it). */
+static void ggml_block_end(gptq_run *r, int64_t b0, int64_t j0, int64_t j1)
+{
+    int64_t rb = lay_ggml_row_bytes(r->gtype, r->cols);
+    for (int64_t i = 0; i < r->rows; i++) {
+        for (int64_t j = j0; j < j1; j++) r->gq[j - j0] = r->qt[(j - b0) * r->rows + i];
+        lay_ggml_encode(&r->grid[i], r->gq, r->out->blocks + i * rb + j0 / r->gt->block * r->gt->bytes);
+    }
+}
+
+/* Step 6 for a ggml block type: the nearest value of the row's sub-block grid,
+ * and the error against exactly what the decoders return. */
+static void ggml_quantize_column(gptq_run *r, int64_t j, uint8_t *qcol, double *e_row)
+{
+    const double *c = r->wt + j * r->rows;
+    int k = (int)(j % r->gt->block / r->gt->sub), bits = r->gt->bits, center = r->gt->center;
+    double inv_d = e_row ? 1.0 / r->u[j * r->cols + j] : 0, e2 = 0;
+    for (int64_t i = 0; i < r->rows; i++) {
+        int q = lay_ggml_quant(&r->grid[i], k, bits, center, (float)c[i]);
+        qcol[i] = (uint8_t)q;
+        if (!e_row) continue;
+        e_row[i] = (c[i] - (double)lay_ggml_value(&r->grid[i], k, center, q)) * inv_d;
+        e2 += e_row[i] * e_row[i];
+    }
+    if (r->want_e2) r->e2 += e2;
+}
+
 /* Step 5: fit every row's grid to group g (stored columns j0..j1). */
 static void group_start(gptq_run *r, int64_t g, int64_t j0, int64_t j1)
 {
+    if (r->gt) { ggml_block_start(r, j0, j1); return; }
     int bits = lay_group_bits(r->o, r->cols, g);
     for (int64_t i = 0; i < r->rows; i++) r->mn[i] = INFINITY, r->mx[i] = -INFINITY;
     for (int64_t j = j0; j < j1; j++) {
@@ -386,6 +438,7 @@ __attribute__((target("avx512f"))) static int64_t quantize_avx512(const double *
  * row and column. */
 static void quantize_column(gptq_run *r, int64_t j, int bits, uint8_t *qcol, double *e_row)
 {
+    if (r->gt) { ggml_quantize_column(r, j, qcol, e_row); return; }
     const double *c = r->wt + j * r->rows;
     const float *s = r->s, *z = r->z;
     double maxq = (double)((1 << bits) - 1), inv_d = e_row ? 1.0 / r->u[j * r->cols + j] : 0;
@@ -412,6 +465,7 @@ static void quantize_column(gptq_run *r, int64_t j, int bits, uint8_t *qcol, dou
 static void store_block(gptq_run *r, int64_t b0, int64_t b1)
 {
     enum { TILE = 64 };
+    if (r->gt) return; /* ggml blocks are encoded as each ends */
     int64_t rows = r->rows, cols = r->cols, nb = b1 - b0;
     for (int64_t i0 = 0; i0 < rows; i0 += TILE) {
         int64_t i1 = i0 + TILE < rows ? i0 + TILE : rows;
@@ -451,6 +505,7 @@ static void run_block(gptq_run *r, int64_t b0, int64_t b1)
             if (e_row && j + 1 < s1) /* wt[j+1:s1, :] -= U[j, j+1:s1]^T e_row */
                 cblas_dger(CblasRowMajor, (int)(s1 - j - 1), (int)rows, -1.0, r->u + j * cols + j + 1, 1, e_row,
                            1, r->wt + (j + 1) * rows, (int)rows);
+            if (r->gt && (j + 1) % group == 0) ggml_block_end(r, b0, j + 1 - group, j + 1);
         }
         if (r->u) push_errors(r, b0, s0, s1, s1, b1);
     }
@@ -461,6 +516,7 @@ static void run_block(gptq_run *r, int64_t b0, int64_t b1)
 static void run_free(gptq_run *r)
 {
     free(r->wt), free(r->e), free(r->qt), free(r->mn), free(r->mx), free(r->s), free(r->z);
+    free(r->grid), free(r->gx), free(r->gq);
 }
 
 /* wt[j][i] = w[i][perm[j]] (0 for dead columns). A column-by-column gather misses
@@ -484,14 +540,27 @@ static void load_transposed(const float *w, const int32_t *perm, const uint8_t *
 
 /* Fills out (already allocated, perm set) from w. dead: zero those original
  * columns first (may be NULL). e2 (may be NULL): the sum of the squared scaled
- * errors. 0, or -1 if out of memory. */
-static int run_columns(const float *w, const uint8_t *dead, const double *u, int64_t block,
-                       lay_qtensor *out, double *e2)
+ * errors. For a ggml block type perm is the identity and imp the importance of
+ * the columns (a block is then one lazy block, or a whole number of them inside
+ * one, so its start sees fully updated weights). 0, or -1 if out of memory. */
+static int run_columns(const float *w, const int32_t *perm, const uint8_t *dead, const double *u, int64_t block,
+                       const float *imp, lay_qtensor *out, double *e2)
 {
     int64_t rows = out->rows, cols = out->cols;
-    int64_t bs = block_cols(block, out->opt.group);
     gptq_run r = {.o = &out->opt, .u = u, .rows = rows, .cols = cols, .ng = lay_n_groups(&out->opt, cols),
-                  .want_e2 = e2 != NULL, .out = out};
+                  .want_e2 = e2 != NULL, .out = out, .imp = imp};
+    r.gtype = lay_option_ggml(&out->opt);
+    r.gt = lay_ggml_traits_of(r.gtype);
+    if (r.gt && block < r.gt->block) block = r.gt->block;
+    int64_t bs = block_cols(block, out->opt.group);
+    if (r.gt) {
+        r.grid = malloc((size_t)rows * sizeof *r.grid);
+        r.gx = malloc((size_t)r.gt->block * sizeof *r.gx), r.gq = malloc((size_t)r.gt->block);
+        if (!r.grid || !r.gx || !r.gq) {
+            run_free(&r);
+            return -1;
+        }
+    }
     r.wt = malloc((size_t)(rows * cols) * sizeof *r.wt);
     r.e = u ? malloc((size_t)(bs * rows) * sizeof *r.e) : NULL;
     r.qt = malloc((size_t)(bs * rows));
@@ -501,7 +570,7 @@ static int run_columns(const float *w, const uint8_t *dead, const double *u, int
         run_free(&r);
         return -1;
     }
-    load_transposed(w, out->perm, dead, rows, cols, r.wt);
+    load_transposed(w, perm, dead, rows, cols, r.wt);
     for (int64_t b0 = 0; b0 < cols; b0 += bs) run_block(&r, b0, b0 + bs < cols ? b0 + bs : cols);
     if (e2) *e2 = r.e2;
     run_free(&r);
@@ -599,6 +668,16 @@ static void fill_qdiff(const void *ctx, int64_t r0, int64_t nr, int64_t cols, vo
     const lay_qtensor *t = x->q;
     int64_t ng = lay_n_groups(&t->opt, cols);
     float *df = d;
+    int type = lay_option_ggml(&t->opt);
+    if (type >= 0) { /* decoded in place, then the difference */
+        int64_t rb = lay_ggml_row_bytes(type, cols);
+        for (int64_t r = r0; r < r0 + nr; r++) {
+            float *row = df + (r - r0) * cols;
+            lay_ggml_decode_row(type, t->blocks + r * rb, row, cols);
+            for (int64_t c = 0; c < cols; c++) row[c] = (float)((double)row[c] - (double)x->w[r * cols + c]);
+        }
+        return;
+    }
     for (int64_t r = r0; r < r0 + nr; r++)
         for (int64_t g = 0; g < ng; g++) {
             float s = lay_f16_to_f32(t->scale[r * ng + g]), z = (float)t->zero[r * ng + g];
@@ -626,10 +705,33 @@ double gptq_relative_error(const float *w, const float *wq, int64_t rows, int64_
     return error_ratio(quad_trace(&src, rows, cols, h), gptq_weight_energy(w, rows, cols, h));
 }
 
-/* ||dW'||^2 over all columns and over the dead ones, dW' = dequantized q - W'
- * (W' = w with dead columns zero), in double. */
-static void deq_error_sums(const lay_qtensor *t, const float *w, const uint8_t *dead, double *all, double *dead_sum)
+/* deq_error_sums for a ggml block type: rows decoded one at a time. -1 if out of
+ * memory. */
+static int ggml_error_sums(const lay_qtensor *t, const float *w, const uint8_t *dead, double *all, double *dead_sum)
 {
+    int type = lay_option_ggml(&t->opt);
+    int64_t cols = t->cols, rb = lay_ggml_row_bytes(type, cols);
+    float *row = malloc((size_t)cols * sizeof *row);
+    if (!row) return -1;
+    double sa = 0, sd = 0;
+    for (int64_t r = 0; r < t->rows; r++) {
+        lay_ggml_decode_row(type, t->blocks + r * rb, row, cols);
+        for (int64_t c = 0; c < cols; c++) {
+            double d = dead[c] ? (double)row[c] : (double)row[c] - (double)w[r * cols + c];
+            sa += d * d;
+            if (dead[c]) sd += d * d;
+        }
+    }
+    free(row);
+    *all = sa, *dead_sum = sd;
+    return 0;
+}
+
+/* ||dW'||^2 over all columns and over the dead ones, dW' = dequantized q - W'
+ * (W' = w with dead columns zero), in double. -1 if out of memory. */
+static int deq_error_sums(const lay_qtensor *t, const float *w, const uint8_t *dead, double *all, double *dead_sum)
+{
+    if (lay_option_ggml(&t->opt) >= 0) return ggml_error_sums(t, w, dead, all, dead_sum);
     int64_t rows = t->rows, cols = t->cols, ng = lay_n_groups(&t->opt, cols);
     double sa = 0, sd = 0;
     for (int64_t r = 0; r < rows; r++)
@@ -645,6 +747,7 @@ static void deq_error_sums(const lay_qtensor *t, const float *w, const uint8_t *
             }
         }
     *all = sa, *dead_sum = sd;
+    return 0;
 }
 
 /* Beyond this ratio of ||E||^2 to the result, the subtraction of the damping term
@@ -657,7 +760,7 @@ static double fast_error_energy(const gptq_prep *pr, const lay_qtensor *t, const
 {
     if (!pr->dead_isolated) return NAN;
     double all, dead_sum;
-    deq_error_sums(t, w, pr->dead, &all, &dead_sum);
+    if (deq_error_sums(t, w, pr->dead, &all, &dead_sum)) return NAN;
     double num = e2 - (pr->diag_add * all + dead_sum);
     return num > 0 && e2 <= GPTQ_FAST_MAX_CANCEL * num ? num : e2 == 0 ? 0 : NAN;
 }
@@ -673,12 +776,33 @@ typedef struct {
     const int32_t *order;
     const lay_option *o;
     int single;
+    const float *imp;    /* ggml block types: the importance of the columns */
+    uint8_t *blocks;     /* ggml block types: one row's blocks */
+    float *row;          /* ggml block types: one row decoded */
 } rtn_rows;
+
+/* fill_rtn for a ggml block type: each row quantized as lay_ggml_quantize_row does
+ * with the Hessian's diagonal as importance, and decoded. */
+static void fill_rtn_ggml(const rtn_rows *x, int64_t r0, int64_t nr, int64_t cols, void *d)
+{
+    int type = lay_option_ggml(x->o);
+    for (int64_t r = r0; r < r0 + nr; r++) {
+        const float *wr = x->w + r * cols;
+        lay_ggml_quantize_row(type, wr, x->imp, x->blocks, cols);
+        lay_ggml_decode_row(type, x->blocks, x->row, cols);
+        for (int64_t c = 0; c < cols; c++) {
+            float dw = x->row[c] - wr[c];
+            if (x->single) ((float *)d)[(r - r0) * cols + c] = dw;
+            else ((double *)d)[(r - r0) * cols + c] = (double)dw;
+        }
+    }
+}
 
 static void fill_rtn(const void *ctx, int64_t r0, int64_t nr, int64_t cols, void *d)
 {
     const rtn_rows *x = ctx;
     const lay_option *o = x->o;
+    if (lay_option_ggml(o) >= 0) { fill_rtn_ggml(x, r0, nr, cols, d); return; }
     int64_t ng = lay_n_groups(o, cols);
     for (int64_t r = r0; r < r0 + nr; r++) {
         const float *wr = x->w + r * cols;
@@ -727,9 +851,14 @@ int gptq_quantize_prepared(const float *w, int64_t rows, const gptq_prep *prep,
     int fast = stats && prep->fast_error;
     memset(out, 0, sizeof *out);
     if (option_applies(o, rows, cols, err, err_len) || check_w(w, rows, cols, err, err_len)) return -1;
+    if (lay_option_ggml(o) >= 0 && prep->act_order) {
+        snprintf(err, err_len, "option \"%.32s\" is a ggml block type: it needs a Hessian prepared without "
+                 "act-order (GGUF stores no permutation)", o->name);
+        return -1;
+    }
     if (lay_qtensor_alloc(out, rows, cols, o)) goto oom;
-    memcpy(out->perm, prep->perm, (size_t)cols * sizeof *out->perm);
-    if (run_columns(w, prep->dead, prep->u, prep->block, out, fast ? &e2 : NULL)) goto oom;
+    if (out->perm) memcpy(out->perm, prep->perm, (size_t)cols * sizeof *out->perm);
+    if (run_columns(w, prep->perm, prep->dead, prep->u, prep->block, prep->imp, out, fast ? &e2 : NULL)) goto oom;
     if (stats) {
         if (w_energy < 0) w_energy = gptq_weight_energy(w, rows, cols, prep->h);
         double num = fast ? fast_error_energy(prep, out, w, e2) : NAN;
@@ -766,6 +895,24 @@ int gptq_quantize(const float *w, int64_t rows, int64_t cols, const double *h,
     return rc;
 }
 
+/* RTN in a ggml block type: lay_ggml_quantize_row, weighted by diag(h) if given. */
+static int rtn_quantize_ggml(const float *w, int64_t rows, int64_t cols, const double *h, const lay_option *o,
+                             lay_qtensor *out, char *err, size_t err_len)
+{
+    int type = lay_option_ggml(o);
+    float *imp = h ? malloc((size_t)cols * sizeof *imp) : NULL;
+    if ((h && !imp) || lay_qtensor_alloc(out, rows, cols, o)) {
+        free(imp);
+        snprintf(err, err_len, "out of memory quantizing a %lldx%lld tensor", (long long)rows, (long long)cols);
+        return -1;
+    }
+    for (int64_t j = 0; h && j < cols; j++) imp[j] = (float)h[j * cols + j];
+    int64_t rb = lay_ggml_row_bytes(type, cols);
+    for (int64_t r = 0; r < rows; r++) lay_ggml_quantize_row(type, w + r * cols, imp, out->blocks + r * rb, cols);
+    free(imp);
+    return 0;
+}
+
 int rtn_quantize(const float *w, int64_t rows, int64_t cols, const double *h,
                  const lay_option *o, lay_qtensor *out, char *err, size_t err_len)
 {
@@ -773,8 +920,9 @@ int rtn_quantize(const float *w, int64_t rows, int64_t cols, const double *h,
     memset(out, 0, sizeof *out);
     if (option_applies(o, rows, cols, err, err_len) || check_w(w, rows, cols, err, err_len)) return -1;
     if (h && check_h(h, cols, err, err_len)) return -1;
+    if (lay_option_ggml(o) >= 0) return rtn_quantize_ggml(w, rows, cols, h, o, out, err, err_len);
     if (lay_qtensor_alloc(out, rows, cols, o) || act_order_perm(h, cols, 1, out->perm) ||
-        run_columns(w, NULL, NULL, 128, out, NULL)) {
+        run_columns(w, out->perm, NULL, NULL, 128, NULL, out, NULL)) {
         snprintf(err, err_len, "out of memory quantizing a %lldx%lld tensor", (long long)rows, (long long)cols);
         lay_qtensor_free(out);
         return -1;
@@ -789,9 +937,18 @@ int rtn_error_prepared(const float *w, int64_t rows, const gptq_prep *prep, cons
     int64_t cols = prep->cols;
     if (option_applies(o, rows, cols, err, err_len) || check_w(w, rows, cols, err, err_len)) return -1;
     if (w_energy < 0) w_energy = gptq_weight_energy(w, rows, cols, prep->h);
-    rtn_rows x = {w, prep->order, o, prep->fast_error};
-    rows_source src = {fill_rtn, &x, prep->fast_error};
-    double num = quad_trace(&src, rows, cols, prep->h);
+    rtn_rows x = {w, prep->order, o, prep->fast_error, prep->imp, NULL, NULL};
+    int type = lay_option_ggml(o);
+    double num = NAN;
+    if (type >= 0) {
+        x.blocks = malloc((size_t)lay_ggml_row_bytes(type, cols));
+        x.row = malloc((size_t)cols * sizeof *x.row);
+    }
+    if (type < 0 || (x.blocks && x.row)) {
+        rows_source src = {fill_rtn, &x, prep->fast_error};
+        num = quad_trace(&src, rows, cols, prep->h);
+    }
+    free(x.blocks), free(x.row);
     *rel_err = error_ratio(num, w_energy);
     if (isnan(*rel_err)) {
         snprintf(err, err_len, "out of memory for the RTN error of a %lldx%lld tensor", (long long)rows,

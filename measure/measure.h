@@ -159,6 +159,14 @@ void opt_default_set(opt_set *s);
  * README). 0, or -1 with a message "FILE:LINE: what 'value' is wrong". */
 int opt_read_file(const char *path, opt_set *s, char *err, size_t err_len);
 void opt_set_free(opt_set *s);
+/* The ggml block types as options (pack/layout.h), in bits order: Q2_K Q3_K Q4_0
+ * Q4_K Q4_1 Q5_0 Q5_K Q5_1 Q6_K Q8_0. s->n is 0 if out of memory. */
+void opt_ggml_set(opt_set *s);
+/* The option of ggml type `type`, named as the type. 0, or -1 for an unknown type. */
+int opt_ggml_option(int type, lay_option *o);
+/* "default" or NULL: opt_default_set; "ggml": opt_ggml_set; anything else an option
+ * file. 0, or -1 with a message. */
+int opt_set_load(const char *spec, opt_set *s, char *err, size_t err_len);
 
 /* ==== Calibration text (calib.c) ==== */
 

@@ -22,6 +22,10 @@
  *              tensor may be shorter)
  *   scale_fmt  z8 (fp16 scale + uint8 zero: asymmetric) or sym (fp16 scale only)
  *
+ * A line of one field that names a ggml block type (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K
+ * Q3_K Q4_K Q5_K Q6_K, any case) is that GGUF format as an option (pack/layout.h),
+ * named as the type; a plan of such options can be exported with `export-gguf`.
+ *
  * '#' starts a comment (outside quotes); blank lines are skipped. Errors name the
  * file, the line and the value: "opts.txt:3: bits_lo 9 is outside 2..8".
  *
@@ -106,6 +110,41 @@ void opt_default_set(opt_set *s)
         o->scale_fmt = LAY_SCALE_F16_Z8;
         opt_make_name(o);
     }
+}
+
+/* The ggml block types in bits order: the preset "ggml" (every type llama.cpp's
+ * K-quant mixes use, and the 32-wide types it falls back on where the columns are
+ * not a multiple of 256). */
+static const int opt_ggml_types[] = {LAY_GGML_Q2_K, LAY_GGML_Q3_K, LAY_GGML_Q4_0, LAY_GGML_Q4_K, LAY_GGML_Q4_1,
+                                     LAY_GGML_Q5_0, LAY_GGML_Q5_K, LAY_GGML_Q5_1, LAY_GGML_Q6_K, LAY_GGML_Q8_0};
+
+int opt_ggml_option(int type, lay_option *o)
+{
+    const lay_ggml_traits *t = lay_ggml_traits_of(type);
+    if (!t) return -1;
+    memset(o, 0, sizeof *o);
+    snprintf(o->name, sizeof o->name, "%s", t->name);
+    o->bits_lo = o->bits_hi = (uint8_t)t->bits;
+    o->group = t->block;
+    o->scale_fmt = (lay_scale_fmt)(LAY_FMT_GGML + type);
+    return 0;
+}
+
+void opt_ggml_set(opt_set *s)
+{
+    int n = (int)(sizeof opt_ggml_types / sizeof opt_ggml_types[0]);
+    s->v = calloc((size_t)n, sizeof *s->v);
+    s->n = s->v ? n : 0;
+    for (int i = 0; i < s->n; i++) opt_ggml_option(opt_ggml_types[i], &s->v[i]);
+}
+
+int opt_set_load(const char *spec, opt_set *s, char *err, size_t err_len)
+{
+    if (!spec || !strcmp(spec, "default")) opt_default_set(s);
+    else if (!strcmp(spec, "ggml")) opt_ggml_set(s);
+    else return opt_read_file(spec, s, err, err_len);
+    if (s->n == 0) return snprintf(err, err_len, "out of memory"), -1;
+    return 0;
 }
 
 void opt_set_free(opt_set *s)
@@ -253,10 +292,15 @@ int opt_read_file(const char *path, opt_set *s, char *err, size_t err_len)
         int n = opt_tokens(buf, tok);
         if (n == 0) continue;
         lay_option o;
+        int ok = 0;
         if (n < 0) snprintf(why, sizeof why, "unclosed or misplaced quote");
+        else if (n == 1 && opt_ggml_option(lay_ggml_type_by_name(tok[0]), &o) == 0) ok = 1;
+        else if (n == 1) snprintf(why, sizeof why, "'%s' is not a ggml type (Q4_0 .. Q6_K), and an option has 6 fields", tok[0]);
         else if (n != OPT_FIELDS)
-            snprintf(why, sizeof why, "%d fields, expected 6 (name bits_lo bits_hi hi_share group scale_fmt)", n);
-        if (n != OPT_FIELDS || opt_parse(tok, &o, why, sizeof why) || opt_unique(s, lines, &o, why, sizeof why)) {
+            snprintf(why, sizeof why, "%d fields, expected 6 (name bits_lo bits_hi hi_share group scale_fmt) "
+                     "or a ggml type", n);
+        else ok = opt_parse(tok, &o, why, sizeof why) == 0;
+        if (!ok || opt_unique(s, lines, &o, why, sizeof why)) {
             snprintf(err, err_len, "%s:%d: %s", path, line, why);
             goto done;
         }

@@ -207,9 +207,10 @@ int mdl_kv_str_at(const mdl_kv *kv, uint64_t *cursor_pos, const char **s, uint64
 
 static int ggml_type(uint32_t g, mdl_dtype *t)
 {
-    static const int map[] = {[0] = MDL_F32 + 1, [1] = MDL_F16 + 1, [2] = MDL_Q4_0 + 1, [3] = MDL_Q4_1 + 1,
-                              [8] = MDL_Q8_0 + 1, [12] = MDL_Q4_K + 1, [13] = MDL_Q5_K + 1, [14] = MDL_Q6_K + 1,
-                              [26] = MDL_I32 + 1, [30] = MDL_BF16 + 1};
+    static const int map[] = {[0] = MDL_F32 + 1,   [1] = MDL_F16 + 1,   [2] = MDL_Q4_0 + 1,  [3] = MDL_Q4_1 + 1,
+                              [6] = MDL_Q5_0 + 1,  [7] = MDL_Q5_1 + 1,  [8] = MDL_Q8_0 + 1,  [10] = MDL_Q2_K + 1,
+                              [11] = MDL_Q3_K + 1, [12] = MDL_Q4_K + 1, [13] = MDL_Q5_K + 1, [14] = MDL_Q6_K + 1,
+                              [26] = MDL_I32 + 1,  [30] = MDL_BF16 + 1};
     if (g >= sizeof map / sizeof *map || !map[g]) return -1;
     *t = (mdl_dtype)(map[g] - 1);
     return 0;
@@ -217,8 +218,7 @@ static int ggml_type(uint32_t g, mdl_dtype *t)
 
 static const char *ggml_type_name(uint32_t g)
 {
-    static const char *names[] = {[6] = "Q5_0", [7] = "Q5_1", [9] = "Q8_1", [10] = "Q2_K", [11] = "Q3_K",
-                                  [15] = "Q8_K", [16] = "IQ2_XXS", [17] = "IQ2_XS", [18] = "IQ3_XXS",
+    static const char *names[] = {[9] = "Q8_1", [15] = "Q8_K", [16] = "IQ2_XXS", [17] = "IQ2_XS", [18] = "IQ3_XXS",
                                   [19] = "IQ1_S", [20] = "IQ4_NL", [21] = "IQ3_S", [22] = "IQ2_S", [23] = "IQ4_XS",
                                   [24] = "I8", [25] = "I16", [27] = "I64", [28] = "F64", [29] = "IQ1_M",
                                   [34] = "TQ1_0", [35] = "TQ2_0", [39] = "MXFP4"};

@@ -45,6 +45,10 @@ typedef enum {
     MDL_Q4_K, /* 144 bytes per 256 */
     MDL_Q5_K, /* 176 bytes per 256 */
     MDL_Q6_K, /* 210 bytes per 256 */
+    MDL_Q5_0, /* 22 bytes per 32: fp16 d, 32 high bits, 16 bytes of nibbles (q - 16) */
+    MDL_Q5_1, /* 24 bytes per 32: fp16 d, fp16 m, 32 high bits, nibbles      */
+    MDL_Q2_K, /* 84 bytes per 256 */
+    MDL_Q3_K, /* 110 bytes per 256 (the block layouts: pack/ggml.c)          */
     MDL_I32,  /* safetensors/GGUF integer tensors: listed, not dequantized */
     MDL_U8,   /* safetensors unsigned integers (bitplan packed files): listed, */
     MDL_U16,  /* not dequantized; every type from MDL_I32 on is an integer type */
@@ -229,5 +233,77 @@ const char *tok_piece(const tok_tokenizer *t, int id, size_t *len);
 
 /* Decodes ids into out (NUL-terminated, truncated at cap). Returns bytes needed. */
 size_t tok_decode(const tok_tokenizer *t, const int32_t *ids, int64_t n, char *out, size_t cap);
+
+/* ==== Writing GGUF (model/gguf_write.c) ==== */
+
+/* A GGUF v3 file that llama.cpp loads, written tensor by tensor so that memory
+ * holds only the metadata and the tensor infos, never the model:
+ *
+ *     mdl_gguf_out *o; char err[MDL_ERR_LEN];
+ *     if (mdl_gguf_out_begin("out.gguf", src, &o, err, sizeof err)) { ... }
+ *     mdl_gguf_out_set_u32(o, "general.file_type", 15);
+ *     for each tensor: mdl_gguf_out_add_tensor(o, name, 12, 2, rows, cols, nbytes, err, sizeof err);
+ *     mdl_gguf_out_write_header(o, err, sizeof err);
+ *     for each tensor, in the same order, a slab of rows at a time: mdl_gguf_out_write(o, p, n, err, sizeof err);
+ *     if (mdl_gguf_out_commit(o, err, sizeof err)) { ... }   (frees o either way)
+ *
+ * Every fallible call returns 0, or -1 with a one-line "PATH: problem" in err;
+ * after an error the caller ends with mdl_gguf_out_abort (or a commit, which then
+ * fails). Calls out of order (a key or tensor after the header, data before it)
+ * are asserts. */
+typedef struct mdl_gguf_out mdl_gguf_out;
+
+/* Begins the file for path. Data goes to a temporary file beside it (PATH.tmp*);
+ * nothing appears at path before mdl_gguf_out_commit, which replaces any file
+ * there atomically (write, fsync, rename, fsync of the folder). path must not be
+ * a directory or a device. The metadata starts as src's (src may be NULL: none):
+ * a GGUF source's every key as stored, in its order, types and arrays kept (its
+ * general.file_type and general.quantization_version are for the caller to set);
+ * for a safetensors source the keys llama.cpp reads for a "llama" model, from
+ * mdl_config, config.json, tokenizer.json and tokenizer_config.json:
+ * general.architecture/name, llama.context_length, embedding_length, block_count,
+ * feed_forward_length, attention.head_count(_kv), attention.key/value_length (when
+ * head_dim != dim / heads), attention.layer_norm_rms_epsilon, rope.freq_base,
+ * rope.dimension_count, vocab_size, rope.scaling.* (linear, yarn; llama3 scaling
+ * would need a rope_freqs.weight tensor, which is not written), and
+ * tokenizer.ggml.model ("gpt2" byte-level BPE, "llama" SentencePiece), pre,
+ * tokens (padded with "[PADi]" to the embedding's rows), token_type, merges (gpt2)
+ * or scores (llama), bos/eos/unknown/padding ids, add_bos_token, add_space_prefix
+ * (llama), tokenizer.chat_template. Tensors written from a safetensors source must
+ * have q/k rows in GGUF order, as mdl_tensor_rows_to_f32 gives them. */
+int mdl_gguf_out_begin(const char *path, mdl_model *src, mdl_gguf_out **out, char *err, size_t err_len);
+
+/* Set (add, or replace in place with the new type) one metadata key; del removes
+ * one. 0, or -1: out of memory (set) or no such key (del). Keys and values are copied. */
+int mdl_gguf_out_set_u32(mdl_gguf_out *o, const char *key, uint32_t v);
+int mdl_gguf_out_set_i32(mdl_gguf_out *o, const char *key, int32_t v);
+int mdl_gguf_out_set_f32(mdl_gguf_out *o, const char *key, float v);
+int mdl_gguf_out_set_bool(mdl_gguf_out *o, const char *key, int v);
+int mdl_gguf_out_set_str(mdl_gguf_out *o, const char *key, const char *v);
+int mdl_gguf_out_del(mdl_gguf_out *o, const char *key);
+
+/* Declares the next tensor: canonical GGUF name (under 64 bytes, unique), ggml
+ * type id as in the file (0 F32, 1 F16, 2 Q4_0, 3 Q4_1, 6 Q5_0, 7 Q5_1, 8 Q8_0,
+ * 10 Q2_K, 11 Q3_K, 12 Q4_K, 13 Q5_K, 14 Q6_K, 26 I32, 30 BF16), rows x cols
+ * (ne[0] = cols, ne[1] = rows; n_dims 1 takes rows = 1), and its byte size, which
+ * must be what the type's blocks take: anything else is an error. */
+int mdl_gguf_out_add_tensor(mdl_gguf_out *o, const char *name, uint32_t ggml_type, int n_dims, int64_t rows, int64_t cols,
+                            uint64_t nbytes, char *err, size_t err_len);
+
+/* Writes header, metadata and tensor infos, each tensor at an offset aligned to
+ * general.alignment (32 unless a u32 power of two is set). */
+int mdl_gguf_out_write_header(mdl_gguf_out *o, char *err, size_t err_len);
+
+/* Appends n bytes to the current tensor (the declared order); once it has all its
+ * bytes the next call starts the next tensor. A call may not run past the current
+ * tensor's declared size. Alignment padding is inserted here. */
+int mdl_gguf_out_write(mdl_gguf_out *o, const void *data, size_t n, char *err, size_t err_len);
+
+/* Checks that every tensor got exactly its bytes, writes the header first if no
+ * data came, syncs and renames into place. Frees o; on failure nothing is at path
+ * (an older file there stays) and the temporary file is gone. */
+int mdl_gguf_out_commit(mdl_gguf_out *o, char *err, size_t err_len);
+/* Removes the temporary file and frees o (NULL is fine). */
+void mdl_gguf_out_abort(mdl_gguf_out *o);
 
 #endif

@@ -12,8 +12,30 @@
 
 /* ==== Geometry ==== */
 
+/* A ggml option: its fields must be the type's (so that the database, which keys
+ * options by their fields, cannot hold two spellings of one type), and the columns
+ * whole blocks. */
+static int ggml_option_check(const lay_option *o, int64_t rows, int64_t cols, char *why, size_t why_len)
+{
+    const lay_ggml_traits *t = lay_ggml_traits_of(lay_option_ggml(o));
+    const char *fmt = NULL;
+    long long v = 0;
+    if (!t) fmt = "ggml type %lld is not supported", v = lay_option_ggml(o);
+    else if (o->bits_lo != t->bits || o->bits_hi != t->bits || o->hi_share != 0.0f || o->group != t->block)
+        fmt = "fields do not match ggml type %lld (bits, share 0, group = block)", v = lay_option_ggml(o);
+    else if (rows <= 0) fmt = "rows %lld is not positive", v = rows;
+    else if (cols <= 0 || cols % t->block) {
+        if (why && why_len) snprintf(why, why_len, "cols %lld is not a multiple of %s's block of %d", (long long)cols, t->name, t->block);
+        return -1;
+    }
+    if (!fmt) return 0;
+    if (why && why_len) snprintf(why, why_len, fmt, v);
+    return -1;
+}
+
 int lay_option_check(const lay_option *o, int64_t rows, int64_t cols, char *why, size_t why_len)
 {
+    if (lay_option_ggml(o) >= 0) return ggml_option_check(o, rows, cols, why, why_len);
     const char *fmt = NULL;
     long long v = 0;
     if (o->bits_lo < LAY_MIN_BITS || o->bits_lo > LAY_MAX_BITS) fmt = "bits_lo %lld is outside 2..8", v = o->bits_lo;
@@ -77,6 +99,8 @@ lay_cost lay_tensor_cost(const lay_option *o, int64_t rows, int64_t cols)
 {
     int64_t ng = lay_n_groups(o, cols);
     lay_cost c;
+    if (lay_option_ggml(o) >= 0) /* headers and values together, as the block stores them */
+        return (lay_cost){.values = rows * lay_ggml_row_bytes(lay_option_ggml(o), cols)};
     c.values = rows * lay_row_bytes(o, cols);
     c.scales = rows * ng * 2;
     c.zeros = o->scale_fmt == LAY_SCALE_F16_Z8 ? rows * ng : 0;
@@ -158,6 +182,10 @@ int lay_qtensor_alloc(lay_qtensor *t, int64_t rows, int64_t cols, const lay_opti
     int64_t ng = lay_n_groups(o, cols);
     memset(t, 0, sizeof *t);
     t->rows = rows, t->cols = cols, t->opt = *o;
+    if (lay_option_ggml(o) >= 0) {
+        t->blocks = malloc((size_t)(rows * lay_ggml_row_bytes(lay_option_ggml(o), cols)));
+        return t->blocks ? 0 : -1;
+    }
     t->perm = malloc((size_t)cols * sizeof *t->perm);
     t->q = malloc((size_t)(rows * cols));
     t->scale = malloc((size_t)(rows * ng) * sizeof *t->scale);
@@ -169,12 +197,18 @@ int lay_qtensor_alloc(lay_qtensor *t, int64_t rows, int64_t cols, const lay_opti
 
 void lay_qtensor_free(lay_qtensor *t)
 {
-    free(t->perm), free(t->q), free(t->scale), free(t->zero);
-    t->perm = NULL, t->q = NULL, t->scale = NULL, t->zero = NULL;
+    free(t->perm), free(t->q), free(t->scale), free(t->zero), free(t->blocks);
+    t->perm = NULL, t->q = NULL, t->scale = NULL, t->zero = NULL, t->blocks = NULL;
 }
 
 void lay_qtensor_dequant(const lay_qtensor *t, float *w)
 {
+    int type = lay_option_ggml(&t->opt);
+    if (type >= 0) {
+        int64_t rb = lay_ggml_row_bytes(type, t->cols);
+        for (int64_t r = 0; r < t->rows; r++) lay_ggml_decode_row(type, t->blocks + r * rb, w + r * t->cols, t->cols);
+        return;
+    }
     int64_t ng = lay_n_groups(&t->opt, t->cols);
     for (int64_t r = 0; r < t->rows; r++)
         for (int64_t g = 0; g < ng; g++) {

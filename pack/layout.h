@@ -53,6 +53,10 @@
 typedef enum {
     LAY_SCALE_F16_Z8 = 0, /* asymmetric: fp16 scale + uint8 zero per (row, group) */
     LAY_SCALE_F16 = 1,    /* symmetric: fp16 scale per (row, group), zero = 2^(b-1) */
+    LAY_FMT_GGML = 256,   /* + a ggml type id (section "ggml block types" below): the
+                             tensor is stored in that GGUF block format, in original
+                             column order; bits_lo = bits_hi = its q width, hi_share 0,
+                             group = its block */
 } lay_scale_fmt;
 
 /* A candidate quantization: data, not code (measure/options.c reads them from a
@@ -65,6 +69,12 @@ typedef struct {
     int32_t group;          /* columns per group, a multiple of 32 */
     lay_scale_fmt scale_fmt;
 } lay_option;
+
+/* The ggml type of an option stored as a GGUF block format, or -1 for bitplan's own. */
+static inline int lay_option_ggml(const lay_option *o)
+{
+    return o->scale_fmt >= LAY_FMT_GGML ? (int)o->scale_fmt - LAY_FMT_GGML : -1;
+}
 
 /* Checks an option for a tensor shape. Returns 0 if it applies, else -1 with a
  * reason in why (e.g. "cols 100 is not a multiple of 32"). */
@@ -102,7 +112,8 @@ void lay_unpack_chunk(int bits, const uint8_t *src, uint8_t *q);
 
 /* A quantized tensor before packing: what GPTQ produces and the packer stores.
  * Scales are fp16-representable (the quantizer rounds them before using them), so
- * dequantizing this struct gives exactly what the packed file gives. */
+ * dequantizing this struct gives exactly what the packed file gives. An option in
+ * a ggml block format has its blocks instead (perm, q, scale, zero are NULL). */
 typedef struct {
     int64_t rows, cols;
     lay_option opt;
@@ -110,6 +121,7 @@ typedef struct {
     uint8_t *q;        /* [rows][cols], stored (permuted) column order */
     uint16_t *scale;   /* [rows][n_groups], fp16 bits */
     uint8_t *zero;     /* [rows][n_groups]; for symmetric formats 2^(b-1), not stored */
+    uint8_t *blocks;   /* ggml formats: [rows][lay_ggml_row_bytes(type, cols)] */
 } lay_qtensor;
 
 /* Allocates the arrays of a qtensor for a shape and option (0, or -1 if out of memory). */
@@ -144,6 +156,97 @@ static inline int lay_zero_at(const lay_packed *p, int64_t r, int64_t g, int bit
 }
 /* w[rows][cols] in original column order from a packed tensor (reference). */
 void lay_packed_dequant(const lay_packed *p, float *w);
+
+/* ==== ggml block types (pack/ggml.c) ====
+ *
+ * The block formats of GGUF files, so that a plan can be exported for llama.cpp.
+ * Type values are ggml's type ids. A row is cut into blocks of `block` values along
+ * the input dimension, in the original column order (GGUF stores no permutation);
+ * a block holds a header (fp16 scales, quantized sub-block scales and mins) and one
+ * q value per weight. Once the header is fixed, sub-block k of the block is an
+ * affine grid, and every decoder (this one, llama.cpp's, gguf-py's) computes
+ *
+ *     y = a[k] * (float)(q - center) + b[k]        0 <= q < 2^bits
+ *
+ * in float, in this order (b is 0, or the negated min, exactly). Bytes per block:
+ *
+ *     type   block  bytes  sub  bits  center   bpw     header
+ *     Q4_0     32     18   32    4      8    4.5     fp16 d
+ *     Q4_1     32     20   32    4      0    5.0     fp16 d, fp16 m (b = m)
+ *     Q5_0     32     22   32    5     16    5.5     fp16 d
+ *     Q5_1     32     24   32    5      0    6.0     fp16 d, fp16 m
+ *     Q8_0     32     34   32    8    128    8.5     fp16 d (q - 128 is ggml's int8)
+ *     Q2_K    256     84   16    2      0    2.625   4-bit scale and min per 16, fp16 d, dmin
+ *     Q3_K    256    110   16    3      4    3.4375  6-bit signed scale per 16, fp16 d
+ *     Q4_K    256    144   32    4      0    4.5     6-bit scale and min per 32, fp16 d, dmin
+ *     Q5_K    256    176   32    5      0    5.5     6-bit scale and min per 32, fp16 d, dmin
+ *     Q6_K    256    210   16    6     32    6.5625  int8 scale per 16, fp16 d
+ */
+typedef enum {
+    LAY_GGML_Q4_0 = 2,
+    LAY_GGML_Q4_1 = 3,
+    LAY_GGML_Q5_0 = 6,
+    LAY_GGML_Q5_1 = 7,
+    LAY_GGML_Q8_0 = 8,
+    LAY_GGML_Q2_K = 10,
+    LAY_GGML_Q3_K = 11,
+    LAY_GGML_Q4_K = 12,
+    LAY_GGML_Q5_K = 13,
+    LAY_GGML_Q6_K = 14,
+} lay_ggml_type;
+
+typedef struct {
+    const char *name;   /* "Q4_K" */
+    int block;          /* values per block: 32 or 256 */
+    int bytes;          /* bytes per block */
+    int sub;            /* values per sub-block: 16 or 32 */
+    int bits;           /* q in [0, 2^bits) */
+    int center;         /* the integer subtracted from q before scaling */
+} lay_ggml_traits;
+
+/* The traits of a type, or NULL if the type is not one of the above. */
+const lay_ggml_traits *lay_ggml_traits_of(int type);
+/* The type named name (case-insensitive: "q4_k", "Q4_K"), or -1. */
+int lay_ggml_type_by_name(const char *name);
+
+#define LAY_GGML_MAX_SUB 16
+/* One block's header and the grid it gives each sub-block. */
+typedef struct {
+    int type;
+    uint16_t d, dmin;                  /* fp16 bits (dmin: Q2_K, Q4_K, Q5_K; m: Q4_1, Q5_1) */
+    int8_t sc[LAY_GGML_MAX_SUB];       /* sub-block scales as stored (signed for Q3_K, Q6_K) */
+    uint8_t mn[LAY_GGML_MAX_SUB];      /* sub-block mins as stored (Q2_K, Q4_K, Q5_K) */
+    float a[LAY_GGML_MAX_SUB], b[LAY_GGML_MAX_SUB]; /* the grid of sub-block k (a may be 0) */
+} lay_ggml_grid;
+
+/* Fits a block's header to x[block] minimizing sum_i w_i (x_i - y_i)^2 for y the
+ * nearest grid values, with w_i from the importance imp[block] (NULL: no
+ * importance) as pack/ggml.c describes. The grid is then a[], b[] for the stored
+ * header. Never fails: an all-zero block gives a grid on which 0 is exact. */
+void lay_ggml_fit(int type, const float *x, const float *imp, lay_ggml_grid *g);
+/* The q of the nearest grid value to x in sub-block k (the center where a = 0). */
+static inline int lay_ggml_quant(const lay_ggml_grid *g, int k, int bits, int center, float x)
+{
+    if (g->a[k] == 0.0f) return center;
+    float t = (x - g->b[k]) / g->a[k];
+    t = t > 512.0f ? 512.0f : t >= -512.0f ? t : -512.0f; /* no int overflow, NaN -> 0 */
+    int q = (int)__builtin_rintf(t) + center, top = (1 << bits) - 1;
+    return q < 0 ? 0 : q > top ? top : q;
+}
+/* Exactly the decoders' value of q in sub-block k. */
+static inline float lay_ggml_value(const lay_ggml_grid *g, int k, int center, int q)
+{
+    return g->a[k] * (float)(q - center) + g->b[k];
+}
+/* Writes one block (traits bytes) from the grid's header and q[block]. */
+void lay_ggml_encode(const lay_ggml_grid *g, const uint8_t *q, uint8_t *block);
+/* Decodes n values (a multiple of the block) of type from src. */
+void lay_ggml_decode_row(int type, const uint8_t *src, float *y, int64_t n);
+/* Round-to-nearest of a row of n values (a multiple of the block): every block
+ * fitted with lay_ggml_fit (imp: the row's importance[n], or NULL) and rounded. */
+void lay_ggml_quantize_row(int type, const float *x, const float *imp, uint8_t *dst, int64_t n);
+/* Bytes of n values of type (n a multiple of the block). */
+int64_t lay_ggml_row_bytes(int type, int64_t n);
 
 /* fp16 <-> fp32 conversion, IEEE half, round to nearest even. */
 uint16_t lay_f32_to_f16(float f);

@@ -51,7 +51,13 @@ typedef enum {
     PACK_HESS_SEQUENTIAL,   /* recomputed through the already-quantized layers */
 } pack_hessian_mode;
 
+typedef enum {
+    PACK_OUT_BITPLAN = 0,   /* bitplan's packed file (pack/FORMAT.md): bitplan's options */
+    PACK_OUT_GGUF,          /* a GGUF file for llama.cpp: a plan of ggml block types */
+} pack_out_format;
+
 typedef struct {
+    pack_out_format out;
     pack_hessian_mode hessians;
     int progress;           /* 1: progress on stderr */
     int resident;           /* 1: every weight as fp32 from the start (memory grows with the model) */
@@ -66,7 +72,8 @@ typedef struct {
     double seconds;
 } pack_stats;
 
-/* Quantizes the model at db's plan (plan_id 0 = the newest plan) and writes out. */
+/* Quantizes the model at db's plan (plan_id 0 = the newest plan) and writes out,
+ * in the format p->out names (pack/export.c says what a GGUF holds). */
 int pack_model(const char *model_path, const char *db_path, int64_t plan_id, const char *out,
                const pack_params *p, pack_stats *stats, char *err, size_t err_len);
 

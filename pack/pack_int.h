@@ -43,4 +43,20 @@ void pack_meta_plan_json(sb_buf *b, const pack_meta_plan *p);
 /* Converts an option as model/ reads it from a packed file into a lay_option. */
 void pack_option_from_meta(const mdl_packed_option *m, lay_option *o);
 
+/* ==== GGUF output (export.c) ==== */
+
+/* pack_model's GGUF sink: begin, declare every tensor (the planned ones in the
+ * order they will be written, then the rest), start_data, write each in that
+ * order, commit (or abort: nothing is left at the path). 0, or -1 with a message. */
+typedef struct pack_gguf pack_gguf;
+int pack_gguf_begin(const char *path, mdl_model *file, pack_gguf **out, char *err, size_t err_len);
+int pack_gguf_declare_planned(pack_gguf *g, const char *name, const lay_option *o, int64_t rows, int64_t cols,
+                              char *err, size_t err_len);
+int pack_gguf_declare_unplanned(pack_gguf *g, const mdl_tensor *t, char *err, size_t err_len);
+int pack_gguf_start_data(pack_gguf *g, char *err, size_t err_len);
+int pack_gguf_write_planned(pack_gguf *g, const lay_qtensor *q, char *err, size_t err_len);
+int pack_gguf_write_unplanned(pack_gguf *g, const mdl_tensor *t, char *err, size_t err_len);
+int pack_gguf_commit(pack_gguf *g, char *err, size_t err_len);  /* frees g */
+void pack_gguf_abort(pack_gguf *g);
+
 #endif

@@ -70,7 +70,8 @@ typedef struct {
     int nt;
     const hess_layer *hl;       /* the Hessians of the layer being visited */
     int failed;
-    pack_writer *w;
+    pack_writer *w;             /* PACK_OUT_BITPLAN */
+    pack_gguf *gguf;            /* PACK_OUT_GGUF */
     pack_stats *st;
     double t0;
 } prun;
@@ -154,6 +155,9 @@ static int list_tensors(prun *r)
         if (lay_option_check(&t->opt, t->rows, t->cols, why, sizeof why))
             return fail(r, "plan %lld: option \"%s\" cannot apply to %s: %s", (long long)r->plan.plan_id, t->opt.name,
                         t->name, why);
+        if (r->p->out == PACK_OUT_BITPLAN && lay_option_ggml(&t->opt) >= 0)
+            return fail(r, "plan %lld: %s is at \"%s\", a ggml block type: write it with export-gguf",
+                        (long long)r->plan.plan_id, t->name, t->opt.name);
         if (ch->bits != lay_tensor_bits(&t->opt, t->rows, t->cols))
             return fail(r, "plan %lld: %s at \"%s\" is recorded as %lld bits, but it stores %lld", (long long)r->plan.plan_id,
                         t->name, t->opt.name, (long long)ch->bits, (long long)lay_tensor_bits(&t->opt, t->rows, t->cols));
@@ -259,6 +263,13 @@ static int add_part(prun *r, const ptensor *t, const char *suffix, const char *d
 /* Packs t->q into its parts (invariant 4) and hands them to the writer. */
 static int pack_one(prun *r, ptensor *t)
 {
+    if (r->gguf) {
+        if (pack_gguf_write_planned(r->gguf, &t->q, r->err, r->err_len)) return -1;
+        r->st->n_quantized++;
+        r->st->quantized_bits += lay_tensor_bits(&t->opt, t->rows, t->cols);
+        r->st->quantized_weights += t->rows * t->cols;
+        return 0;
+    }
     lay_cost c = lay_tensor_cost(&t->opt, t->rows, t->cols);
     int64_t ng = lay_n_groups(&t->opt, t->cols), rb = lay_row_bytes(&t->opt, t->cols);
     uint8_t *values = malloc((size_t)c.values), *zeros = c.zeros ? malloc((size_t)c.zeros) : NULL;
@@ -331,20 +342,25 @@ static void release_planned(prun *r, int t0, int t1)
         if (r->t[i].held) rt_linear_release(*linear_of(r, &r->t[i])), r->t[i].held = 0;
 }
 
-/* Quantizes the planned tensors of [t0, t1) in parallel, then packs them. */
+/* Quantizes the planned tensors of [t0, t1) in parallel, then packs them. Each
+ * input group's Hessian is prepared in act-order for bitplan's options and in
+ * column order for ggml block types (prep[g][order]), where some tensor needs it. */
 static int quantize_range(prun *r, int t0, int t1)
 {
     gptq_params gp;
     gptq_params_init(&gp);
     gp.damp = r->plan.damp;
     gp.borrow_h = 1; /* the walk's Hessians live until the visit returns */
-    gptq_prep *prep[RT_INPUT_COUNT] = {NULL};
+    gptq_prep *prep[RT_INPUT_COUNT][2] = {{NULL}};
     int rc = 0;
     for (int i = t0; !rc && i < t1; i++) {
         rt_input g = rt_class_input(r->t[i].cls);
+        int order = lay_option_ggml(&r->t[i].opt) >= 0;
         char why[256];
-        if (!r->t[i].planned || prep[g]) continue;
-        if (gptq_prepare(r->hl->h[g], r->hl->cols[g], &gp, &prep[g], why, sizeof why)) rc = fail(r, "%s: %s", r->t[i].name, why);
+        if (!r->t[i].planned || prep[g][order]) continue;
+        gp.act_order = !order;
+        if (gptq_prepare(r->hl->h[g], r->hl->cols[g], &gp, &prep[g][order], why, sizeof why))
+            rc = fail(r, "%s: %s", r->t[i].name, why);
     }
     if (!rc) rc = hold_planned(r, t0, t1);
     int blas_threads = openblas_get_num_threads();
@@ -354,13 +370,13 @@ static int quantize_range(prun *r, int t0, int t1)
         ptensor *t = &r->t[i];
         char err[512];
         if (!t->planned || r->failed) continue;
-        if (quantize_one(r, t, prep[rt_class_input(t->cls)], err, sizeof err)) {
+        if (quantize_one(r, t, prep[rt_class_input(t->cls)][lay_option_ggml(&t->opt) >= 0], err, sizeof err)) {
 #pragma omp critical(pack_fail)
             if (!r->failed) r->failed = 1, fail(r, "%s, option \"%s\": %s", t->name, t->opt.name, err);
         }
     }
     openblas_set_num_threads(blas_threads);
-    for (int g = 0; g < RT_INPUT_COUNT; g++) gptq_prep_free(prep[g]);
+    for (int g = 0; g < RT_INPUT_COUNT; g++) gptq_prep_free(prep[g][0]), gptq_prep_free(prep[g][1]);
     release_planned(r, t0, t1); /* before any slot is swapped */
     if (rc || r->failed) return -1;
     for (int i = t0; i < t1; i++) {
@@ -451,12 +467,16 @@ static uint16_t *to_f16(prun *r, const mdl_tensor *t)
 }
 
 /* Every tensor of the model file that the plan does not quantize: 1-D as F32,
- * 2-D (an untied embedding, an unplanned linear layer) as F16. */
+ * 2-D (an untied embedding, an unplanned linear layer) as F16 (GGUF: export.c). */
 static int add_unquantized(prun *r)
 {
     for (int i = 0; i < mdl_tensor_count(r->file); i++) {
         const mdl_tensor *t = mdl_tensor_at(r->file, i);
         if (is_planned(r, t->name) || t->type >= MDL_I32) continue;
+        if (r->gguf) {
+            if (pack_gguf_write_unplanned(r->gguf, t, r->err, r->err_len)) return -1;
+            continue;
+        }
         if (t->n_dims == 1) {
             float *f = malloc((size_t)t->n_elems * sizeof *f);
             if (!f) return fail(r, "out of memory reading %s", t->name);
@@ -522,6 +542,45 @@ static void cleanup(prun *r)
     calib_free(&r->cal);
     db_pack_plan_free(&r->plan);
     pack_writer_free(r->w);
+    pack_gguf_abort(r->gguf);
+}
+
+/* GGUF: every tensor declared in the order the pass writes them (export.c). */
+static int declare_gguf(prun *r)
+{
+    for (int i = 0; i < r->nt; i++)
+        if (r->t[i].planned &&
+            pack_gguf_declare_planned(r->gguf, r->t[i].name, &r->t[i].opt, r->t[i].rows, r->t[i].cols, r->err, r->err_len))
+            return -1;
+    for (int i = 0; i < mdl_tensor_count(r->file); i++) {
+        const mdl_tensor *t = mdl_tensor_at(r->file, i);
+        if (is_planned(r, t->name) || t->type >= MDL_I32) continue;
+        if (pack_gguf_declare_unplanned(r->gguf, t, r->err, r->err_len)) return -1;
+    }
+    return pack_gguf_start_data(r->gguf, r->err, r->err_len);
+}
+
+/* Opens the output: bitplan's writer before anything is read (a bad path fails
+ * first), the GGUF writer once the model is open (it copies its metadata). */
+static int open_output(prun *r, const char *out, const char *model_path)
+{
+    if (r->p->out == PACK_OUT_BITPLAN) {
+        if (!(r->w = pack_writer_new(out, r->err, r->err_len))) return -1;
+        return open_inputs(r, model_path);
+    }
+    if (open_inputs(r, model_path) || pack_gguf_begin(out, r->file, &r->gguf, r->err, r->err_len)) return -1;
+    return declare_gguf(r);
+}
+
+static int finish_output(prun *r)
+{
+    if (add_unquantized(r)) return -1;
+    if (r->gguf) {
+        int rc = pack_gguf_commit(r->gguf, r->err, r->err_len);
+        r->gguf = NULL;
+        return rc;
+    }
+    return add_metadata(r) || pack_writer_write(r->w, r->err, r->err_len) ? -1 : 0;
 }
 
 int pack_model(const char *model_path, const char *db_path, int64_t plan_id, const char *out, const pack_params *p,
@@ -532,11 +591,9 @@ int pack_model(const char *model_path, const char *db_path, int64_t plan_id, con
     memset(stats, 0, sizeof *stats);
     r.t0 = now_s();
     int rc = -1;
-    if (!(r.w = pack_writer_new(out, err, err_len))) goto done;
-    if (open_inputs(&r, model_path)) goto done;
+    if (open_output(&r, out, model_path)) goto done;
     if (rt_model_open(r.file, 0, p->resident ? RT_OPEN_RESIDENT : 0, &r.m, err, err_len)) goto done;
-    if (run_pass(&r) || add_unquantized(&r) || add_metadata(&r)) goto done;
-    if (pack_writer_write(r.w, err, err_len)) goto done;
+    if (run_pass(&r) || finish_output(&r)) goto done;
     stats->file_bytes = 0;
     FILE *f = fopen(out, "rb");
     if (f && !fseek(f, 0, SEEK_END)) stats->file_bytes = ftell(f);

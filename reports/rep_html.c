@@ -237,7 +237,8 @@ static void plan_row(rep_buf *b, const rep_report *r, int i)
     rep_catf(b, "<tr data-plan=\"%lld\"><td>#%lld</td>", (long long)p->id, (long long)p->id);
     text_td(b, p->kind);
     char ex[32];
-    if (!strcmp(p->kind, "vram")) rep_catf(b, "<td data-value=\"%s\">%s</td>", rep_exact(ex, p->target), rep_bytes(s, p->target));
+    if (!strcmp(p->kind, "vram") || !strcmp(p->kind, "size"))
+        rep_catf(b, "<td data-value=\"%s\">%s</td>", rep_exact(ex, p->target), rep_bytes(s, p->target));
     else num_td(b, p->target, 4, NULL);
     text_td(b, p->metric);
     num_td(num_td(num_td(num_td(b, p->achieved_bpw, 5, NULL), p->file_bpw, 5, NULL), p->objective, 4, NULL), p->gap, 2, NULL);
@@ -339,6 +340,7 @@ static void allocation(rep_buf *b, const rep_report *r)
                 "weights, scales and permutation included) along the depth of the model, one strip per class. ",
              (long long)p->id);
     if (!strcmp(p->kind, "vram")) rep_catf(b, "Target: fit %s; ", rep_bytes(s, p->target));
+    else if (!strcmp(p->kind, "size")) rep_catf(b, "Target: a file of %s; ", rep_bytes(s, p->target));
     else rep_catf(b, "Target %g bpw; ", p->target);
     rep_catf(b, "achieved %.4f bpw, objective %s (%s).</p>", p->achieved_bpw, rep_sig(s, p->objective, 4), p->metric);
     if (p->n_choices) rep_cat(rep_svg_allocation(rep_cat(b, "<div class=\"figure\">"), r), "</div>");

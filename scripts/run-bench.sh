@@ -2,7 +2,8 @@
 # make bench: every benchmark under bench/, each reporting against a baseline
 # measured in the same run. Results go to stdout (Markdown tables); BENCHMARKS.md
 # records them with the machine. BENCH_ONLY=matvec|forward|alloc|gptq|cuda runs
-# one; BENCH_ONLY=scale runs bench/bench_scale.py (a 7B-shaped model), and only then.
+# one; BENCH_ONLY=scale runs bench/bench_scale.py (a 7B-shaped model), and only then;
+# BENCH_ONLY=gguf runs bench/bench_gguf.py (against llama.cpp), and only then.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${BUILD:-build}
@@ -28,6 +29,13 @@ fi
 if run gptq; then
     echo; echo "## GPTQ units and the 7B measurement projection"
     "$B/bench/bench_gptq" --quick
+fi
+# GGUF exports against llama.cpp's own quantizations at the same file size: needs
+# llama.cpp's tools (built here by scripts/llama-tools.sh, ~5 min the first time)
+# and ~25 minutes, so only when asked for (BENCH_ONLY=gguf).
+if [ "$only" = gguf ]; then
+    echo; echo "## GGUF exports against llama-quantize (imatrix) at the same file size"
+    BITPLAN=$B/bitplan python3 bench/bench_gguf.py
 fi
 # The 7B-shaped model's time and memory: 14 GB of disk and over an hour, so only
 # when asked for (BENCH_ONLY=scale).

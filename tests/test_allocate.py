@@ -39,7 +39,7 @@ def make_db(path, probes=False, calib=True, seed=1):
     con = sqlite3.connect(path)
     with open(os.path.join(ROOT, "db", "schema.sql")) as f:
         con.executescript(f.read())
-    con.execute("INSERT INTO meta(key, value) VALUES ('schema_version', '1')")
+    con.execute("INSERT INTO meta(key, value) VALUES ('schema_version', '2')")
     tensors = [(f"blk.{l}.{c}.weight", l, c, g, r, k) for l in range(CONFIG["n_layers"]) for c, g, r, k in CLASSES]
     tensors.append(("output.weight", -1, "head", "head", CONFIG["vocab_size"], CONFIG["dim"]))
     n_params = sum(r * k for *_, r, k in tensors) + CONFIG["vocab_size"] * CONFIG["dim"] + \
@@ -215,6 +215,31 @@ def test_vram_plan_fits_and_prints_every_term(tmp_path):
     # too small a card: the error names the smallest and largest memory
     r = run("--db", db, "--vram", "200KiB", "--ctx", "256", "--reserve", "0")
     assert r.returncode != 0 and re.search(r"need \d+\.\d+ MiB to \d+\.\d+ MiB", r.stderr), r.stderr
+
+
+def test_size_plan_fits_the_file_and_beats_a_tighter_one(tmp_path):
+    """--size: the planned bits (head included) plus norms as F32 and the untied
+    embedding as F16 fit the size; a larger size never costs damage; too small a size
+    names the range."""
+    db = str(tmp_path / "s.db")
+    tensors = make_db(db)
+    unq = 4 * (2 * 2 * 256 + 256) + 2 * CONFIG["vocab_size"] * CONFIG["dim"]
+    lo = unq + sum(min(tensor_bits(b, g, r, k) for b, g in OPTIONS) for *_, r, k in tensors) // 8
+    hi = unq + sum(max(tensor_bits(b, g, r, k) for b, g in OPTIONS) for *_, r, k in tensors) // 8
+    objectives = []
+    for size in (lo + (hi - lo) // 4, lo + (hi - lo) // 2):
+        r = run("--db", db, "--size", str(size), "--gap", "0")
+        assert r.returncode == 0, r.stderr
+        p = plans(db)[-1]
+        assert p["kind"] == "size" and p["target"] == size
+        assert p["total_bits"] == sum(c["bits"] for c in p["choices"])
+        assert p["total_bits"] // 8 + unq <= size
+        mem = json.loads(p["memory_json"])
+        assert mem["unquantized"] == unq and mem["total"] <= size
+        objectives.append(p["objective"])
+    assert objectives[1] <= objectives[0]
+    r = run("--db", db, "--size", str(lo - 1000))
+    assert r.returncode != 0 and "unreachable" in r.stderr, r.stderr
 
 
 def test_kl_probes_give_the_kld_metric(tmp_path):

@@ -114,18 +114,18 @@ static void test_create_reopen(void **state)
     (void)state;
     const char *p = path_in_dir("create.db");
     db_conn *d = open_ok(p, DB_OPEN_CREATE);
-    assert_int_equal(db_schema_version(d), 1);
+    assert_int_equal(db_schema_version(d), 2);
     int64_t m = add_model(d);
     db_close(d);
     d = open_ok(p, DB_OPEN_WRITE);
-    assert_int_equal(db_schema_version(d), 1);
+    assert_int_equal(db_schema_version(d), 2);
     int64_t m2 = 0;
     assert_int_equal(db_model_upsert(d, &model_a, &m2), 0);
     assert_int_equal(m, m2);
     db_close(d);
     assert_int_equal(count_rows(p, "models"), 1);
     d = open_ok(p, DB_OPEN_READ);
-    assert_int_equal(db_schema_version(d), 1);
+    assert_int_equal(db_schema_version(d), 2);
     db_close(d);
 }
 
@@ -149,9 +149,48 @@ static void test_migrate_empty_file(void **state)
     assert_non_null(f);
     fclose(f);
     db_conn *d = open_ok(p, DB_OPEN_WRITE);
-    assert_int_equal(db_schema_version(d), 1);
+    assert_int_equal(db_schema_version(d), 2);
     db_close(d);
     assert_int_equal(count_rows(p, "measurements"), 0);
+}
+
+/* A version-1 database (plans of kind 'bpw' or 'vram' only) migrates to version 2
+ * on a writable open, keeps its rows, and then takes a 'size' plan; read-only, it
+ * is refused with a message. */
+static void test_migrate_v1_to_v2(void **state)
+{
+    (void)state;
+    const char *p = path_in_dir("v1.db");
+    db_conn *d = open_ok(p, DB_OPEN_CREATE);
+    add_model(d);
+    db_close(d);
+    sqlite3 *s;
+    assert_int_equal(sqlite3_open(p, &s), SQLITE_OK);
+    const char *downgrade =
+        "PRAGMA writable_schema = ON;"
+        "UPDATE sqlite_master SET sql = replace(sql, 'CHECK (kind IN (''bpw'',''vram'',''size''))',"
+        " 'CHECK (kind IN (''bpw'',''vram''))') WHERE name = 'plans';"
+        "PRAGMA writable_schema = OFF; UPDATE meta SET value = '1' WHERE key = 'schema_version';";
+    assert_int_equal(sqlite3_exec(s, downgrade, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(s);
+    assert_int_equal(sqlite3_open(p, &s), SQLITE_OK);
+    const char *plan = "INSERT INTO plans (calib_id, kind, target, metric, achieved_bpw, file_bpw, total_bits, objective,"
+                       " gap, solve_seconds, command) VALUES (1, 'size', 1e6, 'rel_err', 4, 4, 8, 0, 0, 0, 'x')";
+    assert_int_not_equal(sqlite3_exec(s, "PRAGMA foreign_keys = OFF", NULL, NULL, NULL), -1);
+    assert_int_equal(sqlite3_exec(s, plan, NULL, NULL, NULL), SQLITE_CONSTRAINT); /* the old CHECK */
+    sqlite3_close(s);
+    assert_int_not_equal(db_open(p, DB_OPEN_READ, &d), 0);
+    assert_non_null(strstr(db_errmsg(d), "migrating"));
+    db_close(d);
+    d = open_ok(p, DB_OPEN_WRITE);
+    assert_int_equal(db_schema_version(d), 2);
+    db_close(d);
+    assert_int_equal(count_rows(p, "models"), 1);
+    assert_int_equal(sqlite3_open(p, &s), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(s, "PRAGMA foreign_keys = OFF", NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(s, plan, NULL, NULL, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(s, "PRAGMA integrity_check", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(s);
 }
 
 static void test_not_a_database(void **state)
@@ -383,6 +422,7 @@ int main(void)
         cmocka_unit_test(test_create_reopen),
         cmocka_unit_test(test_missing_without_create),
         cmocka_unit_test(test_migrate_empty_file),
+        cmocka_unit_test(test_migrate_v1_to_v2),
         cmocka_unit_test(test_not_a_database),
         cmocka_unit_test(test_foreign_database),
         cmocka_unit_test(test_truncated_database),

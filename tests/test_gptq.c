@@ -554,6 +554,151 @@ static void test_option_file_error_names_line(void **state)
     assert_non_null(strstr(err, "cannot open"));
 }
 
+/* ==== ggml block types ==== */
+
+static const int all_ggml[] = {LAY_GGML_Q2_K, LAY_GGML_Q3_K, LAY_GGML_Q4_0, LAY_GGML_Q4_K, LAY_GGML_Q4_1,
+                               LAY_GGML_Q5_0, LAY_GGML_Q5_K, LAY_GGML_Q5_1, LAY_GGML_Q6_K, LAY_GGML_Q8_0};
+#define N_GGML ((int)(sizeof all_ggml / sizeof all_ggml[0]))
+
+static gptq_prep *prep_in_order(const double *h, int64_t cols, int act_order)
+{
+    gptq_params p;
+    gptq_params_init(&p);
+    p.act_order = act_order;
+    gptq_prep *prep;
+    char err[256];
+    assert_int_equal(gptq_prepare(h, cols, &p, &prep, err, sizeof err), 0);
+    return prep;
+}
+
+/* With H diagonal no column's error reaches another: GPTQ inside the grid is then
+ * the importance-weighted fit of every block alone, byte for byte what
+ * lay_ggml_quantize_row writes with diag(H) as importance. */
+static void test_ggml_gptq_on_a_diagonal_hessian_is_the_fit(void **state)
+{
+    (void)state;
+    int64_t rows = 24, cols = 512;
+    layer L = make_layer(rows, cols, 41, 0);
+    float *imp = malloc((size_t)cols * sizeof *imp);
+    for (int64_t a = 0; a < cols; a++)
+        for (int64_t b = 0; b < cols; b++)
+            if (a != b) L.h[a * cols + b] = 0;
+    for (int64_t j = 0; j < cols; j++) imp[j] = (float)L.h[j * cols + j];
+    gptq_prep *prep = prep_in_order(L.h, cols, 0);
+    for (int k = 0; k < N_GGML; k++) {
+        lay_option o;
+        assert_int_equal(opt_ggml_option(all_ggml[k], &o), 0);
+        lay_qtensor q;
+        char err[256];
+        assert_int_equal(gptq_quantize_prepared(L.w, rows, prep, &o, -1, &q, NULL, err, sizeof err), 0);
+        int64_t rb = lay_ggml_row_bytes(all_ggml[k], cols);
+        uint8_t *want = malloc((size_t)rb);
+        for (int64_t r = 0; r < rows; r++) {
+            lay_ggml_quantize_row(all_ggml[k], L.w + r * cols, imp, want, cols);
+            assert_memory_equal(q.blocks + r * rb, want, (size_t)rb);
+        }
+        free(want);
+        lay_qtensor_free(&q);
+    }
+    gptq_prep_free(prep);
+    free(imp);
+    free_layer(&L);
+}
+
+/* On correlated inputs GPTQ's error feedback inside the grid beats the fit alone
+ * (rtn_error_prepared), and the reported rel_err is that of the stored blocks:
+ * decoded (lay_qtensor_dequant, the same numbers gguf-py gives, tests/test_ggml.py)
+ * and measured directly. */
+static void test_ggml_gptq_beats_the_fit_and_reports_its_blocks(void **state)
+{
+    (void)state;
+    int64_t rows = 32, cols = 512;
+    layer L = make_layer(rows, cols, 42, 0);
+    gptq_prep *prep = prep_in_order(L.h, cols, 0);
+    float *wq = malloc((size_t)(rows * cols) * sizeof *wq);
+    for (int k = 0; k < N_GGML; k++) {
+        lay_option o;
+        assert_int_equal(opt_ggml_option(all_ggml[k], &o), 0);
+        lay_qtensor q;
+        gptq_stats st;
+        double rtn;
+        char err[256];
+        assert_int_equal(gptq_quantize_prepared(L.w, rows, prep, &o, -1, &q, &st, err, sizeof err), 0);
+        assert_int_equal(rtn_error_prepared(L.w, rows, prep, &o, -1, &rtn, err, sizeof err), 0);
+        lay_qtensor_dequant(&q, wq);
+        double direct = direct_rel_err(L.w, wq, rows, cols, L.h);
+        assert_true(fabs(st.rel_err - direct) <= 1e-5 * direct);
+        assert_true(st.rel_err < rtn);
+        lay_qtensor_free(&q);
+    }
+    free(wq);
+    gptq_prep_free(prep);
+    free_layer(&L);
+}
+
+/* GGUF stores no permutation: an act-order prep is refused; K-quants need whole
+ * 256-blocks and say so; the cost is ggml's bytes. */
+static void test_ggml_refusals_and_cost(void **state)
+{
+    (void)state;
+    int64_t rows = 8, cols = 576;
+    layer L = make_layer(rows, cols, 43, 0);
+    gptq_prep *prep = prep_in_order(L.h, cols, 1);
+    lay_option o;
+    lay_qtensor q;
+    char err[256], why[160];
+    assert_int_equal(opt_ggml_option(LAY_GGML_Q4_0, &o), 0);
+    assert_int_equal(gptq_quantize_prepared(L.w, rows, prep, &o, -1, &q, NULL, err, sizeof err), -1);
+    assert_non_null(strstr(err, "act-order"));
+    assert_int_equal(opt_ggml_option(LAY_GGML_Q4_K, &o), 0);
+    assert_int_equal(lay_option_check(&o, rows, cols, why, sizeof why), -1);
+    assert_non_null(strstr(why, "576"));
+    assert_non_null(strstr(why, "256"));
+    assert_int_equal(lay_option_check(&o, rows, 512, why, sizeof why), 0);
+    assert_int_equal(lay_tensor_bits(&o, 3, 512), 8 * 3 * 2 * 144);
+    assert_int_equal(opt_ggml_option(LAY_GGML_Q8_0, &o), 0);
+    assert_int_equal(lay_tensor_bits(&o, 3, 576), 8 * 3 * 18 * 34);
+    assert_int_equal(opt_ggml_option(99, &o), -1);
+    gptq_prep_free(prep);
+    free_layer(&L);
+}
+
+/* The preset and the option file's one-field lines give the same options; a bad
+ * type name is refused with its line. */
+static void test_ggml_options(void **state)
+{
+    (void)state;
+    opt_set a, b;
+    char path[] = "/tmp/bitplan-opts-XXXXXX", err[256];
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char text[] = "# every type\nq2_k\nQ3_K\nQ4_0\nQ4_K\nQ4_1\nQ5_0\nQ5_K\nQ5_1\nQ6_K\nQ8_0\n";
+    assert_int_equal(write(fd, text, sizeof text - 1), (ssize_t)(sizeof text - 1));
+    close(fd);
+    opt_ggml_set(&a);
+    assert_int_equal(a.n, N_GGML);
+    assert_int_equal(opt_read_file(path, &b, err, sizeof err), 0);
+    assert_int_equal(b.n, a.n);
+    for (int i = 0; i < a.n; i++) {
+        assert_string_equal(a.v[i].name, b.v[i].name);
+        assert_int_equal(a.v[i].scale_fmt, b.v[i].scale_fmt);
+        assert_int_equal(lay_option_check(&a.v[i], 4, 512, NULL, 0), 0);
+    }
+    opt_set_free(&a), opt_set_free(&b);
+    FILE *f = fopen(path, "w");
+    fputs("Q4_0\nQ9_K\n", f);
+    fclose(f);
+    assert_int_equal(opt_read_file(path, &b, err, sizeof err), -1);
+    assert_non_null(strstr(err, ":2:"));
+    assert_non_null(strstr(err, "Q9_K"));
+    f = fopen(path, "w");
+    fputs("Q4_0\nq4_0\n", f);
+    fclose(f);
+    assert_int_equal(opt_read_file(path, &b, err, sizeof err), -1);
+    assert_non_null(strstr(err, ":2:"));
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -571,6 +716,10 @@ int main(void)
         cmocka_unit_test(test_hessian_sum_chunks_and_finalize),
         cmocka_unit_test(test_default_options),
         cmocka_unit_test(test_option_file_error_names_line),
+        cmocka_unit_test(test_ggml_gptq_on_a_diagonal_hessian_is_the_fit),
+        cmocka_unit_test(test_ggml_gptq_beats_the_fit_and_reports_its_blocks),
+        cmocka_unit_test(test_ggml_refusals_and_cost),
+        cmocka_unit_test(test_ggml_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

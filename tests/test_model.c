@@ -405,7 +405,7 @@ static void test_gguf_bad_tensors(void **state)
     expect_fail(gguf_file("huge.gguf", &(gopt){.huge = 1ull << 32}), "overflows");
     expect_fail(gguf_file("neg.gguf", &(gopt){.huge = 1ull << 63}), "absurd");
     expect_fail(gguf_file("type99.gguf", &(gopt){.type = 99}), "unknown type 99");
-    expect_fail(gguf_file("q2k.gguf", &(gopt){.type = 10}), "Q2_K is not supported");
+    expect_fail(gguf_file("q8k.gguf", &(gopt){.type = 15}), "Q8_K is not supported");
     expect_fail(gguf_file("block.gguf", &(gopt){.type = 8, .dim0 = 33}), "not a multiple of Q8_0's block");
     expect_fail(gguf_file("misaligned.gguf", &(gopt){.shift = 4}), "alignment");
     expect_fail(gguf_file("pastend.gguf", &(gopt){.shift = 1 << 20}), "runs past the end of the file");

@@ -58,7 +58,7 @@ def make_db(path, n_layers=30, hidden=576, kv=192, ff=1536, vocab=49152, measure
     rnd = random.Random(seed)
     con = sqlite3.connect(path)
     con.executescript(open(os.path.join(ROOT, "db", "schema.sql")).read())
-    con.execute("INSERT INTO meta(key, value) VALUES ('schema_version', '1')")
+    con.execute("INSERT INTO meta(key, value) VALUES ('schema_version', '2')")
     con.execute("INSERT INTO models(id, content_hash, path, arch, config_json, n_params) VALUES (1, ?, ?, 'llama', ?, ?)",
                 ("ab" * 32, "models/Synthetic-%dL.gguf" % n_layers, json.dumps({"n_layers": n_layers}), 134515008))
     shp = shapes(hidden, kv, ff)
