@@ -205,15 +205,24 @@ int mdl_kv_str_at(const mdl_kv *kv, uint64_t *cursor_pos, const char **s, uint64
 
 /* ==== Tensor infos ==== */
 
-static int ggml_type(uint32_t g, mdl_dtype *t)
+/* ggml type id -> mdl_dtype + 1 (0: not a type bitplan reads) */
+static const int ggml_map[] = {[0] = MDL_F32 + 1,   [1] = MDL_F16 + 1,   [2] = MDL_Q4_0 + 1,  [3] = MDL_Q4_1 + 1,
+                               [6] = MDL_Q5_0 + 1,  [7] = MDL_Q5_1 + 1,  [8] = MDL_Q8_0 + 1,  [10] = MDL_Q2_K + 1,
+                               [11] = MDL_Q3_K + 1, [12] = MDL_Q4_K + 1, [13] = MDL_Q5_K + 1, [14] = MDL_Q6_K + 1,
+                               [26] = MDL_I32 + 1,  [30] = MDL_BF16 + 1};
+
+int mdl_dtype_of_ggml(uint32_t g, mdl_dtype *t)
 {
-    static const int map[] = {[0] = MDL_F32 + 1,   [1] = MDL_F16 + 1,   [2] = MDL_Q4_0 + 1,  [3] = MDL_Q4_1 + 1,
-                              [6] = MDL_Q5_0 + 1,  [7] = MDL_Q5_1 + 1,  [8] = MDL_Q8_0 + 1,  [10] = MDL_Q2_K + 1,
-                              [11] = MDL_Q3_K + 1, [12] = MDL_Q4_K + 1, [13] = MDL_Q5_K + 1, [14] = MDL_Q6_K + 1,
-                              [26] = MDL_I32 + 1,  [30] = MDL_BF16 + 1};
-    if (g >= sizeof map / sizeof *map || !map[g]) return -1;
-    *t = (mdl_dtype)(map[g] - 1);
+    if (g >= sizeof ggml_map / sizeof *ggml_map || !ggml_map[g]) return -1;
+    *t = (mdl_dtype)(ggml_map[g] - 1);
     return 0;
+}
+
+int mdl_ggml_of_dtype(mdl_dtype t)
+{
+    for (int g = 0; g < (int)(sizeof ggml_map / sizeof *ggml_map); g++)
+        if (ggml_map[g] == (int)t + 1) return g;
+    return -1;
 }
 
 static const char *ggml_type_name(uint32_t g)
@@ -245,7 +254,7 @@ static int read_tensor_info(mdl_model *m, cursor *c, uint64_t *offset)
     for (uint32_t d = 0; d < n_dims; d++)
         if (rd_u64(c, &ne[d], t->name)) return -1;
     if (rd_u32(c, &type, t->name) || rd_u64(c, offset, t->name)) return -1;
-    if (ggml_type(type, &t->type)) {
+    if (mdl_dtype_of_ggml(type, &t->type)) {
         const char *known = ggml_type_name(type);
         if (known) return mdl_errf(c->err, c->err_len, "%s: tensor '%s': type %s is not supported", c->path, t->name, known);
         return mdl_errf(c->err, c->err_len, "%s: tensor '%s': unknown type %u", c->path, t->name, type);

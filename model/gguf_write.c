@@ -38,17 +38,6 @@
 #define OUT_BUF_BYTES ((size_t)1 << 20)
 #define GGML_NAME_MAX 64 /* ggml's GGML_MAX_NAME, NUL included */
 
-/* ==== ggml types the writer knows: values per block, bytes per block ==== */
-
-static const struct { uint16_t block, bytes; const char *name; } ggml_types[] = {
-    [0] = {1, 4, "F32"},     [1] = {1, 2, "F16"},       [2] = {32, 18, "Q4_0"},   [3] = {32, 20, "Q4_1"},
-    [6] = {32, 22, "Q5_0"},  [7] = {32, 24, "Q5_1"},    [8] = {32, 34, "Q8_0"},   [10] = {256, 84, "Q2_K"},
-    [11] = {256, 110, "Q3_K"}, [12] = {256, 144, "Q4_K"}, [13] = {256, 176, "Q5_K"}, [14] = {256, 210, "Q6_K"},
-    [26] = {1, 4, "I32"},    [30] = {1, 2, "BF16"},
-};
-
-static int known_type(uint32_t t) { return t < sizeof ggml_types / sizeof *ggml_types && ggml_types[t].block; }
-
 /* ==== The writer ==== */
 
 typedef struct {
@@ -436,12 +425,14 @@ static int safetensors_meta(mdl_gguf_out *o, mdl_model *m, char *err, size_t err
 
 /* ==== Tensors ==== */
 
-static int tensor_bytes(const out_tensor *t, uint64_t *n)
+/* Bytes of t in dtype dt (the reader's sizes: model/dequant.c); -1 if its columns
+ * are not whole blocks. */
+static int tensor_bytes(const out_tensor *t, mdl_dtype dt, uint64_t *n)
 {
-    uint64_t block = ggml_types[t->type].block, blocks = t->ne[0] / block;
+    uint64_t block = (uint64_t)mdl_block_size(dt), row = mdl_row_bytes(dt, (int64_t)(t->ne[0] / block * block));
     if (t->ne[0] % block) return -1;
-    if (t->ne[1] && blocks > UINT64_MAX / t->ne[1] / ggml_types[t->type].bytes) return -1;
-    *n = blocks * t->ne[1] * ggml_types[t->type].bytes;
+    if (t->ne[1] && row > UINT64_MAX / t->ne[1]) return -1;
+    *n = row * t->ne[1];
     return 0;
 }
 
@@ -455,18 +446,19 @@ int mdl_gguf_out_add_tensor(mdl_gguf_out *o, const char *name, uint32_t ggml_typ
         return mdl_errf(err, err_len, "%s: tensor name '%s' must have 1 to %d bytes", o->path, name, GGML_NAME_MAX - 1);
     for (int i = 0; i < o->n_t; i++)
         if (!strcmp(o->t[i].name, name)) return mdl_errf(err, err_len, "%s: tensor '%s' declared twice", o->path, name);
-    if (!known_type(ggml_type)) return mdl_errf(err, err_len, "%s: tensor '%s': ggml type %u is not supported", o->path, name, ggml_type);
+    mdl_dtype dt;
+    if (mdl_dtype_of_ggml(ggml_type, &dt)) return mdl_errf(err, err_len, "%s: tensor '%s': ggml type %u is not supported", o->path, name, ggml_type);
     if ((n_dims != 1 && n_dims != 2) || rows < 1 || cols < 1 || (n_dims == 1 && rows != 1))
         return mdl_errf(err, err_len, "%s: tensor '%s': shape %lld x %lld with %d dimensions (1: 1 x cols, or 2)", o->path, name,
                         (long long)rows, (long long)cols, n_dims);
     out_tensor t = {.type = ggml_type, .n_dims = (uint32_t)n_dims, .ne = {(uint64_t)cols, (uint64_t)rows}, .nbytes = nbytes};
     memcpy(t.name, name, len + 1);
-    if (tensor_bytes(&t, &need))
+    if (tensor_bytes(&t, dt, &need))
         return mdl_errf(err, err_len, "%s: tensor '%s': %lld columns are not a multiple of %s's block of %d", o->path, name,
-                        (long long)cols, ggml_types[ggml_type].name, ggml_types[ggml_type].block);
+                        (long long)cols, mdl_dtype_name(dt), mdl_block_size(dt));
     if (need != nbytes)
         return mdl_errf(err, err_len, "%s: tensor '%s': %llu bytes declared, %s %lld x %lld takes %llu", o->path, name,
-                        (unsigned long long)nbytes, ggml_types[ggml_type].name, (long long)rows, (long long)cols,
+                        (unsigned long long)nbytes, mdl_dtype_name(dt), (long long)rows, (long long)cols,
                         (unsigned long long)need);
     if (o->n_t == o->cap_t) {
         int nc = o->cap_t ? 2 * o->cap_t : 256;

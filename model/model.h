@@ -152,6 +152,10 @@ tok_tokenizer *mdl_tokenizer(mdl_model *m, char *err, size_t err_len);
 /* Row dequantizers, exposed for tests: n must be a multiple of the type's block. */
 void mdl_dequant_row(mdl_dtype t, const void *src, float *dst, int64_t n);
 size_t mdl_row_bytes(mdl_dtype t, int64_t n); /* bytes of n values of type t */
+/* GGUF's type ids: the dtype of ggml type g (0, or -1 for a type bitplan does not
+ * read), and the ggml type of a dtype (-1 for U8/U16/U32, which GGUF lacks). */
+int mdl_dtype_of_ggml(uint32_t g, mdl_dtype *t);
+int mdl_ggml_of_dtype(mdl_dtype t);
 int mdl_block_size(mdl_dtype t);              /* values per block: 1, 32 or 256 */
 
 /* ==== Packed files (model/packed_meta.c) ==== */

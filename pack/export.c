@@ -27,7 +27,7 @@
 #include <string.h>
 
 /* ggml type ids of the unquantized types (the block types are lay_ggml_type). */
-enum { GGML_F32 = 0, GGML_F16 = 1, GGML_BF16 = 30 };
+enum { GGML_F32 = 0, GGML_F16 = 1 };
 
 /* llama.cpp's general.file_type for a file mostly of one block type. */
 static uint32_t file_type_of(int ggml_type)
@@ -47,14 +47,12 @@ static uint32_t file_type_of(int ggml_type)
     }
 }
 
-/* The ggml type a source tensor can be copied as, or -1 to convert it. */
+/* The ggml type a source tensor can be copied as (a GGUF source's tensors are in
+ * GGUF's row order already), or -1 to convert it. */
 static int stored_ggml_type(const mdl_model *file, const mdl_tensor *t)
 {
     if (strcmp(mdl_format(file), "gguf") || t->permute_rope_heads) return -1;
-    if (t->type == MDL_F32) return GGML_F32;
-    if (t->type == MDL_F16) return GGML_F16;
-    if (t->type == MDL_BF16) return GGML_BF16;
-    return lay_ggml_type_by_name(mdl_dtype_name(t->type));
+    return mdl_ggml_of_dtype(t->type);
 }
 
 struct pack_gguf {
