@@ -22,11 +22,16 @@
  *           SQLite's documentation allows for CHECK constraints) and the schema
  *           cookie bumped (migrate() does that after every step) so that every
  *           connection reads the new text. */
-static const char *const migrations[] = {
-    "PRAGMA writable_schema = ON;"
-    "UPDATE sqlite_master SET sql = replace(sql, 'CHECK (kind IN (''bpw'',''vram''))',"
-    " 'CHECK (kind IN (''bpw'',''vram'',''size''))') WHERE type = 'table' AND name = 'plans';"
-    "PRAGMA writable_schema = OFF;",
+static const struct {
+    const char *sql;
+    int reads_same;   /* 1: a database before the step reads the same, so a read-only
+                         open may use it unmigrated */
+} migrations[] = {
+    {"PRAGMA writable_schema = ON;"
+     "UPDATE sqlite_master SET sql = replace(sql, 'CHECK (kind IN (''bpw'',''vram''))',"
+     " 'CHECK (kind IN (''bpw'',''vram'',''size''))') WHERE type = 'table' AND name = 'plans';"
+     "PRAGMA writable_schema = OFF;",
+     1},
 };
 #define DB_VERSION 2
 
@@ -106,9 +111,14 @@ static int migrate(db_conn *d, int writable)
     if (v < 0) return -1;
     if (v > DB_VERSION) return db_fail(d, "%s: schema version %d is newer than this bitplan (%d)", d->path, v, DB_VERSION);
     if (v == DB_VERSION) return 0;
-    if (!writable) return db_fail(d, "%s: schema version %d needs migrating; open it writable", d->path, v);
+    if (!writable) {
+        for (int k = v; k < DB_VERSION; k++)
+            if (k == 0 || !migrations[k - 1].reads_same)
+                return db_fail(d, "%s: schema version %d needs migrating; open it writable", d->path, v);
+        return 0;
+    }
     for (; v < DB_VERSION; v++) {
-        const char *step = v == 0 ? db_schema_sql : migrations[v - 1];
+        const char *step = v == 0 ? db_schema_sql : migrations[v - 1].sql;
         char bump[128];
         snprintf(bump, sizeof bump, "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '%d')", v + 1);
         if (db_begin(d)) return -1;
