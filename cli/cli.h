@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "../measure/measure.h"
 #include "../runtime/runtime.h"
 
 int cmd_inspect(int argc, char **argv);
@@ -20,6 +21,46 @@ int cmd_export_gguf(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_report(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
+
+/* ==== Stages that `bitplan quantize` shares with the separate commands ==== */
+
+/* The measurement's progress line on stderr (measure's --progress): state for
+ * cli_measure_progress, which is a meas_params.progress callback. */
+typedef struct {
+    double last;                /* when the line was last drawn */
+    int shown;                  /* 1 once drawn: the caller ends it with a newline */
+} cli_progress_line;
+void cli_measure_progress(void *line, const meas_progress *p);
+
+/* `bitplan allocate ARGS` (argv[0] is "allocate"): parses, solves and stores one plan
+ * (or a sweep); quiet prints nothing on stdout (errors still go to stderr). *plan_id
+ * (may be NULL) gets the id of the last plan stored. The exit status. */
+int cli_allocate(int argc, char **argv, int quiet, int64_t *plan_id);
+
+/* Writes the report of plan (and its calibration) in db to path, in the format its
+ * name says (.md .csv .json, else html), atomically; quiet leaves out the notes and
+ * the "wrote" line. The exit status. */
+int cli_report(const char *db, int64_t plan, const char *path, int quiet);
+
+/* The tokens of text[0..len) as the model reads them (BOS first when it adds one).
+ * malloc'd, *n the count; NULL with err. */
+int32_t *cli_tokenize(const rt_model *m, const char *text, size_t len, int64_t *n, char *err, size_t err_len);
+
+/* An evaluation of `subject` (a packed file, or a model file) filed in database db
+ * (created if absent), for bitplan report: the text by label and content hash; kld
+ * and top-1 only when ref_path is set. *plan_missing (may be NULL): 1 when subject
+ * is a packed file whose plan is not in db. 0, or -1 with err. */
+typedef struct {
+    const char *db, *subject, *text_label, *text_hash, *ref_path, *device;
+    int ctx;
+} cli_eval_record_args;
+int cli_eval_record(const cli_eval_record_args *a, const rt_eval_result *r, int64_t *eval_id, int *plan_missing,
+                    char *err, size_t err_len);
+
+/* Writes data[0..len) to path atomically: a temporary file beside it, fsync, rename;
+ * a failure or a kill never leaves a partial file at path. 0, or -1 with err. */
+int cli_write_atomic(const char *path, const void *data, size_t len, char *err, size_t err_len);
 
 /* Prints "bitplan CMD: message" to stderr; returns 1 (the exit status). */
 int cli_fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -35,6 +76,8 @@ const char *cli_command_line(void);
 
 /* 1 if stderr is a terminal (progress is shown only then, unless forced). */
 int cli_progress_wanted(void);
+/* Seconds on a monotonic clock. */
+double cli_now(void);
 
 /* --device cpu|cuda: where rt_eval / rt_generate run the model. Sets *open to NULL
  * (CPU) or the CUDA runner; for cuda, checks that a GPU is there and says so

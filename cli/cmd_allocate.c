@@ -39,6 +39,7 @@ typedef struct {
     int64_t size;               /* 0 unless --size */
     alloc_vram_params vp;
     int ctx_given, list;
+    int quiet;                  /* nothing on stdout (bitplan quantize) */
     alloc_setup setup;
     alloc_params prm;
 } args;
@@ -223,6 +224,7 @@ typedef struct {
     alloc_unquantized u;
     int64_t lo, hi;             /* budget bits of the cheapest and dearest plans */
     int64_t fixed_bits;         /* bits outside the budget row (the pinned head in bpw mode) */
+    int64_t last_plan;          /* id of the last plan stored */
 } ctx;
 
 /* Stores a solved plan and prints its summary. */
@@ -255,13 +257,14 @@ static int store_plan(ctx *c, const args *a, const char *kind, double target, co
     int rc = db_plan_insert(c->d, &row, ch, c->b.n, &id);
     free(ch);
     if (rc) return cli_fail(CMD, "%s", db_errmsg(c->d));
+    c->last_plan = id;
+    if (a->quiet) return 0;
     char tgt[32];
     if (!strcmp(kind, "vram") || !strcmp(kind, "size")) human_bytes((int64_t)target, tgt, sizeof tgt);
     else snprintf(tgt, sizeof tgt, "%.6g", target);
     printf("plan %lld: %s %s -> %.4f bpw (blocks), %.4f bpw (whole file); %s %.6g, gap %.1e (%s), %.2f s, "
            "%lld dominated options dropped\n", (long long)id, kind, tgt, row.achieved_bpw, row.file_bpw, row.metric,
            r->objective, r->gap, alloc_status_name(r->status), r->seconds, (long long)r->n_dropped);
-    (void)a;
     return 0;
 }
 
@@ -280,7 +283,7 @@ static int run_bpw(ctx *c, const args *a, double target, const char *sweep, int 
 {
     double lo = (double)c->lo / (double)c->b.block_weights, hi = (double)c->hi / (double)c->b.block_weights;
     if (target < lo - 1e-12 || target > hi + 1e-12) {
-        if (in_sweep) { printf("%.4g bpw: unreachable (%.4f to %.4f), skipped\n", target, lo, hi); return 0; }
+        if (in_sweep) { if (!a->quiet) printf("%.4g bpw: unreachable (%.4f to %.4f), skipped\n", target, lo, hi); return 0; }
         return cli_fail(CMD, "target %.4g bpw is unreachable: this model and option set reach %.4f to %.4f bpw", target, lo, hi);
     }
     int64_t budget = (int64_t)floor(target * (double)c->b.block_weights + 1e-9);
@@ -288,7 +291,7 @@ static int run_bpw(ctx *c, const args *a, double target, const char *sweep, int 
     alloc_result r;
     int rc = solve_budget(c, a, budget, &r);
     if (!rc) rc = store_plan(c, a, "bpw", target, &r, NULL, sweep);
-    if (!rc && !in_sweep) print_histogram(&c->in, &c->b, r.choice);
+    if (!rc && !in_sweep && !a->quiet) print_histogram(&c->in, &c->b, r.choice);
     alloc_result_free(&r);
     return rc;
 }
@@ -313,7 +316,7 @@ static int run_vram(ctx *c, const args *a)
     char json[512];
     alloc_memory_json(&m, &a->vp, a->vram, json, sizeof json);
     rc = store_plan(c, a, "vram", (double)a->vram, &r, json, NULL);
-    if (!rc) print_memory(&m, a->vram), print_histogram(&c->in, &c->b, r.choice);
+    if (!rc && !a->quiet) print_memory(&m, a->vram), print_histogram(&c->in, &c->b, r.choice);
     alloc_result_free(&r);
     return rc;
 }
@@ -337,7 +340,7 @@ static int run_size(ctx *c, const args *a)
              (long long)((r.total_bits + 7) / 8), (long long)fixed, (long long)((r.total_bits + 7) / 8 + fixed), (long long)a->size);
     rc = store_plan(c, a, "size", (double)a->size, &r, json, NULL);
     human_bytes((r.total_bits + 7) / 8 + fixed, s, sizeof s);
-    if (!rc) printf("  tensors %s (%lld bytes) of %lld\n", s, (long long)((r.total_bits + 7) / 8 + fixed), (long long)a->size),
+    if (!rc && !a->quiet) printf("  tensors %s (%lld bytes) of %lld\n", s, (long long)((r.total_bits + 7) / 8 + fixed), (long long)a->size),
              print_histogram(&c->in, &c->b, r.choice);
     alloc_result_free(&r);
     return rc;
@@ -360,7 +363,7 @@ static int run_sweep(ctx *c, const args *a)
         if (run_bpw(c, a, target, label, 1)) return 1;
         stored += target >= lo - 1e-12 && target <= hi + 1e-12;
     }
-    printf("sweep '%s': %d plans stored\n", label, stored);
+    if (!a->quiet) printf("sweep '%s': %d plans stored\n", label, stored);
     return stored ? 0 : cli_fail(CMD, "no target of the sweep is reachable");
 }
 
@@ -380,17 +383,20 @@ static int prepare(ctx *c, const args *a)
         if (a->vram <= 0) fprintf(stderr, "bitplan %s: note: %s; whole-file bpw counts unplanned parameters as F16\n", CMD, err);
     }
     if (alloc_range(c->b.p, &c->lo, &c->hi, err, sizeof err)) return cli_fail(CMD, "%s", err);
-    printf("calibration %lld: %d tensors, %lld measurements, metric %s\n", (long long)c->in.calib_id, c->b.n,
+    if (!a->quiet) printf("calibration %lld: %d tensors, %lld measurements, metric %s\n", (long long)c->in.calib_id, c->b.n,
            (long long)c->in.n_meas, c->b.metric == ALLOC_METRIC_KLD ? "kld" : "rel_err");
     (void)option_name;
     return 0;
 }
 
-int cmd_allocate(int argc, char **argv)
+int cmd_allocate(int argc, char **argv) { return cli_allocate(argc, argv, 0, NULL); }
+
+int cli_allocate(int argc, char **argv, int quiet, int64_t *plan_id)
 {
     args a;
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc;
+    a.quiet = quiet;
     ctx c;
     memset(&c, 0, sizeof c);
     if (db_open(a.db, a.list ? DB_OPEN_READ : DB_OPEN_WRITE, &c.d)) {
@@ -402,6 +408,7 @@ int cmd_allocate(int argc, char **argv)
     else if (!(rc = prepare(&c, &a)))
         rc = a.vram > 0 ? run_vram(&c, &a) : a.size > 0 ? run_size(&c, &a) : a.sweep[2] > 0 ? run_sweep(&c, &a)
                                                                                 : run_bpw(&c, &a, a.bpw, a.label, 0);
+    if (plan_id) *plan_id = c.last_plan;
     alloc_built_free(&c.b);
     db_alloc_input_free(&c.in);
     db_close(c.d);

@@ -91,12 +91,8 @@ static int parse_args(int argc, char **argv, eval_args *a)
     return 0;
 }
 
-/* The text's tokens, BOS first when the model adds one (as llama.cpp tokenizes). */
-static int32_t *tokenize_file(const rt_model *m, const char *path, int64_t *n, char *err, size_t err_len)
+int32_t *cli_tokenize(const rt_model *m, const char *text, size_t len, int64_t *n, char *err, size_t err_len)
 {
-    size_t len;
-    char *text = cli_read_file(path, &len, err, err_len);
-    if (!text) return NULL;
     int64_t cap = (int64_t)len + 16;
     int32_t *ids = malloc((size_t)cap * sizeof *ids);
     *n = ids ? tok_encode(m->tok, text, len, m->add_bos, 0, ids, cap) : -1;
@@ -105,8 +101,19 @@ static int32_t *tokenize_file(const rt_model *m, const char *path, int64_t *n, c
         *n = more ? tok_encode(m->tok, text, len, m->add_bos, 0, more, *n) : -1;
         ids = more ? more : ids;
     }
+    if (*n < 0) { free(ids); snprintf(err, err_len, "the text could not be tokenized"); return NULL; }
+    return ids;
+}
+
+/* The text's tokens, BOS first when the model adds one (as llama.cpp tokenizes). */
+static int32_t *tokenize_file(const rt_model *m, const char *path, int64_t *n, char *err, size_t err_len)
+{
+    size_t len;
+    char *text = cli_read_file(path, &len, err, err_len);
+    if (!text) return NULL;
+    int32_t *ids = cli_tokenize(m, text, len, n, err, err_len);
     free(text);
-    if (*n < 0) { free(ids); snprintf(err, err_len, "%s: could not be tokenized", path); return NULL; }
+    if (!ids) snprintf(err, err_len, "%s: could not be tokenized", path);
     return ids;
 }
 
@@ -166,35 +173,45 @@ static int identify(const char *path, mdl_packed_plan_info *who, int *packed, ch
     return rc;
 }
 
+int cli_eval_record(const cli_eval_record_args *a, const rt_eval_result *r, int64_t *eval_id, int *plan_missing,
+                    char *err, size_t err_len)
+{
+    mdl_packed_plan_info who;
+    int packed;
+    if (identify(a->subject, &who, &packed, err, err_len)) return -1;
+    int with_ref = a->ref_path != NULL;
+    db_conn *d;
+    db_eval_row e = {.subject = a->subject, .subject_kind = packed ? "packed" : "model",
+                     .bpw = packed ? who.achieved_bpw : NAN, .text_path = a->text_label, .text_hash = a->text_hash,
+                     .ctx = a->ctx, .tokens = r->tokens_scored, .ppl = r->ppl, .ppl_stderr = r->ppl_stderr,
+                     .kld = with_ref ? r->kld_mean : NAN, .kld_stderr = with_ref ? r->kld_stderr : NAN,
+                     .top1 = with_ref ? r->top1_agree : NAN, .ref_path = a->ref_path,
+                     .device = a->device ? a->device : "cpu", .command = cli_command_line()};
+    int rc = db_open(a->db, DB_OPEN_CREATE, &d) || db_eval_resolve(d, who.model_hash, who.plan_id, &e.model_id, &e.plan_id) ||
+             db_eval_insert(d, &e, eval_id);
+    if (rc) snprintf(err, err_len, "%s", db_errmsg(d));
+    if (plan_missing) *plan_missing = packed && !e.plan_id;
+    db_close(d);
+    return rc ? -1 : 0;
+}
+
 static int record(const eval_args *a, const rt_eval_result *r, const rt_ref_info *saved, char *err,
                   size_t err_len)
 {
-    int with_ref = a->ref || saved;
     /* with --ref-logits the reference is the model the logits were saved from */
     const char *ref_path = saved ? (saved->model_path[0] ? saved->model_path : a->ref_logits) : a->ref;
-    mdl_packed_plan_info who;
-    int packed;
     size_t len;
     char text_hash[65], *text = cli_read_file(a->text, &len, err, err_len);
     if (!text) return -1;
     meas_sha256_hex(text, len, text_hash);
     free(text);
-    if (identify(a->model, &who, &packed, err, err_len)) return -1;
-    db_conn *d;
-    db_eval_row e = {.subject = a->model, .subject_kind = packed ? "packed" : "model",
-                     .bpw = packed ? who.achieved_bpw : NAN, .text_path = a->text, .text_hash = text_hash,
-                     .ctx = (int)a->ctx, .tokens = r->tokens_scored, .ppl = r->ppl, .ppl_stderr = r->ppl_stderr,
-                     .kld = with_ref ? r->kld_mean : NAN, .kld_stderr = with_ref ? r->kld_stderr : NAN,
-                     .top1 = with_ref ? r->top1_agree : NAN, .ref_path = ref_path,
-                     .device = a->open_runner ? "cuda" : "cpu", .command = cli_command_line()};
+    cli_eval_record_args ra = {.db = a->db, .subject = a->model, .text_label = a->text, .text_hash = text_hash,
+                               .ref_path = ref_path, .device = a->open_runner ? "cuda" : "cpu", .ctx = (int)a->ctx};
     int64_t id = 0;
-    int rc = db_open(a->db, DB_OPEN_CREATE, &d) || db_eval_resolve(d, who.model_hash, who.plan_id, &e.model_id, &e.plan_id) ||
-             db_eval_insert(d, &e, &id);
-    if (rc) snprintf(err, err_len, "%s", db_errmsg(d));
-    else printf("recorded        evaluation %lld in %s%s\n", (long long)id, a->db,
-                packed && !e.plan_id ? " (its plan is not in this database)" : "");
-    db_close(d);
-    return rc ? -1 : 0;
+    int missing;
+    if (cli_eval_record(&ra, r, &id, &missing, err, err_len)) return -1;
+    printf("recorded        evaluation %lld in %s%s\n", (long long)id, a->db, missing ? " (its plan is not in this database)" : "");
+    return 0;
 }
 
 /* The model's content hash (hex), recorded in a file of saved logits: "" if it

@@ -11,10 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli.h"
-#include "measure/measure.h"
 
 static const char usage_text[] =
     "usage: bitplan measure MODEL --calib FILE... --db D [options]\n"
@@ -47,17 +45,10 @@ typedef struct {
     meas_params p;
 } measure_args;
 
-typedef struct {
-    double last;
-    int shown;
-} progress_state;
-
-static void show_progress(void *ctx, const meas_progress *p)
+void cli_measure_progress(void *line, const meas_progress *p)
 {
-    progress_state *s = ctx;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    double now = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    cli_progress_line *s = line;
+    double now = cli_now();
     if (now - s->last < 0.25) return;
     s->last = now;
     s->shown = 1;
@@ -153,7 +144,7 @@ int cmd_measure(int argc, char **argv)
     measure_args a = {0};
     opt_set opts = {0, NULL};
     char err[1024];
-    progress_state ps = {0, 0};
+    cli_progress_line ps = {0, 0};
     int rc = 1;
     if (!(a.calib = calloc((size_t)argc, sizeof *a.calib))) return cli_fail("measure", "out of memory");
     int pr = parse_args(&a, argc, argv);
@@ -162,7 +153,7 @@ int cmd_measure(int argc, char **argv)
         if (opt_set_load(a.options, &opts, err, sizeof err)) { free(a.calib); return cli_fail("measure", "%s", err); }
         a.p.options = &opts;
     }
-    if (a.progress || cli_progress_wanted()) a.p.progress = show_progress, a.p.progress_ctx = &ps;
+    if (a.progress || cli_progress_wanted()) a.p.progress = cli_measure_progress, a.p.progress_ctx = &ps;
     meas_result res;
     int failed = meas_run(a.model, a.calib, a.n_calib, a.db, &a.p, &res, err, sizeof err);
     if (ps.shown) fputc('\n', stderr);

@@ -7,7 +7,6 @@
  */
 #include "cli.h"
 
-#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +36,14 @@ static int format_from_name(const char *path, rep_format *f)
     return dot ? rep_format_parse(dot + 1, f) : -1;
 }
 
+/* What follows from the flags: the format from the output's name unless given. */
+static void settle(report_args *a)
+{
+    if (!a->format_set && a->out && format_from_name(a->out, &a->p.format)) a->p.format = REP_HTML;
+    a->p.plan_id = a->plan;
+    a->p.source = a->db;
+}
+
 static int parse_args(int argc, char **argv, report_args *a)
 {
     rep_params_init(&a->p);
@@ -54,9 +61,7 @@ static int parse_args(int argc, char **argv, report_args *a)
         i++;
     }
     if (!a->db) return cli_fail("report", "--db is required (bitplan report --help)"), 1;
-    if (!a->format_set && a->out && format_from_name(a->out, &a->p.format)) a->p.format = REP_HTML;
-    a->p.plan_id = a->plan;
-    a->p.source = a->db;
+    settle(a);
     return 0;
 }
 
@@ -75,36 +80,36 @@ static int pick_calibration(db_conn *d, const report_args *a, int64_t *calib)
 
 static int write_out(const char *path, const rep_buf *b)
 {
-    int to_stdout = !path || !strcmp(path, "-");
-    FILE *f = to_stdout ? stdout : fopen(path, "wb");
-    if (!f) return cli_fail("report", "%s: %s", path, strerror(errno));
-    int bad = fwrite(rep_buf_str(b), 1, rep_buf_len(b), f) != rep_buf_len(b);
-    bad |= to_stdout ? fflush(f) != 0 : fclose(f) != 0;
-    if (bad) return cli_fail("report", "%s: write error", to_stdout ? "stdout" : path);
+    char err[4400];
+    if (path && strcmp(path, "-")) {
+        if (cli_write_atomic(path, rep_buf_str(b), rep_buf_len(b), err, sizeof err)) return cli_fail("report", "%s", err);
+        return 0;
+    }
+    if (fwrite(rep_buf_str(b), 1, rep_buf_len(b), stdout) != rep_buf_len(b) || fflush(stdout))
+        return cli_fail("report", "stdout: write error");
     return 0;
 }
 
-int cmd_report(int argc, char **argv)
+/* Loads, builds and writes the report a asks for; quiet: no notes, no "wrote" line. */
+static int make_report(const report_args *a, int quiet)
 {
-    report_args a = {0};
-    int rc = parse_args(argc, argv, &a);
-    if (rc) return rc == 2 ? 0 : rc;
     db_conn *d = NULL;
     db_report *data = NULL;
     rep_report *r = NULL;
     rep_buf *b = NULL;
     int64_t calib;
     char err[512];
-    if (db_open(a.db, DB_OPEN_READ, &d)) { rc = cli_fail("report", "%s", db_errmsg(d)); goto done; }
-    if ((rc = pick_calibration(d, &a, &calib))) goto done;
+    int rc;
+    if (db_open(a->db, DB_OPEN_READ, &d)) { rc = cli_fail("report", "%s", db_errmsg(d)); goto done; }
+    if ((rc = pick_calibration(d, a, &calib))) goto done;
     if (db_report_load(d, calib, &data)) { rc = cli_fail("report", "%s", db_errmsg(d)); goto done; }
-    if (rep_build(data, &a.p, &r, err, sizeof err)) { rc = cli_fail("report", "%s: %s", a.db, err); goto done; }
-    b = rep_write(rep_buf_new(), r, a.p.format);
+    if (rep_build(data, &a->p, &r, err, sizeof err)) { rc = cli_fail("report", "%s: %s", a->db, err); goto done; }
+    b = rep_write(rep_buf_new(), r, a->p.format);
     if (rep_buf_failed(b)) { rc = cli_fail("report", "out of memory writing the report"); goto done; }
-    for (int i = 0; i < rep_n_notes(r); i++) fprintf(stderr, "bitplan report: note: %s\n", rep_note(r, i));
-    if ((rc = write_out(a.out, b))) goto done;
-    if (a.out && strcmp(a.out, "-"))
-        printf("wrote %s: calibration %lld, %d measurements, %d plans, %d evaluations\n", a.out, (long long)data->calib_id,
+    for (int i = 0; i < rep_n_notes(r) && !quiet; i++) fprintf(stderr, "bitplan report: note: %s\n", rep_note(r, i));
+    if ((rc = write_out(a->out, b))) goto done;
+    if (a->out && strcmp(a->out, "-") && !quiet)
+        printf("wrote %s: calibration %lld, %d measurements, %d plans, %d evaluations\n", a->out, (long long)data->calib_id,
                data->n_meas, data->n_plans, data->n_evals);
 done:
     rep_buf_free(b);
@@ -112,4 +117,21 @@ done:
     db_report_free(data);
     db_close(d);
     return rc;
+}
+
+int cmd_report(int argc, char **argv)
+{
+    report_args a = {0};
+    int rc = parse_args(argc, argv, &a);
+    if (rc) return rc == 2 ? 0 : rc;
+    return make_report(&a, 0);
+}
+
+int cli_report(const char *db, int64_t plan, const char *path, int quiet)
+{
+    report_args a = {0};
+    rep_params_init(&a.p);
+    a.db = db, a.out = path, a.plan = (long)plan;
+    settle(&a);
+    return make_report(&a, quiet);
 }

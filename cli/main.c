@@ -6,11 +6,13 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static const struct {
@@ -18,6 +20,7 @@ static const struct {
     int (*run)(int argc, char **argv);
     const char *usage;
 } commands[] = {
+    {"quantize", cmd_quantize, "quantize MODEL --bpw B -o OUT [--calib TEXT...]  the whole job in one command"},
     {"inspect", cmd_inspect, "inspect MODEL                              tensors, shapes, dtypes, params, arch"},
     {"tokenize", cmd_tokenize, "tokenize MODEL (--text FILE | --string S)  token ids of a text"},
     {"measure", cmd_measure, "measure MODEL --calib TEXT... --db D         measurement pass (resumable)"},
@@ -82,6 +85,38 @@ int cli_fail(const char *cmd, const char *fmt, ...)
 const char *cli_command_line(void) { return command_line; }
 
 int cli_progress_wanted(void) { return isatty(STDERR_FILENO); }
+
+double cli_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int cli_write_atomic(const char *path, const void *data, size_t len, char *err, size_t err_len)
+{
+    static unsigned serial;
+    char tmp[4200];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp.%ld.%u", path, (long)getpid(), serial++) >= sizeof tmp)
+        return snprintf(err, err_len, "%s: path too long", path), -1;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) return snprintf(err, err_len, "%s: %s", path, strerror(errno)), -1;
+    const char *p = data;
+    int e = 0;
+    for (size_t done = 0; done < len && !e;) {
+        ssize_t w = write(fd, p + done, len - done);
+        if (w < 0 && errno != EINTR) e = errno;
+        else if (w > 0) done += (size_t)w;
+    }
+    if (!e && fsync(fd)) e = errno;
+    if (close(fd) && !e) e = errno;
+    if (!e && rename(tmp, path)) e = errno;
+    if (e) {
+        unlink(tmp);
+        return snprintf(err, err_len, "%s: %s", path, strerror(e)), -1;
+    }
+    return 0;
+}
 
 int cli_parse_double(const char *s, double *v)
 {

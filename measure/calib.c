@@ -162,21 +162,35 @@ static int rows_from_whole(const tok_tokenizer *t, const char *text, size_t len,
     return 0;
 }
 
+/* Segment r of `rows` equal byte segments of text[0..len), moved forward to a line
+ * start: its first ctx tokens (or fewer, if the whole segment has fewer) go to
+ * *ids[*n], and *end gets the end of the bytes they were cut from (nothing after
+ * it is read). 0, or -1 when tokenizing fails. */
+static int segment_row(const tok_tokenizer *t, const char *text, size_t len, int rows, int ctx, int r,
+                       int32_t **ids, int64_t *n, size_t *end)
+{
+    size_t a = (size_t)((double)len * r / rows), b = (size_t)((double)len * (r + 1) / rows);
+    while (a > 0 && a < b && text[a - 1] != '\n') a++;
+    *ids = NULL;
+    for (size_t window = (size_t)ctx * 8;; window *= 2) {
+        size_t wl = a + window < b ? window : b - a;
+        free(*ids);
+        if (!(*ids = encode_all(t, text + a, wl, n))) return -1;
+        *end = a + wl;
+        if (*n >= ctx || wl == b - a) return 0;
+    }
+}
+
 /* Row r: the first ctx tokens of the r-th equal byte segment (starting at a line). */
 static int rows_from_segments(const tok_tokenizer *t, const char *text, size_t len, calib_set *c, char *err,
                               size_t err_len)
 {
     for (int r = 0; r < c->rows; r++) {
-        size_t a = (size_t)((double)len * r / c->rows), b = (size_t)((double)len * (r + 1) / c->rows);
-        while (a > 0 && a < b && text[a - 1] != '\n') a++;
         int64_t n = 0;
-        int32_t *ids = NULL;
-        for (size_t window = (size_t)c->ctx * 8;; window *= 2) {
-            size_t wl = a + window < b ? window : b - a;
-            free(ids);
-            if (!(ids = encode_all(t, text + a, wl, &n))) return snprintf(err, err_len, "tokenizing the calibration text failed"), -1;
-            if (n >= c->ctx || wl == b - a) break;
-        }
+        int32_t *ids;
+        size_t end;
+        if (segment_row(t, text, len, c->rows, c->ctx, r, &ids, &n, &end))
+            return snprintf(err, err_len, "tokenizing the calibration text failed"), -1;
         if (n < c->ctx) {
             snprintf(err, err_len, "calibration text too short: segment %d of %d has %lld tokens, ctx %d needs more "
                      "(use fewer --rows or more text)", r + 1, c->rows, (long long)n, c->ctx);
@@ -211,6 +225,11 @@ static void tokenizer_id(const tok_tokenizer *t, char out[80])
     snprintf(out, 80, "%s:%s", tok_get_kind(t) == TOK_SPM ? "spm" : "bpe", hex);
 }
 
+static int is_short(size_t len, int rows, int ctx)
+{
+    return len < (size_t)CALIB_WHOLE_BYTES_PER_TOKEN * (size_t)rows * (size_t)ctx;
+}
+
 int calib_load(const tok_tokenizer *t, const char *const *paths, int n_paths, int rows, int ctx, calib_set *c,
                char *err, size_t err_len)
 {
@@ -228,13 +247,46 @@ int calib_load(const tok_tokenizer *t, const char *const *paths, int n_paths, in
     c->tokens = malloc((size_t)rows * (size_t)ctx * sizeof *c->tokens);
     int rc = -1;
     if (!c->tokens) snprintf(err, err_len, "out of memory for %d x %d calibration tokens", rows, ctx);
-    else if (len < (size_t)CALIB_WHOLE_BYTES_PER_TOKEN * (size_t)rows * (size_t)ctx)
+    else if (is_short(len, rows, ctx))
         rc = rows_from_whole(t, text, len, c, err, err_len);
     else
         rc = rows_from_segments(t, text, len, c, err, err_len);
     free(text);
     if (rc) calib_free(c);
     return rc;
+}
+
+int calib_heldout(const tok_tokenizer *t, const char *const *paths, int n_paths, int rows, int ctx, size_t max_bytes,
+                  char **out, size_t *out_len, char *err, size_t err_len)
+{
+    assert(t && paths && n_paths > 0 && rows > 0 && ctx > 0);
+    calib_set c;
+    memset(&c, 0, sizeof c);
+    char *text = NULL;
+    size_t len = 0, unread = 0;
+    err[0] = 0;
+    *out = NULL, *out_len = 0;
+    if (read_sources(paths, n_paths, &c, &text, &len, err, err_len)) {
+        if (!err[0]) snprintf(err, err_len, "out of memory reading the calibration text");
+        return -1;
+    }
+    calib_free(&c);
+    unread = len; /* short text: the rows may read every byte */
+    if (!is_short(len, rows, ctx)) {
+        int32_t *ids;
+        int64_t n;
+        if (segment_row(t, text, len, rows, ctx, rows - 1, &ids, &n, &unread)) {
+            free(text);
+            return snprintf(err, err_len, "tokenizing the calibration text failed"), -1;
+        }
+        free(ids);
+    }
+    size_t from = len - unread > max_bytes ? len - max_bytes : unread;
+    while (from > 0 && from < len && text[from - 1] != '\n') from++;
+    memmove(text, text + from, len - from);
+    text[len - from] = 0;
+    *out = text, *out_len = len - from;
+    return 0;
 }
 
 void calib_free(calib_set *c)

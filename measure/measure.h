@@ -187,6 +187,12 @@ typedef struct {
 int calib_load(const tok_tokenizer *t, const char *const *paths, int n_paths, int rows, int ctx,
                calib_set *out, char *err, size_t err_len);
 void calib_free(calib_set *c);
+/* The end of the joined calibration text that no row of calib_load(rows, ctx) reads,
+ * at most max_bytes of it, from a line start: text to check a quantization on that
+ * it was not calibrated on. Empty (*len 0) when the rows may read every byte (text
+ * short enough to be tokenized whole). *text is malloc'd. 0, or -1 with a message. */
+int calib_heldout(const tok_tokenizer *t, const char *const *paths, int n_paths, int rows, int ctx, size_t max_bytes,
+                  char **text, size_t *len, char *err, size_t err_len);
 /* SHA-256 of data[0..n) as 64 hex digits + NUL. */
 void meas_sha256_hex(const void *data, size_t n, char hex[65]);
 

@@ -185,6 +185,8 @@ typedef struct {
     int64_t plan_id;
     double achieved_bpw, file_bpw;
     char model_hash[65];      /* the full-precision model's content hash */
+    char db_path[1024];       /* the database the plan is in, as pack was given it */
+    char hessians[16];        /* "sequential" or "full" */
 } mdl_packed_plan_info;
 int mdl_packed_plan(const mdl_model *m, mdl_packed_plan_info *out, char *err, size_t err_len);
 

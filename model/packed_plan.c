@@ -24,6 +24,9 @@ int mdl_packed_plan(const mdl_model *m, mdl_packed_plan_info *out, char *err, si
         out->file_bpw = mdl_json_num(j, "file_bpw", 0);
         const char *h = mdl_json_str(j, "model_hash");
         snprintf(out->model_hash, sizeof out->model_hash, "%s", h ? h : "");
+        const char *db = mdl_json_str(j, "db"), *hess = mdl_json_str(j, "hessians");
+        snprintf(out->db_path, sizeof out->db_path, "%s", db ? db : "");
+        snprintf(out->hessians, sizeof out->hessians, "%s", hess ? hess : "");
     }
     mdl_json_free(j);
     return rc;

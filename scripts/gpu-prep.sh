@@ -18,7 +18,7 @@ BUDGET=${BUDGET:-88MiB}
 CTX=${CTX:-2048}
 BP=build/bitplan
 MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
-DB=out/smol.db
+DB=out/SmolLM2-135M-Instruct.Q4_1.bitplan.db   # make demo: bitplan quantize keeps it beside its output
 OUT=out/gpu
 die() { echo "gpu-prep: $*" >&2; exit 1; }
 

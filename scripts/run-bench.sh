@@ -22,7 +22,7 @@ if run forward; then
 fi
 if run alloc; then
     echo; echo "## Allocation: GLPK vs baselines"
-    db=${BENCH_DB:-out/smol.db}
+    db=${BENCH_DB:-out/SmolLM2-135M-Instruct.Q4_1.bitplan.db}   # make demo's measurement
     if [ -f "$db" ]; then "$B/bench/bench_alloc" --db "$db" --bpw 2.5,3,3.5,4,5,6 --sizes 1000,10000
     else "$B/bench/bench_alloc" --sizes 1000,10000; echo "(no measurement at $db: run make demo first for the real-model table)"; fi
 fi
