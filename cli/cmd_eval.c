@@ -156,14 +156,14 @@ static void print_result(const eval_args *a, const rt_model *m, int64_t n_tokens
 
 /* ==== Recording the result (--db) ==== */
 
-/* What was evaluated: the full-precision model's hash, and for a packed file its
- * plan and bpw. */
+/* What was evaluated: the full-precision model's hash, and for a file made from a
+ * plan (a packed file, or a GGUF export, filed as "packed") its plan and bpw. */
 static int identify(const char *path, mdl_packed_plan_info *who, int *packed, char *err, size_t err_len)
 {
     mdl_model *f;
     if (mdl_open(path, &f, err, err_len)) return -1;
     int rc = 0;
-    *packed = mdl_is_packed(f);
+    *packed = mdl_is_packed(f) || !mdl_packed_plan(f, who, err, err_len);
     if (*packed) rc = mdl_packed_plan(f, who, err, err_len);
     else {
         memset(who, 0, sizeof *who);

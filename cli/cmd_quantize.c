@@ -19,7 +19,7 @@
  * Killed at any point, the same command resumes: the measurement continues where it
  * stopped, a plan quantize made for the same target on the same measurement is
  * reused (the allocation is exact, so it would be the same plan), and an OUT that
- * is already that plan's packed file is kept.
+ * is already that plan's file (its recorded plan says so) is kept.
  * It must never do a stage's work itself.
  */
 #include "cli.h"
@@ -58,8 +58,8 @@ static const char usage_text[] =
     "  -o, --out OUT     the output file (written atomically)\n"
     "  --format F        bitplan (default: the packed format, runs in bitplan) or gguf\n"
     "                    (ggml block types, for llama.cpp and Ollama)\n"
-    "  --calib FILE...   calibration text (default: data/calib.txt beside the program,\n"
-    "                    which scripts/get-text.sh fetches)\n"
+    "  --calib FILE...   calibration text (default: data/calib.txt of the repository the\n"
+    "                    program was built in, which scripts/get-text.sh fetches)\n"
     "  --db D            measurement database (default: MODELNAME.bitplan.db beside OUT)\n"
     "  --rows R          calibration rows (default 16)\n"
     "  --calib-ctx C     tokens per calibration row (default 512)\n"
@@ -382,14 +382,16 @@ static int allocate(const quantize_args *a, quantize_run *q)
     return 0;
 }
 
-/* 1 if OUT is already the packed file of this plan (a resumed run keeps it). */
+/* 1 if OUT is already the file of this plan in this format (a resumed run keeps
+ * it): its recorded plan, database, Hessians and source model are these. */
 static int already_packed(const quantize_args *a, const quantize_run *q)
 {
     char err[512];
     mdl_model *f = NULL, *src = NULL;
     mdl_packed_plan_info who;
-    if (a->format != PACK_OUT_BITPLAN || access(a->out, F_OK) || mdl_open(a->out, &f, err, sizeof err)) return 0;
-    int same = mdl_is_packed(f) && !mdl_packed_plan(f, &who, err, sizeof err) && who.plan_id == q->plan_id &&
+    if (access(a->out, F_OK) || mdl_open(a->out, &f, err, sizeof err)) return 0;
+    int format_ok = mdl_is_packed(f) == (a->format == PACK_OUT_BITPLAN);
+    int same = format_ok && !mdl_packed_plan(f, &who, err, sizeof err) && who.plan_id == q->plan_id &&
                !strcmp(who.db_path, a->db) && !strcmp(who.hessians, "sequential") &&
                !mdl_open(a->model, &src, err, sizeof err) && !strcmp(who.model_hash, mdl_content_hash(src));
     mdl_close(src);

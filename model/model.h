@@ -180,7 +180,10 @@ typedef struct {
  * tensor name. 0, or -1 with "FILE: options: problem" in err. */
 int mdl_packed_options(const mdl_model *m, mdl_packed_option **out, int *n, char *err, size_t err_len);
 
-/* The plan a packed file was made from ("plan" metadata). 0, or -1 with err. */
+/* The plan a packed file was made from ("plan" metadata), or a GGUF file that
+ * bitplan export-gguf wrote (the same JSON under MDL_GGUF_PLAN_KEY). 0, or -1 with
+ * err (a file made otherwise). */
+#define MDL_GGUF_PLAN_KEY "bitplan.plan"
 typedef struct {
     int64_t plan_id;
     double achieved_bpw, file_bpw;

@@ -1,6 +1,7 @@
 /*
  * model/packed_plan.c — which plan a packed file was made from (its "plan"
- * metadata, pack/FORMAT.md), so that an evaluation can be filed under that plan.
+ * metadata, pack/FORMAT.md), or a GGUF export (the same JSON under bitplan.plan),
+ * so that an evaluation can be filed under that plan.
  */
 #include <stdio.h>
 #include <string.h>
@@ -12,7 +13,7 @@ int mdl_packed_plan(const mdl_model *m, mdl_packed_plan_info *out, char *err, si
 {
     const char *text;
     memset(out, 0, sizeof *out);
-    if (!mdl_is_packed(m) || mdl_meta_str(m, "meta.plan", &text))
+    if (mdl_meta_str(m, mdl_is_packed(m) ? "meta.plan" : MDL_GGUF_PLAN_KEY, &text))
         return mdl_errf(err, err_len, "%s: not a packed file with a plan", m->path);
     mdl_json *j = mdl_json_parse(text, strlen(text), err, err_len);
     if (!j) return -1;

@@ -7,8 +7,9 @@
  * holds and hands the bytes to model/'s streaming GGUF writer:
  *  1. The metadata is the source model's (model/gguf_write.c copies a GGUF
  *     source's keys, or writes the Llama keys and tokenizer of a safetensors one),
- *     with general.file_type from the plan's dominant type and
- *     general.quantization_version 2.
+ *     with general.file_type from the plan's dominant type,
+ *     general.quantization_version 2, and bitplan.plan: the plan as a packed
+ *     file records it (FORMAT.md's "plan"), so that the file says where it came from.
  *  2. Every tensor is declared before any data is written (GGUF's header lists
  *     them all), in the order the walk produces them: the planned matrices layer
  *     by layer, the head last (tied: token_embd.weight, so that the embedding is
@@ -113,13 +114,14 @@ int pack_gguf_declare_unplanned(pack_gguf *g, const mdl_tensor *t, char *err, si
                                    err_len);
 }
 
-int pack_gguf_start_data(pack_gguf *g, char *err, size_t err_len)
+int pack_gguf_start_data(pack_gguf *g, const char *plan_json, char *err, size_t err_len)
 {
     int best = -1;
     for (int k = 0; k < 32; k++)
         if (g->type_bytes[k] && (best < 0 || g->type_bytes[k] > g->type_bytes[best])) best = k;
     if (mdl_gguf_out_set_u32(g->out, "general.file_type", file_type_of(best)) ||
-        mdl_gguf_out_set_u32(g->out, "general.quantization_version", 2))
+        mdl_gguf_out_set_u32(g->out, "general.quantization_version", 2) ||
+        mdl_gguf_out_set_str(g->out, MDL_GGUF_PLAN_KEY, plan_json))
         return snprintf(err, err_len, "out of memory"), -1;
     return mdl_gguf_out_write_header(g->out, err, err_len);
 }

@@ -53,7 +53,7 @@ int pack_gguf_begin(const char *path, mdl_model *file, pack_gguf **out, char *er
 int pack_gguf_declare_planned(pack_gguf *g, const char *name, const lay_option *o, int64_t rows, int64_t cols,
                               char *err, size_t err_len);
 int pack_gguf_declare_unplanned(pack_gguf *g, const mdl_tensor *t, char *err, size_t err_len);
-int pack_gguf_start_data(pack_gguf *g, char *err, size_t err_len);
+int pack_gguf_start_data(pack_gguf *g, const char *plan_json, char *err, size_t err_len);
 int pack_gguf_write_planned(pack_gguf *g, const lay_qtensor *q, char *err, size_t err_len);
 int pack_gguf_write_unplanned(pack_gguf *g, const mdl_tensor *t, char *err, size_t err_len);
 int pack_gguf_commit(pack_gguf *g, char *err, size_t err_len);  /* frees g */

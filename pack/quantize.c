@@ -501,6 +501,15 @@ static int put_meta(prun *r, const char *key, sb_buf *b)
     return rc;
 }
 
+/* The plan the file is made from (pack_meta_plan_json), with the file's bpw. */
+static void plan_json(const prun *r, double file_bpw, sb_buf *b)
+{
+    pack_meta_plan pp = {r->plan.plan_id, r->plan.kind, r->plan.target, r->plan.achieved_bpw, r->plan.file_bpw,
+                         r->plan.objective, file_bpw, r->db_path, r->plan.model_hash,
+                         r->p->hessians == PACK_HESS_SEQUENTIAL ? "sequential" : "full"};
+    pack_meta_plan_json(b, &pp);
+}
+
 static int add_metadata(prun *r)
 {
     sb_buf b = {0};
@@ -514,10 +523,7 @@ static int add_metadata(prun *r)
     if (put_meta(r, "options", &b)) return -1;
     pack_meta_config(&b, &r->m->cfg);
     if (put_meta(r, "config", &b)) return -1;
-    pack_meta_plan pp = {r->plan.plan_id, r->plan.kind, r->plan.target, r->plan.achieved_bpw, r->plan.file_bpw,
-                         r->plan.objective, (double)r->st->quantized_bits / (double)r->st->quantized_weights, r->db_path,
-                         r->plan.model_hash, r->p->hessians == PACK_HESS_SEQUENTIAL ? "sequential" : "full"};
-    pack_meta_plan_json(&b, &pp);
+    plan_json(r, (double)r->st->quantized_bits / (double)r->st->quantized_weights, &b);
     if (put_meta(r, "plan", &b)) return -1;
     char *tok = mdl_tokenizer_json(r->file, r->err, r->err_len);
     if (!tok) return -1;
@@ -545,19 +551,27 @@ static void cleanup(prun *r)
     pack_gguf_abort(r->gguf);
 }
 
-/* GGUF: every tensor declared in the order the pass writes them (export.c). */
+/* GGUF: every tensor declared in the order the pass writes them (export.c), and the
+ * plan (its bpw known from the declared types: a ggml tensor's bits are exact). */
 static int declare_gguf(prun *r)
 {
-    for (int i = 0; i < r->nt; i++)
-        if (r->t[i].planned &&
-            pack_gguf_declare_planned(r->gguf, r->t[i].name, &r->t[i].opt, r->t[i].rows, r->t[i].cols, r->err, r->err_len))
+    int64_t bits = 0, weights = 0;
+    for (int i = 0; i < r->nt; i++) {
+        if (!r->t[i].planned) continue;
+        if (pack_gguf_declare_planned(r->gguf, r->t[i].name, &r->t[i].opt, r->t[i].rows, r->t[i].cols, r->err, r->err_len))
             return -1;
+        bits += lay_tensor_bits(&r->t[i].opt, r->t[i].rows, r->t[i].cols), weights += r->t[i].rows * r->t[i].cols;
+    }
     for (int i = 0; i < mdl_tensor_count(r->file); i++) {
         const mdl_tensor *t = mdl_tensor_at(r->file, i);
         if (is_planned(r, t->name) || t->type >= MDL_I32) continue;
         if (pack_gguf_declare_unplanned(r->gguf, t, r->err, r->err_len)) return -1;
     }
-    return pack_gguf_start_data(r->gguf, r->err, r->err_len);
+    sb_buf b = {0};
+    plan_json(r, weights ? (double)bits / (double)weights : 0, &b);
+    int rc = b.oom || !b.s ? fail(r, "out of memory writing metadata") : pack_gguf_start_data(r->gguf, b.s, r->err, r->err_len);
+    free(b.s);
+    return rc;
 }
 
 /* Opens the output: bitplan's writer before anything is read (a bad path fails

@@ -26,6 +26,7 @@ Errors: a plan of bitplan's own options is refused by export-gguf, a plan of ggm
 types by pack; a missing output folder is an error; nothing is left behind.
 """
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -167,6 +168,15 @@ def test_file_holds_the_source_and_the_plan(real):
                 assert bytes(t.data.tobytes()) == bytes(st[name].data.tobytes()), name
     assert len(plan) == 30 * 7 + 1
     assert all(t.data_offset % 32 == 0 for t in dst.tensors)
+    # the plan it came from, as a packed file records it
+    f = df["bitplan.plan"]
+    rec = json.loads(bytes(f.parts[f.data[0]]).decode())
+    with sqlite3.connect(real["db"]) as c:
+        pid, bpw, h = c.execute("SELECT p.id, p.achieved_bpw, m.content_hash FROM plans p JOIN calibrations k ON "
+                                "k.id = p.calib_id JOIN models m ON m.id = k.model_id ORDER BY p.id DESC").fetchone()
+    assert (rec["id"], rec["achieved_bpw"], rec["model_hash"], rec["db"]) == (pid, bpw, h, str(real["db"]))
+    assert rec["file_bpw"] == sum(bits for _, bits in plan.values()) / sum(
+        int(np.prod(t.shape)) for t in dst.tensors if t.name in plan)
 
 
 def test_gguf_py_dequantizes_as_bitplan(real, tmp_path):

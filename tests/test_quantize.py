@@ -11,7 +11,8 @@ about two minutes on two cores):
       already quantized is reused, not made again;
   (d) SIGKILL in the allocate, pack and check stages, then the same command: the same
       file, no temporary file left behind, the packed file kept when it is done;
-  (e) --format gguf writes what export-gguf writes for the same plan, byte for byte;
+  (e) --format gguf writes what export-gguf writes for the same plan, byte for byte,
+      and a rerun keeps it (the GGUF records its plan);
   (f) bad arguments: a one-line error and nothing written.
 """
 
@@ -218,6 +219,12 @@ def test_gguf_equals_export_gguf(w):
     run("export-gguf", MODEL, "--db", DB, "--plan", 1, "-o", "hand.gguf", cwd=d)
     assert (d / "out.gguf").read_bytes() == (d / "hand.gguf").read_bytes()
     assert (d / "out.gguf").read_bytes()[:4] == b"GGUF"
+    # the export records its plan: a rerun keeps it, and the check is filed under the plan
+    again = run("quantize", MODEL, "--format", "gguf", "--bpw", 6, "-o", "out.gguf", "--calib", CALIB, *SETTINGS,
+                cwd=d).stdout
+    assert "already plan 1's file: kept" in again
+    with sqlite3.connect(d / DB) as c:
+        assert c.execute("SELECT DISTINCT subject_kind, plan_id FROM evals").fetchall() == [("packed", 1)]
 
 
 @pytest.mark.parametrize("args,says", [
