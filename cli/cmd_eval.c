@@ -162,9 +162,9 @@ static int identify(const char *path, mdl_packed_plan_info *who, int *packed, ch
 {
     mdl_model *f;
     if (mdl_open(path, &f, err, err_len)) return -1;
-    int rc = 0;
-    *packed = mdl_is_packed(f) || !mdl_packed_plan(f, who, err, err_len);
-    if (*packed) rc = mdl_packed_plan(f, who, err, err_len);
+    int has_plan = !mdl_packed_plan(f, who, err, err_len), rc = 0;
+    *packed = mdl_is_packed(f) || has_plan;
+    if (*packed) rc = has_plan ? 0 : -1; /* a packed file without a plan: err says so */
     else {
         memset(who, 0, sizeof *who);
         snprintf(who->model_hash, sizeof who->model_hash, "%s", mdl_content_hash(f));

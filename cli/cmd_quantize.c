@@ -89,6 +89,7 @@ typedef struct {
 typedef struct {
     double seconds[5];
     int64_t calib_id, plan_id, file_bytes;
+    char model_hash[65];        /* MODEL's content hash, from the measurement */
     double achieved_bpw, file_bpw;
     int checked;
     int64_t check_tokens;
@@ -267,6 +268,9 @@ static int settle(quantize_args *a)
 
 static int parse_args(quantize_args *a, int argc, char **argv)
 {
+    meas_params defaults;
+    meas_params_init(&defaults);
+    a->rows = defaults.rows, a->calib_ctx = defaults.ctx;
     a->check_chunks = 8;
     a->format = PACK_OUT_BITPLAN;
     alloc_vram_params_init(&a->vp);
@@ -299,8 +303,7 @@ static int measure(const quantize_args *a, quantize_run *q)
     cli_progress_line line = {0, 0};
     meas_params_init(&p);
     p.kl_probe = 1;
-    if (a->rows) p.rows = a->rows;
-    if (a->calib_ctx) p.ctx = a->calib_ctx;
+    p.rows = a->rows, p.ctx = a->calib_ctx;
     p.threads = a->threads;
     const char *spec = a->options ? a->options : a->format == PACK_OUT_GGUF ? "ggml" : NULL;
     if (spec && opt_set_load(spec, &opts, err, sizeof err)) return cli_fail(CMD, "%s", err);
@@ -312,6 +315,7 @@ static int measure(const quantize_args *a, quantize_run *q)
     opt_set_free(&opts);
     if (failed) return cli_fail(CMD, "%s", err);
     q->calib_id = r.calib_id;
+    memcpy(q->model_hash, r.model_hash, sizeof q->model_hash);
     if (r.already_done)
         stage_line("measure", "already done: %lld tensors x %lld options with KL probes (calibration %lld in %s)",
                    (long long)r.n_tensors, (long long)r.n_options, (long long)r.calib_id, a->db);
@@ -387,14 +391,13 @@ static int allocate(const quantize_args *a, quantize_run *q)
 static int already_packed(const quantize_args *a, const quantize_run *q)
 {
     char err[512];
-    mdl_model *f = NULL, *src = NULL;
+    mdl_model *f = NULL;
     mdl_packed_plan_info who;
     if (access(a->out, F_OK) || mdl_open(a->out, &f, err, sizeof err)) return 0;
     int format_ok = mdl_is_packed(f) == (a->format == PACK_OUT_BITPLAN);
     int same = format_ok && !mdl_packed_plan(f, &who, err, sizeof err) && who.plan_id == q->plan_id &&
                !strcmp(who.db_path, a->db) && !strcmp(who.hessians, "sequential") &&
-               !mdl_open(a->model, &src, err, sizeof err) && !strcmp(who.model_hash, mdl_content_hash(src));
-    mdl_close(src);
+               !strcmp(who.model_hash, q->model_hash);
     mdl_close(f);
     return same;
 }
@@ -424,15 +427,12 @@ static int pack(const quantize_args *a, quantize_run *q)
 static int32_t *heldout_tokens(const quantize_args *a, const rt_model *ref, int64_t *n, char hash[65], size_t *bytes,
                                char *err, size_t err_len)
 {
-    meas_params mp;
-    meas_params_init(&mp);
-    int rows = a->rows ? a->rows : mp.rows, ctx = a->calib_ctx ? a->calib_ctx : mp.ctx;
     /* eval scores the second half of each chunk and wants two chunks at least */
     int chunks = a->check_chunks < 2 ? 2 : a->check_chunks;
     size_t want = (size_t)(chunks + 1) * CHECK_CTX * CHECK_BYTES_PER_TOKEN, len;
     char *text;
     *n = 0;
-    if (calib_heldout(ref->tok, a->calib, a->n_calib, rows, ctx, want, &text, &len, err, err_len)) return NULL;
+    if (calib_heldout(ref->tok, a->calib, a->n_calib, a->rows, a->calib_ctx, want, &text, &len, err, err_len)) return NULL;
     meas_sha256_hex(text, len, hash);
     *bytes = len;
     int32_t *ids = len ? cli_tokenize(ref, text, len, n, err, err_len) : NULL;

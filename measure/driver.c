@@ -666,6 +666,7 @@ int meas_run(const char *model_path, const char *const *calib_paths, int n_calib
     if (open_model(&r, model_path, calib_paths, n_calib)) goto done;
     const char *hash = mdl_content_hash(r.file);
     if (!hash) { fail(&r, "%s: cannot hash the model file", model_path); goto done; }
+    snprintf(out->model_hash, sizeof out->model_hash, "%s", hash);
     if (calib_key(&r, hash, out->calib_key)) goto done;
     if (db_open(db_path, DB_OPEN_CREATE, &r.db)) { fail(&r, "%s", db_errmsg(r.db)); goto done; }
     if (rt_model_open(r.file, 1, p->resident ? RT_OPEN_RESIDENT : 0, &r.m, err, err_len)) goto done;

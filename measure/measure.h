@@ -268,6 +268,7 @@ typedef struct {
     int64_t skipped;            /* (tensor, option) pairs found done */
     char ref_option[32];        /* the probes' reference option ("" without probes) */
     char calib_key[65];
+    char model_hash[65];        /* the model's content hash (mdl_content_hash) */
     double seconds;
 } meas_result;
 
