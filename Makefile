@@ -28,7 +28,7 @@ ifneq ($(SAN),)
 NO_CUDA := 1
 endif
 
-MODULES  = model db measure allocate pack runtime reports
+MODULES  = util model db measure allocate pack runtime reports
 LIB_SRC  = $(foreach m,$(MODULES),$(wildcard $(m)/*.c $(m)/arch/*/*.c))
 CU_SRC   = $(wildcard runtime/cuda/*.cu)
 ifeq ($(NVCC)$(NO_CUDA),$(NVCC))

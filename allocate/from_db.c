@@ -81,8 +81,10 @@ static int add_tensor(const db_alloc_input *in, int i, int64_t m0, int64_t m1, c
     return 0;
 }
 
-/* The head rule for a bpw target: pin the cheapest option with bpw >= head_bits. */
-static void pin_head(alloc_built *b, const alloc_setup *s)
+/* The head rule for a bpw target: pin the cheapest option with bpw >= head_bits.
+ * Unset, head_bits is 6 and a head whose options all fall short gets its dearest;
+ * asked for explicitly, a width no option reaches is an error, not a silent cap. */
+static int pin_head(const db_alloc_input *in, alloc_built *b, const alloc_setup *s, char *err, size_t err_len)
 {
     alloc_problem *p = b->p;
     int h = b->head, best = -1, dearest = 0;
@@ -94,7 +96,11 @@ static void pin_head(alloc_built *b, const alloc_setup *s)
             (bits == alloc_option_bits(p, h, best) && alloc_option_damage(p, h, k) < alloc_option_damage(p, h, best))))
             best = k;
     }
+    if (best < 0 && s->head_bits >= 0)
+        return snprintf(err, err_len, "no option of the head (%s) has %g bits per weight or more (the widest has %.2f)",
+                        in->tensors[b->in_tensor[h]].name, s->head_bits, (double)alloc_option_bits(p, h, dearest) / nw), -1;
     alloc_fix_option(p, h, best >= 0 ? best : dearest);
+    return 0;
 }
 
 /* Ties: tensors of one layer whose classes are in one set share an option. */
@@ -147,8 +153,10 @@ int alloc_build_from_db(const db_alloc_input *in, const alloc_setup *s, alloc_bu
         alloc_class c = alloc_tensor_class(b->p, t);
         alloc_limit_bpw(b->p, t, s->min_bpw[c], s->max_bpw[c]);
     }
-    if (b->head >= 0 && !s->head_in_budget) pin_head(b, s);
-    else if (b->head >= 0 && s->head_bits >= 0) alloc_limit_bpw(b->p, b->head, s->head_bits, HUGE_VAL);
+    if (b->head >= 0 && !s->head_in_budget) {
+        if (pin_head(in, b, s, err, err_len)) goto fail;
+    } else if (b->head >= 0 && s->head_bits >= 0)
+        alloc_limit_bpw(b->p, b->head, s->head_bits, HUGE_VAL);
     if (add_ties(b, s)) { snprintf(err, err_len, "out of memory"); goto fail; }
     free(pi);
     return 0;

@@ -27,6 +27,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "../util/util.h"
+
 /* ==== Parameters and results ==== */
 
 void alloc_params_init(alloc_params *prm)
@@ -180,6 +182,20 @@ static int build(alloc_problem *p, const alloc_prep *pp, int64_t budget, model *
 }
 
 /* Multiplies the objective by obj_scale and the budget row by bits_scale. */
+/* The LP file, written atomically like every output: GLPK writes the temporary
+ * file by name, util_out syncs and renames it. */
+static int write_lp(glp_prob *lp, const char *path, char *err, size_t err_len)
+{
+    util_out o;
+    if (util_out_open(&o, path, err, err_len)) return -1;
+    if (glp_write_lp(lp, NULL, o.tmp)) {
+        snprintf(err, err_len, "%s: cannot write the LP file", path);
+        util_out_abort(&o);
+        return -1;
+    }
+    return util_out_commit(&o, err, err_len);
+}
+
 static void rescale(model *m, double obj_scale, double bits_scale, int64_t budget)
 {
     double fo = obj_scale / m->obj_scale, fb = bits_scale / m->bits_scale;
@@ -437,8 +453,8 @@ int alloc_solve(alloc_problem *p, int64_t budget, const alloc_params *prm, alloc
     glp_term_out(prm->verbose ? GLP_ON : GLP_OFF);
     if (build(p, &pp, budget, &m)) { fail(r, ALLOC_FAILED, err, err_len, "out of memory building the MILP of %d tensors", p->n_t); goto done; }
     r->n_cols = glp_get_num_cols(m.lp), r->n_rows = glp_get_num_rows(m.lp);
-    if (prm->write_lp && glp_write_lp(m.lp, NULL, prm->write_lp)) {
-        fail(r, ALLOC_FAILED, err, err_len, "%s: cannot write the LP file", prm->write_lp);
+    if (prm->write_lp && write_lp(m.lp, prm->write_lp, err, err_len)) {
+        r->status = ALLOC_FAILED;
         goto done;
     }
     double os, bs;

@@ -58,9 +58,15 @@ typedef struct {
 int cli_eval_record(const cli_eval_record_args *a, const rt_eval_result *r, int64_t *eval_id, int *plan_missing,
                     char *err, size_t err_len);
 
-/* Writes data[0..len) to path atomically: a temporary file beside it, fsync, rename;
- * a failure or a kill never leaves a partial file at path. 0, or -1 with err. */
-int cli_write_atomic(const char *path, const void *data, size_t len, char *err, size_t err_len);
+/* Warns on stderr when a run of `positions` tokens goes past the context the model
+ * was trained on (its max_ctx): the numbers or text beyond it are not what the
+ * model was made for. As llama.cpp does, a warning, not a refusal. */
+void cli_warn_past_context(const char *cmd, const rt_model *m, int64_t positions, const char *what);
+
+/* After a job that util_catch_interrupts() let stop at a safe point: prints
+ * "bitplan CMD: interrupted; " and what was saved, and returns the status a shell
+ * gives that signal (128 + its number: 130 for SIGINT). */
+int cli_interrupted(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Prints "bitplan CMD: message" to stderr; returns 1 (the exit status). */
 int cli_fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -70,6 +76,13 @@ int cli_parse_size(const char *s, int64_t *bytes);
 /* Parses a whole or real number, the whole string; 0 or -1. */
 int cli_parse_int(const char *s, long *v);
 int cli_parse_double(const char *s, double *v);
+/* A whole number from min to max for `flag` of command cmd; otherwise prints why
+ * (naming the range) and returns 1. */
+int cli_parse_count(const char *cmd, const char *flag, const char *s, long min, long max, long *v);
+
+/* --threads beyond this is a mistake, not a machine: OpenMP runtimes fail on their
+ * own terms (libgomp crashes near 100000) long before. */
+#define CLI_MAX_THREADS 1024
 
 /* The command line as one string (for the database's records); static buffer. */
 const char *cli_command_line(void);

@@ -80,10 +80,23 @@ static int parse_class_bound(const char *v, args *a, int is_min)
     return 0;
 }
 
+/* Each solve stores a plan and takes seconds on a large model: a sweep of more
+ * than this many targets is a typo in STEP, not a curve anyone wants. */
+#define MAX_SWEEP_PLANS 1000
+
+/* The number of targets FROM, FROM + STEP, ... <= TO (the same count run_sweep walks). */
+static double sweep_count(const double *s) { return floor((s[1] - s[0]) / s[2] + 1e-9) + 1; }
+
 static int parse_sweep(const char *v, double *s)
 {
-    if (sscanf(v, "%lf:%lf:%lf", &s[0], &s[1], &s[2]) != 3 || !(s[2] > 0) || s[1] < s[0])
-        return cli_fail(CMD, "--sweep wants FROM:TO:STEP with FROM <= TO and STEP > 0, got '%s'", v);
+    char part[3][64];
+    int n = sscanf(v, "%63[^:]:%63[^:]:%63[^\n]", part[0], part[1], part[2]);
+    if (n != 3 || cli_parse_double(part[0], &s[0]) || cli_parse_double(part[1], &s[1]) ||
+        cli_parse_double(part[2], &s[2]) || !(s[2] > 0) || s[1] < s[0] || s[0] <= 0)
+        return cli_fail(CMD, "--sweep wants FROM:TO:STEP with 0 < FROM <= TO and STEP > 0, got '%s'", v);
+    if (sweep_count(s) > MAX_SWEEP_PLANS)
+        return cli_fail(CMD, "--sweep %s asks for %.0f plans; at most %d in one sweep (take a larger STEP)", v,
+                        sweep_count(s), MAX_SWEEP_PLANS);
     return 0;
 }
 
@@ -356,7 +369,7 @@ static int run_sweep(ctx *c, const args *a)
         gmtime_r(&now, &tm);
         strftime(label, sizeof label, "sweep-%Y%m%d-%H%M%S", &tm);
     }
-    int n = (int)floor((a->sweep[1] - a->sweep[0]) / a->sweep[2] + 1e-9) + 1, stored = 0;
+    int n = (int)sweep_count(a->sweep), stored = 0;
     for (int i = 0; i < n; i++) {
         double target = a->sweep[0] + i * a->sweep[2];
         double lo = (double)c->lo / (double)c->b.block_weights, hi = (double)c->hi / (double)c->b.block_weights;

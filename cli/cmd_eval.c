@@ -66,8 +66,7 @@ static int parse_args(int argc, char **argv, eval_args *a)
         else if (!strcmp(o, "--ref-logits") && has_val) a->ref_logits = argv[++i];
         else if (!strcmp(o, "--save-logits") && has_val) a->save_logits = argv[++i];
         else if (!strcmp(o, "--ctx") && has_val) {
-            if (cli_parse_int(argv[++i], &a->ctx) || a->ctx < 4 || a->ctx > 1 << 20)
-                return cli_fail("eval", "--ctx '%s' is not a context length (4 or more)", argv[i]);
+            if (cli_parse_count("eval", "--ctx", argv[++i], 4, 1 << 20, &a->ctx)) return 1;
         } else if (!strcmp(o, "--chunks") && has_val) {
             if (cli_parse_int(argv[++i], &a->chunks) || a->chunks < 1 || a->chunks > 1 << 30)
                 return cli_fail("eval", "--chunks '%s' is not a positive count", argv[i]);
@@ -261,6 +260,7 @@ int cmd_eval(int argc, char **argv)
     if (ref_logits) saved = rt_ref_logits_info(ref_logits);
     if (cli_open_model(a.model, &m, err, sizeof err)) { cli_fail("eval", "%s", err); goto done; }
     if (!m->tok) { cli_fail("eval", "%s: the model holds no tokenizer", a.model); goto done; }
+    cli_warn_past_context("eval", m, a.ctx, "--ctx");
     if (a.ref && cli_open_model(a.ref, &ref, err, sizeof err)) { cli_fail("eval", "%s", err); goto done; }
     if (!(ids = tokenize_file(m, a.text, &n, err, sizeof err))) { cli_fail("eval", "%s", err); goto done; }
     rt_eval_params p;

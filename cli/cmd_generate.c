@@ -130,6 +130,7 @@ int cmd_generate(int argc, char **argv)
         cli_fail("generate", "the prompt could not be tokenized or is empty");
         goto done;
     }
+    cli_warn_past_context("generate", m, (int64_t)n + a.gen.n_predict, "the prompt with -n");
     rt_gen_stats st;
     if (rt_generate(m, ids, n, &a.gen, write_piece, stdout, &st, err, sizeof err)) {
         cli_fail("generate", "%s", err);

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "util/util.h"
 
 static const char usage_text[] =
     "usage: bitplan measure MODEL --calib FILE... --db D [options]\n"
@@ -78,7 +79,7 @@ static int need_value(int i, int argc, char **argv)
 static int parse_positive(const char *flag, const char *s, int *out)
 {
     long v;
-    if (cli_parse_int(s, &v) || v <= 0 || v > 1 << 20) return cli_fail("measure", "%s: '%s' is not a positive whole number", flag, s);
+    if (cli_parse_count("measure", flag, s, 1, strcmp(flag, "--threads") ? 1 << 20 : CLI_MAX_THREADS, &v)) return 1;
     *out = (int)v;
     return 0;
 }
@@ -155,9 +156,13 @@ int cmd_measure(int argc, char **argv)
     }
     if (a.progress || cli_progress_wanted()) a.p.progress = cli_measure_progress, a.p.progress_ctx = &ps;
     meas_result res;
+    util_catch_interrupts();
     int failed = meas_run(a.model, a.calib, a.n_calib, a.db, &a.p, &res, err, sizeof err);
     if (ps.shown) fputc('\n', stderr);
-    if (failed) cli_fail("measure", "%s", err);
+    if (failed && util_interrupted())
+        rc = cli_interrupted("measure", "%lld new measurements are saved in %s; the same command resumes from there",
+                             (long long)res.measured, a.db);
+    else if (failed) cli_fail("measure", "%s", err);
     else print_result(&a, &res), rc = 0;
     opt_set_free(&opts);
     free(a.calib);

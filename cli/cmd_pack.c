@@ -14,6 +14,7 @@
 
 #include "../db/db.h"
 #include "../pack/pack.h"
+#include "../util/util.h"
 
 static const char usage_gguf[] =
     "usage: bitplan export-gguf MODEL --db D [--plan N] -o OUT.gguf [--hessians sequential|full]\n"
@@ -105,7 +106,10 @@ static int run(int argc, char **argv, pack_out_format out)
     if (a.uniform && record_uniform(&a)) return 1;
     pack_stats st;
     char err[1024];
-    if (pack_model(a.model, a.db, a.plan, a.out, &a.p, &st, err, sizeof err)) return cli_fail(cmd_name, "%s", err);
+    util_catch_interrupts();
+    if (pack_model(a.model, a.db, a.plan, a.out, &a.p, &st, err, sizeof err))
+        return util_interrupted() ? cli_interrupted(cmd_name, "nothing was written to %s (a pack starts over)", a.out)
+                                  : cli_fail(cmd_name, "%s", err);
     printf("%s          %s\n", out == PACK_OUT_GGUF ? "gguf  " : "packed", a.out);
     printf("hessians        %s\n", a.p.hessians == PACK_HESS_FULL ? "full" : "sequential");
     printf("tensors         %lld quantized\n", (long long)st.n_quantized);

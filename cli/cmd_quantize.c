@@ -38,6 +38,7 @@
 #include "../db/db.h"
 #include "../model/model.h"
 #include "../pack/pack.h"
+#include "../util/util.h"
 
 #define CMD "quantize"
 #define CHECK_CTX 512                   /* tokens per chunk of the check, as eval's default */
@@ -104,8 +105,7 @@ static const char *const stage_names[] = {"measure", "allocate", "pack", "check"
 static int parse_count(const char *flag, const char *v, int min, int *out)
 {
     long n;
-    if (cli_parse_int(v, &n) || n < min || n > 1 << 20)
-        return cli_fail(CMD, "%s: '%s' is not a whole number from %d to %d", flag, v, min, 1 << 20);
+    if (cli_parse_count(CMD, flag, v, min, strcmp(flag, "--threads") ? 1 << 20 : CLI_MAX_THREADS, &n)) return 1;
     *out = (int)n;
     return 0;
 }
@@ -253,6 +253,8 @@ static int settle(quantize_args *a)
     dir_of(a->out, dir, sizeof dir);
     if (stat(dir, &st) || !S_ISDIR(st.st_mode)) return cli_fail(CMD, "%s: no such folder for the output", dir);
     if (access(dir, W_OK)) return cli_fail(CMD, "%s: cannot write there (%s)", dir, strerror(errno));
+    char why[PATH_MAX + 256];
+    if (util_out_check(a->out, why, sizeof why)) return cli_fail(CMD, "%s", why);
     if (!a->db) {
         model_name(a->model, name, sizeof name);
         if (strchr(a->out, '/')) snprintf(a->db_buf, sizeof a->db_buf, "%s/%s.bitplan.db", dir, name);
@@ -313,6 +315,9 @@ static int measure(const quantize_args *a, quantize_run *q)
     int failed = meas_run(a->model, a->calib, a->n_calib, a->db, &p, &r, err, sizeof err);
     if (line.shown) fputc('\n', stderr);
     opt_set_free(&opts);
+    if (failed && util_interrupted())
+        return cli_interrupted(CMD, "%lld new measurements are saved in %s; the same command resumes from there",
+                               (long long)r.measured, a->db);
     if (failed) return cli_fail(CMD, "%s", err);
     q->calib_id = r.calib_id;
     memcpy(q->model_hash, r.model_hash, sizeof q->model_hash);
@@ -416,7 +421,11 @@ static int pack(const quantize_args *a, quantize_run *q)
     pack_params_init(&p);
     p.out = a->format;
     p.progress = a->progress;
-    if (pack_model(a->model, a->db, q->plan_id, a->out, &p, &s, err, sizeof err)) return cli_fail(CMD, "%s", err);
+    if (pack_model(a->model, a->db, q->plan_id, a->out, &p, &s, err, sizeof err))
+        return util_interrupted() ? cli_interrupted(CMD, "the measurement and plan %lld are saved in %s, nothing was "
+                                                    "written to %s; the same command resumes with the pack",
+                                                    (long long)q->plan_id, a->db, a->out)
+                                  : cli_fail(CMD, "%s", err);
     q->file_bytes = s.file_bytes;
     stage_line("pack", "%s: %.1f MiB, %lld tensors quantized", a->out, (double)s.file_bytes / (1 << 20),
                (long long)s.n_quantized);
@@ -522,6 +531,7 @@ int cmd_quantize(int argc, char **argv)
     if (rc) { free(a.calib); return rc < 0 ? 0 : rc; }
     a.progress |= cli_progress_wanted();
     if (a.threads) omp_set_num_threads(a.threads);
+    util_catch_interrupts();
     static int (*const stages[])(const quantize_args *, quantize_run *) = {measure, allocate, pack, check, report};
     quantize_run q;
     memset(&q, 0, sizeof q);
@@ -529,6 +539,9 @@ int cmd_quantize(int argc, char **argv)
         double t0 = cli_now();
         rc = stages[s](&a, &q);
         q.seconds[s] = cli_now() - t0;
+        if (!rc && util_interrupted() && s < ST_REPORT)
+            rc = cli_interrupted(CMD, "stopped after the %s stage, whose work is saved; the same command resumes from "
+                                 "there", stage_names[s]);
     }
     if (!rc) summary(&a, &q);
     free(a.calib);

@@ -13,6 +13,7 @@
 
 #include "db/db.h"
 #include "reports/reports.h"
+#include "util/util.h"
 
 static const char usage_text[] =
     "usage: bitplan report --db D [-o OUT] [--plan N] [--calib ID] [--format html|md|csv|json] [--bpw B]\n"
@@ -78,11 +79,16 @@ static int pick_calibration(db_conn *d, const report_args *a, int64_t *calib)
     return 0;
 }
 
-static int write_out(const char *path, const rep_buf *b)
+/* The report goes to stdout for "-" (o is then unused), else to an atomic output
+ * file opened before any work, so a bad destination fails first. */
+static int to_stdout(const char *path) { return !path || !strcmp(path, "-"); }
+
+static int write_out(const char *path, util_out *o, const rep_buf *b)
 {
     char err[4400];
-    if (path && strcmp(path, "-")) {
-        if (cli_write_atomic(path, rep_buf_str(b), rep_buf_len(b), err, sizeof err)) return cli_fail("report", "%s", err);
+    if (!to_stdout(path)) {
+        if (util_out_write(o, rep_buf_str(b), rep_buf_len(b), err, sizeof err) || util_out_commit(o, err, sizeof err))
+            return cli_fail("report", "%s", err);
         return 0;
     }
     if (fwrite(rep_buf_str(b), 1, rep_buf_len(b), stdout) != rep_buf_len(b) || fflush(stdout))
@@ -98,8 +104,10 @@ static int make_report(const report_args *a, int quiet)
     rep_report *r = NULL;
     rep_buf *b = NULL;
     int64_t calib;
-    char err[512];
+    char err[4400];
     int rc;
+    util_out o = {.fd = -1};
+    if (!to_stdout(a->out) && util_out_open(&o, a->out, err, sizeof err)) return cli_fail("report", "%s", err);
     if (db_open(a->db, DB_OPEN_READ, &d)) { rc = cli_fail("report", "%s", db_errmsg(d)); goto done; }
     if ((rc = pick_calibration(d, a, &calib))) goto done;
     if (db_report_load(d, calib, &data)) { rc = cli_fail("report", "%s", db_errmsg(d)); goto done; }
@@ -107,11 +115,12 @@ static int make_report(const report_args *a, int quiet)
     b = rep_write(rep_buf_new(), r, a->p.format);
     if (rep_buf_failed(b)) { rc = cli_fail("report", "out of memory writing the report"); goto done; }
     for (int i = 0; i < rep_n_notes(r) && !quiet; i++) fprintf(stderr, "bitplan report: note: %s\n", rep_note(r, i));
-    if ((rc = write_out(a->out, b))) goto done;
-    if (a->out && strcmp(a->out, "-") && !quiet)
+    if ((rc = write_out(a->out, &o, b))) goto done;
+    if (!to_stdout(a->out) && !quiet)
         printf("wrote %s: calibration %lld, %d measurements, %d plans, %d evaluations\n", a->out, (long long)data->calib_id,
                data->n_meas, data->n_plans, data->n_evals);
 done:
+    util_out_abort(&o); /* the temporary file, unless committed */
     rep_buf_free(b);
     rep_report_free(r);
     db_report_free(data);

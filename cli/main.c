@@ -15,6 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util/util.h"
+
 static const struct {
     const char *name;
     int (*run)(int argc, char **argv);
@@ -50,6 +52,16 @@ static void remember_command_line(int argc, char **argv)
     }
 }
 
+/* A command whose output went nowhere (a full disk, a closed file) did not succeed,
+ * whatever it returned: say so and fail. */
+static int check_stdout(const char *cmd, int rc)
+{
+    errno = 0;
+    if (!fflush(stdout) && !ferror(stdout)) return rc;
+    cli_fail(cmd, "cannot write standard output: %s", strerror(errno ? errno : EIO));
+    return rc ? rc : 1;
+}
+
 int main(int argc, char **argv)
 {
     /* Blocks of 1 MiB and more (a layer's weights, Hessians, GPTQ's work) are mapped
@@ -60,10 +72,10 @@ int main(int argc, char **argv)
     remember_command_line(argc, argv);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
-        return argc < 2 ? 2 : 0;
+        return check_stdout("--help", argc < 2 ? 2 : 0);
     }
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
-        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+        if (!strcmp(argv[1], commands[i].name)) return check_stdout(argv[1], commands[i].run(argc - 1, argv + 1));
     fprintf(stderr, "bitplan: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 2;
@@ -71,15 +83,37 @@ int main(int argc, char **argv)
 
 /* ==== Helpers shared by the subcommands ==== */
 
+/* "bitplan CMD: LEAD" then the message, one line on stderr. */
+static void say(const char *cmd, const char *lead, const char *fmt, va_list ap)
+{
+    fprintf(stderr, "bitplan %s: %s", cmd, lead);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
 int cli_fail(const char *cmd, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "bitplan %s: ", cmd);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    say(cmd, "", fmt, ap);
     va_end(ap);
     return 1;
+}
+
+int cli_interrupted(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    say(cmd, "interrupted; ", fmt, ap);
+    va_end(ap);
+    return 128 + util_interrupted();
+}
+
+void cli_warn_past_context(const char *cmd, const rt_model *m, int64_t positions, const char *what)
+{
+    if (m->cfg.max_ctx > 0 && positions > m->cfg.max_ctx)
+        fprintf(stderr, "bitplan %s: warning: %s is %lld positions, past the %d the model was trained on\n", cmd, what,
+                (long long)positions, m->cfg.max_ctx);
 }
 
 const char *cli_command_line(void) { return command_line; }
@@ -91,31 +125,6 @@ double cli_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-int cli_write_atomic(const char *path, const void *data, size_t len, char *err, size_t err_len)
-{
-    static unsigned serial;
-    char tmp[4200];
-    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp.%ld.%u", path, (long)getpid(), serial++) >= sizeof tmp)
-        return snprintf(err, err_len, "%s: path too long", path), -1;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd < 0) return snprintf(err, err_len, "%s: %s", path, strerror(errno)), -1;
-    const char *p = data;
-    int e = 0;
-    for (size_t done = 0; done < len && !e;) {
-        ssize_t w = write(fd, p + done, len - done);
-        if (w < 0 && errno != EINTR) e = errno;
-        else if (w > 0) done += (size_t)w;
-    }
-    if (!e && fsync(fd)) e = errno;
-    if (close(fd) && !e) e = errno;
-    if (!e && rename(tmp, path)) e = errno;
-    if (e) {
-        unlink(tmp);
-        return snprintf(err, err_len, "%s: %s", path, strerror(e)), -1;
-    }
-    return 0;
 }
 
 int cli_parse_double(const char *s, double *v)
@@ -135,6 +144,15 @@ int cli_parse_int(const char *s, long *v)
     long x = strtol(s, &end, 10);
     if (end == s || *end || errno) return -1;
     *v = x;
+    return 0;
+}
+
+int cli_parse_count(const char *cmd, const char *flag, const char *s, long min, long max, long *v)
+{
+    long n;
+    if (cli_parse_int(s, &n) || n < min || n > max)
+        return cli_fail(cmd, "%s: '%s' is not a whole number from %ld to %ld", flag, s, min, max);
+    *v = n;
     return 0;
 }
 

@@ -9,10 +9,12 @@
  */
 #include "db_int.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "schema_sql.h" /* static const char db_schema_sql[] */
 
@@ -105,6 +107,17 @@ static int read_version(db_conn *d)
     return v;
 }
 
+/* 1 for a file of no bytes or with no tables: nothing bitplan wrote. */
+static int is_empty(db_conn *d)
+{
+    struct stat st;
+    if (!stat(d->path, &st) && st.st_size == 0) return 1;
+    sqlite3_stmt *st2 = db_prepare(d, "SELECT count(*) FROM sqlite_master");
+    int empty = st2 && sqlite3_step(st2) == SQLITE_ROW && sqlite3_column_int(st2, 0) == 0;
+    sqlite3_finalize(st2);
+    return empty;
+}
+
 static int migrate(db_conn *d, int writable)
 {
     int v = read_version(d);
@@ -128,12 +141,61 @@ static int migrate(db_conn *d, int writable)
     return 0;
 }
 
+/* The URI of path opened immutable: SQLite then takes no locks and needs no -shm,
+ * which is what lets a read-only command read a database in a folder it cannot
+ * write. Characters that mean something in a URI are escaped. */
+static char *immutable_uri(const char *path)
+{
+    size_t n = strlen(path);
+    char *u = malloc(3 * n + 32), *o = u;
+    if (!u) return NULL;
+    o += sprintf(o, "file:");
+    for (const char *c = path; *c; c++)
+        o += strchr("%?#", *c) ? sprintf(o, "%%%02X", (unsigned char)*c) : (*o = *c, 1);
+    strcpy(o, "?immutable=1");
+    return u;
+}
+
+/* 1 if the database has a write-ahead log with content in it. */
+static int has_wal_content(const char *path)
+{
+    char wal[1100];
+    struct stat st;
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    return !stat(wal, &st) && st.st_size > 0;
+}
+
+/* A read-only open that failed because SQLite could not create the WAL's -shm
+ * beside the file (a folder this user cannot write) is retried immutable: safe
+ * when no write-ahead log holds changes, since no writer without that folder's
+ * permission can exist. With a log, a clear message instead of SQLite's. */
+static int reopen_immutable(db_conn *d)
+{
+    int code = sqlite3_extended_errcode(d->sql);
+    if ((code & 0xff) != SQLITE_READONLY && (code & 0xff) != SQLITE_CANTOPEN) return -1;
+    if (has_wal_content(d->path))
+        return db_fail(d, "%s: cannot be read here: its write-ahead log (%s-wal) holds changes, and this user cannot "
+                       "write its folder to read them; open it once where it can be written", d->path, d->path);
+    char *uri = immutable_uri(d->path);
+    sqlite3_close_v2(d->sql);
+    d->sql = NULL;
+    int rc = uri ? sqlite3_open_v2(uri, &d->sql, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL) : SQLITE_NOMEM;
+    free(uri);
+    if (rc != SQLITE_OK)
+        return db_fail(d, "%s: cannot open database: %s", d->path, d->sql ? sqlite3_errmsg(d->sql) : "out of memory");
+    sqlite3_extended_result_codes(d->sql, 1);
+    return db_exec(d, "PRAGMA foreign_keys=ON");
+}
+
 int db_open(const char *path, int mode, db_conn **out)
 {
     db_conn *d = calloc(1, sizeof *d);
     *out = d;
     if (!d) return -1;
+    d->claim_fd = -1;
     snprintf(d->path, sizeof d->path, "%s", path);
+    struct stat st;
+    if (mode != DB_OPEN_CREATE && stat(path, &st)) return db_fail(d, "%s: %s", path, strerror(errno));
     int flags = mode == DB_OPEN_READ ? SQLITE_OPEN_READONLY
               : mode == DB_OPEN_WRITE ? SQLITE_OPEN_READWRITE
                                       : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
@@ -144,16 +206,23 @@ int db_open(const char *path, int mode, db_conn **out)
     /* sqlite opens a file it may not write read-only without saying so: ask first */
     if (mode != DB_OPEN_READ && sqlite3_db_readonly(d->sql, "main") == 1)
         return db_fail(d, "%s: database is read-only (cannot write it)", path);
+    /* Only measure creates a database: any other command given an empty file (or
+     * one with no tables) must leave it as it was, before WAL mode writes a header. */
+    if (mode != DB_OPEN_CREATE && is_empty(d))
+        return db_fail(d, "%s: empty, not a bitplan database (bitplan measure makes one)", path);
     if (mode != DB_OPEN_READ && db_exec(d, "PRAGMA journal_mode=WAL")) return -1;
     if (db_exec(d, "PRAGMA foreign_keys=ON")) return -1;
-    /* A corrupt or foreign file fails here, at the first read of the schema. */
-    if (db_exec(d, "PRAGMA quick_check")) return -1;
-    return migrate(d, mode != DB_OPEN_READ);
+    /* A corrupt or foreign file fails here, at the first read of the schema; so does
+     * a read-only open in a folder this user cannot write (see reopen_immutable). */
+    int bad = db_exec(d, "PRAGMA quick_check");
+    if (bad && mode == DB_OPEN_READ && !reopen_immutable(d)) bad = db_exec(d, "PRAGMA quick_check");
+    return bad ? -1 : migrate(d, mode != DB_OPEN_READ);
 }
 
 void db_close(db_conn *d)
 {
     if (!d) return;
+    db_calib_release(d);
     if (d->sql) sqlite3_close_v2(d->sql);
     free(d);
 }

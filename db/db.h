@@ -73,6 +73,13 @@ int db_calib_find_or_create(db_conn *d, int64_t model_id, const db_calib_info *c
                             int64_t *calib_id, int *done);
 int db_calib_mark_done(db_conn *d, int64_t calib_id);
 
+/* Claims a calibration for this process's measurement until db_calib_release or
+ * db_close (or the process's end, however it ends): 0; 1 if another process holds
+ * it (db_errmsg names it: `what`, pid, host and start of that run); -1 on error.
+ * `what` labels this run for such messages (e.g. "bitplan measure"). */
+int db_calib_claim(db_conn *d, int64_t calib_id, const char *what);
+void db_calib_release(db_conn *d);
+
 typedef struct {
     const char *name;
     int bits_lo, bits_hi;

@@ -13,6 +13,8 @@ struct db_conn {
     sqlite3 *sql;
     char path[1024];
     char err[1024];
+    int claim_fd;           /* db_calib_claim's lock, -1 if none */
+    int64_t claim_calib;
 };
 
 int db_fail(db_conn *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -110,9 +110,13 @@ static int read_sources(const char *const *paths, int n, calib_set *c, char **te
         char hex[65];
         meas_sha256_hex(all ? all + start : "", len - start, hex);
         mdl_sha256_update(&all_hash, hex, 64);
-        rc = append_raw(&json, &jl, &jc, i ? ",{\"path\":" : "{\"path\":") || json_append_str(&json, &jl, &jc, paths[i]) ||
+        /* recorded absolute, so that pack finds the text from any folder */
+        char *abs = realpath(paths[i], NULL);
+        rc = append_raw(&json, &jl, &jc, i ? ",{\"path\":" : "{\"path\":") ||
+             json_append_str(&json, &jl, &jc, abs ? abs : paths[i]) ||
              append_raw(&json, &jl, &jc, ",\"sha256\":\"") || append_raw(&json, &jl, &jc, hex) ||
              append_raw(&json, &jl, &jc, "\"}");
+        free(abs);
         if (rc && !*err) snprintf(err, err_len, "out of memory reading %s", paths[i]);
     }
     if (!rc && (rc = append_raw(&json, &jl, &jc, "]"))) snprintf(err, err_len, "out of memory");

@@ -36,6 +36,7 @@
 #include "../db/db.h"
 #include "../model/model.h"
 #include "probe_int.h"
+#include "../util/util.h"
 
 #define MEAS_FLUSH_SECONDS 2.0
 
@@ -231,6 +232,8 @@ static int open_model(mrun *r, const char *path, const char *const *calib_paths,
 {
     const meas_params *p = r->p;
     if (mdl_open(path, &r->file, r->err, r->err_len)) return -1;
+    if (mdl_is_packed(r->file))
+        return fail(r, "%s is a bitplan packed file: measure the model it was packed from (GGUF or safetensors)", path);
     const mdl_config *c = mdl_get_config(r->file);
     if (p->ctx > c->max_ctx && c->max_ctx > 0)
         return fail(r, "--ctx %d is longer than the model's context (%d)", p->ctx, c->max_ctx);
@@ -496,7 +499,7 @@ static void run_parallel(mrun *r, const munit *u, int n, gptq_prep *const *prep)
         int failed;
 #pragma omp atomic read
         failed = r->failed;
-        if (failed) continue; /* an OpenMP loop cannot break: skip the rest */
+        if (failed || util_interrupted()) continue; /* an OpenMP loop cannot break: skip the rest */
         char err[512] = "";
         db_measurement m;
         int rc = run_unit(r, &u[i], prep, &m, err, sizeof err);
@@ -522,6 +525,7 @@ static int run_group(mrun *r, int t0, int t1, rt_input g)
         run_parallel(r, u, n, prep);
         rc = r->failed ? -1 : 0;
         if (flush(r)) rc = -1; /* what finished is kept even after a failure */
+        if (!rc && util_interrupted()) rc = fail(r, "interrupted");
     }
     gptq_prep_free(prep[0]), gptq_prep_free(prep[1]);
     forget_weights(r, t0, t1);
@@ -670,7 +674,10 @@ int meas_run(const char *model_path, const char *const *calib_paths, int n_calib
     if (calib_key(&r, hash, out->calib_key)) goto done;
     if (db_open(db_path, DB_OPEN_CREATE, &r.db)) { fail(&r, "%s", db_errmsg(r.db)); goto done; }
     if (rt_model_open(r.file, 1, p->resident ? RT_OPEN_RESIDENT : 0, &r.m, err, err_len)) goto done;
-    if (record_setup(&r, hash, &calib_done) || read_done(&r)) goto done;
+    if (record_setup(&r, hash, &calib_done)) goto done;
+    out->calib_id = r.calib_id;
+    if (db_calib_claim(r.db, r.calib_id, "bitplan")) { fail(&r, "%s", db_errmsg(r.db)); goto done; }
+    if (read_done(&r)) goto done;
     out->calib_id = r.calib_id, out->n_tensors = r.nt, out->n_options = r.opts->n;
     if (p->kl_probe && (r.ref = pick_reference(&r)) < 0) {
         fail(&r, "--kl-probe needs an option that applies to every tensor");

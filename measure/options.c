@@ -285,6 +285,13 @@ int opt_read_file(const char *path, opt_set *s, char *err, size_t err_len)
     }
     while (fgets(buf, sizeof buf, f)) {
         line++;
+        /* fgets stops at a newline, not at a NUL, and strlen does: a line that holds
+         * a NUL byte is shorter by strlen than what was read */
+        size_t len = strlen(buf);
+        if (len + 1 < sizeof buf && buf[len ? len - 1 : 0] != '\n' && !feof(f)) {
+            snprintf(err, err_len, "%s:%d: a NUL byte: not a text file", path, line);
+            goto done;
+        }
         if (!strchr(buf, '\n') && !feof(f)) {
             snprintf(err, err_len, "%s:%d: line is longer than %d characters", path, line, (int)sizeof buf - 2);
             goto done;

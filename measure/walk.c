@@ -20,13 +20,15 @@
  *  4. The head comes last; its input is the final norm's output, observed through
  *     rt_logits with a head that computes nothing, so the walk never holds it.
  * It never prints (progress goes through a callback) and never keeps a layer held
- * after running it.
+ * after running it. A stop asked for by SIGINT/SIGTERM (util_interrupted) ends it
+ * between two rows with the error "interrupted".
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "measure.h"
+#include "util/util.h"
 
 typedef struct {
     const walk_params *p;
@@ -50,9 +52,15 @@ static int run_rows(walker *w, int l)
 {
     if (rt_model_hold_layer(w->m, l, w->err, w->err_len)) return -1;
     int rc = 0;
-    for (int i = 0; !rc && i < w->p->cal->rows; i++)
-        rc = rt_forward_layers(w->m, w->s, w->hs + i * w->row, w->p->cal->ctx, 0, l, l + 1);
-    if (rc) snprintf(w->err, w->err_len, "forward failed at layer %d", l);
+    for (int i = 0; !rc && i < w->p->cal->rows; i++) {
+        if (util_interrupted()) {
+            snprintf(w->err, w->err_len, "interrupted");
+            rc = -1;
+        } else if (rt_forward_layers(w->m, w->s, w->hs + i * w->row, w->p->cal->ctx, 0, l, l + 1)) {
+            snprintf(w->err, w->err_len, "forward failed at layer %d", l);
+            rc = -1;
+        }
+    }
     rt_model_release_layer(w->m, l);
     return rc;
 }

@@ -297,8 +297,8 @@ static int alignment(const mdl_model *m, cursor *c, uint64_t *align)
     *align = 32;
     if (!kv) return 0;
     if (kv->type != MDL_GV_U32 || kv->i == 0 || (kv->i & (kv->i - 1)) || kv->i > 65536)
-        return mdl_errf(c->err, c->err_len, "%s: general.alignment must be a power of two (u32), not %lld", c->path,
-                        (long long)kv->i);
+        return mdl_errf(c->err, c->err_len, "%s: general.alignment must be a u32 power of two up to 65536, not %lld",
+                        c->path, (long long)kv->i);
     *align = (uint64_t)kv->i;
     return 0;
 }

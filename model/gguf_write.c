@@ -25,6 +25,7 @@
  * RoPE order and llama.cpp's llama graph takes optional q/k/v biases.
  */
 #include "model_int.h"
+#include "util/util.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -57,8 +58,8 @@ typedef struct {
 } out_tensor;
 
 struct mdl_gguf_out {
-    char *path, *tmp;
-    int fd;                 /* the temporary file, -1 once closed */
+    char *path;             /* as given, for messages */
+    util_out file;          /* the temporary file and where it lands */
     out_kv *kv;             /* [n_kv] */
     int n_kv, cap_kv;
     out_tensor *t;          /* [n_t] */
@@ -93,14 +94,7 @@ static int failed(const mdl_gguf_out *o, char *err, size_t err_len) { return mdl
 
 static int write_all(mdl_gguf_out *o, const uint8_t *p, size_t n, char *err, size_t err_len)
 {
-    while (n) {
-        ssize_t w = write(o->fd, p, n < ((size_t)1 << 30) ? n : ((size_t)1 << 30));
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0) return fail(o, err, err_len, "%s: write failed: %s", o->path, strerror(errno));
-        if (w == 0) return fail(o, err, err_len, "%s: write failed: no progress (disk full?)", o->path);
-        p += w;
-        n -= (size_t)w;
-    }
+    if (util_write_all(o->file.fd, p, n)) return fail(o, err, err_len, "%s: write failed: %s", o->path, strerror(errno));
     return 0;
 }
 
@@ -544,76 +538,38 @@ static void out_free(mdl_gguf_out *o)
     free(o->t);
     free(o->buf);
     free(o->path);
-    free(o->tmp);
     free(o);
 }
 
 void mdl_gguf_out_abort(mdl_gguf_out *o)
 {
     if (!o) return;
-    if (o->fd >= 0) close(o->fd);
-    if (o->tmp) unlink(o->tmp);
+    util_out_abort(&o->file);
     out_free(o);
-}
-
-/* The temporary file: PATH.tmp<pid>-<n>, created exclusively, mode 0666 less umask. */
-static int create_tmp(mdl_gguf_out *o, char *err, size_t err_len)
-{
-    size_t cap = strlen(o->path) + 48;
-    if (!(o->tmp = malloc(cap))) return mdl_errf(err, err_len, "%s: out of memory", o->path);
-    for (int k = 0; k < 1000; k++) {
-        snprintf(o->tmp, cap, "%s.tmp%ld-%d", o->path, (long)getpid(), k);
-        o->fd = open(o->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-        if (o->fd >= 0) return 0;
-        if (errno != EEXIST) break;
-    }
-    int e = errno;
-    free(o->tmp);
-    o->tmp = NULL;
-    return mdl_errf(err, err_len, "%s: cannot create a file there: %s", o->path, strerror(e));
 }
 
 int mdl_gguf_out_begin(const char *path, mdl_model *src, mdl_gguf_out **out, char *err, size_t err_len)
 {
-    struct stat st;
     *out = NULL;
-    if (!stat(path, &st) && S_ISDIR(st.st_mode)) return mdl_errf(err, err_len, "%s: is a directory", path);
-    if (!stat(path, &st) && !S_ISREG(st.st_mode))
-        return mdl_errf(err, err_len, "%s: exists and is not a regular file (a device, a pipe?)", path);
     mdl_gguf_out *o = calloc(1, sizeof *o);
     if (!o || !(o->path = strdup(path)) || !(o->buf = malloc(OUT_BUF_BYTES))) {
         if (o) out_free(o);
         return mdl_errf(err, err_len, "%s: out of memory", path);
     }
-    o->fd = -1;
     o->align = 32;
     int rc = 0;
     if (src && !strcmp(src->format, "gguf")) rc = copy_gguf_kv(o, src, err, err_len);
     else if (src) rc = safetensors_meta(o, src, err, err_len);
-    if (rc || create_tmp(o, err, err_len)) {
-        mdl_gguf_out_abort(o);
+    if (rc) {
+        out_free(o);
+        return -1;
+    }
+    if (util_out_open(&o->file, path, err, err_len)) {
+        out_free(o);
         return -1;
     }
     *out = o;
     return 0;
-}
-
-/* Syncs the folder so that the rename itself survives a crash. Filesystems that
- * cannot sync a folder (EINVAL) are let through. */
-static int sync_dir(const char *path)
-{
-    char *dir = strdup(path);
-    if (!dir) return -1;
-    char *slash = strrchr(dir, '/');
-    if (slash == dir) slash[1] = 0;
-    else if (slash) *slash = 0;
-    int fd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), e = 0;
-    if (fd < 0) e = errno;
-    else if (fsync(fd) && errno != EINVAL) e = errno;
-    if (fd >= 0) close(fd);
-    free(dir);
-    errno = e;
-    return e ? -1 : 0;
 }
 
 static int finish(mdl_gguf_out *o, char *err, size_t err_len)
@@ -627,15 +583,7 @@ static int finish(mdl_gguf_out *o, char *err, size_t err_len)
                             (unsigned long long)got, (unsigned long long)o->t[i].nbytes);
     }
     if (pad(o, err, err_len) || flush(o, err, err_len)) return -1;
-    if (fsync(o->fd)) return mdl_errf(err, err_len, "%s: fsync failed: %s", o->path, strerror(errno));
-    int fd = o->fd;
-    o->fd = -1;
-    if (close(fd)) return mdl_errf(err, err_len, "%s: close failed: %s", o->path, strerror(errno));
-    if (rename(o->tmp, o->path)) return mdl_errf(err, err_len, "%s: rename from %s failed: %s", o->path, o->tmp, strerror(errno));
-    free(o->tmp);
-    o->tmp = NULL; /* at path now: abort must not remove it */
-    if (sync_dir(o->path)) return mdl_errf(err, err_len, "%s: written, but its folder could not be synced: %s", o->path, strerror(errno));
-    return 0;
+    return util_out_commit(&o->file, err, err_len);
 }
 
 int mdl_gguf_out_commit(mdl_gguf_out *o, char *err, size_t err_len)

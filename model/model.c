@@ -178,14 +178,21 @@ static int pick_in_dir(const char *dir, char *out, size_t cap, char *err, size_t
     return mdl_errf(err, err_len, "%s: no model.safetensors.index.json or model.safetensors in this folder", dir);
 }
 
-static int sniff_gguf(const char *path)
+/* What the first bytes say: 'g' (GGUF magic), 's' (a safetensors header: a length
+ * that fits the file, then '{'), or 0 (neither). */
+static int sniff(const char *path)
 {
-    char magic[4] = {0};
+    unsigned char head[9] = {0};
+    struct stat st;
     FILE *f = fopen(path, "rb");
     if (!f) return 0;
-    size_t n = fread(magic, 1, 4, f);
+    size_t n = fread(head, 1, sizeof head, f);
+    int ok = !fstat(fileno(f), &st);
     fclose(f);
-    return n == 4 && !memcmp(magic, "GGUF", 4);
+    if (n >= 4 && !memcmp(head, "GGUF", 4)) return 'g';
+    uint64_t len = 0;
+    for (int i = 7; i >= 0; i--) len = len << 8 | head[i];
+    return n == 9 && ok && head[8] == '{' && len >= 2 && len <= (uint64_t)st.st_size - 8 ? 's' : 0;
 }
 
 /* Sorts the name index and rejects duplicates. */
@@ -222,9 +229,13 @@ int mdl_open(const char *path, mdl_model **out, char *err, size_t err_len)
         if (pick_in_dir(path, picked, sizeof picked, err, err_len)) goto done;
         file = picked;
     }
-    if (sniff_gguf(file) || ends_with(file, ".gguf")) {
+    int kind = sniff(file);
+    if (kind == 'g' || (!kind && ends_with(file, ".gguf"))) {
         m->format = "gguf";
         if (mdl_gguf_load(m, file, err, err_len)) goto done;
+    } else if (!kind && !ends_with(file, ".json")) {
+        mdl_errf(err, err_len, "%s: not a GGUF or safetensors file (neither format's first bytes)", file);
+        goto done;
     } else {
         m->format = "safetensors";
         if (mdl_st_load(m, file, err, err_len)) goto done;

@@ -37,10 +37,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../db/db.h"
 #include "../measure/measure.h"
 #include "../runtime/runtime.h"
+#include "../util/util.h"
 
 /* ==== State of one pass ==== */
 
@@ -195,17 +197,31 @@ static int sha256_file(const char *path, char hex[65], char *err, size_t err_len
     return rc;
 }
 
+/* Where a recorded source is now: its path, or, for a relative path that is not
+ * there (databases before paths were recorded absolute), the same path taken from
+ * the database's folder. */
+static const char *find_source(const prun *r, const char *path, char *buf, size_t cap)
+{
+    if (path[0] == '/' || !access(path, F_OK)) return path;
+    const char *slash = strrchr(r->db_path, '/');
+    if (!slash) return path;
+    if ((size_t)snprintf(buf, cap, "%.*s/%s", (int)(slash - r->db_path), r->db_path, path) >= cap) return path;
+    return access(buf, F_OK) ? path : buf;
+}
+
 /* The calibration rows of the measurement; every source must be unchanged. */
 static int load_calibration(prun *r)
 {
     const char **paths = malloc((size_t)r->plan.n_sources * sizeof *paths);
-    if (!paths) return fail(r, "out of memory");
+    char (*found)[4096] = malloc((size_t)r->plan.n_sources * sizeof *found);
+    if (!paths || !found) return free(paths), free(found), fail(r, "out of memory");
     int rc = 0;
     for (int i = 0; !rc && i < r->plan.n_sources; i++) {
         const db_pack_source *s = &r->plan.sources[i];
         char hex[65], why[4608];
-        paths[i] = s->path;
-        if (sha256_file(s->path, hex, why, sizeof why)) rc = fail(r, "calibration source %s", why);
+        paths[i] = find_source(r, s->path, found[i], sizeof found[i]);
+        if (sha256_file(paths[i], hex, why, sizeof why))
+            rc = fail(r, "calibration source %s (the text the plan was measured on, needed again to pack)", why);
         else if (strcmp(hex, s->sha256))
             rc = fail(r, "calibration source %s changed since the measurement (sha256 %.12s..., was %.12s...)", s->path, hex,
                       s->sha256);
@@ -213,7 +229,7 @@ static int load_calibration(prun *r)
     tok_tokenizer *tok = rc ? NULL : mdl_tokenizer(r->file, r->err, r->err_len);
     if (!rc && !tok) rc = -1;
     if (!rc) rc = calib_load(tok, paths, r->plan.n_sources, r->plan.rows, r->plan.ctx, &r->cal, r->err, r->err_len);
-    free(paths);
+    free(paths), free(found);
     return rc;
 }
 
@@ -347,6 +363,7 @@ static void release_planned(prun *r, int t0, int t1)
  * column order for ggml block types (prep[g][order]), where some tensor needs it. */
 static int quantize_range(prun *r, int t0, int t1)
 {
+    if (util_interrupted()) return fail(r, "interrupted");
     gptq_params gp;
     gptq_params_init(&gp);
     gp.damp = r->plan.damp;

@@ -2,7 +2,8 @@
  * pack/writer.c — the safetensors container writer. It orders tensors by element
  * alignment (4, 2, then 1 byte) so every tensor starts aligned without padding
  * between tensors, pads the JSON header so the data starts at a multiple of 64, and
- * writes atomically (temporary file, fsync, rename). It never interprets tensors.
+ * writes atomically (util_out: temporary file, fsync, rename). It never interprets
+ * tensors.
  *
  * Memory does not grow with the file: each tensor's bytes go, as they are added, to
  * a spool file beside the destination that is unlinked as soon as it is created
@@ -21,6 +22,7 @@
 #include <unistd.h>
 
 #include "strbuf.h"
+#include "util/util.h"
 
 typedef struct {
     char *name;
@@ -35,6 +37,7 @@ typedef struct {
 
 struct pack_writer {
     char *path;     /* the destination */
+    util_out out;   /* its temporary file, created (and the destination checked) up front */
     int spool;      /* fd of the unlinked spool file */
     size_t spooled; /* bytes in it */
     int io_errno;   /* the first spool write error, 0 if none */
@@ -65,9 +68,14 @@ pack_writer *pack_writer_new(const char *path, char *err, size_t err_len)
         snprintf(err, err_len, "%s: out of memory", path);
         return NULL;
     }
-    if ((w->spool = open_spool(path)) < 0) {
-        snprintf(err, err_len, "%s: cannot create a temporary file beside it: %s", path, strerror(errno));
+    w->spool = -1;
+    if (util_out_open(&w->out, path, err, err_len)) {
         free(w->path), free(w);
+        return NULL;
+    }
+    if ((w->spool = open_spool(w->out.path)) < 0) {
+        snprintf(err, err_len, "%s: cannot create a temporary file beside it: %s", path, strerror(errno));
+        pack_writer_free(w);
         return NULL;
     }
     return w;
@@ -79,6 +87,7 @@ void pack_writer_free(pack_writer *w)
     for (int i = 0; i < w->n; i++) free(w->v[i].name);
     for (int i = 0; i < 2 * w->n_meta; i++) free(w->meta[i]);
     if (w->spool >= 0) close(w->spool);
+    util_out_abort(&w->out); /* removes the temporary file unless it was committed */
     free(w->path), free(w->v), free(w->meta), free(w);
 }
 
@@ -95,23 +104,11 @@ static int dtype_align(const char *dtype)
     return 0;
 }
 
-static int write_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n) {
-        ssize_t k = write(fd, c, n > (1u << 30) ? (1u << 30) : n);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return -1;
-        c += k, n -= (size_t)k;
-    }
-    return 0;
-}
-
 /* Appends data to the spool; the writer takes and frees it. */
 static int spool_data(pack_writer *w, void *data, size_t n_bytes, size_t *offset)
 {
     *offset = w->spooled;
-    int rc = write_all(w->spool, data, n_bytes);
+    int rc = util_write_all(w->spool, data, n_bytes);
     free(data);
     if (rc) {
         w->io_errno = errno ? errno : EIO;
@@ -207,7 +204,7 @@ static int copy_range(int spool, int fd, size_t off, size_t n)
     while (n) {
         ssize_t k = pread(spool, buf, n < sizeof buf ? n : sizeof buf, in);
         if (k < 0 && errno == EINTR) continue;
-        if (k <= 0 || write_all(fd, buf, (size_t)k)) return errno = k == 0 ? EIO : errno, -1;
+        if (k <= 0 || util_write_all(fd, buf, (size_t)k)) return errno = k == 0 ? EIO : errno, -1;
         in += k, n -= (size_t)k;
     }
     return 0;
@@ -217,10 +214,10 @@ static int write_body(pack_writer *w, int fd, const char *header, size_t hlen)
 {
     unsigned char len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)hlen >> (8 * i));
-    if (write_all(fd, len8, 8) || write_all(fd, header, hlen)) return -1;
+    if (util_write_all(fd, len8, 8) || util_write_all(fd, header, hlen)) return -1;
     for (int i = 0; i < w->n; i++)
         if (copy_range(w->spool, fd, w->v[i].offset, w->v[i].n_bytes)) return -1;
-    return fsync(fd);
+    return 0;
 }
 
 int pack_writer_write(pack_writer *w, char *err, size_t err_len)
@@ -231,23 +228,13 @@ int pack_writer_write(pack_writer *w, char *err, size_t err_len)
     size_t hlen;
     char *header = header_json(w, &hlen);
     if (!header) return snprintf(err, err_len, "%s: out of memory", path), -1;
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        snprintf(err, err_len, "%s: cannot create: %s", tmp, strerror(errno));
-        free(header);
-        return -1;
-    }
-    int rc = write_body(w, fd, header, hlen);
+    int rc = write_body(w, w->out.fd, header, hlen);
     int saved = errno;
     free(header);
-    if (close(fd) && !rc) rc = -1, saved = errno;
-    if (!rc && rename(tmp, path)) rc = -1, saved = errno;
     if (rc) {
-        unlink(tmp);
         snprintf(err, err_len, "%s: write failed: %s", path, strerror(saved));
+        util_out_abort(&w->out);
         return -1;
     }
-    return 0;
+    return util_out_commit(&w->out, err, err_len);
 }

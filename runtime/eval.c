@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "rt_int.h"
+#include "util/util.h"
 
 void rt_eval_params_init(rt_eval_params *p)
 {
@@ -276,18 +277,6 @@ static int64_t chunk_record_bytes(int64_t vocab, int64_t n_score)
     return 4 * vocab * n_score + 4;
 }
 
-static int write_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n) {
-        ssize_t k = write(fd, c, n > (1u << 30) ? (1u << 30) : n);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return -1;
-        c += k, n -= (size_t)k;
-    }
-    return 0;
-}
-
 /* Reads exactly n bytes at off; 0, -1 on an error (errno), 1 at the end of the file. */
 static int read_at(int fd, void *p, size_t n, int64_t off)
 {
@@ -316,29 +305,21 @@ static const char *human_bytes(int64_t n, char *buf, size_t cap)
 /* -- Writing -- */
 
 typedef struct {
-    int fd;
-    char *path, *tmp;
+    const char *path;
+    util_out out;
     int64_t bytes;
 } ref_writer;
 
-static int writer_fail(ref_writer *w, const char *what, int e, char *err, size_t err_len)
-{
-    snprintf(err, err_len, "%s: %s: %s", w->path, what, strerror(e));
-    return -1;
-}
-
-/* Creates PATH.tmp.PID, reserves the whole file and writes the header. */
+/* Creates the temporary file, reserves the whole file and writes the header. */
 static int writer_open(ref_writer *w, const rt_eval_params *p, const rt_model *m, const int32_t *tokens,
                        int64_t n_tokens, int64_t n_chunk, int n_score, char *err, size_t err_len)
 {
     const char *mp = p->save_model_path ? p->save_model_path : "", *tp = p->save_text_path ? p->save_text_path : "";
     const char *mh = p->save_model_hash ? p->save_model_hash : "";
     size_t lm = strlen(mp), lt = strlen(tp), hlen = REF_FIXED + lm + lt + 4;
-    w->fd = -1;
-    w->path = strdup(p->save_logits);
-    w->tmp = calloc(1, strlen(p->save_logits) + 32);  /* "" until the file is created */
+    w->path = p->save_logits;
     uint8_t *h = calloc(1, hlen);
-    if (!w->path || !w->tmp || !h) {
+    if (!h) {
         free(h);
         snprintf(err, err_len, "out of memory");
         return -1;
@@ -375,22 +356,18 @@ static int writer_open(ref_writer *w, const rt_eval_params *p, const rt_model *m
     memcpy(h + REF_FIXED + lm, tp, lt);
     put32(h + hlen - 4, crc32_of(h, hlen - 4));
 
-    sprintf(w->tmp, "%s.tmp.%ld", w->path, (long)getpid());
-    w->fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (w->fd < 0) {
-        int e = errno;
+    if (util_out_open(&w->out, w->path, err, err_len)) {
         free(h);
-        snprintf(err, err_len, "%s: cannot create: %s", w->tmp, strerror(e));
         return -1;
     }
     int rc = 0;
-    if (fallocate(w->fd, 0, 0, (off_t)w->bytes) && errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL) {
+    if (fallocate(w->out.fd, 0, 0, (off_t)w->bytes) && errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL) {
         char size[32];
         snprintf(err, err_len, "%s: cannot reserve %s for %lld chunks: %s", w->path,
                  human_bytes(w->bytes, size, sizeof size), (long long)n_chunk, strerror(errno));
         rc = -1;
-    } else if (write_all(w->fd, h, hlen))
-        rc = writer_fail(w, "write failed", errno, err, err_len);
+    } else
+        rc = util_out_write(&w->out, h, hlen, err, err_len);
     free(h);
     return rc;
 }
@@ -400,39 +377,9 @@ static int writer_chunk(ref_writer *w, float *logits, size_t n, char *err, size_
     logits_to_le(logits, n);
     uint8_t crc[4];
     put32(crc, crc32_of(logits, n * sizeof *logits));
-    int rc = write_all(w->fd, logits, n * sizeof *logits) || write_all(w->fd, crc, 4);
-    int e = errno;
+    int rc = util_out_write(&w->out, logits, n * sizeof *logits, err, err_len) || util_out_write(&w->out, crc, 4, err, err_len);
     logits_to_le(logits, n);
-    return rc ? writer_fail(w, "write failed", e, err, err_len) : 0;
-}
-
-/* fsync, close, rename over the path, and fsync the folder. */
-static int writer_finish(ref_writer *w, char *err, size_t err_len)
-{
-    if (fsync(w->fd)) return writer_fail(w, "fsync failed", errno, err, err_len);
-    int fd = w->fd;
-    w->fd = -1;
-    if (close(fd)) return writer_fail(w, "close failed", errno, err, err_len);
-    if (rename(w->tmp, w->path)) return writer_fail(w, "cannot rename the temporary file over it", errno, err, err_len);
-    w->tmp[0] = 0;
-    char *dir = strdup(w->path), *slash = dir ? strrchr(dir, '/') : NULL;
-    if (dir) {
-        if (slash) slash[slash == dir] = 0;
-        int dfd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd >= 0) fsync(dfd), close(dfd);
-        free(dir);
-    }
-    return 0;
-}
-
-/* Closes and, unless finished, removes the temporary file. */
-static void writer_close(ref_writer *w)
-{
-    if (w->fd >= 0) close(w->fd);
-    if (w->tmp && w->tmp[0]) unlink(w->tmp);
-    free(w->tmp);
-    free(w->path);
-    memset(w, 0, sizeof *w);
+    return rc ? -1 : 0;
 }
 
 /* -- Reading -- */
@@ -662,7 +609,7 @@ int rt_eval(const rt_model *m, const rt_model *ref, const int32_t *tokens, int64
     int rc = -1;
     eval_run run = {0}, rrun = {0};
     eval_sums sums = {0};
-    ref_writer w = {.fd = -1};
+    ref_writer w = {0};
     int32_t *chunk = malloc((size_t)ctx * sizeof *chunk);
     if (!chunk) { snprintf(err, err_len, "out of memory for a context of %d", ctx); goto done; }
     if (run_open(&run, m, p->open_runner, ctx, n_score, err, err_len) ||
@@ -692,7 +639,7 @@ int rt_eval(const rt_model *m, const rt_model *ref, const int32_t *tokens, int64
         }
     }
     if (p->progress) fputc('\n', stderr);
-    if (p->save_logits && writer_finish(&w, err, err_len)) goto done;
+    if (p->save_logits && util_out_commit(&w.out, err, err_len)) goto done;
     finish(&sums, with_ref, out);
     out->seconds = now_s() - t0;
     out->tokens_per_s = t_model > 0 ? (double)n_chunk * ctx / t_model : 0;
@@ -700,7 +647,7 @@ int rt_eval(const rt_model *m, const rt_model *ref, const int32_t *tokens, int64
     rc = 0;
 done:
     free(chunk);
-    if (p->save_logits) writer_close(&w);
+    if (p->save_logits) util_out_abort(&w.out); /* removes the temporary file unless committed */
     run_close(&run);
     run_close(&rrun);
     return rc;

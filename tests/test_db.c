@@ -139,8 +139,10 @@ static void test_missing_without_create(void **state)
     assert_int_equal(access(path_in_dir("absent.db"), F_OK), -1);
 }
 
-/* An empty file is an empty database: db_open creates the schema in it (migration
- * from version 0). */
+/* An empty file is an empty database for the one open that may create (measure's):
+ * db_open creates the schema in it (migration from version 0). Every other open
+ * refuses it and leaves it empty (allocate must not write a schema into a file it
+ * was wrongly pointed at). */
 static void test_migrate_empty_file(void **state)
 {
     (void)state;
@@ -148,7 +150,16 @@ static void test_migrate_empty_file(void **state)
     FILE *f = fopen(p, "w");
     assert_non_null(f);
     fclose(f);
-    db_conn *d = open_ok(p, DB_OPEN_WRITE);
+    struct stat st;
+    for (int mode = DB_OPEN_READ; mode <= DB_OPEN_WRITE; mode++) {
+        db_conn *d = NULL;
+        assert_int_not_equal(db_open(p, mode, &d), 0);
+        assert_non_null(strstr(db_errmsg(d), "empty, not a bitplan database"));
+        db_close(d);
+        assert_int_equal(stat(p, &st), 0);
+        assert_int_equal(st.st_size, 0);
+    }
+    db_conn *d = open_ok(p, DB_OPEN_CREATE);
     assert_int_equal(db_schema_version(d), 2);
     db_close(d);
     assert_int_equal(count_rows(p, "measurements"), 0);

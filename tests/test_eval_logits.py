@@ -262,15 +262,16 @@ def leftovers(d, name):
 def test_failed_save_leaves_nothing(w):
     d = w["dir"]
     way = d / "dir.logits"
-    way.mkdir()  # a folder in the way of the rename: the run fails at its very end
+    way.mkdir()  # a folder in the way: refused before the run, and left as it was
     line = refused(run("eval", w["a"], "--text", w["text"], "--ctx", CTX, "--chunks", CHUNKS, "--save-logits", way),
-                   "rename")
+                   "is a directory")
     assert way.is_dir() and not list(way.iterdir()) and leftovers(d, "dir.logits") == [], line
     short = d / "short.txt"
     short.write_text("too short")
     refused(run("eval", w["a"], "--text", short, "--ctx", CTX, "--save-logits", d / "short.logits"))
     assert not (d / "short.logits").exists() and leftovers(d, "short.logits") == []
-    refused(run("eval", w["a"], "--text", w["text"], "--save-logits", d / "no" / "such" / "x.logits"), "cannot create")
+    refused(run("eval", w["a"], "--text", w["text"], "--ctx", CTX, "--save-logits", d / "no" / "such" / "x.logits"),
+            "cannot create")
 
 
 def test_kill_leaves_no_partial_file(w):

@@ -48,15 +48,7 @@ KILL_MODEL = dict(n_layers=6, dim=256, hidden=512, n_heads=4, n_kv_heads=2, voca
 SMALL_MODEL = dict(n_layers=2, dim=64, hidden=128, n_heads=4, n_kv_heads=2, vocab=512, seed=1)
 
 
-def calib_text(seed, copies=30):
-    """English-like text from the tiny vocabulary's training text, lines shuffled."""
-    lines = tiny_model.TRAIN_TEXT.strip().split("\n")
-    rng = random.Random(seed)
-    out = []
-    for _ in range(copies):
-        rng.shuffle(lines)
-        out.extend(lines)
-    return "\n".join(out) + "\n"
+calib_text = tiny_model.calib_text
 
 
 def run(args, check=True, **kw):

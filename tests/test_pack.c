@@ -184,11 +184,21 @@ static void test_writer_failure_leaves_nothing(void **state)
     assert_null(strchr(err, '\n'));
     assert_int_equal(count_files(), before);
 
-    /* a directory in the way of the rename: the temporary must be removed */
+    /* a directory in the way: refused before anything is written, nothing left */
     snprintf(path, sizeof path, "%s/taken", dir);
     assert_int_equal(mkdir(path, 0755), 0);
     w = pack_writer_new(path, err, sizeof err);
+    assert_null(w);
+    assert_non_null(strstr(err, "is a directory"));
+    assert_int_equal(count_files(), before + 1);
+    rmdir(path);
+
+    /* a destination removed and replaced by a directory while writing: the rename
+     * fails and the temporary file must be removed */
+    snprintf(path, sizeof path, "%s/raced", dir);
+    w = pack_writer_new(path, err, sizeof err);
     assert_non_null(w);
+    assert_int_equal(mkdir(path, 0755), 0);
     assert_int_equal(pack_writer_add(w, "x", "F32", 1, shape, calloc(4, 4), 16), 0);
     assert_int_equal(pack_writer_write(w, err, sizeof err), -1);
     pack_writer_free(w);

@@ -26,7 +26,6 @@ What it must never do: use bitplan's own decoder as the reference.
 
 import json
 import os
-import random
 import re
 import signal
 import sqlite3
@@ -176,14 +175,7 @@ def tool(args):
         raise AssertionError("tool_pack failed: %s" % p.stderr)
 
 
-def calib_text(seed, copies=30):
-    lines = tiny_model.TRAIN_TEXT.strip().split("\n")
-    rng = random.Random(seed)
-    out = []
-    for _ in range(copies):
-        rng.shuffle(lines)
-        out.extend(lines)
-    return "\n".join(out) + "\n"
+calib_text = tiny_model.calib_text
 
 
 @pytest.fixture(scope="module")

@@ -110,6 +110,19 @@ def _learn_merges(text):
             splits[w] = out
 
 
+def calib_text(seed, copies=30):
+    """English-like calibration text: the tiny vocabulary's training text, its lines
+    shuffled (by seed) copies times over."""
+    import random
+    lines = TRAIN_TEXT.strip().split("\n")
+    rng = random.Random(seed)
+    out = []
+    for _ in range(copies):
+        rng.shuffle(lines)
+        out.extend(lines)
+    return "\n".join(out) + "\n"
+
+
 def tiny_vocab(vocab=512):
     """Returns (tokens, token_types, merges): specials first (ids 0..2), then the
     256 byte tokens, then merged tokens until there are `vocab` tokens. Merges are
