@@ -116,6 +116,20 @@ $(BUILD)/tests/tool_%: tests/tool_%.c $(BUILD)/libbitplan.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_BASE) -o $@ $< $(BUILD)/libbitplan.a $(LDLIBS)
 
+# tests/tool_faults runs the program in its own process (cli/main.c with its main
+# renamed) and makes the allocations of bitplan's own objects fail on demand: the
+# link wraps the allocation functions (libc's and SQLite's own calls stay as they are).
+FAULT_WRAP = -Wl,--wrap=malloc,--wrap=calloc,--wrap=realloc,--wrap=strdup,--wrap=strndup,--wrap=aligned_alloc,--wrap=posix_memalign
+FAULT_CLI  = $(BUILD)/tests/cli_main.o $(filter-out $(BUILD)/cli/main.o,$(CLI_OBJ))
+
+$(BUILD)/tests/cli_main.o: cli/main.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_BASE) $(if $(HAVE_CUDA),-DBITPLAN_CUDA=1) -Dmain=bitplan_main -MMD -MP -c -o $@ $<
+
+$(BUILD)/tests/tool_faults: tests/tool_faults.c $(FAULT_CLI) $(BUILD)/libbitplan.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_BASE) $(FAULT_WRAP) -o $@ $< $(FAULT_CLI) $(BUILD)/libbitplan.a $(LDLIBS)
+
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libbitplan.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_BASE) -o $@ $< $(BUILD)/libbitplan.a $(LDLIBS)
@@ -165,5 +179,5 @@ demo:
 clean:
 	rm -rf build build-san
 
--include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(BUILD)/tests/cli_main.d
 .PRECIOUS: $(BUILD)/emu/%.cpp

@@ -17,7 +17,8 @@
  *     unit's working memory is large); each unit depends only on
  *     its weights, its Hessian and its option, so the order of completion never
  *     changes a number. Results are written in transactions (at most every
- *     MEAS_FLUSH_SECONDS and at the end of each layer): a row present is done.
+ *     MEAS_FLUSH_SECONDS and at the end of each input group of a layer: q/k/v, o,
+ *     gate/up, down): a row present is done.
  *  5. The head comes last (the walk's last visit). Probes of a layer's tensors run
  *     while the walk holds that layer (probe.c holds the later ones in turn).
  * It must never print (progress goes through a callback) and never write a row

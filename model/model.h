@@ -146,7 +146,7 @@ int64_t mdl_file_bytes(const mdl_model *m);
 const char *mdl_content_hash(mdl_model *m);
 
 /* The model's tokenizer (owned by the model), or NULL with err set if the file
- * holds none or an unsupported one. */
+ * holds none or an unsupported one, or (err saying "out of memory") if memory ran out. */
 tok_tokenizer *mdl_tokenizer(mdl_model *m, char *err, size_t err_len);
 
 /* Row dequantizers, exposed for tests: n must be a multiple of the type's block. */

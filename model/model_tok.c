@@ -49,12 +49,13 @@ static int meta_id(const mdl_model *m, const char *key, int n_vocab)
 
 /* ==== GGUF ==== */
 
+/* 0, -1 for a key that is not an array of strings, -2 if out of memory. */
 static int gguf_strings(const mdl_kv *kv, tok_str **out, int *n_out)
 {
     uint64_t pos = 0;
     if (!kv || kv->type != MDL_GV_ARR || kv->arr_type != MDL_GV_STR || kv->arr_n > MAX_VOCAB) return -1;
     tok_str *s = malloc((size_t)(kv->arr_n ? kv->arr_n : 1) * sizeof *s);
-    if (!s) return -1;
+    if (!s) return -2;
     for (uint64_t i = 0; i < kv->arr_n; i++) {
         uint64_t len;
         if (mdl_kv_str_at(kv, &pos, &s[i].s, &len)) { free(s); return -1; }
@@ -65,13 +66,14 @@ static int gguf_strings(const mdl_kv *kv, tok_str **out, int *n_out)
     return 0;
 }
 
-/* A numeric array of exactly n elements of the given GGUF type, copied. */
-static void *gguf_numbers(const mdl_kv *kv, uint32_t type, int n)
+/* A numeric array of exactly n elements of the given GGUF type, copied to *out;
+ * *out stays NULL if there is none. 0, or -1 if out of memory. */
+static int gguf_numbers(const mdl_kv *kv, uint32_t type, int n, void **out)
 {
-    if (!kv || kv->type != MDL_GV_ARR || kv->arr_type != type || kv->arr_n != (uint64_t)n || !n) return NULL;
-    void *p = malloc((size_t)n * 4);
-    if (p) memcpy(p, kv->arr, (size_t)n * 4);
-    return p;
+    if (!kv || kv->type != MDL_GV_ARR || kv->arr_type != type || kv->arr_n != (uint64_t)n || !n) return 0;
+    if (!(*out = malloc((size_t)n * 4))) return -1;
+    memcpy(*out, kv->arr, (size_t)n * 4);
+    return 0;
 }
 
 static int vocab_from_gguf(const mdl_model *m, vocab_build *b, char *err, size_t err_len)
@@ -82,13 +84,18 @@ static int vocab_from_gguf(const mdl_model *m, vocab_build *b, char *err, size_t
     if (!strcmp(model, "gpt2")) v->kind = TOK_BPE_BYTES;
     else if (!strcmp(model, "llama")) v->kind = TOK_SPM;
     else return mdl_errf(err, err_len, "%s: tokenizer model '%s' is not supported (gpt2, llama)", m->path, model);
-    if (gguf_strings(mdl_kv_find(m, "tokenizer.ggml.tokens"), &b->tokens, &v->n_vocab) || !v->n_vocab)
-        return mdl_errf(err, err_len, "%s: tokenizer.ggml.tokens is missing or not an array of strings", m->path);
+    int rc = gguf_strings(mdl_kv_find(m, "tokenizer.ggml.tokens"), &b->tokens, &v->n_vocab);
+    if (rc == -2) return mdl_errf(err, err_len, "%s: out of memory for the tokenizer", m->path);
+    if (rc || !v->n_vocab) return mdl_errf(err, err_len, "%s: tokenizer.ggml.tokens is missing or not an array of strings", m->path);
     const mdl_kv *merges = mdl_kv_find(m, "tokenizer.ggml.merges");
-    if (merges && gguf_strings(merges, &b->merges, &v->n_merges))
-        return mdl_errf(err, err_len, "%s: tokenizer.ggml.merges is not an array of strings", m->path);
-    b->types = gguf_numbers(mdl_kv_find(m, "tokenizer.ggml.token_type"), MDL_GV_I32, v->n_vocab);
-    b->scores = gguf_numbers(mdl_kv_find(m, "tokenizer.ggml.scores"), MDL_GV_F32, v->n_vocab);
+    if (merges && (rc = gguf_strings(merges, &b->merges, &v->n_merges)))
+        return mdl_errf(err, err_len, rc == -2 ? "%s: out of memory for the tokenizer" : "%s: tokenizer.ggml.merges is not an array of strings",
+                        m->path);
+    void *types = NULL, *scores = NULL;
+    rc = gguf_numbers(mdl_kv_find(m, "tokenizer.ggml.token_type"), MDL_GV_I32, v->n_vocab, &types) ||
+         gguf_numbers(mdl_kv_find(m, "tokenizer.ggml.scores"), MDL_GV_F32, v->n_vocab, &scores);
+    b->types = types, b->scores = scores;
+    if (rc) return mdl_errf(err, err_len, "%s: out of memory for the tokenizer", m->path);
     v->tokens = b->tokens, v->merges = b->merges, v->types = b->types, v->scores = b->scores;
     v->pre = mdl_meta_str(m, "tokenizer.ggml.pre", &pre) ? NULL : pre;
     v->bos = meta_id(m, "tokenizer.ggml.bos_token_id", v->n_vocab);

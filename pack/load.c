@@ -462,6 +462,11 @@ int pack_load_file(mdl_model *file, int max_batch, rt_model **out, char *err, si
     char tok_err[MDL_ERR_LEN];
     int64_t add_bos;
     m->tok = mdl_tokenizer(file, tok_err, sizeof tok_err); /* NULL is fine: no text in or out */
+    if (!m->tok && strstr(tok_err, "out of memory")) { /* not "no tokenizer" later */
+        snprintf(err, err_len, "%s", tok_err);
+        rt_model_free(m);
+        return -1;
+    }
     m->add_bos = !mdl_meta_int(file, "tokenizer.ggml.add_bos_token", &add_bos) && add_bos;
     *out = m;
     return 0;

@@ -261,6 +261,7 @@ int rt_model_open(mdl_model *file, int own_file, int flags, rt_model **out, char
     if ((flags & RT_OPEN_RESIDENT) && hold_everything(m, err, err_len)) goto fail;
     char tok_err[MDL_ERR_LEN];
     m->tok = mdl_tokenizer(file, tok_err, sizeof tok_err); /* NULL is fine: no text in or out */
+    if (!m->tok && strstr(tok_err, "out of memory")) { snprintf(err, err_len, "%s", tok_err); goto fail; } /* not "no tokenizer" later */
     m->add_bos = file_add_bos(file, m->tok);
     if (own_file) { m->owner = file; m->owner_free = close_file; }
     *out = m;

@@ -137,7 +137,8 @@ typedef struct rt_model {
  * and biases are fp32. Memory is then the mapping plus what is held. With
  * RT_OPEN_RESIDENT every layer is held from the start (fastest where the model fits
  * in memory as fp32). Fails with a message for NaN or Inf weights (every tensor is
- * checked), missing tensors or shapes that disagree with the config. The model keeps
+ * checked), missing tensors or shapes that disagree with the config, or no memory
+ * (for the tokenizer too: a file without one loads without one). The model keeps
  * `file` open (and closes it in rt_model_free) when own_file is 1; otherwise the
  * file must outlive the model. */
 #define RT_OPEN_RESIDENT 1
