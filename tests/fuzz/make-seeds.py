@@ -49,11 +49,27 @@ def read(path):
 
 # ==== GGUF ====
 
+def tiny_gguf_with_scores(path):
+    """The Q4_0 tiny model with tokenizer.ggml.scores too (as SentencePiece
+    vocabularies have them), so that the fuzzer mutates a score array."""
+    import gguf
+    add_merges = gguf.GGUFWriter.add_token_merges
+    def add_merges_and_scores(self, merges):
+        add_merges(self, merges)
+        self.add_token_scores([-float(i) for i in range(TINY["vocab"])])
+    gguf.GGUFWriter.add_token_merges = add_merges_and_scores
+    try:
+        tiny_model.write_tiny_gguf(path, dtype="Q4_0", **TINY)
+    finally:
+        gguf.GGUFWriter.add_token_merges = add_merges
+
+
 def gguf_seeds(out, tmp):
-    for dtype in ("Q8_0", "Q4_0"):
-        p = os.path.join(tmp, "tiny.gguf")
-        tiny_model.write_tiny_gguf(p, dtype=dtype, **TINY)
-        write(out, "gguf", "tiny-%s.gguf" % dtype.lower(), read(p))
+    p = os.path.join(tmp, "tiny.gguf")
+    tiny_model.write_tiny_gguf(p, dtype="Q8_0", **TINY)
+    write(out, "gguf", "tiny-q8_0.gguf", read(p))
+    tiny_gguf_with_scores(p)
+    write(out, "gguf", "tiny-q4_0-scores.gguf", read(p))
     hdr = lambda version, n_t, n_kv: b"GGUF" + struct.pack("<IQQ", version, n_t, n_kv)
     kv_u32 = lambda k, v: struct.pack("<Q", len(k)) + k + struct.pack("<II", 4, v)
     write(out, "gguf", "empty-v3.gguf", hdr(3, 0, 0))
