@@ -6,7 +6,7 @@
 #                                      (kept between runs, so coverage accumulates);
 #                                      a line per target: executions, cov, ft, crashes
 #   run-fuzz.sh test [TARGET...]       what `make test` runs: each committed corpus
-#                                      replayed, then FUZZ_TEST_SECONDS (default 15) of
+#                                      replayed, then FUZZ_TEST_SECONDS (default 10) of
 #                                      fuzzing on a fresh copy; "ok"/"FAIL" per target
 #
 # TARGET is a name like json or gguf (tests/fuzz/fuzz_TARGET.c); default: all.
@@ -66,7 +66,7 @@ for t in "${targets[@]}"; do
         n_seeds=$(ls "$seeds" | wc -l)
         if [ "$n_seeds" -eq 0 ]; then echo "FAIL fuzz_$t: no corpus in $seeds"; failed=$((failed + 1)); continue; fi
         if ! fuzz_run "$t" "$work" 0 -runs=0; then report_failure "$t"; failed=$((failed + 1)); continue; fi
-        if fuzz_run "$t" "$work" "${FUZZ_TEST_SECONDS:-15}"; then
+        if fuzz_run "$t" "$work" "${FUZZ_TEST_SECONDS:-10}"; then
             read -r n cov ft <<<"$(stats "$log/$t.txt")"
             echo "ok   fuzz_$t ($n_seeds corpus inputs replayed, ${n:-0} executions, cov ${cov:-?})"
         else
