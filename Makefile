@@ -4,6 +4,7 @@
 #   make test       every test: C units (also under ASan+UBSan) and pytest cross-checks
 #   make demo       the whole job on SmolLM2-135M: fetch, measure, allocate, pack, eval
 #   make bench      benchmarks (bench/), written to stdout and BENCHMARKS.md by hand
+#   make fuzz       the libFuzzer harnesses of tests/fuzz/, each run FUZZ_SECONDS (60)
 #
 # Modules are folders; every .c in a module folder goes into libbitplan.a. Files
 # named *_avx2.c / *_avx512.c are compiled for those instruction sets and chosen at
@@ -13,8 +14,12 @@ BUILD    ?= build
 CC       ?= cc
 OPT      ?= -O2
 SAN      ?=
-CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -g $(OPT) -fopenmp -Wall -Wextra -Werror \
-              -Wno-unused-function -I. -I$(BUILD)/gen $(SAN)
+CFLAGS_NOSAN = -std=c11 -D_GNU_SOURCE -g $(OPT) -fopenmp -Wall -Wextra -Werror \
+              -Wno-unused-function -I. -I$(BUILD)/gen
+CFLAGS_BASE = $(CFLAGS_NOSAN) $(SAN)
+# The SIMD kernels (*_avx2.c, *_avx512.c) with these sanitizers: the fuzz build
+# leaves them out (they parse nothing, and instrumented they take minutes to compile).
+SIMD_SAN ?= $(SAN)
 LDLIBS   = -lglpk -lsqlite3 -llapack -lopenblas -lm -lpthread
 AVX2     = -mavx2 -mfma -mf16c -mbmi2
 AVX512   = $(AVX2) -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni
@@ -71,7 +76,7 @@ TOOL_BIN = $(TOOL_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCH_SRC = $(wildcard bench/bench_*.c)
 BENCH_BIN = $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all test test-c test-asan test-py demo bench deps model text clean
+.PHONY: all test test-c test-asan test-py demo bench deps model text clean fuzz fuzz-build
 all: $(BUILD)/bitplan
 
 $(BUILD)/libbitplan.a: $(LIB_OBJ)
@@ -83,11 +88,11 @@ $(BUILD)/bitplan: $(CLI_OBJ) $(BUILD)/libbitplan.a
 
 $(BUILD)/%_avx2.o: %_avx2.c
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS_BASE) $(AVX2) -MMD -MP -c -o $@ $<
+	$(CC) $(CFLAGS_NOSAN) $(SIMD_SAN) $(AVX2) -MMD -MP -c -o $@ $<
 
 $(BUILD)/%_avx512.o: %_avx512.c
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS_BASE) $(AVX512) -MMD -MP -c -o $@ $<
+	$(CC) $(CFLAGS_NOSAN) $(SIMD_SAN) $(AVX512) -MMD -MP -c -o $@ $<
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
@@ -134,6 +139,11 @@ $(BUILD)/bench/%: bench/%.c $(BUILD)/libbitplan.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS_BASE) -o $@ $< $(BUILD)/libbitplan.a $(LDLIBS)
 
+# tests/fuzz/fuzz_*.c: libFuzzer harnesses, linked against a clang build of the
+# library with the fuzzer's coverage hooks and ASan + UBSan (build-fuzz/).
+$(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_util.h $(BUILD)/libbitplan.a
+	$(CC) $(CFLAGS_BASE) -fsanitize=fuzzer -o $@ $< $(BUILD)/libbitplan.a $(LDLIBS)
+
 # db/schema.sql compiled in as a C string.
 $(BUILD)/gen/schema_sql.h: db/schema.sql
 	@mkdir -p $(@D)
@@ -158,6 +168,7 @@ test:
 	@$(MAKE) --no-print-directory -j$(JOBS) all $(TEST_BIN) $(TOOL_BIN)
 	@$(MAKE) --no-print-directory -j$(JOBS) BUILD=build-san CUDA_EMU=1 SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" OPT=-O1 \
 	    build-san/bitplan $(TEST_SRC:tests/%.c=build-san/tests/%) $(TOOL_SRC:tests/%.c=build-san/tests/%)
+	@$(MAKE) --no-print-directory fuzz-build
 	@bash scripts/run-tests.sh
 
 test-c: all $(TEST_BIN) $(TOOL_BIN)
@@ -176,8 +187,23 @@ demo:
 	@$(MAKE) --no-print-directory -j$(JOBS) all
 	@bash scripts/demo.sh
 
+# The fuzzers: built with clang (FUZZ_CC) into build-fuzz/, then each runs for
+# FUZZ_SECONDS on a copy of its corpus in build-fuzz/corpus/ (the committed one in
+# tests/fuzz/corpus/ is never written); inputs that crash land in
+# build-fuzz/crashes/TARGET/ and fail the run.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_SRC      = $(wildcard tests/fuzz/fuzz_*.c)
+fuzz-build:
+	@$(MAKE) --no-print-directory -j$(JOBS) BUILD=build-fuzz CC=$(FUZZ_CC) OPT=-O1 SIMD_SAN= \
+	    SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
+	    $(FUZZ_SRC:tests/fuzz/%.c=build-fuzz/%)
+
+fuzz: fuzz-build
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) bash scripts/run-fuzz.sh campaign
+
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(BUILD)/tests/cli_main.d
 .PRECIOUS: $(BUILD)/emu/%.cpp

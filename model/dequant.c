@@ -94,6 +94,7 @@ static float bf16(const uint8_t *p)
  * exact like half_to_float for every finite value and infinity, eight at a time,
  * which is what lets a model run from its F16 file at memory speed. */
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 __attribute__((target("avx,f16c"))) static void row_f16_f16c(const uint8_t *b, float *y, int64_t n)
 {
@@ -103,7 +104,17 @@ __attribute__((target("avx,f16c"))) static void row_f16_f16c(const uint8_t *b, f
     for (; i < n; i++) y[i] = fp16(b + 2 * i);
 }
 
-static int have_f16c(void) { return __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx"); }
+/* F16C is CPUID leaf 1, ECX bit 29, asked once at start-up (clang's
+ * __builtin_cpu_supports knows no "f16c"); AVX as the compiler checks it (with the
+ * OS's support for the registers). */
+static int cpu_f16c;
+__attribute__((constructor)) static void detect_f16c(void)
+{
+    unsigned a, b, c, d;
+    __builtin_cpu_init(); /* constructors may run before the compiler's own */
+    cpu_f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) && __builtin_cpu_supports("avx");
+}
+static int have_f16c(void) { return cpu_f16c; }
 #else
 static void row_f16_f16c(const uint8_t *b, float *y, int64_t n) { (void)b, (void)y, (void)n; }
 static int have_f16c(void) { return 0; }

@@ -29,6 +29,9 @@ int mdl_errf(char *err, size_t err_len, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(err, err_len, fmt, ap);
         va_end(ap);
+        /* names quoted from a file may hold any byte: keep the message one line */
+        for (char *p = err; *p; p++)
+            if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
     }
     return -1;
 }

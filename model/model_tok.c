@@ -11,6 +11,7 @@
 #include "model_int.h"
 #include "tok_int.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -336,6 +337,15 @@ static char *vocab_json(const mdl_model *m, const tok_vocab *v)
     return b.s;
 }
 
+/* JSON has no NaN or infinity: a vocabulary with such a score cannot be written. */
+static int finite_scores(const mdl_model *m, const tok_vocab *v, char *err, size_t err_len)
+{
+    for (int i = 0; v->scores && i < v->n_vocab; i++)
+        if (!isfinite(v->scores[i]))
+            return mdl_errf(err, err_len, "%s: tokenizer: score of token %d is %g, not a finite number", m->path, i, (double)v->scores[i]);
+    return 0;
+}
+
 char *mdl_tokenizer_json(mdl_model *m, char *err, size_t err_len)
 {
     const char *s;
@@ -349,6 +359,7 @@ char *mdl_tokenizer_json(mdl_model *m, char *err, size_t err_len)
     memset(&b, 0, sizeof b);
     char *out = NULL;
     int rc = !strcmp(m->format, "gguf") ? vocab_from_gguf(m, &b, err, err_len) : vocab_from_json(m, &b, err, err_len);
+    if (!rc) rc = finite_scores(m, &b.v, err, err_len);
     if (!rc && !(out = vocab_json(m, &b.v))) mdl_errf(err, err_len, "%s: out of memory", m->path);
     build_free(&b);
     return out;

@@ -18,9 +18,12 @@ int mdl_packed_plan(const mdl_model *m, mdl_packed_plan_info *out, char *err, si
     mdl_json *j = mdl_json_parse(text, strlen(text), err, err_len);
     if (!j) return -1;
     int rc = 0;
+    double id = mdl_json_num(j, "id", 0);
     if (j->type != MDL_JSON_OBJ) rc = mdl_errf(err, err_len, "%s: plan: not a JSON object", m->path);
+    else if (!(id >= 0 && id <= 9007199254740992.0)) /* a double holds every integer up to 2^53 */
+        rc = mdl_errf(err, err_len, "%s: plan: id %g is not a plan id", m->path, id);
     else {
-        out->plan_id = (int64_t)mdl_json_num(j, "id", 0);
+        out->plan_id = (int64_t)id;
         out->achieved_bpw = mdl_json_num(j, "achieved_bpw", 0);
         out->file_bpw = mdl_json_num(j, "file_bpw", 0);
         const char *h = mdl_json_str(j, "model_hash");

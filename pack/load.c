@@ -80,6 +80,8 @@ static int lfail(lctx *x, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    for (char *p = msg; *p; p++) /* tensor names from the file may hold any byte: one line */
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
     snprintf(x->err, x->err_len, "%s: %s", x->path, msg);
     return -1;
 }

@@ -27,6 +27,28 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# The fuzzers (make fuzz, tests/fuzz/): clang with its libFuzzer runtime and its
+# OpenMP library. clang only recommends the runtime, so the versioned packages that
+# match the installed clang are asked for by name.
+if ! command -v clang >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  echo "deps: installing clang"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq clang >/dev/null
+fi
+CLANG_MAJOR=$(clang --version | sed -nE 's/.*clang version ([0-9]+)\..*/\1/p' | head -1)
+[ -n "$CLANG_MAJOR" ] || { echo "deps: cannot tell the version of clang: $(clang --version | head -1)" >&2; exit 1; }
+missing=()
+for p in "libclang-rt-$CLANG_MAJOR-dev" "libomp-$CLANG_MAJOR-dev"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  echo "deps: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
 PY=${PYTHON:-python3}
 pymissing=()
 for p in "${PY_PKGS[@]}"; do

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs bitplan's tests and ends with one line: "N passed, N failed[, N skipped]".
 #   C unit tests (cmocka, TAP output) from build/ and, if built, build-san/
-#   (AddressSanitizer + UndefinedBehaviorSanitizer); then pytest (tests/test_*.py).
-# BITPLAN_ONLY=c or py runs one half.
+#   (AddressSanitizer + UndefinedBehaviorSanitizer); the libFuzzer harnesses of
+#   build-fuzz/ (scripts/run-fuzz.sh test: each corpus replayed, then a short run;
+#   one test per harness); then pytest (tests/test_*.py).
+# BITPLAN_ONLY=c, fuzz or py runs one part.
 set -u
 cd "$(dirname "$0")/.."
 pass=0; fail=0; skip=0
@@ -41,6 +43,13 @@ run_c() { # build dir
 if [ "${BITPLAN_ONLY:-c}" = c ] || [ -z "${BITPLAN_ONLY:-}" ]; then
     run_c build
     [ -z "${BITPLAN_ONLY:-}" ] && run_c build-san
+fi
+if [ "${BITPLAN_ONLY:-fuzz}" = fuzz ]; then
+    for f in tests/fuzz/fuzz_*.c; do
+        t=${f#tests/fuzz/fuzz_}; t=${t%.c}
+        if bash scripts/run-fuzz.sh test "$t" >"$log/fuzz-$t.txt" 2>&1; then pass=$((pass + 1)); else fail=$((fail + 1)); fi
+        cat "$log/fuzz-$t.txt"
+    done
 fi
 if [ "${BITPLAN_ONLY:-py}" = py ] || [ -z "${BITPLAN_ONLY:-}" ]; then
     if ls tests/test_*.py >/dev/null 2>&1; then
