@@ -15,7 +15,7 @@ OPT      ?= -O2
 SAN      ?=
 CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -g $(OPT) -fopenmp -Wall -Wextra -Werror \
               -Wno-unused-function -I. -I$(BUILD)/gen $(SAN)
-LDLIBS   = -lglpk -lsqlite3 -llapack -lopenblas -lm -lpthread
+LDLIBS   = -lglpk -lsqlite3 -llapack -lopenblas -lxxhash -lm -lpthread
 AVX2     = -mavx2 -mfma -mf16c -mbmi2
 AVX512   = $(AVX2) -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni
 
