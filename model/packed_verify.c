@@ -4,9 +4,9 @@
  * XXH3-64 of its bytes, 16 hex digits. Here the file's bytes are hashed and
  * compared; which format versions must carry checksums is pack/'s business.
  *
- * Why XXH3-64 (libxxhash): it hashes faster than memory can deliver bytes on one
+ * Why XXH3-64 (libxxhash): it hashes at most of the memory read bandwidth on one
  * core, so verifying a file costs about one read of it (BENCHMARKS.md), and 64
- * bits make an undetected corruption of a tensor a 2^-64 chance. It guards
+ * bits leave a damaged tensor a 2^-64 chance of passing. It guards
  * against damage (disk, copy, transfer), not against someone who rewrites a file
  * on purpose: that one can rewrite the checksums too.
  *

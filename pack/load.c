@@ -159,7 +159,7 @@ static int check_checksums(lctx *x)
     if (!mdl_packed_verify(x->file, keep_first, &f, NULL)) return 0;
     size_t k = strlen(x->err);
     if (f.n > 1 && k < x->err_len)
-        snprintf(x->err + k, x->err_len - k, " (and %d more problems: bitplan verify lists them)", f.n - 1);
+        snprintf(x->err + k, x->err_len - k, " (and %d more: bitplan verify lists them)", f.n - 1);
     return -1;
 }
 
