@@ -20,7 +20,7 @@ CFLAGS_BASE = $(CFLAGS_NOSAN) $(SAN)
 # The SIMD kernels (*_avx2.c, *_avx512.c) with these sanitizers: the fuzz build
 # leaves them out (they parse nothing, and instrumented they take minutes to compile).
 SIMD_SAN ?= $(SAN)
-LDLIBS   = -lglpk -lsqlite3 -llapack -lopenblas -lm -lpthread
+LDLIBS   = -lglpk -lsqlite3 -llapack -lopenblas -lxxhash -lm -lpthread
 AVX2     = -mavx2 -mfma -mf16c -mbmi2
 AVX512   = $(AVX2) -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni
 

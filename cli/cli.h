@@ -22,6 +22,7 @@ int cmd_eval(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_report(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
 
 /* ==== Stages that `bitplan quantize` shares with the separate commands ==== */
 

@@ -392,7 +392,8 @@ static int allocate(const quantize_args *a, quantize_run *q)
 }
 
 /* 1 if OUT is already the file of this plan in this format (a resumed run keeps
- * it): its recorded plan, database, Hessians and source model are these. */
+ * it): its recorded plan, database, Hessians and source model are these, and a
+ * packed file's checksums match (a damaged one is written again). */
 static int already_packed(const quantize_args *a, const quantize_run *q)
 {
     char err[512];
@@ -402,7 +403,7 @@ static int already_packed(const quantize_args *a, const quantize_run *q)
     int format_ok = mdl_is_packed(f) == (a->format == PACK_OUT_BITPLAN);
     int same = format_ok && !mdl_packed_plan(f, &who, err, sizeof err) && who.plan_id == q->plan_id &&
                !strcmp(who.db_path, a->db) && !strcmp(who.hessians, "sequential") &&
-               !strcmp(who.model_hash, q->model_hash);
+               !strcmp(who.model_hash, q->model_hash) && (!mdl_is_packed(f) || !mdl_packed_verify(f, NULL, NULL, NULL));
     mdl_close(f);
     return same;
 }

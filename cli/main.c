@@ -32,6 +32,7 @@ static const struct {
     {"eval", cmd_eval, "eval OUT|MODEL --text FILE [--ref MODEL]      perplexity and KL divergence"},
     {"generate", cmd_generate, "generate OUT|MODEL --prompt \"...\"            text generation"},
     {"report", cmd_report, "report --db D -o report.html                  sensitivity and allocation report"},
+    {"verify", cmd_verify, "verify FILE                                   a file's structure and checksums (exit 0: sound)"},
 };
 
 static char command_line[4096];

@@ -193,6 +193,24 @@ typedef struct {
 } mdl_packed_plan_info;
 int mdl_packed_plan(const mdl_model *m, mdl_packed_plan_info *out, char *err, size_t err_len);
 
+/* From format version 2 on, a packed file's "checksums" metadata maps every
+ * tensor's name to mdl_packed_checksum of its bytes as 16 hex digits (XXH3-64,
+ * pack/FORMAT.md). */
+uint64_t mdl_packed_checksum(const void *data, size_t n);
+
+/* Hashes every tensor of a packed file and compares with its "checksums"
+ * metadata. Each problem is one line "FILE: ..." handed to problem(arg, line)
+ * (problem may be NULL): a tensor whose bytes do not hash to its checksum (named:
+ * the file is corrupt), a tensor without a checksum, a checksum that names no
+ * tensor or is not 16 hex digits, a "checksums" entry that is no JSON object.
+ * Returns the number of problems, 0 when every tensor matched; *n_bytes (may be
+ * NULL) gets the bytes hashed. A file without "checksums" has nothing to verify
+ * (0, *n_bytes 0): whether that is allowed is for the caller to say (pack/ knows
+ * which format versions carry checksums). Tensors are hashed in parallel
+ * (OpenMP threads). */
+typedef void (*mdl_problem_fn)(void *arg, const char *line);
+int mdl_packed_verify(const mdl_model *m, mdl_problem_fn problem, void *arg, int64_t *n_bytes);
+
 /* The model's tokenizer vocabulary as the "tokenizer" metadata JSON of a packed
  * file (keys kind, pre, tokens, types, scores, merges, bos, eos, unk,
  * add_space_prefix, add_bos). malloc'd, or NULL with err set. */

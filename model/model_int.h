@@ -97,7 +97,9 @@ int mdl_kv_str_at(const mdl_kv *kv, uint64_t *cursor, const char **s, uint64_t *
 /* Fills m->cfg from the metadata and checks the tensors the Llama family needs. */
 int mdl_config_load(mdl_model *m, char *err, size_t err_len);
 
-/* ==== Packed files (packed_meta.c) ==== */
+/* ==== Packed files (packed_meta.c, packed_verify.c) ==== */
+
+#define MDL_PACKED_FORMAT "bitplan-packed" /* the "format" metadata of a packed file */
 
 /* m->cfg from the "config" metadata JSON of a bitplan packed file. */
 int mdl_packed_config(mdl_model *m, char *err, size_t err_len);

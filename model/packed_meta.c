@@ -16,13 +16,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define PACKED_FORMAT "bitplan-packed"
 #define MAX_VOCAB 10000000
 
 int mdl_is_packed(const mdl_model *m)
 {
     const char *f;
-    return !mdl_meta_str(m, "meta.format", &f) && !strcmp(f, PACKED_FORMAT);
+    return !mdl_meta_str(m, "meta.format", &f) && !strcmp(f, MDL_PACKED_FORMAT);
 }
 
 /* Parses metadata entry `key` as JSON; NULL with an error naming it. */

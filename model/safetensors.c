@@ -4,8 +4,9 @@
  * tensor names become canonical GGUF names here.
  *
  * What it must never do: trust the header length, a shape or a data offset before
- * checking it against the file; return a tensor whose data is misaligned for its
- * dtype; read the tensor data itself (it stays in the mapping).
+ * checking it against the file; accept two tensors that share bytes, or a packed
+ * file whose tensors leave a hole in its data; return a tensor whose data is
+ * misaligned for its dtype; read the tensor data itself (it stays in the mapping).
  *
  * Layout of one file:
  *
@@ -152,6 +153,73 @@ static int read_metadata(mdl_model *m, const char *path, const mdl_json *meta, c
     return 0;
 }
 
+/* ==== Where the tensors lie ==== */
+
+/* One tensor's bytes in a file's data buffer, relative to its start. */
+typedef struct {
+    uint64_t begin, end;
+    const char *name; /* as the file spells it */
+} extent;
+
+static int by_begin(const void *a, const void *b)
+{
+    const extent *x = a, *y = b;
+    return x->begin < y->begin ? -1 : x->begin > y->begin;
+}
+
+/* No two tensors of a file may share a byte (safetensors requires it). A bitplan
+ * packed file promises more (pack/FORMAT.md): sorted by begin, its tensors tile
+ * the data buffer exactly, from 0 to the end of the file, with no hole. */
+static int check_extents(const char *path, extent *x, int n, uint64_t buffer, int tile, char *err, size_t err_len)
+{
+    qsort(x, (size_t)n, sizeof *x, by_begin);
+    uint64_t at = 0;
+    for (int i = 0; i < n; i++) {
+        if (i && x[i].begin < at)
+            return mdl_errf(err, err_len, "%s: tensors '%s' [%llu, %llu) and '%s' [%llu, %llu) overlap", path,
+                            x[i - 1].name, (unsigned long long)x[i - 1].begin, (unsigned long long)x[i - 1].end, x[i].name,
+                            (unsigned long long)x[i].begin, (unsigned long long)x[i].end);
+        if (tile && x[i].begin > at)
+            return mdl_errf(err, err_len, "%s: data bytes [%llu, %llu) %s%s%s'%s' belong to no tensor (a hole)", path,
+                            (unsigned long long)at, (unsigned long long)x[i].begin, i ? "between tensors '" : "before tensor ",
+                            i ? x[i - 1].name : "", i ? "' and " : "", x[i].name);
+        at = x[i].end;
+    }
+    if (tile && at != buffer)
+        return mdl_errf(err, err_len, "%s: data bytes [%llu, %llu) after tensor '%s' belong to no tensor (a hole)", path,
+                        (unsigned long long)at, (unsigned long long)buffer, n ? x[n - 1].name : "(none)");
+    return 0;
+}
+
+static int is_packed_header(const mdl_json *h)
+{
+    const char *f = mdl_json_str(mdl_json_get(h, "__metadata__"), "format");
+    return f && !strcmp(f, MDL_PACKED_FORMAT);
+}
+
+/* Reads every entry of the header h; then checks where their data lie. */
+static int read_entries(mdl_model *m, const mdl_file *f, uint64_t data_start, const mdl_json *h, char *err, size_t err_len)
+{
+    extent *x = malloc((size_t)(h->n ? h->n : 1) * sizeof *x);
+    int n = 0, rc = x ? 0 : mdl_errf(err, err_len, "%s: out of memory", f->path);
+    for (int i = 0; !rc && i < h->n; i++) {
+        if (!strcmp(h->keys[i], "__metadata__")) {
+            rc = m->n_files > 1 ? 0 : read_metadata(m, f->path, &h->items[i], err, err_len);
+            continue;
+        }
+        int before = m->n_tensors;
+        rc = read_entry(m, f, data_start, h->keys[i], &h->items[i], err, err_len);
+        if (rc || m->n_tensors == before) continue; /* an error, or an ignored entry */
+        const mdl_tensor *t = &m->tensors[m->n_tensors - 1];
+        x[n].begin = (uint64_t)((const uint8_t *)t->data - (f->map + data_start));
+        x[n].end = x[n].begin + t->n_bytes;
+        x[n++].name = h->keys[i];
+    }
+    if (!rc) rc = check_extents(f->path, x, n, f->size - data_start, is_packed_header(h), err, err_len);
+    free(x);
+    return rc;
+}
+
 static int load_file(mdl_model *m, const char *path, char *err, size_t err_len)
 {
     mdl_file *f;
@@ -166,10 +234,8 @@ static int load_file(mdl_model *m, const char *path, char *err, size_t err_len)
     if (n > MAX_HEADER) return mdl_errf(err, err_len, "%s: header length %llu is absurd", path, (unsigned long long)n);
     mdl_json *h = mdl_json_parse((const char *)f->map + 8, (size_t)n, jerr, sizeof jerr);
     if (!h) return mdl_errf(err, err_len, "%s: bad JSON header: %s", path, jerr);
-    int rc = h->type == MDL_JSON_OBJ ? 0 : mdl_errf(err, err_len, "%s: the header is not a JSON object", path);
-    for (int i = 0; !rc && i < h->n; i++)
-        rc = strcmp(h->keys[i], "__metadata__") ? read_entry(m, f, 8 + n, h->keys[i], &h->items[i], err, err_len)
-                                               : m->n_files > 1 ? 0 : read_metadata(m, path, &h->items[i], err, err_len);
+    int rc = h->type == MDL_JSON_OBJ ? read_entries(m, f, 8 + n, h, err, err_len)
+                                     : mdl_errf(err, err_len, "%s: the header is not a JSON object", path);
     mdl_json_free(h);
     return rc;
 }

@@ -5,7 +5,9 @@
  * is a row lookup, never an fp32 copy), norms and biases as fp32.
  *
  * Everything is checked before a layer is built, and every problem is one line
- * naming the file and what is wrong: the format tag and version; every option
+ * naming the file and what is wrong: the format tag and version; every tensor's
+ * checksum (format version 2; model/ hashes, a mismatch names the tensor), so
+ * that a damaged file is refused before any of its bytes are trusted; every option
  * applies to its tensor's shape (lay_option_check) and its recorded bits are
  * lay_tensor_bits; every part is there with the dtype and exact shape the option
  * implies, and no part is there without an option; the permutation is a
@@ -65,6 +67,8 @@ typedef struct {
     mdl_packed_option *opts;
     int n_opts;
     pack_owner *own;
+    int version;               /* format_version, once check_header has read it */
+    int verify;                /* 0: the checksums were verified already */
     int use_map;
     int dequant;               /* BITPLAN_PACKED_DENSE=1: decoded dense layers */
     rt_scratch *scratch;       /* the model's, for unquantized matrices */
@@ -118,15 +122,47 @@ static const mdl_packed_option *option_of(const lctx *x, const char *name)
 
 /* ==== Checks ==== */
 
+/* The format tag and a version this build reads; from version 2 on, checksums. */
 static int check_header(lctx *x)
 {
-    const char *ver;
+    const char *ver, *sums;
     if (!mdl_is_packed(x->file)) return lfail(x, "not a bitplan packed file (no \"format\": \"%s\" metadata)", PACK_FORMAT);
     if (mdl_meta_str(x->file, "meta.format_version", &ver)) return lfail(x, "no format_version metadata");
-    char want[16];
-    snprintf(want, sizeof want, "%d", PACK_FORMAT_VERSION);
-    if (strcmp(ver, want)) return lfail(x, "format_version %s is not supported (this build reads %s)", ver, want);
+    for (int v = PACK_FORMAT_VERSION_MIN; v <= PACK_FORMAT_VERSION && !x->version; v++) {
+        char known[16];
+        snprintf(known, sizeof known, "%d", v);
+        if (!strcmp(ver, known)) x->version = v;
+    }
+    if (!x->version)
+        return lfail(x, "format_version %s is not supported (this build reads %d to %d)", ver, PACK_FORMAT_VERSION_MIN,
+                     PACK_FORMAT_VERSION);
+    if (x->version >= 2 && mdl_meta_str(x->file, "meta." PACK_META_CHECKSUMS, &sums))
+        return lfail(x, "format_version %s, but no %s metadata", ver, PACK_META_CHECKSUMS);
     return 0;
+}
+
+/* The first problem mdl_packed_verify reports, and how many there are. */
+typedef struct {
+    char *err;
+    size_t err_len;
+    int n;
+} first_problem;
+
+static void keep_first(void *arg, const char *line)
+{
+    first_problem *f = arg;
+    if (!f->n++) snprintf(f->err, f->err_len, "%s", line);
+}
+
+/* Every tensor's bytes hash to its checksum (model/ reports "FILE: tensor ..."). */
+static int check_checksums(lctx *x)
+{
+    first_problem f = {.err = x->err, .err_len = x->err_len};
+    if (!mdl_packed_verify(x->file, keep_first, &f, NULL)) return 0;
+    size_t k = strlen(x->err);
+    if (f.n > 1 && k < x->err_len)
+        snprintf(x->err + k, x->err_len - k, " (and %d more: bitplan verify lists them)", f.n - 1);
+    return -1;
 }
 
 /* Every option applies to its tensor and records its exact cost. */
@@ -433,29 +469,26 @@ int pack_is_packed(const char *path)
     return packed;
 }
 
-int pack_load_file(mdl_model *file, int max_batch, rt_model **out, char *err, size_t err_len)
+/* Checks and builds: the body of pack_load_file and pack_verify_file, which set
+ * x's path, file, config and modes. */
+static int load(lctx *x, int max_batch, rt_model **out)
 {
-    assert(file && max_batch > 0 && out);
-    lctx x = {.path = mdl_path(file), .file = file, .c = mdl_get_config(file), .err = err, .err_len = err_len};
-    const char *env = getenv("BITPLAN_PACKED_MMAP");
-    x.use_map = env && !strcmp(env, "1");
-    env = getenv("BITPLAN_PACKED_DENSE");
-    x.dequant = env && !strcmp(env, "1");
     *out = NULL;
     rt_model *m = calloc(1, sizeof *m);
-    x.own = calloc(1, sizeof *x.own);
-    x.scratch = rt_scratch_new();
-    if (!m || !x.own || !x.scratch) {
-        lfail(&x, "out of memory");
-        free(m), free(x.own), rt_scratch_free(x.scratch), mdl_close(file);
+    x->own = calloc(1, sizeof *x->own);
+    x->scratch = rt_scratch_new();
+    if (!m || !x->own || !x->scratch) {
+        lfail(x, "out of memory");
+        free(m), free(x->own), rt_scratch_free(x->scratch), mdl_close(x->file);
         return -1;
     }
-    m->scratch = x.scratch;
-    x.own->file = file;
-    m->owner = x.own, m->owner_free = owner_free;
-    int rc = check_header(&x) || mdl_packed_options(file, &x.opts, &x.n_opts, err, err_len) || check_options(&x) ||
-             check_orphans(&x) || alloc_parts(&x) || build_model(&x, max_batch, m);
-    free(x.opts);
+    m->scratch = x->scratch;
+    x->own->file = x->file;
+    m->owner = x->own, m->owner_free = owner_free;
+    int rc = check_header(x) || (x->verify && check_checksums(x)) ||
+             mdl_packed_options(x->file, &x->opts, &x->n_opts, x->err, x->err_len) || check_options(x) ||
+             check_orphans(x) || alloc_parts(x) || build_model(x, max_batch, m);
+    free(x->opts);
     if (rc) {
         if (!m->layers) m->cfg.n_layers = 0;
         rt_model_free(m); /* frees the owner, which closes the file */
@@ -463,14 +496,53 @@ int pack_load_file(mdl_model *file, int max_batch, rt_model **out, char *err, si
     }
     char tok_err[MDL_ERR_LEN];
     int64_t add_bos;
-    m->tok = mdl_tokenizer(file, tok_err, sizeof tok_err); /* NULL is fine: no text in or out */
+    m->tok = mdl_tokenizer(x->file, tok_err, sizeof tok_err); /* NULL is fine: no text in or out */
     if (!m->tok && strstr(tok_err, "out of memory")) { /* not "no tokenizer" later */
-        snprintf(err, err_len, "%s", tok_err);
+        snprintf(x->err, x->err_len, "%s", tok_err);
         rt_model_free(m);
         return -1;
     }
-    m->add_bos = !mdl_meta_int(file, "tokenizer.ggml.add_bos_token", &add_bos) && add_bos;
+    m->add_bos = !mdl_meta_int(x->file, "tokenizer.ggml.add_bos_token", &add_bos) && add_bos;
     *out = m;
+    return 0;
+}
+
+static int env_is_1(const char *name)
+{
+    const char *v = getenv(name);
+    return v && !strcmp(v, "1");
+}
+
+int pack_load_file(mdl_model *file, int max_batch, rt_model **out, char *err, size_t err_len)
+{
+    assert(file && max_batch > 0 && out);
+    lctx x = {.path = mdl_path(file), .file = file, .c = mdl_get_config(file), .err = err, .err_len = err_len, .verify = 1,
+              .use_map = env_is_1("BITPLAN_PACKED_MMAP"), .dequant = env_is_1("BITPLAN_PACKED_DENSE")};
+    return load(&x, max_batch, out);
+}
+
+int pack_verify_file(mdl_model *file, void (*problem)(void *arg, const char *line), void *arg, pack_verify_info *info)
+{
+    char err[1024];
+    lctx x = {.path = mdl_path(file), .file = file, .c = mdl_get_config(file), .err = err, .err_len = sizeof err,
+              .use_map = 1}; /* nothing runs: the mapping saves the copy */
+    memset(info, 0, sizeof *info);
+    info->n_tensors = mdl_tensor_count(file);
+    int bad_header = check_header(&x);
+    if (bad_header) problem(arg, err);
+    int n = bad_header ? 1 : mdl_packed_verify(file, problem, arg, &info->checked_bytes);
+    if (n) {
+        mdl_close(file);
+        return n;
+    }
+    info->version = x.version;
+    x.version = 0; /* load reads it again */
+    rt_model *m;
+    if (load(&x, 1, &m)) {
+        problem(arg, err);
+        return 1;
+    }
+    rt_model_free(m);
     return 0;
 }
 

@@ -36,10 +36,12 @@ void pack_writer_free(pack_writer *w);
 int pack_writer_add(pack_writer *w, const char *name, const char *dtype, int n_dims,
                     const int64_t *shape, void *data, size_t n_bytes);
 const char *pack_writer_strerror(const pack_writer *w);
-/* Adds a __metadata__ entry (copied). */
+/* Adds a __metadata__ entry (copied). "checksums" is the writer's own (an assert). */
 int pack_writer_meta(pack_writer *w, const char *key, const char *value);
 /* Writes the file atomically: a temporary file beside path, fsync, rename. A
- * killed writer never leaves a partial file under path. */
+ * killed writer never leaves a partial file under path. The metadata gets a
+ * "checksums" entry: every tensor's name -> mdl_packed_checksum of the bytes
+ * it was added with, 16 hex digits (pack/FORMAT.md, version 2). */
 int pack_writer_write(pack_writer *w, char *err, size_t err_len);
 
 /* ==== Packing a model per plan ==== */
@@ -83,12 +85,30 @@ int pack_model(const char *model_path, const char *db_path, int64_t plan_id, con
 int pack_is_packed(const char *path);
 /* Opens a packed file as a runnable model (packed linear layers). Products of any
  * batch size work; max_batch sizes each layer's scratch (larger batches run in
- * pieces of max_batch rows). Every check of pack/FORMAT.md runs first; an error is
- * one line naming the file. */
+ * pieces of max_batch rows). Every check of pack/FORMAT.md runs first, the
+ * checksum of every tensor included (a version-1 file has none); an error is one
+ * line naming the file (and the tensor). */
 int pack_load(const char *path, int max_batch, struct rt_model **out, char *err, size_t err_len);
 /* The same for a file already opened by model/ (mdl_open), which the model takes
  * over: it is closed with the model, or here on failure. */
 struct mdl_model;
 int pack_load_file(struct mdl_model *file, int max_batch, struct rt_model **out, char *err, size_t err_len);
+
+/* What pack_verify_file found of a sound file. */
+typedef struct {
+    int version;            /* format_version: 1 has no checksums */
+    int n_tensors;
+    int64_t checked_bytes;  /* bytes whose checksums matched */
+} pack_verify_info;
+
+/* Checks a packed file opened by model/ (which has checked the container: bounds,
+ * sizes, data offsets that tile the data) for everything pack_load checks: the
+ * checksum of every tensor, then, if they match, the format version, options,
+ * parts and permutations, by loading it. Each problem is one line "FILE: ..."
+ * handed to problem(arg, line); every bad checksum is listed, the structure stops
+ * at its first problem. Returns the number of problems (0: sound). Takes over
+ * file and closes it. */
+int pack_verify_file(struct mdl_model *file, void (*problem)(void *arg, const char *line), void *arg,
+                     pack_verify_info *info);
 
 #endif

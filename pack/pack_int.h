@@ -11,7 +11,9 @@
 #include "../model/model.h"
 
 #define PACK_FORMAT "bitplan-packed"
-#define PACK_FORMAT_VERSION 1
+#define PACK_FORMAT_VERSION 2     /* the version written; 2 added the checksums */
+#define PACK_FORMAT_VERSION_MIN 1 /* the oldest read: version 1 has no checksums */
+#define PACK_META_CHECKSUMS "checksums"
 
 /* Suffixes of the four parts of a quantized tensor (pack/FORMAT.md). */
 #define PACK_SUFFIX_VALUES ".qvalues"

@@ -3,7 +3,8 @@
  * alignment (4, 2, then 1 byte) so every tensor starts aligned without padding
  * between tensors, pads the JSON header so the data starts at a multiple of 64, and
  * writes atomically (util_out: temporary file, fsync, rename). It never interprets
- * tensors.
+ * tensors. It records every tensor's checksum (mdl_packed_checksum, XXH3-64) in the
+ * "checksums" metadata, hashed over the very buffer that goes to the file.
  *
  * Memory does not grow with the file: each tensor's bytes go, as they are added, to
  * a spool file beside the destination that is unlinked as soon as it is created
@@ -11,8 +12,9 @@
  * followed by the spool's ranges in the header's order, copied by the kernel
  * (copy_file_range) where it can.
  */
-#include "pack.h"
+#include "pack_int.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -33,6 +35,7 @@ typedef struct {
     size_t n_bytes;
     int align;      /* element size: 4, 2 or 1 */
     int order;      /* insertion order, to keep it within an alignment run */
+    uint64_t sum;   /* mdl_packed_checksum of the bytes */
 } entry;
 
 struct pack_writer {
@@ -136,6 +139,7 @@ int pack_writer_add(pack_writer *w, const char *name, const char *dtype, int n_d
     snprintf(e->dtype, sizeof e->dtype, "%s", dtype);
     e->n_dims = n_dims;
     memcpy(e->shape, shape, (size_t)n_dims * sizeof *shape);
+    e->sum = mdl_packed_checksum(data, n_bytes);
     if (spool_data(w, data, n_bytes, &e->offset)) { free(e->name); return -1; }
     e->n_bytes = n_bytes, e->align = align, e->order = w->n++;
     return 0;
@@ -143,6 +147,7 @@ int pack_writer_add(pack_writer *w, const char *name, const char *dtype, int n_d
 
 int pack_writer_meta(pack_writer *w, const char *key, const char *value)
 {
+    assert(strcmp(key, PACK_META_CHECKSUMS)); /* the writer's own */
     char **nm = realloc(w->meta, (size_t)(2 * w->n_meta + 2) * sizeof *nm);
     if (!nm) return -1;
     w->meta = nm;
@@ -159,18 +164,36 @@ static int by_alignment(const void *a, const void *b)
     return x->order - y->order;
 }
 
+/* The "checksums" metadata: a JSON object, tensor name -> 16 hex digits. */
+static int checksums_json(const pack_writer *w, sb_buf *b)
+{
+    sb_putc(b, '{');
+    for (int i = 0; i < w->n; i++) {
+        if (i) sb_putc(b, ',');
+        sb_json_string(b, w->v[i].name);
+        sb_printf(b, ":\"%016llx\"", (unsigned long long)w->v[i].sum);
+    }
+    sb_putc(b, '}');
+    return b->oom ? -1 : 0;
+}
+
 /* The JSON header, padded with spaces so that 8 + its length is a multiple of 64. */
 static char *header_json(pack_writer *w, size_t *len)
 {
-    sb_buf b = {0};
+    sb_buf b = {0}, sums = {0};
     sb_putc(&b, '{');
     sb_puts(&b, "\"__metadata__\":{");
     for (int i = 0; i < w->n_meta; i++) {
-        if (i) sb_putc(&b, ',');
         sb_json_string(&b, w->meta[2 * i]);
         sb_putc(&b, ':');
         sb_json_string(&b, w->meta[2 * i + 1]);
+        sb_putc(&b, ',');
     }
+    sb_json_string(&b, PACK_META_CHECKSUMS);
+    sb_putc(&b, ':');
+    if (checksums_json(w, &sums)) b.oom = 1;
+    else sb_json_string(&b, sums.s);
+    free(sums.s);
     sb_putc(&b, '}');
     size_t off = 0;
     for (int i = 0; i < w->n; i++) {

@@ -8,13 +8,14 @@ APT_PKGS=(
   libglpk-dev glpk-utils       # allocate/: exact MILP (glp_intopt); glpsol checks LP files
   libsqlite3-dev sqlite3       # db/: measurements and plans
   libopenblas-dev liblapack-dev  # dense products (BLAS) and Cholesky (LAPACK)
+  libxxhash-dev                # model/, pack/: XXH3-64 checksums of a packed file's tensors, verified on load
   libcmocka-dev                # tests/: C unit tests
   python3 python3-pip          # tests/: independent NumPy/gguf/tokenizers references
   chromium fonts-dejavu-core   # tests/: renders the HTML report headless (console errors, screenshots)
   cmake ninja-build            # llama-cpp-python (the peer) compiles llama.cpp with CMake at pip install;
                                # with ninja on PATH scikit-build-core fetches no ninja wheel
 )
-PY_PKGS=(numpy gguf tokenizers pytest)
+PY_PKGS=(numpy gguf tokenizers pytest xxhash)  # xxhash: tests/test_verify.py checks the checksums independently
 
 missing=()
 for p in "${APT_PKGS[@]}"; do

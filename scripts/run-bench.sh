@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make bench: every benchmark under bench/, each reporting against a baseline
 # measured in the same run. Results go to stdout (Markdown tables); BENCHMARKS.md
-# records them with the machine. BENCH_ONLY=matvec|forward|alloc|gptq|cuda runs
+# records them with the machine. BENCH_ONLY=matvec|forward|alloc|gptq|verify|cuda runs
 # one; BENCH_ONLY=scale runs bench/bench_scale.py (a 7B-shaped model), and only then;
 # BENCH_ONLY=gguf runs bench/bench_gguf.py (against llama.cpp), and only then.
 set -euo pipefail
@@ -29,6 +29,12 @@ fi
 if run gptq; then
     echo; echo "## GPTQ units and the 7B measurement projection"
     "$B/bench/bench_gptq" --quick
+fi
+if run verify; then
+    echo; echo "## Verifying a packed file's checksums vs memory read bandwidth"
+    bp=${BENCH_PACKED:-out/smol-4.0.bp}   # make demo's packed SmolLM2
+    if [ -f "$bp" ]; then "$B/bench/bench_verify" "$bp"
+    else echo "(no packed file at $bp: run make demo first, or set BENCH_PACKED)"; fi
 fi
 # GGUF exports against llama.cpp's own quantizations at the same file size: needs
 # llama.cpp's tools (built here by scripts/llama-tools.sh, ~5 min the first time)

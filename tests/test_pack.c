@@ -2,10 +2,11 @@
  * tests/test_pack.c — the packed file's container and loader, below the model
  * level: pack_writer's safetensors round trip read back by model/ (dtypes,
  * shapes, bytes, alignment runs, header padding, metadata with characters that
- * need escaping), its atomic write (no file and no temporary left after a
- * failure), and pack_load's refusals of files that are not packed files. The
- * end-to-end checks (real packing, logits, corrupt packed files, kill -9) are in
- * tests/test_pack.py.
+ * need escaping), the checksums it records (XXH3-64, against values from an
+ * independent implementation), its atomic write (no file and no temporary left
+ * after a failure), and pack_load's refusals of files that are not packed files.
+ * The end-to-end checks (real packing, logits, corrupt packed files, kill -9) are
+ * in tests/test_pack.py and tests/test_verify.py.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -158,6 +159,27 @@ static void test_writer_round_trip(void **state)
     mdl_close(m);
 }
 
+/* The checksums the writer records: every tensor verifies, and the hash is XXH3-64
+ * (values from the xxhash Python package, an independent implementation). */
+static void test_writer_checksums(void **state)
+{
+    (void)state;
+    char path[1024], err[256] = "";
+    uint8_t bytes[1280];
+    for (int i = 0; i < 1280; i++) bytes[i] = (uint8_t)i;
+    assert_true(mdl_packed_checksum("", 0) == UINT64_C(0x2d06800538d394c2));
+    assert_true(mdl_packed_checksum(bytes, sizeof bytes) == UINT64_C(0x4844b009e164352e));
+    snprintf(path, sizeof path, "%s/sums.safetensors", dir);
+    write_sample(path, 1);
+    mdl_model *m;
+    if (mdl_open(path, &m, err, sizeof err)) fail_msg("%s", err);
+    int64_t hashed = -1, want = 0;
+    for (int i = 0; i < N_SPECS; i++) want += (int64_t)bytes_of(&specs[i]);
+    assert_int_equal(mdl_packed_verify(m, NULL, NULL, &hashed), 0);
+    assert_int_equal(hashed, want);
+    mdl_close(m);
+}
+
 /* ==== Atomic writes ==== */
 
 static int count_files(void)
@@ -259,6 +281,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_writer_round_trip),
+        cmocka_unit_test(test_writer_checksums),
         cmocka_unit_test(test_writer_failure_leaves_nothing),
         cmocka_unit_test(test_writer_refuses_bad_dtypes),
         cmocka_unit_test(test_load_refuses_plain_safetensors),

@@ -36,6 +36,7 @@ import time
 
 import numpy as np
 import pytest
+import xxhash
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiny_model  # noqa: E402
@@ -205,7 +206,7 @@ def plan_options(packed):
 
 def check_sizes(path, expect_tensors=None):
     tensors, meta = read_tensors(path)
-    assert meta["format"] == "bitplan-packed" and meta["format_version"] == "1"
+    assert meta["format"] == "bitplan-packed" and meta["format_version"] == "2"
     cfg = json.loads(meta["config"])
     opts = json.loads(meta["options"])
     if expect_tensors is not None:
@@ -469,9 +470,9 @@ def test_invalid_and_unknown_options(work):
     expect_error(work, bad, "blk.7.attn_q.weight", "not a linear layer")
 
     def version(h):
-        h["__metadata__"]["format_version"] = "2"
+        h["__metadata__"]["format_version"] = "3"
     rewrite(work["packed"], bad, edit_header=version)
-    expect_error(work, bad, "format_version 2")
+    expect_error(work, bad, "format_version 3")
 
 
 def test_missing_part(work):
@@ -501,6 +502,13 @@ def test_bad_permutation(work):
     at = 8 + n + e["data_offsets"][0]
     blob[at:at + 2] = blob[at + 2:at + 4]  # stored columns 0 and 1 now name the same column
     bad.write_bytes(bytes(blob))
+    expect_error(work, bad, "blk.0.ffn_down.weight.qperm", "corrupt")  # the checksum catches it first
+
+    def resum(h):  # a checksum that agrees with the edit: the permutation check must catch it
+        sums = json.loads(h["__metadata__"]["checksums"])
+        sums["blk.0.ffn_down.weight.qperm"] = xxhash.xxh3_64_hexdigest(bytes(blob[at:8 + n + e["data_offsets"][1]]))
+        h["__metadata__"]["checksums"] = json.dumps(sums)
+    rewrite(bad, bad, edit_header=resum)
     expect_error(work, bad, "qperm", "not a permutation")
 
 

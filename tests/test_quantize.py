@@ -8,7 +8,7 @@ about two minutes on two cores):
       (tool_calib: rows unchanged when those bytes change), with the numbers
       `bitplan eval` gives on that text, filed in the database for the report;
   (c) a second target reuses the measurement (no new rows) and the plan of a target
-      already quantized is reused, not made again;
+      already quantized is reused, not made again, and its file kept unless damaged;
   (d) SIGKILL in the allocate, pack and check stages, then the same command: the same
       file, no temporary file left behind, the packed file kept when it is done;
   (e) --format gguf writes what export-gguf writes for the same plan, byte for byte,
@@ -181,6 +181,11 @@ def test_second_target_reuses_the_measurement(w):
     again = quantize(q, out="out38.bp", bpw=3.8).stdout
     assert "made before for this target" in again and "already plan 2's file: kept" in again
     assert count(q / DB, "plans") == before[2] + 1
+    # a damaged file is not kept (its checksums do not match): packed again, the same bytes
+    good = (q / "out38.bp").read_bytes()
+    (q / "out38.bp").write_bytes(good[:-100] + bytes([good[-100] ^ 0xFF]) + good[-99:])
+    redo = quantize(q, out="out38.bp", bpw=3.8).stdout
+    assert "file: kept" not in redo and (q / "out38.bp").read_bytes() == good
     # a by-hand plan at a target is not taken for quantize's (its settings may differ)
     assert "allocate  plan 2:" in quantize(w["hand"], out="again.bp").stdout
 
