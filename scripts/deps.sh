@@ -10,6 +10,7 @@ APT_PKGS=(
   libopenblas-dev liblapack-dev  # dense products (BLAS) and Cholesky (LAPACK)
   libxxhash-dev                # model/, pack/: XXH3-64 checksums of a packed file's tensors, verified on load
   libcmocka-dev                # tests/: C unit tests
+  clang                        # tests/fuzz/: the libFuzzer harnesses (make fuzz, and briefly in make test)
   python3 python3-pip          # tests/: independent NumPy/gguf/tokenizers references
   chromium fonts-dejavu-core   # tests/: renders the HTML report headless (console errors, screenshots)
   cmake ninja-build            # llama-cpp-python (the peer) compiles llama.cpp with CMake at pip install;
@@ -17,38 +18,26 @@ APT_PKGS=(
 )
 PY_PKGS=(numpy gguf tokenizers pytest xxhash)  # xxhash: tests/test_verify.py checks the checksums independently
 
-missing=()
-for p in "${APT_PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+# Installs those of the named Debian packages that are not installed yet.
+apt_install_missing() {
+  local missing=() p SUDO=""
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -gt 0 ] || return 0
+  [ "$(id -u)" -ne 0 ] && SUDO=sudo
   echo "deps: installing ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+}
+apt_install_missing "${APT_PKGS[@]}"
 
-# The fuzzers (make fuzz, tests/fuzz/): clang with its libFuzzer runtime and its
+# The fuzzers (make fuzz, tests/fuzz/) also need clang's libFuzzer runtime and its
 # OpenMP library. clang only recommends the runtime, so the versioned packages that
 # match the installed clang are asked for by name.
-if ! command -v clang >/dev/null; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-  echo "deps: installing clang"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq clang >/dev/null
-fi
 CLANG_MAJOR=$(clang --version | sed -nE 's/.*clang version ([0-9]+)\..*/\1/p' | head -1)
 [ -n "$CLANG_MAJOR" ] || { echo "deps: cannot tell the version of clang: $(clang --version | head -1)" >&2; exit 1; }
-missing=()
-for p in "libclang-rt-$CLANG_MAJOR-dev" "libomp-$CLANG_MAJOR-dev"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-  echo "deps: installing ${missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+apt_install_missing "libclang-rt-$CLANG_MAJOR-dev" "libomp-$CLANG_MAJOR-dev"
 
 PY=${PYTHON:-python3}
 pymissing=()
