@@ -181,21 +181,18 @@ static int pick_in_dir(const char *dir, char *out, size_t cap, char *err, size_t
     return mdl_errf(err, err_len, "%s: no model.safetensors.index.json or model.safetensors in this folder", dir);
 }
 
-/* What the first bytes say: 'g' (GGUF magic), 's' (a safetensors header: a length
- * that fits the file, then '{'), or 0 (neither). */
+/* What the first bytes say: 'g' (GGUF magic), 's' (a safetensors header: a JSON
+ * object after the 8-byte length), or 0 (neither). A length that runs past the file
+ * still says 's': the safetensors reader then reports exactly that. */
 static int sniff(const char *path)
 {
     unsigned char head[9] = {0};
-    struct stat st;
     FILE *f = fopen(path, "rb");
     if (!f) return 0;
     size_t n = fread(head, 1, sizeof head, f);
-    int ok = !fstat(fileno(f), &st);
     fclose(f);
     if (n >= 4 && !memcmp(head, "GGUF", 4)) return 'g';
-    uint64_t len = 0;
-    for (int i = 7; i >= 0; i--) len = len << 8 | head[i];
-    return n == 9 && ok && head[8] == '{' && len >= 2 && len <= (uint64_t)st.st_size - 8 ? 's' : 0;
+    return n == 9 && head[8] == '{' ? 's' : 0;
 }
 
 /* Sorts the name index and rejects duplicates. */
@@ -236,7 +233,7 @@ int mdl_open(const char *path, mdl_model **out, char *err, size_t err_len)
     if (kind == 'g' || (!kind && ends_with(file, ".gguf"))) {
         m->format = "gguf";
         if (mdl_gguf_load(m, file, err, err_len)) goto done;
-    } else if (!kind && !ends_with(file, ".json")) {
+    } else if (!kind && !ends_with(file, ".json") && !ends_with(file, ".safetensors")) {
         mdl_errf(err, err_len, "%s: not a GGUF or safetensors file (neither format's first bytes)", file);
         goto done;
     } else {
