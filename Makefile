@@ -33,7 +33,21 @@ ifneq ($(SAN),)
 NO_CUDA := 1
 endif
 
-MODULES  = util model db measure allocate pack runtime reports
+# MPI (par/): built in when mpicc is present, unless NO_MPI=1; without it a job is
+# one process. Open MPI's wrapper says its flags with --showme, MPICH's pkg-config.
+MPICC    ?= $(shell command -v mpicc 2>/dev/null)
+NO_MPI   ?=
+ifneq ($(MPICC),)
+ifeq ($(NO_MPI),)
+HAVE_MPI   = 1
+MPI_CFLAGS := -DBITPLAN_MPI $(shell $(MPICC) --showme:compile 2>/dev/null || pkg-config --cflags mpich 2>/dev/null)
+MPI_LIBS   := $(shell $(MPICC) --showme:link 2>/dev/null || pkg-config --libs mpich 2>/dev/null)
+CFLAGS_NOSAN += $(MPI_CFLAGS)
+LDLIBS   += $(MPI_LIBS)
+endif
+endif
+
+MODULES  = util par model db measure allocate pack runtime reports
 LIB_SRC  = $(foreach m,$(MODULES),$(wildcard $(m)/*.c $(m)/arch/*/*.c))
 CU_SRC   = $(wildcard runtime/cuda/*.cu)
 ifeq ($(NVCC)$(NO_CUDA),$(NVCC))

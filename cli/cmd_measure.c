@@ -5,6 +5,7 @@
  *     bitplan measure MODEL --calib FILE... --db D [--rows R] [--ctx C]
  *                     [--options F] [--damp X] [--kl-probe] [--threads N] [--fast-error]
  *                     [--resident]
+ *     mpirun -np N bitplan measure ...      (the same work, split across N ranks)
  *
  * It must never do the work itself: it parses, calls meas_run, and prints.
  */
@@ -37,7 +38,11 @@ static const char usage_text[] =
     "                    calibration in the database)\n"
     "  --resident        decode every weight to fp32 at the start instead of one\n"
     "                    block at a time (same results; memory grows with the model)\n"
-    "  --progress        show progress even when stderr is not a terminal\n";
+    "  --progress        show progress even when stderr is not a terminal\n"
+    "\n"
+    "On several processes or machines: mpirun -np N bitplan measure ... (each rank\n"
+    "runs a share of the rows and of the work; --threads is per rank; only rank 0\n"
+    "writes the database, which is the same as one process's for any N).\n";
 
 typedef struct {
     const char *model, *db, *options;
@@ -138,6 +143,9 @@ static void print_result(const measure_args *a, const meas_result *r)
            (long long)r->n_options, (long long)r->measured, (long long)r->skipped);
     if (a->p.kl_probe) printf(", %lld KL probes at \"%s\"", (long long)r->probed, r->ref_option);
     printf(" in %.1f s (calibration %lld in %s)\n", r->seconds, (long long)r->calib_id, a->db);
+    if (r->ranks > 1)
+        printf("%d ranks: %.1f MB sent, %.0f%% of the time inside MPI calls (mean of the ranks)\n", r->ranks,
+               r->sent_bytes / 1e6, 100 * r->wait_share);
 }
 
 int cmd_measure(int argc, char **argv)

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "par/par.h"
 #include "util/util.h"
 
 static const struct {
@@ -63,6 +64,31 @@ static int check_stdout(const char *cmd, int rc)
     return rc ? rc : 1;
 }
 
+/* Under mpirun only rank 0 speaks: the other ranks' failures reach it through
+ * par_agree, and it names them. */
+static void quiet_other_ranks(void)
+{
+    if (par_rank() == 0) return;
+    int fd = open("/dev/null", O_WRONLY);
+    if (fd >= 0) dup2(fd, STDOUT_FILENO), dup2(fd, STDERR_FILENO), close(fd);
+}
+
+/* The command, as one process or as one rank of an MPI job (measure only). */
+static int run_command(int argc, char **argv)
+{
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) {
+        if (strcmp(argv[1], commands[i].name)) continue;
+        if (par_size() > 1 && strcmp(argv[1], "measure"))
+            return cli_fail(argv[1], "only measure runs on several processes (this job has %d ranks); run it "
+                            "without mpirun", par_size()), 2;
+        quiet_other_ranks();
+        return check_stdout(argv[1], commands[i].run(argc - 1, argv + 1));
+    }
+    fprintf(stderr, "bitplan: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
+
 int main(int argc, char **argv)
 {
     /* Blocks of 1 MiB and more (a layer's weights, Hessians, GPTQ's work) are mapped
@@ -70,16 +96,21 @@ int main(int argc, char **argv)
      * first such free and serve the next ones from the heap, whose fragments then
      * grow with the number of layers walked: memory must grow with one block. */
     mallopt(M_MMAP_THRESHOLD, 1 << 20);
+    char why[256];
+    if (par_init(&argc, &argv, why, sizeof why)) {
+        fprintf(stderr, "bitplan: %s\n", why);
+        return 2;
+    }
     remember_command_line(argc, argv);
+    int rc;
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
-        return check_stdout("--help", argc < 2 ? 2 : 0);
+        rc = check_stdout("--help", argc < 2 ? 2 : 0);
+    } else {
+        rc = run_command(argc, argv);
     }
-    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
-        if (!strcmp(argv[1], commands[i].name)) return check_stdout(argv[1], commands[i].run(argc - 1, argv + 1));
-    fprintf(stderr, "bitplan: unknown command '%s'\n", argv[1]);
-    usage(stderr);
-    return 2;
+    par_finish();
+    return rc;
 }
 
 /* ==== Helpers shared by the subcommands ==== */

@@ -21,6 +21,13 @@
  *     gate/up, down): a row present is done.
  *  5. The head comes last (the walk's last visit). Probes of a layer's tensors run
  *     while the walk holds that layer (probe.c holds the later ones in turn).
+ *  6. On several ranks (par/, `mpirun`), the walk splits the rows (walk.c) and the
+ *     units and probes of each input group are dealt to the ranks by a fixed rule
+ *     (deal_units): a unit's numbers do not depend on where it runs, so the rows
+ *     are those of one process. Only rank 0 opens the database: it reads what is
+ *     done and sends it to all, and receives every rank's results at the end of
+ *     each group. Every step that can fail on one rank is agreed (par_agree), so
+ *     the ranks stop together and rank 0 says which failed and why.
  * It must never print (progress goes through a callback) and never write a row
  * whose numbers it did not compute in this run.
  */
@@ -37,6 +44,7 @@
 #include "../db/db.h"
 #include "../model/model.h"
 #include "probe_int.h"
+#include "../par/par.h"
 #include "../util/util.h"
 
 #define MEAS_FLUSH_SECONDS 2.0
@@ -60,6 +68,7 @@ typedef struct {
     int t, o;                 /* tensor and option index */
     int measure;              /* 1: write a measurement */
     int keep;                 /* 1: keep the dequantized GPTQ weights for the probe */
+    double cost;              /* estimated work, to deal units to ranks */
 } munit;
 
 typedef struct {
@@ -105,8 +114,14 @@ static int fail(mrun *r, const char *fmt, ...)
     return -1;
 }
 
+static int agreed(mrun *r, int rc)
+{
+    return par_agree(rc, r->err, r->err_len);
+}
+
 static void report(mrun *r, const char *phase)
 {
+    if (par_rank() != 0) return; /* rank 0 speaks for the job */
     r->prog.phase = phase;
     r->prog.elapsed = now_s() - r->t0;
     if (r->p->progress) r->p->progress(r->p->progress_ctx, &r->prog);
@@ -303,12 +318,11 @@ static int option_index(const mrun *r, int64_t db_id)
     return -1;
 }
 
-/* Reads which pairs and probes are done; fills done[], todo and probe flags. */
+/* Reads which pairs and probes are done into done[] and the probe flags (rank 0). */
 static int read_done(mrun *r)
 {
     int no = r->opts->n;
     int64_t *pairs = NULL, n = 0, *probed = NULL, np = 0;
-    if (!(r->done = calloc((size_t)r->nt * (size_t)no, 1))) return fail(r, "out of memory");
     if (db_measured_pairs(r->db, r->calib_id, &pairs, &n) ||
         (r->p->kl_probe && db_kl_probed_tensors(r->db, r->calib_id, &probed, &np))) {
         free(pairs);
@@ -318,30 +332,79 @@ static int read_done(mrun *r)
         for (int o = 0; o < no; o++) r->done[t * no + o] = skips(r, o, t) ? 2 : 0;
     for (int64_t i = 0; i < n; i++) {
         int t = tensor_index(r, pairs[2 * i]), o = option_index(r, pairs[2 * i + 1]);
-        if (t >= 0 && o >= 0 && !r->done[t * no + o]) r->done[t * no + o] = 1, r->res->skipped++;
+        if (t >= 0 && o >= 0 && !r->done[t * no + o]) r->done[t * no + o] = 1;
     }
-    for (int i = 0; i < r->nt; i++) {
-        r->t[i].todo = 0;
-        for (int o = 0; o < no; o++) r->t[i].todo += !r->done[i * no + o];
-        r->t[i].probe = r->p->kl_probe;
-        r->prog.units_total += r->t[i].todo;
-        r->prog.tensors_done += r->t[i].todo == 0;
-    }
+    for (int i = 0; i < r->nt; i++) r->t[i].probe = r->p->kl_probe;
     for (int64_t i = 0; i < np; i++) {
         int t = tensor_index(r, probed[i]);
         if (t >= 0 && r->t[t].probe) r->t[t].probe = 0;
     }
-    for (int i = 0; i < r->nt; i++) r->prog.probes_total += r->t[i].probe;
-    r->prog.tensors_total = r->nt;
     free(pairs), free(probed);
+    return 0;
+}
+
+/* What is left to do, from done[] and the probe flags (every rank). */
+static void tally_done(mrun *r)
+{
+    int no = r->opts->n;
+    for (int i = 0; i < r->nt; i++) {
+        r->t[i].todo = 0;
+        for (int o = 0; o < no; o++) {
+            r->t[i].todo += !r->done[i * no + o];
+            r->res->skipped += r->done[i * no + o] == 1;
+        }
+        r->prog.units_total += r->t[i].todo;
+        r->prog.tensors_done += r->t[i].todo == 0;
+        r->prog.probes_total += r->t[i].probe;
+    }
+    r->prog.tensors_total = r->nt;
+}
+
+/* Rank 0's view of the database on every rank: the ids, what is done, what to
+ * probe. rc: this rank's setup so far. */
+static int share_setup(mrun *r, int rc)
+{
+    int no = r->opts->n, nt = r->nt;
+    if (agreed(r, rc)) return -1;
+    int64_t *ids = malloc((size_t)(nt + 2) * sizeof *ids);
+    uint8_t *probe = malloc((size_t)nt);
+    if (!r->opt_ids) r->opt_ids = calloc((size_t)no, sizeof *r->opt_ids);
+    rc = !ids || !probe || !r->opt_ids ? fail(r, "out of memory") : 0;
+    for (int i = 0; !rc && i < nt; i++) ids[i] = r->t[i].db_id, probe[i] = (uint8_t)r->t[i].probe;
+    if (!rc) ids[nt] = r->model_id, ids[nt + 1] = r->calib_id;
+    if (!agreed(r, rc)) {
+        rc = par_bcast(ids, (size_t)(nt + 2) * sizeof *ids, 0) || par_bcast(probe, (size_t)nt, 0) ||
+             par_bcast(r->opt_ids, (size_t)no * sizeof *r->opt_ids, 0) || par_bcast(r->done, (size_t)nt * (size_t)no, 0)
+                 ? fail(r, "cannot receive rank 0's view of the database") : 0;
+        for (int i = 0; !rc && i < nt; i++) r->t[i].db_id = ids[i], r->t[i].probe = probe[i];
+        if (!rc) r->model_id = ids[nt], r->calib_id = ids[nt + 1];
+        rc = agreed(r, rc);
+    } else rc = -1;
+    free(ids), free(probe);
+    return rc;
+}
+
+/* Every rank must measure what rank 0 records: the same model, text, tokenizer and
+ * options, so the same calibration key. */
+static int same_key_as_root(mrun *r)
+{
+    char root[65];
+    memcpy(root, r->res->calib_key, sizeof root);
+    if (par_bcast(root, sizeof root, 0)) return fail(r, "cannot receive rank 0's calibration key");
+    if (memcmp(root, r->res->calib_key, sizeof root))
+        return fail(r, "its model, calibration text or options differ from rank 0's (calibration %.12s, not %.12s)",
+                    r->res->calib_key, root);
     return 0;
 }
 
 /* ==== Units (invariant 4) ==== */
 
-/* Writes the pending results in one transaction. Called inside the critical section. */
+/* Writes the pending results in one transaction (rank 0; other ranks keep theirs
+ * for the end of the group). Called inside the critical section or after the
+ * parallel region. */
 static int flush(mrun *r)
 {
+    if (!r->db) return 0;
     if (r->n_pending && db_measurements_insert(r->db, r->calib_id, r->pending, r->n_pending))
         return fail(r, "%s", db_errmsg(r->db));
     r->res->measured += r->n_pending;
@@ -397,12 +460,45 @@ static void unit_done(mrun *r, const munit *u, int rc, const db_measurement *m, 
 
 static int unit_cost_desc(const void *a, const void *b, void *ctx)
 {
-    const mrun *r = ctx;
     const munit *x = a, *y = b;
-    const mtensor *tx = &r->t[x->t], *ty = &r->t[y->t];
-    int64_t cx = tx->rows * tx->cols * tx->cols, cy = ty->rows * ty->cols * ty->cols;
-    if (cx != cy) return cx > cy ? -1 : 1;
+    (void)ctx;
+    if (x->cost != y->cost) return x->cost > y->cost ? -1 : 1;
     return x->t != y->t ? x->t - y->t : x->o - y->o;
+}
+
+/* Multiply-adds of a unit: GPTQ, RTN and their errors, about 3 rows cols^2; with
+ * its probe, the probe rows through the rest of the model. */
+static double unit_cost(const mrun *r, const munit *u)
+{
+    const mtensor *t = &r->t[u->t];
+    double work = (u->measure ? 3.0 : 1.0) * (double)t->rows * (double)t->cols * (double)t->cols;
+    if (u->keep) {
+        double rest = 0;
+        for (int i = t->layer * RT_HEAD; i < r->nt; i++) rest += (double)r->t[i].rows * (double)r->t[i].cols;
+        work += (double)MEAS_PROBE_ROWS * MEAS_PROBE_CTX * rest;
+    }
+    return work;
+}
+
+/* Invariant 6: the units of u[0..n) (most expensive first) that this rank runs.
+ * Each goes to the rank with the least work so far (the lowest of equals), so
+ * every rank deals the same hands. Moves this rank's units to the front; their
+ * count. */
+static int deal_units(munit *u, int n)
+{
+    int ranks = par_size(), me = par_rank(), k = 0;
+    if (ranks == 1) return n;
+    double *load = calloc((size_t)ranks, sizeof *load);
+    if (!load) return -1;
+    for (int i = 0; i < n; i++) {
+        int to = 0;
+        for (int j = 1; j < ranks; j++)
+            if (load[j] < load[to]) to = j;
+        load[to] += u[i].cost;
+        if (to == me) u[k++] = u[i];
+    }
+    free(load);
+    return k;
 }
 
 /* The units of the tensors of [t0, t1) that read input g and that this run must
@@ -415,9 +511,10 @@ static munit *plan_units(mrun *r, int t0, int t1, rt_input g, int *n)
     for (int t = t0; t < t1; t++) {
         if (rt_class_input(r->t[t].cls) != g) continue;
         for (int o = 0; o < no; o++)
-            if (!r->done[t * no + o]) u[k++] = (munit){t, o, 1, r->t[t].probe && o == r->ref};
-        if (r->t[t].probe && r->done[t * no + r->ref]) u[k++] = (munit){t, r->ref, 0, 1};
+            if (!r->done[t * no + o]) u[k++] = (munit){t, o, 1, r->t[t].probe && o == r->ref, 0};
+        if (r->t[t].probe && r->done[t * no + r->ref]) u[k++] = (munit){t, r->ref, 0, 1, 0};
     }
+    for (int i = 0; i < k; i++) u[i].cost = unit_cost(r, &u[i]);
     qsort_r(u, (size_t)k, sizeof *u, unit_cost_desc, r);
     *n = k;
     return u;
@@ -510,29 +607,52 @@ static void run_parallel(mrun *r, const munit *u, int n, gptq_prep *const *prep)
     openblas_set_num_threads(blas_threads);
 }
 
+/* Rank 0 receives the other ranks' results of the group and writes them (in one
+ * transaction); the others send theirs. */
+static int collect_results(mrun *r)
+{
+    db_measurement *all = NULL;
+    size_t bytes = 0, mine = par_rank() && r->pending ? (size_t)r->n_pending * sizeof *r->pending : 0;
+    if (par_gather(r->pending, mine, (void **)&all, &bytes)) return fail(r, "cannot collect the other ranks' results");
+    if (par_rank()) return r->n_pending = 0, 0;
+    int n = (int)(bytes / sizeof *all), rc = 0;
+    if (n && db_measurements_insert(r->db, r->calib_id, all, n)) rc = fail(r, "%s", db_errmsg(r->db));
+    for (int i = 0; !rc && i < n; i++) {
+        int t = tensor_index(r, all[i].tensor_id);
+        r->res->measured++, r->prog.units_done++;
+        if (t >= 0 && --r->t[t].todo == 0) r->prog.tensors_done++;
+    }
+    free(all);
+    if (!rc && n) report(r, "measure");
+    return rc;
+}
+
 /* Measures the tensors of [t0, t1) that read input g. Their weights as fp32 and
  * their GPTQ preparation (a Cholesky factor as large as the Hessian) exist only
- * while they run, so a layer holds one group's at a time. */
+ * while they run, so a layer holds one group's at a time. Every rank prepares the
+ * whole group, runs its share of the units, and agrees on the outcome. */
 static int run_group(mrun *r, int t0, int t1, rt_input g)
 {
     int n = 0, rc = -1;
     gptq_prep *prep[2] = {NULL, NULL};
     munit *u = plan_units(r, t0, t1, g, &n);
-    if (!u) return fail(r, "out of memory");
+    if (agreed(r, u ? 0 : fail(r, "out of memory"))) return free(u), -1;
     if (n == 0) { free(u); return 0; }
+    int mine = deal_units(u, n);
     r->pending = malloc((size_t)n * sizeof *r->pending);
-    if (!r->pending) fail(r, "out of memory");
-    else if (!load_weights(r, t0, t1, g) && !prepare_group(r, g, u, n, prep)) {
-        run_parallel(r, u, n, prep);
+    if (!r->pending || mine < 0) fail(r, "out of memory");
+    else if (!mine || (!load_weights(r, t0, t1, g) && !prepare_group(r, g, u, mine, prep))) {
+        run_parallel(r, u, mine, prep);
         rc = r->failed ? -1 : 0;
         if (flush(r)) rc = -1; /* what finished is kept even after a failure */
         if (!rc && util_interrupted()) rc = fail(r, "interrupted");
     }
     gptq_prep_free(prep[0]), gptq_prep_free(prep[1]);
     forget_weights(r, t0, t1);
+    if (collect_results(r)) rc = -1; /* even after a failure: the other ranks wait for it */
     free(r->pending), r->pending = NULL;
     free(u);
-    return rc;
+    return agreed(r, rc);
 }
 
 /* Measures tensors [t0, t1) (one layer, or the head) with the Hessians at hand. */
@@ -545,32 +665,48 @@ static int run_units(mrun *r, int t0, int t1)
 
 /* ==== Probes ==== */
 
-/* Probes the tensors of [t0, t1) that this run probes, together (probe.c). */
+/* Rank 0 writes every rank's probe results (in rank order); 0 or -1. */
+static int collect_probes(mrun *r, const db_kl_probe *kp, int n)
+{
+    db_kl_probe *all = NULL;
+    size_t bytes = 0;
+    if (par_gather(kp, (size_t)n * sizeof *kp, (void **)&all, &bytes)) return fail(r, "cannot collect the probes");
+    int rc = 0;
+    for (size_t i = 0; !rc && all && i < bytes / sizeof *all; i++) {
+        if (db_kl_probe_insert(r->db, r->calib_id, &all[i])) rc = fail(r, "%s", db_errmsg(r->db));
+        else r->res->probed++, r->prog.probes_done++, report(r, "probe");
+    }
+    free(all);
+    return rc;
+}
+
+/* Probes the tensors of [t0, t1) that this run probes and this rank quantized at
+ * the reference option, together (probe.c); rank 0 writes them all. */
 static int run_probes(mrun *r, int t0, int t1)
 {
     rt_class cls[RT_CLASS_COUNT];
     float *wq[RT_CLASS_COUNT];
-    int idx[RT_CLASS_COUNT], n = 0;
+    int idx[RT_CLASS_COUNT], n = 0, rc = 0;
     for (int i = t0; i < t1; i++) {
         mtensor *t = &r->t[i];
         if (!t->probe) continue;
-        assert(t->probe_wq && n < RT_CLASS_COUNT);
+        assert((t->probe_wq || par_size() > 1) && n < RT_CLASS_COUNT);
+        if (!t->probe_wq) continue; /* another rank's */
         idx[n] = i, cls[n] = t->cls, wq[n++] = t->probe_wq;
         t->probe_wq = NULL;
     }
-    if (!n) return 0;
-    double t_start = now_s(), kld[RT_CLASS_COUNT];
-    if (probe_tensors(r->probe, n, cls, wq, kld)) return fail(r, "out of memory probing %s", r->t[idx[0]].name);
-    double each = (now_s() - t_start) / n;
-    for (int k = 0; k < n; k++) {
-        mtensor *t = &r->t[idx[k]];
-        db_kl_probe kp = {t->db_id, r->opt_ids[r->ref], kld[k], t->probe_rel, each};
-        if (db_kl_probe_insert(r->db, r->calib_id, &kp)) return fail(r, "%s", db_errmsg(r->db));
-        r->res->probed++;
-        r->prog.probes_done++;
-        report(r, "probe");
+    db_kl_probe kp[RT_CLASS_COUNT];
+    if (n) {
+        double t_start = now_s(), kld[RT_CLASS_COUNT];
+        if (probe_tensors(r->probe, n, cls, wq, kld)) rc = fail(r, "out of memory probing %s", r->t[idx[0]].name);
+        double each = (now_s() - t_start) / n;
+        for (int k = 0; !rc && k < n; k++) {
+            mtensor *t = &r->t[idx[k]];
+            kp[k] = (db_kl_probe){t->db_id, r->opt_ids[r->ref], kld[k], t->probe_rel, each};
+        }
     }
-    return 0;
+    if (agreed(r, rc)) return -1;
+    return agreed(r, collect_probes(r, kp, n));
 }
 
 /* ==== The pass: visits of the calibration walk ==== */
@@ -621,11 +757,12 @@ static void walk_progress(void *ctx, const char *phase, int layer)
 
 static int run_pass(mrun *r)
 {
-    if (r->ref >= 0 && probe_new(r->m, &r->cal, &r->probe)) return fail(r, "out of memory for the KL probe");
+    int rc = r->ref >= 0 && probe_new(r->m, &r->cal, &r->probe) ? fail(r, "out of memory for the KL probe") : 0;
+    if (agreed(r, rc)) return -1;
     walk_params w = {.m = r->m, .cal = &r->cal, .wants = layer_needs_work, .visit = visit_layer,
                      .passed = passed_layer, .progress = walk_progress, .ctx = r};
     if (walk_run(&w, r->err, r->err_len)) return -1;
-    if (db_calib_mark_done(r->db, r->calib_id)) return fail(r, "%s", db_errmsg(r->db));
+    if (r->db && db_calib_mark_done(r->db, r->calib_id)) return fail(r, "%s", db_errmsg(r->db));
     return 0;
 }
 
@@ -657,6 +794,43 @@ static void cleanup(mrun *r)
     if (r->threads > 0) omp_set_num_threads(r->threads); /* as apply_threads found it, or as asked */
 }
 
+/* Rank 0: the database, created if absent; the model, tensors, calibration and
+ * options recorded; the calibration claimed; what is done read. */
+static int open_database(mrun *r, const char *db_path, const char *hash, int *calib_done)
+{
+    if (db_open(db_path, DB_OPEN_CREATE, &r->db)) return fail(r, "%s", db_errmsg(r->db));
+    if (record_setup(r, hash, calib_done)) return -1;
+    if (db_calib_claim(r->db, r->calib_id, "bitplan")) return fail(r, "%s", db_errmsg(r->db));
+    return read_done(r);
+}
+
+/* The model, its hash and the calibration key, the same on every rank. */
+static int open_everywhere(mrun *r, const char *model_path, const char *const *calib_paths, int n_calib)
+{
+    if (agreed(r, open_model(r, model_path, calib_paths, n_calib))) return -1;
+    const char *hash = mdl_content_hash(r->file);
+    int rc = hash ? calib_key(r, hash, r->res->calib_key) : fail(r, "%s: cannot hash the model file", model_path);
+    if (hash) snprintf(r->res->model_hash, sizeof r->res->model_hash, "%s", hash);
+    if (agreed(r, rc) || agreed(r, same_key_as_root(r))) return -1;
+    rc = rt_model_open(r->file, 1, r->p->resident ? RT_OPEN_RESIDENT : 0, &r->m, r->err, r->err_len);
+    if (!rc && !(r->done = calloc((size_t)r->nt * (size_t)r->opts->n, 1))) rc = fail(r, "out of memory");
+    return agreed(r, rc);
+}
+
+/* The ranks' traffic and waiting, summed on rank 0 (collective). */
+static void job_stats(mrun *r)
+{
+    meas_result *out = r->res;
+    out->ranks = par_size();
+    if (out->ranks == 1) return;
+    par_stats st = par_get_stats();
+    double mine[2] = {(double)st.bytes_sent, st.seconds_in_calls / (out->seconds > 0 ? out->seconds : 1)}, *all = NULL;
+    size_t bytes = 0;
+    if (par_gather(mine, sizeof mine, (void **)&all, &bytes) || !all) return;
+    for (int k = 0; k < out->ranks; k++) out->sent_bytes += all[2 * k], out->wait_share += all[2 * k + 1] / out->ranks;
+    free(all);
+}
+
 int meas_run(const char *model_path, const char *const *calib_paths, int n_calib, const char *db_path,
              const meas_params *p, meas_result *out, char *err, size_t err_len)
 {
@@ -668,17 +842,10 @@ int meas_run(const char *model_path, const char *const *calib_paths, int n_calib
     if (p->options) r.opts = p->options;
     else opt_default_set(&r.own_opts), r.opts = &r.own_opts;
     int rc = -1, calib_done = 0;
-    if (open_model(&r, model_path, calib_paths, n_calib)) goto done;
-    const char *hash = mdl_content_hash(r.file);
-    if (!hash) { fail(&r, "%s: cannot hash the model file", model_path); goto done; }
-    snprintf(out->model_hash, sizeof out->model_hash, "%s", hash);
-    if (calib_key(&r, hash, out->calib_key)) goto done;
-    if (db_open(db_path, DB_OPEN_CREATE, &r.db)) { fail(&r, "%s", db_errmsg(r.db)); goto done; }
-    if (rt_model_open(r.file, 1, p->resident ? RT_OPEN_RESIDENT : 0, &r.m, err, err_len)) goto done;
-    if (record_setup(&r, hash, &calib_done)) goto done;
-    out->calib_id = r.calib_id;
-    if (db_calib_claim(r.db, r.calib_id, "bitplan")) { fail(&r, "%s", db_errmsg(r.db)); goto done; }
-    if (read_done(&r)) goto done;
+    if (open_everywhere(&r, model_path, calib_paths, n_calib)) goto done;
+    int opened = par_rank() == 0 ? open_database(&r, db_path, out->model_hash, &calib_done) : 0;
+    if (share_setup(&r, opened)) goto done;
+    tally_done(&r);
     out->calib_id = r.calib_id, out->n_tensors = r.nt, out->n_options = r.opts->n;
     if (p->kl_probe && (r.ref = pick_reference(&r)) < 0) {
         fail(&r, "--kl-probe needs an option that applies to every tensor");
@@ -687,12 +854,13 @@ int meas_run(const char *model_path, const char *const *calib_paths, int n_calib
     if (p->kl_probe) snprintf(out->ref_option, sizeof out->ref_option, "%s", r.opts->v[r.ref].name);
     if (everything_done(&r)) {
         out->already_done = 1;
-        rc = calib_done || !db_calib_mark_done(r.db, r.calib_id) ? 0 : fail(&r, "%s", db_errmsg(r.db));
+        rc = !r.db || calib_done || !db_calib_mark_done(r.db, r.calib_id) ? 0 : fail(&r, "%s", db_errmsg(r.db));
         goto done;
     }
     rc = run_pass(&r);
 done:
     out->seconds = now_s() - r.t0;
+    job_stats(&r);
     cleanup(&r);
     return rc;
 }

@@ -17,9 +17,12 @@
 #include <assert.h>
 #include <cblas.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "par/par.h"
 
 #define HESS_CHUNK 256
 
@@ -91,9 +94,94 @@ int hess_layer_init(hess_layer *hl, const mdl_config *c, char *err, size_t err_l
     return 0;
 }
 
+/* ==== Rows kept for sharing ==== */
+
+#define HESS_ROW_CALLS 8      /* observed inputs of one row in one layer (a block makes 4) */
+
+/* One row's observer calls in one layer: which group, how many tokens, in order,
+ * and their inputs one after another. The head (as sent): calls, then the ints. */
+struct hess_row {
+    int32_t calls, group[HESS_ROW_CALLS], n[HESS_ROW_CALLS];
+    float *x;
+    size_t floats, cap;
+};
+
+int hess_layer_keep_rows(hess_layer *hl, int n_rows)
+{
+    if (!(hl->rows = calloc((size_t)n_rows, sizeof *hl->rows))) return -1;
+    hl->n_rows = n_rows;
+    return 0;
+}
+
+void hess_layer_row(hess_layer *hl, int row)
+{
+    assert(!hl->rows || (row >= 0 && row < hl->n_rows));
+    hl->row = row;
+}
+
+static void keep_input(hess_layer *hl, rt_input which, const float *x, int n, int64_t cols)
+{
+    hess_row *r = &hl->rows[hl->row];
+    size_t add = (size_t)n * (size_t)cols;
+    if (r->calls == HESS_ROW_CALLS) { hl->failed = 1; return; }
+    if (r->floats + add > r->cap) {
+        size_t cap = (r->floats + add) * 2;
+        float *x2 = realloc(r->x, cap * sizeof *x2);
+        if (!x2) { hl->failed = 1; return; }
+        r->x = x2, r->cap = cap;
+    }
+    memcpy(r->x + r->floats, x, add * sizeof *x);
+    r->floats += add;
+    r->group[r->calls] = (int32_t)which, r->n[r->calls++] = n;
+}
+
+/* Row i's calls, replayed into the Hessians as the observer would have made them. */
+static void replay_row(hess_layer *hl, const hess_row *r, const float *x)
+{
+    for (int c = 0; c < r->calls; c++) {
+        int g = r->group[c];
+        if (hl->h[g] && hess_accumulate(hl->h[g], x, r->n[c], hl->cols[g])) hl->failed = 1;
+        hl->n[g] += r->n[c];
+        x += (size_t)r->n[c] * (size_t)hl->cols[g];
+    }
+}
+
+int hess_layer_share(hess_layer *hl, const int *owner)
+{
+    int rc = 0;
+    float *got = NULL;            /* another rank's row */
+    size_t got_cap = 0;
+    for (int i = 0; i < hl->n_rows; i++) {
+        hess_row *r = &hl->rows[i], head = *r;
+        int mine = owner[i] == par_rank();
+        rc |= par_bcast(&head, offsetof(hess_row, x), owner[i]);
+        if (head.calls < 0 || head.calls > HESS_ROW_CALLS) head.calls = 0, rc = -1; /* corrupt: take nothing */
+        size_t floats = 0;
+        for (int c = 0; c < head.calls; c++) floats += (size_t)head.n[c] * (size_t)hl->cols[head.group[c]];
+        if (!mine && floats > got_cap) {
+            free(got);
+            /* Without room for the row this rank cannot keep in step with the
+             * others' broadcasts: end the job (the launcher names the rank). */
+            if (!(got = malloc(floats * sizeof *got))) par_abort(1);
+            got_cap = floats;
+        }
+        float *x = mine ? r->x : got;
+        rc |= par_bcast(x, floats * sizeof *x, owner[i]);
+        replay_row(hl, &head, x);
+        free(r->x), memset(r, 0, sizeof *r);
+    }
+    free(got);
+    if (rc) hl->failed = 1;
+    return rc ? -1 : 0;
+}
+
+/* ==== The layer's Hessians ==== */
+
 void hess_layer_free(hess_layer *hl)
 {
     for (int g = 0; g < RT_INPUT_COUNT; g++) free(hl->h[g]), hl->h[g] = NULL;
+    for (int i = 0; hl->rows && i < hl->n_rows; i++) free(hl->rows[i].x);
+    free(hl->rows), hl->rows = NULL;
 }
 
 static void observe(void *ctx, int layer, rt_input which, const float *x, int n, int64_t cols)
@@ -101,6 +189,10 @@ static void observe(void *ctx, int layer, rt_input which, const float *x, int n,
     hess_layer *hl = ctx;
     if (layer != hl->layer || !hl->h[which]) return;
     assert(cols == hl->cols[which]);
+    if (hl->rows) {
+        keep_input(hl, which, x, n, cols);
+        return;
+    }
     if (hess_accumulate(hl->h[which], x, n, cols)) hl->failed = 1;
     hl->n[which] += n;
 }
@@ -125,6 +217,7 @@ void hess_layer_start(hess_layer *hl, rt_state *s, int layer)
         if (!hl->h[g] && !(hl->h[g] = malloc(bytes))) hl->failed = 1;
         if (hl->h[g]) memset(hl->h[g], 0, bytes);
     }
+    for (int i = 0; hl->rows && i < hl->n_rows; i++) hl->rows[i].calls = 0, hl->rows[i].floats = 0;
     hl->layer = layer;
     rt_state_set_observer(s, observe, hl);
 }

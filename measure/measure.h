@@ -128,6 +128,7 @@ int hess_finalize(double *h, int64_t cols, int64_t n_rows, char *err, size_t err
  *     hess_layer_start(&hl, state, l);   ... forward over the rows ...
  *     hess_layer_finish(&hl, state, err, sizeof err);   // hl.h[RT_IN_MLP] is H of gate/up
  */
+typedef struct hess_row hess_row;
 typedef struct {
     double *h[RT_INPUT_COUNT];  /* [cols][cols] per input group: a block's four, or the head's
                                    (the others are NULL) */
@@ -136,6 +137,9 @@ typedef struct {
     int layer;                  /* the layer being accumulated, -1 none */
     int n_layers;               /* layer n_layers is the head */
     int failed;                 /* out of memory (at start or inside the observer) */
+    hess_row *rows;             /* with hess_layer_keep_rows: each calibration row's observed
+                                   inputs, kept until hess_layer_share sums them */
+    int n_rows, row;            /* rows kept for; the row now running (hess_layer_row) */
 } hess_layer;
 int hess_layer_init(hess_layer *hl, const mdl_config *c, char *err, size_t err_len);
 void hess_layer_free(hess_layer *hl);
@@ -143,6 +147,19 @@ void hess_layer_free(hess_layer *hl);
 void hess_layer_start(hess_layer *hl, rt_state *s, int layer);
 /* Stops observing and finalizes the groups that saw input; errors name the group. */
 int hess_layer_finish(hess_layer *hl, rt_state *s, char *err, size_t err_len);
+
+/* Rows split across the ranks of a job (par/): each rank runs its own rows, and
+ * the Hessians must still be the sums of one process, bit for bit. So instead of
+ * accumulating, the observer keeps what each row's inputs were (hess_layer_row
+ * says which row runs), and hess_layer_share then sends every row from the rank
+ * that ran it (owner[row]) to all ranks, each of which accumulates the rows in
+ * row order with the calls the row made: exactly one process's sequence of
+ * hess_accumulate calls, whatever the number of ranks. Collective. 0, or -1 (out
+ * of memory: for n_rows records; in share, an MPI error or out of memory, which
+ * hess_layer_finish also reports). */
+int hess_layer_keep_rows(hess_layer *hl, int n_rows);
+void hess_layer_row(hess_layer *hl, int row);
+int hess_layer_share(hess_layer *hl, const int *owner);
 const char *hess_input_name(rt_input g); /* "attn", "attn_out", "mlp", "mlp_out", "head" */
 
 /* ==== Options ==== */
@@ -270,6 +287,10 @@ typedef struct {
     char calib_key[65];
     char model_hash[65];        /* the model's content hash (mdl_content_hash) */
     double seconds;
+    int ranks;                  /* processes of the job (par/) */
+    double sent_bytes;          /* with ranks > 1: payload every rank sent, summed */
+    double wait_share;          /* with ranks > 1: share of the run the ranks spent inside
+                                   par/ calls (waiting for others, mostly), their mean */
 } meas_result;
 
 /* The measurement pass: opens the model and the database (created if absent),

@@ -9,6 +9,7 @@ APT_PKGS=(
   libsqlite3-dev sqlite3       # db/: measurements and plans
   libopenblas-dev liblapack-dev  # dense products (BLAS) and Cholesky (LAPACK)
   libxxhash-dev                # model/, pack/: XXH3-64 checksums of a packed file's tensors, verified on load
+  libopenmpi-dev openmpi-bin   # par/: `mpirun -np N bitplan measure` splits the measurement across processes
   libcmocka-dev                # tests/: C unit tests
   clang                        # tests/fuzz/: the libFuzzer harnesses (make fuzz, and briefly in make test)
   python3 python3-pip          # tests/: independent NumPy/gguf/tokenizers references

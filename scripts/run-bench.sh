@@ -3,6 +3,7 @@
 # measured in the same run. Results go to stdout (Markdown tables); BENCHMARKS.md
 # records them with the machine. BENCH_ONLY=matvec|forward|alloc|gptq|verify|cuda runs
 # one; BENCH_ONLY=scale runs bench/bench_scale.py (a 7B-shaped model), and only then;
+# BENCH_ONLY=mpi runs bench/bench_mpi.py (2 MPI ranks against 1 process), and only then;
 # BENCH_ONLY=gguf runs bench/bench_gguf.py (against llama.cpp), and only then.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +49,12 @@ fi
 if [ "$only" = scale ]; then
     echo; echo "## Every command on a 7B-shaped model"
     BUILD=$B python3 bench/bench_scale.py
+fi
+# The measurement on 2 MPI ranks against one process (SmolLM2, and one 7B-shaped
+# block): about 20 minutes, so only when asked for (BENCH_ONLY=mpi).
+if [ "$only" = mpi ]; then
+    echo; echo "## Measuring on several processes (MPI)"
+    BUILD=$B python3 bench/bench_mpi.py
 fi
 if run cuda && [ -x "$B/bench/bench_cuda" ]; then
     echo; echo "## CUDA"

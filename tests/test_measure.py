@@ -74,12 +74,7 @@ def dump(db):
         return [line for line in c.iterdump() if "INSERT" in line]
 
 
-def count(db, table):
-    try:
-        with sqlite3.connect(db, timeout=30) as c:
-            return c.execute("SELECT count(*) FROM %s" % table).fetchone()[0]
-    except sqlite3.OperationalError:  # not created yet
-        return 0
+count = tiny_model.row_count
 
 
 @pytest.fixture(scope="module")

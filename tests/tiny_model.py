@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import sqlite3
 import struct
 from collections import Counter
 
@@ -121,6 +122,16 @@ def calib_text(seed, copies=30):
         rng.shuffle(lines)
         out.extend(lines)
     return "\n".join(out) + "\n"
+
+
+def row_count(db, table):
+    """Rows of a table of a bitplan database that another process may be writing
+    (0 while the database or the table does not exist yet)."""
+    try:
+        with sqlite3.connect(db, timeout=30) as c:
+            return c.execute("SELECT count(*) FROM %s" % table).fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
 
 
 def tiny_vocab(vocab=512):
