@@ -6,8 +6,8 @@ with --threads 1 per rank, alternated REPEATS times, on
   - SmolLM2-135M (make demo's measurement: data/calib.txt, 16 x 512 tokens, the
     default 28 options, --kl-probe);
   - one block of the Llama-2-7B shape (scripts/synth-model.py --shape llama2-7b
-    --layers 1: the block, the embedding and the 49152 x 4096 head; 16 x 512 tokens,
-    OPTIONS_7B options).
+    --layers 1: the block, the embedding and the 49152 x 4096 head; 8 x 256 tokens,
+    the OPTIONS_7B options: a few minutes a run).
 
 For each: wall seconds, the speed-up (one process's wall / two ranks'), the bytes
 the ranks sent per visited layer and the share of time they spent inside MPI calls
@@ -74,7 +74,7 @@ def bench(name, model, extra, layers, repeats, work):
     rows = []
     for rep in range(repeats):
         for ranks in (1, 2):
-            db = os.path.join(work, "%s-%d-%d.db" % (name, ranks, rep))
+            db = os.path.join(work, "%s-%d-%d.db" % (name.split(",")[0].replace(" ", "-"), ranks, rep))
             for f in (db, db + "-wal", db + "-shm"):
                 if os.path.exists(f):
                     os.remove(f)
@@ -116,8 +116,8 @@ def main():
         opts = os.path.join(work, "opts-7b.txt")
         with open(opts, "w") as f:
             f.write(OPTIONS_7B)
-        bench("one Llama-2-7B block + head, 2 options, 16 × 512 tokens", model, ["--options", opts], 2,
-              a.repeats, work)
+        bench("one Llama-2-7B block + head, 2 options, 8 × 256 tokens", model,
+              ["--options", opts, "--rows", "8", "--ctx", "256"], 2, a.repeats, work)
 
 
 if __name__ == "__main__":
