@@ -5,6 +5,7 @@
  * GGUF file for llama.cpp and Ollama instead (pack/export.c).
  * --uniform first records a plan with that one option for every tensor (the
  * baseline the exact plans are compared with) and packs it.
+ *     mpirun -np N bitplan pack ...   (the GPTQ work split across N ranks; the same file)
  * It must never quantize or write anything itself: pack/ and db/ do.
  */
 #include "cli.h"
@@ -14,6 +15,7 @@
 
 #include "../db/db.h"
 #include "../pack/pack.h"
+#include "../par/par.h"
 #include "../util/util.h"
 
 static const char usage_gguf[] =
@@ -78,7 +80,7 @@ static int parse_args(int argc, char **argv, pack_args *a)
     return 0;
 }
 
-static int record_uniform(pack_args *a)
+static int record_uniform_here(pack_args *a, int64_t *id_out)
 {
     db_conn *d = NULL;
     int64_t id = 0;
@@ -88,8 +90,35 @@ static int record_uniform(pack_args *a)
     else printf("plan            %lld (uniform \"%s\"%s%s%s)\n", (long long)id, a->uniform, a->head_option ? ", head \"" : "",
                 a->head_option ? a->head_option : "", a->head_option ? "\"" : "");
     db_close(d);
+    *id_out = id;
+    return rc ? -1 : 0;
+}
+
+/* Rank 0 records the plan and tells the others its id (collective). */
+static int record_uniform(pack_args *a)
+{
+    int64_t id = 0;
+    int rc = par_rank() == 0 ? record_uniform_here(a, &id) : 0;
+    char why[256] = "";
+    if (par_bcast(&id, sizeof id, 0) || par_agree(rc, why, sizeof why)) return 1;
     a->plan = (long)id;
-    return rc;
+    return 0;
+}
+
+static void print_stats(const pack_args *a, const pack_stats *st, pack_out_format out)
+{
+    printf("%s          %s\n", out == PACK_OUT_GGUF ? "gguf  " : "packed", a->out);
+    printf("hessians        %s\n", a->p.hessians == PACK_HESS_FULL ? "full" : "sequential");
+    printf("tensors         %lld quantized\n", (long long)st->n_quantized);
+    printf("bits            %lld (%.1f MiB)\n", (long long)st->quantized_bits, (double)st->quantized_bits / 8 / (1 << 20));
+    printf("bpw             %.4f over the quantized layers (%lld weights)\n",
+           st->quantized_weights ? (double)st->quantized_bits / (double)st->quantized_weights : 0.0,
+           (long long)st->quantized_weights);
+    printf("file size       %lld bytes (%.1f MiB)\n", (long long)st->file_bytes, (double)st->file_bytes / (1 << 20));
+    printf("time            %.1f s\n", st->seconds);
+    if (st->ranks > 1)
+        printf("%d ranks: %.1f MB sent, %.0f%% of the time inside MPI calls (mean of the ranks)\n", st->ranks,
+               st->sent_bytes / 1e6, 100 * st->wait_share);
 }
 
 static int run(int argc, char **argv, pack_out_format out)
@@ -110,14 +139,7 @@ static int run(int argc, char **argv, pack_out_format out)
     if (pack_model(a.model, a.db, a.plan, a.out, &a.p, &st, err, sizeof err))
         return util_interrupted() ? cli_interrupted(cmd_name, "nothing was written to %s (a pack starts over)", a.out)
                                   : cli_fail(cmd_name, "%s", err);
-    printf("%s          %s\n", out == PACK_OUT_GGUF ? "gguf  " : "packed", a.out);
-    printf("hessians        %s\n", a.p.hessians == PACK_HESS_FULL ? "full" : "sequential");
-    printf("tensors         %lld quantized\n", (long long)st.n_quantized);
-    printf("bits            %lld (%.1f MiB)\n", (long long)st.quantized_bits, (double)st.quantized_bits / 8 / (1 << 20));
-    printf("bpw             %.4f over the quantized layers (%lld weights)\n",
-           st.quantized_weights ? (double)st.quantized_bits / (double)st.quantized_weights : 0.0, (long long)st.quantized_weights);
-    printf("file size       %lld bytes (%.1f MiB)\n", (long long)st.file_bytes, (double)st.file_bytes / (1 << 20));
-    printf("time            %.1f s\n", st.seconds);
+    print_stats(&a, &st, out);
     return 0;
 }
 

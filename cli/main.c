@@ -21,19 +21,20 @@
 static const struct {
     const char *name;
     int (*run)(int argc, char **argv);
+    int on_ranks;             /* 1: splits its work across the ranks of an MPI job */
     const char *usage;
 } commands[] = {
-    {"quantize", cmd_quantize, "quantize MODEL --bpw B -o OUT [--calib TEXT...]  the whole job in one command"},
-    {"inspect", cmd_inspect, "inspect MODEL                              tensors, shapes, dtypes, params, arch"},
-    {"tokenize", cmd_tokenize, "tokenize MODEL (--text FILE | --string S)  token ids of a text"},
-    {"measure", cmd_measure, "measure MODEL --calib TEXT... --db D         measurement pass (resumable)"},
-    {"allocate", cmd_allocate, "allocate --db D (--bpw B | --vram SIZE --ctx N) exact plan for a budget"},
-    {"pack", cmd_pack, "pack MODEL --db D [--plan N] -o OUT           quantize and pack"},
-    {"export-gguf", cmd_export_gguf, "export-gguf MODEL --db D [--plan N] -o OUT   a plan of ggml types as GGUF"},
-    {"eval", cmd_eval, "eval OUT|MODEL --text FILE [--ref MODEL]      perplexity and KL divergence"},
-    {"generate", cmd_generate, "generate OUT|MODEL --prompt \"...\"            text generation"},
-    {"report", cmd_report, "report --db D -o report.html                  sensitivity and allocation report"},
-    {"verify", cmd_verify, "verify FILE                                   a file's structure and checksums (exit 0: sound)"},
+    {"quantize", cmd_quantize, 0, "quantize MODEL --bpw B -o OUT [--calib TEXT...]  the whole job in one command"},
+    {"inspect", cmd_inspect, 0, "inspect MODEL                              tensors, shapes, dtypes, params, arch"},
+    {"tokenize", cmd_tokenize, 0, "tokenize MODEL (--text FILE | --string S)  token ids of a text"},
+    {"measure", cmd_measure, 1, "measure MODEL --calib TEXT... --db D         measurement pass (resumable)"},
+    {"allocate", cmd_allocate, 0, "allocate --db D (--bpw B | --vram SIZE --ctx N) exact plan for a budget"},
+    {"pack", cmd_pack, 1, "pack MODEL --db D [--plan N] -o OUT           quantize and pack"},
+    {"export-gguf", cmd_export_gguf, 1, "export-gguf MODEL --db D [--plan N] -o OUT   a plan of ggml types as GGUF"},
+    {"eval", cmd_eval, 0, "eval OUT|MODEL --text FILE [--ref MODEL]      perplexity and KL divergence"},
+    {"generate", cmd_generate, 0, "generate OUT|MODEL --prompt \"...\"            text generation"},
+    {"report", cmd_report, 0, "report --db D -o report.html                  sensitivity and allocation report"},
+    {"verify", cmd_verify, 0, "verify FILE                                   a file's structure and checksums (exit 0: sound)"},
 };
 
 static char command_line[4096];
@@ -73,14 +74,15 @@ static void quiet_other_ranks(void)
     if (fd >= 0) dup2(fd, STDOUT_FILENO), dup2(fd, STDERR_FILENO), close(fd);
 }
 
-/* The command, as one process or as one rank of an MPI job (measure only). */
+/* The command, as one process or as one rank of an MPI job (measure, pack and
+ * export-gguf). */
 static int run_command(int argc, char **argv)
 {
     for (size_t i = 0; i < sizeof commands / sizeof *commands; i++) {
         if (strcmp(argv[1], commands[i].name)) continue;
-        if (par_size() > 1 && strcmp(argv[1], "measure"))
-            return cli_fail(argv[1], "only measure runs on several processes (this job has %d ranks); run it "
-                            "without mpirun", par_size()), 2;
+        if (par_size() > 1 && !commands[i].on_ranks)
+            return cli_fail(argv[1], "only measure, pack and export-gguf run on several processes (this job has %d "
+                            "ranks); run it without mpirun", par_size()), 2;
         quiet_other_ranks();
         return check_stdout(argv[1], commands[i].run(argc - 1, argv + 1));
     }

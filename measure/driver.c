@@ -480,24 +480,19 @@ static double unit_cost(const mrun *r, const munit *u)
     return work;
 }
 
-/* Invariant 6: the units of u[0..n) (most expensive first) that this rank runs.
- * Each goes to the rank with the least work so far (the lowest of equals), so
- * every rank deals the same hands. Moves this rank's units to the front; their
- * count. */
+/* Invariant 6: the units of u[0..n) that this rank runs (par_deal: every rank
+ * deals the same hands), moved to the front; their count, or -1. */
 static int deal_units(munit *u, int n)
 {
-    int ranks = par_size(), me = par_rank(), k = 0;
-    if (ranks == 1) return n;
-    double *load = calloc((size_t)ranks, sizeof *load);
-    if (!load) return -1;
-    for (int i = 0; i < n; i++) {
-        int to = 0;
-        for (int j = 1; j < ranks; j++)
-            if (load[j] < load[to]) to = j;
-        load[to] += u[i].cost;
-        if (to == me) u[k++] = u[i];
-    }
-    free(load);
+    if (par_size() == 1) return n;
+    double *cost = malloc((size_t)n * sizeof *cost);
+    int *owner = malloc((size_t)n * sizeof *owner), k = 0;
+    if (!cost || !owner) k = -1;
+    for (int i = 0; k == 0 && i < n; i++) cost[i] = u[i].cost;
+    if (k == 0 && par_deal(cost, n, owner)) k = -1;
+    for (int i = 0; k >= 0 && i < n; i++)
+        if (owner[i] == par_rank()) u[k++] = u[i];
+    free(cost), free(owner);
     return k;
 }
 
@@ -822,13 +817,7 @@ static void job_stats(mrun *r)
 {
     meas_result *out = r->res;
     out->ranks = par_size();
-    if (out->ranks == 1) return;
-    par_stats st = par_get_stats();
-    double mine[2] = {(double)st.bytes_sent, st.seconds_in_calls / (out->seconds > 0 ? out->seconds : 1)}, *all = NULL;
-    size_t bytes = 0;
-    if (par_gather(mine, sizeof mine, (void **)&all, &bytes) || !all) return;
-    for (int k = 0; k < out->ranks; k++) out->sent_bytes += all[2 * k], out->wait_share += all[2 * k + 1] / out->ranks;
-    free(all);
+    if (out->ranks > 1) out->sent_bytes = (double)par_job_stats(out->seconds, &out->wait_share).bytes_sent;
 }
 
 int meas_run(const char *model_path, const char *const *calib_paths, int n_calib, const char *db_path,

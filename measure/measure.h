@@ -235,7 +235,9 @@ typedef struct {
     /* Layer l's Hessians are in hl (those of groups that saw input). The visit holds
      * the weights it reads (rt_linear_hold: then each rt_linear's dense) and releases
      * them. May replace the layer's rt_linears (then `passed` must put them back). 0
-     * or -1 with a message. */
+     * or -1 with a message. On several ranks every rank visits, and the visit itself
+     * agrees its outcome (par_agree: the same on every rank); in sequential mode it
+     * must leave the same weights on every rank. */
     int (*visit)(void *ctx, int layer, const hess_layer *hl, char *err, size_t err_len);
     /* Optional: layer l has run (the walk's hidden state stands after it), visited or
      * not. 0 or -1 with a message. */

@@ -24,8 +24,10 @@
  *     Hessians are then summed from every row in row order on every rank
  *     (hess_layer_share), so each rank's visit sees one process's Hessians, bit
  *     for bit. Every step that can fail on one rank ends with par_agree, so all
- *     ranks stop at the same point with the same message. (Sequential mode runs
- *     on one process.)
+ *     ranks stop at the same point with the same message. In sequential mode
+ *     each rank runs its rows again on the weights the visit left, which must
+ *     then be the same on every rank (the packer sends each quantized tensor to
+ *     all).
  * It never prints (progress goes through a callback) and never keeps a layer held
  * after running it. A stop asked for by SIGINT/SIGTERM (util_interrupted) ends it
  * between two rows with the error "interrupted".
@@ -150,8 +152,6 @@ static int walk_setup(walker *w)
     const calib_set *c = w->p->cal;
     char why[256];
     if (hess_layer_init(&w->hl, &w->m->cfg, why, sizeof why)) return snprintf(w->err, w->err_len, "%s", why), -1;
-    if (w->p->sequential && par_size() > 1)
-        return snprintf(w->err, w->err_len, "a sequential walk runs on one process"), -1;
     if (split_rows(w)) return -1;
     if (par_size() > 1 && hess_layer_keep_rows(&w->hl, c->rows))
         return snprintf(w->err, w->err_len, "out of memory"), -1;

@@ -177,22 +177,34 @@ void lay_unpack_chunk(int bits, const uint8_t *src, uint8_t *q)
 
 /* ==== Unpacked quantized tensors ==== */
 
+void lay_qtensor_arrays(lay_qtensor *t, void *arrays[LAY_QTENSOR_ARRAYS], size_t bytes[LAY_QTENSOR_ARRAYS])
+{
+    int type = lay_option_ggml(&t->opt);
+    int64_t ng = type >= 0 ? 0 : lay_n_groups(&t->opt, t->cols);
+    arrays[0] = t->perm, arrays[1] = t->q, arrays[2] = t->scale, arrays[3] = t->zero, arrays[4] = t->blocks;
+    bytes[0] = type >= 0 ? 0 : (size_t)t->cols * sizeof *t->perm;
+    bytes[1] = type >= 0 ? 0 : (size_t)(t->rows * t->cols);
+    bytes[2] = (size_t)(t->rows * ng) * sizeof *t->scale;
+    bytes[3] = (size_t)(t->rows * ng);
+    bytes[4] = type >= 0 ? (size_t)(t->rows * lay_ggml_row_bytes(type, t->cols)) : 0;
+}
+
 int lay_qtensor_alloc(lay_qtensor *t, int64_t rows, int64_t cols, const lay_option *o)
 {
-    int64_t ng = lay_n_groups(o, cols);
+    void *arrays[LAY_QTENSOR_ARRAYS];
+    size_t bytes[LAY_QTENSOR_ARRAYS];
     memset(t, 0, sizeof *t);
     t->rows = rows, t->cols = cols, t->opt = *o;
-    if (lay_option_ggml(o) >= 0) {
-        t->blocks = malloc((size_t)(rows * lay_ggml_row_bytes(lay_option_ggml(o), cols)));
-        return t->blocks ? 0 : -1;
-    }
-    t->perm = malloc((size_t)cols * sizeof *t->perm);
-    t->q = malloc((size_t)(rows * cols));
-    t->scale = malloc((size_t)(rows * ng) * sizeof *t->scale);
-    t->zero = malloc((size_t)(rows * ng));
-    if (t->perm && t->q && t->scale && t->zero) return 0;
-    lay_qtensor_free(t);
-    return -1;
+    lay_qtensor_arrays(t, arrays, bytes);
+    t->perm = bytes[0] ? malloc(bytes[0]) : NULL;
+    t->q = bytes[1] ? malloc(bytes[1]) : NULL;
+    t->scale = bytes[2] ? malloc(bytes[2]) : NULL;
+    t->zero = bytes[3] ? malloc(bytes[3]) : NULL;
+    t->blocks = bytes[4] ? malloc(bytes[4]) : NULL;
+    lay_qtensor_arrays(t, arrays, bytes);
+    for (int k = 0; k < LAY_QTENSOR_ARRAYS; k++)
+        if (bytes[k] && !arrays[k]) return lay_qtensor_free(t), -1;
+    return 0;
 }
 
 void lay_qtensor_free(lay_qtensor *t)

@@ -126,6 +126,10 @@ typedef struct {
 
 /* Allocates the arrays of a qtensor for a shape and option (0, or -1 if out of memory). */
 int lay_qtensor_alloc(lay_qtensor *t, int64_t rows, int64_t cols, const lay_option *o);
+/* The arrays of t for its shape and option (perm, q, scale, zero, blocks) and their
+ * bytes, 0 for an array the option has not: what copying it whole takes. */
+#define LAY_QTENSOR_ARRAYS 5
+void lay_qtensor_arrays(lay_qtensor *t, void *arrays[LAY_QTENSOR_ARRAYS], size_t bytes[LAY_QTENSOR_ARRAYS]);
 void lay_qtensor_free(lay_qtensor *t);
 /* w[rows][cols] in the original column order: s * (q - z). */
 void lay_qtensor_dequant(const lay_qtensor *t, float *w);

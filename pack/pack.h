@@ -5,7 +5,7 @@
  *
  * Uses measure/ (GPTQ, Hessians), runtime/ (to run calibration rows and to build
  * the loaded model), model/ (to read model files, and packed files, which are
- * safetensors containers) and db/ (the plan).
+ * safetensors containers), db/ (the plan) and par/ (the ranks of an MPI job).
  *
  *     pack_params p; pack_params_init(&p);
  *     if (pack_model("model.gguf", "run.db", 0, "out.bp", &p, &stats, err, sizeof err)) ...
@@ -72,10 +72,15 @@ typedef struct {
     int64_t quantized_weights;  /* their rows x cols */
     int64_t file_bytes;
     double seconds;
+    int ranks;                  /* processes of the job (par/): 1 without mpirun */
+    double sent_bytes;          /* with ranks > 1: payload every rank sent, summed */
+    double wait_share;          /* with ranks > 1: mean share of the time inside MPI calls */
 } pack_stats;
 
 /* Quantizes the model at db's plan (plan_id 0 = the newest plan) and writes out,
- * in the format p->out names (pack/export.c says what a GGUF holds). */
+ * in the format p->out names (pack/export.c says what a GGUF holds). Under an MPI
+ * launcher every rank calls it: the work is split, rank 0 reads the database and
+ * writes the file, which is one process's byte for byte. */
 int pack_model(const char *model_path, const char *db_path, int64_t plan_id, const char *out,
                const pack_params *p, pack_stats *stats, char *err, size_t err_len);
 

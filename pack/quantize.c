@@ -24,6 +24,15 @@
  *  5. Each tensor's parts go to the writer as soon as they are packed, and the
  *     writer keeps them on disk, not in memory; the file appears under its name
  *     only when complete (pack_writer_write).
+ *  6. On several ranks (par/, `mpirun`) the walk splits the rows as it does for
+ *     the measurement, and each layer's planned tensors are dealt to the ranks by
+ *     a fixed rule (par_deal, on GPTQ's work); GPTQ's result does not depend on
+ *     where it runs. Each quantized tensor is then broadcast from its rank, in
+ *     tensor order: rank 0, the only one that writes, packs it as one process
+ *     would, and in sequential mode every rank runs its rows on it. So the file is
+ *     one process's, byte for byte, for any number of ranks. Every rank must see
+ *     the same plan (a fingerprint of it is compared with rank 0's); every step
+ *     that can fail on one rank is agreed (par_agree).
  * Progress goes to stderr when asked; nothing else is printed.
  */
 #include "pack_int.h"
@@ -41,6 +50,7 @@
 
 #include "../db/db.h"
 #include "../measure/measure.h"
+#include "../par/par.h"
 #include "../runtime/runtime.h"
 #include "../util/util.h"
 
@@ -53,6 +63,7 @@ typedef struct {
     int64_t rows, cols;
     lay_option opt;
     int planned;                /* 1: the plan quantizes it */
+    int owner;                  /* the rank that quantizes it (invariant 6) */
     lay_qtensor q;              /* the result, until it is packed */
     rt_linear *orig;            /* sequential: the model's own layer while the quantized one runs */
     int held;                   /* 1: its weights are held as fp32 (quantize_range) */
@@ -172,6 +183,22 @@ static int list_tensors(prun *r)
     return 0;
 }
 
+/* Invariant 6: each layer's planned tensors dealt to the ranks by GPTQ's work,
+ * about rows x cols^2 multiply-adds. */
+static int deal_tensors(prun *r)
+{
+    double cost[RT_HEAD];
+    int owner[RT_HEAD];
+    for (int t0 = 0, t1; t0 < r->nt; t0 = t1) {
+        for (t1 = t0 + 1; t1 < r->nt && r->t[t1].layer == r->t[t0].layer; t1++) {}
+        for (int i = t0; i < t1; i++)
+            cost[i - t0] = r->t[i].planned ? (double)r->t[i].rows * (double)r->t[i].cols * (double)r->t[i].cols : 0;
+        if (par_deal(cost, t1 - t0, owner)) return fail(r, "out of memory");
+        for (int i = t0; i < t1; i++) r->t[i].owner = owner[i - t0];
+    }
+    return 0;
+}
+
 static int sha256_file(const char *path, char hex[65], char *err, size_t err_len)
 {
     FILE *f = fopen(path, "rb");
@@ -233,19 +260,46 @@ static int load_calibration(prun *r)
     return rc;
 }
 
-static int open_inputs(prun *r, const char *model_path)
+/* Rank 0 reads the plan (the only rank that opens the database). */
+static int read_plan(prun *r)
 {
     db_conn *d = NULL;
     int rc = db_open(r->db_path, DB_OPEN_READ, &d) || db_pack_plan_load(d, r->plan_id, &r->plan);
     if (rc) fail(r, "%s", d ? db_errmsg(d) : "cannot open the database");
     db_close(d);
-    if (rc || mdl_open(model_path, &r->file, r->err, r->err_len)) return -1;
+    return rc ? -1 : 0;
+}
+
+/* Rank 0's plan to every rank (collective). A rank without room for it cannot keep
+ * in step with the others: it ends the job. */
+static int share_plan(prun *r)
+{
+    if (par_size() == 1) return 0;
+    db_pack_plan *p = &r->plan, got = *p;
+    size_t json = par_rank() == 0 ? strlen(p->sources_json) + 1 : 0;
+    int rc = par_bcast(&got, sizeof got, 0) | par_bcast(&json, sizeof json, 0);
+    if (par_rank() != 0) {
+        *p = got;
+        p->sources_json = malloc(json);
+        p->sources = malloc((size_t)p->n_sources * sizeof *p->sources + 1);
+        p->choices = malloc((size_t)p->n_choices * sizeof *p->choices + 1);
+        if (!p->sources_json || !p->sources || !p->choices) par_abort(1);
+    }
+    rc |= par_bcast(p->sources_json, json, 0) | par_bcast(p->sources, (size_t)p->n_sources * sizeof *p->sources, 0) |
+          par_bcast(p->choices, (size_t)p->n_choices * sizeof *p->choices, 0);
+    return par_agree(rc ? fail(r, "cannot receive rank 0's plan") : 0, r->err, r->err_len);
+}
+
+/* The model (the plan's, by its content hash), its tensors and the calibration. */
+static int open_model(prun *r, const char *model_path)
+{
+    if (mdl_open(model_path, &r->file, r->err, r->err_len)) return -1;
     const char *hash = mdl_content_hash(r->file);
     if (!hash) return fail(r, "%s: cannot hash the model file", model_path);
     if (strcmp(hash, r->plan.model_hash))
         return fail(r, "%s is not the model plan %lld was made for (sha256 %.12s..., the plan's model %.12s...)", model_path,
                     (long long)r->plan.plan_id, hash, r->plan.model_hash);
-    if (list_tensors(r) || load_calibration(r)) return -1;
+    if (list_tensors(r) || deal_tensors(r) || load_calibration(r)) return -1;
     return 0;
 }
 
@@ -340,28 +394,30 @@ static void swap_back(prun *r, int t0, int t1)
     }
 }
 
-/* Holds the planned tensors of [t0, t1) as fp32 while they are quantized. */
-static int hold_planned(prun *r, int t0, int t1)
+static int is_mine(const ptensor *t) { return t->planned && t->owner == par_rank(); }
+
+/* Holds this rank's planned tensors of [t0, t1) as fp32 while they are quantized. */
+static int hold_mine(prun *r, int t0, int t1)
 {
     for (int i = t0; i < t1; i++) {
         ptensor *t = &r->t[i];
-        if (!t->planned) continue;
+        if (!is_mine(t)) continue;
         if (rt_linear_hold(*linear_of(r, t))) return fail(r, "out of memory for %s as fp32", t->name);
         t->held = 1;
     }
     return 0;
 }
 
-static void release_planned(prun *r, int t0, int t1)
+static void release_held(prun *r, int t0, int t1)
 {
     for (int i = t0; i < t1; i++)
         if (r->t[i].held) rt_linear_release(*linear_of(r, &r->t[i])), r->t[i].held = 0;
 }
 
-/* Quantizes the planned tensors of [t0, t1) in parallel, then packs them. Each
- * input group's Hessian is prepared in act-order for bitplan's options and in
- * column order for ggml block types (prep[g][order]), where some tensor needs it. */
-static int quantize_range(prun *r, int t0, int t1)
+/* Quantizes this rank's planned tensors of [t0, t1) in parallel (invariant 6).
+ * Each input group's Hessian is prepared in act-order for bitplan's options and in
+ * column order for ggml block types (prep[g][order]), where a tensor needs it. */
+static int quantize_mine(prun *r, int t0, int t1)
 {
     if (util_interrupted()) return fail(r, "interrupted");
     gptq_params gp;
@@ -374,19 +430,19 @@ static int quantize_range(prun *r, int t0, int t1)
         rt_input g = rt_class_input(r->t[i].cls);
         int order = lay_option_ggml(&r->t[i].opt) >= 0;
         char why[256];
-        if (!r->t[i].planned || prep[g][order]) continue;
+        if (!is_mine(&r->t[i]) || prep[g][order]) continue;
         gp.act_order = !order;
         if (gptq_prepare(r->hl->h[g], r->hl->cols[g], &gp, &prep[g][order], why, sizeof why))
             rc = fail(r, "%s: %s", r->t[i].name, why);
     }
-    if (!rc) rc = hold_planned(r, t0, t1);
+    if (!rc) rc = hold_mine(r, t0, t1);
     int blas_threads = openblas_get_num_threads();
     openblas_set_num_threads(1);
 #pragma omp parallel for schedule(dynamic, 1) if (!rc)
     for (int i = t0; i < t1; i++) {
         ptensor *t = &r->t[i];
         char err[512];
-        if (!t->planned || r->failed) continue;
+        if (!is_mine(t) || r->failed) continue;
         if (quantize_one(r, t, prep[rt_class_input(t->cls)][lay_option_ggml(&t->opt) >= 0], err, sizeof err)) {
 #pragma omp critical(pack_fail)
             if (!r->failed) r->failed = 1, fail(r, "%s, option \"%s\": %s", t->name, t->opt.name, err);
@@ -394,16 +450,42 @@ static int quantize_range(prun *r, int t0, int t1)
     }
     openblas_set_num_threads(blas_threads);
     for (int g = 0; g < RT_INPUT_COUNT; g++) gptq_prep_free(prep[g][0]), gptq_prep_free(prep[g][1]);
-    release_planned(r, t0, t1); /* before any slot is swapped */
-    if (rc || r->failed) return -1;
+    release_held(r, t0, t1); /* before any slot is swapped */
+    return rc || r->failed ? -1 : 0;
+}
+
+/* Tensor t's result from its rank to those that need it (invariant 6): rank 0,
+ * which writes it, and in sequential mode every rank, which runs its rows on it.
+ * A rank without room to receive it cannot keep in step: it ends the job. */
+static int share_result(prun *r, ptensor *t)
+{
+    int everyone = r->p->hessians == PACK_HESS_SEQUENTIAL, me = par_rank();
+    if (par_size() == 1 || (!everyone && me != 0 && me != t->owner)) return 0;
+    if (me != t->owner && lay_qtensor_alloc(&t->q, t->rows, t->cols, &t->opt)) par_abort(1);
+    void *arrays[LAY_QTENSOR_ARRAYS];
+    size_t bytes[LAY_QTENSOR_ARRAYS];
+    lay_qtensor_arrays(&t->q, arrays, bytes);
+    int rc = 0;
+    for (int k = 0; k < LAY_QTENSOR_ARRAYS; k++)
+        if (bytes[k]) rc |= everyone ? par_bcast(arrays[k], bytes[k], t->owner) : par_to_root(arrays[k], bytes[k], t->owner);
+    return rc ? fail(r, "%s: cannot receive it from rank %d", t->name, t->owner) : 0;
+}
+
+/* Quantizes the planned tensors of [t0, t1), then, in tensor order, packs each
+ * (rank 0) and in sequential mode swaps it into the model (every rank). */
+static int quantize_range(prun *r, int t0, int t1)
+{
+    if (par_agree(quantize_mine(r, t0, t1), r->err, r->err_len)) return -1;
+    int rc = 0;
     for (int i = t0; i < t1; i++) {
         ptensor *t = &r->t[i];
         if (!t->planned) continue;
-        if (pack_one(r, t)) return -1;
-        if (r->p->hessians == PACK_HESS_SEQUENTIAL && swap_in_dequantized(r, t)) return -1;
+        if (share_result(r, t)) rc = -1; /* still in step with the others: every rank takes every turn */
+        if (!rc && par_rank() == 0) rc = pack_one(r, t);
+        if (!rc && r->p->hessians == PACK_HESS_SEQUENTIAL) rc = swap_in_dequantized(r, t);
         lay_qtensor_free(&t->q);
     }
-    return 0;
+    return par_agree(rc, r->err, r->err_len);
 }
 
 /* ==== The pass: visits of the calibration walk (invariants 2 and 3) ==== */
@@ -591,20 +673,25 @@ static int declare_gguf(prun *r)
     return rc;
 }
 
-/* Opens the output: bitplan's writer before anything is read (a bad path fails
- * first), the GGUF writer once the model is open (it copies its metadata). */
+/* Opens the output (rank 0: bitplan's writer before anything is read, so that a
+ * bad path fails first; the GGUF writer once the model is open, as it copies its
+ * metadata) and the inputs (every rank). Collective. */
 static int open_output(prun *r, const char *out, const char *model_path)
 {
-    if (r->p->out == PACK_OUT_BITPLAN) {
-        if (!(r->w = pack_writer_new(out, r->err, r->err_len))) return -1;
-        return open_inputs(r, model_path);
-    }
-    if (open_inputs(r, model_path) || pack_gguf_begin(out, r->file, &r->gguf, r->err, r->err_len)) return -1;
-    return declare_gguf(r);
+    int root = par_rank() == 0, rc = 0;
+    if (root && r->p->out == PACK_OUT_BITPLAN && !(r->w = pack_writer_new(out, r->err, r->err_len))) rc = -1;
+    if (root && !rc) rc = read_plan(r);
+    if (par_agree(rc, r->err, r->err_len) || share_plan(r)) return -1;
+    if (par_agree(open_model(r, model_path), r->err, r->err_len)) return -1;
+    if (r->p->out == PACK_OUT_BITPLAN) return 0;
+    if (root) rc = pack_gguf_begin(out, r->file, &r->gguf, r->err, r->err_len) || declare_gguf(r) ? -1 : 0;
+    return par_agree(rc, r->err, r->err_len);
 }
 
+/* Rank 0 writes what is left and commits the file. */
 static int finish_output(prun *r)
 {
+    if (par_rank() != 0) return 0;
     if (add_unquantized(r)) return -1;
     if (r->gguf) {
         int rc = pack_gguf_commit(r->gguf, r->err, r->err_len);
@@ -623,12 +710,15 @@ int pack_model(const char *model_path, const char *db_path, int64_t plan_id, con
     r.t0 = now_s();
     int rc = -1;
     if (open_output(&r, out, model_path)) goto done;
-    if (rt_model_open(r.file, 0, p->resident ? RT_OPEN_RESIDENT : 0, &r.m, err, err_len)) goto done;
-    if (run_pass(&r) || finish_output(&r)) goto done;
-    stats->file_bytes = 0;
-    FILE *f = fopen(out, "rb");
+    if (par_agree(rt_model_open(r.file, 0, p->resident ? RT_OPEN_RESIDENT : 0, &r.m, err, err_len), err, err_len))
+        goto done;
+    if (run_pass(&r) || par_agree(finish_output(&r), err, err_len)) goto done;
+    FILE *f = par_rank() == 0 ? fopen(out, "rb") : NULL;
     if (f && !fseek(f, 0, SEEK_END)) stats->file_bytes = ftell(f);
     if (f) fclose(f);
+    stats->seconds = now_s() - r.t0;
+    stats->ranks = par_size();
+    if (stats->ranks > 1) stats->sent_bytes = (double)par_job_stats(stats->seconds, &stats->wait_share).bytes_sent;
     rc = 0;
 done:
     stats->seconds = now_s() - r.t0;

@@ -74,6 +74,47 @@ int par_rank(void) { return g_rank; }
 int par_size(void) { return g_size; }
 par_stats par_get_stats(void) { return g_stats; }
 
+/* Indices ordered by cost, costliest first, equal costs by index. */
+static int by_cost_desc(const void *a, const void *b, void *ctx)
+{
+    const double *cost = ctx;
+    int i = *(const int *)a, j = *(const int *)b;
+    if (cost[i] != cost[j]) return cost[i] > cost[j] ? -1 : 1;
+    return (i > j) - (i < j);
+}
+
+int par_deal(const double *cost, int n, int *owner)
+{
+    int *order = malloc((size_t)(n > 0 ? n : 1) * sizeof *order);
+    double *load = calloc((size_t)g_size, sizeof *load);
+    if (!order || !load) return free(order), free(load), -1;
+    for (int i = 0; i < n; i++) order[i] = i;
+    qsort_r(order, (size_t)n, sizeof *order, by_cost_desc, (void *)cost);
+    for (int i = 0; i < n; i++) {
+        int to = 0;
+        for (int k = 1; k < g_size; k++)
+            if (load[k] < load[to]) to = k;
+        load[to] += cost[order[i]];
+        owner[order[i]] = to;
+    }
+    free(order), free(load);
+    return 0;
+}
+
+par_stats par_job_stats(double seconds, double *wait_share)
+{
+    par_stats mine = g_stats, job = {0, 0};
+    double share[2] = {(double)mine.bytes_sent, mine.seconds_in_calls / (seconds > 0 ? seconds : 1)}, *all = NULL;
+    size_t bytes = 0;
+    *wait_share = share[1];
+    if (g_size == 1 || par_gather(share, sizeof share, (void **)&all, &bytes) || !all) return mine;
+    *wait_share = 0;
+    for (int k = 0; k < g_size; k++) job.bytes_sent += (uint64_t)all[2 * k], *wait_share += all[2 * k + 1] / g_size;
+    job.seconds_in_calls = mine.seconds_in_calls;
+    free(all);
+    return job;
+}
+
 /* par_gather for a job of one: a copy. */
 static int gather_alone(const void *mine, size_t bytes, void **all, size_t *all_bytes)
 {
@@ -101,6 +142,12 @@ int par_bcast(void *buf, size_t bytes, int root)
 int par_gather(const void *mine, size_t bytes, void **all, size_t *all_bytes)
 {
     return gather_alone(mine, bytes, all, all_bytes);
+}
+
+int par_to_root(void *buf, size_t bytes, int from)
+{
+    (void)buf, (void)bytes, (void)from;
+    return 0;
 }
 
 #else
@@ -173,6 +220,16 @@ static int recv_bytes(void *buf, size_t bytes, int from)
         void *to = buf ? (char *)buf + off : scrap;
         rc = MPI_Recv(to, n, MPI_BYTE, from, 7, MPI_COMM_WORLD, MPI_STATUS_IGNORE) == MPI_SUCCESS ? 0 : -1;
     }
+    return rc;
+}
+
+int par_to_root(void *buf, size_t bytes, int from)
+{
+    if (from == 0 || (g_rank != 0 && g_rank != from)) return 0;
+    double t0 = now_s();
+    int rc = g_rank == 0 ? recv_bytes(buf, bytes, from) : send_bytes(buf, bytes, 0);
+    if (g_rank == from) g_stats.bytes_sent += bytes;
+    g_stats.seconds_in_calls += now_s() - t0;
     return rc;
 }
 

@@ -2,8 +2,9 @@
  * par/par.h — the processes of one job: MPI when bitplan was built with it and
  * started by an MPI launcher (mpirun, srun), otherwise one process, rank 0 of 1.
  *
- * The measurement splits its work across ranks (measure/walk.c, measure/driver.c);
- * everything here is what it needs of MPI and no more. Every call but par_rank and
+ * The measurement and the packer split their work across ranks (measure/walk.c,
+ * measure/driver.c, pack/quantize.c); everything here is what they need of MPI and
+ * no more. Every call but par_rank and
  * par_size is collective: each rank of the job makes the same calls in the same
  * order. With one process they cost nothing and never fail.
  *
@@ -38,6 +39,9 @@ int par_size(void);
 int par_agree(int rc, char *err, size_t err_len);
 /* buf[0..bytes) of rank `root` is copied to every other rank. 0, or -1 (MPI error). */
 int par_bcast(void *buf, size_t bytes, int root);
+/* Rank `from`'s buf[0..bytes) is copied into rank 0's buf; ranks other than those
+ * two return at once (not collective: only the two take part). 0, or -1 (MPI error). */
+int par_to_root(void *buf, size_t bytes, int from);
 /* Rank 0 receives every rank's mine[0..bytes), concatenated in rank order, in a
  * buffer it frees (*all; NULL on other ranks), *all_bytes the total. 0, or -1 (out
  * of memory or MPI error; then on every rank). */
@@ -52,5 +56,15 @@ typedef struct {
     double seconds_in_calls;
 } par_stats;
 par_stats par_get_stats(void);
+/* The whole job's: rank 0 gets the bytes every rank sent and the mean share of
+ * `seconds` (each rank's wall time) they spent inside the calls; other ranks get
+ * their own. Collective. */
+par_stats par_job_stats(double seconds, double *wait_share);
+
+/* Deals n jobs to the ranks, the same way on every rank without a message: the
+ * costliest first (equal costs in index order), each to the rank with the least
+ * cost so far (the lowest of equals). owner[i] is job i's rank. 0, or -1 (out of
+ * memory). Not collective. */
+int par_deal(const double *cost, int n, int *owner);
 
 #endif

@@ -1,8 +1,10 @@
-"""tests/test_mpi.py — the measurement on several processes (`mpirun -np N bitplan
-measure`, par/): the database of 2 or 3 ranks equals one process's, every value
-exactly, KL probes included; a job whose rank is killed resumes, with another N, to
-the same database; a rank that fails ends the job with a message naming it, and
-nothing is written; only measure runs on several ranks.
+"""tests/test_mpi.py — the measurement and the packer on several processes
+(`mpirun -np N bitplan measure|pack|export-gguf`, par/): the database of 2 or 3
+ranks equals one process's, every value exactly, KL probes included; a job whose
+rank is killed resumes, with another N, to the same database; the packed file (both
+Hessian modes) and the GGUF export of 2 or 3 ranks are one process's, byte for byte;
+a rank that fails ends the job with a message naming it, and nothing is written;
+other commands refuse to run on several ranks.
 
 Runs Open MPI's mpirun (scripts/deps.sh installs it), as root where CI runs as root
 (OMPI_ALLOW_RUN_AS_ROOT), without binding ranks to cores (two ranks on a 2-core
@@ -45,8 +47,8 @@ MPI_ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CO
                OMPI_MCA_btl_vader_single_copy_mechanism="none", OMPI_MCA_rmaps_base_oversubscribe="1")
 
 
-def mpirun(n, args, binary=BIN, env=None):
-    return ["mpirun", "-np", str(n), "--bind-to", "none", binary, "measure"] + [str(a) for a in args]
+def mpirun(n, args, binary=BIN, command="measure"):
+    return ["mpirun", "-np", str(n), "--bind-to", "none", binary, command] + [str(a) for a in args]
 
 
 def run(cmd, check=True, env=None):
@@ -178,11 +180,88 @@ def test_failing_rank_is_named(work):
     assert count(db) == 0
 
 
-def test_only_measure_runs_on_ranks(work):
+def test_other_commands_refuse_ranks(work):
     p = run(["mpirun", "-np", "2", "--bind-to", "none", BIN, "allocate", "--db", str(work["dir"] / "one.db"), "--bpw",
              "4"], check=False)
     assert p.returncode == 2
-    assert "only measure runs on several processes" in p.stderr
+    assert "only measure, pack and export-gguf run on several processes" in p.stderr
+
+
+# ---- pack and export-gguf on ranks ----
+
+ONE_THREAD = dict(MPI_ENV, OMP_NUM_THREADS="1")
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@pytest.fixture(scope="module")
+def packed(work):
+    """A 4-bpw plan of the one-process measurement, packed by one process in both
+    Hessian modes: the files the ranks must reproduce."""
+    db = work["dir"] / "one.db"
+    run([BIN, "allocate", "--db", str(db), "--bpw", "4"], env=os.environ)
+    ref = {}
+    for mode in ("sequential", "full"):
+        out = work["dir"] / ("one-%s.bp" % mode)
+        run([BIN, "pack", str(work["model"]), "--db", str(db), "--hessians", mode, "-o", str(out)], env=ONE_THREAD)
+        ref[mode] = read(out)
+    return {"db": db, "ref": ref}
+
+
+@pytest.mark.parametrize("ranks,mode", [(2, "sequential"), (3, "sequential"), (2, "full")])
+def test_pack_on_ranks_is_one_process_file(work, packed, ranks, mode):
+    """Tensors dealt to ranks, each result sent where it is needed (sequential mode:
+    every rank runs its rows on it): the same bytes as one process."""
+    out = work["dir"] / ("ranks%d-%s.bp" % (ranks, mode))
+    p = run(mpirun(ranks, [work["model"], "--db", packed["db"], "--hessians", mode, "-o", out], command="pack"),
+            env=ONE_THREAD)
+    assert p.stdout.count("packed ") == 1 and ("%d ranks: " % ranks) in p.stdout, p.stdout
+    assert read(out) == packed["ref"][mode]
+
+
+def test_pack_on_ranks_under_sanitizers(work, packed):
+    if not os.path.exists(SAN_BIN):
+        pytest.fail("%s is missing: make test builds it" % SAN_BIN)
+    out = work["dir"] / "san.bp"
+    env = dict(ONE_THREAD, ASAN_OPTIONS="detect_leaks=0:abort_on_error=1", UBSAN_OPTIONS="halt_on_error=1")
+    run(mpirun(2, [work["model"], "--db", packed["db"], "-o", out], binary=SAN_BIN, command="pack"), env=env)
+    assert read(out) == packed["ref"]["sequential"]
+
+
+def test_export_gguf_on_ranks_is_one_process_file(work):
+    """A uniform plan recorded by rank 0 under mpirun (its id sent to the others),
+    exported by 3 ranks, equals one process's export of that plan."""
+    opts = work["dir"] / "ggml.txt"
+    opts.write_text("Q4_K\nQ6_K\n")
+    db = work["dir"] / "ggml.db"
+    run([BIN, "measure"] + [str(a) for a in [work["model"], "--calib", work["calib"], "--db", db, "--options", opts,
+                                            "--rows", 8, "--ctx", 128]], env=os.environ)
+    out = work["dir"] / "ranks.gguf"
+    p = run(mpirun(3, [work["model"], "--db", db, "--uniform", "Q4_K", "-o", out], command="export-gguf"),
+            env=ONE_THREAD)
+    plan = int(p.stdout.split("plan", 1)[1].split()[0])
+    assert tiny_model.row_count(db, "plans") == 1
+    one = work["dir"] / "one.gguf"
+    run([BIN, "export-gguf", str(work["model"]), "--db", str(db), "--plan", str(plan), "-o", str(one)], env=ONE_THREAD)
+    assert read(out) == read(one)
+
+
+def test_pack_failing_rank_is_named(work, packed):
+    """A rank given another model stops the pack before any work; rank 0 names it
+    and nothing is written."""
+    out = work["dir"] / "fail.bp"
+    other = work["dir"] / "other.gguf"
+    tiny_model.write_tiny_gguf(str(other), **dict(MODEL, seed=4))
+    a = [str(x) for x in [work["model"], "--db", packed["db"], "-o", out]]
+    b = [str(other)] + a[1:]
+    p = run(["mpirun", "--bind-to", "none", "-np", "1", BIN, "pack"] + a + [":", "-np", "1", BIN, "pack"] + b,
+            check=False, env=ONE_THREAD)
+    assert p.returncode == 1
+    assert "rank 1: " in p.stderr and "other.gguf is not the model plan" in p.stderr, p.stderr
+    assert not os.path.exists(out) and not [f for f in os.listdir(work["dir"]) if f.startswith("fail.bp")]
 
 
 STUB_MAIN = r"""
