@@ -47,7 +47,7 @@ LDLIBS   += $(MPI_LIBS)
 endif
 endif
 
-MODULES  = util par model db measure allocate pack runtime reports
+MODULES  = util par layout model db measure allocate pack runtime reports
 LIB_SRC  = $(foreach m,$(MODULES),$(wildcard $(m)/*.c $(m)/arch/*/*.c))
 CU_SRC   = $(wildcard runtime/cuda/*.cu)
 ifeq ($(NVCC)$(NO_CUDA),$(NVCC))

@@ -22,7 +22,7 @@
  * Also here: the budgets (bits per weight; the VRAM memory model), and baseline
  * allocators (uniform, greedy, simulated annealing) that the exact plan is compared
  * with, and the glue that turns a calibration read by db/ (db_alloc_load) into a
- * problem. Uses db/'s structs and, through the measurements, pack/layout.h's cost.
+ * problem. Uses db/'s structs and, through the measurements, layout/layout.h's cost.
  * Never prints (except GLPK's own output when asked), never speaks SQL.
  *
  *     alloc_problem *p = alloc_problem_new();
@@ -40,7 +40,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../db/db.h"
+#include "db/db.h"
 
 /* ==== Tensor classes ==== */
 

@@ -27,7 +27,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "../util/util.h"
+#include "util/util.h"
 
 /* ==== Parameters and results ==== */
 
@@ -51,13 +51,6 @@ void alloc_result_free(alloc_result *res)
 {
     free(res->choice);
     res->choice = NULL;
-}
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* ==== The model ==== */
@@ -403,7 +396,7 @@ static int solve_model(alloc_problem *p, model *m, int64_t budget, const alloc_p
     int64_t rhs = budget;
     for (int attempt = 0; attempt < 8; attempt++) {
         watch w;
-        double left = prm->time_limit - (now_seconds() - t0);
+        double left = prm->time_limit - (util_now_s() - t0);
         int presolve = prm->presolve && !prm->warm_start;
         int rc = run_intopt(m, prm, presolve, attempt ? NULL : seed, left > 0.001 ? left : 0.001, &w);
         double bound;
@@ -427,7 +420,7 @@ static int solve_model(alloc_problem *p, model *m, int64_t budget, const alloc_p
 
 int alloc_solve(alloc_problem *p, int64_t budget, const alloc_params *prm, alloc_result *r, char *err, size_t err_len)
 {
-    double t0 = now_seconds();
+    double t0 = util_now_s();
     memset(r, 0, sizeof *r);
     r->n_tensors = p->n_t;
     r->choice = malloc((size_t)(p->n_t ? p->n_t : 1) * sizeof *r->choice);
@@ -472,6 +465,6 @@ done:
     alloc_prep_free(&pp);
     alloc_lp_free(&lp);
     glp_term_out(GLP_ON);
-    r->seconds = now_seconds() - t0;
+    r->seconds = util_now_s() - t0;
     return rc;
 }

@@ -35,7 +35,7 @@
 #include <time.h>
 
 #include "allocate/allocate.h"
-#include "pack/layout.h"
+#include "layout/layout.h"
 #include "pack/pack.h"
 #include "runtime/cuda/rt_cuda.h"
 #include "runtime/runtime.h"

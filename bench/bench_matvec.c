@@ -35,7 +35,7 @@
 #include <unistd.h>
 
 #include "bench/readbw.h"
-#include "pack/layout.h"
+#include "layout/layout.h"
 #include "runtime/qkernels.h"
 #include "runtime/runtime.h"
 

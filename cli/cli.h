@@ -9,8 +9,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "../measure/measure.h"
-#include "../runtime/runtime.h"
+#include "measure/measure.h"
+#include "runtime/runtime.h"
 
 int cmd_inspect(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);

@@ -14,10 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../db/db.h"
-#include "../measure/measure.h"
-#include "../model/model.h"
-#include "../runtime/runtime.h"
+#include "db/db.h"
+#include "model/model.h"
+#include "runtime/runtime.h"
 
 static const char usage[] =
     "usage: bitplan eval MODEL --text FILE [--ctx N] [--chunks N] [--ref MODEL | --ref-logits BASE |\n"
@@ -202,7 +201,7 @@ static int record(const eval_args *a, const rt_eval_result *r, const rt_ref_info
     size_t len;
     char text_hash[65], *text = cli_read_file(a->text, &len, err, err_len);
     if (!text) return -1;
-    meas_sha256_hex(text, len, text_hash);
+    mdl_sha256_of(text, len, text_hash);
     free(text);
     cli_eval_record_args ra = {.db = a->db, .subject = a->model, .text_label = a->text, .text_hash = text_hash,
                                .ref_path = ref_path, .device = a->open_runner ? "cuda" : "cpu", .ctx = (int)a->ctx};

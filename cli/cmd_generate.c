@@ -11,8 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../model/model.h"
-#include "../runtime/runtime.h"
+#include "model/model.h"
+#include "runtime/runtime.h"
 
 static const char usage[] =
     "usage: bitplan generate MODEL --prompt \"...\" [-n N] [--temp T] [--top-p P] [--seed S] [--chat] [--device cpu|cuda]\n"

@@ -13,10 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../db/db.h"
-#include "../pack/pack.h"
-#include "../par/par.h"
-#include "../util/util.h"
+#include "db/db.h"
+#include "pack/pack.h"
+#include "par/par.h"
+#include "util/util.h"
 
 static const char usage_gguf[] =
     "usage: bitplan export-gguf MODEL --db D [--plan N] -o OUT.gguf [--hessians sequential|full]\n"

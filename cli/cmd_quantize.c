@@ -34,11 +34,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../allocate/allocate.h"
-#include "../db/db.h"
-#include "../model/model.h"
-#include "../pack/pack.h"
-#include "../util/util.h"
+#include "allocate/allocate.h"
+#include "db/db.h"
+#include "model/model.h"
+#include "pack/pack.h"
+#include "util/util.h"
 
 #define CMD "quantize"
 #define CHECK_CTX 512                   /* tokens per chunk of the check, as eval's default */
@@ -443,7 +443,7 @@ static int32_t *heldout_tokens(const quantize_args *a, const rt_model *ref, int6
     char *text;
     *n = 0;
     if (calib_heldout(ref->tok, a->calib, a->n_calib, a->rows, a->calib_ctx, want, &text, &len, err, err_len)) return NULL;
-    meas_sha256_hex(text, len, hash);
+    mdl_sha256_of(text, len, hash);
     *bytes = len;
     int32_t *ids = len ? cli_tokenize(ref, text, len, n, err, err_len) : NULL;
     free(text);

@@ -7,7 +7,7 @@
 
 #include <string.h>
 
-#include "../runtime/cuda/rt_cuda.h"
+#include "runtime/cuda/rt_cuda.h"
 
 int cli_parse_device(const char *cmd, const char *name, rt_runner_open_fn *open)
 {

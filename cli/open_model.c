@@ -13,9 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../model/model.h"
-#include "../pack/pack.h"
-#include "../runtime/runtime.h"
+#include "model/model.h"
+#include "pack/pack.h"
+#include "runtime/runtime.h"
 
 /* Scratch rows per packed layer; larger batches run in pieces (pack_load). */
 #define CLI_PACKED_BATCH 512

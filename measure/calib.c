@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../model/model.h"
+#include "model/model.h"
 
 #define CALIB_WHOLE_BYTES_PER_TOKEN 32
 
@@ -32,14 +32,6 @@ static void sha256_hex(mdl_sha256 *c, char hex[65])
     uint8_t d[32];
     mdl_sha256_final(c, d);
     mdl_sha256_hex(d, hex);
-}
-
-void meas_sha256_hex(const void *data, size_t n, char hex[65])
-{
-    mdl_sha256 c;
-    mdl_sha256_init(&c);
-    mdl_sha256_update(&c, data, n);
-    sha256_hex(&c, hex);
 }
 
 /* ==== Sources ==== */
@@ -108,7 +100,7 @@ static int read_sources(const char *const *paths, int n, calib_set *c, char **te
         if (!rc && bad) { snprintf(err, err_len, "%s: read error", paths[i]); rc = -1; }
         if (rc) break;
         char hex[65];
-        meas_sha256_hex(all ? all + start : "", len - start, hex);
+        mdl_sha256_of(all ? all + start : "", len - start, hex);
         mdl_sha256_update(&all_hash, hex, 64);
         /* recorded absolute, so that pack finds the text from any folder */
         char *abs = realpath(paths[i], NULL);

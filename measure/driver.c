@@ -41,11 +41,11 @@
 #include <string.h>
 #include <time.h>
 
-#include "../db/db.h"
-#include "../model/model.h"
+#include "db/db.h"
+#include "model/model.h"
 #include "probe_int.h"
-#include "../par/par.h"
-#include "../util/util.h"
+#include "par/par.h"
+#include "util/util.h"
 
 #define MEAS_FLUSH_SECONDS 2.0
 
@@ -97,13 +97,6 @@ typedef struct {
     meas_result *res;
 } mrun;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static int fail(mrun *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int fail(mrun *r, const char *fmt, ...)
 {
@@ -123,7 +116,7 @@ static void report(mrun *r, const char *phase)
 {
     if (par_rank() != 0) return; /* rank 0 speaks for the job */
     r->prog.phase = phase;
-    r->prog.elapsed = now_s() - r->t0;
+    r->prog.elapsed = util_now_s() - r->t0;
     if (r->p->progress) r->p->progress(r->p->progress_ctx, &r->prog);
 }
 
@@ -220,9 +213,9 @@ static void config_json(const mdl_config *c, char *out, size_t cap)
     snprintf(out, cap,
              "{\"arch\":\"%s\",\"n_layers\":%d,\"dim\":%d,\"hidden_dim\":%d,\"n_heads\":%d,\"n_kv_heads\":%d,"
              "\"head_dim\":%d,\"vocab_size\":%d,\"max_ctx\":%d,\"rope_theta\":%.9g,\"norm_eps\":%.9g,"
-             "\"tied_embeddings\":%d}",
+             "\"tied_embeddings\":%d,\"attn_bias\":%d}",
              arch, c->n_layers, c->dim, c->hidden_dim, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size,
-             c->max_ctx, (double)c->rope_theta, (double)c->norm_eps, c->tied_embeddings);
+             c->max_ctx, (double)c->rope_theta, (double)c->norm_eps, c->tied_embeddings, c->attn_bias);
 }
 
 /* Invariant 2: the calibration key. */
@@ -239,7 +232,7 @@ static int calib_key(mrun *r, const char *model_hash, char key[65])
                               (double)op->hi_share, (int)op->group, (int)op->scale_fmt);
     }
     if (r->p->fast_error) n += (size_t)snprintf(s + n, cap - n, "error fast\n"); /* other numbers: another key */
-    meas_sha256_hex(s, n, key);
+    mdl_sha256_of(s, n, key);
     free(s);
     return 0;
 }
@@ -409,7 +402,7 @@ static int flush(mrun *r)
         return fail(r, "%s", db_errmsg(r->db));
     r->res->measured += r->n_pending;
     r->n_pending = 0;
-    r->last_flush = now_s();
+    r->last_flush = util_now_s();
     return 0;
 }
 
@@ -451,7 +444,7 @@ static void unit_done(mrun *r, const munit *u, int rc, const db_measurement *m, 
     r->pending[r->n_pending++] = *m;
     r->prog.units_done++;
     if (--r->t[u->t].todo == 0) r->prog.tensors_done++;
-    if (now_s() - r->last_flush >= MEAS_FLUSH_SECONDS && flush(r)) {
+    if (util_now_s() - r->last_flush >= MEAS_FLUSH_SECONDS && flush(r)) {
 #pragma omp atomic write
         r->failed = 1;
     }
@@ -692,9 +685,9 @@ static int run_probes(mrun *r, int t0, int t1)
     }
     db_kl_probe kp[RT_CLASS_COUNT];
     if (n) {
-        double t_start = now_s(), kld[RT_CLASS_COUNT];
+        double t_start = util_now_s(), kld[RT_CLASS_COUNT];
         if (probe_tensors(r->probe, n, cls, wq, kld)) rc = fail(r, "out of memory probing %s", r->t[idx[0]].name);
-        double each = (now_s() - t_start) / n;
+        double each = (util_now_s() - t_start) / n;
         for (int k = 0; !rc && k < n; k++) {
             mtensor *t = &r->t[idx[k]];
             kp[k] = (db_kl_probe){t->db_id, r->opt_ids[r->ref], kld[k], t->probe_rel, each};
@@ -826,7 +819,7 @@ int meas_run(const char *model_path, const char *const *calib_paths, int n_calib
     assert(model_path && calib_paths && n_calib > 0 && db_path && p && out && p->rows > 0 && p->ctx > 0);
     mrun r = {.p = p, .err = err, .err_len = err_len, .ref = -1, .res = out};
     memset(out, 0, sizeof *out);
-    r.t0 = r.last_flush = now_s();
+    r.t0 = r.last_flush = util_now_s();
     apply_threads(&r);
     if (p->options) r.opts = p->options;
     else opt_default_set(&r.own_opts), r.opts = &r.own_opts;
@@ -848,7 +841,7 @@ int meas_run(const char *model_path, const char *const *calib_paths, int n_calib
     }
     rc = run_pass(&r);
 done:
-    out->seconds = now_s() - r.t0;
+    out->seconds = util_now_s() - r.t0;
     job_stats(&r);
     cleanup(&r);
     return rc;

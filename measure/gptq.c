@@ -53,6 +53,7 @@
  *   becomes the smallest fp16 subnormal.
  */
 #include "measure.h"
+#include "util/util.h"
 
 #include <assert.h>
 #include <cblas.h>
@@ -99,13 +100,6 @@ void gptq_params_init(gptq_params *p)
     p->block = 128;
     p->fast_error = 0;
     p->borrow_h = 0;
-}
-
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* ==== Checks ==== */
@@ -846,7 +840,7 @@ int gptq_quantize_prepared(const float *w, int64_t rows, const gptq_prep *prep,
                            char *err, size_t err_len)
 {
     assert(w && prep && o && out);
-    double t0 = now_seconds(), e2 = 0;
+    double t0 = util_now_s(), e2 = 0;
     int64_t cols = prep->cols;
     int fast = stats && prep->fast_error;
     memset(out, 0, sizeof *out);
@@ -870,7 +864,7 @@ int gptq_quantize_prepared(const float *w, int64_t rows, const gptq_prep *prep,
         stats->rel_err = error_ratio(num, w_energy);
         if (isnan(stats->rel_err)) goto oom;
         stats->damp = prep->damp, stats->damp_retries = prep->retries, stats->dead_cols = prep->n_dead;
-        stats->seconds = now_seconds() - t0;
+        stats->seconds = util_now_s() - t0;
     }
     return 0;
 oom:
@@ -884,14 +878,14 @@ int gptq_quantize(const float *w, int64_t rows, int64_t cols, const double *h,
                   gptq_stats *stats, char *err, size_t err_len)
 {
     assert(w && h && o && p && out);
-    double t0 = now_seconds();
+    double t0 = util_now_s();
     gptq_prep *prep = NULL;
     memset(out, 0, sizeof *out);
     if (option_applies(o, rows, cols, err, err_len) || check_w(w, rows, cols, err, err_len)) return -1;
     if (gptq_prepare(h, cols, p, &prep, err, err_len)) return -1;
     int rc = gptq_quantize_prepared(w, rows, prep, o, -1.0, out, stats, err, err_len);
     gptq_prep_free(prep);
-    if (rc == 0 && stats) stats->seconds = now_seconds() - t0;
+    if (rc == 0 && stats) stats->seconds = util_now_s() - t0;
     return rc;
 }
 

@@ -8,7 +8,7 @@
  *   Options    the candidate set, as data (a default table, or a user's file).
  *   Driver     the resumable measurement pass that fills the database.
  *
- * Uses runtime/ (the forward pass and its observer), pack/layout.h (options and
+ * Uses runtime/ (the forward pass and its observer), layout/layout.h (options and
  * their exact cost) and db/. Never prints from the numeric code.
  */
 #ifndef BITPLAN_MEASURE_H
@@ -17,8 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../pack/layout.h"
-#include "../runtime/runtime.h"
+#include "layout/layout.h"
+#include "runtime/runtime.h"
 
 /* ==== GPTQ ==== */
 
@@ -176,7 +176,7 @@ void opt_default_set(opt_set *s);
  * README). 0, or -1 with a message "FILE:LINE: what 'value' is wrong". */
 int opt_read_file(const char *path, opt_set *s, char *err, size_t err_len);
 void opt_set_free(opt_set *s);
-/* The ggml block types as options (pack/layout.h), in bits order: Q2_K Q3_K Q4_0
+/* The ggml block types as options (layout/layout.h), in bits order: Q2_K Q3_K Q4_0
  * Q4_K Q4_1 Q5_0 Q5_K Q5_1 Q6_K Q8_0. s->n is 0 if out of memory. */
 void opt_ggml_set(opt_set *s);
 /* The option of ggml type `type`, named as the type. 0, or -1 for an unknown type. */
@@ -210,8 +210,6 @@ void calib_free(calib_set *c);
  * short enough to be tokenized whole). *text is malloc'd. 0, or -1 with a message. */
 int calib_heldout(const tok_tokenizer *t, const char *const *paths, int n_paths, int rows, int ctx, size_t max_bytes,
                   char **text, size_t *len, char *err, size_t err_len);
-/* SHA-256 of data[0..n) as 64 hex digits + NUL. */
-void meas_sha256_hex(const void *data, size_t n, char hex[65]);
 
 /* ==== The calibration walk (walk.c) ==== */
 

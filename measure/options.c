@@ -23,7 +23,7 @@
  *   scale_fmt  z8 (fp16 scale + uint8 zero: asymmetric) or sym (fp16 scale only)
  *
  * A line of one field that names a ggml block type (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K
- * Q3_K Q4_K Q5_K Q6_K, any case) is that GGUF format as an option (pack/layout.h),
+ * Q3_K Q4_K Q5_K Q6_K, any case) is that GGUF format as an option (layout/layout.h),
  * named as the type; a plan of such options can be exported with `export-gguf`.
  *
  * '#' starts a comment (outside quotes); blank lines are skipped. Errors name the

@@ -14,7 +14,7 @@
 #ifndef BITPLAN_MEASURE_PROBE_INT_H
 #define BITPLAN_MEASURE_PROBE_INT_H
 
-#include "../runtime/runtime.h"
+#include "runtime/runtime.h"
 #include "measure.h"
 
 typedef struct meas_probe meas_probe;

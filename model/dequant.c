@@ -3,14 +3,14 @@
  * Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) into fp32, plus the
  * type traits table.
  *
- * The block formats are decoded by pack/ggml.c (lay_ggml_decode_row), the one
+ * The block formats are decoded by layout/ggml.c (lay_ggml_decode_row), the one
  * implementation of their byte layouts in the tree; it computes in the same order
  * of float operations as GGML's reference, so results are bit-identical to it (and
  * to gguf-py's numpy version). Source bytes may be unaligned. These functions must
  * never allocate, print, or read beyond n values' worth of blocks.
  */
 #include "model.h"
-#include "pack/layout.h"
+#include "layout/layout.h"
 
 #include <assert.h>
 #include <string.h>
@@ -21,7 +21,7 @@ static const struct {
     const char *name;
     int block;        /* values per block */
     int bytes;        /* bytes per block */
-    int ggml;         /* the ggml type of a block format (pack/layout.h), else 0 */
+    int ggml;         /* the ggml type of a block format (layout/layout.h), else 0 */
 } traits[MDL_DTYPE_COUNT] = {
     [MDL_F32] = {"F32", 1, 4, 0},
     [MDL_F16] = {"F16", 1, 2, 0},

@@ -48,7 +48,7 @@ typedef enum {
     MDL_Q5_0, /* 22 bytes per 32: fp16 d, 32 high bits, 16 bytes of nibbles (q - 16) */
     MDL_Q5_1, /* 24 bytes per 32: fp16 d, fp16 m, 32 high bits, nibbles      */
     MDL_Q2_K, /* 84 bytes per 256 */
-    MDL_Q3_K, /* 110 bytes per 256 (the block layouts: pack/ggml.c)          */
+    MDL_Q3_K, /* 110 bytes per 256 (the block layouts: layout/ggml.c)          */
     MDL_I32,  /* safetensors/GGUF integer tensors: listed, not dequantized */
     MDL_U8,   /* safetensors unsigned integers (bitplan packed files): listed, */
     MDL_U16,  /* not dequantized; every type from MDL_I32 on is an integer type */
@@ -235,6 +235,8 @@ void mdl_sha256_init(mdl_sha256 *s);
 void mdl_sha256_update(mdl_sha256 *s, const void *data, size_t len);
 void mdl_sha256_final(mdl_sha256 *s, uint8_t out[32]);
 void mdl_sha256_hex(const uint8_t digest[32], char hex[65]);
+/* SHA-256 of data[0..n) as 64 hex digits + NUL, in one call. */
+void mdl_sha256_of(const void *data, size_t n, char hex[65]);
 
 /* ==== Tokenizer ==== */
 

@@ -88,3 +88,13 @@ void mdl_sha256_hex(const uint8_t digest[32], char hex[65])
 {
     for (int i = 0; i < 32; i++) snprintf(hex + 2 * i, 3, "%02x", digest[i]);
 }
+
+void mdl_sha256_of(const void *data, size_t n, char hex[65])
+{
+    mdl_sha256 s;
+    uint8_t d[32];
+    mdl_sha256_init(&s);
+    mdl_sha256_update(&s, data, n);
+    mdl_sha256_final(&s, d);
+    mdl_sha256_hex(d, hex);
+}

@@ -36,7 +36,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#include "../runtime/runtime.h"
+#include "runtime/runtime.h"
 
 #define HUGE_ALIGN ((size_t)2 << 20)
 #define PART_ALIGN 64

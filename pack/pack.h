@@ -1,7 +1,7 @@
 /*
  * pack/ — quantizing a model per plan and writing it as one packed file, and
  * reading a packed file back as a runnable model. The layout of the values is
- * pack/layout.h; the file is specified in pack/FORMAT.md.
+ * layout/layout.h; the file is specified in pack/FORMAT.md.
  *
  * Uses measure/ (GPTQ, Hessians), runtime/ (to run calibration rows and to build
  * the loaded model), model/ (to read model files, and packed files, which are
@@ -17,7 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "layout.h"
+#include "layout/layout.h"
 
 struct rt_model;
 

@@ -8,7 +8,7 @@
 
 #include "pack.h"
 #include "strbuf.h"
-#include "../model/model.h"
+#include "model/model.h"
 
 #define PACK_FORMAT "bitplan-packed"
 #define PACK_FORMAT_VERSION 2     /* the version written; 2 added the checksums */

@@ -48,11 +48,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../db/db.h"
-#include "../measure/measure.h"
-#include "../par/par.h"
-#include "../runtime/runtime.h"
-#include "../util/util.h"
+#include "db/db.h"
+#include "measure/measure.h"
+#include "par/par.h"
+#include "runtime/runtime.h"
+#include "util/util.h"
 
 /* ==== State of one pass ==== */
 
@@ -89,13 +89,6 @@ typedef struct {
     double t0;
 } prun;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static int fail(prun *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int fail(prun *r, const char *fmt, ...)
 {
@@ -112,7 +105,7 @@ static void progress(prun *r, const char *what, int layer)
 {
     if (!r->p->progress) return;
     int total = r->m->cfg.n_layers + 1;
-    double t = now_s() - r->t0, left = layer > 0 ? t / layer * (total - layer) : 0;
+    double t = util_now_s() - r->t0, left = layer > 0 ? t / layer * (total - layer) : 0;
     fprintf(stderr, "\r  pack  %-8s layer %3d/%d  %6.1fs", what, layer, r->m->cfg.n_layers, t);
     if (layer > 0) fprintf(stderr, "  left %dm%02ds", (int)(left / 60), (int)left % 60);
     fputs("   ", stderr);
@@ -218,7 +211,7 @@ static int sha256_file(const char *path, char hex[65], char *err, size_t err_len
     }
     if (!rc && ferror(f)) rc = -1;
     fclose(f);
-    if (!rc) meas_sha256_hex(buf, n, hex);
+    if (!rc) mdl_sha256_of(buf, n, hex);
     else snprintf(err, err_len, "%s: cannot read", path);
     free(buf);
     return rc;
@@ -707,7 +700,7 @@ int pack_model(const char *model_path, const char *db_path, int64_t plan_id, con
     assert(model_path && db_path && out && p && stats);
     prun r = {.p = p, .err = err, .err_len = err_len, .db_path = db_path, .plan_id = plan_id, .st = stats};
     memset(stats, 0, sizeof *stats);
-    r.t0 = now_s();
+    r.t0 = util_now_s();
     int rc = -1;
     if (open_output(&r, out, model_path)) goto done;
     if (par_agree(rt_model_open(r.file, 0, p->resident ? RT_OPEN_RESIDENT : 0, &r.m, err, err_len), err, err_len))
@@ -716,12 +709,12 @@ int pack_model(const char *model_path, const char *db_path, int64_t plan_id, con
     FILE *f = par_rank() == 0 ? fopen(out, "rb") : NULL;
     if (f && !fseek(f, 0, SEEK_END)) stats->file_bytes = ftell(f);
     if (f) fclose(f);
-    stats->seconds = now_s() - r.t0;
+    stats->seconds = util_now_s() - r.t0;
     stats->ranks = par_size();
     if (stats->ranks > 1) stats->sent_bytes = (double)par_job_stats(stats->seconds, &stats->wait_share).bytes_sent;
     rc = 0;
 done:
-    stats->seconds = now_s() - r.t0;
+    stats->seconds = util_now_s() - r.t0;
     cleanup(&r);
     return rc;
 }

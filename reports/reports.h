@@ -28,7 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../db/db.h"
+#include "db/db.h"
 
 /* ==== String builder ==== */
 

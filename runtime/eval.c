@@ -48,13 +48,6 @@ void rt_eval_params_init(rt_eval_params *p)
     p->bos = -1;
 }
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 /* ==== One model's runner and logits for one chunk ==== */
 
 typedef struct {
@@ -620,19 +613,19 @@ int rt_eval(const rt_model *m, const rt_model *ref, const int32_t *tokens, int64
         goto done;
     }
     if (p->save_logits && writer_open(&w, p, m, tokens, n_tokens, n_chunk, n_score, err, err_len)) goto done;
-    double t0 = now_s(), t_model = 0;
+    double t0 = util_now_s(), t_model = 0;
     for (int64_t c = 0; c < n_chunk; c++) {
         memcpy(chunk, tokens + c * ctx, (size_t)ctx * sizeof *chunk);
         if (p->bos >= 0) chunk[0] = p->bos;
         if (p->ref_logits && ref_read_chunk(p->ref_logits, c, rrun.logits, err, err_len)) goto done;
-        double t1 = now_s();
+        double t1 = util_now_s();
         if (run_chunk(&run, chunk, ctx, first, n_score, err, err_len)) goto done;
-        t_model += now_s() - t1;
+        t_model += util_now_s() - t1;
         if (ref && run_chunk(&rrun, chunk, ctx, first, n_score, err, err_len)) goto done;
         if (p->save_logits && writer_chunk(&w, run.logits, (size_t)n_score * vocab, err, err_len)) goto done;
         score_chunk(&run, with_ref ? &rrun : NULL, chunk + first + 1, n_score, &sums);
         if (p->progress) {
-            double left = (now_s() - t0) / (double)(c + 1) * (double)(n_chunk - c - 1);
+            double left = (util_now_s() - t0) / (double)(c + 1) * (double)(n_chunk - c - 1);
             fprintf(stderr, "\reval: chunk %lld/%lld, perplexity %.4f, %.1f tokens/s, left %dm%02ds ", (long long)(c + 1),
                     (long long)n_chunk, exp(sums.nll / (double)sums.count), (double)(c + 1) * ctx / t_model,
                     (int)(left / 60), (int)left % 60);
@@ -641,7 +634,7 @@ int rt_eval(const rt_model *m, const rt_model *ref, const int32_t *tokens, int64
     if (p->progress) fputc('\n', stderr);
     if (p->save_logits && util_out_commit(&w.out, err, err_len)) goto done;
     finish(&sums, with_ref, out);
-    out->seconds = now_s() - t0;
+    out->seconds = util_now_s() - t0;
     out->tokens_per_s = t_model > 0 ? (double)n_chunk * ctx / t_model : 0;
     out->logits_bytes = p->save_logits ? w.bytes : p->ref_logits ? p->ref_logits->info.file_bytes : 0;
     rc = 0;

@@ -180,7 +180,7 @@ void rt_embed(const rt_model *m, const int32_t *tokens, int n, float *h)
     }
 }
 
-int rt_forward_layers(const rt_model *m, rt_state *s, float *h, int n, int pos, int l0, int l1)
+void rt_forward_layers(const rt_model *m, rt_state *s, float *h, int n, int pos, int l0, int l1)
 {
     assert(n >= 1 && n <= s->max_batch && pos >= 0 && pos + n <= s->max_ctx);
     assert(l0 >= 0 && l0 <= l1 && l1 <= m->cfg.n_layers);
@@ -189,7 +189,6 @@ int rt_forward_layers(const rt_model *m, rt_state *s, float *h, int n, int pos, 
         attention_block(m, s, l, h, n, pos);
         mlp_block(m, s, l, h, n);
     }
-    return 0;
 }
 
 /* The head's input is observed as layer n_layers. */
@@ -207,7 +206,7 @@ int rt_forward(const rt_model *m, rt_state *s, const int32_t *tokens, int n, int
     for (int i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size) return -1;
     rt_embed(m, tokens, n, s->x);
-    if (rt_forward_layers(m, s, s->x, n, pos, 0, m->cfg.n_layers)) return -1;
+    rt_forward_layers(m, s, s->x, n, pos, 0, m->cfg.n_layers);
     if (logits) rt_logits(m, s, s->x, n, logits);
     return 0;
 }

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "rt_int.h"
+#include "util/util.h"
 
 #define GEN_PROMPT_BATCH 512
 
@@ -27,13 +28,6 @@ void rt_gen_params_init(rt_gen_params *p)
     p->top_p = 0.95f;
     p->seed = 42;
     p->stop_at_eos = 1;
-}
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
 /* ==== Random numbers: xoshiro256**, seeded with splitmix64 ==== */
@@ -170,9 +164,9 @@ int rt_generate(const rt_model *m, const int32_t *prompt, int n_prompt, const rt
     if ((p->open_runner ? p->open_runner : rt_runner_open_cpu)(
             m, max_ctx, n_prompt < GEN_PROMPT_BATCH ? n_prompt : GEN_PROMPT_BATCH, &r, err, err_len))
         goto done;
-    double t0 = now_s();
+    double t0 = util_now_s();
     if (run_prompt(r, prompt, n_prompt, logits, err, err_len)) goto done;
-    double t1 = now_s();
+    double t1 = util_now_s();
     for (int pos = n_prompt; n_gen < p->n_predict; pos++) {
         int32_t id = sample(logits, vocab, p, &rng, probs, cand);
         n_gen++;
@@ -180,7 +174,7 @@ int rt_generate(const rt_model *m, const int32_t *prompt, int n_prompt, const rt
         if (id == eos || n_gen == p->n_predict) break;
         if (r->forward(r, &id, 1, pos, 0, 1, logits, err, err_len)) goto done;
     }
-    double t2 = now_s();
+    double t2 = util_now_s();
     stats->n_prompt = n_prompt;
     stats->n_gen = n_gen;
     stats->prompt_tps = n_prompt / (t1 - t0);

@@ -45,7 +45,7 @@ static void prep_generic(const uint16_t *s, const uint8_t *z, const float *xd, c
     }
 }
 
-/* ==== Chunk decoding (plain, per the plane table in pack/layout.h) ==== */
+/* ==== Chunk decoding (plain, per the plane table in layout/layout.h) ==== */
 
 /* Adds plane p (4, 2 or 1 bits) of 32 values, shifted left by shift, into q. */
 static inline void plane_add(int p, int shift, const uint8_t *src, uint8_t *q)

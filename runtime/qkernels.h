@@ -4,7 +4,7 @@
  * header; only qlinear.c, the tests and the benchmarks include this one.
  * Kernels neither allocate nor print; they touch only the memory they are given.
  *
- * The product y = W x over a packed tensor (pack/layout.h) for small batches
+ * The product y = W x over a packed tensor (layout/layout.h) for small batches
  * (decoding; qlinear.c takes larger ones through qk_decode_fn and BLAS, exactly) is
  * computed with the activations quantized to int8, one scale per weight group, so
  * that integer dot products (AVX-512 VNNI vpdpbusd, AVX2 vpmaddubsw) do the work,
@@ -36,7 +36,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../pack/layout.h"
+#include "layout/layout.h"
 
 #define QK_REL_TOL 1e-5   /* kernel vs reference: max|y - y_ref| / max|y_ref| */
 #define QK_NB 4           /* activation rows one dot call handles at most */

@@ -5,7 +5,7 @@
  * checks the CPU first. Never allocates or prints.
  *
  * One chunk of 32 values becomes one 256-bit vector of bytes in value order, one
- * plane at a time (see the plane table in pack/layout.h):
+ * plane at a time (see the plane table in layout/layout.h):
  *
  *   4-bit plane, 16 bytes:  broadcast to both 128-bit lanes, shift the upper lane's
  *                           qwords right by 4, mask 0x0f -> values 0..15 | 16..31
@@ -24,27 +24,9 @@
 #include <immintrin.h>
 #include <string.h>
 
-#define AI static inline __attribute__((always_inline))
-/* Loops over the activation rows of a block unroll fully, so their accumulators
- * live in registers rather than on the stack. */
-#define EACH_K _Pragma("GCC unroll 4")
+#include "qkernels_x86_planes.h"
 
 /* ==== Chunk decoding ==== */
-
-AI __m256i plane4(const uint8_t *src)
-{
-    __m256i t = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)src));
-    t = _mm256_srlv_epi64(t, _mm256_setr_epi64x(0, 0, 4, 4));
-    return _mm256_and_si256(t, _mm256_set1_epi8(0x0f));
-}
-
-AI __m256i plane2(const uint8_t *src)
-{
-    int64_t w;
-    memcpy(&w, src, 8);
-    __m256i t = _mm256_srlv_epi64(_mm256_set1_epi64x(w), _mm256_setr_epi64x(0, 2, 4, 6));
-    return _mm256_and_si256(t, _mm256_set1_epi8(0x03));
-}
 
 /* The 1-bit plane as bytes of 0 or `bit`. */
 AI __m256i plane1(const uint8_t *src, int bit)

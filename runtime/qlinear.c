@@ -1,5 +1,5 @@
 /*
- * runtime/qlinear.c — a linear layer over a packed tensor (pack/layout.h), two
+ * runtime/qlinear.c — a linear layer over a packed tensor (layout/layout.h), two
  * ways, threaded with OpenMP over rows:
  *
  *   - small batches (decoding, n < RT_PACKED_EXACT_BATCH): int8 activations per

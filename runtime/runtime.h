@@ -21,7 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../model/model.h"
+#include "layout/layout.h"
+#include "model/model.h"
 
 /* ==== Linear layers ==== */
 
@@ -89,7 +90,7 @@ void rt_linear_release(rt_linear *l);
 
 /* ==== Packed linear layers ==== */
 
-/* A linear layer over a packed tensor (pack/layout.h) that decodes the packed blocks
+/* A linear layer over a packed tensor (layout/layout.h) that decodes the packed blocks
  * inside its products (runtime/qlinear.c), threaded with OpenMP over rows.
  * Products of fewer than RT_PACKED_EXACT_BATCH activation rows (decoding) quantize
  * the activations to int8 per weight group (runtime/qkernels.h), so y differs from
@@ -105,7 +106,6 @@ void rt_linear_release(rt_linear *l);
  *     l->matmul(l, x, y, n);                    // y[n][rows] = x[n][cols] W^T
  */
 #define RT_PACKED_EXACT_BATCH 64
-#include "../pack/layout.h"
 rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, rt_scratch *scratch, char *err, size_t err_len);
 
 /* ==== Model ==== */
@@ -170,13 +170,15 @@ void rt_state_free(rt_state *s);
 void rt_state_set_observer(rt_state *s, rt_observer fn, void *ctx);
 
 /* Full forward of n tokens at positions pos..pos+n-1 (the KV cache holds 0..pos-1).
- * logits: [n][vocab], or NULL to skip the head. n <= max_batch, pos + n <= max_ctx. */
+ * logits: [n][vocab], or NULL to skip the head. n <= max_batch, pos + n <= max_ctx.
+ * 0, or -1 if a token id is outside the vocabulary (its only failure: nothing is
+ * computed). */
 int rt_forward(const rt_model *m, rt_state *s, const int32_t *tokens, int n, int pos, float *logits);
 
 /* The pieces of rt_forward, for probes that restart from a cached hidden state:
  * h[n][dim] in and out. Layers l0..l1-1. */
 void rt_embed(const rt_model *m, const int32_t *tokens, int n, float *h);
-int rt_forward_layers(const rt_model *m, rt_state *s, float *h, int n, int pos, int l0, int l1);
+void rt_forward_layers(const rt_model *m, rt_state *s, float *h, int n, int pos, int l0, int l1);
 void rt_logits(const rt_model *m, rt_state *s, const float *h, int n, float *logits);
 
 /* ==== Runners: where a forward pass runs ==== */

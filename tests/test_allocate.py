@@ -30,7 +30,7 @@ CLASSES = [("q", "attn", 256, 256), ("k", "attn", 128, 256), ("v", "attn", 128, 
 
 
 def tensor_bits(bits, group, rows, cols):
-    """pack/layout.h's cost for a plain option: values, fp16 scale + u8 zero per group, u16 perm."""
+    """layout/layout.h's cost for a plain option: values, fp16 scale + u8 zero per group, u16 perm."""
     groups = -(-cols // group)
     return 8 * (rows * cols * bits // 8 + rows * groups * 3 + cols * 2)
 
@@ -257,3 +257,31 @@ def test_kl_probes_give_the_kld_metric(tmp_path):
         assert c["predicted"] == pytest.approx(kld * err / perr, rel=1e-12)
     r = run("--db", db, "--list")
     assert r.returncode == 0 and re.search(r"^\s+1\s+1\s+bpw\s+4\s+kld", r.stdout, re.M)
+
+
+def test_vram_plan_of_a_measurement_counts_attention_biases(tmp_path):
+    """A measured Qwen2-shaped model (q/k/v biases): the measurement records the
+    biases in the model's configuration, so a VRAM plan counts them with the norms
+    among the unquantized parameters; a Llama of the same shape has none."""
+    import sys
+    sys.path.insert(0, os.path.dirname(__file__))
+    import tiny_model
+    calib = tmp_path / "calib.txt"
+    calib.write_text(tiny_model.calib_text(1))
+    opts = tmp_path / "opts.txt"
+    opts.write_text("4b-g64 4 4 0 64 z8\n")
+    dim, layers, q_dim, kv_dim = 64, 2, 4 * 16, 2 * 16
+    unq = {}
+    for arch in ("qwen2", "llama"):
+        model, db = str(tmp_path / (arch + ".gguf")), str(tmp_path / (arch + ".db"))
+        tiny_model.write_tiny_gguf(model, n_layers=layers, dim=dim, hidden=128, n_heads=4, n_kv_heads=2, arch=arch)
+        p = subprocess.run([BITPLAN, "measure", model, "--calib", str(calib), "--db", db, "--options", str(opts),
+                            "--rows", "2", "--ctx", "32"], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        r = run("--db", db, "--vram", "64MiB", "--ctx", "64", "--reserve", "0")
+        assert r.returncode == 0, r.stderr
+        (plan,) = plans(db)
+        unq[arch] = json.loads(plan["memory_json"])["unquantized"]
+    norms = 4 * (2 * layers * dim + dim)
+    assert unq["llama"] == norms
+    assert unq["qwen2"] == norms + 4 * layers * (q_dim + 2 * kv_dim)

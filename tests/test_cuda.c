@@ -33,7 +33,7 @@
 
 #include <cmocka.h>
 
-#include "pack/layout.h"
+#include "layout/layout.h"
 #include "runtime/cuda/decode.cuh"
 #include "runtime/cuda/rt_cuda.h"
 #include "runtime/runtime.h"

@@ -1,5 +1,5 @@
 /*
- * tests/test_ggml.c — pack/ggml.c, the ggml block formats: traits against ggml's
+ * tests/test_ggml.c — layout/ggml.c, the ggml block formats: traits against ggml's
  * block sizes; random headers and q values encoded and decoded against the grid
  * formulas written out here independently; lay_ggml_value equal to the decoder
  * bit for bit on fitted blocks; the fit against a plain min/max round-to-nearest
@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pack/layout.h"
+#include "layout/layout.h"
 
 static const int types[] = {LAY_GGML_Q4_0, LAY_GGML_Q4_1, LAY_GGML_Q5_0, LAY_GGML_Q5_1, LAY_GGML_Q8_0,
                             LAY_GGML_Q2_K, LAY_GGML_Q3_K, LAY_GGML_Q4_K, LAY_GGML_Q5_K, LAY_GGML_Q6_K};

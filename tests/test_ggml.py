@@ -1,4 +1,4 @@
-"""tests/test_ggml.py — pack/ggml.c's block formats against gguf-py.
+"""tests/test_ggml.py — layout/ggml.c's block formats against gguf-py.
 
   1. every type: rows quantized by bitplan (tests/tool_ggml) and dequantized by
      gguf-py's gguf.quants.dequantize equal bitplan's own decoding bit for bit, on

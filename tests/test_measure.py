@@ -3,7 +3,7 @@ small generated models: a run killed with SIGKILL and resumed equals an
 uninterrupted run; a finished run is not redone; calibrations are kept apart;
 bad input (short text, options that do not fit, NaN weights, foreign or read-only
 databases) is refused with a clear message and leaves the database as it was;
-stored bits equal the cost formula of pack/layout.h, recomputed here; KL probes.
+stored bits equal the cost formula of layout/layout.h, recomputed here; KL probes.
 
 What it must never do: depend on the network, or on timing for its verdicts (the
 kill lands wherever it lands; the comparison holds for any moment).
@@ -161,7 +161,7 @@ def test_calibrations_kept_apart(work):
 # ==== Numbers ====
 
 def lay_tensor_bits(lo, hi, share, group, fmt, rows, cols):
-    """pack/layout.h's cost, recomputed from its documentation: values in chunks of
+    """layout/layout.h's cost, recomputed from its documentation: values in chunks of
     32 (bits * 4 bytes per chunk), fp16 scale per (row, group), uint8 zero per
     (row, group) unless symmetric, uint16 (or uint32 above 65536 columns) perm."""
     n_groups = -(-cols // group)

@@ -4,7 +4,7 @@ independent reading of pack/FORMAT.md written here in Python.
 On a tiny model (tests/tiny_model.py) measured with a small option set (plain,
 mixed-width, symmetric, several group sizes), allocated and packed:
   (a) every quantized tensor's four (three) parts add up to lay_tensor_bits / 8,
-      computed here from the formula in pack/layout.h, and the file's header says
+      computed here from the formula in layout/layout.h, and the file's header says
       what FORMAT.md says (dtypes, shapes, alignment, metadata);
   (b) a NumPy decoder of the bit planes, scales, zeros and permutation gives
       exactly the weights the runtime decodes (get_row), and the packed model's
@@ -109,7 +109,7 @@ def row_bytes(o, cols):
 
 
 def tensor_bits(o, rows, cols):
-    """lay_tensor_bits from pack/layout.h: values + fp16 scales + uint8 zeros + perm."""
+    """lay_tensor_bits from layout/layout.h: values + fp16 scales + uint8 zeros + perm."""
     ng = n_groups(o, cols)
     zeros = rows * ng if o["scale_fmt"] == 0 else 0
     perm = cols * (2 if cols <= 65536 else 4)

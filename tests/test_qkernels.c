@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "pack/layout.h"
+#include "layout/layout.h"
 #include "runtime/qkernels.h"
 #include "runtime/runtime.h"
 

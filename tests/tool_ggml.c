@@ -1,5 +1,5 @@
 /*
- * tests/tool_ggml.c — pack/ggml.c's quantizer and decoder on raw files, for the
+ * tests/tool_ggml.c — layout/ggml.c's quantizer and decoder on raw files, for the
  * pytest cross-checks (tests/test_ggml.py) against gguf-py.
  *
  *   tool_ggml quantize TYPE ROWS COLS X.f32 IMP.f32|- OUT.bin
@@ -11,7 +11,7 @@
  *
  * Errors: one line on stderr, exit 1. It never writes anything but OUT.
  */
-#include "pack/layout.h"
+#include "layout/layout.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,6 +1,6 @@
 /*
  * util/util.h — small shared utilities at the bottom of the tree: every output file
- * written atomically, and the interrupt flag that long jobs poll. Includes nothing
+ * written atomically, the interrupt flag that long jobs poll, and the clock. Includes nothing
  * of the project; every other module may use it.
  *
  * Output files. Whatever bitplan writes (packed models, GGUF exports, reports,
@@ -61,5 +61,8 @@ void util_catch_interrupts(void);
 
 /* The signal that asked the process to stop (SIGINT, SIGTERM), or 0. */
 int util_interrupted(void);
+
+/* Seconds on the monotonic clock (for durations: its origin means nothing). */
+double util_now_s(void);
 
 #endif

@@ -1,10 +1,10 @@
 /*
  * runtime/cuda/decode.cuh — the index arithmetic and the value decoding of the
- * CUDA kernels for packed tensors (pack/layout.h), written once as plain C that
+ * CUDA kernels for packed tensors (layout/layout.h), written once as plain C that
  * compiles both as CUDA __host__ __device__ code and as C11, so that the host
  * tests (tests/test_cuda.c) run exactly the code the kernels run.
  *
- * What it must never do: allocate, print, or depend on anything but pack/layout.h.
+ * What it must never do: allocate, print, or depend on anything but layout/layout.h.
  * Everything below is closed form in (tensor geometry, tile, lane).
  *
  * ==== Runs, tiles, lanes ====
@@ -51,7 +51,7 @@
  * ==== Decoding a quad ====
  *
  * Quad t of a chunk (values 4t..4t+3) is read from each bit plane as one 32-bit
- * word holding one value per byte (see the plane table in pack/layout.h):
+ * word holding one value per byte (see the plane table in layout/layout.h):
  *
  *     plane 4: (p4[t & 3] >> 4 (t >> 2)) & 0x0F0F0F0F
  *     plane 2: (p2[t & 1] >> 2 (t >> 1)) & 0x03030303
@@ -71,7 +71,7 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-#include "pack/layout.h"
+#include "layout/layout.h"
 #ifdef __cplusplus
 }
 #endif

@@ -4,7 +4,7 @@
  * (measure/options.c; the format is at the top of that file).
  *
  * Beyond "no crash" it checks, for every file the reader accepts, what the reader
- * promises: every option passes lay_option_check (pack/layout.c) on a shape it can
+ * promises: every option passes lay_option_check (layout/layout.c) on a shape it can
  * apply to (4 x 256: 256 is a multiple of every group of 32 and of every ggml
  * block), has a name of 1 to 31 characters, and no two options share a name or
  * store the same thing; and a round trip: the set written back as an option file

@@ -1,5 +1,5 @@
 /*
- * pack/ggml.c — the ggml block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the
+ * layout/ggml.c — the ggml block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the
  * K-quants Q2_K..Q6_K): their byte layouts, one decoder, and an importance-weighted
  * fit of each block's header. It is the only reading and writing of these formats
  * in the tree (model/dequant.c decodes GGUF tensors through it). It must never

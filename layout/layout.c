@@ -1,5 +1,5 @@
 /*
- * pack/layout.c — option geometry, the exact cost function, and the plain chunk
+ * layout/layout.c — option geometry, the exact cost function, and the plain chunk
  * packers. Everything here is integer arithmetic on shapes; it must stay free of
  * any dependency so that every stage counts bits the same way.
  */

@@ -1,5 +1,5 @@
 /*
- * pack/layout.h — the quantization option, its exact cost in stored bits, and the
+ * layout/layout.h — the quantization option, its exact cost in stored bits, and the
  * layout of packed values. A leaf: it includes nothing of the project, so that the
  * allocator, the measurement, the packer, the CPU runtime and the CUDA kernels all
  * count and read the same bits. pack/FORMAT.md is the prose version of this file.
@@ -161,7 +161,7 @@ static inline int lay_zero_at(const lay_packed *p, int64_t r, int64_t g, int bit
 /* w[rows][cols] in original column order from a packed tensor (reference). */
 void lay_packed_dequant(const lay_packed *p, float *w);
 
-/* ==== ggml block types (pack/ggml.c) ====
+/* ==== ggml block types (layout/ggml.c) ====
  *
  * The block formats of GGUF files, so that a plan can be exported for llama.cpp.
  * Type values are ggml's type ids. A row is cut into blocks of `block` values along
@@ -225,7 +225,7 @@ typedef struct {
 
 /* Fits a block's header to x[block] minimizing sum_i w_i (x_i - y_i)^2 for y the
  * nearest grid values, with w_i from the importance imp[block] (NULL: no
- * importance) as pack/ggml.c describes. The grid is then a[], b[] for the stored
+ * importance) as layout/ggml.c describes. The grid is then a[], b[] for the stored
  * header. Never fails: an all-zero block gives a grid on which 0 is exact. */
 void lay_ggml_fit(int type, const float *x, const float *imp, lay_ggml_grid *g);
 /* The q of the nearest grid value to x in sub-block k (the center where a = 0). */
