@@ -810,7 +810,7 @@ static void job_stats(mrun *r)
 {
     meas_result *out = r->res;
     out->ranks = par_size();
-    if (out->ranks > 1) out->sent_bytes = (double)par_job_stats(out->seconds, &out->wait_share).bytes_sent;
+    if (out->ranks > 1) out->sent_bytes = (double)par_job_stats(out->seconds, &out->wait_share);
 }
 
 int meas_run(const char *model_path, const char *const *calib_paths, int n_calib, const char *db_path,

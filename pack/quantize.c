@@ -27,12 +27,13 @@
  *  6. On several ranks (par/, `mpirun`) the walk splits the rows as it does for
  *     the measurement, and each layer's planned tensors are dealt to the ranks by
  *     a fixed rule (par_deal, on GPTQ's work); GPTQ's result does not depend on
- *     where it runs. Each quantized tensor is then broadcast from its rank, in
- *     tensor order: rank 0, the only one that writes, packs it as one process
- *     would, and in sequential mode every rank runs its rows on it. So the file is
- *     one process's, byte for byte, for any number of ranks. Every rank must see
- *     the same plan (a fingerprint of it is compared with rank 0's); every step
- *     that can fail on one rank is agreed (par_agree).
+ *     where it runs. Each quantized tensor then goes from its rank, in tensor
+ *     order, to rank 0, the only one that writes, which packs it as one process
+ *     would, and in sequential mode to every rank, which runs its rows on it. So
+ *     the file is one process's, byte for byte, for any number of ranks. Rank 0
+ *     reads the plan and sends it to all; each rank checks its own model and text
+ *     against the plan's hashes. Every step that can fail on one rank is agreed
+ *     (par_agree).
  * Progress goes to stderr when asked; nothing else is printed.
  */
 #include "pack_int.h"
@@ -268,7 +269,7 @@ static int read_plan(prun *r)
 static int share_plan(prun *r)
 {
     if (par_size() == 1) return 0;
-    db_pack_plan *p = &r->plan, got = *p;
+    db_pack_plan *p = &r->plan, got = *p; /* its pointers are rank 0's: replaced below */
     size_t json = par_rank() == 0 ? strlen(p->sources_json) + 1 : 0;
     int rc = par_bcast(&got, sizeof got, 0) | par_bcast(&json, sizeof json, 0);
     if (par_rank() != 0) {
@@ -709,9 +710,8 @@ int pack_model(const char *model_path, const char *db_path, int64_t plan_id, con
     FILE *f = par_rank() == 0 ? fopen(out, "rb") : NULL;
     if (f && !fseek(f, 0, SEEK_END)) stats->file_bytes = ftell(f);
     if (f) fclose(f);
-    stats->seconds = util_now_s() - r.t0;
     stats->ranks = par_size();
-    if (stats->ranks > 1) stats->sent_bytes = (double)par_job_stats(stats->seconds, &stats->wait_share).bytes_sent;
+    if (stats->ranks > 1) stats->sent_bytes = (double)par_job_stats(util_now_s() - r.t0, &stats->wait_share);
     rc = 0;
 done:
     stats->seconds = util_now_s() - r.t0;

@@ -101,18 +101,17 @@ int par_deal(const double *cost, int n, int *owner)
     return 0;
 }
 
-par_stats par_job_stats(double seconds, double *wait_share)
+uint64_t par_job_stats(double seconds, double *wait_share)
 {
-    par_stats mine = g_stats, job = {0, 0};
-    double share[2] = {(double)mine.bytes_sent, mine.seconds_in_calls / (seconds > 0 ? seconds : 1)}, *all = NULL;
+    double mine[2] = {(double)g_stats.bytes_sent, g_stats.seconds_in_calls / (seconds > 0 ? seconds : 1)}, *all = NULL;
     size_t bytes = 0;
-    *wait_share = share[1];
-    if (g_size == 1 || par_gather(share, sizeof share, (void **)&all, &bytes) || !all) return mine;
+    uint64_t sent = 0;
+    *wait_share = mine[1];
+    if (g_size == 1 || par_gather(mine, sizeof mine, (void **)&all, &bytes) || !all) return g_stats.bytes_sent;
     *wait_share = 0;
-    for (int k = 0; k < g_size; k++) job.bytes_sent += (uint64_t)all[2 * k], *wait_share += all[2 * k + 1] / g_size;
-    job.seconds_in_calls = mine.seconds_in_calls;
+    for (int k = 0; k < g_size; k++) sent += (uint64_t)all[2 * k], *wait_share += all[2 * k + 1] / g_size;
     free(all);
-    return job;
+    return sent;
 }
 
 /* par_gather for a job of one: a copy. */

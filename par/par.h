@@ -56,10 +56,10 @@ typedef struct {
     double seconds_in_calls;
 } par_stats;
 par_stats par_get_stats(void);
-/* The whole job's: rank 0 gets the bytes every rank sent and the mean share of
- * `seconds` (each rank's wall time) they spent inside the calls; other ranks get
+/* The whole job's: on rank 0 the bytes every rank sent (returned) and the mean share
+ * of `seconds` (each rank's wall time) they spent inside the calls; other ranks get
  * their own. Collective. */
-par_stats par_job_stats(double seconds, double *wait_share);
+uint64_t par_job_stats(double seconds, double *wait_share);
 
 /* Deals n jobs to the ranks, the same way on every rank without a message: the
  * costliest first (equal costs in index order), each to the rank with the least
