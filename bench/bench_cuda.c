@@ -21,6 +21,10 @@
  *       BYTES shows another figure beside it (scripts/gpu-prep.sh passes its plan's).
  *
  *   bench_cuda [--quick | --smoke] [--packed FILE] [--predict BYTES] [--ctx N] [--tokens N]
+ *              [--only matvec|llama|smol]
+ *
+ * --only runs one part (the packed file, if given, runs too): for a profiler, whose
+ * kernel filters cannot tell the parts apart.
  *
  * --smoke runs every step on shapes small enough for the CPU emulation of
  * tests/cuda_emu/ (scripts/gpu-check.sh with EMU=1): it checks that the benchmark
@@ -43,6 +47,8 @@
 #define MIB (1024.0 * 1024.0)
 
 static int quick = 0, smoke = 0;
+static const char *only = NULL; /* --only: matvec, llama or smol (NULL: all) */
+static int part_runs(const char *part) { return !only || !strcmp(only, part); }
 
 /* A transformer's shapes, for a synthetic model of random packed weights. */
 typedef struct {
@@ -415,10 +421,16 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--predict") && i + 1 < argc) predicted = atof(argv[++i]);
         else if (!strcmp(argv[i], "--ctx") && i + 1 < argc) ctx = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) n_tokens = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else {
-            fprintf(stderr, "usage: bench_cuda [--quick | --smoke] [--packed FILE] [--predict BYTES] [--ctx N] [--tokens N]\n");
+            fprintf(stderr, "usage: bench_cuda [--quick | --smoke] [--packed FILE] [--predict BYTES] [--ctx N] [--tokens N]"
+                            " [--only matvec|llama|smol]\n");
             return 2;
         }
+    }
+    if (only && strcmp(only, "matvec") && strcmp(only, "llama") && strcmp(only, "smol")) {
+        fprintf(stderr, "bench_cuda: --only takes matvec, llama or smol, not '%s'\n", only);
+        return 2;
     }
     char info[256], err[256];
     if (rt_cuda_device_info(info, sizeof info, err, sizeof err)) {
@@ -427,9 +439,11 @@ int main(int argc, char **argv)
     }
     if (ctx < 64 || n_tokens < 1) { fprintf(stderr, "bench_cuda: --ctx must be >= 64 and --tokens >= 1\n"); return 2; }
     printf("## bitplan CUDA benchmark\n\ndevice: %s\n", info);
-    bad |= bench_matvec();
+    if (part_runs("matvec")) bad |= bench_matvec();
     print_gen_header();
     if (packed) bad |= bench_packed_file(packed, predicted, ctx, n_tokens);
-    for (int i = 0; i < 2; i++) bad |= bench_synthetic(&shapes->models[i], ctx, n_tokens);
+    static const char *const model_part[2] = { "llama", "smol" };
+    for (int i = 0; i < 2; i++)
+        if (part_runs(model_part[i])) bad |= bench_synthetic(&shapes->models[i], ctx, n_tokens);
     return bad;
 }

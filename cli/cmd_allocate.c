@@ -57,7 +57,8 @@ static int usage(void)
             "  --tie SET             tensors of one layer in SET share an option: qkv, gate_up, or q,k,v\n"
             "  --min-bits CLASS=B    options of CLASS need >= B bits per weight (also --max-bits)\n"
             "  --head-bits B         the head's option needs >= B bpw (bpw targets pin the cheapest such; default 6)\n"
-            "  --batch N --kv-bits B --reserve SIZE   VRAM model (1, 16, 256MiB)\n"
+            "  --batch N --kv-bits B --reserve SIZE   VRAM model (1, 16, 256MiB); --vram is the memory free\n"
+            "                        with the CUDA context made (about 0.5 GiB of an H200 is the context's)\n"
             "  --gap G --time-limit S --hull --write-lp FILE --label NAME --verbose\n");
     return 2;
 }

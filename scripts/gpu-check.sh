@@ -19,7 +19,9 @@
 #        PREBUILT=DIR (run the binaries of scripts/gpu-bundle.sh instead of building:
 #        for an image without this project's C libraries),
 #        EMU=1 (a dry run without a GPU: the CPU emulation of tests/cuda_emu/, build-emu,
-#        bench --smoke; it checks this script and the benchmark, its figures mean nothing)
+#        bench --smoke; it checks this script and the benchmark, its figures mean nothing),
+#        TEST_LIMIT / BENCH_LIMIT (seconds, default 240 / 360: a hung kernel ends its
+#        stage, not the run; logs are line-buffered, so a killed stage's log says where)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +33,11 @@ PACKED=${1:-}
 PREDICT=${2:-0}
 CTX=${3:-2048}
 LOGDIR=${LOGDIR:-$BUILD/gpu-check}
+TEST_LIMIT=${TEST_LIMIT:-240}
+BENCH_LIMIT=${BENCH_LIMIT:-360}
 status=0
+# line-buffered stdout where coreutils' stdbuf is there
+LINEBUF=(); command -v stdbuf >/dev/null && LINEBUF=(stdbuf -oL -eL)
 
 stage() { echo "== gpu-check: $* ($(date +%H:%M:%S))" >&2; }
 die() { echo "gpu-check: $*" >&2; exit 1; }
@@ -69,9 +75,10 @@ fi
 
 stage "tests (tests/test_cuda)"
 set +e
-CMOCKA_MESSAGE_OUTPUT=TAP "$TEST_BIN" >"$LOGDIR/test_cuda.tap" 2>&1
+CMOCKA_MESSAGE_OUTPUT=TAP timeout -k 5 "$TEST_LIMIT" "${LINEBUF[@]}" "$TEST_BIN" >"$LOGDIR/test_cuda.tap" 2>&1
 trc=$?
 set -e
+[ "$trc" -ne 124 ] || echo "gpu-check: tests/test_cuda stopped after $TEST_LIMIT s (TEST_LIMIT)" >&2
 passed=$(grep -cE '^ok [0-9]+' "$LOGDIR/test_cuda.tap" || true)
 skipped=$(grep -cE '^(not )?ok [0-9]+ .*# SKIP' "$LOGDIR/test_cuda.tap" || true)
 failed=$(grep -E '^not ok [0-9]+' "$LOGDIR/test_cuda.tap" | grep -vc '# SKIP' || true)
@@ -94,10 +101,10 @@ if [ -n "$PACKED" ]; then
     else echo "gpu-check: packed file $PACKED is absent: its figures are skipped" >&2; fi
 fi
 set +e
-"$BENCH_BIN" "${args[@]}" 2> >(tee "$LOGDIR/bench.err" >&2)
+timeout -k 5 "$BENCH_LIMIT" "${LINEBUF[@]}" "$BENCH_BIN" "${args[@]}" 2> >(tee "$LOGDIR/bench.err" >&2)
 brc=$?
 set -e
-[ "$brc" -eq 0 ] || { status=1; echo "gpu-check: bench_cuda exited $brc" >&2; }
+[ "$brc" -eq 0 ] || { status=1; echo "gpu-check: bench_cuda exited $brc$([ "$brc" -ne 124 ] || echo ", stopped after $BENCH_LIMIT s (BENCH_LIMIT)")" >&2; }
 
 stage "done (status $status)"
 exit "$status"

@@ -51,10 +51,22 @@ int rtc_blas_fail(cublasStatus_t s, const char *call, const char *file, int line
     return -1;
 }
 
-int rtc_alloc(rtc_mem *m, void **p, size_t bytes, const char *what, char *err, size_t err_len)
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define RTC_GAP 64
+#define RTC_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define RTC_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define RTC_GAP 0
+#define RTC_POISON(p, n) ((void)(p), (void)(n))
+#define RTC_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+size_t rtc_span(size_t bytes) { return (bytes + RTC_GAP + 255) & ~(size_t)255; }
+
+/* A block of its own, tracked. */
+static int alloc_block(rtc_mem *m, void **p, size_t bytes, const char *what, char *err, size_t err_len)
 {
-    *p = NULL;
-    if (!bytes) return 0;
     if (m->n == m->cap) {
         int cap = m->cap ? 2 * m->cap : 64;
         void **np = (void **)realloc(m->ptr, (size_t)cap * sizeof *np);
@@ -68,12 +80,38 @@ int rtc_alloc(rtc_mem *m, void **p, size_t bytes, const char *what, char *err, s
         cudaMemGetInfo(&fr, &tot);
         snprintf(err, err_len, "out of device memory for %s: asked for %.1f MiB, %.1f MiB free of %.1f MiB "
                  "(%.1f MiB already held by this model)", what, bytes / 1048576.0, fr / 1048576.0, tot / 1048576.0,
-                 m->bytes / 1048576.0);
+                 m->held / 1048576.0);
         *p = NULL;
         return -1;
     }
-    if (e != cudaSuccess) return rtc_cuda_fail(e, "cudaMalloc", __FILE__, __LINE__, err, err_len);
+    if (e != cudaSuccess) { *p = NULL; return rtc_cuda_fail(e, "cudaMalloc", __FILE__, __LINE__, err, err_len); }
     m->ptr[m->n++] = *p;
+    m->held += (int64_t)bytes;
+    return 0;
+}
+
+int rtc_mem_slab(rtc_mem *m, size_t bytes, const char *what, char *err, size_t err_len)
+{
+    void *p;
+    m->slab = NULL, m->slab_size = m->slab_used = 0;
+    if (!bytes) return 0;
+    if (alloc_block(m, &p, bytes, what, err, err_len)) return -1;
+    RTC_POISON(p, bytes);
+    m->slab = (char *)p, m->slab_size = bytes;
+    return 0;
+}
+
+int rtc_alloc(rtc_mem *m, void **p, size_t bytes, const char *what, char *err, size_t err_len)
+{
+    *p = NULL;
+    if (!bytes) return 0;
+    if (m->slab && rtc_span(bytes) <= m->slab_size - m->slab_used) {
+        *p = m->slab + m->slab_used;
+        m->slab_used += rtc_span(bytes);
+        RTC_UNPOISON(*p, bytes);
+    } else if (alloc_block(m, p, bytes, what, err, err_len)) {
+        return -1;
+    }
     m->bytes += (int64_t)bytes;
     return 0;
 }
@@ -87,6 +125,7 @@ int rtc_upload(rtc_mem *m, void **p, const void *src, size_t bytes, const char *
 
 void rtc_mem_free(rtc_mem *m)
 {
+    if (m->slab) RTC_UNPOISON(m->slab, m->slab_size);
     for (int i = 0; i < m->n; i++) cudaFree(m->ptr[i]);
     free(m->ptr);
     memset(m, 0, sizeof *m);
@@ -279,16 +318,37 @@ static int check_packed(const lay_packed *p, char *err, size_t err_len)
     return 0;
 }
 
+/* The bytes of a packed tensor's device arrays, in upload order: values, scales,
+ * zeros (0 when symmetric), activation map, permutation. */
+enum { PK_VALUES, PK_SCALES, PK_ZEROS, PK_XMAP, PK_PERM, PK_ARRAYS };
+static void packed_array_bytes(const lay_packed *p, const rtc_geom *g, size_t bytes[PK_ARRAYS])
+{
+    bytes[PK_VALUES] = (size_t)(p->rows * g->row_words) * 4;
+    bytes[PK_SCALES] = (size_t)(p->rows * g->ng) * 2;
+    bytes[PK_ZEROS] = g->sym ? 0 : (size_t)(p->rows * g->ng);
+    bytes[PK_XMAP] = bytes[PK_PERM] = (size_t)p->cols * 4;
+}
+
+size_t rtc_packed_device_bytes(const lay_packed *p)
+{
+    rtc_geom g;
+    size_t bytes[PK_ARRAYS], sum = 0;
+    rtc_geom_init(&g, p);
+    packed_array_bytes(p, &g, bytes);
+    for (int i = 0; i < PK_ARRAYS; i++) sum += bytes[i] ? rtc_span(bytes[i]) : 0;
+    return sum;
+}
+
 /* The values, repacked tile by tile (decode.cuh), in slabs of rows. */
-static int upload_values(rtc_mem *m, const lay_packed *p, const rtc_geom *g, uint32_t **out, char *err,
-                         size_t err_len)
+static int upload_values(rtc_mem *m, const lay_packed *p, const rtc_geom *g, size_t bytes, uint32_t **out,
+                         char *err, size_t err_len)
 {
     const int64_t slab = 256, rw = g->row_words;
     int rc = -1;
     uint32_t *dev, *src = (uint32_t *)malloc((size_t)rw * 4), *dst = (uint32_t *)malloc((size_t)(slab * rw) * 4);
     if (!src || !dst) { snprintf(err, err_len, "out of host memory repacking a %lldx%lld tensor",
                                  (long long)p->rows, (long long)p->cols); goto done; }
-    if (rtc_alloc(m, (void **)&dev, (size_t)(p->rows * rw) * 4, "packed values", err, err_len)) goto done;
+    if (rtc_alloc(m, (void **)&dev, bytes, "packed values", err, err_len)) goto done;
     for (int64_t r0 = 0; r0 < p->rows; r0 += slab) {
         int64_t nr = p->rows - r0 < slab ? p->rows - r0 : slab;
         for (int64_t r = 0; r < nr; r++) {
@@ -316,15 +376,17 @@ int rtc_linear_upload_packed(rtc_mem *m, const lay_packed *p, rtc_linear *out, c
     int32_t *perm = (int32_t *)malloc((size_t)p->cols * sizeof *perm);
     uint32_t *values;
     void *scales, *zeros = NULL, *dxmap, *dperm;
+    size_t bytes[PK_ARRAYS];
     if (!xmap || !perm) { snprintf(err, err_len, "out of host memory for a permutation of %lld columns",
                                    (long long)p->cols); goto done; }
     rtc_build_xmap(&g, p, xmap);
     for (int64_t j = 0; j < p->cols; j++) perm[j] = (int32_t)lay_perm_at(p, j);
-    if (upload_values(m, p, &g, &values, err, err_len)) goto done;
-    if (rtc_upload(m, &scales, p->scales, (size_t)(p->rows * g.ng) * 2, "packed scales", err, err_len)) goto done;
-    if (!g.sym && rtc_upload(m, &zeros, p->zeros, (size_t)(p->rows * g.ng), "packed zeros", err, err_len)) goto done;
-    if (rtc_upload(m, &dxmap, xmap, (size_t)p->cols * 4, "activation map", err, err_len)) goto done;
-    if (rtc_upload(m, &dperm, perm, (size_t)p->cols * 4, "permutation", err, err_len)) goto done;
+    packed_array_bytes(p, &g, bytes);
+    if (upload_values(m, p, &g, bytes[PK_VALUES], &values, err, err_len)) goto done;
+    if (rtc_upload(m, &scales, p->scales, bytes[PK_SCALES], "packed scales", err, err_len)) goto done;
+    if (rtc_upload(m, &zeros, p->zeros, bytes[PK_ZEROS], "packed zeros", err, err_len)) goto done;
+    if (rtc_upload(m, &dxmap, xmap, bytes[PK_XMAP], "activation map", err, err_len)) goto done;
+    if (rtc_upload(m, &dperm, perm, bytes[PK_PERM], "permutation", err, err_len)) goto done;
     out->rows = p->rows, out->cols = p->cols, out->packed = 1, out->g = g;
     out->values = values, out->scales = (const __half *)scales, out->zeros = (const uint8_t *)zeros;
     out->xmap = (const int32_t *)dxmap, out->perm = (const int32_t *)dperm;
@@ -511,7 +573,11 @@ __global__ void k_swiglu(float *__restrict__ gate, const float *__restrict__ up,
 int rtc_rmsnorm(const float *x, const float *w, float *out, int n, int dim, float eps, cudaStream_t st, char *err,
                 size_t err_len)
 {
-    k_rmsnorm<<<(unsigned)n, 256, 0, st>>>(x, w, out, dim, eps);
+    /* about 4 elements a thread: each pass is a chain of dependent loads per thread,
+     * so a 256-thread block over 4096 took 14 us on an H200, 1024 threads 4x less */
+    int threads = (dim / 4 + 31) / 32 * 32;
+    threads = threads < 128 ? 128 : threads > 1024 ? 1024 : threads;
+    k_rmsnorm<<<(unsigned)n, (unsigned)threads, 0, st>>>(x, w, out, dim, eps);
     return RTC_LAUNCHED("k_rmsnorm");
 }
 
@@ -538,7 +604,9 @@ int rtc_swiglu(float *gate, const float *up, int64_t len, cudaStream_t st, char 
  *
  * Pairs of a head rotate by the angle of their index j < rope_dim / 2: (2j, 2j+1)
  * in GGUF's interleaved order, (j, j + rope_dim/2) for NeoX-order models, as in
- * runtime/forward.c. One block per token.
+ * runtime/forward.c. A token's pairs and cache values are spread over a row of
+ * blocks (blockIdx.y): one block per token left a 7B layer's RoPE 12 us of an
+ * H200's time, a chain of 8-16 dependent loads per thread.
  */
 __device__ __forceinline__ void rope_pair(float *x, int j, int half, int neox, float c, float s)
 {
@@ -552,9 +620,10 @@ __global__ void k_rope_store(rtc_attn_shape a, float *__restrict__ q, const floa
                              const float *__restrict__ v, __half *__restrict__ kc, __half *__restrict__ vc, int pos)
 {
     int i = blockIdx.x, p = pos + i, half = a.rope_dim / 2;
+    int first_u = blockIdx.y * blockDim.x + threadIdx.x, stride = gridDim.y * blockDim.x;
     const float *cs = a.cos + (int64_t)p * half, *sn = a.sin + (int64_t)p * half;
     float *qi = q + (int64_t)i * a.q_dim;
-    for (int u = threadIdx.x; u < a.n_heads * half; u += blockDim.x) {
+    for (int u = first_u; u < a.n_heads * half; u += stride) {
         int h = u / half, j = u % half;
         rope_pair(qi + h * a.head_dim, j, half, a.neox, cs[j], sn[j]);
     }
@@ -562,7 +631,7 @@ __global__ void k_rope_store(rtc_attn_shape a, float *__restrict__ q, const floa
      * values of k and all of v are copied. */
     const float *ki = k + (int64_t)i * a.kv_dim, *vi = v + (int64_t)i * a.kv_dim;
     __half *kr = kc + (int64_t)p * a.kv_dim, *vr = vc + (int64_t)p * a.kv_dim;
-    for (int d = threadIdx.x; d < a.kv_dim; d += blockDim.x) {
+    for (int d = first_u; d < a.kv_dim; d += stride) {
         int h = d / a.head_dim, e = d % a.head_dim;
         float val = ki[d];
         if (e < a.rope_dim) {
@@ -579,7 +648,9 @@ __global__ void k_rope_store(rtc_attn_shape a, float *__restrict__ q, const floa
 int rtc_rope_store(const rtc_attn_shape *a, float *q, const float *k, const float *v, __half *kc, __half *vc, int n,
                    int pos, cudaStream_t st, char *err, size_t err_len)
 {
-    k_rope_store<<<(unsigned)n, 256, 0, st>>>(*a, q, k, v, kc, vc, pos);
+    int work = a->n_heads * (a->rope_dim / 2) > a->kv_dim ? a->n_heads * (a->rope_dim / 2) : a->kv_dim;
+    dim3 grid((unsigned)n, (unsigned)blocks_for(work, 256));
+    k_rope_store<<<grid, 256, 0, st>>>(*a, q, k, v, kc, vc, pos);
     return RTC_LAUNCHED("k_rope_store");
 }
 

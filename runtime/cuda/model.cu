@@ -224,6 +224,35 @@ done:
     return rc;
 }
 
+/* ==== One slab for the weights ==== */
+
+static size_t linear_bytes(const rt_linear *l)
+{
+    if (!l) return 0;
+    if (l->packed) return rtc_packed_device_bytes(l->packed);
+    return rtc_span((size_t)(l->rows * l->cols) * sizeof(float)); /* dense, or held as fp32 for the upload */
+}
+
+static size_t vec_bytes(const float *v, int64_t n) { return v ? rtc_span((size_t)n * sizeof(float)) : 0; }
+
+/* The bytes of what model_setup uploads before the state: every layer's linears,
+ * norms and biases, the head, the output norm, the RoPE tables (the same spans the
+ * uploads take, so that all of it fits the one slab exactly). */
+static size_t weights_bytes(const rt_cuda_model *g)
+{
+    const mdl_config *c = &g->cfg;
+    int64_t q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
+    size_t sum = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        const rt_layer *ly = &g->m->layers[l];
+        for (int k = 0; k < RT_HEAD; k++) sum += linear_bytes(ly->lin[k]);
+        sum += vec_bytes(ly->attn_norm, c->dim) + vec_bytes(ly->ffn_norm, c->dim) + vec_bytes(ly->bias_q, q) +
+               vec_bytes(ly->bias_k, kv) + vec_bytes(ly->bias_v, kv);
+    }
+    sum += linear_bytes(g->m->head) + vec_bytes(g->m->out_norm, c->dim);
+    return sum + 2 * rtc_span((size_t)g->max_ctx * (c->rope_dim / 2) * sizeof(float));
+}
+
 /* Largest columns of any linear layer, and rows x cols of any packed one. */
 static void linear_extents(const rt_cuda_model *g, int64_t *max_cols, int64_t *max_packed)
 {
@@ -296,6 +325,7 @@ static int model_setup(rt_cuda_model *g, char *err, size_t err_len)
     g->att.n_heads = c->n_heads, g->att.n_kv = c->n_kv_heads, g->att.head_dim = c->head_dim;
     g->att.rope_dim = c->rope_dim, g->att.neox = rt_rope_is_neox(c), g->att.max_ctx = g->max_ctx;
     g->att.q_dim = c->n_heads * c->head_dim, g->att.kv_dim = c->n_kv_heads * c->head_dim;
+    if (rtc_mem_slab(&g->mem, weights_bytes(g), "the weights", err, err_len)) return -1;
     for (int l = 0; l < c->n_layers; l++)
         if (upload_layer(g, l, err, err_len)) return -1;
     if (!g->m->head || !g->m->embed || !g->m->embed->get_row || !g->m->out_norm) {
@@ -304,7 +334,13 @@ static int model_setup(rt_cuda_model *g, char *err, size_t err_len)
     }
     if (upload_linear(g, g->m->head, c->vocab_size, c->dim, "head", &g->head, err, err_len)) return -1;
     if (upload_vec(g, &g->out_norm, g->m->out_norm, c->dim, "output_norm", err, err_len)) return -1;
-    if (upload_rope(g, err, err_len) || alloc_state(g, err, err_len)) return -1;
+    if (upload_rope(g, err, err_len)) return -1;
+    if (g->mem.slab_used != g->mem.slab_size) { /* weights_bytes and the uploads disagree: a bug, said as one */
+        snprintf(err, err_len, "internal: the weights took %zu bytes of their %zu-byte slab", g->mem.slab_used,
+                 g->mem.slab_size);
+        return -1;
+    }
+    if (alloc_state(g, err, err_len)) return -1;
     if (rtc_attention_prepare(&g->att, err, err_len)) return -1;
     /* The uploads and cache clears ran on the legacy default stream, which a
      * non-blocking stream does not wait for (and a pageable cudaMemcpy may return
@@ -335,7 +371,7 @@ extern "C" int rt_cuda_model_new(const rt_model *m, int max_ctx, int max_batch, 
     return 0;
 }
 
-extern "C" int64_t rt_cuda_model_device_bytes(const rt_cuda_model *g) { return g->mem.bytes; }
+extern "C" int64_t rt_cuda_model_device_bytes(const rt_cuda_model *g) { return g->mem.held; }
 
 /* ==== Forward ==== */
 

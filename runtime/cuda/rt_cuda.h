@@ -65,7 +65,8 @@ int rt_cuda_model_new(const rt_model *m, int max_ctx, int max_batch, rt_cuda_mod
 void rt_cuda_model_free(rt_cuda_model *g);
 
 /* Bytes of device memory this model holds: weights, KV cache, scratch (the sum of
- * its allocations; the CUDA context and cuBLAS workspace are not counted). */
+ * its cudaMalloc blocks, one slab for the weights; the CUDA context, cuBLAS's
+ * workspace and the driver's rounding of each block are not counted). */
 int64_t rt_cuda_model_device_bytes(const rt_cuda_model *g);
 
 /* Forward of n tokens at positions pos..pos+n-1 (the cache holds 0..pos-1).

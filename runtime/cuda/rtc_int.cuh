@@ -45,15 +45,28 @@ int rtc_blas_fail(cublasStatus_t s, const char *call, const char *file, int line
 
 /* ==== Tracked device memory ==== */
 
-/* Every device allocation of one owner, freed together. */
+/* Every device allocation of one owner, freed together. cudaMalloc rounds each
+ * large block up to the driver's page (2 MiB), which at one block per array cost a
+ * 7B model about 200 MiB that no memory model sees; so an owner that knows its
+ * total asks for one slab (rtc_mem_slab) and its arrays are carved from it. */
 typedef struct {
-    void **ptr;
+    void **ptr;         /* the cudaMalloc'd blocks */
     int n, cap;
     int64_t bytes;      /* sum of the sizes asked for */
+    int64_t held;       /* sum of the blocks' sizes */
+    char *slab;         /* the block arrays are carved from (NULL: none) */
+    size_t slab_size, slab_used;
 } rtc_mem;
 
-/* cudaMalloc of `bytes` for `what`; out of memory is a message with the size asked
- * for and the free/total figures of cudaMemGetInfo. bytes == 0 gives NULL. */
+/* Bytes an array of `bytes` takes in a slab: aligned to 256 (and, under
+ * AddressSanitizer, followed by a poisoned gap, so that an overrun is caught). */
+size_t rtc_span(size_t bytes);
+/* One block of `bytes` from which the following rtc_alloc calls are carved while
+ * they fit (the rest get their own blocks). */
+int rtc_mem_slab(rtc_mem *m, size_t bytes, const char *what, char *err, size_t err_len);
+/* `bytes` for `what`, from the slab or a block of its own; out of memory is a
+ * message with the size asked for and the free/total figures of cudaMemGetInfo.
+ * bytes == 0 gives NULL. */
 int rtc_alloc(rtc_mem *m, void **p, size_t bytes, const char *what, char *err, size_t err_len);
 /* rtc_alloc and a host-to-device copy of src. */
 int rtc_upload(rtc_mem *m, void **p, const void *src, size_t bytes, const char *what, char *err, size_t err_len);
@@ -93,6 +106,8 @@ typedef enum { RTC_PATH_AUTO = 0, RTC_PATH_MATVEC = 1, RTC_PATH_GEMM = 2 } rtc_p
 /* Uploads one packed tensor (repacked tiles, scales, zeros, xmap, perm). Checks the
  * option, the zeros and every permutation entry first. */
 int rtc_linear_upload_packed(rtc_mem *m, const lay_packed *p, rtc_linear *out, char *err, size_t err_len);
+/* The slab bytes (rtc_span) rtc_linear_upload_packed takes for p. */
+size_t rtc_packed_device_bytes(const lay_packed *p);
 int rtc_linear_upload_dense(rtc_mem *m, const float *w, int64_t rows, int64_t cols, rtc_linear *out,
                             char *err, size_t err_len);
 
