@@ -22,7 +22,7 @@ typedef struct {
 } alloc_opt;
 
 typedef struct {
-    alloc_class cls;
+    lay_class cls;
     int layer;
     int64_t n_weights;
     int in_budget;

@@ -26,7 +26,7 @@
  * Never prints (except GLPK's own output when asked), never speaks SQL.
  *
  *     alloc_problem *p = alloc_problem_new();
- *     int t = alloc_add_tensor(p, ALLOC_Q, 0, 576 * 576, 1);
+ *     int t = alloc_add_tensor(p, LAY_Q, 0, 576 * 576, 1);
  *     alloc_add_option(p, t, option_id, bits, damage);  ... for every option
  *     alloc_params prm; alloc_params_init(&prm);
  *     alloc_result r;
@@ -41,16 +41,11 @@
 #include <stdint.h>
 
 #include "db/db.h"
+#include "layout/layout.h"
 
 /* ==== Tensor classes ==== */
 
-typedef enum {
-    ALLOC_Q = 0, ALLOC_K, ALLOC_V, ALLOC_O, ALLOC_GATE, ALLOC_UP, ALLOC_DOWN, ALLOC_HEAD,
-    ALLOC_N_CLASSES
-} alloc_class;
-
-const char *alloc_class_name(alloc_class c);   /* "q", ..., "head" */
-int alloc_class_parse(const char *s);           /* the class, or -1 */
+/* The classes are layout's lay_class (LAY_Q ... LAY_HEAD, lay_class_name). */
 /* A set of classes as a bit mask (1 << class): "qkv", "gate_up", "attn" (q,k,v,o),
  * "mlp" (gate,up,down), or a comma list "q,k,v". 0 if not understood. */
 unsigned alloc_class_set_parse(const char *s);
@@ -65,7 +60,7 @@ void alloc_problem_free(alloc_problem *p);
 /* Adds a tensor with n_weights = rows * cols weights. in_budget = 0 keeps its bits
  * out of the budget row (it still counts in total_bits). Returns its index (0, 1, ...
  * in order of addition), or -1 if out of memory. */
-int alloc_add_tensor(alloc_problem *p, alloc_class cls, int layer, int64_t n_weights, int in_budget);
+int alloc_add_tensor(alloc_problem *p, lay_class cls, int layer, int64_t n_weights, int in_budget);
 /* Adds an option to tensor t: the caller's option id (tied tensors share options by
  * id), exact stored bits, predicted damage (finite, >= 0). Returns the option's index
  * within t, or -1 if out of memory. */
@@ -84,7 +79,7 @@ int alloc_n_options(const alloc_problem *p, int t);
 int64_t alloc_option_bits(const alloc_problem *p, int t, int k);
 double alloc_option_damage(const alloc_problem *p, int t, int k);
 int64_t alloc_option_id(const alloc_problem *p, int t, int k);
-alloc_class alloc_tensor_class(const alloc_problem *p, int t);
+lay_class alloc_tensor_class(const alloc_problem *p, int t);
 int64_t alloc_tensor_weights(const alloc_problem *p, int t);
 int alloc_tensor_in_budget(const alloc_problem *p, int t);
 
@@ -261,7 +256,7 @@ typedef struct {
     int weight_by_size;        /* rel_err damage weighted by tensor size (1; see budget.c) */
     unsigned ties[8];          /* class sets tied within each layer (alloc_class_set_parse) */
     int n_ties;
-    double min_bpw[ALLOC_N_CLASSES], max_bpw[ALLOC_N_CLASSES]; /* per class (0 and HUGE_VAL) */
+    double min_bpw[LAY_N_CLASSES], max_bpw[LAY_N_CLASSES]; /* per class (0 and HUGE_VAL) */
     double head_bits;          /* the head's option must have bpw >= this; < 0: unset */
     int head_in_budget;        /* 0: a bpw target, the head is outside the budget and is
                                   pinned to its cheapest option with bpw >= head_bits

@@ -4,8 +4,8 @@
  * counts only; never prints, never touches files.
  */
 #include "allocate.h"
+#include "util/util.h"
 
-#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,44 +33,39 @@ double alloc_damage_kld(double rel_err, double probe_kld, double probe_rel_err)
 
 /* ==== Model shape from config_json ==== */
 
-/* The number after "key": in a flat JSON object; true/false read as 1/0. */
-static int json_number(const char *json, const char *key, double *v)
+/* A number member; true/false read as 1/0. -1 when absent or of another type. */
+static int json_number(const util_json *o, const char *key, double *v)
 {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\"", key);
-    for (const char *s = strstr(json, pat); s; s = strstr(s + 1, pat)) {
-        const char *q = s + strlen(pat);
-        while (isspace((unsigned char)*q)) q++;
-        if (*q != ':') continue;
-        q++;
-        while (isspace((unsigned char)*q)) q++;
-        if (!strncmp(q, "true", 4)) { *v = 1; return 0; }
-        if (!strncmp(q, "false", 5)) { *v = 0; return 0; }
-        char *end;
-        double d = strtod(q, &end);
-        if (end == q) return -1;
-        *v = d;
-        return 0;
-    }
+    const util_json *x = util_json_get(o, key);
+    if (x && x->type == UTIL_JSON_NUM) { *v = x->num; return 0; }
+    if (x && x->type == UTIL_JSON_BOOL) { *v = x->boolean; return 0; }
     return -1;
 }
 
 int alloc_shape_from_json(const char *json, alloc_shape *s, char *err, size_t err_len)
 {
     static const char *const need[] = {"n_layers", "dim", "hidden_dim", "n_heads", "vocab_size"};
-    double v[5];
+    double v[5], x;
+    char perr[160];
     memset(s, 0, sizeof *s);
+    util_json *o = json ? util_json_parse(json, strlen(json), perr, sizeof perr) : NULL;
+    if (!o || o->type != UTIL_JSON_OBJ) {
+        snprintf(err, err_len, "config_json is not a JSON object%s%s", o || !json ? "" : ": ", o || !json ? "" : perr);
+        util_json_free(o);
+        return -1;
+    }
     for (int i = 0; i < 5; i++)
-        if (!json || json_number(json, need[i], &v[i]) || v[i] <= 0) {
+        if (json_number(o, need[i], &v[i]) || !(v[i] > 0 && v[i] < 1e9)) {
             snprintf(err, err_len, "config_json has no positive \"%s\"", need[i]);
+            util_json_free(o);
             return -1;
         }
     s->n_layers = (int)v[0], s->dim = (int)v[1], s->hidden_dim = (int)v[2], s->n_heads = (int)v[3], s->vocab_size = (int)v[4];
-    double x;
-    s->n_kv_heads = !json_number(json, "n_kv_heads", &x) && x > 0 ? (int)x : s->n_heads;
-    s->head_dim = !json_number(json, "head_dim", &x) && x > 0 ? (int)x : s->dim / s->n_heads;
-    s->tied_embeddings = !json_number(json, "tied_embeddings", &x) && x != 0;
-    s->attn_bias = !json_number(json, "attn_bias", &x) && x != 0;
+    s->n_kv_heads = !json_number(o, "n_kv_heads", &x) && x > 0 && x < 1e9 ? (int)x : s->n_heads;
+    s->head_dim = !json_number(o, "head_dim", &x) && x > 0 && x < 1e9 ? (int)x : s->dim / s->n_heads;
+    s->tied_embeddings = !json_number(o, "tied_embeddings", &x) && x != 0;
+    s->attn_bias = !json_number(o, "attn_bias", &x) && x != 0;
+    util_json_free(o);
     return 0;
 }
 

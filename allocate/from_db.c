@@ -16,7 +16,7 @@ void alloc_setup_init(alloc_setup *s)
     memset(s, 0, sizeof *s);
     s->metric = ALLOC_METRIC_AUTO;
     s->weight_by_size = 1;
-    for (int c = 0; c < ALLOC_N_CLASSES; c++) s->min_bpw[c] = 0, s->max_bpw[c] = HUGE_VAL;
+    for (int c = 0; c < LAY_N_CLASSES; c++) s->min_bpw[c] = 0, s->max_bpw[c] = HUGE_VAL;
     s->head_bits = -1;
 }
 
@@ -62,10 +62,10 @@ static int add_tensor(const db_alloc_input *in, int i, int64_t m0, int64_t m1, c
                       const alloc_setup *s, alloc_built *b)
 {
     const db_alloc_tensor *dt = &in->tensors[i];
-    int cls = alloc_class_parse(dt->cls);
-    int is_head = cls == ALLOC_HEAD;
+    int cls = lay_class_of_name(dt->cls);
+    int is_head = cls == LAY_HEAD;
     int64_t nw = dt->rows * dt->cols;
-    int t = alloc_add_tensor(b->p, cls < 0 ? ALLOC_HEAD : (alloc_class)cls, dt->layer, nw, !is_head || s->head_in_budget);
+    int t = alloc_add_tensor(b->p, cls < 0 ? LAY_HEAD : (lay_class)cls, dt->layer, nw, !is_head || s->head_in_budget);
     if (t < 0) return -1;
     b->in_tensor[t] = i, b->first_meas[t] = m0;
     for (int64_t k = m0; k < m1; k++) {
@@ -150,7 +150,7 @@ int alloc_build_from_db(const db_alloc_input *in, const alloc_setup *s, alloc_bu
     }
     b->n = alloc_n_tensors(b->p);
     for (int t = 0; t < b->n; t++) {
-        alloc_class c = alloc_tensor_class(b->p, t);
+        lay_class c = alloc_tensor_class(b->p, t);
         alloc_limit_bpw(b->p, t, s->min_bpw[c], s->max_bpw[c]);
     }
     if (b->head >= 0 && !s->head_in_budget) {

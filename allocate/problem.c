@@ -14,28 +14,13 @@
 
 /* ==== Classes ==== */
 
-static const char *const class_names[ALLOC_N_CLASSES] = {"q", "k", "v", "o", "gate", "up", "down", "head"};
-
-const char *alloc_class_name(alloc_class c)
-{
-    assert(c >= 0 && c < ALLOC_N_CLASSES);
-    return class_names[c];
-}
-
-int alloc_class_parse(const char *s)
-{
-    for (int c = 0; c < ALLOC_N_CLASSES; c++)
-        if (!strcmp(s, class_names[c])) return c;
-    return -1;
-}
-
 unsigned alloc_class_set_parse(const char *s)
 {
     static const struct { const char *name; unsigned mask; } sets[] = {
-        {"qkv", 1u << ALLOC_Q | 1u << ALLOC_K | 1u << ALLOC_V},
-        {"gate_up", 1u << ALLOC_GATE | 1u << ALLOC_UP},
-        {"attn", 1u << ALLOC_Q | 1u << ALLOC_K | 1u << ALLOC_V | 1u << ALLOC_O},
-        {"mlp", 1u << ALLOC_GATE | 1u << ALLOC_UP | 1u << ALLOC_DOWN},
+        {"qkv", 1u << LAY_Q | 1u << LAY_K | 1u << LAY_V},
+        {"gate_up", 1u << LAY_GATE | 1u << LAY_UP},
+        {"attn", 1u << LAY_Q | 1u << LAY_K | 1u << LAY_V | 1u << LAY_O},
+        {"mlp", 1u << LAY_GATE | 1u << LAY_UP | 1u << LAY_DOWN},
     };
     for (size_t i = 0; i < sizeof sets / sizeof *sets; i++)
         if (!strcmp(s, sets[i].name)) return sets[i].mask;
@@ -43,7 +28,7 @@ unsigned alloc_class_set_parse(const char *s)
     char buf[128];
     snprintf(buf, sizeof buf, "%s", s);
     for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        int c = alloc_class_parse(tok);
+        int c = lay_class_of_name(tok);
         if (c < 0) return 0;
         mask |= 1u << c;
     }
@@ -63,9 +48,9 @@ void alloc_problem_free(alloc_problem *p)
     free(p);
 }
 
-int alloc_add_tensor(alloc_problem *p, alloc_class cls, int layer, int64_t n_weights, int in_budget)
+int alloc_add_tensor(alloc_problem *p, lay_class cls, int layer, int64_t n_weights, int in_budget)
 {
-    assert(cls >= 0 && cls < ALLOC_N_CLASSES && n_weights > 0);
+    assert(cls >= 0 && cls < LAY_N_CLASSES && n_weights > 0);
     if (p->n_t == p->cap_t) {
         int cap = p->cap_t ? 2 * p->cap_t : 64;
         alloc_tensor *t = realloc(p->t, (size_t)cap * sizeof *t);
@@ -132,7 +117,7 @@ int alloc_n_options(const alloc_problem *p, int t) { return p->t[t].n_opt; }
 int64_t alloc_option_bits(const alloc_problem *p, int t, int k) { return p->t[t].opt[k].bits; }
 double alloc_option_damage(const alloc_problem *p, int t, int k) { return p->t[t].opt[k].damage; }
 int64_t alloc_option_id(const alloc_problem *p, int t, int k) { return p->t[t].opt[k].id; }
-alloc_class alloc_tensor_class(const alloc_problem *p, int t) { return p->t[t].cls; }
+lay_class alloc_tensor_class(const alloc_problem *p, int t) { return p->t[t].cls; }
 int64_t alloc_tensor_weights(const alloc_problem *p, int t) { return p->t[t].n_weights; }
 int alloc_tensor_in_budget(const alloc_problem *p, int t) { return p->t[t].in_budget; }
 
@@ -315,7 +300,7 @@ int alloc_prepare(alloc_problem *p, int drop, int hull, alloc_prep *out, char *e
         if (it->n_cand == 0) {
             const alloc_tensor *t = &p->t[it->members[0]];
             snprintf(err, err_len, "tensor %d (%s, layer %d)%s has no allowed option%s", it->members[0],
-                     alloc_class_name(t->cls), t->layer, it->n_members > 1 ? " and its tie group" : "",
+                     lay_class_name(t->cls), t->layer, it->n_members > 1 ? " and its tie group" : "",
                      it->n_members > 1 ? " common to the group within the bounds" : " within the bounds");
             alloc_prep_free(out);
             return -1;

@@ -54,7 +54,7 @@ static alloc_problem *synthetic(int n, int n_opt, int64_t *weights)
         nw[t] = s[0] * s[1], mean += (double)nw[t] / n;
     }
     for (int t = 0; t < n; t++) {
-        int ti = alloc_add_tensor(p, (alloc_class)(t % 7), t / 7, nw[t], 1);
+        int ti = alloc_add_tensor(p, (lay_class)(t % 7), t / 7, nw[t], 1);
         double a = exp(log(0.1) + unit() * log(100.0)), slope = 1.2 + 0.8 * unit();
         for (int c = 0; c < n_opt; c++) {
             double bpw = 2.05 + 6.45 * c / (n_opt - 1) + 0.05 * (unit() - 0.5);

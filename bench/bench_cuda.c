@@ -213,7 +213,7 @@ typedef struct {
 
 static void synth_free(synth *s)
 {
-    int n = s->m.cfg.n_layers * RT_HEAD + 1;
+    int n = s->m.cfg.n_layers * LAY_HEAD + 1;
     rt_linear_free(s->m.embed);
     for (int i = 0; s->pk && i < n; i++) rp_free(&s->pk[i]);
     free(s->pk), free(s->lins), free(s->norm), free(s->m.layers);
@@ -230,8 +230,8 @@ static int synth_make(synth *s, const model_shape *b, const lay_option *o, int n
     c->n_kv_heads = b->kv_heads, c->head_dim = b->head_dim, c->vocab_size = (int)V, c->max_ctx = 8192;
     c->rope_theta = 10000, c->rope_dim = b->head_dim, c->rope_scale = 1, c->norm_eps = 1e-5f;
     c->tied_embeddings = b->tied;
-    const int64_t shape[RT_HEAD][2] = {{Q, D}, {KV, D}, {KV, D}, {D, Q}, {H, D}, {H, D}, {D, H}};
-    int n = n_layers * RT_HEAD + 1;
+    const int64_t shape[LAY_HEAD][2] = {{Q, D}, {KV, D}, {KV, D}, {D, Q}, {H, D}, {H, D}, {D, H}};
+    int n = n_layers * LAY_HEAD + 1;
     s->pk = calloc((size_t)n, sizeof *s->pk);
     s->lins = calloc((size_t)n, sizeof *s->lins);
     s->norm = malloc((size_t)D * sizeof *s->norm);
@@ -239,12 +239,12 @@ static int synth_make(synth *s, const model_shape *b, const lay_option *o, int n
     if (!s->pk || !s->lins || !s->norm || !s->m.layers) return -1;
     for (int64_t i = 0; i < D; i++) s->norm[i] = 1.0f + (float)(rnd64() % 1000) / 10000.0f;
     for (int i = 0; i < n; i++) {
-        int k = i % RT_HEAD, head = i == n - 1;
+        int k = i % LAY_HEAD, head = i == n - 1;
         int64_t rows = head ? V : shape[k][0], cols = head ? D : shape[k][1];
         if (rp_make(&s->pk[i], rows, cols, o, 1.0f / 64.0f)) return -1;
         s->lins[i].rows = rows, s->lins[i].cols = cols, s->lins[i].packed = &s->pk[i].p;
         if (head) s->m.head = &s->lins[i];
-        else s->m.layers[i / RT_HEAD].lin[k] = &s->lins[i];
+        else s->m.layers[i / LAY_HEAD].lin[k] = &s->lins[i];
     }
     if (b->tied) { /* the embedding is the packed head, rows decoded on the host */
         char err[256];
@@ -305,7 +305,7 @@ static double model_bpw(const rt_model *m)
 {
     double bits = 0, weights = 0;
     for (int l = 0; l <= m->cfg.n_layers; l++)
-        for (int k = 0; k < RT_HEAD; k++) {
+        for (int k = 0; k < LAY_HEAD; k++) {
             const rt_linear *x = l < m->cfg.n_layers ? m->layers[l].lin[k] : m->head;
             if (x && x->packed) {
                 bits += (double)lay_tensor_bits(&x->packed->opt, x->rows, x->cols);
@@ -325,7 +325,7 @@ static double model_prediction(const rt_model *m, int ctx)
                        .tied_embeddings = c->tied_embeddings, .attn_bias = m->layers[0].bias_q != NULL };
     int64_t bits = 0, weights = 0;
     for (int l = 0; l <= c->n_layers; l++)
-        for (int k = 0; k < RT_HEAD; k++) {
+        for (int k = 0; k < LAY_HEAD; k++) {
             const rt_linear *x = l < c->n_layers ? m->layers[l].lin[k] : m->head;
             if (x && x->packed) bits += lay_tensor_bits(&x->packed->opt, x->rows, x->cols);
             if (x) weights += x->rows * x->cols;

@@ -76,7 +76,7 @@ static double weight_bytes(const rt_model *m)
 {
     const mdl_config *c = &m->cfg;
     double per_layer = 0;
-    for (int k = 0; k < RT_HEAD; k++) per_layer += (double)m->layers[0].lin[k]->rows * m->layers[0].lin[k]->cols;
+    for (int k = 0; k < LAY_HEAD; k++) per_layer += (double)m->layers[0].lin[k]->rows * m->layers[0].lin[k]->cols;
     return 4.0 * (per_layer * c->n_layers + (double)c->vocab_size * c->dim);
 }
 

@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "measure/measure.h"
+#include "pack/pack.h"
 #include "runtime/runtime.h"
 
 int cmd_inspect(int argc, char **argv);
@@ -33,6 +34,10 @@ typedef struct {
     int shown;                  /* 1 once drawn: the caller ends it with a newline */
 } cli_progress_line;
 void cli_measure_progress(void *line, const meas_progress *p);
+/* The progress lines of pack (pack_params.progress) and eval (rt_eval_params.progress)
+ * on stderr; ctx is unused. */
+void cli_pack_progress(void *ctx, const pack_progress *p);
+void cli_eval_progress(void *ctx, const rt_eval_progress *p);
 
 /* `bitplan allocate ARGS` (argv[0] is "allocate"): parses, solves and stores one plan
  * (or a sweep); quiet prints nothing on stdout (errors still go to stderr). *plan_id
@@ -90,16 +95,14 @@ const char *cli_command_line(void);
 
 /* 1 if stderr is a terminal (progress is shown only then, unless forced). */
 int cli_progress_wanted(void);
-/* Seconds on a monotonic clock. */
-double cli_now(void);
 
 /* --device cpu|cuda: where rt_eval / rt_generate run the model. Sets *open to NULL
  * (CPU) or the CUDA runner; for cuda, checks that a GPU is there and says so
  * clearly if not. 0, or 1 after printing "bitplan CMD: ...". */
 int cli_parse_device(const char *cmd, const char *name, rt_runner_open_fn *open);
 
-/* Reads a whole file into a malloc'd NUL-terminated buffer. NULL with err set. */
-char *cli_read_file(const char *path, size_t *len, char *err, size_t err_len);
+/* The most text a command reads whole (eval --text, tokenize). */
+#define CLI_MAX_TEXT ((size_t)4 << 30)
 
 /* Opens a model for running (eval, generate): a bitplan packed file, or a model
  * file (GGUF, safetensors) whose weights stay in their stored type and are decoded

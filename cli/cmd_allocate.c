@@ -73,7 +73,7 @@ static int parse_class_bound(const char *v, args *a, int is_min)
     memcpy(cls, v, (size_t)(eq - v)), cls[eq - v] = 0;
     unsigned set = alloc_class_set_parse(cls);
     if (!set) return cli_fail(CMD, "unknown tensor class '%s' (q k v o gate up down head, or qkv, gate_up, attn, mlp)", cls);
-    for (int c = 0; c < ALLOC_N_CLASSES; c++)
+    for (int c = 0; c < LAY_N_CLASSES; c++)
         if (set >> c & 1u) {
             if (is_min) a->setup.min_bpw[c] = b;
             else a->setup.max_bpw[c] = b;
@@ -167,7 +167,7 @@ static int parse_args(int argc, char **argv, args *a)
 static const char *option_name(const db_alloc_input *in, int64_t id)
 {
     for (int i = 0; i < in->n_options; i++)
-        if (in->options[i].id == id) return in->options[i].name;
+        if (in->options[i].id == id) return in->options[i].opt.name;
     return "?";
 }
 
@@ -181,19 +181,19 @@ static void human_bytes(int64_t b, char *buf, size_t len)
 static void print_histogram(const db_alloc_input *in, const alloc_built *b, const int *choice)
 {
     printf("  %-5s %7s %7s  options\n", "class", "tensors", "bpw");
-    for (int c = 0; c < ALLOC_N_CLASSES; c++) {
+    for (int c = 0; c < LAY_N_CLASSES; c++) {
         int n = 0;
         int64_t bits = 0, w = 0;
         for (int t = 0; t < b->n; t++)
-            if (alloc_tensor_class(b->p, t) == (alloc_class)c)
+            if (alloc_tensor_class(b->p, t) == (lay_class)c)
                 n++, bits += alloc_option_bits(b->p, t, choice[t]), w += alloc_tensor_weights(b->p, t);
         if (!n) continue;
-        printf("  %-5s %7d %7.3f ", alloc_class_name((alloc_class)c), n, (double)bits / (double)w);
+        printf("  %-5s %7d %7.3f ", lay_class_name((lay_class)c), n, (double)bits / (double)w);
         for (int o = 0; o < in->n_options; o++) {
             int k = 0;
             for (int t = 0; t < b->n; t++)
-                k += alloc_tensor_class(b->p, t) == (alloc_class)c && alloc_option_id(b->p, t, choice[t]) == in->options[o].id;
-            if (k) printf(" %s x%d", in->options[o].name, k);
+                k += alloc_tensor_class(b->p, t) == (lay_class)c && alloc_option_id(b->p, t, choice[t]) == in->options[o].id;
+            if (k) printf(" %s x%d", in->options[o].opt.name, k);
         }
         printf("\n");
     }
@@ -223,7 +223,7 @@ static int list_plans(db_conn *d, const args *a)
                p->kind, p->target, p->metric, p->achieved_bpw, p->file_bpw, p->objective, p->gap, p->solve_seconds, p->sweep);
     }
     if (!n) printf("(no plans)\n");
-    free(rows);
+    db_plan_rows_free(rows, n);
     return 0;
 }
 
@@ -253,15 +253,13 @@ static int store_plan(ctx *c, const args *a, const char *kind, double target, co
     snprintf(row.metric, sizeof row.metric, "%s", c->b.metric == ALLOC_METRIC_KLD ? "kld" : "rel_err");
     int64_t block_bits = 0;
     for (int t = 0; t < c->b.n; t++)
-        if (alloc_tensor_class(c->b.p, t) != ALLOC_HEAD) block_bits += alloc_option_bits(c->b.p, t, r->choice[t]);
+        if (alloc_tensor_class(c->b.p, t) != LAY_HEAD) block_bits += alloc_option_bits(c->b.p, t, r->choice[t]);
     row.achieved_bpw = (double)block_bits / (double)c->b.block_weights;
     int64_t all_params = c->in.n_params > c->b.planned_weights ? c->in.n_params : c->b.planned_weights + c->u.n_1d + c->u.n_2d;
     row.file_bpw = (double)alloc_file_bits(r->total_bits, c->u) / (double)all_params;
     row.total_bits = r->total_bits;
     row.objective = r->objective, row.gap = r->gap, row.solve_seconds = r->seconds, row.n_dropped = r->n_dropped;
-    snprintf(row.memory_json, sizeof row.memory_json, "%s", memory_json ? memory_json : "");
-    snprintf(row.sweep, sizeof row.sweep, "%s", sweep ? sweep : "");
-    snprintf(row.command, sizeof row.command, "%s", cli_command_line());
+    row.memory_json = memory_json, row.sweep = sweep, row.command = cli_command_line();
     db_plan_choice *ch = malloc((size_t)c->b.n * sizeof *ch);
     if (!ch) return cli_fail(CMD, "out of memory");
     for (int t = 0; t < c->b.n; t++)
@@ -362,13 +360,14 @@ static int run_size(ctx *c, const args *a)
 
 static int run_sweep(ctx *c, const args *a)
 {
-    char label[96];
-    if (a->label) snprintf(label, sizeof label, "%s", a->label);
-    else {
+    char stamp[32];
+    const char *label = a->label;     /* whole: the plans store it as given */
+    if (!label) {
         time_t now = time(NULL);
         struct tm tm;
         gmtime_r(&now, &tm);
-        strftime(label, sizeof label, "sweep-%Y%m%d-%H%M%S", &tm);
+        strftime(stamp, sizeof stamp, "sweep-%Y%m%d-%H%M%S", &tm);
+        label = stamp;
     }
     int n = (int)sweep_count(a->sweep), stored = 0;
     for (int i = 0; i < n; i++) {

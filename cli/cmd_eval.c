@@ -107,7 +107,7 @@ int32_t *cli_tokenize(const rt_model *m, const char *text, size_t len, int64_t *
 static int32_t *tokenize_file(const rt_model *m, const char *path, int64_t *n, char *err, size_t err_len)
 {
     size_t len;
-    char *text = cli_read_file(path, &len, err, err_len);
+    char *text = util_read_file(path, CLI_MAX_TEXT, &len, err, err_len);
     if (!text) return NULL;
     int32_t *ids = cli_tokenize(m, text, len, n, err, err_len);
     free(text);
@@ -199,7 +199,7 @@ static int record(const eval_args *a, const rt_eval_result *r, const rt_ref_info
     /* with --ref-logits the reference is the model the logits were saved from */
     const char *ref_path = saved ? (saved->model_path[0] ? saved->model_path : a->ref_logits) : a->ref;
     size_t len;
-    char text_hash[65], *text = cli_read_file(a->text, &len, err, err_len);
+    char text_hash[65], *text = util_read_file(a->text, CLI_MAX_TEXT, &len, err, err_len);
     if (!text) return -1;
     mdl_sha256_of(text, len, text_hash);
     free(text);
@@ -266,7 +266,7 @@ int cmd_eval(int argc, char **argv)
     rt_eval_params_init(&p);
     p.ctx = (int)a.ctx;
     p.max_chunks = (int)a.chunks;
-    p.progress = a.progress;
+    if (a.progress) p.progress = cli_eval_progress;
     p.bos = m->add_bos || a.force_bos ? tok_bos(m->tok) : -1;
     p.open_runner = a.open_runner;
     p.ref_logits = ref_logits;

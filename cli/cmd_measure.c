@@ -54,7 +54,7 @@ typedef struct {
 void cli_measure_progress(void *line, const meas_progress *p)
 {
     cli_progress_line *s = line;
-    double now = cli_now();
+    double now = util_now_s();
     if (now - s->last < 0.25) return;
     s->last = now;
     s->shown = 1;

@@ -51,7 +51,7 @@ static int parse_args(int argc, char **argv, pack_args *a)
     memset(a, 0, sizeof *a);
     pack_params_init(&a->p);
     a->p.out = out;
-    a->p.progress = cli_progress_wanted();
+    if (cli_progress_wanted()) a->p.progress = cli_pack_progress;
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i];
         int has_val = i + 1 < argc;
@@ -66,7 +66,7 @@ static int parse_args(int argc, char **argv, pack_args *a)
             if (!strcmp(v, "full")) a->p.hessians = PACK_HESS_FULL;
             else if (!strcmp(v, "sequential")) a->p.hessians = PACK_HESS_SEQUENTIAL;
             else return cli_fail(cmd_name, "--hessians '%s' is neither full nor sequential", v);
-        } else if (!strcmp(o, "--progress")) a->p.progress = 1;
+        } else if (!strcmp(o, "--progress")) a->p.progress = cli_pack_progress;
         else if (!strcmp(o, "--resident")) a->p.resident = 1;
         else if (o[0] == '-' && o[1]) return cli_fail(cmd_name, "unknown or incomplete option '%s' (see --help)", o);
         else if (!a->model) a->model = o;

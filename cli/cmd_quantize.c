@@ -363,7 +363,7 @@ static int find_plan(const quantize_args *a, quantize_run *q, int64_t plan_id, i
     for (int i = n - 1; i >= 0 && !*found; i--)
         if (plan_id ? rows[i].id == plan_id : same_request(a, &rows[i]))
             *found = rows[i].id, q->achieved_bpw = rows[i].achieved_bpw, q->file_bpw = rows[i].file_bpw;
-    free(rows);
+    db_plan_rows_free(rows, n);
     db_close(d);
     return 0;
 }
@@ -421,7 +421,7 @@ static int pack(const quantize_args *a, quantize_run *q)
     char err[1024];
     pack_params_init(&p);
     p.out = a->format;
-    p.progress = a->progress;
+    if (a->progress) p.progress = cli_pack_progress;
     if (pack_model(a->model, a->db, q->plan_id, a->out, &p, &s, err, sizeof err))
         return util_interrupted() ? cli_interrupted(CMD, "the measurement and plan %lld are saved in %s, nothing was "
                                                     "written to %s; the same command resumes with the pack",
@@ -467,7 +467,7 @@ static int check_run(const quantize_args *a, quantize_run *q, rt_model *m, rt_mo
     rt_eval_params_init(&p);
     p.ctx = CHECK_CTX;
     p.max_chunks = a->check_chunks;
-    p.progress = a->progress;
+    if (a->progress) p.progress = cli_eval_progress;
     p.bos = m->add_bos ? tok_bos(m->tok) : -1;
     int rc = rt_eval(m, ref, ids, n, &p, &q->check, err, sizeof err);
     free(ids);
@@ -537,9 +537,9 @@ int cmd_quantize(int argc, char **argv)
     quantize_run q;
     memset(&q, 0, sizeof q);
     for (int s = 0; s <= ST_REPORT && !rc; s++) {
-        double t0 = cli_now();
+        double t0 = util_now_s();
         rc = stages[s](&a, &q);
-        q.seconds[s] = cli_now() - t0;
+        q.seconds[s] = util_now_s() - t0;
         if (!rc && util_interrupted() && s < ST_REPORT)
             rc = cli_interrupted(CMD, "stopped after the %s stage, whose work is saved; the same command resumes from "
                                  "there", stage_names[s]);

@@ -83,15 +83,15 @@ static int pick_calibration(db_conn *d, const report_args *a, int64_t *calib)
  * file opened before any work, so a bad destination fails first. */
 static int to_stdout(const char *path) { return !path || !strcmp(path, "-"); }
 
-static int write_out(const char *path, util_out *o, const rep_buf *b)
+static int write_out(const char *path, util_out *o, const sb_buf *b)
 {
     char err[4400];
     if (!to_stdout(path)) {
-        if (util_out_write(o, rep_buf_str(b), rep_buf_len(b), err, sizeof err) || util_out_commit(o, err, sizeof err))
+        if (util_out_write(o, b->s, b->len, err, sizeof err) || util_out_commit(o, err, sizeof err))
             return cli_fail("report", "%s", err);
         return 0;
     }
-    if (fwrite(rep_buf_str(b), 1, rep_buf_len(b), stdout) != rep_buf_len(b) || fflush(stdout))
+    if (fwrite(b->s, 1, b->len, stdout) != b->len || fflush(stdout))
         return cli_fail("report", "stdout: write error");
     return 0;
 }
@@ -102,7 +102,7 @@ static int make_report(const report_args *a, int quiet)
     db_conn *d = NULL;
     db_report *data = NULL;
     rep_report *r = NULL;
-    rep_buf *b = NULL;
+    sb_buf b = {0};
     int64_t calib;
     char err[4400];
     int rc;
@@ -112,16 +112,15 @@ static int make_report(const report_args *a, int quiet)
     if ((rc = pick_calibration(d, a, &calib))) goto done;
     if (db_report_load(d, calib, &data)) { rc = cli_fail("report", "%s", db_errmsg(d)); goto done; }
     if (rep_build(data, &a->p, &r, err, sizeof err)) { rc = cli_fail("report", "%s: %s", a->db, err); goto done; }
-    b = rep_write(rep_buf_new(), r, a->p.format);
-    if (rep_buf_failed(b)) { rc = cli_fail("report", "out of memory writing the report"); goto done; }
+    if (rep_write(&b, r, a->p.format)->oom) { rc = cli_fail("report", "out of memory writing the report"); goto done; }
     for (int i = 0; i < rep_n_notes(r) && !quiet; i++) fprintf(stderr, "bitplan report: note: %s\n", rep_note(r, i));
-    if ((rc = write_out(a->out, &o, b))) goto done;
+    if ((rc = write_out(a->out, &o, &b))) goto done;
     if (!to_stdout(a->out) && !quiet)
         printf("wrote %s: calibration %lld, %d measurements, %d plans, %d evaluations\n", a->out, (long long)data->calib_id,
                data->n_meas, data->n_plans, data->n_evals);
 done:
     util_out_abort(&o); /* the temporary file, unless committed */
-    rep_buf_free(b);
+    free(b.s);
     rep_report_free(r);
     db_report_free(data);
     db_close(d);

@@ -154,11 +154,21 @@ const char *cli_command_line(void) { return command_line; }
 
 int cli_progress_wanted(void) { return isatty(STDERR_FILENO); }
 
-double cli_now(void)
+void cli_pack_progress(void *ctx, const pack_progress *p)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    (void)ctx;
+    fprintf(stderr, "\r  pack  %-8s layer %3d/%d  %6.1fs", p->phase, p->layer, p->n_layers, p->seconds);
+    if (p->layer > 0) fprintf(stderr, "  left %dm%02ds", (int)(p->seconds_left / 60), (int)p->seconds_left % 60);
+    fputs("   ", stderr);
+    if (p->layer >= p->n_layers) fputc('\n', stderr);
+}
+
+void cli_eval_progress(void *ctx, const rt_eval_progress *p)
+{
+    (void)ctx;
+    fprintf(stderr, "\reval: chunk %lld/%lld, perplexity %.4f, %.1f tokens/s, left %dm%02ds ", (long long)p->chunk,
+            (long long)p->n_chunks, p->ppl, p->tokens_per_s, (int)(p->seconds_left / 60), (int)p->seconds_left % 60);
+    if (p->chunk == p->n_chunks) fputc('\n', stderr);
 }
 
 int cli_parse_double(const char *s, double *v)
@@ -212,20 +222,3 @@ int cli_parse_size(const char *s, int64_t *bytes)
     return -1;
 }
 
-char *cli_read_file(const char *path, size_t *len, char *err, size_t err_len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) { snprintf(err, err_len, "%s: %s", path, strerror(errno)); return NULL; }
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap + 1);
-    for (size_t got; buf && (got = fread(buf + n, 1, cap - n, f)) > 0;) {
-        n += got;
-        if (n == cap) { char *nb = realloc(buf, 2 * cap + 1); if (!nb) { free(buf); buf = NULL; break; } buf = nb; cap *= 2; }
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (!buf || bad) { free(buf); snprintf(err, err_len, "%s: %s", path, bad ? "read error" : "out of memory"); return NULL; }
-    buf[n] = 0;
-    if (len) *len = n;
-    return buf;
-}

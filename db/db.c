@@ -89,6 +89,31 @@ sqlite3_stmt *db_prepare(db_conn *d, const char *sql)
     return st;
 }
 
+void db_col_text(sqlite3_stmt *st, int col, char *dst, size_t cap)
+{
+    const unsigned char *t = sqlite3_column_text(st, col);
+    snprintf(dst, cap, "%s", t ? (const char *)t : "");
+}
+
+char *db_col_dup(sqlite3_stmt *st, int col)
+{
+    const unsigned char *t = sqlite3_column_text(st, col);
+    return strdup(t ? (const char *)t : "");
+}
+
+/* An options row, the one reader of it (plan_db.c, pack_db.c, report_db.c). */
+void db_option_read(sqlite3_stmt *st, int col0, db_option *o)
+{
+    memset(o, 0, sizeof *o);
+    o->id = sqlite3_column_int64(st, col0);
+    db_col_text(st, col0 + 1, o->opt.name, sizeof o->opt.name);
+    o->opt.bits_lo = (uint8_t)sqlite3_column_int(st, col0 + 2);
+    o->opt.bits_hi = (uint8_t)sqlite3_column_int(st, col0 + 3);
+    o->opt.hi_share = (float)sqlite3_column_double(st, col0 + 4);
+    o->opt.group = sqlite3_column_int(st, col0 + 5);
+    o->opt.scale_fmt = (lay_scale_fmt)sqlite3_column_int(st, col0 + 6);
+}
+
 /* Reads meta.schema_version: 0 for an empty database, -1 for one that is not
  * bitplan's (tables but no meta). */
 static int read_version(db_conn *d)

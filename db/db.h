@@ -16,7 +16,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "layout/layout.h"
+
 typedef struct db_conn db_conn;
+
+/* A quantization option as the database holds it: its row in `options` and the
+ * option itself (layout/), the one shape every reader of that table fills. */
+typedef struct {
+    int64_t id;
+    lay_option opt;
+} db_option;
 
 enum { DB_OPEN_READ = 0, DB_OPEN_WRITE = 1, DB_OPEN_CREATE = 2 };
 
@@ -80,17 +89,9 @@ int db_calib_mark_done(db_conn *d, int64_t calib_id);
 int db_calib_claim(db_conn *d, int64_t calib_id, const char *what);
 void db_calib_release(db_conn *d);
 
-typedef struct {
-    const char *name;
-    int bits_lo, bits_hi;
-    double hi_share;
-    int group_size;
-    int scale_fmt;              /* lay_scale_fmt */
-} db_option_info;
-
 /* Finds an option by its definition (bits, share, group, format; not its name) or
  * inserts it. */
-int db_option_upsert(db_conn *d, const db_option_info *o, int64_t *option_id);
+int db_option_upsert(db_conn *d, const lay_option *o, int64_t *option_id);
 /* Records that the calibration's option set includes option_id (idempotent). */
 int db_calib_add_option(db_conn *d, int64_t calib_id, int64_t option_id);
 
@@ -150,11 +151,6 @@ typedef struct {
     double kld, rel_err;
 } db_alloc_probe;
 
-typedef struct {
-    int64_t id;
-    char name[32];
-} db_alloc_option;
-
 /* Everything the allocator reads of one calibration, in one read transaction. */
 typedef struct {
     int64_t calib_id, model_id, n_params;
@@ -167,7 +163,7 @@ typedef struct {
     int n_probes;
     db_alloc_probe *probes;
     int n_options;
-    db_alloc_option *options;   /* every option the measurements name, by id */
+    db_option *options;   /* every option the measurements name, by id */
 } db_alloc_input;
 
 int db_alloc_load(db_conn *d, int64_t calib_id, db_alloc_input *in);
@@ -178,39 +174,37 @@ typedef struct {
     double predicted;        /* the damage the objective counted */
 } db_plan_choice;
 
-/* One row of `plans`. Strings may be NULL (memory_json, sweep) when absent. */
+/* One row of `plans`, the one shape that writers, listers and the report share.
+ * A row read from the database owns its three strings, whole and never NULL ("" when
+ * the column is NULL): free them with db_plan_row_clear. A row given to
+ * db_plan_insert only lends them (NULL or "" stores NULL for memory_json and sweep). */
 typedef struct {
     int64_t id, calib_id;
-    char kind[8];            /* "bpw" or "vram" */
+    char kind[8];            /* "bpw", "vram" or "size" */
     double target;           /* bpw, or bytes */
     char metric[8];          /* "rel_err" or "kld" */
     double achieved_bpw, file_bpw;
     int64_t total_bits;
     double objective, gap, solve_seconds;
     int64_t n_dropped;
-    char memory_json[512];
-    char sweep[96];
-    char command[1024];      /* truncated when listed */
+    const char *memory_json; /* 'vram': every term of the memory model, JSON */
+    const char *sweep;       /* the label of a --sweep, "uniform", ... */
+    const char *command;     /* the command line that made it */
     char created_at[24];
 } db_plan_row;
 
+void db_plan_row_clear(db_plan_row *p);
+void db_plan_rows_free(db_plan_row *rows, int n);
+
 /* Inserts the plan and its n choices in one transaction; *plan_id gets its id. */
 int db_plan_insert(db_conn *d, const db_plan_row *p, const db_plan_choice *c, int n, int64_t *plan_id);
-/* The plans of a calibration (calib_id 0: all), by id: malloc'd rows[n]. */
+/* The plans of a calibration (calib_id 0: all), by id: rows[n], freed with
+ * db_plan_rows_free. */
 int db_plan_list(db_conn *d, int64_t calib_id, db_plan_row **rows, int *n);
 /* The choices of one plan, by tensor id: malloc'd c[n]. */
 int db_plan_choices_load(db_conn *d, int64_t plan_id, db_plan_choice **c, int *n);
 
 /* ==== Packing (pack/) ==== */
-
-/* A quantization option as the database holds it (db/ knows nothing of pack/). */
-typedef struct {
-    int64_t id;
-    char name[32];
-    int bits_lo, bits_hi;
-    double hi_share;
-    int group_size, scale_fmt;
-} db_option;
 
 typedef struct {
     char name[96];          /* canonical tensor name */
@@ -285,17 +279,12 @@ int db_eval_insert(db_conn *d, const db_eval_row *e, int64_t *id);
  * Indices (tensor, option, plan) are into the arrays of the same db_report;
  * missing numbers are NAN, missing strings "" (never NULL). */
 typedef struct { int64_t id; char name[96]; int layer; char cls[8]; int64_t rows, cols; } db_rep_tensor;
-typedef struct { int64_t id; char name[32]; int bits_lo, bits_hi; double hi_share; int group_size, scale_fmt; } db_rep_option;
 typedef struct { int tensor, option; int64_t bits; double rel_err, rtn_err; } db_rep_meas;
 typedef struct { int tensor, option; double kld, rel_err; } db_rep_probe;
 typedef struct { int tensor, option; int64_t bits; double predicted; } db_rep_choice;
 typedef struct { char name[48]; double bytes; } db_rep_term;   /* memory_json entry */
 typedef struct {
-    int64_t id;
-    char kind[8], metric[8], created_at[24];
-    double target, achieved_bpw, file_bpw, objective, gap, solve_seconds;
-    int64_t total_bits, n_dropped;
-    char *sweep, *command, *memory_json;
+    db_plan_row row;
     int memory_ok;           /* memory_json present and a JSON object */
     int n_terms;             /* numeric entries of memory_json, "budget" included */
     db_rep_term *terms;
@@ -320,7 +309,7 @@ typedef struct {
     double damp;
     int n_tensors, n_options, n_meas, n_probes, n_plans, n_evals;
     db_rep_tensor *tensors;  /* by layer (head last), then class q k v o gate up down */
-    db_rep_option *options;  /* the calibration's option set, by id */
+    db_option *options;  /* the calibration's option set, by id */
     db_rep_meas *meas;
     db_rep_probe *probes;
     db_rep_plan *plans;      /* by id */

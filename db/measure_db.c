@@ -114,14 +114,14 @@ int db_calib_mark_done(db_conn *d, int64_t calib_id)
 }
 
 /* Binds an option's definition to ?2..?6 (its name, if used, is ?1). */
-static void bind_option(sqlite3_stmt *st, const db_option_info *o)
+static void bind_option(sqlite3_stmt *st, const lay_option *o)
 {
     sqlite3_bind_int(st, 2, o->bits_lo), sqlite3_bind_int(st, 3, o->bits_hi);
-    sqlite3_bind_double(st, 4, o->hi_share), sqlite3_bind_int(st, 5, o->group_size);
-    sqlite3_bind_int(st, 6, o->scale_fmt);
+    sqlite3_bind_double(st, 4, (double)o->hi_share), sqlite3_bind_int(st, 5, o->group);
+    sqlite3_bind_int(st, 6, (int)o->scale_fmt);
 }
 
-int db_option_upsert(db_conn *d, const db_option_info *o, int64_t *option_id)
+int db_option_upsert(db_conn *d, const lay_option *o, int64_t *option_id)
 {
     sqlite3_stmt *st = db_prepare(d,
         "INSERT INTO options(name, bits_lo, bits_hi, hi_share, group_size, scale_fmt) VALUES (?1, ?2, ?3, ?4, ?5, ?6) "

@@ -10,12 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void copy_text(char *dst, size_t cap, sqlite3_stmt *st, int col)
-{
-    const unsigned char *t = sqlite3_column_text(st, col);
-    snprintf(dst, cap, "%s", t ? (const char *)t : "");
-}
-
 static int load_header(db_conn *d, int64_t plan_id, db_pack_plan *p)
 {
     sqlite3_stmt *st = db_prepare(d,
@@ -34,12 +28,12 @@ static int load_header(db_conn *d, int64_t plan_id, db_pack_plan *p)
     }
     p->plan_id = sqlite3_column_int64(st, 0);
     p->calib_id = sqlite3_column_int64(st, 1);
-    copy_text(p->kind, sizeof p->kind, st, 2);
+    db_col_text(st, 2, p->kind, sizeof p->kind);
     p->target = sqlite3_column_double(st, 3);
     p->achieved_bpw = sqlite3_column_double(st, 4);
     p->file_bpw = sqlite3_column_double(st, 5);
     p->objective = sqlite3_column_double(st, 6);
-    copy_text(p->model_hash, sizeof p->model_hash, st, 7);
+    db_col_text(st, 7, p->model_hash, sizeof p->model_hash);
     const unsigned char *src = sqlite3_column_text(st, 8);
     p->sources_json = strdup(src ? (const char *)src : "[]");
     p->rows = sqlite3_column_int(st, 9);
@@ -52,8 +46,7 @@ static int load_header(db_conn *d, int64_t plan_id, db_pack_plan *p)
 static int load_choices(db_conn *d, db_pack_plan *p)
 {
     sqlite3_stmt *st = db_prepare(d,
-        "SELECT t.name, t.rows, t.cols, o.id, o.name, o.bits_lo, o.bits_hi, o.hi_share, o.group_size,"
-        "       o.scale_fmt, pc.bits"
+        "SELECT t.name, t.rows, t.cols, " DB_OPTION_COLUMNS("o.") ", pc.bits"
         "  FROM plan_choices pc JOIN tensors t ON t.id = pc.tensor_id JOIN options o ON o.id = pc.option_id"
         " WHERE pc.plan_id = ?1 ORDER BY t.id");
     if (!st) return -1;
@@ -67,16 +60,10 @@ static int load_choices(db_conn *d, db_pack_plan *p)
             p->choices = nc;
         }
         db_pack_choice *c = &p->choices[p->n_choices++];
-        copy_text(c->name, sizeof c->name, st, 0);
+        db_col_text(st, 0, c->name, sizeof c->name);
         c->rows = sqlite3_column_int64(st, 1);
         c->cols = sqlite3_column_int64(st, 2);
-        c->option.id = sqlite3_column_int64(st, 3);
-        copy_text(c->option.name, sizeof c->option.name, st, 4);
-        c->option.bits_lo = sqlite3_column_int(st, 5);
-        c->option.bits_hi = sqlite3_column_int(st, 6);
-        c->option.hi_share = sqlite3_column_double(st, 7);
-        c->option.group_size = sqlite3_column_int(st, 8);
-        c->option.scale_fmt = sqlite3_column_int(st, 9);
+        db_option_read(st, 3, &c->option);
         c->bits = sqlite3_column_int64(st, 10);
     }
     sqlite3_finalize(st);
@@ -101,8 +88,8 @@ static int load_sources(db_conn *d, db_pack_plan *p)
             p->sources = ns;
         }
         db_pack_source *s = &p->sources[p->n_sources++];
-        copy_text(s->path, sizeof s->path, st, 0);
-        copy_text(s->sha256, sizeof s->sha256, st, 1);
+        db_col_text(st, 0, s->path, sizeof s->path);
+        db_col_text(st, 1, s->sha256, sizeof s->sha256);
         if (!s->path[0] || strlen(s->sha256) != 64) {
             sqlite3_finalize(st);
             return db_fail(d, "%s: calibration %lld: source %d has no path or sha256", d->path, (long long)p->calib_id,
@@ -242,8 +229,7 @@ int db_plan_insert_uniform(db_conn *d, int64_t calib_id, const char *option_name
     row.calib_id = calib_id;
     snprintf(row.kind, sizeof row.kind, "bpw");
     snprintf(row.metric, sizeof row.metric, "rel_err");
-    snprintf(row.sweep, sizeof row.sweep, "uniform");
-    snprintf(row.command, sizeof row.command, "%s", command ? command : "");
+    row.sweep = "uniform", row.command = command ? command : "";
     if (db_begin(d)) return -1;
     if (insert_row(d, &row, plan_id) || uniform_choices(d, *plan_id, calib_id, opt, head_opt, &missing) ||
         (missing && db_fail(d, "%s: %lld tensors have no measurement at option \"%s\"", d->path, (long long)missing,

@@ -12,12 +12,6 @@
 
 /* ==== Helpers ==== */
 
-static void col_text(sqlite3_stmt *st, int col, char *dst, size_t cap)
-{
-    const unsigned char *t = sqlite3_column_text(st, col);
-    snprintf(dst, cap, "%s", t ? (const char *)t : "");
-}
-
 /* One int64 from a query with one int64 parameter: 0 with *v, 1 if no row, -1. */
 static int query_int64(db_conn *d, const char *sql, int64_t arg, int64_t *v, const char *what)
 {
@@ -81,7 +75,7 @@ static int load_header(db_conn *d, int64_t calib_id, db_alloc_input *in)
     }
     in->calib_id = calib_id;
     in->model_id = sqlite3_column_int64(st, 0);
-    col_text(st, 1, in->status, sizeof in->status);
+    db_col_text(st, 1, in->status, sizeof in->status);
     const unsigned char *cj = sqlite3_column_text(st, 2);
     in->config_json = strdup(cj ? (const char *)cj : "");
     in->n_params = sqlite3_column_int64(st, 3);
@@ -102,10 +96,10 @@ static int load_tensors(db_conn *d, db_alloc_input *in)
         if (grow((void **)&in->tensors, &cap, in->n_tensors, sizeof *in->tensors)) { rc = SQLITE_NOMEM; break; }
         db_alloc_tensor *t = &in->tensors[in->n_tensors++];
         t->id = sqlite3_column_int64(st, 0);
-        col_text(st, 1, t->name, sizeof t->name);
+        db_col_text(st, 1, t->name, sizeof t->name);
         t->layer = sqlite3_column_int(st, 2);
-        col_text(st, 3, t->cls, sizeof t->cls);
-        col_text(st, 4, t->input_group, sizeof t->input_group);
+        db_col_text(st, 3, t->cls, sizeof t->cls);
+        db_col_text(st, 4, t->input_group, sizeof t->input_group);
         t->rows = sqlite3_column_int64(st, 5), t->cols = sqlite3_column_int64(st, 6);
     }
     sqlite3_finalize(st);
@@ -172,16 +166,15 @@ static int load_probes(db_conn *d, db_alloc_input *in)
 static int load_options(db_conn *d, db_alloc_input *in)
 {
     sqlite3_stmt *st = db_prepare(d,
-        "SELECT id, name FROM options WHERE id IN (SELECT DISTINCT option_id FROM measurements WHERE calib_id = ?1) ORDER BY id");
+        "SELECT " DB_OPTION_COLUMNS("") " FROM options"
+        " WHERE id IN (SELECT DISTINCT option_id FROM measurements WHERE calib_id = ?1) ORDER BY id");
     if (!st) return -1;
     sqlite3_bind_int64(st, 1, in->calib_id);
     int64_t cap = 0;
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (grow((void **)&in->options, &cap, in->n_options, sizeof *in->options)) { rc = SQLITE_NOMEM; break; }
-        db_alloc_option *o = &in->options[in->n_options++];
-        o->id = sqlite3_column_int64(st, 0);
-        col_text(st, 1, o->name, sizeof o->name);
+        db_option_read(st, 0, &in->options[in->n_options++]);
     }
     sqlite3_finalize(st);
     if (rc == SQLITE_NOMEM) return db_fail(d, "out of memory reading options");
@@ -275,14 +268,14 @@ int db_plan_insert(db_conn *d, const db_plan_row *p, const db_plan_choice *c, in
     return db_commit(d);
 }
 
-static void read_plan_row(sqlite3_stmt *st, db_plan_row *p)
+int db_plan_row_read(sqlite3_stmt *st, db_plan_row *p)
 {
     memset(p, 0, sizeof *p);
     p->id = sqlite3_column_int64(st, 0);
     p->calib_id = sqlite3_column_int64(st, 1);
-    col_text(st, 2, p->kind, sizeof p->kind);
+    db_col_text(st, 2, p->kind, sizeof p->kind);
     p->target = sqlite3_column_double(st, 3);
-    col_text(st, 4, p->metric, sizeof p->metric);
+    db_col_text(st, 4, p->metric, sizeof p->metric);
     p->achieved_bpw = sqlite3_column_double(st, 5);
     p->file_bpw = sqlite3_column_double(st, 6);
     p->total_bits = sqlite3_column_int64(st, 7);
@@ -290,29 +283,42 @@ static void read_plan_row(sqlite3_stmt *st, db_plan_row *p)
     p->gap = sqlite3_column_double(st, 9);
     p->solve_seconds = sqlite3_column_double(st, 10);
     p->n_dropped = sqlite3_column_int64(st, 11);
-    col_text(st, 12, p->memory_json, sizeof p->memory_json);
-    col_text(st, 13, p->sweep, sizeof p->sweep);
-    col_text(st, 14, p->command, sizeof p->command);
-    col_text(st, 15, p->created_at, sizeof p->created_at);
+    p->memory_json = db_col_dup(st, 12);
+    p->sweep = db_col_dup(st, 13);
+    p->command = db_col_dup(st, 14);
+    db_col_text(st, 15, p->created_at, sizeof p->created_at);
+    if (p->memory_json && p->sweep && p->command) return 0;
+    db_plan_row_clear(p);
+    return -1;
+}
+
+void db_plan_row_clear(db_plan_row *p)
+{
+    free((char *)p->memory_json), free((char *)p->sweep), free((char *)p->command);
+    p->memory_json = p->sweep = p->command = NULL;
+}
+
+void db_plan_rows_free(db_plan_row *rows, int n)
+{
+    for (int i = 0; rows && i < n; i++) db_plan_row_clear(&rows[i]);
+    free(rows);
 }
 
 int db_plan_list(db_conn *d, int64_t calib_id, db_plan_row **rows, int *n)
 {
     *rows = NULL, *n = 0;
-    sqlite3_stmt *st = db_prepare(d,
-        "SELECT id, calib_id, kind, target, metric, achieved_bpw, file_bpw, total_bits, objective, gap, solve_seconds,"
-        " n_dropped, memory_json, sweep, command, created_at FROM plans WHERE ?1 = 0 OR calib_id = ?1 ORDER BY id");
+    sqlite3_stmt *st = db_prepare(d, "SELECT " DB_PLAN_COLUMNS " FROM plans WHERE ?1 = 0 OR calib_id = ?1 ORDER BY id");
     if (!st) return -1;
     sqlite3_bind_int64(st, 1, calib_id);
     int64_t cap = 0;
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (grow((void **)rows, &cap, *n, sizeof **rows)) { rc = SQLITE_NOMEM; break; }
-        read_plan_row(st, &(*rows)[(*n)++]);
+        if (grow((void **)rows, &cap, *n, sizeof **rows) || db_plan_row_read(st, &(*rows)[*n])) { rc = SQLITE_NOMEM; break; }
+        (*n)++;
     }
     sqlite3_finalize(st);
     if (rc == SQLITE_DONE) return 0;
-    free(*rows), *rows = NULL, *n = 0;
+    db_plan_rows_free(*rows, *n), *rows = NULL, *n = 0;
     return rc == SQLITE_NOMEM ? db_fail(d, "out of memory listing plans") : db_fail_sql(d, "listing plans");
 }
 

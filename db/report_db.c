@@ -98,19 +98,6 @@ int db_eval_resolve(db_conn *d, const char *model_hash, int64_t want_plan, int64
 
 /* ==== Small readers ==== */
 
-/* A column as a malloc'd string, "" for NULL; NULL only when out of memory. */
-static char *col_dup(sqlite3_stmt *st, int i)
-{
-    const unsigned char *s = sqlite3_column_text(st, i);
-    return strdup(s ? (const char *)s : "");
-}
-
-static void col_copy(sqlite3_stmt *st, int i, char *dst, size_t cap)
-{
-    const unsigned char *s = sqlite3_column_text(st, i);
-    snprintf(dst, cap, "%s", s ? (const char *)s : "");
-}
-
 static double col_real(sqlite3_stmt *st, int i)
 {
     return sqlite3_column_type(st, i) == SQLITE_NULL ? NAN : sqlite3_column_double(st, i);
@@ -156,7 +143,7 @@ static id_idx *make_map(int n, int64_t (*id_of)(const db_report *, int), const d
 
 static int64_t tensor_id_of(const db_report *r, int i) { return r->tensors[i].id; }
 static int64_t option_id_of(const db_report *r, int i) { return r->options[i].id; }
-static int64_t plan_id_of(const db_report *r, int i) { return r->plans[i].id; }
+static int64_t plan_id_of(const db_report *r, int i) { return r->plans[i].row.id; }
 
 /* ==== Loading, one table at a time ==== */
 
@@ -188,16 +175,16 @@ static int load_header(loader *L, int64_t calib_id)
         return db_fail(L->d, "%s: no calibration (nothing measured yet: run bitplan measure)", L->d->path);
     }
     r->model_id = sqlite3_column_int64(st, 0);
-    r->model_path = col_dup(st, 1);
-    r->model_hash = col_dup(st, 2);
-    r->arch = col_dup(st, 3);
-    r->config_json = col_dup(st, 4);
+    r->model_path = db_col_dup(st, 1);
+    r->model_hash = db_col_dup(st, 2);
+    r->arch = db_col_dup(st, 3);
+    r->config_json = db_col_dup(st, 4);
     r->n_params = sqlite3_column_int64(st, 5);
     r->calib_id = sqlite3_column_int64(st, 6);
-    r->calib_status = col_dup(st, 7);
-    r->calib_sources = col_dup(st, 8);
-    r->tokenizer = col_dup(st, 9);
-    r->calib_created = col_dup(st, 10);
+    r->calib_status = db_col_dup(st, 7);
+    r->calib_sources = db_col_dup(st, 8);
+    r->tokenizer = db_col_dup(st, 9);
+    r->calib_created = db_col_dup(st, 10);
     r->calib_rows = sqlite3_column_int(st, 11);
     r->calib_ctx = sqlite3_column_int(st, 12);
     r->damp = sqlite3_column_double(st, 13);
@@ -223,9 +210,9 @@ static int load_tensors(loader *L)
     while (n < r->n_tensors && sqlite3_step(st) == SQLITE_ROW) {
         db_rep_tensor *t = &r->tensors[n++];
         t->id = sqlite3_column_int64(st, 0);
-        col_copy(st, 1, t->name, sizeof t->name);
+        db_col_text(st, 1, t->name, sizeof t->name);
         t->layer = sqlite3_column_int(st, 2);
-        col_copy(st, 3, t->cls, sizeof t->cls);
+        db_col_text(st, 3, t->cls, sizeof t->cls);
         t->rows = sqlite3_column_int64(st, 4);
         t->cols = sqlite3_column_int64(st, 5);
     }
@@ -246,22 +233,13 @@ static int load_options(loader *L)
     db_report *r = L->r;
     snprintf(sql, sizeof sql, "SELECT count(*)%s", where);
     if (count_rows(L->d, sql, r->calib_id, 0, &r->n_options)) return -1;
-    snprintf(sql, sizeof sql, "SELECT id, name, bits_lo, bits_hi, hi_share, group_size, scale_fmt%s ORDER BY id", where);
+    snprintf(sql, sizeof sql, "SELECT " DB_OPTION_COLUMNS("") "%s ORDER BY id", where);
     r->options = calloc((size_t)r->n_options + 1, sizeof *r->options);
     sqlite3_stmt *st = r->options ? db_prepare(L->d, sql) : NULL;
     if (!st) return r->options ? -1 : db_fail(L->d, "out of memory");
     sqlite3_bind_int64(st, 1, r->calib_id);
     int n = 0;
-    while (n < r->n_options && sqlite3_step(st) == SQLITE_ROW) {
-        db_rep_option *o = &r->options[n++];
-        o->id = sqlite3_column_int64(st, 0);
-        col_copy(st, 1, o->name, sizeof o->name);
-        o->bits_lo = sqlite3_column_int(st, 2);
-        o->bits_hi = sqlite3_column_int(st, 3);
-        o->hi_share = sqlite3_column_double(st, 4);
-        o->group_size = sqlite3_column_int(st, 5);
-        o->scale_fmt = sqlite3_column_int(st, 6);
-    }
+    while (n < r->n_options && sqlite3_step(st) == SQLITE_ROW) db_option_read(st, 0, &r->options[n++]);
     sqlite3_finalize(st);
     r->n_options = n;
     L->omap = make_map(n, option_id_of, r);
@@ -319,10 +297,11 @@ static int load_terms(loader *L, db_rep_plan *p)
         "SELECT json_valid(?1) AND json_type(?1) = 'object', (SELECT count(*) FROM json_each(CASE WHEN json_valid(?1)"
         " THEN ?1 ELSE '{}' END) WHERE type IN ('integer','real'))";
     static const char each[] = "SELECT key, value FROM json_each(?1) WHERE type IN ('integer','real') ORDER BY id";
-    if (!p->memory_json[0]) return 0;
+    const char *json = p->row.memory_json;
+    if (!json[0]) return 0;
     sqlite3_stmt *st = db_prepare(L->d, sql);
     if (!st) return -1;
-    sqlite3_bind_text(st, 1, p->memory_json, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 1, json, -1, SQLITE_STATIC);
     if (sqlite3_step(st) != SQLITE_ROW) { sqlite3_finalize(st); return db_fail_sql(L->d, "reading plans.memory_json"); }
     p->memory_ok = sqlite3_column_int(st, 0);
     int n = sqlite3_column_int(st, 1);
@@ -331,10 +310,10 @@ static int load_terms(loader *L, db_rep_plan *p)
     p->terms = calloc((size_t)n, sizeof *p->terms);
     st = p->terms ? db_prepare(L->d, each) : NULL;
     if (!st) return p->terms ? -1 : db_fail(L->d, "out of memory");
-    sqlite3_bind_text(st, 1, p->memory_json, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 1, json, -1, SQLITE_STATIC);
     while (p->n_terms < n && sqlite3_step(st) == SQLITE_ROW) {
         db_rep_term *t = &p->terms[p->n_terms++];
-        col_copy(st, 0, t->name, sizeof t->name);
+        db_col_text(st, 0, t->name, sizeof t->name);
         t->bytes = sqlite3_column_double(st, 1);
     }
     sqlite3_finalize(st);
@@ -343,30 +322,13 @@ static int load_terms(loader *L, db_rep_plan *p)
 
 static int read_plan_row(loader *L, sqlite3_stmt *st, db_rep_plan *p)
 {
-    p->id = sqlite3_column_int64(st, 0);
-    col_copy(st, 1, p->kind, sizeof p->kind);
-    p->target = col_real(st, 2);
-    col_copy(st, 3, p->metric, sizeof p->metric);
-    p->achieved_bpw = col_real(st, 4);
-    p->file_bpw = col_real(st, 5);
-    p->total_bits = sqlite3_column_int64(st, 6);
-    p->objective = col_real(st, 7);
-    p->gap = col_real(st, 8);
-    p->solve_seconds = col_real(st, 9);
-    p->n_dropped = sqlite3_column_int64(st, 10);
-    p->memory_json = col_dup(st, 11);
-    p->sweep = col_dup(st, 12);
-    p->command = col_dup(st, 13);
-    col_copy(st, 14, p->created_at, sizeof p->created_at);
-    if (!p->memory_json || !p->sweep || !p->command) return db_fail(L->d, "out of memory");
+    if (db_plan_row_read(st, &p->row)) return db_fail(L->d, "out of memory");
     return load_terms(L, p);
 }
 
 static int load_plans(loader *L)
 {
-    static const char sql[] =
-        "SELECT id, kind, target, metric, achieved_bpw, file_bpw, total_bits, objective, gap, solve_seconds,"
-        " n_dropped, memory_json, sweep, command, created_at FROM plans WHERE calib_id = ?1 ORDER BY id";
+    static const char sql[] = "SELECT " DB_PLAN_COLUMNS " FROM plans WHERE calib_id = ?1 ORDER BY id";
     db_report *r = L->r;
     if (count_rows(L->d, "SELECT count(*) FROM plans WHERE calib_id = ?1", r->calib_id, 0, &r->n_plans)) return -1;
     r->plans = calloc((size_t)r->n_plans + 1, sizeof *r->plans);
@@ -413,10 +375,10 @@ static int read_eval_row(loader *L, sqlite3_stmt *st, db_rep_eval *e)
     e->id = sqlite3_column_int64(st, 0);
     e->plan_id = sqlite3_column_int64(st, 1);
     e->plan = e->plan_id ? lookup(L->pmap, L->r->n_plans, e->plan_id) : -1;
-    e->subject = col_dup(st, 2);
-    e->subject_kind = col_dup(st, 3);
+    e->subject = db_col_dup(st, 2);
+    e->subject_kind = db_col_dup(st, 3);
     e->bpw = col_real(st, 4);
-    e->text_path = col_dup(st, 5);
+    e->text_path = db_col_dup(st, 5);
     e->ctx = sqlite3_column_int(st, 6);
     e->tokens = sqlite3_column_int64(st, 7);
     e->ppl = col_real(st, 8);
@@ -424,10 +386,10 @@ static int read_eval_row(loader *L, sqlite3_stmt *st, db_rep_eval *e)
     e->kld = col_real(st, 10);
     e->kld_stderr = col_real(st, 11);
     e->top1 = col_real(st, 12);
-    e->ref_path = col_dup(st, 13);
-    e->device = col_dup(st, 14);
-    e->command = col_dup(st, 15);
-    e->created_at = col_dup(st, 16);
+    e->ref_path = db_col_dup(st, 13);
+    e->device = db_col_dup(st, 14);
+    e->command = db_col_dup(st, 15);
+    e->created_at = db_col_dup(st, 16);
     int oom = !e->subject || !e->subject_kind || !e->text_path || !e->ref_path || !e->device || !e->command || !e->created_at;
     return oom ? db_fail(L->d, "out of memory") : 0;
 }
@@ -480,7 +442,8 @@ void db_report_free(db_report *r)
     if (!r) return;
     for (int i = 0; i < r->n_plans; i++) {
         db_rep_plan *p = &r->plans[i];
-        free(p->sweep), free(p->command), free(p->memory_json), free(p->terms), free(p->choices);
+        db_plan_row_clear(&p->row);
+        free(p->terms), free(p->choices);
     }
     for (int i = 0; i < r->n_evals; i++) {
         db_rep_eval *e = &r->evals[i];

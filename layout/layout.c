@@ -312,3 +312,16 @@ float lay_f16_to_f32(uint16_t h)
     memcpy(&f, &x, 4);
     return f;
 }
+
+/* ==== Tensor classes ==== */
+
+static const char *const class_names[LAY_N_CLASSES] = {"q", "k", "v", "o", "gate", "up", "down", "head"};
+
+const char *lay_class_name(lay_class c) { return (unsigned)c < LAY_N_CLASSES ? class_names[c] : "?"; }
+
+int lay_class_of_name(const char *name)
+{
+    for (int c = 0; name && c < LAY_N_CLASSES; c++)
+        if (!strcmp(name, class_names[c])) return c;
+    return -1;
+}

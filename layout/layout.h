@@ -161,6 +161,17 @@ static inline int lay_zero_at(const lay_packed *p, int64_t r, int64_t g, int bit
 /* w[rows][cols] in original column order from a packed tensor (reference). */
 void lay_packed_dequant(const lay_packed *p, float *w);
 
+/* ==== Tensor classes ====
+ *
+ * The classes of a transformer's linear layers, in this order everywhere; the
+ * database's tensors.cls holds their names. LAY_HEAD is also the number of a block's
+ * linear layers.
+ */
+typedef enum { LAY_Q = 0, LAY_K, LAY_V, LAY_O, LAY_GATE, LAY_UP, LAY_DOWN, LAY_HEAD, LAY_N_CLASSES } lay_class;
+
+const char *lay_class_name(lay_class c); /* "q", "k", "v", "o", "gate", "up", "down", "head" */
+int lay_class_of_name(const char *name); /* the class, or -1 */
+
 /* ==== ggml block types (layout/ggml.c) ====
  *
  * The block formats of GGUF files, so that a plan can be exported for llama.cpp.

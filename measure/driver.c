@@ -54,7 +54,7 @@
 typedef struct {
     char name[96];
     int layer;                /* block index; n_layers for the head */
-    rt_class cls;
+    lay_class cls;
     int64_t rows, cols, db_id;
     int todo;                 /* options not measured yet */
     int probe;                /* 1: this run probes it */
@@ -62,14 +62,14 @@ typedef struct {
     double energy;            /* tr(W H W^T), the denominator of rel_err */
     float *probe_wq;          /* dequantized at the reference option, for the probe */
     double probe_rel;
-} mtensor;
+} measure_tensor;
 
 typedef struct {
     int t, o;                 /* tensor and option index */
     int measure;              /* 1: write a measurement */
     int keep;                 /* 1: keep the dequantized GPTQ weights for the probe */
     double cost;              /* estimated work, to deal units to ranks */
-} munit;
+} measure_unit;
 
 typedef struct {
     const meas_params *p;
@@ -82,7 +82,7 @@ typedef struct {
     const opt_set *opts;
     db_conn *db;
     int64_t model_id, calib_id, *opt_ids;
-    mtensor *t;
+    measure_tensor *t;
     int nt;
     uint8_t *done;            /* [nt][opts->n]: 1 measured, 2 skipped (skips()) */
     int ref;                  /* the probes' reference option, -1 without probes */
@@ -95,10 +95,10 @@ typedef struct {
     double last_flush, t0;
     meas_progress prog;
     meas_result *res;
-} mrun;
+} measure_run;
 
-static int fail(mrun *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(mrun *r, const char *fmt, ...)
+static int fail(measure_run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(measure_run *r, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -107,12 +107,12 @@ static int fail(mrun *r, const char *fmt, ...)
     return -1;
 }
 
-static int agreed(mrun *r, int rc)
+static int agreed(measure_run *r, int rc)
 {
     return par_agree(rc, r->err, r->err_len);
 }
 
-static void report(mrun *r, const char *phase)
+static void report(measure_run *r, const char *phase)
 {
     if (par_rank() != 0) return; /* rank 0 speaks for the job */
     r->prog.phase = phase;
@@ -131,15 +131,15 @@ void meas_params_init(meas_params *p)
 /* ==== Setup: model, tensors, options ==== */
 
 /* The quantizable tensors: q, k, v, o, gate, up, down of every layer, then the head. */
-static int list_tensors(mrun *r)
+static int list_tensors(measure_run *r)
 {
     const mdl_config *c = mdl_get_config(r->file);
-    r->nt = c->n_layers * RT_HEAD + 1;
+    r->nt = c->n_layers * LAY_HEAD + 1;
     if (!(r->t = calloc((size_t)r->nt, sizeof *r->t))) return fail(r, "out of memory");
     for (int i = 0; i < r->nt; i++) {
-        mtensor *t = &r->t[i];
-        t->layer = i / RT_HEAD;
-        t->cls = i == r->nt - 1 ? RT_HEAD : (rt_class)(i % RT_HEAD);
+        measure_tensor *t = &r->t[i];
+        t->layer = i / LAY_HEAD;
+        t->cls = i == r->nt - 1 ? LAY_HEAD : (lay_class)(i % LAY_HEAD);
         rt_tensor_name(c, t->layer, t->cls, t->name, sizeof t->name);
         const mdl_tensor *mt = mdl_find(r->file, t->name);
         if (!mt) return fail(r, "%s: tensor %s is missing", mdl_path(r->file), t->name);
@@ -152,7 +152,7 @@ static int list_tensors(mrun *r)
 /* 1 if option o skips tensor t: a ggml block type whose block does not divide the
  * tensor's columns (llama.cpp falls back to a 32-wide type there; so does the
  * allocator, which sees no measurement of the pair). */
-static int skips(const mrun *r, int o, int t)
+static int skips(const measure_run *r, int o, int t)
 {
     const lay_ggml_traits *g = lay_ggml_traits_of(lay_option_ggml(&r->opts->v[o]));
     return g && r->t[t].cols % g->block != 0;
@@ -160,7 +160,7 @@ static int skips(const mrun *r, int o, int t)
 
 /* Invariant 1: every option must apply to every tensor (except the pairs that
  * skips() names), and every tensor must have an option. */
-static int check_options(mrun *r)
+static int check_options(measure_run *r)
 {
     if (r->opts->n <= 0) return fail(r, "the option set is empty");
     for (int i = 0; i < r->nt; i++) {
@@ -183,7 +183,7 @@ static int check_options(mrun *r)
 /* The plain 4-bit option with groups of 128 if the set has it, else the option
  * whose bits per weight over all tensors is nearest 4 (the first of equals) among
  * those that apply to every tensor; -1 if none does. */
-static int pick_reference(const mrun *r)
+static int pick_reference(const measure_run *r)
 {
     int best = -1;
     double best_d = INFINITY;
@@ -201,25 +201,8 @@ static int pick_reference(const mrun *r)
     return best;
 }
 
-static void config_json(const mdl_config *c, char *out, size_t cap)
-{
-    char arch[32];
-    size_t i = 0;
-    for (; c->arch[i] && i < sizeof arch - 1; i++) {
-        char ch = c->arch[i];
-        arch[i] = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '_' || ch == '.' ? ch : '_';
-    }
-    arch[i] = 0;
-    snprintf(out, cap,
-             "{\"arch\":\"%s\",\"n_layers\":%d,\"dim\":%d,\"hidden_dim\":%d,\"n_heads\":%d,\"n_kv_heads\":%d,"
-             "\"head_dim\":%d,\"vocab_size\":%d,\"max_ctx\":%d,\"rope_theta\":%.9g,\"norm_eps\":%.9g,"
-             "\"tied_embeddings\":%d,\"attn_bias\":%d}",
-             arch, c->n_layers, c->dim, c->hidden_dim, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size,
-             c->max_ctx, (double)c->rope_theta, (double)c->norm_eps, c->tied_embeddings, c->attn_bias);
-}
-
 /* Invariant 2: the calibration key. */
-static int calib_key(mrun *r, const char *model_hash, char key[65])
+static int calib_key(measure_run *r, const char *model_hash, char key[65])
 {
     size_t cap = 1024 + (size_t)r->opts->n * 64, n = 0;
     char *s = malloc(cap);
@@ -237,7 +220,7 @@ static int calib_key(mrun *r, const char *model_hash, char key[65])
     return 0;
 }
 
-static int open_model(mrun *r, const char *path, const char *const *calib_paths, int n_calib)
+static int open_model(measure_run *r, const char *path, const char *const *calib_paths, int n_calib)
 {
     const meas_params *p = r->p;
     if (mdl_open(path, &r->file, r->err, r->err_len)) return -1;
@@ -254,42 +237,45 @@ static int open_model(mrun *r, const char *path, const char *const *calib_paths,
 
 /* ==== Setup: the database ==== */
 
-static int record_tensors(mrun *r)
+static int record_tensors(measure_run *r)
 {
     for (int i = 0; i < r->nt; i++) {
-        mtensor *t = &r->t[i];
-        db_tensor_info ti = {t->name, t->cls == RT_HEAD ? -1 : t->layer, rt_class_name(t->cls),
+        measure_tensor *t = &r->t[i];
+        db_tensor_info ti = {t->name, t->cls == LAY_HEAD ? -1 : t->layer, lay_class_name(t->cls),
                              hess_input_name(rt_class_input(t->cls)), t->rows, t->cols};
         if (db_tensor_upsert(r->db, r->model_id, &ti, &t->db_id)) return -1;
     }
     return 0;
 }
 
-static int record_options(mrun *r)
+static int record_options(measure_run *r)
 {
     for (int o = 0; o < r->opts->n; o++) {
         const lay_option *op = &r->opts->v[o];
-        db_option_info oi = {op->name, op->bits_lo, op->bits_hi, (double)op->hi_share, (int)op->group, (int)op->scale_fmt};
-        if (db_option_upsert(r->db, &oi, &r->opt_ids[o]) || db_calib_add_option(r->db, r->calib_id, r->opt_ids[o])) return -1;
+        if (db_option_upsert(r->db, op, &r->opt_ids[o]) || db_calib_add_option(r->db, r->calib_id, r->opt_ids[o])) return -1;
     }
     return 0;
 }
 
 /* Model, tensors, calibration and option set, in one transaction. */
-static int record_setup(mrun *r, const char *model_hash, int *calib_done)
+static int record_setup(measure_run *r, const char *model_hash, int *calib_done)
 {
     const mdl_config *c = mdl_get_config(r->file);
-    char json[1024];
-    config_json(c, json, sizeof json);
+    sb_buf json = {0};
+    mdl_config_json(&json, c);
     int64_t n_params = 0;
     for (int i = 0; i < mdl_tensor_count(r->file); i++) n_params += mdl_tensor_at(r->file, i)->n_elems;
-    db_model_info mi = {model_hash, mdl_path(r->file), c->arch, json, n_params};
+    db_model_info mi = {model_hash, mdl_path(r->file), c->arch, json.s, n_params};
     db_calib_info ci = {r->res->calib_key, r->cal.sources_json, r->cal.rows, r->cal.ctx, r->cal.tokenizer, r->p->damp};
-    if (!(r->opt_ids = calloc((size_t)r->opts->n, sizeof *r->opt_ids))) return fail(r, "out of memory");
+    if (json.oom || !(r->opt_ids = calloc((size_t)r->opts->n, sizeof *r->opt_ids))) {
+        free(json.s);
+        return fail(r, "out of memory");
+    }
     int rc = db_begin(r->db);
     if (!rc) rc = db_model_upsert(r->db, &mi, &r->model_id) || record_tensors(r) ||
                   db_calib_find_or_create(r->db, r->model_id, &ci, &r->calib_id, calib_done) || record_options(r) ||
                   db_commit(r->db);
+    free(json.s);
     if (rc) {
         db_rollback(r->db);
         return fail(r, "%s", db_errmsg(r->db));
@@ -297,14 +283,14 @@ static int record_setup(mrun *r, const char *model_hash, int *calib_done)
     return 0;
 }
 
-static int tensor_index(const mrun *r, int64_t db_id)
+static int tensor_index(const measure_run *r, int64_t db_id)
 {
     for (int i = 0; i < r->nt; i++)
         if (r->t[i].db_id == db_id) return i;
     return -1;
 }
 
-static int option_index(const mrun *r, int64_t db_id)
+static int option_index(const measure_run *r, int64_t db_id)
 {
     for (int o = 0; o < r->opts->n; o++)
         if (r->opt_ids[o] == db_id) return o;
@@ -312,7 +298,7 @@ static int option_index(const mrun *r, int64_t db_id)
 }
 
 /* Reads which pairs and probes are done into done[] and the probe flags (rank 0). */
-static int read_done(mrun *r)
+static int read_done(measure_run *r)
 {
     int no = r->opts->n;
     int64_t *pairs = NULL, n = 0, *probed = NULL, np = 0;
@@ -337,7 +323,7 @@ static int read_done(mrun *r)
 }
 
 /* What is left to do, from done[] and the probe flags (every rank). */
-static void tally_done(mrun *r)
+static void tally_done(measure_run *r)
 {
     int no = r->opts->n;
     for (int i = 0; i < r->nt; i++) {
@@ -355,7 +341,7 @@ static void tally_done(mrun *r)
 
 /* Rank 0's view of the database on every rank: the ids, what is done, what to
  * probe. rc: this rank's setup so far. */
-static int share_setup(mrun *r, int rc)
+static int share_setup(measure_run *r, int rc)
 {
     int no = r->opts->n, nt = r->nt;
     if (agreed(r, rc)) return -1;
@@ -379,7 +365,7 @@ static int share_setup(mrun *r, int rc)
 
 /* Every rank must measure what rank 0 records: the same model, text, tokenizer and
  * options, so the same calibration key. */
-static int same_key_as_root(mrun *r)
+static int same_key_as_root(measure_run *r)
 {
     char root[65];
     memcpy(root, r->res->calib_key, sizeof root);
@@ -395,7 +381,7 @@ static int same_key_as_root(mrun *r)
 /* Writes the pending results in one transaction (rank 0; other ranks keep theirs
  * for the end of the group). Called inside the critical section or after the
  * parallel region. */
-static int flush(mrun *r)
+static int flush(measure_run *r)
 {
     if (!r->db) return 0;
     if (r->n_pending && db_measurements_insert(r->db, r->calib_id, r->pending, r->n_pending))
@@ -409,9 +395,9 @@ static int flush(mrun *r)
 /* One (tensor, option): GPTQ, RTN, and the result. Runs in a worker thread.
  * prep[0] is the group's Hessian prepared in act-order, prep[1] in column order
  * (for ggml block types, which store no permutation). */
-static int run_unit(mrun *r, const munit *u, gptq_prep *const *prep, db_measurement *out, char *err, size_t err_len)
+static int run_unit(measure_run *r, const measure_unit *u, gptq_prep *const *prep, db_measurement *out, char *err, size_t err_len)
 {
-    mtensor *t = &r->t[u->t];
+    measure_tensor *t = &r->t[u->t];
     const lay_option *o = &r->opts->v[u->o];
     const gptq_prep *pp = prep[lay_option_ggml(o) >= 0];
     lay_qtensor q;
@@ -432,7 +418,7 @@ static int run_unit(mrun *r, const munit *u, gptq_prep *const *prep, db_measurem
 
 /* Records a unit's outcome: the result (written at most every few seconds), the
  * progress, or the first error. One thread at a time. */
-static void unit_done(mrun *r, const munit *u, int rc, const db_measurement *m, const char *err)
+static void unit_done(measure_run *r, const measure_unit *u, int rc, const db_measurement *m, const char *err)
 {
     if (rc) {
         if (!r->failed) fail(r, "%s, option \"%s\": %s", r->t[u->t].name, r->opts->v[u->o].name, err);
@@ -453,7 +439,7 @@ static void unit_done(mrun *r, const munit *u, int rc, const db_measurement *m, 
 
 static int unit_cost_desc(const void *a, const void *b, void *ctx)
 {
-    const munit *x = a, *y = b;
+    const measure_unit *x = a, *y = b;
     (void)ctx;
     if (x->cost != y->cost) return x->cost > y->cost ? -1 : 1;
     return x->t != y->t ? x->t - y->t : x->o - y->o;
@@ -461,13 +447,13 @@ static int unit_cost_desc(const void *a, const void *b, void *ctx)
 
 /* Multiply-adds of a unit: GPTQ, RTN and their errors, about 3 rows cols^2; with
  * its probe, the probe rows through the rest of the model. */
-static double unit_cost(const mrun *r, const munit *u)
+static double unit_cost(const measure_run *r, const measure_unit *u)
 {
-    const mtensor *t = &r->t[u->t];
+    const measure_tensor *t = &r->t[u->t];
     double work = (u->measure ? 3.0 : 1.0) * (double)t->rows * (double)t->cols * (double)t->cols;
     if (u->keep) {
         double rest = 0;
-        for (int i = t->layer * RT_HEAD; i < r->nt; i++) rest += (double)r->t[i].rows * (double)r->t[i].cols;
+        for (int i = t->layer * LAY_HEAD; i < r->nt; i++) rest += (double)r->t[i].rows * (double)r->t[i].cols;
         work += (double)MEAS_PROBE_ROWS * MEAS_PROBE_CTX * rest;
     }
     return work;
@@ -475,7 +461,7 @@ static double unit_cost(const mrun *r, const munit *u)
 
 /* Invariant 6: the units of u[0..n) that this rank runs (par_deal: every rank
  * deals the same hands), moved to the front; their count, or -1. */
-static int deal_units(munit *u, int n)
+static int deal_units(measure_unit *u, int n)
 {
     if (par_size() == 1) return n;
     double *cost = malloc((size_t)n * sizeof *cost);
@@ -491,16 +477,16 @@ static int deal_units(munit *u, int n)
 
 /* The units of the tensors of [t0, t1) that read input g and that this run must
  * do, most expensive first. */
-static munit *plan_units(mrun *r, int t0, int t1, rt_input g, int *n)
+static measure_unit *plan_units(measure_run *r, int t0, int t1, rt_input g, int *n)
 {
     int no = r->opts->n, k = 0;
-    munit *u = malloc((size_t)(t1 - t0) * (size_t)(no + 1) * sizeof *u);
+    measure_unit *u = malloc((size_t)(t1 - t0) * (size_t)(no + 1) * sizeof *u);
     if (!u) return NULL;
     for (int t = t0; t < t1; t++) {
         if (rt_class_input(r->t[t].cls) != g) continue;
         for (int o = 0; o < no; o++)
-            if (!r->done[t * no + o]) u[k++] = (munit){t, o, 1, r->t[t].probe && o == r->ref, 0};
-        if (r->t[t].probe && r->done[t * no + r->ref]) u[k++] = (munit){t, r->ref, 0, 1, 0};
+            if (!r->done[t * no + o]) u[k++] = (measure_unit){t, o, 1, r->t[t].probe && o == r->ref, 0};
+        if (r->t[t].probe && r->done[t * no + r->ref]) u[k++] = (measure_unit){t, r->ref, 0, 1, 0};
     }
     for (int i = 0; i < k; i++) u[i].cost = unit_cost(r, &u[i]);
     qsort_r(u, (size_t)k, sizeof *u, unit_cost_desc, r);
@@ -508,17 +494,17 @@ static munit *plan_units(mrun *r, int t0, int t1, rt_input g, int *n)
     return u;
 }
 
-static rt_linear *linear_of(mrun *r, const mtensor *t)
+static rt_linear *linear_of(measure_run *r, const measure_tensor *t)
 {
-    return t->cls == RT_HEAD ? r->m->head : r->m->layers[t->layer].lin[t->cls];
+    return t->cls == LAY_HEAD ? r->m->head : r->m->layers[t->layer].lin[t->cls];
 }
 
 /* Holds the weights of the tensors of [t0, t1) that read input g as fp32, and
  * computes their energies: one input group's tensors at a time are in memory. */
-static int load_weights(mrun *r, int t0, int t1, rt_input g)
+static int load_weights(measure_run *r, int t0, int t1, rt_input g)
 {
     for (int i = t0; i < t1; i++) {
-        mtensor *t = &r->t[i];
+        measure_tensor *t = &r->t[i];
         rt_linear *l = linear_of(r, t);
         if (rt_class_input(t->cls) != g) continue;
         if (rt_linear_hold(l)) return fail(r, "out of memory for %s as fp32", t->name);
@@ -529,7 +515,7 @@ static int load_weights(mrun *r, int t0, int t1, rt_input g)
     return 0;
 }
 
-static void forget_weights(mrun *r, int t0, int t1)
+static void forget_weights(measure_run *r, int t0, int t1)
 {
     for (int i = t0; i < t1; i++) {
         if (!r->t[i].w) continue;
@@ -540,7 +526,7 @@ static void forget_weights(mrun *r, int t0, int t1)
 
 /* prep[0] in act-order if a unit of u[0..n) needs it, prep[1] in column order if
  * one is a ggml block type. */
-static int prepare_group(mrun *r, rt_input g, const munit *u, int n, gptq_prep **prep)
+static int prepare_group(measure_run *r, rt_input g, const measure_unit *u, int n, gptq_prep **prep)
 {
     gptq_params gp;
     gptq_params_init(&gp);
@@ -565,18 +551,18 @@ static int prepare_group(mrun *r, rt_input g, const munit *u, int n, gptq_prep *
 #define MEAS_UNIT_BYTES 12
 #define MEAS_UNITS_BUDGET ((int64_t)2 << 30)
 
-static int units_at_once(const mrun *r, const munit *u, int n)
+static int units_at_once(const measure_run *r, const measure_unit *u, int n)
 {
     int64_t most = 0;
     for (int i = 0; i < n; i++) {
-        const mtensor *t = &r->t[u[i].t];
+        const measure_tensor *t = &r->t[u[i].t];
         if (t->rows * t->cols > most) most = t->rows * t->cols;
     }
     int64_t fit = MEAS_UNITS_BUDGET / (most * MEAS_UNIT_BYTES);
     return fit < 1 ? 1 : fit < r->threads ? (int)fit : r->threads;
 }
 
-static void run_parallel(mrun *r, const munit *u, int n, gptq_prep *const *prep)
+static void run_parallel(measure_run *r, const measure_unit *u, int n, gptq_prep *const *prep)
 {
     int blas_threads = openblas_get_num_threads();
     openblas_set_num_threads(1); /* one unit per thread; GPTQ's BLAS calls stay serial */
@@ -597,7 +583,7 @@ static void run_parallel(mrun *r, const munit *u, int n, gptq_prep *const *prep)
 
 /* Rank 0 receives the other ranks' results of the group and writes them (in one
  * transaction); the others send theirs. */
-static int collect_results(mrun *r)
+static int collect_results(measure_run *r)
 {
     db_measurement *all = NULL;
     size_t bytes = 0, mine = par_rank() && r->pending ? (size_t)r->n_pending * sizeof *r->pending : 0;
@@ -619,11 +605,11 @@ static int collect_results(mrun *r)
  * their GPTQ preparation (a Cholesky factor as large as the Hessian) exist only
  * while they run, so a layer holds one group's at a time. Every rank prepares the
  * whole group, runs its share of the units, and agrees on the outcome. */
-static int run_group(mrun *r, int t0, int t1, rt_input g)
+static int run_group(measure_run *r, int t0, int t1, rt_input g)
 {
     int n = 0, rc = -1;
     gptq_prep *prep[2] = {NULL, NULL};
-    munit *u = plan_units(r, t0, t1, g, &n);
+    measure_unit *u = plan_units(r, t0, t1, g, &n);
     if (agreed(r, u ? 0 : fail(r, "out of memory"))) return free(u), -1;
     if (n == 0) { free(u); return 0; }
     int mine = deal_units(u, n);
@@ -644,7 +630,7 @@ static int run_group(mrun *r, int t0, int t1, rt_input g)
 }
 
 /* Measures tensors [t0, t1) (one layer, or the head) with the Hessians at hand. */
-static int run_units(mrun *r, int t0, int t1)
+static int run_units(measure_run *r, int t0, int t1)
 {
     int rc = 0;
     for (int g = 0; !rc && g < RT_INPUT_COUNT; g++) rc = run_group(r, t0, t1, (rt_input)g);
@@ -654,7 +640,7 @@ static int run_units(mrun *r, int t0, int t1)
 /* ==== Probes ==== */
 
 /* Rank 0 writes every rank's probe results (in rank order); 0 or -1. */
-static int collect_probes(mrun *r, const db_kl_probe *kp, int n)
+static int collect_probes(measure_run *r, const db_kl_probe *kp, int n)
 {
     db_kl_probe *all = NULL;
     size_t bytes = 0;
@@ -670,26 +656,26 @@ static int collect_probes(mrun *r, const db_kl_probe *kp, int n)
 
 /* Probes the tensors of [t0, t1) that this run probes and this rank quantized at
  * the reference option, together (probe.c); rank 0 writes them all. */
-static int run_probes(mrun *r, int t0, int t1)
+static int run_probes(measure_run *r, int t0, int t1)
 {
-    rt_class cls[RT_CLASS_COUNT];
-    float *wq[RT_CLASS_COUNT];
-    int idx[RT_CLASS_COUNT], n = 0, rc = 0;
+    lay_class cls[LAY_N_CLASSES];
+    float *wq[LAY_N_CLASSES];
+    int idx[LAY_N_CLASSES], n = 0, rc = 0;
     for (int i = t0; i < t1; i++) {
-        mtensor *t = &r->t[i];
+        measure_tensor *t = &r->t[i];
         if (!t->probe) continue;
-        assert((t->probe_wq || par_size() > 1) && n < RT_CLASS_COUNT);
+        assert((t->probe_wq || par_size() > 1) && n < LAY_N_CLASSES);
         if (!t->probe_wq) continue; /* another rank's */
         idx[n] = i, cls[n] = t->cls, wq[n++] = t->probe_wq;
         t->probe_wq = NULL;
     }
-    db_kl_probe kp[RT_CLASS_COUNT];
+    db_kl_probe kp[LAY_N_CLASSES];
     if (n) {
-        double t_start = util_now_s(), kld[RT_CLASS_COUNT];
+        double t_start = util_now_s(), kld[LAY_N_CLASSES];
         if (probe_tensors(r->probe, n, cls, wq, kld)) rc = fail(r, "out of memory probing %s", r->t[idx[0]].name);
         double each = (util_now_s() - t_start) / n;
         for (int k = 0; !rc && k < n; k++) {
-            mtensor *t = &r->t[idx[k]];
+            measure_tensor *t = &r->t[idx[k]];
             kp[k] = (db_kl_probe){t->db_id, r->opt_ids[r->ref], kld[k], t->probe_rel, each};
         }
     }
@@ -700,15 +686,15 @@ static int run_probes(mrun *r, int t0, int t1)
 /* ==== The pass: visits of the calibration walk ==== */
 
 /* Tensors of layer l (n_layers: the head) are [t0, t1). */
-static void layer_tensors(const mrun *r, int l, int *t0, int *t1)
+static void layer_tensors(const measure_run *r, int l, int *t0, int *t1)
 {
-    *t0 = l == r->m->cfg.n_layers ? r->nt - 1 : l * RT_HEAD;
-    *t1 = l == r->m->cfg.n_layers ? r->nt : *t0 + RT_HEAD;
+    *t0 = l == r->m->cfg.n_layers ? r->nt - 1 : l * LAY_HEAD;
+    *t1 = l == r->m->cfg.n_layers ? r->nt : *t0 + LAY_HEAD;
 }
 
 static int layer_needs_work(void *ctx, int l)
 {
-    const mrun *r = ctx;
+    const measure_run *r = ctx;
     int t0, t1;
     layer_tensors(r, l, &t0, &t1);
     for (int i = t0; i < t1; i++)
@@ -718,7 +704,7 @@ static int layer_needs_work(void *ctx, int l)
 
 static int visit_layer(void *ctx, int l, const hess_layer *hl, char *err, size_t err_len)
 {
-    mrun *r = ctx;
+    measure_run *r = ctx;
     int t0, t1;
     (void)err, (void)err_len; /* r->err is the caller's err */
     layer_tensors(r, l, &t0, &t1);
@@ -730,7 +716,7 @@ static int visit_layer(void *ctx, int l, const hess_layer *hl, char *err, size_t
 
 static int passed_layer(void *ctx, int l, char *err, size_t err_len)
 {
-    mrun *r = ctx;
+    measure_run *r = ctx;
     (void)err, (void)err_len;
     if (r->probe && l < r->m->cfg.n_layers && probe_advance(r->probe)) return fail(r, "out of memory for the KL probe");
     return 0;
@@ -738,12 +724,12 @@ static int passed_layer(void *ctx, int l, char *err, size_t err_len)
 
 static void walk_progress(void *ctx, const char *phase, int layer)
 {
-    mrun *r = ctx;
+    measure_run *r = ctx;
     r->prog.layer = layer;
     report(r, phase);
 }
 
-static int run_pass(mrun *r)
+static int run_pass(measure_run *r)
 {
     int rc = r->ref >= 0 && probe_new(r->m, &r->cal, &r->probe) ? fail(r, "out of memory for the KL probe") : 0;
     if (agreed(r, rc)) return -1;
@@ -754,7 +740,7 @@ static int run_pass(mrun *r)
     return 0;
 }
 
-static int everything_done(const mrun *r)
+static int everything_done(const measure_run *r)
 {
     return r->prog.units_total == 0 && r->prog.probes_total == 0;
 }
@@ -762,14 +748,14 @@ static int everything_done(const mrun *r)
 /* BLAS gets the threads for the forward pass; OpenMP outside the units' region
  * gets one, because idle OpenMP workers spinning after the forward's element-wise
  * loops would take the cores from the BLAS threads (pthreads) that follow them. */
-static void apply_threads(mrun *r)
+static void apply_threads(measure_run *r)
 {
     r->threads = r->p->threads > 0 ? r->p->threads : omp_get_max_threads();
     if (r->p->threads > 0) openblas_set_num_threads(r->p->threads);
     omp_set_num_threads(1);
 }
 
-static void cleanup(mrun *r)
+static void cleanup(measure_run *r)
 {
     if (r->m) rt_model_free(r->m); /* closes the file */
     else mdl_close(r->file);
@@ -784,7 +770,7 @@ static void cleanup(mrun *r)
 
 /* Rank 0: the database, created if absent; the model, tensors, calibration and
  * options recorded; the calibration claimed; what is done read. */
-static int open_database(mrun *r, const char *db_path, const char *hash, int *calib_done)
+static int open_database(measure_run *r, const char *db_path, const char *hash, int *calib_done)
 {
     if (db_open(db_path, DB_OPEN_CREATE, &r->db)) return fail(r, "%s", db_errmsg(r->db));
     if (record_setup(r, hash, calib_done)) return -1;
@@ -793,7 +779,7 @@ static int open_database(mrun *r, const char *db_path, const char *hash, int *ca
 }
 
 /* The model, its hash and the calibration key, the same on every rank. */
-static int open_everywhere(mrun *r, const char *model_path, const char *const *calib_paths, int n_calib)
+static int open_everywhere(measure_run *r, const char *model_path, const char *const *calib_paths, int n_calib)
 {
     if (agreed(r, open_model(r, model_path, calib_paths, n_calib))) return -1;
     const char *hash = mdl_content_hash(r->file);
@@ -806,7 +792,7 @@ static int open_everywhere(mrun *r, const char *model_path, const char *const *c
 }
 
 /* The ranks' traffic and waiting, summed on rank 0 (collective). */
-static void job_stats(mrun *r)
+static void job_stats(measure_run *r)
 {
     meas_result *out = r->res;
     out->ranks = par_size();
@@ -817,7 +803,7 @@ int meas_run(const char *model_path, const char *const *calib_paths, int n_calib
              const meas_params *p, meas_result *out, char *err, size_t err_len)
 {
     assert(model_path && calib_paths && n_calib > 0 && db_path && p && out && p->rows > 0 && p->ctx > 0);
-    mrun r = {.p = p, .err = err, .err_len = err_len, .ref = -1, .res = out};
+    measure_run r = {.p = p, .err = err, .err_len = err_len, .ref = -1, .res = out};
     memset(out, 0, sizeof *out);
     r.t0 = r.last_flush = util_now_s();
     apply_threads(&r);

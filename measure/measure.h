@@ -185,32 +185,6 @@ int opt_ggml_option(int type, lay_option *o);
  * file. 0, or -1 with a message. */
 int opt_set_load(const char *spec, opt_set *s, char *err, size_t err_len);
 
-/* ==== Calibration text (calib.c) ==== */
-
-typedef struct tok_tokenizer tok_tokenizer;
-
-/* Calibration rows cut from text files, and what identifies them. */
-typedef struct {
-    int rows, ctx;
-    int32_t *tokens;            /* [rows][ctx] */
-    char *sources_json;         /* [{"path":...,"sha256":...}, ...] in the order given */
-    char sources_hash[65];      /* SHA-256 over the sources' hashes, in order */
-    char tokenizer[80];         /* "bpe:" or "spm:" + SHA-256 of the vocabulary */
-} calib_set;
-
-/* Reads the text files, tokenizes them (no BOS) and cuts rows x ctx tokens that
- * sample the whole text (calib.c says how). 0, or -1 with a message; a text too
- * short says how many tokens it has and how many are needed. */
-int calib_load(const tok_tokenizer *t, const char *const *paths, int n_paths, int rows, int ctx,
-               calib_set *out, char *err, size_t err_len);
-void calib_free(calib_set *c);
-/* The end of the joined calibration text that no row of calib_load(rows, ctx) reads,
- * at most max_bytes of it, from a line start: text to check a quantization on that
- * it was not calibrated on. Empty (*len 0) when the rows may read every byte (text
- * short enough to be tokenized whole). *text is malloc'd. 0, or -1 with a message. */
-int calib_heldout(const tok_tokenizer *t, const char *const *paths, int n_paths, int rows, int ctx, size_t max_bytes,
-                  char **text, size_t *len, char *err, size_t err_len);
-
 /* ==== The calibration walk (walk.c) ==== */
 
 /* The model runs layer by layer over the calibration rows (each layer held as fp32

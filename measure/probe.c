@@ -162,13 +162,13 @@ int probe_advance(meas_probe *p)
 }
 
 /* The slot of the model that holds tensor (layer, cls). */
-static rt_linear **slot(rt_model *m, int layer, rt_class cls)
+static rt_linear **slot(rt_model *m, int layer, lay_class cls)
 {
-    return cls == RT_HEAD ? &m->head : &m->layers[layer].lin[cls];
+    return cls == LAY_HEAD ? &m->head : &m->layers[layer].lin[cls];
 }
 
 /* Runs h[rows][ctx][dim] through layer l with tensor cls replaced by q (NULL: none). */
-static void run_layer(meas_probe *p, int l, rt_class cls, rt_linear *q, float *h)
+static void run_layer(meas_probe *p, int l, lay_class cls, rt_linear *q, float *h)
 {
     size_t hsz = (size_t)p->ctx * (size_t)p->dim;
     rt_linear **where = q ? slot(p->m, l, cls) : NULL, *orig = q ? *where : NULL;
@@ -179,13 +179,13 @@ static void run_layer(meas_probe *p, int l, rt_class cls, rt_linear *q, float *h
 
 /* KL divergence of each probe from its hidden states h[k] (at the head's input),
  * with the head replaced by q[k] where cls[k] is the head. */
-static void score(meas_probe *p, int n, const rt_class *cls, rt_linear *const *q, float *const *h, double *kld)
+static void score(meas_probe *p, int n, const lay_class *cls, rt_linear *const *q, float *const *h, double *kld)
 {
     size_t hsz = (size_t)p->ctx * (size_t)p->dim;
     rt_linear *head = p->m->head;
     for (int k = 0; k < n; k++) {
         double sum = 0;
-        p->m->head = cls[k] == RT_HEAD ? q[k] : head;
+        p->m->head = cls[k] == LAY_HEAD ? q[k] : head;
         for (int r = 0; r < p->rows; r++) {
             rt_logits(p->m, p->s, h[k] + r * hsz + (size_t)p->first * (size_t)p->dim, p->scored, p->logits);
             add_row_kl(p, r, &sum);
@@ -196,7 +196,7 @@ static void score(meas_probe *p, int n, const rt_class *cls, rt_linear *const *q
 }
 
 /* Every probe's rows through layers p->layer..L-1, one layer held at a time. */
-static int run_probes(meas_probe *p, int n, const rt_class *cls, rt_linear *const *q, float *const *h)
+static int run_probes(meas_probe *p, int n, const lay_class *cls, rt_linear *const *q, float *const *h)
 {
     for (int l = p->layer; l < p->m->cfg.n_layers; l++) {
         if (hold(p, l)) return -1;
@@ -206,15 +206,15 @@ static int run_probes(meas_probe *p, int n, const rt_class *cls, rt_linear *cons
     return 0;
 }
 
-int probe_tensors(meas_probe *p, int n, const rt_class *cls, float *const *wq, double *kld)
+int probe_tensors(meas_probe *p, int n, const lay_class *cls, float *const *wq, double *kld)
 {
     size_t hall = (size_t)p->rows * (size_t)p->ctx * (size_t)p->dim;
-    rt_linear *q[RT_CLASS_COUNT] = {NULL};
-    float *h[RT_CLASS_COUNT] = {NULL};
+    rt_linear *q[LAY_N_CLASSES] = {NULL};
+    float *h[LAY_N_CLASSES] = {NULL};
     int rc = -1;
-    assert(n > 0 && n <= RT_CLASS_COUNT);
+    assert(n > 0 && n <= LAY_N_CLASSES);
     for (int k = 0; k < n; k++) {
-        assert(cls[k] == RT_HEAD ? p->layer == p->m->cfg.n_layers : p->layer < p->m->cfg.n_layers);
+        assert(cls[k] == LAY_HEAD ? p->layer == p->m->cfg.n_layers : p->layer < p->m->cfg.n_layers);
         rt_linear *orig = *slot(p->m, p->layer, cls[k]);
         if (!(q[k] = rt_linear_dense(wq[k], orig->rows, orig->cols))) { /* which freed wq[k] */
             for (int j = k + 1; j < n; j++) free(wq[j]);

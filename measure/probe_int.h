@@ -30,8 +30,8 @@ int probe_layer(const meas_probe *p);
 int probe_advance(meas_probe *p);
 /* For k < n: kld[k] = mean KL(full || with the current layer's tensor cls[k] alone
  * replaced by wq[k][rows][cols]) over the probe positions (n at most
- * RT_CLASS_COUNT, distinct classes). Takes ownership of every wq[k]. 0, or -1 if
+ * LAY_N_CLASSES, distinct classes). Takes ownership of every wq[k]. 0, or -1 if
  * out of memory. */
-int probe_tensors(meas_probe *p, int n, const rt_class *cls, float *const *wq, double *kld);
+int probe_tensors(meas_probe *p, int n, const lay_class *cls, float *const *wq, double *kld);
 
 #endif

@@ -72,13 +72,40 @@ static int known_arch(const char *a, char *out, size_t cap)
     return -1;
 }
 
+static const char *const rope_names[] = {"none", "linear", "yarn", "llama3"}; /* by mdl_rope_scaling */
+
+const char *mdl_rope_scaling_name(mdl_rope_scaling s)
+{
+    return (unsigned)s < sizeof rope_names / sizeof *rope_names ? rope_names[s] : "none";
+}
+
+int mdl_rope_scaling_of_name(const char *name, mdl_rope_scaling *out)
+{
+    for (size_t i = 0; name && i < sizeof rope_names / sizeof *rope_names; i++)
+        if (!strcmp(name, rope_names[i])) { *out = (mdl_rope_scaling)i; return 0; }
+    return -1;
+}
+
+void mdl_config_json(sb_buf *b, const mdl_config *c)
+{
+    sb_puts(b, "{\"arch\":");
+    sb_json_string(b, c->arch);
+    sb_puts(b, ",\"name\":");
+    sb_json_string(b, c->name);
+    sb_printf(b, ",\"n_layers\":%d,\"dim\":%d,\"hidden_dim\":%d,\"n_heads\":%d,\"n_kv_heads\":%d,\"head_dim\":%d,"
+                 "\"vocab_size\":%d,\"max_ctx\":%d,\"rope_theta\":%.9g,\"rope_dim\":%d,\"rope_scaling\":\"%s\","
+                 "\"rope_scale\":%.9g,\"norm_eps\":%.9g,\"tied_embeddings\":%d,\"attn_bias\":%d}",
+              c->n_layers, c->dim, c->hidden_dim, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size, c->max_ctx,
+              (double)c->rope_theta, c->rope_dim, mdl_rope_scaling_name(c->rope_scaling), (double)c->rope_scale,
+              (double)c->norm_eps, c->tied_embeddings, c->attn_bias);
+}
+
+/* Hugging Face's rope_scaling.type (or rope_type): "default" is none. */
 static mdl_rope_scaling rope_kind(const char *t)
 {
-    if (!t || !strcmp(t, "none") || !strcmp(t, "default")) return MDL_ROPE_NONE;
-    if (!strcmp(t, "linear")) return MDL_ROPE_LINEAR;
-    if (!strcmp(t, "yarn")) return MDL_ROPE_YARN;
-    if (!strcmp(t, "llama3")) return MDL_ROPE_LLAMA3;
-    return (mdl_rope_scaling)-1;
+    mdl_rope_scaling s;
+    if (!t || !strcmp(t, "default")) return MDL_ROPE_NONE;
+    return mdl_rope_scaling_of_name(t, &s) ? (mdl_rope_scaling)-1 : s;
 }
 
 /* ==== GGUF ==== */
@@ -121,8 +148,8 @@ static int from_json(mdl_model *m, char *err, size_t err_len)
     mdl_config *c = &m->cfg;
     src s = {m, "config.", err, err_len};
     const char *type = get_str(&s, "model_type");
-    const mdl_json *archs = mdl_json_get(m->config_json, "architectures");
-    if (!type && archs && archs->type == MDL_JSON_ARR && archs->n && archs->items[0].type == MDL_JSON_STR) type = archs->items[0].str;
+    const util_json *archs = util_json_get(m->config_json, "architectures");
+    if (!type && archs && archs->type == UTIL_JSON_ARR && archs->n && archs->items[0].type == UTIL_JSON_STR) type = archs->items[0].str;
     if (known_arch(type, c->arch, sizeof c->arch))
         return mdl_errf(err, err_len, "%s/config.json: model_type '%s' is not supported (llama, mistral, qwen2)", m->dir,
                         type ? type : "(missing)");

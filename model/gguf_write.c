@@ -304,14 +304,14 @@ static void hparams(meta *x, const mdl_model *m)
 }
 
 /* A string array: tokens padded to n with "[PAD<i>]" where the vocabulary has none. */
-static void token_strings(meta *x, const char *key, const mdl_json *arr, int n)
+static void token_strings(meta *x, const char *key, const util_json *arr, int n)
 {
     bytes b = {0};
     char pad_tok[32];
     by_u32(&b, MDL_GV_STR);
     by_u64(&b, (uint64_t)n);
     for (int i = 0; i < n; i++) {
-        const mdl_json *s = arr && i < arr->n && arr->items[i].type == MDL_JSON_STR ? &arr->items[i] : NULL;
+        const util_json *s = arr && i < arr->n && arr->items[i].type == UTIL_JSON_STR ? &arr->items[i] : NULL;
         if (s && s->len) { by_str(&b, s->str, s->len); continue; }
         snprintf(pad_tok, sizeof pad_tok, "[PAD%d]", i);
         by_str(&b, pad_tok, strlen(pad_tok));
@@ -319,24 +319,24 @@ static void token_strings(meta *x, const char *key, const mdl_json *arr, int n)
     x->rc |= kv_take(x->o, key, MDL_GV_ARR, &b);
 }
 
-static int is_byte_token(const mdl_json *s)
+static int is_byte_token(const util_json *s)
 {
-    return s && s->type == MDL_JSON_STR && s->len == 6 && !memcmp(s->str, "<0x", 3) && s->str[5] == '>';
+    return s && s->type == UTIL_JSON_STR && s->len == 6 && !memcmp(s->str, "<0x", 3) && s->str[5] == '>';
 }
 
 /* Token types: as the tokenizer says (normal when it says nothing), UNUSED for
  * padding; for SentencePiece the <0xXX> pieces are BYTE and unk is UNKNOWN, as
  * llama.cpp's detokenizer needs them. */
-static void token_types(meta *x, const mdl_json *tok, int n, int spm, int unk)
+static void token_types(meta *x, const util_json *tok, int n, int spm, int unk)
 {
-    const mdl_json *tokens = mdl_json_get(tok, "tokens"), *types = mdl_json_get(tok, "types");
+    const util_json *tokens = util_json_get(tok, "tokens"), *types = util_json_get(tok, "types");
     bytes b = {0};
     by_u32(&b, MDL_GV_I32);
     by_u64(&b, (uint64_t)n);
     for (int i = 0; i < n; i++) {
-        const mdl_json *s = i < tokens->n ? &tokens->items[i] : NULL;
-        int32_t t = types && types->type == MDL_JSON_ARR && i < types->n ? (int32_t)types->items[i].num : 1;
-        if (!s || s->type != MDL_JSON_STR || !s->len) t = 5;
+        const util_json *s = i < tokens->n ? &tokens->items[i] : NULL;
+        int32_t t = types && types->type == UTIL_JSON_ARR && i < types->n ? (int32_t)types->items[i].num : 1;
+        if (!s || s->type != UTIL_JSON_STR || !s->len) t = 5;
         else if (spm && t == 1 && is_byte_token(s)) t = 6;
         else if (spm && t == 1 && i == unk) t = 2;
         by_u32(&b, (uint32_t)t);
@@ -344,13 +344,13 @@ static void token_types(meta *x, const mdl_json *tok, int n, int spm, int unk)
     x->rc |= kv_take(x->o, "tokenizer.ggml.token_type", MDL_GV_ARR, &b);
 }
 
-static void token_scores(meta *x, const mdl_json *scores, int n)
+static void token_scores(meta *x, const util_json *scores, int n)
 {
     bytes b = {0};
     by_u32(&b, MDL_GV_F32);
     by_u64(&b, (uint64_t)n);
     for (int i = 0; i < n; i++) {
-        float f = i < scores->n && scores->items[i].type == MDL_JSON_NUM ? (float)scores->items[i].num : -1e9f;
+        float f = i < scores->n && scores->items[i].type == UTIL_JSON_NUM ? (float)scores->items[i].num : -1e9f;
         by_put(&b, &f, 4);
     }
     x->rc |= kv_take(x->o, "tokenizer.ggml.scores", MDL_GV_ARR, &b);
@@ -363,11 +363,11 @@ static void chat_template(meta *x, const mdl_model *m)
     struct stat st;
     snprintf(path, sizeof path, "%s/tokenizer_config.json", m->dir);
     if (stat(path, &st)) return;
-    char *text = mdl_read_small(path, (size_t)64 << 20, &len, err, sizeof err);
-    mdl_json *j = text ? mdl_json_parse(text, len, jerr, sizeof jerr) : NULL;
-    const char *tpl = mdl_json_str(j, "chat_template");
+    char *text = util_read_file(path, (size_t)64 << 20, &len, err, sizeof err);
+    util_json *j = text ? util_json_parse(text, len, jerr, sizeof jerr) : NULL;
+    const char *tpl = util_json_str(j, "chat_template");
     if (tpl) m_str(x, "tokenizer.chat_template", tpl);
-    mdl_json_free(j);
+    util_json_free(j);
     free(text);
 }
 
@@ -376,31 +376,31 @@ static int tokenizer_meta(meta *x, mdl_model *m, char *err, size_t err_len)
     char jerr[64];
     char *text = mdl_tokenizer_json(m, err, err_len);
     if (!text) return -1;
-    mdl_json *j = mdl_json_parse(text, strlen(text), jerr, sizeof jerr);
-    const mdl_json *tokens = mdl_json_get(j, "tokens"), *merges = mdl_json_get(j, "merges");
-    if (!tokens || tokens->type != MDL_JSON_ARR) {
-        mdl_json_free(j);
+    util_json *j = util_json_parse(text, strlen(text), jerr, sizeof jerr);
+    const util_json *tokens = util_json_get(j, "tokens"), *merges = util_json_get(j, "merges");
+    if (!tokens || tokens->type != UTIL_JSON_ARR) {
+        util_json_free(j);
         free(text);
         return mdl_errf(err, err_len, "%s: tokenizer: cannot read its vocabulary back (%s)", m->path, j ? "no tokens" : jerr);
     }
-    const char *kind = mdl_json_str(j, "kind"), *pre = mdl_json_str(j, "pre");
-    int spm = kind && !strcmp(kind, "spm"), unk = mdl_json_int(j, "unk", -1), cfg_vocab = mdl_get_config(m)->vocab_size;
+    const char *kind = util_json_str(j, "kind"), *pre = util_json_str(j, "pre");
+    int spm = kind && !strcmp(kind, "spm"), unk = util_json_int(j, "unk", -1), cfg_vocab = mdl_get_config(m)->vocab_size;
     int n = tokens->n > cfg_vocab ? tokens->n : cfg_vocab; /* llama.cpp wants one token per embedding row */
     int64_t pad_id;
     m_str(x, "tokenizer.ggml.model", spm ? "llama" : "gpt2");
     m_str(x, "tokenizer.ggml.pre", spm || !pre ? "default" : !strcmp(pre, "gpt2") ? "gpt-2" : pre); /* llama.cpp's names */
     token_strings(x, "tokenizer.ggml.tokens", tokens, n);
     token_types(x, j, n, spm, unk);
-    const mdl_json *scores = mdl_json_get(j, "scores");
-    if (spm && scores && scores->type == MDL_JSON_ARR) token_scores(x, scores, n);
-    if (!spm && merges && merges->type == MDL_JSON_ARR && merges->n) token_strings(x, "tokenizer.ggml.merges", merges, merges->n);
-    m_u32(x, "tokenizer.ggml.bos_token_id", mdl_json_int(j, "bos", -1));
-    m_u32(x, "tokenizer.ggml.eos_token_id", mdl_json_int(j, "eos", -1));
+    const util_json *scores = util_json_get(j, "scores");
+    if (spm && scores && scores->type == UTIL_JSON_ARR) token_scores(x, scores, n);
+    if (!spm && merges && merges->type == UTIL_JSON_ARR && merges->n) token_strings(x, "tokenizer.ggml.merges", merges, merges->n);
+    m_u32(x, "tokenizer.ggml.bos_token_id", util_json_int(j, "bos", -1));
+    m_u32(x, "tokenizer.ggml.eos_token_id", util_json_int(j, "eos", -1));
     m_u32(x, "tokenizer.ggml.unknown_token_id", unk);
     if (!mdl_meta_int(m, "config.pad_token_id", &pad_id) && pad_id < n) m_u32(x, "tokenizer.ggml.padding_token_id", pad_id);
-    m_bool(x, "tokenizer.ggml.add_bos_token", mdl_json_int(j, "add_bos", 0));
-    if (spm) m_bool(x, "tokenizer.ggml.add_space_prefix", mdl_json_int(j, "add_space_prefix", 1));
-    mdl_json_free(j);
+    m_bool(x, "tokenizer.ggml.add_bos_token", util_json_int(j, "add_bos", 0));
+    if (spm) m_bool(x, "tokenizer.ggml.add_space_prefix", util_json_int(j, "add_space_prefix", 1));
+    util_json_free(j);
     free(text);
     return 0;
 }

@@ -30,6 +30,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "layout/layout.h"
+#include "util/util.h"
+
 #define MDL_MAX_DIMS 4
 #define MDL_ERR_LEN 256 /* a good size for the err buffers below */
 
@@ -105,6 +108,14 @@ typedef struct tok_tokenizer tok_tokenizer;
 int mdl_open(const char *path, mdl_model **out, char *err, size_t err_len);
 void mdl_close(mdl_model *m);
 
+/* The configuration as one JSON object, the one shape bitplan writes it in (a packed
+ * file's metadata, the database's models.config_json; model/packed_meta.c reads it
+ * back): every field of mdl_config, rope_scaling by name. */
+void mdl_config_json(sb_buf *b, const mdl_config *c);
+/* "none", "linear", "yarn", "llama3"; and back (-1: no such name). */
+const char *mdl_rope_scaling_name(mdl_rope_scaling s);
+int mdl_rope_scaling_of_name(const char *name, mdl_rope_scaling *out);
+
 const mdl_config *mdl_get_config(const mdl_model *m);
 const char *mdl_path(const mdl_model *m);
 const char *mdl_format(const mdl_model *m);        /* "gguf" or "safetensors" */
@@ -166,13 +177,12 @@ int mdl_block_size(mdl_dtype t);              /* values per block: 1, 32 or 256 
  * are listed as stored (U8/U16/F16/F32 parts), not checked against the config. */
 int mdl_is_packed(const mdl_model *m);
 
-/* One entry of the "options" metadata: tensor name -> quantization option. */
+/* One entry of the "options" metadata: tensor name -> quantization option, and the
+ * bits the file says the option stores for it (the loader checks them against
+ * layout's cost function). */
 typedef struct {
     char tensor[96];
-    char name[32];
-    int bits_lo, bits_hi;
-    double hi_share;
-    int group, scale_fmt;
+    lay_option opt;
     int64_t bits;
 } mdl_packed_option;
 
@@ -334,5 +344,29 @@ int mdl_gguf_out_write(mdl_gguf_out *o, const void *data, size_t n, char *err, s
 int mdl_gguf_out_commit(mdl_gguf_out *o, char *err, size_t err_len);
 /* Removes the temporary file and frees o (NULL is fine). */
 void mdl_gguf_out_abort(mdl_gguf_out *o);
+
+/* ==== Calibration text (calib.c): text files into rows of tokens ==== */
+
+/* Calibration rows cut from text files, and what identifies them. */
+typedef struct {
+    int rows, ctx;
+    int32_t *tokens;            /* [rows][ctx] */
+    char *sources_json;         /* [{"path":...,"sha256":...}, ...] in the order given */
+    char sources_hash[65];      /* SHA-256 over the sources' hashes, in order */
+    char tokenizer[80];         /* "bpe:" or "spm:" + SHA-256 of the vocabulary */
+} calib_set;
+
+/* Reads the text files, tokenizes them (no BOS) and cuts rows x ctx tokens that
+ * sample the whole text (calib.c says how). 0, or -1 with a message; a text too
+ * short says how many tokens it has and how many are needed. */
+int calib_load(const tok_tokenizer *t, const char *const *paths, int n_paths, int rows, int ctx,
+               calib_set *out, char *err, size_t err_len);
+void calib_free(calib_set *c);
+/* The end of the joined calibration text that no row of calib_load(rows, ctx) reads,
+ * at most max_bytes of it, from a line start: text to check a quantization on that
+ * it was not calibrated on. Empty (*len 0) when the rows may read every byte (text
+ * short enough to be tokenized whole). *text is malloc'd. 0, or -1 with a message. */
+int calib_heldout(const tok_tokenizer *t, const char *const *paths, int n_paths, int rows, int ctx, size_t max_bytes,
+                  char **text, size_t *len, char *err, size_t err_len);
 
 #endif

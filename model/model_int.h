@@ -1,14 +1,15 @@
 /*
  * model/model_int.h — the inside of mdl_model, shared by the files of model/:
- * model.c (open, lookups, tensors to fp32), gguf.c and safetensors.c (the two
- * containers), config.c (mdl_config from metadata), model_tok.c (the tokenizer),
- * sha256.c. Nothing outside model/ includes it.
+ * model.c (open, tensors to fp32), parts.c (what the readers build and look up),
+ * gguf.c and safetensors.c (the two containers), config.c (mdl_config from
+ * metadata), model_tok.c (the tokenizer), sha256.c. Nothing outside model/ includes
+ * it.
  */
 #ifndef BITPLAN_MODEL_INT_H
 #define BITPLAN_MODEL_INT_H
 
 #include "model.h"
-#include "json.h"
+#include "util/util.h"
 
 #include <stdarg.h>
 
@@ -59,7 +60,7 @@ struct mdl_model {
     mdl_kv *kv;                /* [n_kv] metadata; config.json flattened as "config.KEY" */
     int n_kv, cap_kv;
 
-    mdl_json *config_json;     /* safetensors: config.json */
+    util_json *config_json;     /* safetensors: config.json */
     char *dir;                 /* safetensors: the folder of config.json / tokenizer.json */
 
     char hash[65];             /* "" until mdl_content_hash */
@@ -67,14 +68,12 @@ struct mdl_model {
     void (*tok_free)(tok_tokenizer *);
 };
 
-/* ==== Helpers (model.c) ==== */
+/* ==== What the readers share (parts.c) ==== */
 
 /* snprintf into err; returns -1 so that callers can `return mdl_errf(...)`. */
 int mdl_errf(char *err, size_t err_len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* Maps path read-only and appends it to m->files. */
 int mdl_map_file(mdl_model *m, const char *path, mdl_file **out, char *err, size_t err_len);
-/* Reads a small side file (JSON) into a malloc'd NUL-terminated buffer. */
-char *mdl_read_small(const char *path, size_t max, size_t *len, char *err, size_t err_len);
 /* Appends a zeroed tensor; NULL when out of memory. */
 mdl_tensor *mdl_new_tensor(mdl_model *m);
 /* Checks n_dims, every dim > 0, the element count, the byte count and the

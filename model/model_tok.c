@@ -26,7 +26,7 @@ typedef struct {
     float *scores;
     char **owned; /* merge strings built from [a, b] pairs */
     int n_owned;
-    mdl_json *json;
+    util_json *json;
     char *text;
 } vocab_build;
 
@@ -38,7 +38,7 @@ static void build_free(vocab_build *b)
     free(b->scores);
     for (int i = 0; i < b->n_owned; i++) free(b->owned[i]);
     free(b->owned);
-    mdl_json_free(b->json);
+    util_json_free(b->json);
     free(b->text);
 }
 
@@ -109,18 +109,18 @@ static int vocab_from_gguf(const mdl_model *m, vocab_build *b, char *err, size_t
 
 /* ==== tokenizer.json ==== */
 
-static int json_tokens(vocab_build *b, const mdl_json *vocab, const mdl_json *added, const char *path, char *err, size_t err_len)
+static int json_tokens(vocab_build *b, const util_json *vocab, const util_json *added, const char *path, char *err, size_t err_len)
 {
     int n = 0;
     for (int i = 0; i < vocab->n; i++) {
-        const mdl_json *id = &vocab->items[i];
-        if (id->type != MDL_JSON_NUM || !id->is_int || id->num < 0 || id->num >= MAX_VOCAB)
+        const util_json *id = &vocab->items[i];
+        if (id->type != UTIL_JSON_NUM || !id->is_int || id->num < 0 || id->num >= MAX_VOCAB)
             return mdl_errf(err, err_len, "%s: vocab id of '%s' is not a valid id", path, vocab->keys[i]);
         if ((int)id->num + 1 > n) n = (int)id->num + 1;
     }
     for (int i = 0; added && i < added->n; i++) {
-        int id = mdl_json_int(&added->items[i], "id", -1);
-        if (id < 0 || id >= MAX_VOCAB || !mdl_json_str(&added->items[i], "content"))
+        int id = util_json_int(&added->items[i], "id", -1);
+        if (id < 0 || id >= MAX_VOCAB || !util_json_str(&added->items[i], "content"))
             return mdl_errf(err, err_len, "%s: added_tokens[%d] has no valid id or content", path, i);
         if (id + 1 > n) n = id + 1;
     }
@@ -133,31 +133,31 @@ static int json_tokens(vocab_build *b, const mdl_json *vocab, const mdl_json *ad
         b->tokens[id].s = vocab->keys[i], b->tokens[id].len = strlen(vocab->keys[i]), b->types[id] = TOK_TYPE_NORMAL;
     }
     for (int i = 0; added && i < added->n; i++) {
-        const mdl_json *a = &added->items[i];
-        const mdl_json *content = mdl_json_get(a, "content"), *special = mdl_json_get(a, "special");
-        int id = mdl_json_int(a, "id", -1);
+        const util_json *a = &added->items[i];
+        const util_json *content = util_json_get(a, "content"), *special = util_json_get(a, "special");
+        int id = util_json_int(a, "id", -1);
         b->tokens[id].s = content->str, b->tokens[id].len = content->len;
-        b->types[id] = special && special->type == MDL_JSON_BOOL && special->boolean ? TOK_TYPE_CONTROL : TOK_TYPE_USER_DEFINED;
+        b->types[id] = special && special->type == UTIL_JSON_BOOL && special->boolean ? TOK_TYPE_CONTROL : TOK_TYPE_USER_DEFINED;
     }
     b->v.n_vocab = n;
     return 0;
 }
 
 /* Merges are "a b" strings, or [a, b] pairs in newer files. */
-static int json_merges(vocab_build *b, const mdl_json *merges, const char *path, char *err, size_t err_len)
+static int json_merges(vocab_build *b, const util_json *merges, const char *path, char *err, size_t err_len)
 {
     if (!merges) return 0;
-    if (merges->type != MDL_JSON_ARR) return mdl_errf(err, err_len, "%s: model.merges is not an array", path);
+    if (merges->type != UTIL_JSON_ARR) return mdl_errf(err, err_len, "%s: model.merges is not an array", path);
     b->merges = malloc((size_t)(merges->n ? merges->n : 1) * sizeof *b->merges);
     b->owned = malloc((size_t)(merges->n ? merges->n : 1) * sizeof *b->owned);
     if (!b->merges || !b->owned) return mdl_errf(err, err_len, "%s: out of memory", path);
     for (int i = 0; i < merges->n; i++) {
-        const mdl_json *e = &merges->items[i];
-        if (e->type == MDL_JSON_STR) {
+        const util_json *e = &merges->items[i];
+        if (e->type == UTIL_JSON_STR) {
             b->merges[i].s = e->str, b->merges[i].len = e->len;
             continue;
         }
-        if (e->type != MDL_JSON_ARR || e->n != 2 || e->items[0].type != MDL_JSON_STR || e->items[1].type != MDL_JSON_STR)
+        if (e->type != UTIL_JSON_ARR || e->n != 2 || e->items[0].type != UTIL_JSON_STR || e->items[1].type != UTIL_JSON_STR)
             return mdl_errf(err, err_len, "%s: model.merges[%d] is neither \"a b\" nor [a, b]", path, i);
         size_t la = e->items[0].len, lb = e->items[1].len;
         char *s = malloc(la + lb + 2);
@@ -173,30 +173,30 @@ static int json_merges(vocab_build *b, const mdl_json *merges, const char *path,
 }
 
 /* Which pre-tokenizer: recognised from its parts (a tree of Sequence nodes). */
-static void scan_pre(const mdl_json *p, int *split_llama3, int *digits, int *bytelevel_regex)
+static void scan_pre(const util_json *p, int *split_llama3, int *digits, int *bytelevel_regex)
 {
-    const char *type = mdl_json_str(p, "type");
+    const char *type = util_json_str(p, "type");
     if (!type) return;
     if (!strcmp(type, "Sequence")) {
-        const mdl_json *list = mdl_json_get(p, "pretokenizers");
-        for (int i = 0; list && list->type == MDL_JSON_ARR && i < list->n; i++) scan_pre(&list->items[i], split_llama3, digits, bytelevel_regex);
+        const util_json *list = util_json_get(p, "pretokenizers");
+        for (int i = 0; list && list->type == UTIL_JSON_ARR && i < list->n; i++) scan_pre(&list->items[i], split_llama3, digits, bytelevel_regex);
     } else if (!strcmp(type, "Split")) {
-        const char *re = mdl_json_str(mdl_json_get(p, "pattern"), "Regex");
+        const char *re = util_json_str(util_json_get(p, "pattern"), "Regex");
         if (re && strstr(re, "\\p{N}{1,3}")) *split_llama3 = 1;
     } else if (!strcmp(type, "Digits")) {
         *digits = 1;
     } else if (!strcmp(type, "ByteLevel")) {
-        const mdl_json *u = mdl_json_get(p, "use_regex");
-        if (!u || (u->type == MDL_JSON_BOOL && u->boolean)) *bytelevel_regex = 1;
+        const util_json *u = util_json_get(p, "use_regex");
+        if (!u || (u->type == UTIL_JSON_BOOL && u->boolean)) *bytelevel_regex = 1;
     }
 }
 
-static const char *json_pre(const mdl_model *m, const mdl_json *root)
+static const char *json_pre(const mdl_model *m, const util_json *root)
 {
     const char *type;
     int llama3 = 0, digits = 0, gpt2 = 0;
     if (!mdl_meta_str(m, "config.model_type", &type) && !strcmp(type, "qwen2")) return "qwen2";
-    scan_pre(mdl_json_get(root, "pre_tokenizer"), &llama3, &digits, &gpt2);
+    scan_pre(util_json_get(root, "pre_tokenizer"), &llama3, &digits, &gpt2);
     return llama3 ? "llama-bpe" : digits ? "smollm" : gpt2 ? "gpt2" : NULL;
 }
 
@@ -205,17 +205,17 @@ static int vocab_from_json(const mdl_model *m, vocab_build *b, char *err, size_t
     char path[4096], jerr[128];
     size_t len;
     snprintf(path, sizeof path, "%s/tokenizer.json", m->dir);
-    if (!(b->text = mdl_read_small(path, 1u << 30, &len, err, err_len))) return -1;
-    if (!(b->json = mdl_json_parse(b->text, len, jerr, sizeof jerr))) return mdl_errf(err, err_len, "%s: bad JSON: %s", path, jerr);
-    const mdl_json *model = mdl_json_get(b->json, "model"), *vocab = mdl_json_get(model, "vocab");
-    const mdl_json *added = mdl_json_get(b->json, "added_tokens"), *fallback = mdl_json_get(model, "byte_fallback");
-    const char *type = mdl_json_str(model, "type");
-    if (!type || strcmp(type, "BPE") || !vocab || vocab->type != MDL_JSON_OBJ)
+    if (!(b->text = util_read_file(path, 1u << 30, &len, err, err_len))) return -1;
+    if (!(b->json = util_json_parse(b->text, len, jerr, sizeof jerr))) return mdl_errf(err, err_len, "%s: bad JSON: %s", path, jerr);
+    const util_json *model = util_json_get(b->json, "model"), *vocab = util_json_get(model, "vocab");
+    const util_json *added = util_json_get(b->json, "added_tokens"), *fallback = util_json_get(model, "byte_fallback");
+    const char *type = util_json_str(model, "type");
+    if (!type || strcmp(type, "BPE") || !vocab || vocab->type != UTIL_JSON_OBJ)
         return mdl_errf(err, err_len, "%s: tokenizer model '%s' is not supported (BPE with a vocab)", path, type ? type : "(missing)");
-    if (added && added->type != MDL_JSON_ARR) added = NULL;
-    if (json_tokens(b, vocab, added, path, err, err_len) || json_merges(b, mdl_json_get(model, "merges"), path, err, err_len)) return -1;
+    if (added && added->type != UTIL_JSON_ARR) added = NULL;
+    if (json_tokens(b, vocab, added, path, err, err_len) || json_merges(b, util_json_get(model, "merges"), path, err, err_len)) return -1;
     tok_vocab *v = &b->v;
-    v->kind = fallback && fallback->type == MDL_JSON_BOOL && fallback->boolean ? TOK_SPM : TOK_BPE_BYTES;
+    v->kind = fallback && fallback->type == UTIL_JSON_BOOL && fallback->boolean ? TOK_SPM : TOK_BPE_BYTES;
     if (v->kind == TOK_SPM) { /* SentencePiece BPE pieces are ranked by id */
         if (!(b->scores = malloc((size_t)v->n_vocab * sizeof *b->scores))) return mdl_errf(err, err_len, "%s: out of memory", path);
         for (int i = 0; i < v->n_vocab; i++) b->scores[i] = -(float)i;
@@ -225,13 +225,13 @@ static int vocab_from_json(const mdl_model *m, vocab_build *b, char *err, size_t
     v->pre = json_pre(m, b->json);
     v->bos = meta_id(m, "config.bos_token_id", v->n_vocab);
     v->eos = meta_id(m, "config.eos_token_id", v->n_vocab);
-    const mdl_json *eos = mdl_json_get(m->config_json, "eos_token_id"); /* Llama 3: a list, the first is the end of text */
-    if (v->eos < 0 && eos && eos->type == MDL_JSON_ARR && eos->n && eos->items[0].type == MDL_JSON_NUM &&
+    const util_json *eos = util_json_get(m->config_json, "eos_token_id"); /* Llama 3: a list, the first is the end of text */
+    if (v->eos < 0 && eos && eos->type == UTIL_JSON_ARR && eos->n && eos->items[0].type == UTIL_JSON_NUM &&
         eos->items[0].num >= 0 && eos->items[0].num < v->n_vocab)
         v->eos = (int)eos->items[0].num;
     v->unk = -1;
-    const char *unk = mdl_json_str(model, "unk_token");
-    const mdl_json *unk_id = unk ? mdl_json_get(vocab, unk) : NULL;
+    const char *unk = util_json_str(model, "unk_token");
+    const util_json *unk_id = unk ? util_json_get(vocab, unk) : NULL;
     if (unk_id) v->unk = (int)unk_id->num;
     return 0;
 }
@@ -258,55 +258,14 @@ tok_tokenizer *mdl_tokenizer(mdl_model *m, char *err, size_t err_len)
 
 /* ==== Export: the "tokenizer" metadata of a packed file (pack/FORMAT.md) ==== */
 
-typedef struct { char *s; size_t len, cap; int oom; } jbuf;
-
-static void jb_put(jbuf *b, const char *s, size_t n)
+static void jb_strs(sb_buf *b, const char *key, const tok_str *v, int n)
 {
-    if (b->oom) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *p = realloc(b->s, cap);
-        if (!p) { b->oom = 1; return; }
-        b->s = p, b->cap = cap;
-    }
-    memcpy(b->s + b->len, s, n);
-    b->len += n;
-    b->s[b->len] = 0;
-}
-
-static void jb_printf(jbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void jb_printf(jbuf *b, const char *fmt, ...)
-{
-    char tmp[128];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n > 0) jb_put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
-}
-
-/* A JSON string literal: bytes >= 0x80 pass through, controls are escaped. */
-static void jb_str(jbuf *b, const char *s, size_t n)
-{
-    jb_put(b, "\"", 1);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') { jb_put(b, "\\", 1); jb_put(b, (const char *)&c, 1); }
-        else if (c < 0x20 || c == 0x7f) jb_printf(b, "\\u%04x", c);
-        else jb_put(b, (const char *)&c, 1);
-    }
-    jb_put(b, "\"", 1);
-}
-
-static void jb_strs(jbuf *b, const char *key, const tok_str *v, int n)
-{
-    jb_printf(b, ",\"%s\":[", key);
+    sb_printf(b, ",\"%s\":[", key);
     for (int i = 0; i < n; i++) {
-        if (i) jb_put(b, ",", 1);
-        jb_str(b, v[i].s, v[i].len);
+        if (i) sb_putn(b, ",", 1);
+        sb_json_string_n(b, v[i].s, v[i].len);
     }
-    jb_put(b, "]", 1);
+    sb_putn(b, "]", 1);
 }
 
 static int add_bos_of(const mdl_model *m, tok_kind kind)
@@ -319,19 +278,19 @@ static int add_bos_of(const mdl_model *m, tok_kind kind)
 
 static char *vocab_json(const mdl_model *m, const tok_vocab *v)
 {
-    jbuf b = {0};
-    jb_printf(&b, "{\"kind\":\"%s\",\"pre\":", v->kind == TOK_SPM ? "spm" : "bpe_bytes");
-    if (v->pre) jb_str(&b, v->pre, strlen(v->pre));
-    else jb_put(&b, "null", 4);
+    sb_buf b = {0};
+    sb_printf(&b, "{\"kind\":\"%s\",\"pre\":", v->kind == TOK_SPM ? "spm" : "bpe_bytes");
+    if (v->pre) sb_json_string_n(&b, v->pre, strlen(v->pre));
+    else sb_putn(&b, "null", 4);
     jb_strs(&b, "tokens", v->tokens, v->n_vocab);
-    jb_put(&b, ",\"types\":", 9);
-    for (int i = 0; v->types && i < v->n_vocab; i++) jb_printf(&b, "%c%d", i ? ',' : '[', (int)v->types[i]);
-    jb_put(&b, v->types ? "]" : "null", v->types ? 1 : 4);
-    jb_put(&b, ",\"scores\":", 10);
-    for (int i = 0; v->scores && i < v->n_vocab; i++) jb_printf(&b, "%c%.9g", i ? ',' : '[', (double)v->scores[i]);
-    jb_put(&b, v->scores ? "]" : "null", v->scores ? 1 : 4);
+    sb_putn(&b, ",\"types\":", 9);
+    for (int i = 0; v->types && i < v->n_vocab; i++) sb_printf(&b, "%c%d", i ? ',' : '[', (int)v->types[i]);
+    sb_putn(&b, v->types ? "]" : "null", v->types ? 1 : 4);
+    sb_putn(&b, ",\"scores\":", 10);
+    for (int i = 0; v->scores && i < v->n_vocab; i++) sb_printf(&b, "%c%.9g", i ? ',' : '[', (double)v->scores[i]);
+    sb_putn(&b, v->scores ? "]" : "null", v->scores ? 1 : 4);
     jb_strs(&b, "merges", v->merges, v->n_merges);
-    jb_printf(&b, ",\"bos\":%d,\"eos\":%d,\"unk\":%d,\"add_space_prefix\":%d,\"add_bos\":%d}", v->bos, v->eos, v->unk,
+    sb_printf(&b, ",\"bos\":%d,\"eos\":%d,\"unk\":%d,\"add_space_prefix\":%d,\"add_bos\":%d}", v->bos, v->eos, v->unk,
               v->add_space_prefix, add_bos_of(m, v->kind));
     if (b.oom) { free(b.s); return NULL; }
     return b.s;

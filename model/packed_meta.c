@@ -25,58 +25,50 @@ int mdl_is_packed(const mdl_model *m)
 }
 
 /* Parses metadata entry `key` as JSON; NULL with an error naming it. */
-static mdl_json *meta_json(const mdl_model *m, const char *key, char *err, size_t err_len)
+static util_json *meta_json(const mdl_model *m, const char *key, char *err, size_t err_len)
 {
     char full[64], jerr[128];
     const char *s;
     snprintf(full, sizeof full, "meta.%s", key);
     if (mdl_meta_str(m, full, &s)) { mdl_errf(err, err_len, "%s: packed file without '%s' metadata", m->path, key); return NULL; }
-    mdl_json *j = mdl_json_parse(s, strlen(s), jerr, sizeof jerr);
+    util_json *j = util_json_parse(s, strlen(s), jerr, sizeof jerr);
     if (!j) mdl_errf(err, err_len, "%s: '%s' metadata: bad JSON: %s", m->path, key, jerr);
-    else if (j->type != MDL_JSON_OBJ) {
+    else if (j->type != UTIL_JSON_OBJ) {
         mdl_errf(err, err_len, "%s: '%s' metadata is not a JSON object", m->path, key);
-        mdl_json_free(j);
+        util_json_free(j);
         j = NULL;
     }
     return j;
 }
 
 /* An integer member in [lo, hi]; def < lo means required. */
-static int json_int_in(const mdl_model *m, const char *what, const mdl_json *o, const char *key, int64_t lo, int64_t hi,
+static int json_int_in(const mdl_model *m, const char *what, const util_json *o, const char *key, int64_t lo, int64_t hi,
                        int64_t def, int64_t *out, char *err, size_t err_len)
 {
-    const mdl_json *v = mdl_json_get(o, key);
+    const util_json *v = util_json_get(o, key);
     if (!v && def >= lo) { *out = def; return 0; }
     if (!v) return mdl_errf(err, err_len, "%s: %s: missing '%s'", m->path, what, key);
-    if (v->type == MDL_JSON_BOOL) { *out = v->boolean; return 0; }
-    if (v->type != MDL_JSON_NUM || !v->is_int || v->num < (double)lo || v->num > (double)hi)
+    if (v->type == UTIL_JSON_BOOL) { *out = v->boolean; return 0; }
+    if (v->type != UTIL_JSON_NUM || !v->is_int || v->num < (double)lo || v->num > (double)hi)
         return mdl_errf(err, err_len, "%s: %s: '%s' is not an integer in %lld..%lld", m->path, what, key, (long long)lo,
                         (long long)hi);
     *out = (int64_t)v->num;
     return 0;
 }
 
-static int json_num(const mdl_model *m, const char *what, const mdl_json *o, const char *key, double def, double *out,
+static int json_num(const mdl_model *m, const char *what, const util_json *o, const char *key, double def, double *out,
                     char *err, size_t err_len)
 {
-    const mdl_json *v = mdl_json_get(o, key);
+    const util_json *v = util_json_get(o, key);
     if (!v) { *out = def; return 0; }
-    if (v->type != MDL_JSON_NUM || !isfinite(v->num)) return mdl_errf(err, err_len, "%s: %s: '%s' is not a number", m->path, what, key);
+    if (v->type != UTIL_JSON_NUM || !isfinite(v->num)) return mdl_errf(err, err_len, "%s: %s: '%s' is not a number", m->path, what, key);
     *out = v->num;
     return 0;
 }
 
 /* ==== config ==== */
 
-static int rope_from_name(const char *s, mdl_rope_scaling *out)
-{
-    static const char *names[] = {"none", "linear", "yarn", "llama3"};
-    for (int i = 0; s && i < 4; i++)
-        if (!strcmp(s, names[i])) { *out = (mdl_rope_scaling)i; return 0; }
-    return -1;
-}
-
-static int config_ints(mdl_model *m, const mdl_json *j, char *err, size_t err_len)
+static int config_ints(mdl_model *m, const util_json *j, char *err, size_t err_len)
 {
     mdl_config *c = &m->cfg;
     static const struct { const char *key; size_t off; int required; } f[] = {
@@ -97,14 +89,14 @@ static int config_ints(mdl_model *m, const mdl_json *j, char *err, size_t err_le
 
 int mdl_packed_config(mdl_model *m, char *err, size_t err_len)
 {
-    mdl_json *j = meta_json(m, "config", err, err_len);
+    util_json *j = meta_json(m, "config", err, err_len);
     if (!j) return -1;
     mdl_config *c = &m->cfg;
     double theta = 0, eps = 0, scale = 0;
-    const char *arch = mdl_json_str(j, "arch"), *name = mdl_json_str(j, "name"), *rope = mdl_json_str(j, "rope_scaling");
+    const char *arch = util_json_str(j, "arch"), *name = util_json_str(j, "name"), *rope = util_json_str(j, "rope_scaling");
     int rc = -1;
     if (!arch || !*arch || strlen(arch) >= sizeof c->arch) mdl_errf(err, err_len, "%s: config: missing or bad 'arch'", m->path);
-    else if (rope_from_name(rope ? rope : "none", &c->rope_scaling))
+    else if (mdl_rope_scaling_of_name(rope ? rope : "none", &c->rope_scaling))
         mdl_errf(err, err_len, "%s: config: rope_scaling '%s' is unknown", m->path, rope);
     else if (!config_ints(m, j, err, err_len) && !json_num(m, "config", j, "rope_theta", 10000.0, &theta, err, err_len) &&
              !json_num(m, "config", j, "norm_eps", 1e-5, &eps, err, err_len) &&
@@ -114,16 +106,16 @@ int mdl_packed_config(mdl_model *m, char *err, size_t err_len)
         c->rope_theta = (float)theta, c->norm_eps = (float)eps, c->rope_scale = (float)scale;
         rc = 0;
     }
-    mdl_json_free(j);
+    util_json_free(j);
     if (rc) return -1;
     /* add_bos lives with the tokenizer; expose it where the runtime looks for it */
     const char *tok;
     if (mdl_meta_str(m, "meta.tokenizer", &tok)) return 0;
-    mdl_json *t = meta_json(m, "tokenizer", err, err_len);
+    util_json *t = meta_json(m, "tokenizer", err, err_len);
     if (!t) return -1;
     int64_t add_bos;
     rc = json_int_in(m, "tokenizer", t, "add_bos", 0, 1, 0, &add_bos, err, err_len);
-    mdl_json_free(t);
+    util_json_free(t);
     if (rc) return -1;
     mdl_kv *kv = mdl_kv_add(m, "tokenizer.ggml.add_bos_token", strlen("tokenizer.ggml.add_bos_token"));
     if (!kv) return mdl_errf(err, err_len, "%s: out of memory", m->path);
@@ -133,16 +125,16 @@ int mdl_packed_config(mdl_model *m, char *err, size_t err_len)
 
 /* ==== options ==== */
 
-static int one_option(const mdl_model *m, const char *tensor, const mdl_json *o, mdl_packed_option *p, char *err,
+static int one_option(const mdl_model *m, const char *tensor, const util_json *o, mdl_packed_option *p, char *err,
                       size_t err_len)
 {
     char what[160];
     int64_t lo, hi, group, fmt, bits;
     double share = 0;
     snprintf(what, sizeof what, "options['%s']", tensor);
-    if (o->type != MDL_JSON_OBJ) return mdl_errf(err, err_len, "%s: %s is not an object", m->path, what);
+    if (o->type != UTIL_JSON_OBJ) return mdl_errf(err, err_len, "%s: %s is not an object", m->path, what);
     if (strlen(tensor) >= sizeof p->tensor) return mdl_errf(err, err_len, "%s: %s: tensor name too long", m->path, what);
-    const char *name = mdl_json_str(o, "name");
+    const char *name = util_json_str(o, "name");
     if (json_int_in(m, what, o, "bits_lo", 0, 255, -1, &lo, err, err_len) ||
         json_int_in(m, what, o, "bits_hi", 0, 255, -1, &hi, err, err_len) ||
         json_num(m, what, o, "hi_share", 0.0, &share, err, err_len) ||
@@ -150,10 +142,12 @@ static int one_option(const mdl_model *m, const char *tensor, const mdl_json *o,
         json_int_in(m, what, o, "scale_fmt", 0, 255, -1, &fmt, err, err_len) ||
         json_int_in(m, what, o, "bits", 0, INT64_C(1) << 52, -1, &bits, err, err_len))
         return -1;
+    if (!(share >= 0 && share <= 1)) return mdl_errf(err, err_len, "%s: %s: hi_share %g is outside 0..1", m->path, what, share);
     memset(p, 0, sizeof *p);
     snprintf(p->tensor, sizeof p->tensor, "%s", tensor);
-    snprintf(p->name, sizeof p->name, "%s", name ? name : "");
-    p->bits_lo = (int)lo, p->bits_hi = (int)hi, p->hi_share = share, p->group = (int)group, p->scale_fmt = (int)fmt;
+    snprintf(p->opt.name, sizeof p->opt.name, "%s", name ? name : "");
+    p->opt.bits_lo = (uint8_t)lo, p->opt.bits_hi = (uint8_t)hi, p->opt.hi_share = (float)share;
+    p->opt.group = (int32_t)group, p->opt.scale_fmt = (lay_scale_fmt)fmt;
     p->bits = bits;
     return 0;
 }
@@ -166,7 +160,7 @@ static int by_tensor(const void *a, const void *b)
 int mdl_packed_options(const mdl_model *m, mdl_packed_option **out, int *n, char *err, size_t err_len)
 {
     *out = NULL, *n = 0;
-    mdl_json *j = meta_json(m, "options", err, err_len);
+    util_json *j = meta_json(m, "options", err, err_len);
     if (!j) return -1;
     mdl_packed_option *v = malloc((size_t)(j->n ? j->n : 1) * sizeof *v);
     int rc = v ? 0 : mdl_errf(err, err_len, "%s: out of memory", m->path);
@@ -176,7 +170,7 @@ int mdl_packed_options(const mdl_model *m, mdl_packed_option **out, int *n, char
         if (!strcmp(v[i].tensor, v[i - 1].tensor)) rc = mdl_errf(err, err_len, "%s: options name '%s' twice", m->path, v[i].tensor);
     if (!rc) *out = v, *n = j->n;
     else free(v);
-    mdl_json_free(j);
+    util_json_free(j);
     return rc;
 }
 
@@ -189,14 +183,14 @@ typedef struct {
     float *scores;
 } packed_vocab;
 
-static int str_array(const mdl_model *m, const mdl_json *a, const char *key, tok_str **out, int *n, char *err, size_t err_len)
+static int str_array(const mdl_model *m, const util_json *a, const char *key, tok_str **out, int *n, char *err, size_t err_len)
 {
     if (!a) { *n = 0; return 0; }
-    if (a->type != MDL_JSON_ARR || a->n > MAX_VOCAB) return mdl_errf(err, err_len, "%s: tokenizer: '%s' is not an array", m->path, key);
+    if (a->type != UTIL_JSON_ARR || a->n > MAX_VOCAB) return mdl_errf(err, err_len, "%s: tokenizer: '%s' is not an array", m->path, key);
     tok_str *s = malloc((size_t)(a->n ? a->n : 1) * sizeof *s);
     if (!s) return mdl_errf(err, err_len, "%s: out of memory", m->path);
     for (int i = 0; i < a->n; i++) {
-        if (a->items[i].type != MDL_JSON_STR) {
+        if (a->items[i].type != UTIL_JSON_STR) {
             free(s);
             return mdl_errf(err, err_len, "%s: tokenizer: %s[%d] is not a string", m->path, key, i);
         }
@@ -207,14 +201,14 @@ static int str_array(const mdl_model *m, const mdl_json *a, const char *key, tok
 }
 
 /* types (ints) or scores (floats): absent, or exactly n numbers. */
-static int num_array(const mdl_model *m, const mdl_json *a, const char *key, int n, int32_t *ints, float *floats,
+static int num_array(const mdl_model *m, const util_json *a, const char *key, int n, int32_t *ints, float *floats,
                      char *err, size_t err_len)
 {
-    if (a->type != MDL_JSON_ARR || a->n != n)
+    if (a->type != UTIL_JSON_ARR || a->n != n)
         return mdl_errf(err, err_len, "%s: tokenizer: '%s' is not an array of %d numbers", m->path, key, n);
     for (int i = 0; i < n; i++) {
-        const mdl_json *x = &a->items[i];
-        if (x->type != MDL_JSON_NUM || (ints && (!x->is_int || fabs(x->num) > 1e9)))
+        const util_json *x = &a->items[i];
+        if (x->type != UTIL_JSON_NUM || (ints && (!x->is_int || fabs(x->num) > 1e9)))
             return mdl_errf(err, err_len, "%s: tokenizer: %s[%d] is not a %s", m->path, key, i, ints ? "type" : "number");
         if (ints) ints[i] = (int32_t)x->num;
         else floats[i] = (float)x->num;
@@ -222,23 +216,23 @@ static int num_array(const mdl_model *m, const mdl_json *a, const char *key, int
     return 0;
 }
 
-static int vocab_parse(const mdl_model *m, const mdl_json *j, packed_vocab *b, char *err, size_t err_len)
+static int vocab_parse(const mdl_model *m, const util_json *j, packed_vocab *b, char *err, size_t err_len)
 {
     tok_vocab *v = &b->v;
-    const char *kind = mdl_json_str(j, "kind");
+    const char *kind = util_json_str(j, "kind");
     if (kind && !strcmp(kind, "bpe_bytes")) v->kind = TOK_BPE_BYTES;
     else if (kind && !strcmp(kind, "spm")) v->kind = TOK_SPM;
     else return mdl_errf(err, err_len, "%s: tokenizer: kind '%s' is unknown (bpe_bytes, spm)", m->path, kind ? kind : "(missing)");
-    if (str_array(m, mdl_json_get(j, "tokens"), "tokens", &b->tokens, &v->n_vocab, err, err_len) ||
-        str_array(m, mdl_json_get(j, "merges"), "merges", &b->merges, &v->n_merges, err, err_len))
+    if (str_array(m, util_json_get(j, "tokens"), "tokens", &b->tokens, &v->n_vocab, err, err_len) ||
+        str_array(m, util_json_get(j, "merges"), "merges", &b->merges, &v->n_merges, err, err_len))
         return -1;
     if (!v->n_vocab) return mdl_errf(err, err_len, "%s: tokenizer: no tokens", m->path);
-    const mdl_json *types = mdl_json_get(j, "types"), *scores = mdl_json_get(j, "scores");
-    if (types && types->type != MDL_JSON_NULL) {
+    const util_json *types = util_json_get(j, "types"), *scores = util_json_get(j, "scores");
+    if (types && types->type != UTIL_JSON_NULL) {
         if (!(b->types = malloc((size_t)v->n_vocab * sizeof *b->types))) return mdl_errf(err, err_len, "%s: out of memory", m->path);
         if (num_array(m, types, "types", v->n_vocab, b->types, NULL, err, err_len)) return -1;
     }
-    if (scores && scores->type != MDL_JSON_NULL) {
+    if (scores && scores->type != UTIL_JSON_NULL) {
         if (!(b->scores = malloc((size_t)v->n_vocab * sizeof *b->scores))) return mdl_errf(err, err_len, "%s: out of memory", m->path);
         if (num_array(m, scores, "scores", v->n_vocab, NULL, b->scores, err, err_len)) return -1;
     }
@@ -249,7 +243,7 @@ static int vocab_parse(const mdl_model *m, const mdl_json *j, packed_vocab *b, c
         json_int_in(m, "tokenizer", j, "add_space_prefix", 0, 1, 0, &asp, err, err_len))
         return -1;
     v->tokens = b->tokens, v->merges = b->merges, v->types = b->types, v->scores = b->scores;
-    v->pre = mdl_json_str(j, "pre");
+    v->pre = util_json_str(j, "pre");
     v->bos = (int)bos, v->eos = (int)eos, v->unk = (int)unk, v->add_space_prefix = (int)asp;
     return 0;
 }
@@ -259,13 +253,13 @@ tok_tokenizer *mdl_packed_tokenizer(mdl_model *m, char *err, size_t err_len)
     packed_vocab b;
     memset(&b, 0, sizeof b);
     tok_tokenizer *t = NULL;
-    mdl_json *j = meta_json(m, "tokenizer", err, err_len);
+    util_json *j = meta_json(m, "tokenizer", err, err_len);
     if (j && !vocab_parse(m, j, &b, err, err_len)) {
         char terr[MDL_ERR_LEN];
         t = tok_new(&b.v, terr, sizeof terr);
         if (!t) mdl_errf(err, err_len, "%s: tokenizer: %s", m->path, terr);
     }
     free(b.tokens), free(b.merges), free(b.types), free(b.scores);
-    mdl_json_free(j);
+    util_json_free(j);
     return t;
 }

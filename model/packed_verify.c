@@ -57,9 +57,9 @@ static void report(verifier *v, const char *fmt, ...)
 }
 
 /* Exactly 16 hex digits. 0, or -1. */
-static int parse_hex64(const mdl_json *s, uint64_t *out)
+static int parse_hex64(const util_json *s, uint64_t *out)
 {
-    if (!s || s->type != MDL_JSON_STR || s->len != 16) return -1;
+    if (!s || s->type != UTIL_JSON_STR || s->len != 16) return -1;
     uint64_t x = 0;
     for (int i = 0; i < 16; i++) {
         char c = s->str[i];
@@ -74,7 +74,7 @@ static int parse_hex64(const mdl_json *s, uint64_t *out)
 enum { NO_SUM = 0, HAS_SUM, BAD_SUM }; /* what the metadata says of a tensor */
 
 /* Reads the checksums object into want[]/state[], indexed like m->tensors. */
-static void read_sums(verifier *v, const mdl_json *j, uint64_t *want, uint8_t *state)
+static void read_sums(verifier *v, const util_json *j, uint64_t *want, uint8_t *state)
 {
     for (int i = 0; i < j->n; i++) {
         const mdl_tensor *t = mdl_find(v->m, j->keys[i]);
@@ -107,12 +107,12 @@ int mdl_packed_verify(const mdl_model *m, mdl_problem_fn problem, void *arg, int
     char jerr[128];
     if (n_bytes) *n_bytes = 0;
     if (mdl_meta_str(m, "meta.checksums", &text)) return 0;
-    mdl_json *j = mdl_json_parse(text, strlen(text), jerr, sizeof jerr);
+    util_json *j = util_json_parse(text, strlen(text), jerr, sizeof jerr);
     size_t n = (size_t)(m->n_tensors ? m->n_tensors : 1);
     uint64_t *want = calloc(n, sizeof *want), *got = calloc(n, sizeof *got);
     uint8_t *state = calloc(n, 1);
     if (!j) report(&v, "'checksums' metadata: bad JSON: %s", jerr);
-    else if (j->type != MDL_JSON_OBJ) report(&v, "'checksums' metadata is not a JSON object");
+    else if (j->type != UTIL_JSON_OBJ) report(&v, "'checksums' metadata is not a JSON object");
     else if (!want || !got || !state) report(&v, "out of memory");
     else {
         read_sums(&v, j, want, state);
@@ -126,7 +126,7 @@ int mdl_packed_verify(const mdl_model *m, mdl_problem_fn problem, void *arg, int
                        (unsigned long long)got[i], (unsigned long long)want[i]);
         }
     }
-    mdl_json_free(j);
+    util_json_free(j);
     free(want), free(got), free(state);
     return v.n;
 }

@@ -82,16 +82,16 @@ static int st_dtype(const char *path, const char *name, const char *s, mdl_dtype
     return mdl_errf(err, err_len, "%s: tensor '%s': unknown dtype '%s'", path, name, s ? s : "(missing)");
 }
 
-static int json_uint(const mdl_json *v, uint64_t *out)
+static int json_uint(const util_json *v, uint64_t *out)
 {
-    if (!v || v->type != MDL_JSON_NUM || !v->is_int || v->num < 0 || v->num > 9007199254740992.0) return -1;
+    if (!v || v->type != UTIL_JSON_NUM || !v->is_int || v->num < 0 || v->num > 9007199254740992.0) return -1;
     *out = (uint64_t)v->num;
     return 0;
 }
 
-static int read_shape(const char *path, const char *name, const mdl_json *shape, mdl_tensor *t, char *err, size_t err_len)
+static int read_shape(const char *path, const char *name, const util_json *shape, mdl_tensor *t, char *err, size_t err_len)
 {
-    if (!shape || shape->type != MDL_JSON_ARR) return mdl_errf(err, err_len, "%s: tensor '%s': shape missing", path, name);
+    if (!shape || shape->type != UTIL_JSON_ARR) return mdl_errf(err, err_len, "%s: tensor '%s': shape missing", path, name);
     if (shape->n < 1 || shape->n > MDL_MAX_DIMS)
         return mdl_errf(err, err_len, "%s: tensor '%s': %d dimensions (1 to %d supported)", path, name, shape->n, MDL_MAX_DIMS);
     t->n_dims = shape->n;
@@ -104,11 +104,11 @@ static int read_shape(const char *path, const char *name, const mdl_json *shape,
     return mdl_check_shape(path, t, err, err_len);
 }
 
-static int read_extent(const mdl_file *f, uint64_t data_start, const char *name, const mdl_json *offs, mdl_tensor *t,
+static int read_extent(const mdl_file *f, uint64_t data_start, const char *name, const util_json *offs, mdl_tensor *t,
                        char *err, size_t err_len)
 {
     uint64_t b, e, elem = mdl_row_bytes(t->type, 1);
-    if (!offs || offs->type != MDL_JSON_ARR || offs->n != 2 || json_uint(&offs->items[0], &b) || json_uint(&offs->items[1], &e) || b > e)
+    if (!offs || offs->type != UTIL_JSON_ARR || offs->n != 2 || json_uint(&offs->items[0], &b) || json_uint(&offs->items[1], &e) || b > e)
         return mdl_errf(err, err_len, "%s: tensor '%s': bad data_offsets", f->path, name);
     if (e - b != t->n_bytes)
         return mdl_errf(err, err_len, "%s: tensor '%s': data_offsets hold %llu bytes, the shape needs %zu", f->path, name,
@@ -123,27 +123,27 @@ static int read_extent(const mdl_file *f, uint64_t data_start, const char *name,
     return 0;
 }
 
-static int read_entry(mdl_model *m, const mdl_file *f, uint64_t data_start, const char *hf, const mdl_json *v,
+static int read_entry(mdl_model *m, const mdl_file *f, uint64_t data_start, const char *hf, const util_json *v,
                       char *err, size_t err_len)
 {
-    if (v->type != MDL_JSON_OBJ) return mdl_errf(err, err_len, "%s: tensor '%s': entry is not an object", f->path, hf);
+    if (v->type != UTIL_JSON_OBJ) return mdl_errf(err, err_len, "%s: tensor '%s': entry is not an object", f->path, hf);
     if (ignored_name(hf)) return 0;
     mdl_tensor *t = mdl_new_tensor(m);
     if (!t) return mdl_errf(err, err_len, "%s: out of memory", f->path);
     if (canonical_name(hf, t->name, sizeof t->name))
         return mdl_errf(err, err_len, "%s: tensor name '%s' is too long", f->path, hf);
-    if (st_dtype(f->path, hf, mdl_json_str(v, "dtype"), &t->type, err, err_len)) return -1;
-    if (read_shape(f->path, hf, mdl_json_get(v, "shape"), t, err, err_len)) return -1;
-    return read_extent(f, data_start, hf, mdl_json_get(v, "data_offsets"), t, err, err_len);
+    if (st_dtype(f->path, hf, util_json_str(v, "dtype"), &t->type, err, err_len)) return -1;
+    if (read_shape(f->path, hf, util_json_get(v, "shape"), t, err, err_len)) return -1;
+    return read_extent(f, data_start, hf, util_json_get(v, "data_offsets"), t, err, err_len);
 }
 
 /* __metadata__ (string -> string) as "meta.KEY" entries. */
-static int read_metadata(mdl_model *m, const char *path, const mdl_json *meta, char *err, size_t err_len)
+static int read_metadata(mdl_model *m, const char *path, const util_json *meta, char *err, size_t err_len)
 {
-    if (meta->type != MDL_JSON_OBJ) return mdl_errf(err, err_len, "%s: __metadata__ is not an object", path);
+    if (meta->type != UTIL_JSON_OBJ) return mdl_errf(err, err_len, "%s: __metadata__ is not an object", path);
     for (int i = 0; i < meta->n; i++) {
         char key[256];
-        if (meta->items[i].type != MDL_JSON_STR)
+        if (meta->items[i].type != UTIL_JSON_STR)
             return mdl_errf(err, err_len, "%s: __metadata__ '%s' is not a string", path, meta->keys[i]);
         if (snprintf(key, sizeof key, "meta.%s", meta->keys[i]) >= (int)sizeof key) continue;
         mdl_kv *kv = mdl_kv_add(m, key, strlen(key));
@@ -191,14 +191,14 @@ static int check_extents(const char *path, extent *x, int n, uint64_t buffer, in
     return 0;
 }
 
-static int is_packed_header(const mdl_json *h)
+static int is_packed_header(const util_json *h)
 {
-    const char *f = mdl_json_str(mdl_json_get(h, "__metadata__"), "format");
+    const char *f = util_json_str(util_json_get(h, "__metadata__"), "format");
     return f && !strcmp(f, MDL_PACKED_FORMAT);
 }
 
 /* Reads every entry of the header h; then checks where their data lie. */
-static int read_entries(mdl_model *m, const mdl_file *f, uint64_t data_start, const mdl_json *h, char *err, size_t err_len)
+static int read_entries(mdl_model *m, const mdl_file *f, uint64_t data_start, const util_json *h, char *err, size_t err_len)
 {
     extent *x = malloc((size_t)(h->n ? h->n : 1) * sizeof *x);
     int n = 0, rc = x ? 0 : mdl_errf(err, err_len, "%s: out of memory", f->path);
@@ -232,11 +232,11 @@ static int load_file(mdl_model *m, const char *path, char *err, size_t err_len)
         return mdl_errf(err, err_len, "%s: header length %llu runs past the end of the file (%zu bytes)", path,
                         (unsigned long long)n, f->size);
     if (n > MAX_HEADER) return mdl_errf(err, err_len, "%s: header length %llu is absurd", path, (unsigned long long)n);
-    mdl_json *h = mdl_json_parse((const char *)f->map + 8, (size_t)n, jerr, sizeof jerr);
+    util_json *h = util_json_parse((const char *)f->map + 8, (size_t)n, jerr, sizeof jerr);
     if (!h) return mdl_errf(err, err_len, "%s: bad JSON header: %s", path, jerr);
-    int rc = h->type == MDL_JSON_OBJ ? read_entries(m, f, 8 + n, h, err, err_len)
+    int rc = h->type == UTIL_JSON_OBJ ? read_entries(m, f, 8 + n, h, err, err_len)
                                      : mdl_errf(err, err_len, "%s: the header is not a JSON object", path);
-    mdl_json_free(h);
+    util_json_free(h);
     return rc;
 }
 
@@ -245,14 +245,14 @@ static int load_file(mdl_model *m, const char *path, char *err, size_t err_len)
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 /* The distinct file names of the weight map, sorted. */
-static int shard_names(const char *path, const mdl_json *map, char ***out, int *n_out, char *err, size_t err_len)
+static int shard_names(const char *path, const util_json *map, char ***out, int *n_out, char *err, size_t err_len)
 {
     char **names = malloc((size_t)(map->n ? map->n : 1) * sizeof *names);
     int n = 0;
     if (!names) return mdl_errf(err, err_len, "%s: out of memory", path);
     for (int i = 0; i < map->n; i++) {
-        const mdl_json *v = &map->items[i];
-        if (v->type != MDL_JSON_STR || !v->len || strchr(v->str, '/')) {
+        const util_json *v = &map->items[i];
+        if (v->type != UTIL_JSON_STR || !v->len || strchr(v->str, '/')) {
             free(names);
             return mdl_errf(err, err_len, "%s: weight_map['%s'] is not a file name", path, map->keys[i]);
         }
@@ -273,7 +273,7 @@ static int cmp_tensor_name(const void *a, const void *b)
 }
 
 /* Every name in the weight map must be in some shard (n log n: maps can be big). */
-static int check_listed(const mdl_model *m, const char *path, const mdl_json *map, char *err, size_t err_len)
+static int check_listed(const mdl_model *m, const char *path, const util_json *map, char *err, size_t err_len)
 {
     const mdl_tensor **sorted = malloc((size_t)(m->n_tensors ? m->n_tensors : 1) * sizeof *sorted);
     int rc = 0;
@@ -298,12 +298,12 @@ static int load_index(mdl_model *m, const char *path, const char *dir, char *err
     size_t len;
     char jerr[128], **names = NULL;
     int n = 0, rc = -1;
-    char *text = mdl_read_small(path, MAX_SIDE_JSON, &len, err, err_len);
+    char *text = util_read_file(path, MAX_SIDE_JSON, &len, err, err_len);
     if (!text) return -1;
-    mdl_json *root = mdl_json_parse(text, len, jerr, sizeof jerr);
-    const mdl_json *map = mdl_json_get(root, "weight_map");
+    util_json *root = util_json_parse(text, len, jerr, sizeof jerr);
+    const util_json *map = util_json_get(root, "weight_map");
     if (!root) mdl_errf(err, err_len, "%s: bad JSON: %s", path, jerr);
-    else if (!map || map->type != MDL_JSON_OBJ || !map->n) mdl_errf(err, err_len, "%s: no weight_map", path);
+    else if (!map || map->type != UTIL_JSON_OBJ || !map->n) mdl_errf(err, err_len, "%s: no weight_map", path);
     else if (!shard_names(path, map, &names, &n, err, err_len)) {
         rc = 0;
         for (int i = 0; !rc && i < n; i++) {
@@ -314,32 +314,32 @@ static int load_index(mdl_model *m, const char *path, const char *dir, char *err
         if (!rc) rc = check_listed(m, path, map, err, err_len);
     }
     free(names);
-    mdl_json_free(root);
+    util_json_free(root);
     free(text);
     return rc;
 }
 
 /* ==== config.json ==== */
 
-static int flatten(mdl_model *m, const char *prefix, const mdl_json *obj)
+static int flatten(mdl_model *m, const char *prefix, const util_json *obj)
 {
     for (int i = 0; i < obj->n; i++) {
-        const mdl_json *v = &obj->items[i];
+        const util_json *v = &obj->items[i];
         char key[256];
         if (snprintf(key, sizeof key, "%s.%s", prefix, obj->keys[i]) >= (int)sizeof key) continue;
-        if (v->type == MDL_JSON_OBJ) {
+        if (v->type == UTIL_JSON_OBJ) {
             if (flatten(m, key, v)) return -1;
             continue;
         }
-        if (v->type == MDL_JSON_NULL || v->type == MDL_JSON_ARR) continue;
+        if (v->type == UTIL_JSON_NULL || v->type == UTIL_JSON_ARR) continue;
         mdl_kv *kv = mdl_kv_add(m, key, strlen(key));
         if (!kv) return -1;
-        if (v->type == MDL_JSON_STR) {
+        if (v->type == UTIL_JSON_STR) {
             kv->type = MDL_GV_STR;
             if (!(kv->s = strdup(v->str))) return -1;
         } else {
-            double x = v->type == MDL_JSON_BOOL ? v->boolean : v->num;
-            kv->type = v->type == MDL_JSON_BOOL ? MDL_GV_BOOL : v->is_int ? MDL_GV_I64 : MDL_GV_F64;
+            double x = v->type == UTIL_JSON_BOOL ? v->boolean : v->num;
+            kv->type = v->type == UTIL_JSON_BOOL ? MDL_GV_BOOL : v->is_int ? MDL_GV_I64 : MDL_GV_F64;
             kv->is_num = 1;
             kv->f = x;
             kv->is_int = kv->type != MDL_GV_F64 && x >= -9.2e18 && x <= 9.2e18;
@@ -354,12 +354,12 @@ static int load_config(mdl_model *m, char *err, size_t err_len)
     char path[4096], jerr[128];
     size_t len;
     snprintf(path, sizeof path, "%s/config.json", m->dir);
-    char *text = mdl_read_small(path, MAX_SIDE_JSON, &len, err, err_len);
+    char *text = util_read_file(path, MAX_SIDE_JSON, &len, err, err_len);
     if (!text) return -1;
-    m->config_json = mdl_json_parse(text, len, jerr, sizeof jerr);
+    m->config_json = util_json_parse(text, len, jerr, sizeof jerr);
     free(text);
     if (!m->config_json) return mdl_errf(err, err_len, "%s: bad JSON: %s", path, jerr);
-    if (m->config_json->type != MDL_JSON_OBJ) return mdl_errf(err, err_len, "%s: not a JSON object", path);
+    if (m->config_json->type != UTIL_JSON_OBJ) return mdl_errf(err, err_len, "%s: not a JSON object", path);
     if (flatten(m, "config", m->config_json)) return mdl_errf(err, err_len, "%s: out of memory", path);
     return 0;
 }

@@ -96,16 +96,16 @@ static int lfail(lctx *x, const char *fmt, ...)
 static int linear_shape(const mdl_config *c, const char *name, int64_t *rows, int64_t *cols)
 {
     int64_t q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
-    const int64_t shape[RT_HEAD][2] = {{q, c->dim}, {kv, c->dim}, {kv, c->dim}, {c->dim, q},
+    const int64_t shape[LAY_HEAD][2] = {{q, c->dim}, {kv, c->dim}, {kv, c->dim}, {c->dim, q},
                                        {c->hidden_dim, c->dim}, {c->hidden_dim, c->dim}, {c->dim, c->hidden_dim}};
     if (!strcmp(name, "token_embd.weight") || (!c->tied_embeddings && !strcmp(name, "output.weight"))) {
         *rows = c->vocab_size, *cols = c->dim;
         return 0;
     }
     for (int l = 0; l < c->n_layers; l++)
-        for (int k = 0; k < RT_HEAD; k++) {
+        for (int k = 0; k < LAY_HEAD; k++) {
             char n[96];
-            rt_tensor_name(c, l, (rt_class)k, n, sizeof n);
+            rt_tensor_name(c, l, (lay_class)k, n, sizeof n);
             if (strcmp(n, name)) continue;
             *rows = shape[k][0], *cols = shape[k][1];
             return 0;
@@ -172,18 +172,17 @@ static int check_options(lctx *x)
         const mdl_packed_option *m = &x->opts[i];
         int64_t rows, cols;
         char why[160];
-        lay_option o;
+        const lay_option *o = &m->opt;
         if (linear_shape(x->c, m->tensor, &rows, &cols))
             return lfail(x, "options name '%s', which is not a linear layer of this model", m->tensor);
-        if (m->bits_lo < LAY_MIN_BITS || m->bits_lo > LAY_MAX_BITS || m->bits_hi < LAY_MIN_BITS || m->bits_hi > LAY_MAX_BITS)
-            return lfail(x, "options['%s']: bits %d/%d are outside %d..%d", m->tensor, m->bits_lo, m->bits_hi, LAY_MIN_BITS,
+        if (o->bits_lo < LAY_MIN_BITS || o->bits_lo > LAY_MAX_BITS || o->bits_hi < LAY_MIN_BITS || o->bits_hi > LAY_MAX_BITS)
+            return lfail(x, "options['%s']: bits %d/%d are outside %d..%d", m->tensor, o->bits_lo, o->bits_hi, LAY_MIN_BITS,
                          LAY_MAX_BITS);
-        pack_option_from_meta(m, &o);
-        if (lay_option_check(&o, rows, cols, why, sizeof why))
+        if (lay_option_check(o, rows, cols, why, sizeof why))
             return lfail(x, "options['%s'] (%lldx%lld): %s", m->tensor, (long long)rows, (long long)cols, why);
-        if (m->bits != lay_tensor_bits(&o, rows, cols))
+        if (m->bits != lay_tensor_bits(o, rows, cols))
             return lfail(x, "options['%s']: bits %lld, but the option stores %lld", m->tensor, (long long)m->bits,
-                         (long long)lay_tensor_bits(&o, rows, cols));
+                         (long long)lay_tensor_bits(o, rows, cols));
     }
     return 0;
 }
@@ -244,7 +243,7 @@ static int check_orphans(lctx *x)
             snprintf(base, sizeof base, "%.*s", (int)(n - k), name);
             const mdl_packed_option *o = option_of(x, base);
             if (!o) return lfail(x, "tensor %s has no entry in the options metadata", name);
-            if (s == 2 && o->scale_fmt == LAY_SCALE_F16) return lfail(x, "%s is there, but option \"%s\" is symmetric", name, o->name);
+            if (s == 2 && o->opt.scale_fmt == LAY_SCALE_F16) return lfail(x, "%s is there, but option \"%s\" is symmetric", name, o->opt.name);
         }
     }
     return 0;
@@ -333,7 +332,7 @@ static int packed_linear(lctx *x, const mdl_packed_option *m, int max_batch, rt_
     lay_packed *p = &x->own->packed[x->own->n_packed];
     const mdl_tensor *v, *s, *z = NULL, *pm;
     linear_shape(x->c, m->tensor, &rows, &cols);
-    pack_option_from_meta(m, &p->opt);
+    p->opt = m->opt;
     int64_t ng = lay_n_groups(&p->opt, cols);
     if (expect_part(x, m->tensor, PACK_SUFFIX_VALUES, MDL_U8, rows, lay_row_bytes(&p->opt, cols), &v) ||
         expect_part(x, m->tensor, PACK_SUFFIX_SCALES, MDL_F16, rows, ng, &s) ||
@@ -431,8 +430,8 @@ static int build_layer(lctx *x, int l, int max_batch, rt_layer *ly)
     if (dense_f32(x, name, c->dim, 0, &ly->attn_norm)) return -1;
     snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", l);
     if (dense_f32(x, name, c->dim, 0, &ly->ffn_norm)) return -1;
-    for (int k = 0; k < RT_HEAD; k++) {
-        rt_tensor_name(c, l, (rt_class)k, name, sizeof name);
+    for (int k = 0; k < LAY_HEAD; k++) {
+        rt_tensor_name(c, l, (lay_class)k, name, sizeof name);
         if (linear(x, name, max_batch, &ly->lin[k])) return -1;
     }
     float **b[3] = {&ly->bias_q, &ly->bias_k, &ly->bias_v};

@@ -1,6 +1,7 @@
 /*
  * pack/meta.c — the __metadata__ JSON of a packed file (pack/FORMAT.md): the model
- * configuration, the option of every quantized tensor, and the plan it came from.
+ * configuration (model/'s mdl_config_json), the option of every quantized tensor,
+ * and the plan it came from.
  * The tokenizer JSON comes from model/ (mdl_tokenizer_json), which alone knows
  * vocabulary formats; reading all of it back is model/packed_meta.c's job.
  * It must never write a number that does not read back to the same value.
@@ -9,26 +10,6 @@
 
 #include <stdio.h>
 #include <string.h>
-
-static const char *rope_name(mdl_rope_scaling s)
-{
-    static const char *names[] = {"none", "linear", "yarn", "llama3"};
-    return (unsigned)s < 4 ? names[s] : "none";
-}
-
-void pack_meta_config(sb_buf *b, const mdl_config *c)
-{
-    sb_puts(b, "{\"arch\":");
-    sb_json_string(b, c->arch);
-    sb_puts(b, ",\"name\":");
-    sb_json_string(b, c->name);
-    sb_printf(b, ",\"n_layers\":%d,\"dim\":%d,\"hidden_dim\":%d,\"n_heads\":%d,\"n_kv_heads\":%d,\"head_dim\":%d,"
-                 "\"vocab_size\":%d,\"max_ctx\":%d,\"rope_theta\":%.9g,\"rope_dim\":%d,\"rope_scaling\":\"%s\","
-                 "\"rope_scale\":%.9g,\"norm_eps\":%.9g,\"tied_embeddings\":%d,\"attn_bias\":%d}",
-              c->n_layers, c->dim, c->hidden_dim, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size, c->max_ctx,
-              (double)c->rope_theta, c->rope_dim, rope_name(c->rope_scaling), (double)c->rope_scale,
-              (double)c->norm_eps, c->tied_embeddings, c->attn_bias);
-}
 
 void pack_meta_options(sb_buf *b, const pack_meta_tensor *t, int n)
 {
@@ -59,15 +40,4 @@ void pack_meta_plan_json(sb_buf *b, const pack_meta_plan *p)
     sb_puts(b, ",\"hessians\":");
     sb_json_string(b, p->hessians);
     sb_putc(b, '}');
-}
-
-void pack_option_from_meta(const mdl_packed_option *m, lay_option *o)
-{
-    memset(o, 0, sizeof *o);
-    snprintf(o->name, sizeof o->name, "%s", m->name);
-    o->bits_lo = (uint8_t)(m->bits_lo < 0 || m->bits_lo > 255 ? 0 : m->bits_lo);
-    o->bits_hi = (uint8_t)(m->bits_hi < 0 || m->bits_hi > 255 ? 0 : m->bits_hi);
-    o->hi_share = (float)m->hi_share;
-    o->group = m->group;
-    o->scale_fmt = (lay_scale_fmt)m->scale_fmt;
 }

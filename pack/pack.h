@@ -58,10 +58,18 @@ typedef enum {
     PACK_OUT_GGUF,          /* a GGUF file for llama.cpp: a plan of ggml block types */
 } pack_out_format;
 
+/* Where a pack stands, after each layer (pack_params.progress). */
+typedef struct {
+    const char *phase;      /* "quantize" */
+    int layer, n_layers;    /* layers done (the head is layer n_layers), of */
+    double seconds, seconds_left;
+} pack_progress;
+
 typedef struct {
     pack_out_format out;
     pack_hessian_mode hessians;
-    int progress;           /* 1: progress on stderr */
+    void (*progress)(void *ctx, const pack_progress *p); /* NULL: silent */
+    void *progress_ctx;
     int resident;           /* 1: every weight as fp32 from the start (memory grows with the model) */
 } pack_params;
 void pack_params_init(pack_params *p);

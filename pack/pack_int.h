@@ -7,7 +7,7 @@
 #define BITPLAN_PACK_INT_H
 
 #include "pack.h"
-#include "strbuf.h"
+#include "util/util.h"
 #include "model/model.h"
 
 #define PACK_FORMAT "bitplan-packed"
@@ -38,12 +38,10 @@ typedef struct {
 } pack_meta_plan;
 
 /* Appends the JSON of the config / options / plan metadata to b (check b->oom). */
-void pack_meta_config(sb_buf *b, const mdl_config *c);
 void pack_meta_options(sb_buf *b, const pack_meta_tensor *t, int n);
 void pack_meta_plan_json(sb_buf *b, const pack_meta_plan *p);
 
 /* Converts an option as model/ reads it from a packed file into a lay_option. */
-void pack_option_from_meta(const mdl_packed_option *m, lay_option *o);
 
 /* ==== GGUF output (export.c) ==== */
 

@@ -34,7 +34,7 @@
  *     reads the plan and sends it to all; each rank checks its own model and text
  *     against the plan's hashes. Every step that can fail on one rank is agreed
  *     (par_agree).
- * Progress goes to stderr when asked; nothing else is printed.
+ * It never prints: progress goes to the caller's callback.
  */
 #include "pack_int.h"
 
@@ -60,7 +60,7 @@
 typedef struct {
     char name[96];
     int layer;                  /* block index; n_layers for the head */
-    rt_class cls;
+    lay_class cls;
     int64_t rows, cols;
     lay_option opt;
     int planned;                /* 1: the plan quantizes it */
@@ -68,7 +68,7 @@ typedef struct {
     lay_qtensor q;              /* the result, until it is packed */
     rt_linear *orig;            /* sequential: the model's own layer while the quantized one runs */
     int held;                   /* 1: its weights are held as fp32 (quantize_range) */
-} ptensor;
+} pack_tensor;
 
 typedef struct {
     const pack_params *p;
@@ -80,7 +80,7 @@ typedef struct {
     mdl_model *file;            /* outlives the model (opened with own_file 0) */
     rt_model *m;
     calib_set cal;
-    ptensor *t;                 /* [nt]: q k v o gate up down of every layer, then the head */
+    pack_tensor *t;                 /* [nt]: q k v o gate up down of every layer, then the head */
     int nt;
     const hess_layer *hl;       /* the Hessians of the layer being visited */
     int failed;
@@ -88,10 +88,10 @@ typedef struct {
     pack_gguf *gguf;            /* PACK_OUT_GGUF */
     pack_stats *st;
     double t0;
-} prun;
+} pack_run;
 
-static int fail(prun *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(prun *r, const char *fmt, ...)
+static int fail(pack_run *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(pack_run *r, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -102,15 +102,13 @@ static int fail(prun *r, const char *fmt, ...)
 
 /* Progress with the time left, extrapolated from the layers done (the head
  * counts as one). */
-static void progress(prun *r, const char *what, int layer)
+static void progress(pack_run *r, const char *phase, int layer)
 {
     if (!r->p->progress) return;
     int total = r->m->cfg.n_layers + 1;
-    double t = util_now_s() - r->t0, left = layer > 0 ? t / layer * (total - layer) : 0;
-    fprintf(stderr, "\r  pack  %-8s layer %3d/%d  %6.1fs", what, layer, r->m->cfg.n_layers, t);
-    if (layer > 0) fprintf(stderr, "  left %dm%02ds", (int)(left / 60), (int)left % 60);
-    fputs("   ", stderr);
-    if (layer >= r->m->cfg.n_layers) fputc('\n', stderr);
+    double t = util_now_s() - r->t0;
+    pack_progress at = {phase, layer, r->m->cfg.n_layers, t, layer > 0 ? t / layer * (total - layer) : 0};
+    r->p->progress(r->p->progress_ctx, &at);
 }
 
 void pack_params_init(pack_params *p)
@@ -128,25 +126,17 @@ static const db_pack_choice *find_choice(const db_pack_plan *p, const char *name
     return NULL;
 }
 
-static void option_from_db(const db_option *d, lay_option *o)
-{
-    memset(o, 0, sizeof *o);
-    snprintf(o->name, sizeof o->name, "%s", d->name);
-    o->bits_lo = (uint8_t)d->bits_lo, o->bits_hi = (uint8_t)d->bits_hi;
-    o->hi_share = (float)d->hi_share, o->group = d->group_size, o->scale_fmt = (lay_scale_fmt)d->scale_fmt;
-}
-
 /* The plan's tensors against the model's linear layers. */
-static int list_tensors(prun *r)
+static int list_tensors(pack_run *r)
 {
     const mdl_config *c = mdl_get_config(r->file);
-    r->nt = c->n_layers * RT_HEAD + 1;
+    r->nt = c->n_layers * LAY_HEAD + 1;
     if (!(r->t = calloc((size_t)r->nt, sizeof *r->t))) return fail(r, "out of memory");
     int n_planned = 0;
     for (int i = 0; i < r->nt; i++) {
-        ptensor *t = &r->t[i];
-        t->layer = i / RT_HEAD;
-        t->cls = i == r->nt - 1 ? RT_HEAD : (rt_class)(i % RT_HEAD);
+        pack_tensor *t = &r->t[i];
+        t->layer = i / LAY_HEAD;
+        t->cls = i == r->nt - 1 ? LAY_HEAD : (lay_class)(i % LAY_HEAD);
         rt_tensor_name(c, t->layer, t->cls, t->name, sizeof t->name);
         const mdl_tensor *mt = mdl_find(r->file, t->name);
         if (!mt || mt->n_dims != 2) return fail(r, "%s: tensor %s is missing or not 2-D", mdl_path(r->file), t->name);
@@ -154,7 +144,7 @@ static int list_tensors(prun *r)
         const db_pack_choice *ch = find_choice(&r->plan, t->name);
         if (!ch) continue;
         char why[160];
-        option_from_db(&ch->option, &t->opt);
+        t->opt = ch->option.opt;
         if (ch->rows != t->rows || ch->cols != t->cols)
             return fail(r, "plan %lld: %s is %lldx%lld in the database but %lldx%lld in %s", (long long)r->plan.plan_id,
                         t->name, (long long)ch->rows, (long long)ch->cols, (long long)t->rows, (long long)t->cols,
@@ -179,10 +169,10 @@ static int list_tensors(prun *r)
 
 /* Invariant 6: each layer's planned tensors dealt to the ranks by GPTQ's work,
  * about rows x cols^2 multiply-adds. */
-static int deal_tensors(prun *r)
+static int deal_tensors(pack_run *r)
 {
-    double cost[RT_HEAD];
-    int owner[RT_HEAD];
+    double cost[LAY_HEAD];
+    int owner[LAY_HEAD];
     for (int t0 = 0, t1; t0 < r->nt; t0 = t1) {
         for (t1 = t0 + 1; t1 < r->nt && r->t[t1].layer == r->t[t0].layer; t1++) {}
         for (int i = t0; i < t1; i++)
@@ -195,33 +185,18 @@ static int deal_tensors(prun *r)
 
 static int sha256_file(const char *path, char hex[65], char *err, size_t err_len)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return snprintf(err, err_len, "%s: %s", path, strerror(errno)), -1;
-    size_t cap = 1 << 20, n = 0;
-    char *buf = malloc(cap);
-    int rc = buf ? 0 : -1;
-    while (!rc) {
-        if (n == cap) {
-            char *nb = realloc(buf, cap *= 2);
-            if (!nb) { rc = -1; break; }
-            buf = nb;
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0) break;
-    }
-    if (!rc && ferror(f)) rc = -1;
-    fclose(f);
-    if (!rc) mdl_sha256_of(buf, n, hex);
-    else snprintf(err, err_len, "%s: cannot read", path);
-    free(buf);
-    return rc;
+    size_t n;
+    char *text = util_read_file(path, (size_t)4 << 30, &n, err, err_len);
+    if (!text) return -1;
+    mdl_sha256_of(text, n, hex);
+    free(text);
+    return 0;
 }
 
 /* Where a recorded source is now: its path, or, for a relative path that is not
  * there (databases before paths were recorded absolute), the same path taken from
  * the database's folder. */
-static const char *find_source(const prun *r, const char *path, char *buf, size_t cap)
+static const char *find_source(const pack_run *r, const char *path, char *buf, size_t cap)
 {
     if (path[0] == '/' || !access(path, F_OK)) return path;
     const char *slash = strrchr(r->db_path, '/');
@@ -231,7 +206,7 @@ static const char *find_source(const prun *r, const char *path, char *buf, size_
 }
 
 /* The calibration rows of the measurement; every source must be unchanged. */
-static int load_calibration(prun *r)
+static int load_calibration(pack_run *r)
 {
     const char **paths = malloc((size_t)r->plan.n_sources * sizeof *paths);
     char (*found)[4096] = malloc((size_t)r->plan.n_sources * sizeof *found);
@@ -255,7 +230,7 @@ static int load_calibration(prun *r)
 }
 
 /* Rank 0 reads the plan (the only rank that opens the database). */
-static int read_plan(prun *r)
+static int read_plan(pack_run *r)
 {
     db_conn *d = NULL;
     int rc = db_open(r->db_path, DB_OPEN_READ, &d) || db_pack_plan_load(d, r->plan_id, &r->plan);
@@ -266,7 +241,7 @@ static int read_plan(prun *r)
 
 /* Rank 0's plan to every rank (collective). A rank without room for it cannot keep
  * in step with the others: it ends the job. */
-static int share_plan(prun *r)
+static int share_plan(pack_run *r)
 {
     if (par_size() == 1) return 0;
     db_pack_plan *p = &r->plan, got = *p; /* its pointers are rank 0's: replaced below */
@@ -285,7 +260,7 @@ static int share_plan(prun *r)
 }
 
 /* The model (the plan's, by its content hash), its tensors and the calibration. */
-static int open_model(prun *r, const char *model_path)
+static int open_model(pack_run *r, const char *model_path)
 {
     if (mdl_open(model_path, &r->file, r->err, r->err_len)) return -1;
     const char *hash = mdl_content_hash(r->file);
@@ -299,13 +274,13 @@ static int open_model(prun *r, const char *model_path)
 
 /* ==== Quantizing and packing one tensor ==== */
 
-static rt_linear **linear_of(prun *r, const ptensor *t)
+static rt_linear **linear_of(pack_run *r, const pack_tensor *t)
 {
-    return t->cls == RT_HEAD ? &r->m->head : &r->m->layers[t->layer].lin[t->cls];
+    return t->cls == LAY_HEAD ? &r->m->head : &r->m->layers[t->layer].lin[t->cls];
 }
 
 /* Quantizes t from its weights, held as fp32 by quantize_range. */
-static int quantize_one(prun *r, ptensor *t, const gptq_prep *prep, char *err, size_t err_len)
+static int quantize_one(pack_run *r, pack_tensor *t, const gptq_prep *prep, char *err, size_t err_len)
 {
     const rt_linear *l = *linear_of(r, t);
     assert(l->dense);
@@ -313,7 +288,7 @@ static int quantize_one(prun *r, ptensor *t, const gptq_prep *prep, char *err, s
     return gptq_quantize_prepared(l->dense, t->rows, prep, &t->opt, -1.0, &t->q, NULL, err, err_len);
 }
 
-static int add_part(prun *r, const ptensor *t, const char *suffix, const char *dtype, int n_dims, int64_t d0, int64_t d1,
+static int add_part(pack_run *r, const pack_tensor *t, const char *suffix, const char *dtype, int n_dims, int64_t d0, int64_t d1,
                     void *data, size_t bytes)
 {
     char name[128];
@@ -325,7 +300,7 @@ static int add_part(prun *r, const ptensor *t, const char *suffix, const char *d
 }
 
 /* Packs t->q into its parts (invariant 4) and hands them to the writer. */
-static int pack_one(prun *r, ptensor *t)
+static int pack_one(pack_run *r, pack_tensor *t)
 {
     if (r->gguf) {
         if (pack_gguf_write_planned(r->gguf, &t->q, r->err, r->err_len)) return -1;
@@ -363,7 +338,7 @@ static int pack_one(prun *r, ptensor *t)
 /* Sequential mode: the layer runs on the dequantized weights until the walk has
  * passed it (a tied head's slot is the head's alone: the embedding stays full
  * precision, invariant 3). */
-static int swap_in_dequantized(prun *r, ptensor *t)
+static int swap_in_dequantized(pack_run *r, pack_tensor *t)
 {
     float *w = malloc((size_t)(t->rows * t->cols) * sizeof *w);
     if (!w) return fail(r, "out of memory for %s", t->name);
@@ -376,10 +351,10 @@ static int swap_in_dequantized(prun *r, ptensor *t)
 }
 
 /* Puts the model's own layers back in the slots of [t0, t1) (invariant 3). */
-static void swap_back(prun *r, int t0, int t1)
+static void swap_back(pack_run *r, int t0, int t1)
 {
     for (int i = t0; i < t1; i++) {
-        ptensor *t = &r->t[i];
+        pack_tensor *t = &r->t[i];
         if (!t->orig) continue;
         rt_linear **slot = linear_of(r, t);
         rt_linear_free(*slot);
@@ -388,13 +363,13 @@ static void swap_back(prun *r, int t0, int t1)
     }
 }
 
-static int is_mine(const ptensor *t) { return t->planned && t->owner == par_rank(); }
+static int is_mine(const pack_tensor *t) { return t->planned && t->owner == par_rank(); }
 
 /* Holds this rank's planned tensors of [t0, t1) as fp32 while they are quantized. */
-static int hold_mine(prun *r, int t0, int t1)
+static int hold_mine(pack_run *r, int t0, int t1)
 {
     for (int i = t0; i < t1; i++) {
-        ptensor *t = &r->t[i];
+        pack_tensor *t = &r->t[i];
         if (!is_mine(t)) continue;
         if (rt_linear_hold(*linear_of(r, t))) return fail(r, "out of memory for %s as fp32", t->name);
         t->held = 1;
@@ -402,7 +377,7 @@ static int hold_mine(prun *r, int t0, int t1)
     return 0;
 }
 
-static void release_held(prun *r, int t0, int t1)
+static void release_held(pack_run *r, int t0, int t1)
 {
     for (int i = t0; i < t1; i++)
         if (r->t[i].held) rt_linear_release(*linear_of(r, &r->t[i])), r->t[i].held = 0;
@@ -411,7 +386,7 @@ static void release_held(prun *r, int t0, int t1)
 /* Quantizes this rank's planned tensors of [t0, t1) in parallel (invariant 6).
  * Each input group's Hessian is prepared in act-order for bitplan's options and in
  * column order for ggml block types (prep[g][order]), where a tensor needs it. */
-static int quantize_mine(prun *r, int t0, int t1)
+static int quantize_mine(pack_run *r, int t0, int t1)
 {
     if (util_interrupted()) return fail(r, "interrupted");
     gptq_params gp;
@@ -434,7 +409,7 @@ static int quantize_mine(prun *r, int t0, int t1)
     openblas_set_num_threads(1);
 #pragma omp parallel for schedule(dynamic, 1) if (!rc)
     for (int i = t0; i < t1; i++) {
-        ptensor *t = &r->t[i];
+        pack_tensor *t = &r->t[i];
         char err[512];
         if (!is_mine(t) || r->failed) continue;
         if (quantize_one(r, t, prep[rt_class_input(t->cls)][lay_option_ggml(&t->opt) >= 0], err, sizeof err)) {
@@ -451,7 +426,7 @@ static int quantize_mine(prun *r, int t0, int t1)
 /* Tensor t's result from its rank to those that need it (invariant 6): rank 0,
  * which writes it, and in sequential mode every rank, which runs its rows on it.
  * A rank without room to receive it cannot keep in step: it ends the job. */
-static int share_result(prun *r, ptensor *t)
+static int share_result(pack_run *r, pack_tensor *t)
 {
     int everyone = r->p->hessians == PACK_HESS_SEQUENTIAL, me = par_rank();
     if (par_size() == 1 || (!everyone && me != 0 && me != t->owner)) return 0;
@@ -467,12 +442,12 @@ static int share_result(prun *r, ptensor *t)
 
 /* Quantizes the planned tensors of [t0, t1), then, in tensor order, packs each
  * (rank 0) and in sequential mode swaps it into the model (every rank). */
-static int quantize_range(prun *r, int t0, int t1)
+static int quantize_range(pack_run *r, int t0, int t1)
 {
     if (par_agree(quantize_mine(r, t0, t1), r->err, r->err_len)) return -1;
     int rc = 0;
     for (int i = t0; i < t1; i++) {
-        ptensor *t = &r->t[i];
+        pack_tensor *t = &r->t[i];
         if (!t->planned) continue;
         if (share_result(r, t)) rc = -1; /* still in step with the others: every rank takes every turn */
         if (!rc && par_rank() == 0) rc = pack_one(r, t);
@@ -485,15 +460,15 @@ static int quantize_range(prun *r, int t0, int t1)
 /* ==== The pass: visits of the calibration walk (invariants 2 and 3) ==== */
 
 /* Tensors of layer l (n_layers: the head) are [t0, t1). */
-static void layer_tensors(const prun *r, int l, int *t0, int *t1)
+static void layer_tensors(const pack_run *r, int l, int *t0, int *t1)
 {
-    *t0 = l == r->m->cfg.n_layers ? r->nt - 1 : l * RT_HEAD;
-    *t1 = l == r->m->cfg.n_layers ? r->nt : *t0 + RT_HEAD;
+    *t0 = l == r->m->cfg.n_layers ? r->nt - 1 : l * LAY_HEAD;
+    *t1 = l == r->m->cfg.n_layers ? r->nt : *t0 + LAY_HEAD;
 }
 
 static int any_planned(void *ctx, int l)
 {
-    const prun *r = ctx;
+    const pack_run *r = ctx;
     int t0, t1;
     layer_tensors(r, l, &t0, &t1);
     for (int i = t0; i < t1; i++)
@@ -503,7 +478,7 @@ static int any_planned(void *ctx, int l)
 
 static int visit_layer(void *ctx, int l, const hess_layer *hl, char *err, size_t err_len)
 {
-    prun *r = ctx;
+    pack_run *r = ctx;
     int t0, t1;
     (void)err, (void)err_len; /* r->err is the caller's err */
     layer_tensors(r, l, &t0, &t1);
@@ -516,7 +491,7 @@ static int visit_layer(void *ctx, int l, const hess_layer *hl, char *err, size_t
 
 static int passed_layer(void *ctx, int l, char *err, size_t err_len)
 {
-    prun *r = ctx;
+    pack_run *r = ctx;
     int t0, t1;
     (void)err, (void)err_len;
     layer_tensors(r, l, &t0, &t1);
@@ -526,7 +501,7 @@ static int passed_layer(void *ctx, int l, char *err, size_t err_len)
 
 static void walk_progress(void *ctx, const char *phase, int layer) { progress(ctx, phase, layer); }
 
-static int run_pass(prun *r)
+static int run_pass(pack_run *r)
 {
     walk_params w = {.m = r->m, .cal = &r->cal, .sequential = r->p->hessians == PACK_HESS_SEQUENTIAL,
                      .wants = any_planned, .visit = visit_layer, .passed = passed_layer,
@@ -536,7 +511,7 @@ static int run_pass(prun *r)
 
 /* ==== Unquantized tensors and metadata (invariant 4) ==== */
 
-static int is_planned(const prun *r, const char *name)
+static int is_planned(const pack_run *r, const char *name)
 {
     for (int i = 0; i < r->nt; i++)
         if (r->t[i].planned && !strcmp(r->t[i].name, name)) return 1;
@@ -544,7 +519,7 @@ static int is_planned(const prun *r, const char *name)
 }
 
 /* A matrix as F16, decoded a slab of rows at a time (never a whole fp32 copy). */
-static uint16_t *to_f16(prun *r, const mdl_tensor *t)
+static uint16_t *to_f16(pack_run *r, const mdl_tensor *t)
 {
     int64_t rows = mdl_tensor_rows(t), cols = t->n_elems / rows, slab = 256;
     uint16_t *h = malloc((size_t)t->n_elems * sizeof *h);
@@ -561,7 +536,7 @@ static uint16_t *to_f16(prun *r, const mdl_tensor *t)
 
 /* Every tensor of the model file that the plan does not quantize: 1-D as F32,
  * 2-D (an untied embedding, an unplanned linear layer) as F16 (GGUF: export.c). */
-static int add_unquantized(prun *r)
+static int add_unquantized(pack_run *r)
 {
     for (int i = 0; i < mdl_tensor_count(r->file); i++) {
         const mdl_tensor *t = mdl_tensor_at(r->file, i);
@@ -586,7 +561,7 @@ static int add_unquantized(prun *r)
     return 0;
 }
 
-static int put_meta(prun *r, const char *key, sb_buf *b)
+static int put_meta(pack_run *r, const char *key, sb_buf *b)
 {
     int rc = b->oom || !b->s || pack_writer_meta(r->w, key, b->s) ? fail(r, "out of memory writing metadata") : 0;
     free(b->s);
@@ -595,7 +570,7 @@ static int put_meta(prun *r, const char *key, sb_buf *b)
 }
 
 /* The plan the file is made from (pack_meta_plan_json), with the file's bpw. */
-static void plan_json(const prun *r, double file_bpw, sb_buf *b)
+static void plan_json(const pack_run *r, double file_bpw, sb_buf *b)
 {
     pack_meta_plan pp = {r->plan.plan_id, r->plan.kind, r->plan.target, r->plan.achieved_bpw, r->plan.file_bpw,
                          r->plan.objective, file_bpw, r->db_path, r->plan.model_hash,
@@ -603,7 +578,7 @@ static void plan_json(const prun *r, double file_bpw, sb_buf *b)
     pack_meta_plan_json(b, &pp);
 }
 
-static int add_metadata(prun *r)
+static int add_metadata(pack_run *r)
 {
     sb_buf b = {0};
     pack_meta_tensor *mt = malloc((size_t)r->nt * sizeof *mt);
@@ -614,7 +589,7 @@ static int add_metadata(prun *r)
     pack_meta_options(&b, mt, n);
     free(mt);
     if (put_meta(r, "options", &b)) return -1;
-    pack_meta_config(&b, &r->m->cfg);
+    mdl_config_json(&b, &r->m->cfg);
     if (put_meta(r, "config", &b)) return -1;
     plan_json(r, (double)r->st->quantized_bits / (double)r->st->quantized_weights, &b);
     if (put_meta(r, "plan", &b)) return -1;
@@ -631,7 +606,7 @@ static int add_metadata(prun *r)
 
 /* ==== Entry ==== */
 
-static void cleanup(prun *r)
+static void cleanup(pack_run *r)
 {
     if (r->m && r->t) swap_back(r, 0, r->nt); /* after a failure inside a layer */
     rt_model_free(r->m); /* opened with own_file 0: the file is closed below */
@@ -646,7 +621,7 @@ static void cleanup(prun *r)
 
 /* GGUF: every tensor declared in the order the pass writes them (export.c), and the
  * plan (its bpw known from the declared types: a ggml tensor's bits are exact). */
-static int declare_gguf(prun *r)
+static int declare_gguf(pack_run *r)
 {
     int64_t bits = 0, weights = 0;
     for (int i = 0; i < r->nt; i++) {
@@ -670,7 +645,7 @@ static int declare_gguf(prun *r)
 /* Opens the output (rank 0: bitplan's writer before anything is read, so that a
  * bad path fails first; the GGUF writer once the model is open, as it copies its
  * metadata) and the inputs (every rank). Collective. */
-static int open_output(prun *r, const char *out, const char *model_path)
+static int open_output(pack_run *r, const char *out, const char *model_path)
 {
     int root = par_rank() == 0, rc = 0;
     if (root && r->p->out == PACK_OUT_BITPLAN && !(r->w = pack_writer_new(out, r->err, r->err_len))) rc = -1;
@@ -683,7 +658,7 @@ static int open_output(prun *r, const char *out, const char *model_path)
 }
 
 /* Rank 0 writes what is left and commits the file. */
-static int finish_output(prun *r)
+static int finish_output(pack_run *r)
 {
     if (par_rank() != 0) return 0;
     if (add_unquantized(r)) return -1;
@@ -699,7 +674,7 @@ int pack_model(const char *model_path, const char *db_path, int64_t plan_id, con
                pack_stats *stats, char *err, size_t err_len)
 {
     assert(model_path && db_path && out && p && stats);
-    prun r = {.p = p, .err = err, .err_len = err_len, .db_path = db_path, .plan_id = plan_id, .st = stats};
+    pack_run r = {.p = p, .err = err, .err_len = err_len, .db_path = db_path, .plan_id = plan_id, .st = stats};
     memset(stats, 0, sizeof *stats);
     r.t0 = util_now_s();
     int rc = -1;

@@ -23,7 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "strbuf.h"
+#include "util/util.h"
 #include "util/util.h"
 
 typedef struct {

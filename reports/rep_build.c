@@ -4,7 +4,9 @@
  * models), the plan whose allocation is drawn, the sweep and its measured points,
  * the VRAM terms, and the notes on whatever is missing. The writers only render
  * this; they never choose or aggregate, so every format carries the same numbers.
- * Never reads the database, never prints.
+ * It calls no writer (rep_write.c does); the writers call its small helpers
+ * (rep_tensor_bpw, rep_tensor_at, rep_plan_eval). Never reads the database, never
+ * prints.
  */
 #include "rep_int.h"
 
@@ -14,28 +16,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *const rep_class_names[REP_N_CLASSES] = {"q", "k", "v", "o", "gate", "up", "down", "head"};
-
-int rep_class_index(const char *cls)
-{
-    for (int c = 0; c < REP_N_CLASSES; c++)
-        if (!strcmp(cls, rep_class_names[c])) return c;
-    return -1;
-}
-
 void rep_params_init(rep_params *p)
 {
     memset(p, 0, sizeof *p);
     p->format = REP_HTML;
     p->bpw = 4.0;
-}
-
-int rep_format_parse(const char *s, rep_format *f)
-{
-    static const char *names[] = {"html", "md", "csv", "json"};
-    for (int i = 0; i < 4; i++)
-        if (!strcmp(s, names[i])) { *f = (rep_format)i; return 0; }
-    return -1;
 }
 
 double rep_tensor_bpw(const db_report *d, int tensor, int64_t bits)
@@ -66,31 +51,31 @@ static void note(rep_report *r, const char *fmt, ...)
 static int shape(rep_report *r)
 {
     const db_report *d = r->d;
-    int seen[REP_N_CLASSES] = {0};
+    int seen[LAY_N_CLASSES] = {0};
     r->t_cls = malloc((size_t)(d->n_tensors + 1) * sizeof *r->t_cls);
     if (!r->t_cls) return -1;
     for (int t = 0; t < d->n_tensors; t++) {
-        int c = rep_class_index(d->tensors[t].cls);
-        r->t_cls[t] = c < 0 ? REP_HEAD : c;
+        int c = lay_class_of_name(d->tensors[t].cls);
+        r->t_cls[t] = c < 0 ? LAY_HEAD : c;
         seen[r->t_cls[t]] = 1;
         if (d->tensors[t].layer < 0) r->has_head = 1;
         else if (d->tensors[t].layer + 1 > r->n_layers) r->n_layers = d->tensors[t].layer + 1;
     }
-    for (int c = 0; c < REP_N_CLASSES; c++)
+    for (int c = 0; c < LAY_N_CLASSES; c++)
         if (seen[c]) r->cls[r->n_cls++] = c;
-    size_t cells = (size_t)(r->n_layers + 1) * REP_N_CLASSES;
+    size_t cells = (size_t)(r->n_layers + 1) * LAY_N_CLASSES;
     if (!(r->grid = malloc(cells * sizeof *r->grid))) return -1;
     for (size_t i = 0; i < cells; i++) r->grid[i] = -1;
     for (int t = d->n_tensors - 1; t >= 0; t--) {
         int l = d->tensors[t].layer < 0 ? r->n_layers : d->tensors[t].layer;
-        r->grid[l * REP_N_CLASSES + r->t_cls[t]] = t;
+        r->grid[l * LAY_N_CLASSES + r->t_cls[t]] = t;
     }
     return 0;
 }
 
 int rep_tensor_at(const rep_report *r, int layer, int cls)
 {
-    return r->grid[(layer < 0 ? r->n_layers : layer) * REP_N_CLASSES + cls];
+    return r->grid[(layer < 0 ? r->n_layers : layer) * LAY_N_CLASSES + cls];
 }
 
 /* ==== Sensitivity ==== */
@@ -239,8 +224,8 @@ static int curves(rep_report *r)
     r->curve_bpw_lo = r->curve_err_lo = INFINITY, r->curve_bpw_hi = r->curve_err_hi = -INFINITY;
     for (int ci = 0; ci < r->n_cls; ci++) {
         int c = r->cls[ci];
-        for (int b = 0; b < (c == REP_HEAD ? 1 : bins); b++) {
-            int lo = c == REP_HEAD ? -1 : b * width, hi = c == REP_HEAD ? -1 : (b + 1) * width - 1;
+        for (int b = 0; b < (c == LAY_HEAD ? 1 : bins); b++) {
+            int lo = c == LAY_HEAD ? -1 : b * width, hi = c == LAY_HEAD ? -1 : (b + 1) * width - 1;
             rep_curve *cv = &r->curves[r->n_curves];
             if (make_curve(r, c, lo, hi < L ? hi : L - 1, cv)) return -1;
             if (cv->n == 0) { free(cv->bpw), free(cv->err); continue; }
@@ -289,14 +274,14 @@ int rep_plan_eval(const rep_report *r, int plan, int want_kld)
 static int newest_plan(const db_report *d, const char *kind, int with_choices)
 {
     for (int i = d->n_plans - 1; i >= 0; i--)
-        if ((!kind || !strcmp(d->plans[i].kind, kind)) && (!with_choices || d->plans[i].n_choices)) return i;
+        if ((!kind || !strcmp(d->plans[i].row.kind, kind)) && (!with_choices || d->plans[i].n_choices)) return i;
     return -1;
 }
 
 static int find_plan(const db_report *d, int64_t id)
 {
     for (int i = 0; i < d->n_plans; i++)
-        if (d->plans[i].id == id) return i;
+        if (d->plans[i].row.id == id) return i;
     return -1;
 }
 
@@ -310,7 +295,7 @@ static int allocation(rep_report *r, int chosen)
     for (int t = 0; t < d->n_tensors; t++) r->alloc_choice[t] = -1;
     if (d->n_plans == 0) note(r, "no plans for calibration %lld: allocation, Pareto and VRAM sections left out (run bitplan allocate)", (long long)d->calib_id);
     else if (r->alloc < 0) note(r, "no plan has choices recorded: allocation left out");
-    else if (d->plans[r->alloc].n_choices == 0) note(r, "plan %lld has no choices recorded: allocation left out", (long long)d->plans[r->alloc].id);
+    else if (d->plans[r->alloc].n_choices == 0) note(r, "plan %lld has no choices recorded: allocation left out", (long long)d->plans[r->alloc].row.id);
     if (r->alloc < 0) return 0;
     const db_rep_plan *p = &d->plans[r->alloc];
     for (int i = 0; i < p->n_choices; i++) r->alloc_choice[p->choices[i].tensor] = i;
@@ -321,17 +306,17 @@ static const db_report *cmp_data;
 static int plan_bpw_cmp(const void *a, const void *b)
 {
     const db_rep_plan *x = &cmp_data->plans[*(const int *)a], *y = &cmp_data->plans[*(const int *)b];
-    if (x->achieved_bpw != y->achieved_bpw) return x->achieved_bpw < y->achieved_bpw ? -1 : 1;
-    return (x->id > y->id) - (x->id < y->id);
+    if (x->row.achieved_bpw != y->row.achieved_bpw) return x->row.achieved_bpw < y->row.achieved_bpw ? -1 : 1;
+    return (x->row.id > y->row.id) - (x->row.id < y->row.id);
 }
 
 static int pareto(rep_report *r, int chosen)
 {
     const db_report *d = r->d;
     r->base_eval = rep_plan_eval(r, -1, 0);   /* plan -1: the unquantized model */
-    if (chosen >= 0 && d->plans[chosen].sweep[0]) r->sweep = d->plans[chosen].sweep;
+    if (chosen >= 0 && d->plans[chosen].row.sweep[0]) r->sweep = d->plans[chosen].row.sweep;
     for (int i = d->n_plans - 1; i >= 0 && !r->sweep; i--)
-        if (d->plans[i].sweep[0]) r->sweep = d->plans[i].sweep;
+        if (d->plans[i].row.sweep[0]) r->sweep = d->plans[i].row.sweep;
     r->sweep_plans = malloc((size_t)(d->n_plans + 1) * sizeof(int));
     r->sweep_kld_eval = malloc((size_t)(d->n_plans + 1) * sizeof(int));
     r->sweep_ppl_eval = malloc((size_t)(d->n_plans + 1) * sizeof(int));
@@ -341,7 +326,7 @@ static int pareto(rep_report *r, int chosen)
         return 0;
     }
     for (int i = 0; i < d->n_plans; i++)
-        if (!strcmp(d->plans[i].sweep, r->sweep)) r->sweep_plans[r->n_sweep++] = i;
+        if (!strcmp(d->plans[i].row.sweep, r->sweep)) r->sweep_plans[r->n_sweep++] = i;
     cmp_data = d;
     qsort(r->sweep_plans, (size_t)r->n_sweep, sizeof(int), plan_bpw_cmp);
     int measured = 0;
@@ -363,14 +348,14 @@ static int is_stacked_term(const char *name)
 static int vram(rep_report *r, int chosen)
 {
     const db_report *d = r->d;
-    r->vram = chosen >= 0 && !strcmp(d->plans[chosen].kind, "vram") ? chosen : newest_plan(d, "vram", 0);
+    r->vram = chosen >= 0 && !strcmp(d->plans[chosen].row.kind, "vram") ? chosen : newest_plan(d, "vram", 0);
     r->budget = r->vtotal = NAN;
     if (r->vram < 0) return 0;
     const db_rep_plan *p = &d->plans[r->vram];
     r->vterms = malloc((size_t)(p->n_terms + 1) * sizeof *r->vterms);
     if (!r->vterms) return -1;
     if (!p->memory_ok) {
-        note(r, "VRAM plan %lld has no readable memory_json: memory breakdown left out", (long long)p->id);
+        note(r, "VRAM plan %lld has no readable memory_json: memory breakdown left out", (long long)p->row.id);
         return 0;
     }
     r->vtotal = 0;
@@ -380,7 +365,7 @@ static int vram(rep_report *r, int chosen)
         r->vterms[r->n_vterms++] = i;
         r->vtotal += p->terms[i].bytes;
     }
-    if (isnan(r->budget) && p->target > 0) r->budget = p->target;
+    if (isnan(r->budget) && p->row.target > 0) r->budget = p->row.target;
     return 0;
 }
 
@@ -421,14 +406,4 @@ void rep_report_free(rep_report *r)
     free(r->notes), free(r->t_cls), free(r->grid), free(r->opt_bpw), free(r->opt_n), free(r->sel_meas), free(r->meas_at), free(r->curves);
     free(r->alloc_choice), free(r->sweep_plans), free(r->sweep_kld_eval), free(r->sweep_ppl_eval), free(r->vterms);
     free(r);
-}
-
-rep_buf *rep_write(rep_buf *b, const rep_report *r, rep_format f)
-{
-    switch (f) {
-    case REP_MD: return rep_write_md(b, r);
-    case REP_CSV: return rep_write_csv(b, r);
-    case REP_JSON: return rep_write_json(b, r);
-    default: return rep_write_html(b, r);
-    }
 }

@@ -61,26 +61,26 @@ static const char *base_name(const char *path)
     return s ? s + 1 : path;
 }
 
-static rep_buf *card(rep_buf *b, const char *k, const char *v, const char *sub)
+static sb_buf *card(sb_buf *b, const char *k, const char *v, const char *sub)
 {
-    rep_cat(rep_cat_html(rep_cat(b, "<div class=\"card\"><div class=\"k\">"), k), "</div><div class=\"v\">");
-    rep_cat(rep_cat_html(b, v), "</div>");
-    if (sub && *sub) rep_cat(rep_cat_html(rep_cat(b, "<div class=\"s\">"), sub), "</div>");
-    return rep_cat(b, "</div>");
+    sb_puts(rep_cat_html(sb_puts(b, "<div class=\"card\"><div class=\"k\">"), k), "</div><div class=\"v\">");
+    sb_puts(rep_cat_html(b, v), "</div>");
+    if (sub && *sub) sb_puts(rep_cat_html(sb_puts(b, "<div class=\"s\">"), sub), "</div>");
+    return sb_puts(b, "</div>");
 }
 
 /* A numeric cell: rounded text, exact value in data-value. */
-static rep_buf *num_td(rep_buf *b, double v, int digits, const char *style)
+static sb_buf *num_td(sb_buf *b, double v, int digits, const char *style)
 {
     char s[32], e[32];
-    if (isnan(v)) return rep_cat(b, "<td>–</td>");
-    return rep_catf(b, "<td data-value=\"%s\"%s%s%s>%s</td>", rep_exact(e, v), style ? " style=\"" : "", style ? style : "",
+    if (isnan(v)) return sb_puts(b, "<td>–</td>");
+    return sb_printf(b, "<td data-value=\"%s\"%s%s%s>%s</td>", rep_exact(e, v), style ? " style=\"" : "", style ? style : "",
                     style ? "\"" : "", rep_sig(s, v, digits));
 }
 
-static rep_buf *text_td(rep_buf *b, const char *s)
+static sb_buf *text_td(sb_buf *b, const char *s)
 {
-    return rep_cat(rep_cat_html(rep_cat(b, "<td class=\"l\">"), s), "</td>");
+    return sb_puts(rep_cat_html(sb_puts(b, "<td class=\"l\">"), s), "</td>");
 }
 
 static void params_text(char *out, size_t cap, double n)
@@ -92,11 +92,11 @@ static void params_text(char *out, size_t cap, double n)
 
 /* ==== Summary ==== */
 
-static void summary(rep_buf *b, const rep_report *r)
+static void summary(sb_buf *b, const rep_report *r)
 {
     const db_report *d = r->d;
     char v[128], s[256], x[32], y[32];
-    rep_cat(b, "<div class=\"cards\">");
+    sb_puts(b, "<div class=\"cards\">");
     card(b, "Model", base_name(d->model_path), d->arch);
     params_text(v, sizeof v, (double)d->n_params);
     double lin = 0;
@@ -113,77 +113,77 @@ static void summary(rep_buf *b, const rep_report *r)
     snprintf(v, sizeof v, "%d", d->n_plans);
     if (r->alloc >= 0) {
         const db_rep_plan *p = &d->plans[r->alloc];
-        snprintf(s, sizeof s, "shown: #%lld, %s bpw achieved (%s)", (long long)p->id, rep_sig(x, p->achieved_bpw, 4), p->kind);
+        snprintf(s, sizeof s, "shown: #%lld, %s bpw achieved (%s)", (long long)p->row.id, rep_sig(x, p->row.achieved_bpw, 4), p->row.kind);
     } else s[0] = 0;
     card(b, "Plans", v, s);
     int e = r->alloc >= 0 ? rep_plan_eval(r, r->alloc, 0) : -1;
     if (e >= 0) {
         snprintf(v, sizeof v, "PPL %s", rep_sig(x, d->evals[e].ppl, 4));
-        snprintf(s, sizeof s, "plan #%lld, KLD %s", (long long)d->plans[r->alloc].id, rep_sig(y, d->evals[e].kld, 3));
+        snprintf(s, sizeof s, "plan #%lld, KLD %s", (long long)d->plans[r->alloc].row.id, rep_sig(y, d->evals[e].kld, 3));
         card(b, "Measured", v, s);
     } else if (d->n_evals) {
         snprintf(v, sizeof v, "%d", d->n_evals);
         card(b, "Evaluations", v, "");
     }
-    rep_cat(b, "</div>");
+    sb_puts(b, "</div>");
 }
 
-static void notes(rep_buf *b, const rep_report *r)
+static void notes(sb_buf *b, const rep_report *r)
 {
     if (!r->n_notes) return;
-    rep_cat(b, "<div class=\"notes\" id=\"notes\"><strong>Partial report.</strong><ul>");
-    for (int i = 0; i < r->n_notes; i++) rep_cat(rep_cat_html(rep_cat(b, "<li>"), r->notes[i]), "</li>");
-    rep_cat(b, "</ul></div>");
+    sb_puts(b, "<div class=\"notes\" id=\"notes\"><strong>Partial report.</strong><ul>");
+    for (int i = 0; i < r->n_notes; i++) sb_puts(rep_cat_html(sb_puts(b, "<li>"), r->notes[i]), "</li>");
+    sb_puts(b, "</ul></div>");
 }
 
-static void worst(rep_buf *b, const rep_report *r)
+static void worst(sb_buf *b, const rep_report *r)
 {
     const db_report *d = r->d;
     if (r->n_top == 0) return;
     char s[32];
-    rep_catf(b, "<div class=\"worst\"><strong>Breaks first</strong> at %s (about %.2f bpw): <ol>", d->options[r->sel].name,
+    sb_printf(b, "<div class=\"worst\"><strong>Breaks first</strong> at %s (about %.2f bpw): <ol>", d->options[r->sel].opt.name,
              r->opt_bpw[r->sel]);
     for (int i = 0; i < r->n_top; i++) {
         int t = r->top[i];
-        rep_catf(b, "<li><span class=\"sw\" style=\"background:%s\"></span><code>", rep_class_colors[r->t_cls[t]]);
+        sb_printf(b, "<li><span class=\"sw\" style=\"background:%s\"></span><code>", rep_class_colors[r->t_cls[t]]);
         rep_cat_html(b, d->tensors[t].name);
-        rep_catf(b, "</code> — relative error %s</li>", rep_sig(s, d->meas[r->sel_meas[t]].rel_err, 3));
+        sb_printf(b, "</code> — relative error %s</li>", rep_sig(s, d->meas[r->sel_meas[t]].rel_err, 3));
     }
-    rep_cat(b, "</ol></div>");
+    sb_puts(b, "</ol></div>");
 }
 
 /* ==== Tables ==== */
 
 /* Layer × class table; value(t) gives the number of tensor t (NAN: empty). */
-static void grid_table(rep_buf *b, const rep_report *r, const char *id, double (*value)(const rep_report *, int, int64_t *),
+static void grid_table(sb_buf *b, const rep_report *r, const char *id, double (*value)(const rep_report *, int, int64_t *),
                        int colour)
 {
-    rep_catf(b, "<div class=\"scroll\"><table id=\"%s\"><thead><tr><th>layer</th>", id);
+    sb_printf(b, "<div class=\"scroll\"><table id=\"%s\"><thead><tr><th>layer</th>", id);
     for (int ci = 0; ci < r->n_cls; ci++)
-        rep_catf(b, "<th><span class=\"sw\" style=\"background:%s\"></span>%s</th>", rep_class_colors[r->cls[ci]], rep_class_names[r->cls[ci]]);
-    rep_cat(b, "</tr></thead><tbody>");
+        sb_printf(b, "<th><span class=\"sw\" style=\"background:%s\"></span>%s</th>", rep_class_colors[r->cls[ci]], lay_class_name(r->cls[ci]));
+    sb_puts(b, "</tr></thead><tbody>");
     for (int l = 0; l < r->n_layers + r->has_head; l++) {
         int layer = l < r->n_layers ? l : -1;
-        if (layer >= 0) rep_catf(b, "<tr><td>%d</td>", layer);
-        else rep_cat(b, "<tr><td>head</td>");
+        if (layer >= 0) sb_printf(b, "<tr><td>%d</td>", layer);
+        else sb_puts(b, "<tr><td>head</td>");
         for (int ci = 0; ci < r->n_cls; ci++) {
             int t = rep_tensor_at(r, layer, r->cls[ci]);
             int64_t bits = -1;
             double v = t >= 0 ? value(r, t, &bits) : NAN;
-            if (isnan(v)) { rep_cat(b, "<td></td>"); continue; }
+            if (isnan(v)) { sb_puts(b, "<td></td>"); continue; }
             char style[64] = "", col[8], e[32], s[32];
             if (colour) {
                 double tt = (log10(v) - log10(r->err_lo)) / (log10(r->err_hi) - log10(r->err_lo));
                 rep_heat_color(tt, col);
                 snprintf(style, sizeof style, " style=\"background:%s%s\"", col, tt > 0.62 ? ";color:#fff" : "");
             }
-            rep_cat(rep_cat_html(rep_cat(b, "<td data-tensor=\""), r->d->tensors[t].name), "\"");
-            if (bits >= 0) rep_catf(b, " data-bits=\"%lld\"", (long long)bits);
-            rep_catf(b, " data-value=\"%s\"%s>%s</td>", rep_exact(e, v), style, rep_sig(s, v, colour ? 3 : 4));
+            sb_puts(rep_cat_html(sb_puts(b, "<td data-tensor=\""), r->d->tensors[t].name), "\"");
+            if (bits >= 0) sb_printf(b, " data-bits=\"%lld\"", (long long)bits);
+            sb_printf(b, " data-value=\"%s\"%s>%s</td>", rep_exact(e, v), style, rep_sig(s, v, colour ? 3 : 4));
         }
-        rep_cat(b, "</tr>");
+        sb_puts(b, "</tr>");
     }
-    rep_cat(b, "</tbody></table></div>");
+    sb_puts(b, "</tbody></table></div>");
 }
 
 static double sel_err(const rep_report *r, int t, int64_t *bits)
@@ -202,189 +202,189 @@ static double alloc_bpw(const rep_report *r, int t, int64_t *bits)
     return rep_tensor_bpw(r->d, t, *bits);
 }
 
-static void measurement_table(rep_buf *b, const rep_report *r)
+static void measurement_table(sb_buf *b, const rep_report *r)
 {
     const db_report *d = r->d;
-    rep_catf(b, "<details><summary>All %d measurements (relative error, tensor × option)</summary><div class=\"scroll\"><table id=\"measurements\"><thead><tr><th class=\"l\">tensor</th>", d->n_meas);
+    sb_printf(b, "<details><summary>All %d measurements (relative error, tensor × option)</summary><div class=\"scroll\"><table id=\"measurements\"><thead><tr><th class=\"l\">tensor</th>", d->n_meas);
     for (int o = 0; o < d->n_options; o++) {
         if (!r->opt_n[o]) continue;
-        rep_cat(rep_cat_html(rep_cat(b, "<th>"), d->options[o].name), "");
-        rep_catf(b, "<br>%.2f bpw</th>", r->opt_bpw[o]);
+        sb_puts(rep_cat_html(sb_puts(b, "<th>"), d->options[o].opt.name), "");
+        sb_printf(b, "<br>%.2f bpw</th>", r->opt_bpw[o]);
     }
-    rep_cat(b, "</tr></thead><tbody>");
+    sb_puts(b, "</tr></thead><tbody>");
     for (int t = 0; t < d->n_tensors; t++) {
-        rep_cat(b, "<tr>");
+        sb_puts(b, "<tr>");
         text_td(b, d->tensors[t].name);
         for (int o = 0; o < d->n_options; o++) {
             if (!r->opt_n[o]) continue;
             int i = r->meas_at[(size_t)t * (size_t)d->n_options + (size_t)o];
-            if (i < 0) { rep_cat(b, "<td></td>"); continue; }
+            if (i < 0) { sb_puts(b, "<td></td>"); continue; }
             double v = d->meas[i].rel_err;
             char e[32], s[32];
-            rep_cat(rep_cat_html(rep_cat(b, "<td data-tensor=\""), d->tensors[t].name), "\"");
-            rep_catf(b, " data-option=\"%lld\" data-bits=\"%lld\" data-value=\"%s\">%s</td>", (long long)d->options[o].id,
+            sb_puts(rep_cat_html(sb_puts(b, "<td data-tensor=\""), d->tensors[t].name), "\"");
+            sb_printf(b, " data-option=\"%lld\" data-bits=\"%lld\" data-value=\"%s\">%s</td>", (long long)d->options[o].id,
                      (long long)d->meas[i].bits, rep_exact(e, v), rep_sig(s, v, 3));
         }
-        rep_cat(b, "</tr>");
+        sb_puts(b, "</tr>");
     }
-    rep_cat(b, "</tbody></table></div></details>");
+    sb_puts(b, "</tbody></table></div></details>");
 }
 
-static void plan_row(rep_buf *b, const rep_report *r, int i)
+static void plan_row(sb_buf *b, const rep_report *r, int i)
 {
     const db_rep_plan *p = &r->d->plans[i];
     char s[32];
-    rep_catf(b, "<tr data-plan=\"%lld\"><td>#%lld</td>", (long long)p->id, (long long)p->id);
-    text_td(b, p->kind);
+    sb_printf(b, "<tr data-plan=\"%lld\"><td>#%lld</td>", (long long)p->row.id, (long long)p->row.id);
+    text_td(b, p->row.kind);
     char ex[32];
-    if (!strcmp(p->kind, "vram") || !strcmp(p->kind, "size"))
-        rep_catf(b, "<td data-value=\"%s\">%s</td>", rep_exact(ex, p->target), rep_bytes(s, p->target));
-    else num_td(b, p->target, 4, NULL);
-    text_td(b, p->metric);
-    num_td(num_td(num_td(num_td(b, p->achieved_bpw, 5, NULL), p->file_bpw, 5, NULL), p->objective, 4, NULL), p->gap, 2, NULL);
-    num_td(b, p->solve_seconds, 3, NULL);
+    if (!strcmp(p->row.kind, "vram") || !strcmp(p->row.kind, "size"))
+        sb_printf(b, "<td data-value=\"%s\">%s</td>", rep_exact(ex, p->row.target), rep_bytes(s, p->row.target));
+    else num_td(b, p->row.target, 4, NULL);
+    text_td(b, p->row.metric);
+    num_td(num_td(num_td(num_td(b, p->row.achieved_bpw, 5, NULL), p->row.file_bpw, 5, NULL), p->row.objective, 4, NULL), p->row.gap, 2, NULL);
+    num_td(b, p->row.solve_seconds, 3, NULL);
     int e = rep_plan_eval(r, i, 1), q = rep_plan_eval(r, i, 0);
     num_td(num_td(b, e >= 0 ? r->d->evals[e].kld : NAN, 4, NULL), q >= 0 ? r->d->evals[q].ppl : NAN, 5, NULL);
-    text_td(b, p->sweep);
-    rep_cat(b, "</tr>");
+    text_td(b, p->row.sweep);
+    sb_puts(b, "</tr>");
 }
 
-static void plans_table(rep_buf *b, const rep_report *r, const int *which, int n, const char *id)
+static void plans_table(sb_buf *b, const rep_report *r, const int *which, int n, const char *id)
 {
-    rep_catf(b, "<div class=\"scroll\"><table id=\"%s\"><thead><tr><th>plan</th><th class=\"l\">kind</th><th>target</th>"
+    sb_printf(b, "<div class=\"scroll\"><table id=\"%s\"><thead><tr><th>plan</th><th class=\"l\">kind</th><th>target</th>"
              "<th class=\"l\">metric</th><th>achieved bpw</th><th>file bpw</th><th>objective</th><th>gap</th><th>solve s</th>"
              "<th>measured KLD</th><th>measured PPL</th><th class=\"l\">sweep</th></tr></thead><tbody>", id);
     for (int k = 0; k < n; k++) plan_row(b, r, which ? which[k] : k);
-    rep_cat(b, "</tbody></table></div>");
+    sb_puts(b, "</tbody></table></div>");
 }
 
-static void vram_table(rep_buf *b, const rep_report *r)
+static void vram_table(sb_buf *b, const rep_report *r)
 {
     const db_rep_plan *p = &r->d->plans[r->vram];
-    rep_cat(b, "<table id=\"vram-terms\"><thead><tr><th class=\"l\">term</th><th>bytes</th><th>size</th><th>of budget</th></tr></thead><tbody>");
+    sb_puts(b, "<table id=\"vram-terms\"><thead><tr><th class=\"l\">term</th><th>bytes</th><th>size</th><th>of budget</th></tr></thead><tbody>");
     for (int i = 0; i < p->n_terms; i++) {
         const db_rep_term *t = &p->terms[i];
         char s[32], e[32];
-        rep_cat(rep_cat_html(rep_cat(b, "<tr><td class=\"l\">"), t->name), "</td>");
-        rep_cat(rep_cat_html(rep_cat(b, "<td data-term=\""), t->name), "\"");
-        rep_catf(b, " data-value=\"%s\">%.0f</td><td>%s</td>", rep_exact(e, t->bytes), t->bytes, rep_bytes(s, t->bytes));
-        if (r->budget > 0) rep_catf(b, "<td>%.1f%%</td></tr>", 100 * t->bytes / r->budget);
-        else rep_cat(b, "<td></td></tr>");
+        sb_puts(rep_cat_html(sb_puts(b, "<tr><td class=\"l\">"), t->name), "</td>");
+        sb_puts(rep_cat_html(sb_puts(b, "<td data-term=\""), t->name), "\"");
+        sb_printf(b, " data-value=\"%s\">%.0f</td><td>%s</td>", rep_exact(e, t->bytes), t->bytes, rep_bytes(s, t->bytes));
+        if (r->budget > 0) sb_printf(b, "<td>%.1f%%</td></tr>", 100 * t->bytes / r->budget);
+        else sb_puts(b, "<td></td></tr>");
     }
     char s[32];
-    rep_catf(b, "<tr><td class=\"l\"><strong>sum of terms</strong></td><td data-value=\"%s\"><strong>%.0f</strong></td>",
+    sb_printf(b, "<tr><td class=\"l\"><strong>sum of terms</strong></td><td data-value=\"%s\"><strong>%.0f</strong></td>",
              rep_exact(s, r->vtotal), r->vtotal);
-    rep_catf(b, "<td><strong>%s</strong></td><td>%s</td></tr></tbody></table>", rep_bytes(s, r->vtotal), "");
+    sb_printf(b, "<td><strong>%s</strong></td><td>%s</td></tr></tbody></table>", rep_bytes(s, r->vtotal), "");
 }
 
-static void evals_table(rep_buf *b, const rep_report *r)
+static void evals_table(sb_buf *b, const rep_report *r)
 {
     const db_report *d = r->d;
-    rep_cat(b, "<div class=\"scroll\"><table id=\"evals\"><thead><tr><th>eval</th><th>plan</th><th class=\"l\">subject</th><th>bpw</th>"
+    sb_puts(b, "<div class=\"scroll\"><table id=\"evals\"><thead><tr><th>eval</th><th>plan</th><th class=\"l\">subject</th><th>bpw</th>"
                "<th>PPL</th><th>± PPL</th><th>KLD</th><th>± KLD</th><th>top-1</th><th>tokens</th><th>ctx</th><th class=\"l\">device</th>"
                "<th class=\"l\">text</th></tr></thead><tbody>");
     for (int i = 0; i < d->n_evals; i++) {
         const db_rep_eval *e = &d->evals[i];
-        rep_catf(b, "<tr data-eval=\"%lld\"><td>%lld</td>", (long long)e->id, (long long)e->id);
-        if (e->plan_id) rep_catf(b, "<td>#%lld</td>", (long long)e->plan_id);
-        else rep_cat(b, "<td>unquantized</td>");
+        sb_printf(b, "<tr data-eval=\"%lld\"><td>%lld</td>", (long long)e->id, (long long)e->id);
+        if (e->plan_id) sb_printf(b, "<td>#%lld</td>", (long long)e->plan_id);
+        else sb_puts(b, "<td>unquantized</td>");
         text_td(b, base_name(e->subject));
         num_td(num_td(num_td(num_td(num_td(b, e->bpw, 4, NULL), e->ppl, 5, NULL), e->ppl_stderr, 2, NULL), e->kld, 4, NULL), e->kld_stderr, 2, NULL);
         num_td(b, e->top1, 4, NULL);
-        rep_catf(b, "<td>%lld</td><td>%d</td>", (long long)e->tokens, e->ctx);
+        sb_printf(b, "<td>%lld</td><td>%d</td>", (long long)e->tokens, e->ctx);
         text_td(text_td(b, e->device), base_name(e->text_path));
-        rep_cat(b, "</tr>");
+        sb_puts(b, "</tr>");
     }
-    rep_cat(b, "</tbody></table></div>");
+    sb_puts(b, "</tbody></table></div>");
 }
 
-static void commands(rep_buf *b, const rep_report *r)
+static void commands(sb_buf *b, const rep_report *r)
 {
     const db_report *d = r->d;
-    rep_cat(b, "<h2 id=\"commands\">Commands</h2><p class=\"lead\">The command lines that produced the plans and evaluations above.</p><pre>");
+    sb_puts(b, "<h2 id=\"commands\">Commands</h2><p class=\"lead\">The command lines that produced the plans and evaluations above.</p><pre>");
     for (int i = 0; i < d->n_plans; i++)
-        rep_cat(rep_cat_html(rep_catf(b, "# plan %lld\n", (long long)d->plans[i].id), d->plans[i].command), "\n");
+        sb_puts(rep_cat_html(sb_printf(b, "# plan %lld\n", (long long)d->plans[i].row.id), d->plans[i].row.command), "\n");
     for (int i = 0; i < d->n_evals; i++)
-        rep_cat(rep_cat_html(rep_catf(b, "# eval %lld\n", (long long)d->evals[i].id), d->evals[i].command), "\n");
-    if (!d->n_plans && !d->n_evals) rep_cat(b, "(none recorded)");
-    rep_cat(b, "</pre>");
+        sb_puts(rep_cat_html(sb_printf(b, "# eval %lld\n", (long long)d->evals[i].id), d->evals[i].command), "\n");
+    if (!d->n_plans && !d->n_evals) sb_puts(b, "(none recorded)");
+    sb_puts(b, "</pre>");
 }
 
 /* ==== Sections ==== */
 
-static void sensitivity(rep_buf *b, const rep_report *r)
+static void sensitivity(sb_buf *b, const rep_report *r)
 {
     const db_report *d = r->d;
-    rep_cat(b, "<h2 id=\"sensitivity\">Sensitivity</h2>");
-    if (r->sel < 0) { rep_cat(b, "<p class=\"lead\">No measurements yet.</p>"); return; }
-    rep_catf(b, "<p class=\"lead\">Relative output error tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) of every tensor at <strong>%s</strong> "
+    sb_puts(b, "<h2 id=\"sensitivity\">Sensitivity</h2>");
+    if (r->sel < 0) { sb_puts(b, "<p class=\"lead\">No measurements yet.</p>"); return; }
+    sb_printf(b, "<p class=\"lead\">Relative output error tr(ΔW H ΔWᵀ) / tr(W H Wᵀ) of every tensor at <strong>%s</strong> "
                 "(about %.2f bpw), on a log colour scale: dark cells are the layers that break first.</p>",
-             d->options[r->sel].name, r->opt_bpw[r->sel]);
-    rep_svg_heatmap(rep_cat(b, "<div class=\"figure\">"), r);
-    rep_cat(b, "</div><h3>Error against bits, by class</h3><p class=\"lead\">For each tensor the best error reachable at each size "
+             d->options[r->sel].opt.name, r->opt_bpw[r->sel]);
+    rep_svg_heatmap(sb_puts(b, "<div class=\"figure\">"), r);
+    sb_puts(b, "</div><h3>Error against bits, by class</h3><p class=\"lead\">For each tensor the best error reachable at each size "
                "(the lower envelope of its options); log scale.</p><div class=\"figure\">");
     rep_svg_curves(b, r);
-    rep_catf(b, "</div><details%s><summary>Table: relative error at %s, layer × class</summary>", r->n_layers <= 40 ? " open" : "",
-             d->options[r->sel].name);
+    sb_printf(b, "</div><details%s><summary>Table: relative error at %s, layer × class</summary>", r->n_layers <= 40 ? " open" : "",
+             d->options[r->sel].opt.name);
     grid_table(b, r, "sensitivity-table", sel_err, 1);
-    rep_cat(b, "</details>");
+    sb_puts(b, "</details>");
     measurement_table(b, r);
 }
 
-static void allocation(rep_buf *b, const rep_report *r)
+static void allocation(sb_buf *b, const rep_report *r)
 {
     if (r->alloc < 0) return;
     const db_rep_plan *p = &r->d->plans[r->alloc];
     char s[32];
-    rep_catf(b, "<h2 id=\"allocation\">Allocation of plan #%lld</h2><p class=\"lead\">Bits per weight of each tensor (stored bits over "
+    sb_printf(b, "<h2 id=\"allocation\">Allocation of plan #%lld</h2><p class=\"lead\">Bits per weight of each tensor (stored bits over "
                 "weights, scales and permutation included) along the depth of the model, one strip per class. ",
-             (long long)p->id);
-    if (!strcmp(p->kind, "vram")) rep_catf(b, "Target: fit %s; ", rep_bytes(s, p->target));
-    else if (!strcmp(p->kind, "size")) rep_catf(b, "Target: a file of %s; ", rep_bytes(s, p->target));
-    else rep_catf(b, "Target %g bpw; ", p->target);
-    rep_catf(b, "achieved %.4f bpw, objective %s (%s).</p>", p->achieved_bpw, rep_sig(s, p->objective, 4), p->metric);
-    if (p->n_choices) rep_cat(rep_svg_allocation(rep_cat(b, "<div class=\"figure\">"), r), "</div>");
-    rep_catf(b, "<details%s><summary>Table: bits per weight, layer × class</summary>", r->n_layers <= 40 ? "" : "");
+             (long long)p->row.id);
+    if (!strcmp(p->row.kind, "vram")) sb_printf(b, "Target: fit %s; ", rep_bytes(s, p->row.target));
+    else if (!strcmp(p->row.kind, "size")) sb_printf(b, "Target: a file of %s; ", rep_bytes(s, p->row.target));
+    else sb_printf(b, "Target %g bpw; ", p->row.target);
+    sb_printf(b, "achieved %.4f bpw, objective %s (%s).</p>", p->row.achieved_bpw, rep_sig(s, p->row.objective, 4), p->row.metric);
+    if (p->n_choices) sb_puts(rep_svg_allocation(sb_puts(b, "<div class=\"figure\">"), r), "</div>");
+    sb_printf(b, "<details%s><summary>Table: bits per weight, layer × class</summary>", r->n_layers <= 40 ? "" : "");
     grid_table(b, r, "allocation-table", alloc_bpw, 0);
-    rep_cat(b, "</details>");
+    sb_puts(b, "</details>");
 }
 
-static void pareto(rep_buf *b, const rep_report *r)
+static void pareto(sb_buf *b, const rep_report *r)
 {
     if (!r->sweep) return;
-    rep_cat(rep_cat_html(rep_cat(b, "<h2 id=\"pareto\">Pareto curve of sweep “"), r->sweep), "”</h2>");
-    rep_cat(b, "<p class=\"lead\">What each size costs: the damage the optimizer predicted, and what evaluation measured on held-out "
+    sb_puts(rep_cat_html(sb_puts(b, "<h2 id=\"pareto\">Pareto curve of sweep “"), r->sweep), "”</h2>");
+    sb_puts(b, "<p class=\"lead\">What each size costs: the damage the optimizer predicted, and what evaluation measured on held-out "
                "text. Labels are plan ids; the ringed point is the plan shown above.</p><div class=\"figure\">");
-    rep_cat(rep_svg_pareto(b, r), "</div>");
+    sb_puts(rep_svg_pareto(b, r), "</div>");
     plans_table(b, r, r->sweep_plans, r->n_sweep, "pareto-table");
 }
 
-static void vram(rep_buf *b, const rep_report *r)
+static void vram(sb_buf *b, const rep_report *r)
 {
     if (r->vram < 0) return;
     const db_rep_plan *p = &r->d->plans[r->vram];
     char s1[32], s2[32];
-    rep_catf(b, "<h2 id=\"vram\">Memory of plan #%lld</h2><p class=\"lead\">", (long long)p->id);
+    sb_printf(b, "<h2 id=\"vram\">Memory of plan #%lld</h2><p class=\"lead\">", (long long)p->row.id);
     if (!isnan(r->budget))
-        rep_catf(b, "%s of %s used (%.1f%%), by term of the memory model.", rep_bytes(s1, r->vtotal), rep_bytes(s2, r->budget),
+        sb_printf(b, "%s of %s used (%.1f%%), by term of the memory model.", rep_bytes(s1, r->vtotal), rep_bytes(s2, r->budget),
                  r->budget > 0 ? 100 * r->vtotal / r->budget : 0);
-    rep_cat(b, "</p>");
+    sb_puts(b, "</p>");
     if (p->memory_ok && r->n_vterms) {
-        rep_cat(rep_svg_vram(rep_cat(b, "<div class=\"figure\">"), r), "</div>");
+        sb_puts(rep_svg_vram(sb_puts(b, "<div class=\"figure\">"), r), "</div>");
         vram_table(b, r);
     }
 }
 
-rep_buf *rep_write_html(rep_buf *b, const rep_report *r)
+sb_buf *rep_write_html(sb_buf *b, const rep_report *r)
 {
     const db_report *d = r->d;
-    rep_cat(b, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+    sb_puts(b, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
                "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>bitplan report — ");
-    rep_cat(rep_cat_html(b, base_name(d->model_path)), "</title><style>");
-    rep_cat(rep_cat(b, css), "</style></head><body><main><header><h1>");
-    rep_cat(rep_cat_html(b, base_name(d->model_path)), "</h1><p class=\"sub\">bitplan sensitivity and allocation report");
-    if (r->p.source) rep_cat_html(rep_cat(b, " · "), r->p.source);
-    rep_catf(b, " · model sha256 %.12s…</p></header>", d->model_hash);
+    sb_puts(rep_cat_html(b, base_name(d->model_path)), "</title><style>");
+    sb_puts(sb_puts(b, css), "</style></head><body><main><header><h1>");
+    sb_puts(rep_cat_html(b, base_name(d->model_path)), "</h1><p class=\"sub\">bitplan sensitivity and allocation report");
+    if (r->p.source) rep_cat_html(sb_puts(b, " · "), r->p.source);
+    sb_printf(b, " · model sha256 %.12s…</p></header>", d->model_hash);
     summary(b, r);
     notes(b, r);
     worst(b, r);
@@ -392,10 +392,10 @@ rep_buf *rep_write_html(rep_buf *b, const rep_report *r)
     allocation(b, r);
     pareto(b, r);
     vram(b, r);
-    if (d->n_plans) plans_table(rep_cat(b, "<h2 id=\"plans\">Plans</h2>"), r, NULL, d->n_plans, "plans");
-    if (d->n_evals) evals_table(rep_cat(b, "<h2 id=\"evaluations\">Evaluations</h2>"), r);
+    if (d->n_plans) plans_table(sb_puts(b, "<h2 id=\"plans\">Plans</h2>"), r, NULL, d->n_plans, "plans");
+    if (d->n_evals) evals_table(sb_puts(b, "<h2 id=\"evaluations\">Evaluations</h2>"), r);
     commands(b, r);
-    rep_cat(b, "<footer>Made by <code>bitplan report</code>. Every number in the charts and tables carries its exact value in a "
+    sb_puts(b, "<footer>Made by <code>bitplan report</code>. Every number in the charts and tables carries its exact value in a "
                "data-value attribute.</footer></main></body></html>\n");
     return b;
 }

@@ -6,12 +6,10 @@
 #ifndef BITPLAN_REP_INT_H
 #define BITPLAN_REP_INT_H
 
+#include "layout/layout.h"
 #include "reports.h"
 
-enum { REP_Q, REP_K, REP_V, REP_O, REP_GATE, REP_UP, REP_DOWN, REP_HEAD, REP_N_CLASSES };
-extern const char *const rep_class_names[REP_N_CLASSES];
-extern const char *const rep_class_colors[REP_N_CLASSES];
-int rep_class_index(const char *cls);  /* -1 if unknown */
+extern const char *const rep_class_colors[LAY_N_CLASSES]; /* by lay_class */
 
 /* Above this many layers, charts bin layers instead of drawing one mark each. */
 #define REP_MAX_LAYER_LINES 48
@@ -32,10 +30,10 @@ struct rep_report {
     int n_notes;
 
     int n_layers, has_head;     /* layers 0 .. n_layers-1; a head tensor (layer -1) */
-    int n_cls, cls[REP_N_CLASSES];  /* classes present, canonical order */
+    int n_cls, cls[LAY_N_CLASSES];  /* classes present, canonical order */
     int *t_cls;                 /* [n_tensors] class index */
     int n_measured;             /* tensors with at least one measurement */
-    int *grid;                  /* [(n_layers + 1) * REP_N_CLASSES] tensor at (layer, class), -1; head row last */
+    int *grid;                  /* [(n_layers + 1) * LAY_N_CLASSES] tensor at (layer, class), -1; head row last */
 
     /* Sensitivity. */
     double *opt_bpw;            /* [n_options] bits / weights over tensors measured with it; NAN if none */
@@ -85,16 +83,16 @@ void rep_depth_color(double t, char out[8]);  /* t in [0,1]: dark blue to yellow
 const char *rep_term_color(const char *name, int i);
 
 /* ==== Charts (rep_svg.c): each appends one <svg> (or a note) ==== */
-rep_buf *rep_svg_heatmap(rep_buf *b, const rep_report *r);
-rep_buf *rep_svg_curves(rep_buf *b, const rep_report *r);
-rep_buf *rep_svg_allocation(rep_buf *b, const rep_report *r);
-rep_buf *rep_svg_pareto(rep_buf *b, const rep_report *r);
-rep_buf *rep_svg_vram(rep_buf *b, const rep_report *r);
+sb_buf *rep_svg_heatmap(sb_buf *b, const rep_report *r);
+sb_buf *rep_svg_curves(sb_buf *b, const rep_report *r);
+sb_buf *rep_svg_allocation(sb_buf *b, const rep_report *r);
+sb_buf *rep_svg_pareto(sb_buf *b, const rep_report *r);
+sb_buf *rep_svg_vram(sb_buf *b, const rep_report *r);
 
 /* ==== Writers ==== */
-rep_buf *rep_write_html(rep_buf *b, const rep_report *r);
-rep_buf *rep_write_md(rep_buf *b, const rep_report *r);
-rep_buf *rep_write_csv(rep_buf *b, const rep_report *r);
-rep_buf *rep_write_json(rep_buf *b, const rep_report *r);
+sb_buf *rep_write_html(sb_buf *b, const rep_report *r);
+sb_buf *rep_write_md(sb_buf *b, const rep_report *r);
+sb_buf *rep_write_csv(sb_buf *b, const rep_report *r);
+sb_buf *rep_write_json(sb_buf *b, const rep_report *r);
 
 #endif

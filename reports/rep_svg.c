@@ -21,7 +21,7 @@
 
 /* ==== Colours ==== */
 
-const char *const rep_class_colors[REP_N_CLASSES] = {
+const char *const rep_class_colors[LAY_N_CLASSES] = {
     "#4e79a7", "#76b7b2", "#59a14f", "#edc948", "#e15759", "#b07aa1", "#9c755f", "#79706e"};
 
 static const char *const heat_stops[] = {"#ffffcc", "#ffeda0", "#fed976", "#feb24c", "#fd8d3c",
@@ -105,21 +105,21 @@ static int log_ticks(double *lo, double *hi, double *t, int *major)
     return n;
 }
 
-static rep_buf *num_label(rep_buf *b, double v, int log)
+static sb_buf *num_label(sb_buf *b, double v, int log)
 {
     int k = v > 0 ? (int)floor(log10(v) + 1e-9) : 0;
     if (log && (k <= -4 || k >= 5)) {
         double mant = v / pow(10, k);
-        if (fabs(mant - 1) > 1e-6) rep_catf(b, "%g×", mant);
-        return rep_catf(b, "10<tspan dy=\"-5\" font-size=\"8\">%s%d</tspan>", k < 0 ? "−" : "", k < 0 ? -k : k);
+        if (fabs(mant - 1) > 1e-6) sb_printf(b, "%g×", mant);
+        return sb_printf(b, "10<tspan dy=\"-5\" font-size=\"8\">%s%d</tspan>", k < 0 ? "−" : "", k < 0 ? -k : k);
     }
     char s[32];
     snprintf(s, sizeof s, "%.6g", v);
-    return rep_cat(b, s);
+    return sb_puts(b, s);
 }
 
 /* Gridlines and tick labels of a y axis at x (labels to its left, or right). */
-static void y_axis(rep_buf *b, const scale *s, double x0, double x1, int labels_right, const char *title)
+static void y_axis(sb_buf *b, const scale *s, double x0, double x1, int labels_right, const char *title)
 {
     double t[32], lo = s->d0, hi = s->d1;
     int major[32], n;
@@ -128,45 +128,45 @@ static void y_axis(rep_buf *b, const scale *s, double x0, double x1, int labels_
     for (int i = 0; i < n; i++) {
         if (t[i] < s->d0 * 0.9999 || t[i] > s->d1 * 1.0001 + 1e-12) continue;
         double y = at(s, t[i]);
-        rep_catf(b, "<line class=\"grid%s\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\"/>", major[i] ? "" : " minor", x0, x1, y, y);
-        rep_catf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"%s\">", labels_right ? x1 + 4 : x0 - 5, y + 3.5,
+        sb_printf(b, "<line class=\"grid%s\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\"/>", major[i] ? "" : " minor", x0, x1, y, y);
+        sb_printf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"%s\">", labels_right ? x1 + 4 : x0 - 5, y + 3.5,
                  labels_right ? "start" : "end");
-        rep_cat(num_label(b, t[i], s->log), "</text>");
+        sb_puts(num_label(b, t[i], s->log), "</text>");
     }
     if (title) {
         double ym = (s->r0 + s->r1) / 2, xt = labels_right ? x1 + 40 : x0 - 40;
-        rep_catf(b, "<text class=\"axis-title\" transform=\"translate(%.1f %.1f) rotate(-90)\" text-anchor=\"middle\">", xt, ym);
-        rep_cat(rep_cat_html(b, title), "</text>");
+        sb_printf(b, "<text class=\"axis-title\" transform=\"translate(%.1f %.1f) rotate(-90)\" text-anchor=\"middle\">", xt, ym);
+        sb_puts(rep_cat_html(b, title), "</text>");
     }
 }
 
-static void x_axis(rep_buf *b, const scale *s, double y0, double y1, const char *title)
+static void x_axis(sb_buf *b, const scale *s, double y0, double y1, const char *title)
 {
     double t[32], lo = s->d0, hi = s->d1;
     int n = linear_ticks(&lo, &hi, (int)((s->r1 - s->r0) / 45), t);
     for (int i = 0; i < n; i++) {
         if (t[i] < s->d0 - 1e-9 || t[i] > s->d1 + 1e-9) continue;
         double x = at(s, t[i]);
-        rep_catf(b, "<line class=\"grid\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\"/>", x, x, y0, y1);
-        rep_catf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%g</text>", x, y1 + 13, t[i]);
+        sb_printf(b, "<line class=\"grid\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\"/>", x, x, y0, y1);
+        sb_printf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%g</text>", x, y1 + 13, t[i]);
     }
-    rep_catf(b, "<line class=\"axis\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\"/>", s->r0, s->r1, y1, y1);
+    sb_printf(b, "<line class=\"axis\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\"/>", s->r0, s->r1, y1, y1);
     if (title) {
-        rep_catf(b, "<text class=\"axis-title\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">", (s->r0 + s->r1) / 2, y1 + 29);
-        rep_cat(rep_cat_html(b, title), "</text>");
+        sb_printf(b, "<text class=\"axis-title\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">", (s->r0 + s->r1) / 2, y1 + 29);
+        sb_puts(rep_cat_html(b, title), "</text>");
     }
 }
 
-static rep_buf *svg_open(rep_buf *b, const char *id, double h, const char *label)
+static sb_buf *svg_open(sb_buf *b, const char *id, double h, const char *label)
 {
-    rep_catf(b, "<svg id=\"%s\" class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 %.0f %.0f\" role=\"img\" aria-label=\"", id, W, h);
-    return rep_cat(rep_cat_html(b, label), "\">");
+    sb_printf(b, "<svg id=\"%s\" class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 %.0f %.0f\" role=\"img\" aria-label=\"", id, W, h);
+    return sb_puts(rep_cat_html(b, label), "\">");
 }
 
-static rep_buf *attr_num(rep_buf *b, const char *name, double v)
+static sb_buf *attr_num(sb_buf *b, const char *name, double v)
 {
     char s[32];
-    return rep_catf(b, " %s=\"%s\"", name, rep_exact(s, v));
+    return sb_printf(b, " %s=\"%s\"", name, rep_exact(s, v));
 }
 
 /* ==== Layer columns shared by the heat map and the allocation strips ==== */
@@ -188,7 +188,7 @@ static columns make_columns(const rep_report *r, double x0, double x1)
 static double col_x(const columns *c, int layer) { return layer < 0 ? c->head_x : c->x0 + layer * c->cw; }
 static double col_w(const columns *c, int layer) { return layer < 0 ? c->head_w : c->cw; }
 
-static void layer_axis(rep_buf *b, const columns *c, double y)
+static void layer_axis(sb_buf *b, const columns *c, double y)
 {
     static const int steps[] = {1, 2, 5, 10, 20, 25, 50, 100, 200, 500, 1000};
     int step = 1000;
@@ -196,12 +196,12 @@ static void layer_axis(rep_buf *b, const columns *c, double y)
     for (int l = 0; l < c->L; l += step) {
         double x = col_x(c, l) + c->cw / 2;
         if (c->head && x > c->head_x - 16) break;
-        rep_catf(b, "<line class=\"axis\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\"/>", x, x, y, y + 3);
-        rep_catf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%d</text>", x, y + 14, l);
+        sb_printf(b, "<line class=\"axis\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\"/>", x, x, y, y + 3);
+        sb_printf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%d</text>", x, y + 14, l);
     }
     if (c->head)
-        rep_catf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">head</text>", c->head_x + c->head_w / 2, y + 14);
-    rep_catf(b, "<text class=\"axis-title\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">layer (input → output)</text>",
+        sb_printf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">head</text>", c->head_x + c->head_w / 2, y + 14);
+    sb_printf(b, "<text class=\"axis-title\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">layer (input → output)</text>",
              (c->x0 + col_x(c, c->L - 1) + c->cw) / 2, y + 30);
 }
 
@@ -215,17 +215,17 @@ static double heat_t(const rep_report *r, double e)
     return (log10(e) - log10(r->err_lo)) / (log10(r->err_hi) - log10(r->err_lo));
 }
 
-static void heat_legend(rep_buf *b, const rep_report *r, double x, double y, double w)
+static void heat_legend(sb_buf *b, const rep_report *r, double x, double y, double w)
 {
-    rep_cat(b, "<defs><linearGradient id=\"heat-ramp\" x1=\"0\" x2=\"1\" y1=\"0\" y2=\"0\">");
+    sb_puts(b, "<defs><linearGradient id=\"heat-ramp\" x1=\"0\" x2=\"1\" y1=\"0\" y2=\"0\">");
     for (int i = 0; i <= 16; i++) {
         char col[8];
         rep_heat_color(i / 16.0, col);
-        rep_catf(b, "<stop offset=\"%.4f\" stop-color=\"%s\"/>", i / 16.0, col);
+        sb_printf(b, "<stop offset=\"%.4f\" stop-color=\"%s\"/>", i / 16.0, col);
     }
-    rep_cat(b, "</linearGradient></defs>");
-    rep_catf(b, "<g class=\"legend\" data-lo=\"%.6g\" data-hi=\"%.6g\">", r->err_lo, r->err_hi);
-    rep_catf(b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"10\" fill=\"url(#heat-ramp)\" stroke=\"#bbb\" stroke-width=\"0.5\"/>", x, y, w);
+    sb_puts(b, "</linearGradient></defs>");
+    sb_printf(b, "<g class=\"legend\" data-lo=\"%.6g\" data-hi=\"%.6g\">", r->err_lo, r->err_hi);
+    sb_printf(b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"10\" fill=\"url(#heat-ramp)\" stroke=\"#bbb\" stroke-width=\"0.5\"/>", x, y, w);
     scale s = {r->err_lo, r->err_hi, x, x + w, 1};
     double t[32], lo = s.d0, hi = s.d1;
     int major[32], n = log_ticks(&lo, &hi, t, major), n_major = 0;
@@ -233,15 +233,15 @@ static void heat_legend(rep_buf *b, const rep_report *r, double x, double y, dou
     for (int i = 0; i < n; i++) {
         if (t[i] < s.d0 * 0.9999 || t[i] > s.d1 * 1.0001 || (!major[i] && n_major >= 2)) continue;
         double xt = at(&s, t[i]);
-        rep_catf(b, "<line class=\"axis\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\"/>", xt, xt, y + 10, y + 14);
-        rep_catf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">", xt, y + 25);
-        rep_cat(num_label(b, t[i], 1), "</text>");
+        sb_printf(b, "<line class=\"axis\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\"/>", xt, xt, y + 10, y + 14);
+        sb_printf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">", xt, y + 25);
+        sb_puts(num_label(b, t[i], 1), "</text>");
     }
-    rep_catf(b, "<text class=\"legend-title\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">relative output error (log scale)</text>", x - 10, y + 9);
-    rep_cat(b, "</g>");
+    sb_printf(b, "<text class=\"legend-title\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">relative output error (log scale)</text>", x - 10, y + 9);
+    sb_puts(b, "</g>");
 }
 
-static void heat_cell(rep_buf *b, const rep_report *r, const columns *c, int t, double y, double h)
+static void heat_cell(sb_buf *b, const rep_report *r, const columns *c, int t, double y, double h)
 {
     const db_report *d = r->d;
     const db_rep_tensor *tn = &d->tensors[t];
@@ -249,91 +249,91 @@ static void heat_cell(rep_buf *b, const rep_report *r, const columns *c, int t, 
     int mi = r->sel_meas[t];
     char col[8] = "#eeeeee", s1[32], s2[32];
     if (mi >= 0) rep_heat_color(heat_t(r, d->meas[mi].rel_err), col);
-    rep_catf(b, "<rect class=\"cell\" x=\"%.2f\" y=\"%.1f\" width=\"%.2f\" height=\"%.1f\" fill=\"%s\" data-tensor=\"", x + g / 2, y,
+    sb_printf(b, "<rect class=\"cell\" x=\"%.2f\" y=\"%.1f\" width=\"%.2f\" height=\"%.1f\" fill=\"%s\" data-tensor=\"", x + g / 2, y,
              w - g, h, col);
-    rep_cat(rep_cat_html(b, tn->name), "\"");
-    if (mi < 0) { rep_cat(b, " data-missing=\"1\"><title>"); rep_cat(rep_cat_html(b, tn->name), ": not measured</title></rect>"); return; }
+    sb_puts(rep_cat_html(b, tn->name), "\"");
+    if (mi < 0) { sb_puts(b, " data-missing=\"1\"><title>"); sb_puts(rep_cat_html(b, tn->name), ": not measured</title></rect>"); return; }
     const db_rep_meas *m = &d->meas[mi];
     attr_num(attr_num(b, "data-value", m->rel_err), "data-bpw", rep_tensor_bpw(d, t, m->bits));
-    rep_catf(b, " data-bits=\"%lld\" data-option=\"%lld\"><title>", (long long)m->bits, (long long)d->options[m->option].id);
+    sb_printf(b, " data-bits=\"%lld\" data-option=\"%lld\"><title>", (long long)m->bits, (long long)d->options[m->option].id);
     rep_cat_html(b, tn->name);
-    rep_catf(b, "\nrelative error %s at %s (%s bpw)</title></rect>", rep_sig(s1, m->rel_err, 4),
-             d->options[m->option].name, rep_sig(s2, rep_tensor_bpw(d, t, m->bits), 4));
+    sb_printf(b, "\nrelative error %s at %s (%s bpw)</title></rect>", rep_sig(s1, m->rel_err, 4),
+             d->options[m->option].opt.name, rep_sig(s2, rep_tensor_bpw(d, t, m->bits), 4));
 }
 
-rep_buf *rep_svg_heatmap(rep_buf *b, const rep_report *r)
+sb_buf *rep_svg_heatmap(sb_buf *b, const rep_report *r)
 {
     const db_report *d = r->d;
     double rh = r->n_cls > 6 ? 22 : 26, top = 6, x0 = 52;
     double h = top + r->n_cls * rh + 40 + 44;
     columns c = make_columns(r, x0, W - 12);
     char label[160];
-    snprintf(label, sizeof label, "Heat map of relative error per layer and class at option %s", d->options[r->sel].name);
+    snprintf(label, sizeof label, "Heat map of relative error per layer and class at option %s", d->options[r->sel].opt.name);
     svg_open(b, "heatmap", h, label);
-    rep_catf(b, "<g data-option=\"%lld\" data-layers=\"%d\">", (long long)d->options[r->sel].id, r->n_layers);
+    sb_printf(b, "<g data-option=\"%lld\" data-layers=\"%d\">", (long long)d->options[r->sel].id, r->n_layers);
     for (int ci = 0; ci < r->n_cls; ci++) {
         double y = top + ci * rh;
-        rep_catf(b, "<text class=\"row-label\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%s</text>", x0 - 8, y + rh / 2 + 4,
-                 rep_class_names[r->cls[ci]]);
-        rep_catf(b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"4\" height=\"%.1f\" fill=\"%s\"/>", x0 - 5, y + 1, rh - 4,
+        sb_printf(b, "<text class=\"row-label\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%s</text>", x0 - 8, y + rh / 2 + 4,
+                 lay_class_name(r->cls[ci]));
+        sb_printf(b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"4\" height=\"%.1f\" fill=\"%s\"/>", x0 - 5, y + 1, rh - 4,
                  rep_class_colors[r->cls[ci]]);
         for (int t = 0; t < d->n_tensors; t++)
             if (r->t_cls[t] == r->cls[ci]) heat_cell(b, r, &c, t, y + 1, rh - 3);
     }
-    rep_cat(b, "</g>");
+    sb_puts(b, "</g>");
     layer_axis(b, &c, top + r->n_cls * rh);
     heat_legend(b, r, W - 12 - 300, h - 34, 300);
-    return rep_cat(b, "</svg>");
+    return sb_puts(b, "</svg>");
 }
 
 /* ==== Error curves by class ==== */
 
-static void depth_legend(rep_buf *b, const rep_report *r, double x, double y, double w)
+static void depth_legend(sb_buf *b, const rep_report *r, double x, double y, double w)
 {
-    rep_cat(b, "<defs><linearGradient id=\"depth-ramp\" x1=\"0\" x2=\"1\" y1=\"0\" y2=\"0\">");
+    sb_puts(b, "<defs><linearGradient id=\"depth-ramp\" x1=\"0\" x2=\"1\" y1=\"0\" y2=\"0\">");
     for (int i = 0; i <= 8; i++) {
         char col[8];
         rep_depth_color(i / 8.0, col);
-        rep_catf(b, "<stop offset=\"%.3f\" stop-color=\"%s\"/>", i / 8.0, col);
+        sb_printf(b, "<stop offset=\"%.3f\" stop-color=\"%s\"/>", i / 8.0, col);
     }
-    rep_cat(b, "</linearGradient></defs>");
-    rep_catf(b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"8\" fill=\"url(#depth-ramp)\"/>", x, y, w);
-    rep_catf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">layer 0</text>", x - 5, y + 8);
-    rep_catf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\">%d</text>", x + w + 5, y + 8, r->n_layers - 1);
-    rep_catf(b, "<text class=\"legend-title\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%s</text>", x - 60, y + 8,
+    sb_puts(b, "</linearGradient></defs>");
+    sb_printf(b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"8\" fill=\"url(#depth-ramp)\"/>", x, y, w);
+    sb_printf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">layer 0</text>", x - 5, y + 8);
+    sb_printf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\">%d</text>", x + w + 5, y + 8, r->n_layers - 1);
+    sb_printf(b, "<text class=\"legend-title\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%s</text>", x - 60, y + 8,
              r->binned ? "one line per bin of layers (median), coloured by depth:" : "one line per layer, coloured by depth:");
 }
 
-static void curve_mark(rep_buf *b, const rep_report *r, const rep_curve *cv, const scale *sx, const scale *sy)
+static void curve_mark(sb_buf *b, const rep_report *r, const rep_curve *cv, const scale *sx, const scale *sy)
 {
     char col[8];
     double mid = cv->layer_lo < 0 ? 1 : (cv->layer_lo + cv->layer_hi) / 2.0 / (r->n_layers > 1 ? r->n_layers - 1 : 1);
     rep_depth_color(mid, col);
-    if (cv->layer_lo < 0) snprintf(col, sizeof col, "%s", rep_class_colors[REP_HEAD]);
-    rep_catf(b, "<%s class=\"curve\" stroke=\"%s\" data-layer-lo=\"%d\" data-layer-hi=\"%d\"", cv->n > 1 ? "polyline" : "circle", col,
+    if (cv->layer_lo < 0) snprintf(col, sizeof col, "%s", rep_class_colors[LAY_HEAD]);
+    sb_printf(b, "<%s class=\"curve\" stroke=\"%s\" data-layer-lo=\"%d\" data-layer-hi=\"%d\"", cv->n > 1 ? "polyline" : "circle", col,
              cv->layer_lo, cv->layer_hi);
-    if (cv->tensor >= 0) rep_cat(rep_cat_html(rep_cat(b, " data-tensor=\""), r->d->tensors[cv->tensor].name), "\"");
-    rep_cat(b, " data-points=\"");
-    for (int i = 0; i < cv->n; i++) rep_cat(rep_cat_exact(rep_cat(rep_cat_exact(b, cv->bpw[i]), ","), cv->err[i]), i + 1 < cv->n ? ";" : "");
+    if (cv->tensor >= 0) sb_puts(rep_cat_html(sb_puts(b, " data-tensor=\""), r->d->tensors[cv->tensor].name), "\"");
+    sb_puts(b, " data-points=\"");
+    for (int i = 0; i < cv->n; i++) sb_puts(rep_cat_exact(sb_puts(rep_cat_exact(b, cv->bpw[i]), ","), cv->err[i]), i + 1 < cv->n ? ";" : "");
     if (cv->n > 1) {
-        rep_cat(b, "\" points=\"");
-        for (int i = 0; i < cv->n; i++) rep_catf(b, "%.1f,%.1f ", at(sx, cv->bpw[i]), at(sy, cv->err[i]));
-        rep_cat(b, "\">");
+        sb_puts(b, "\" points=\"");
+        for (int i = 0; i < cv->n; i++) sb_printf(b, "%.1f,%.1f ", at(sx, cv->bpw[i]), at(sy, cv->err[i]));
+        sb_puts(b, "\">");
     } else {
-        rep_catf(b, "\" cx=\"%.1f\" cy=\"%.1f\" r=\"2.5\" fill=\"%s\">", at(sx, cv->bpw[0]), at(sy, cv->err[0]), col);
+        sb_printf(b, "\" cx=\"%.1f\" cy=\"%.1f\" r=\"2.5\" fill=\"%s\">", at(sx, cv->bpw[0]), at(sy, cv->err[0]), col);
     }
-    if (cv->layer_lo < 0) rep_cat(b, "<title>head</title>");
-    else if (cv->layer_lo == cv->layer_hi) rep_catf(b, "<title>layer %d</title>", cv->layer_lo);
-    else rep_catf(b, "<title>layers %d–%d (median)</title>", cv->layer_lo, cv->layer_hi);
-    rep_cat(b, cv->n > 1 ? "</polyline>" : "</circle>");
+    if (cv->layer_lo < 0) sb_puts(b, "<title>head</title>");
+    else if (cv->layer_lo == cv->layer_hi) sb_printf(b, "<title>layer %d</title>", cv->layer_lo);
+    else sb_printf(b, "<title>layers %d–%d (median)</title>", cv->layer_lo, cv->layer_hi);
+    sb_puts(b, cv->n > 1 ? "</polyline>" : "</circle>");
 }
 
-rep_buf *rep_svg_curves(rep_buf *b, const rep_report *r)
+sb_buf *rep_svg_curves(sb_buf *b, const rep_report *r)
 {
     int cols = r->n_cls > 4 ? 4 : r->n_cls, rows = (r->n_cls + cols - 1) / cols;
     double pw = W / cols, ph = 190, top = 26, ml = 50, mr = 10, mt = 22, mb = 34;
     svg_open(b, "curves", top + rows * ph, "Relative error against bits per weight, one panel per class");
-    rep_catf(b, "<g data-binned=\"%d\">", r->binned);
+    sb_printf(b, "<g data-binned=\"%d\">", r->binned);
     depth_legend(b, r, W - 230, 4, 160);
     double xlo = r->curve_bpw_lo, xhi = r->curve_bpw_hi, ylo = r->curve_err_lo, yhi = r->curve_err_hi, t[32];
     int major[32];
@@ -342,39 +342,39 @@ rep_buf *rep_svg_curves(rep_buf *b, const rep_report *r)
     for (int ci = 0; ci < r->n_cls; ci++) {
         double px = (ci % cols) * pw, py = top + (ci / cols) * ph;
         scale sx = {xlo, xhi, px + ml, px + pw - mr, 0}, sy = {ylo, yhi, py + ph - mb, py + mt, 1};
-        rep_catf(b, "<g class=\"panel\" data-class=\"%s\">", rep_class_names[r->cls[ci]]);
-        rep_catf(b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"10\" height=\"10\" rx=\"2\" fill=\"%s\"/>", px + ml, py + 4,
+        sb_printf(b, "<g class=\"panel\" data-class=\"%s\">", lay_class_name(r->cls[ci]));
+        sb_printf(b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"10\" height=\"10\" rx=\"2\" fill=\"%s\"/>", px + ml, py + 4,
                  rep_class_colors[r->cls[ci]]);
-        rep_catf(b, "<text class=\"panel-title\" x=\"%.1f\" y=\"%.1f\">%s</text>", px + ml + 15, py + 13, rep_class_names[r->cls[ci]]);
+        sb_printf(b, "<text class=\"panel-title\" x=\"%.1f\" y=\"%.1f\">%s</text>", px + ml + 15, py + 13, lay_class_name(r->cls[ci]));
         y_axis(b, &sy, sx.r0, sx.r1, 0, ci % cols == 0 ? "relative error" : NULL);
         x_axis(b, &sx, sy.r1, sy.r0, "bits per weight");
         for (int i = 0; i < r->n_curves; i++)
             if (r->curves[i].cls == r->cls[ci]) curve_mark(b, r, &r->curves[i], &sx, &sy);
-        rep_cat(b, "</g>");
+        sb_puts(b, "</g>");
     }
-    return rep_cat(b, "</g></svg>");
+    return sb_puts(b, "</g></svg>");
 }
 
 /* ==== Allocation strips ==== */
 
-static void alloc_bar(rep_buf *b, const rep_report *r, const columns *c, int t, const scale *sy)
+static void alloc_bar(sb_buf *b, const rep_report *r, const columns *c, int t, const scale *sy)
 {
     const db_report *d = r->d;
     const db_rep_plan *p = &d->plans[r->alloc];
     const db_rep_choice *ch = &p->choices[r->alloc_choice[t]];
     double w = col_w(c, d->tensors[t].layer), bpw = rep_tensor_bpw(d, t, ch->bits), g = w >= 6 ? w * 0.18 : 0, y = at(sy, bpw);
     char s1[32], s2[32];
-    rep_catf(b, "<rect class=\"bar\" x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%.2f\" fill=\"%s\" data-tensor=\"",
+    sb_printf(b, "<rect class=\"bar\" x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%.2f\" fill=\"%s\" data-tensor=\"",
              col_x(c, d->tensors[t].layer) + g / 2, y, w - g, sy->r0 - y, rep_class_colors[r->t_cls[t]]);
     rep_cat_html(b, d->tensors[t].name);
-    rep_catf(b, "\" data-bits=\"%lld\" data-option=\"%lld\"", (long long)ch->bits, (long long)d->options[ch->option].id);
+    sb_printf(b, "\" data-bits=\"%lld\" data-option=\"%lld\"", (long long)ch->bits, (long long)d->options[ch->option].id);
     attr_num(attr_num(b, "data-bpw", bpw), "data-predicted", ch->predicted);
-    rep_cat(rep_cat_html(rep_cat(b, "><title>"), d->tensors[t].name), "\n");
-    rep_catf(b, "%s: %s bpw, predicted damage %s</title></rect>", d->options[ch->option].name, rep_sig(s1, bpw, 4),
+    sb_puts(rep_cat_html(sb_puts(b, "><title>"), d->tensors[t].name), "\n");
+    sb_printf(b, "%s: %s bpw, predicted damage %s</title></rect>", d->options[ch->option].opt.name, rep_sig(s1, bpw, 4),
              rep_sig(s2, ch->predicted, 3));
 }
 
-rep_buf *rep_svg_allocation(rep_buf *b, const rep_report *r)
+sb_buf *rep_svg_allocation(sb_buf *b, const rep_report *r)
 {
     const db_report *d = r->d;
     const db_rep_plan *p = &d->plans[r->alloc];
@@ -386,27 +386,27 @@ rep_buf *rep_svg_allocation(rep_buf *b, const rep_report *r)
     ymin = fmax(0, floor(ymin) - 1), ymax = fmax(ceil(ymax), ymin + 2);
     columns c = make_columns(r, x0, W - 40);
     svg_open(b, "allocation", top + r->n_cls * (sh + gap) + 36, "Bits per weight of each tensor along the depth of the model");
-    rep_catf(b, "<g data-plan=\"%lld\">", (long long)p->id);
+    sb_printf(b, "<g data-plan=\"%lld\">", (long long)p->row.id);
     for (int ci = 0; ci < r->n_cls; ci++) {
-        rep_catf(b, "<rect x=\"%.1f\" y=\"8\" width=\"10\" height=\"10\" rx=\"2\" fill=\"%s\"/>", x0 + ci * 70.0, rep_class_colors[r->cls[ci]]);
-        rep_catf(b, "<text class=\"tick\" x=\"%.1f\" y=\"17\">%s</text>", x0 + ci * 70.0 + 14, rep_class_names[r->cls[ci]]);
+        sb_printf(b, "<rect x=\"%.1f\" y=\"8\" width=\"10\" height=\"10\" rx=\"2\" fill=\"%s\"/>", x0 + ci * 70.0, rep_class_colors[r->cls[ci]]);
+        sb_printf(b, "<text class=\"tick\" x=\"%.1f\" y=\"17\">%s</text>", x0 + ci * 70.0 + 14, lay_class_name(r->cls[ci]));
     }
-    rep_catf(b, "<text class=\"legend-title\" x=\"%.1f\" y=\"17\" text-anchor=\"end\">- - plan mean %.3g bpw</text>", W - 40, p->achieved_bpw);
+    sb_printf(b, "<text class=\"legend-title\" x=\"%.1f\" y=\"17\" text-anchor=\"end\">- - plan mean %.3g bpw</text>", W - 40, p->row.achieved_bpw);
     for (int ci = 0; ci < r->n_cls; ci++) {
         double y = top + ci * (sh + gap);
         scale sy = {ymin, ymax, y + sh, y, 0};
-        rep_catf(b, "<g class=\"strip\" data-class=\"%s\">", rep_class_names[r->cls[ci]]);
-        rep_catf(b, "<text class=\"row-label\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%s</text>", x0 - 8, y + sh / 2 + 4,
-                 rep_class_names[r->cls[ci]]);
+        sb_printf(b, "<g class=\"strip\" data-class=\"%s\">", lay_class_name(r->cls[ci]));
+        sb_printf(b, "<text class=\"row-label\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%s</text>", x0 - 8, y + sh / 2 + 4,
+                 lay_class_name(r->cls[ci]));
         y_axis(b, &sy, x0, c.x1, 1, NULL);
         for (int t = 0; t < d->n_tensors; t++)
             if (r->t_cls[t] == r->cls[ci] && r->alloc_choice[t] >= 0) alloc_bar(b, r, &c, t, &sy);
-        double ym = at(&sy, p->achieved_bpw);
-        rep_catf(b, "<line class=\"mean\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\"/>", x0, W - 40, ym, ym);
-        rep_cat(b, "</g>");
+        double ym = at(&sy, p->row.achieved_bpw);
+        sb_printf(b, "<line class=\"mean\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\"/>", x0, W - 40, ym, ym);
+        sb_puts(b, "</g>");
     }
     layer_axis(b, &c, top + r->n_cls * (sh + gap) - gap + 2);
-    return rep_cat(b, "</g></svg>");
+    return sb_puts(b, "</g></svg>");
 }
 
 /* ==== Pareto panels ==== */
@@ -416,16 +416,16 @@ typedef struct { const char *title, *unit; int log; } panel_spec;
 static double sweep_value(const rep_report *r, int k, int panel)
 {
     const db_report *d = r->d;
-    if (panel == 0) return d->plans[r->sweep_plans[k]].objective;
+    if (panel == 0) return d->plans[r->sweep_plans[k]].row.objective;
     int e = panel == 1 ? r->sweep_kld_eval[k] : r->sweep_ppl_eval[k];
     return e < 0 ? NAN : panel == 1 ? d->evals[e].kld : d->evals[e].ppl;
 }
 
-static void pareto_panel(rep_buf *b, const rep_report *r, int panel, double px, double pw, double ph, double xlo, double xhi)
+static void pareto_panel(sb_buf *b, const rep_report *r, int panel, double px, double pw, double ph, double xlo, double xhi)
 {
     static const char *const colors[] = {"#3b5b92", "#c0392b", "#2e8b57"};
     const db_report *d = r->d;
-    const char *metric = r->n_sweep ? d->plans[r->sweep_plans[0]].metric : "rel_err";
+    const char *metric = r->n_sweep ? d->plans[r->sweep_plans[0]].row.metric : "rel_err";
     const char *titles[] = {!strcmp(metric, "kld") ? "predicted KL divergence (objective)" : "predicted damage (Σ rel. error)",
                             "measured KL divergence", "measured perplexity"};
     double lo = INFINITY, hi = -INFINITY, ml = 56, mt = 34, mb = 40, mr = 14;
@@ -436,12 +436,12 @@ static void pareto_panel(rep_buf *b, const rep_report *r, int panel, double px, 
         lo = fmin(lo, v), hi = fmax(hi, v), n++;
     }
     if (panel == 2 && r->base_eval >= 0) lo = fmin(lo, d->evals[r->base_eval].ppl), hi = fmax(hi, d->evals[r->base_eval].ppl);
-    rep_catf(b, "<g class=\"panel\" data-panel=\"%s\">", panel == 0 ? "predicted" : panel == 1 ? "kld" : "ppl");
-    rep_catf(b, "<text class=\"panel-title\" x=\"%.1f\" y=\"14\">%s</text>", px + ml, titles[panel]);
+    sb_printf(b, "<g class=\"panel\" data-panel=\"%s\">", panel == 0 ? "predicted" : panel == 1 ? "kld" : "ppl");
+    sb_printf(b, "<text class=\"panel-title\" x=\"%.1f\" y=\"14\">%s</text>", px + ml, titles[panel]);
     scale sx = {xlo, xhi, px + ml, px + pw - mr, 0};
     if (n == 0) {
-        rep_catf(b, "<rect class=\"empty\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\"/>", sx.r0, mt, sx.r1 - sx.r0, ph - mt - mb);
-        rep_catf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">no evaluations yet (bitplan eval --db)</text></g>",
+        sb_printf(b, "<rect class=\"empty\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\"/>", sx.r0, mt, sx.r1 - sx.r0, ph - mt - mb);
+        sb_printf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">no evaluations yet (bitplan eval --db)</text></g>",
                  (sx.r0 + sx.r1) / 2, (ph - mb + mt) / 2);
         return;
     }
@@ -453,51 +453,51 @@ static void pareto_panel(rep_buf *b, const rep_report *r, int panel, double px, 
     x_axis(b, &sx, sy.r1, sy.r0, "achieved bits per weight");
     if (panel == 2 && r->base_eval >= 0) {
         double y = at(&sy, d->evals[r->base_eval].ppl);
-        rep_catf(b, "<line class=\"baseline\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\"", sx.r0, sx.r1, y, y);
+        sb_printf(b, "<line class=\"baseline\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\"", sx.r0, sx.r1, y, y);
         attr_num(b, "data-value", d->evals[r->base_eval].ppl);
-        rep_catf(b, "/><text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">unquantized %.4g</text>", sx.r1 - 2, y + 13 > sy.r0 - 2 ? y - 5 : y + 13,
+        sb_printf(b, "/><text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">unquantized %.4g</text>", sx.r1 - 2, y + 13 > sy.r0 - 2 ? y - 5 : y + 13,
                  d->evals[r->base_eval].ppl);
     }
-    rep_catf(b, "<polyline class=\"sweep-line\" stroke=\"%s\" points=\"", colors[panel]);
+    sb_printf(b, "<polyline class=\"sweep-line\" stroke=\"%s\" points=\"", colors[panel]);
     for (int k = 0; k < r->n_sweep; k++) {
         double v = sweep_value(r, k, panel);
-        if (!isnan(v) && (panel == 2 || v > 0)) rep_catf(b, "%.1f,%.1f ", at(&sx, d->plans[r->sweep_plans[k]].achieved_bpw), at(&sy, v));
+        if (!isnan(v) && (panel == 2 || v > 0)) sb_printf(b, "%.1f,%.1f ", at(&sx, d->plans[r->sweep_plans[k]].row.achieved_bpw), at(&sy, v));
     }
-    rep_cat(b, "\"/>");
+    sb_puts(b, "\"/>");
     for (int k = 0; k < r->n_sweep; k++) {
         const db_rep_plan *p = &d->plans[r->sweep_plans[k]];
-        double v = sweep_value(r, k, panel), x = at(&sx, p->achieved_bpw);
+        double v = sweep_value(r, k, panel), x = at(&sx, p->row.achieved_bpw);
         if (isnan(v) || (panel < 2 && v <= 0)) continue;
         int sel = r->alloc == r->sweep_plans[k];
-        rep_catf(b, "<circle class=\"point%s\" cx=\"%.1f\" cy=\"%.1f\" r=\"%.1f\" fill=\"%s\" data-plan=\"%lld\"", sel ? " selected" : "",
-                 x, at(&sy, v), sel ? 5.0 : 3.6, colors[panel], (long long)p->id);
-        attr_num(attr_num(b, "data-bpw", p->achieved_bpw), "data-value", v);
+        sb_printf(b, "<circle class=\"point%s\" cx=\"%.1f\" cy=\"%.1f\" r=\"%.1f\" fill=\"%s\" data-plan=\"%lld\"", sel ? " selected" : "",
+                 x, at(&sy, v), sel ? 5.0 : 3.6, colors[panel], (long long)p->row.id);
+        attr_num(attr_num(b, "data-bpw", p->row.achieved_bpw), "data-value", v);
         char s1[32], s2[32];
-        rep_catf(b, "><title>plan %lld: %s bpw, %s</title></circle>", (long long)p->id, rep_sig(s1, p->achieved_bpw, 4), rep_sig(s2, v, 4));
+        sb_printf(b, "><title>plan %lld: %s bpw, %s</title></circle>", (long long)p->row.id, rep_sig(s1, p->row.achieved_bpw, 4), rep_sig(s2, v, 4));
         if (r->n_sweep <= 16)
-            rep_catf(b, "<text class=\"point-label\" x=\"%.1f\" y=\"%.1f\">#%lld</text>", x + 5, at(&sy, v) - 6, (long long)p->id);
+            sb_printf(b, "<text class=\"point-label\" x=\"%.1f\" y=\"%.1f\">#%lld</text>", x + 5, at(&sy, v) - 6, (long long)p->row.id);
     }
-    rep_cat(b, "</g>");
+    sb_puts(b, "</g>");
 }
 
-rep_buf *rep_svg_pareto(rep_buf *b, const rep_report *r)
+sb_buf *rep_svg_pareto(sb_buf *b, const rep_report *r)
 {
     const db_report *d = r->d;
     double xlo = INFINITY, xhi = -INFINITY, ph = 250, pw = W / 3, t[32];
     for (int k = 0; k < r->n_sweep; k++)
-        xlo = fmin(xlo, d->plans[r->sweep_plans[k]].achieved_bpw), xhi = fmax(xhi, d->plans[r->sweep_plans[k]].achieved_bpw);
+        xlo = fmin(xlo, d->plans[r->sweep_plans[k]].row.achieved_bpw), xhi = fmax(xhi, d->plans[r->sweep_plans[k]].row.achieved_bpw);
     double pad = (xhi - xlo) * 0.06;
     xlo -= pad > 0 ? pad : 0.25, xhi += pad > 0 ? pad : 0.25;
     linear_ticks(&xlo, &xhi, 4, t);
     svg_open(b, "pareto", ph, "Predicted damage and measured KL divergence and perplexity against achieved bits per weight");
-    rep_cat(rep_cat_html(rep_cat(b, "<g data-sweep=\""), r->sweep), "\">");
+    sb_puts(rep_cat_html(sb_puts(b, "<g data-sweep=\""), r->sweep), "\">");
     for (int panel = 0; panel < 3; panel++) pareto_panel(b, r, panel, panel * pw, pw, ph, xlo, xhi);
-    return rep_cat(b, "</g></svg>");
+    return sb_puts(b, "</g></svg>");
 }
 
 /* ==== VRAM bar ==== */
 
-rep_buf *rep_svg_vram(rep_buf *b, const rep_report *r)
+sb_buf *rep_svg_vram(sb_buf *b, const rep_report *r)
 {
     const db_rep_plan *p = &r->d->plans[r->vram];
     double top = 34, bh = 40, x0 = 20, x1 = W - 30;
@@ -505,56 +505,56 @@ rep_buf *rep_svg_vram(rep_buf *b, const rep_report *r)
     const char *uname = unit > 1048576.0 ? "GiB" : "MiB";
     int legend_rows = (r->n_vterms + 3) / 4;
     svg_open(b, "vram", top + bh + 48 + legend_rows * 20, "Memory by term against the VRAM budget");
-    rep_catf(b, "<g data-plan=\"%lld\"", (long long)p->id);
+    sb_printf(b, "<g data-plan=\"%lld\"", (long long)p->row.id);
     attr_num(attr_num(b, "data-budget", r->budget), "data-total", r->vtotal);
-    rep_cat(b, ">");
+    sb_puts(b, ">");
     double lo = 0, hi = max / unit, t[32];
     int n = linear_ticks(&lo, &hi, 8, t);
     scale s = {0, hi * unit, x0, x1, 0};
     for (int i = 0; i < n; i++) {
         double x = at(&s, t[i] * unit);
-        rep_catf(b, "<line class=\"grid\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\"/>", x, x, top - 4, top + bh + 4);
-        rep_catf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%g %s</text>", x, top + bh + 18, t[i], uname);
+        sb_printf(b, "<line class=\"grid\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\"/>", x, x, top - 4, top + bh + 4);
+        sb_printf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%g %s</text>", x, top + bh + 18, t[i], uname);
     }
     double x = x0;
     for (int i = 0; i < r->n_vterms; i++) {
         const db_rep_term *tm = &p->terms[r->vterms[i]];
         double w = at(&s, tm->bytes) - x0;
         char sz[32];
-        rep_catf(b, "<rect class=\"term\" x=\"%.2f\" y=\"%.1f\" width=\"%.2f\" height=\"%.1f\" fill=\"%s\" data-term=\"", x, top,
+        sb_printf(b, "<rect class=\"term\" x=\"%.2f\" y=\"%.1f\" width=\"%.2f\" height=\"%.1f\" fill=\"%s\" data-term=\"", x, top,
                  w > 0 ? w : 0, bh, rep_term_color(tm->name, i));
         rep_cat_html(b, tm->name);
-        attr_num(rep_cat(b, "\""), "data-value", tm->bytes);
-        rep_cat(rep_cat_html(rep_cat(b, "><title>"), tm->name), ": ");
-        rep_catf(b, "%s</title></rect>", rep_bytes(sz, tm->bytes));
+        attr_num(sb_puts(b, "\""), "data-value", tm->bytes);
+        sb_puts(rep_cat_html(sb_puts(b, "><title>"), tm->name), ": ");
+        sb_printf(b, "%s</title></rect>", rep_bytes(sz, tm->bytes));
         if (w > 70) {
-            rep_catf(b, "<text class=\"bar-label\" x=\"%.1f\" y=\"%.1f\">", x + 6, top + bh / 2 + 4);
-            rep_cat(rep_cat_html(b, tm->name), "</text>");
+            sb_printf(b, "<text class=\"bar-label\" x=\"%.1f\" y=\"%.1f\">", x + 6, top + bh / 2 + 4);
+            sb_puts(rep_cat_html(b, tm->name), "</text>");
         }
         x += w > 0 ? w : 0;
     }
     char tot[32];
-    rep_catf(b, "<text class=\"legend-title\" x=\"%.1f\" y=\"%.1f\">%s%s", x + 6, top + bh / 2 + 4, x > x1 - 160 ? "" : "used ",
+    sb_printf(b, "<text class=\"legend-title\" x=\"%.1f\" y=\"%.1f\">%s%s", x + 6, top + bh / 2 + 4, x > x1 - 160 ? "" : "used ",
              rep_bytes(tot, r->vtotal));
-    if (r->budget > 0 && x <= x1 - 160) rep_catf(b, " (%.1f%%)", 100 * r->vtotal / r->budget);
-    rep_cat(b, "</text>");
+    if (r->budget > 0 && x <= x1 - 160) sb_printf(b, " (%.1f%%)", 100 * r->vtotal / r->budget);
+    sb_puts(b, "</text>");
     if (!isnan(r->budget)) {
         double xb = at(&s, r->budget);
         char sz[32];
-        rep_catf(b, "<line class=\"budget\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\"/>", xb, xb, top - 12, top + bh + 6);
-        rep_catf(b, "<text class=\"budget-label\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">budget %s</text>", xb - 4, top - 6,
+        sb_printf(b, "<line class=\"budget\" x1=\"%.1f\" x2=\"%.1f\" y1=\"%.1f\" y2=\"%.1f\"/>", xb, xb, top - 12, top + bh + 6);
+        sb_printf(b, "<text class=\"budget-label\" x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">budget %s</text>", xb - 4, top - 6,
                  rep_bytes(sz, r->budget));
     }
     for (int i = 0; i < r->n_vterms; i++) {
         const db_rep_term *tm = &p->terms[r->vterms[i]];
         double lx = x0 + (i % 4) * 240, ly = top + bh + 34 + (i / 4) * 20;
         char sz[32];
-        rep_catf(b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"11\" height=\"11\" rx=\"2\" fill=\"%s\"/>", lx, ly, rep_term_color(tm->name, i));
-        rep_catf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\">", lx + 16, ly + 10);
+        sb_printf(b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"11\" height=\"11\" rx=\"2\" fill=\"%s\"/>", lx, ly, rep_term_color(tm->name, i));
+        sb_printf(b, "<text class=\"tick\" x=\"%.1f\" y=\"%.1f\">", lx + 16, ly + 10);
         rep_cat_html(b, tm->name);
-        rep_catf(b, " — %s", rep_bytes(sz, tm->bytes));
-        if (r->budget > 0) rep_catf(b, " (%.1f%%)", 100 * tm->bytes / r->budget);
-        rep_cat(b, "</text>");
+        sb_printf(b, " — %s", rep_bytes(sz, tm->bytes));
+        if (r->budget > 0) sb_printf(b, " (%.1f%%)", 100 * tm->bytes / r->budget);
+        sb_puts(b, "</text>");
     }
-    return rep_cat(b, "</g></svg>");
+    return sb_puts(b, "</g></svg>");
 }

@@ -11,9 +11,9 @@
  *     rep_params p; rep_params_init(&p); p.format = REP_HTML;
  *     rep_report *r; char err[256];
  *     if (rep_build(data, &p, &r, err, sizeof err)) { fprintf(stderr, "%s\n", err); return 1; }
- *     rep_buf *b = rep_write(rep_buf_new(), r, p.format);
- *     fwrite(rep_buf_str(b), 1, rep_buf_len(b), f);
- *     rep_buf_free(b); rep_report_free(r);
+ *     sb_buf b = {0};
+ *     if (!rep_write(&b, r, p.format)->oom) fwrite(b.s, 1, b.len, f);
+ *     free(b.s); rep_report_free(r);
  *
  * CSV is one long table, one number (or string) per row:
  *     section,plan,eval,tensor,layer,class,option,quantity,value
@@ -29,22 +29,12 @@
 #include <stdint.h>
 
 #include "db/db.h"
+#include "util/util.h"
 
-/* ==== String builder ==== */
+/* ==== Text the writers share (the string builder is util's sb_buf) ==== */
 
-/* A growing string. Appends return the buffer (so calls chain); out of memory makes
- * the buffer sticky-failed (rep_buf_failed), later appends do nothing. */
-typedef struct rep_buf rep_buf;
-rep_buf *rep_buf_new(void);
-void rep_buf_free(rep_buf *b);
-rep_buf *rep_cat(rep_buf *b, const char *s);
-rep_buf *rep_catn(rep_buf *b, const char *s, size_t n);
-rep_buf *rep_catf(rep_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-rep_buf *rep_cat_html(rep_buf *b, const char *s);  /* escaped for text and attributes */
-rep_buf *rep_cat_exact(rep_buf *b, double v);      /* shortest text that reads back as v; "nan" */
-const char *rep_buf_str(const rep_buf *b);
-size_t rep_buf_len(const rep_buf *b);
-int rep_buf_failed(const rep_buf *b);
+sb_buf *rep_cat_html(sb_buf *b, const char *s);  /* escaped for text and attributes */
+sb_buf *rep_cat_exact(sb_buf *b, double v);      /* shortest text that reads back as v; "nan" */
 
 /* ==== Reports ==== */
 
@@ -71,6 +61,6 @@ int rep_n_notes(const rep_report *r);
 const char *rep_note(const rep_report *r, int i);
 
 /* Appends the whole document in format f to b; returns b. */
-rep_buf *rep_write(rep_buf *b, const rep_report *r, rep_format f);
+sb_buf *rep_write(sb_buf *b, const rep_report *r, rep_format f);
 
 #endif

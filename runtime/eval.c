@@ -20,8 +20,8 @@
  * as llama-perplexity's --kl-divergence-base does; the file format is described
  * below, above its writer.
  *
- * It must never change the tokens it is given, and prints only the optional
- * progress line.
+ * It must never change the tokens it is given, and never prints (progress goes to
+ * the caller's callback).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -625,13 +625,11 @@ int rt_eval(const rt_model *m, const rt_model *ref, const int32_t *tokens, int64
         if (p->save_logits && writer_chunk(&w, run.logits, (size_t)n_score * vocab, err, err_len)) goto done;
         score_chunk(&run, with_ref ? &rrun : NULL, chunk + first + 1, n_score, &sums);
         if (p->progress) {
-            double left = (util_now_s() - t0) / (double)(c + 1) * (double)(n_chunk - c - 1);
-            fprintf(stderr, "\reval: chunk %lld/%lld, perplexity %.4f, %.1f tokens/s, left %dm%02ds ", (long long)(c + 1),
-                    (long long)n_chunk, exp(sums.nll / (double)sums.count), (double)(c + 1) * ctx / t_model,
-                    (int)(left / 60), (int)left % 60);
+            rt_eval_progress at = {c + 1, n_chunk, exp(sums.nll / (double)sums.count), (double)(c + 1) * ctx / t_model,
+                                   (util_now_s() - t0) / (double)(c + 1) * (double)(n_chunk - c - 1)};
+            p->progress(p->progress_ctx, &at);
         }
     }
-    if (p->progress) fputc('\n', stderr);
     if (p->save_logits && util_out_commit(&w.out, err, err_len)) goto done;
     finish(&sums, with_ref, out);
     out->seconds = util_now_s() - t0;

@@ -142,9 +142,9 @@ static void attention_block(const rt_model *m, rt_state *s, int l, float *h, int
     float *vc = s->value_cache + rt_cache_offset(s, l, pos);
     rmsnorm(s->xb, h, ly->attn_norm, n, c->dim, c->norm_eps);
     observe(s, l, RT_IN_ATTN, s->xb, n, c->dim);
-    ly->lin[RT_Q]->matmul(ly->lin[RT_Q], s->xb, s->q, n);
-    ly->lin[RT_K]->matmul(ly->lin[RT_K], s->xb, kc, n);
-    ly->lin[RT_V]->matmul(ly->lin[RT_V], s->xb, vc, n);
+    ly->lin[LAY_Q]->matmul(ly->lin[LAY_Q], s->xb, s->q, n);
+    ly->lin[LAY_K]->matmul(ly->lin[LAY_K], s->xb, kc, n);
+    ly->lin[LAY_V]->matmul(ly->lin[LAY_V], s->xb, vc, n);
     add_bias(s->q, ly->bias_q, n, s->q_dim);
     add_bias(kc, ly->bias_k, n, s->kv_dim);
     add_bias(vc, ly->bias_v, n, s->kv_dim);
@@ -152,7 +152,7 @@ static void attention_block(const rt_model *m, rt_state *s, int l, float *h, int
     rope(s, c, kc, n, c->n_kv_heads, s->kv_dim, pos);
     attention(c, s, l, n, pos);
     observe(s, l, RT_IN_ATTN_OUT, s->att, n, s->q_dim);
-    ly->lin[RT_O]->matmul(ly->lin[RT_O], s->att, s->xo, n);
+    ly->lin[LAY_O]->matmul(ly->lin[LAY_O], s->att, s->xo, n);
     add_residual(h, s->xo, (int64_t)n * c->dim);
 }
 
@@ -162,11 +162,11 @@ static void mlp_block(const rt_model *m, rt_state *s, int l, float *h, int n)
     const rt_layer *ly = &m->layers[l];
     rmsnorm(s->xb, h, ly->ffn_norm, n, c->dim, c->norm_eps);
     observe(s, l, RT_IN_MLP, s->xb, n, c->dim);
-    ly->lin[RT_GATE]->matmul(ly->lin[RT_GATE], s->xb, s->gate, n);
-    ly->lin[RT_UP]->matmul(ly->lin[RT_UP], s->xb, s->up, n);
+    ly->lin[LAY_GATE]->matmul(ly->lin[LAY_GATE], s->xb, s->gate, n);
+    ly->lin[LAY_UP]->matmul(ly->lin[LAY_UP], s->xb, s->up, n);
     swiglu(s->gate, s->up, (int64_t)n * c->hidden_dim);
     observe(s, l, RT_IN_MLP_OUT, s->gate, n, c->hidden_dim);
-    ly->lin[RT_DOWN]->matmul(ly->lin[RT_DOWN], s->gate, s->xo, n);
+    ly->lin[LAY_DOWN]->matmul(ly->lin[LAY_DOWN], s->gate, s->xo, n);
     add_residual(h, s->xo, (int64_t)n * c->dim);
 }
 

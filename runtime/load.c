@@ -21,31 +21,24 @@
 
 /* ==== Names ==== */
 
-static const char *const class_names[RT_CLASS_COUNT] = {"q", "k", "v", "o", "gate", "up", "down", "head"};
-static const char *const gguf_names[RT_CLASS_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output",
+static const char *const gguf_names[LAY_N_CLASSES] = {"attn_q", "attn_k", "attn_v", "attn_output",
                                                         "ffn_gate", "ffn_up", "ffn_down", "output"};
 
-const char *rt_class_name(rt_class c)
-{
-    assert(c >= 0 && c < RT_CLASS_COUNT);
-    return class_names[c];
-}
-
-rt_input rt_class_input(rt_class c)
+rt_input rt_class_input(lay_class c)
 {
     switch (c) {
-    case RT_Q: case RT_K: case RT_V: return RT_IN_ATTN;
-    case RT_O: return RT_IN_ATTN_OUT;
-    case RT_GATE: case RT_UP: return RT_IN_MLP;
-    case RT_DOWN: return RT_IN_MLP_OUT;
-    default: assert(c == RT_HEAD); return RT_IN_HEAD;
+    case LAY_Q: case LAY_K: case LAY_V: return RT_IN_ATTN;
+    case LAY_O: return RT_IN_ATTN_OUT;
+    case LAY_GATE: case LAY_UP: return RT_IN_MLP;
+    case LAY_DOWN: return RT_IN_MLP_OUT;
+    default: assert(c == LAY_HEAD); return RT_IN_HEAD;
     }
 }
 
-void rt_tensor_name(const mdl_config *cfg, int layer, rt_class c, char *out, size_t cap)
+void rt_tensor_name(const mdl_config *cfg, int layer, lay_class c, char *out, size_t cap)
 {
-    assert(c >= 0 && c < RT_CLASS_COUNT);
-    if (c == RT_HEAD)
+    assert(c >= 0 && c < LAY_N_CLASSES);
+    if (c == LAY_HEAD)
         snprintf(out, cap, "%s", cfg->tied_embeddings ? "token_embd.weight" : "output.weight");
     else
         snprintf(out, cap, "blk.%d.%s.weight", layer, gguf_names[c]);
@@ -162,15 +155,15 @@ static int check_config(const mdl_config *c, const char *path, char *err, size_t
 static int load_layer(mdl_model *f, rt_scratch *sc, const mdl_config *c, int l, rt_layer *ly, char *err, size_t err_len)
 {
     int64_t q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
-    const int64_t shape[RT_HEAD][2] = {{q, c->dim}, {kv, c->dim}, {kv, c->dim}, {c->dim, q},
+    const int64_t shape[LAY_HEAD][2] = {{q, c->dim}, {kv, c->dim}, {kv, c->dim}, {c->dim, q},
                                        {c->hidden_dim, c->dim}, {c->hidden_dim, c->dim}, {c->dim, c->hidden_dim}};
     char name[96];
     snprintf(name, sizeof name, "blk.%d.attn_norm.weight", l);
     if (load_f32(f, name, c->dim, &ly->attn_norm, err, err_len)) return -1;
     snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", l);
     if (load_f32(f, name, c->dim, &ly->ffn_norm, err, err_len)) return -1;
-    for (int k = 0; k < RT_HEAD; k++) {
-        rt_tensor_name(c, l, (rt_class)k, name, sizeof name);
+    for (int k = 0; k < LAY_HEAD; k++) {
+        rt_tensor_name(c, l, (lay_class)k, name, sizeof name);
         if (load_linear(f, sc, name, shape[k][0], shape[k][1], &ly->lin[k], err, err_len)) return -1;
     }
     if (!c->attn_bias) return 0;
@@ -201,14 +194,14 @@ static int layer_linears(rt_model *m, int layer, rt_linear **out)
         out[0] = m->head;
         return 1;
     }
-    memcpy(out, m->layers[layer].lin, RT_HEAD * sizeof *out);
-    return RT_HEAD;
+    memcpy(out, m->layers[layer].lin, LAY_HEAD * sizeof *out);
+    return LAY_HEAD;
 }
 
 int rt_model_hold_layer(rt_model *m, int layer, char *err, size_t err_len)
 {
     assert(layer >= 0 && layer <= m->cfg.n_layers);
-    rt_linear *l[RT_HEAD];
+    rt_linear *l[LAY_HEAD];
     int n = layer_linears(m, layer, l);
     for (int k = 0; k < n; k++) {
         if (!rt_linear_hold(l[k])) continue;
@@ -223,7 +216,7 @@ int rt_model_hold_layer(rt_model *m, int layer, char *err, size_t err_len)
 void rt_model_release_layer(rt_model *m, int layer)
 {
     assert(layer >= 0 && layer <= m->cfg.n_layers);
-    rt_linear *l[RT_HEAD];
+    rt_linear *l[LAY_HEAD];
     int n = layer_linears(m, layer, l);
     for (int k = 0; k < n; k++) rt_linear_release(l[k]);
 }
@@ -276,7 +269,7 @@ void rt_model_free(rt_model *m)
     if (!m) return;
     for (int l = 0; m->layers && l < m->cfg.n_layers; l++) {
         rt_layer *ly = &m->layers[l];
-        for (int k = 0; k < RT_HEAD; k++) rt_linear_free(ly->lin[k]);
+        for (int k = 0; k < LAY_HEAD; k++) rt_linear_free(ly->lin[k]);
         free(ly->attn_norm); free(ly->ffn_norm);
         free(ly->bias_q); free(ly->bias_k); free(ly->bias_v);
     }

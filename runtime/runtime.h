@@ -26,21 +26,17 @@
 
 /* ==== Linear layers ==== */
 
-/* Tensor classes. Tensors of one input group see the same input (q/k/v share one,
- * gate/up share one). */
-typedef enum {
-    RT_Q = 0, RT_K, RT_V, RT_O, RT_GATE, RT_UP, RT_DOWN, RT_HEAD, RT_CLASS_COUNT
-} rt_class;
+/* Tensor classes are layout's lay_class (LAY_Q ... LAY_HEAD). Tensors of one input
+ * group see the same input (q/k/v share one, gate/up share one). */
 
 typedef enum { RT_IN_ATTN = 0, /* q, k, v */ RT_IN_ATTN_OUT, /* o */
                RT_IN_MLP, /* gate, up */ RT_IN_MLP_OUT, /* down */ RT_IN_HEAD,
                RT_INPUT_COUNT } rt_input;
 
-const char *rt_class_name(rt_class c);  /* "q", "k", "v", "o", "gate", "up", "down", "head" */
-rt_input rt_class_input(rt_class c);
+rt_input rt_class_input(lay_class c);
 /* GGUF name of layer `layer`'s tensor of class c ("blk.3.attn_q.weight"; the head is
  * "output.weight", or "token_embd.weight" when embeddings are tied). */
-void rt_tensor_name(const mdl_config *cfg, int layer, rt_class c, char *out, size_t cap);
+void rt_tensor_name(const mdl_config *cfg, int layer, lay_class c, char *out, size_t cap);
 
 typedef struct rt_linear rt_linear;
 struct rt_linear {
@@ -112,7 +108,7 @@ rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, rt_scratch *scra
 
 typedef struct {
     float *attn_norm;              /* [dim] */
-    rt_linear *lin[RT_HEAD];       /* q [n_heads*head_dim][dim], k,v [n_kv*head_dim][dim],
+    rt_linear *lin[LAY_HEAD];       /* q [n_heads*head_dim][dim], k,v [n_kv*head_dim][dim],
                                       o [dim][n_heads*head_dim], gate,up [hidden][dim],
                                       down [dim][hidden] */
     float *bias_q, *bias_k, *bias_v; /* [rows] or NULL (Qwen2) */
@@ -208,11 +204,20 @@ void rt_runner_free(rt_runner *r);
 
 typedef struct rt_ref_logits rt_ref_logits;
 
+/* Where an evaluation stands, after each chunk (rt_eval_params.progress). */
+typedef struct {
+    int64_t chunk, n_chunks;     /* chunks done, of */
+    double ppl;                  /* perplexity so far */
+    double tokens_per_s;         /* of the model alone */
+    double seconds_left;
+} rt_eval_progress;
+
 typedef struct {
     rt_runner_open_fn open_runner; /* where the model runs; NULL = CPU (the reference always runs on the CPU) */
     int ctx;                 /* chunk length (default 512) */
     int max_chunks;          /* 0 = all */
-    int progress;            /* 1: progress on stderr */
+    void (*progress)(void *ctx, const rt_eval_progress *p); /* NULL: silent */
+    void *progress_ctx;
     int32_t bos;             /* token put first in every chunk, -1 = none (default); llama.cpp
                                 does this when the model adds BOS (rt_model.add_bos) */
     /* Saved reference logits (as llama-perplexity's --kl-divergence-base), so that an

@@ -20,7 +20,7 @@ ALLOWED = {
     "util": set(),
     "par": set(),
     "layout": set(),
-    "db": {"util"},
+    "db": {"layout", "util"},
     "model": {"layout", "util"},
     "runtime": {"model", "layout", "util"},
     "measure": {"runtime", "model", "layout", "db", "par", "util"},

@@ -66,7 +66,7 @@ static alloc_problem *to_problem(const inst *x)
 {
     alloc_problem *p = alloc_problem_new();
     for (int t = 0; t < x->n; t++) {
-        assert_int_equal(alloc_add_tensor(p, (alloc_class)(t % 7), 0, x->weights[t], x->in_budget[t]), t);
+        assert_int_equal(alloc_add_tensor(p, (lay_class)(t % 7), 0, x->weights[t], x->in_budget[t]), t);
         for (int c = 0; c < x->m; c++) assert_int_equal(alloc_add_option(p, t, x->id[t][c], x->bits[t][c], x->dmg[t][c]), c);
         alloc_limit_bpw(p, t, x->min_bpw[t], x->max_bpw[t]);
     }
@@ -221,7 +221,7 @@ static void t_unreachable(void **s)
     (void)s;
     alloc_problem *p = alloc_problem_new();
     for (int t = 0; t < 3; t++) {
-        alloc_add_tensor(p, ALLOC_Q, t, 100, 1);
+        alloc_add_tensor(p, LAY_Q, t, 100, 1);
         alloc_add_option(p, t, 1, 200, 1.0);
         alloc_add_option(p, t, 2, 400, 0.5);
     }
@@ -259,7 +259,7 @@ static void t_baselines_and_lp(void **s)
         int64_t w = 0;
         for (int t = 0; t < n; t++) {
             int64_t nw = 1000 * (1 + rnd() % 4);
-            alloc_add_tensor(p, (alloc_class)(t % 7), t / 7, nw, 1);
+            alloc_add_tensor(p, (lay_class)(t % 7), t / 7, nw, 1);
             double a = 0.1 + (rnd() % 100) / 10.0;
             for (int c = 0; c < 8; c++)
                 alloc_add_option(p, t, c + 1, nw * (2 + c) + 64 * (rnd() % 4), a * exp2(-2.0 * c) * (0.8 + (rnd() % 40) / 100.0));
@@ -326,14 +326,35 @@ static void t_memory_model(void **s)
     assert_non_null(strstr(err, "n_layers"));
 }
 
+/* The configuration is read as JSON: only top-level members count, whatever a
+ * string or a nested object holds, and what does not parse is refused. */
+static void t_shape_reads_json(void **s)
+{
+    (void)s;
+    const char *json = "{\"name\": \"a \\\"dim\\\": 3 model\", \"rope\": {\"dim\": 7, \"n_heads\": 1},"
+                       " \"n_layers\": 2, \"dim\": 64, \"hidden_dim\": 128, \"n_heads\": 4, \"vocab_size\": 100,"
+                       " \"attn_bias\": 1}";
+    alloc_shape sh;
+    char err[160];
+    assert_int_equal(alloc_shape_from_json(json, &sh, err, sizeof err), 0);
+    assert_int_equal(sh.dim, 64), assert_int_equal(sh.n_heads, 4), assert_int_equal(sh.head_dim, 16);
+    assert_int_equal(sh.n_kv_heads, 4), assert_int_equal(sh.attn_bias, 1), assert_int_equal(sh.tied_embeddings, 0);
+    assert_int_equal(alloc_shape_from_json("{\"n_layers\": 2, \"dim\": 64", &sh, err, sizeof err), -1);
+    assert_non_null(strstr(err, "not a JSON object"));
+    assert_int_equal(alloc_shape_from_json("[1]", &sh, err, sizeof err), -1);
+    assert_int_equal(alloc_shape_from_json("{\"n_layers\": 1e300, \"dim\": 64, \"hidden_dim\": 1, \"n_heads\": 1,"
+                                           " \"vocab_size\": 1}", &sh, err, sizeof err), -1);
+    assert_non_null(strstr(err, "n_layers"));
+}
+
 static void t_class_sets(void **s)
 {
     (void)s;
-    assert_int_equal(alloc_class_set_parse("qkv"), 1u << ALLOC_Q | 1u << ALLOC_K | 1u << ALLOC_V);
+    assert_int_equal(alloc_class_set_parse("qkv"), 1u << LAY_Q | 1u << LAY_K | 1u << LAY_V);
     assert_int_equal(alloc_class_set_parse("gate,up"), alloc_class_set_parse("gate_up"));
-    assert_int_equal(alloc_class_set_parse("down"), 1u << ALLOC_DOWN);
+    assert_int_equal(alloc_class_set_parse("down"), 1u << LAY_DOWN);
     assert_int_equal(alloc_class_set_parse("qq"), 0);
-    assert_int_equal(alloc_class_parse("head"), ALLOC_HEAD);
+    assert_int_equal(lay_class_of_name("head"), LAY_HEAD);
 }
 
 int main(void)
@@ -347,6 +368,7 @@ int main(void)
         cmocka_unit_test(t_unreachable),
         cmocka_unit_test(t_baselines_and_lp),
         cmocka_unit_test(t_memory_model),
+        cmocka_unit_test(t_shape_reads_json),
         cmocka_unit_test(t_class_sets),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -285,3 +285,17 @@ def test_vram_plan_of_a_measurement_counts_attention_biases(tmp_path):
     norms = 4 * (2 * layers * dim + dim)
     assert unq["llama"] == norms
     assert unq["qwen2"] == norms + 4 * layers * (q_dim + 2 * kv_dim)
+
+
+def test_long_labels_and_commands_are_stored_and_listed_whole(tmp_path):
+    db = str(tmp_path / "l.db")
+    make_db(db)
+    label = "run-" + "x" * 1500 + "-end"
+    assert run("--db", db, "--bpw", "4", "--label", label).returncode == 0
+    assert run("--db", db, "--sweep", "4:5:1", "--label", label + "2").returncode == 0
+    ps = plans(db)
+    assert [p["sweep"] for p in ps] == [label, label + "2", label + "2"]
+    assert all(label in p["command"] and p["command"].endswith(p["sweep"]) for p in ps)
+    listed = run("--db", db, "--list")
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[-1] for line in listed.stdout.splitlines()[1:]] == [p["sweep"] for p in ps]

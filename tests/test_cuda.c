@@ -370,8 +370,8 @@ static void test_gpu_matvec(void **state)
 enum { TM_LAYERS = 2, TM_DIM = 64, TM_HIDDEN = 160, TM_HEADS = 4, TM_KV = 2, TM_HD = 16, TM_VOCAB = 96 };
 
 typedef struct {
-    ptensor pt[TM_LAYERS][RT_HEAD], head;
-    rt_linear *bare[TM_LAYERS][RT_HEAD];  /* the GPU model's linears: shape and `packed` only */
+    ptensor pt[TM_LAYERS][LAY_HEAD], head;
+    rt_linear *bare[TM_LAYERS][LAY_HEAD];  /* the GPU model's linears: shape and `packed` only */
     float *norms[2 * TM_LAYERS + 1];
     rt_model gpu, cpu;
     rt_layer gl[TM_LAYERS], cl[TM_LAYERS];
@@ -388,9 +388,9 @@ static float *vec_copy(const float *src, int64_t n)
 static void tiny_make(tiny *m, int dense_o)
 {
     static const int64_t Q = TM_HEADS * TM_HD, KV = TM_KV * TM_HD;
-    const int64_t shape[RT_HEAD][2] = {{Q, TM_DIM}, {KV, TM_DIM}, {KV, TM_DIM}, {TM_DIM, Q},
+    const int64_t shape[LAY_HEAD][2] = {{Q, TM_DIM}, {KV, TM_DIM}, {KV, TM_DIM}, {TM_DIM, Q},
                                        {TM_HIDDEN, TM_DIM}, {TM_HIDDEN, TM_DIM}, {TM_DIM, TM_HIDDEN}};
-    const lay_option o[RT_HEAD] = { opt(4, 4, 0, 32, LAY_SCALE_F16_Z8), opt(3, 5, 0.5f, 32, LAY_SCALE_F16),
+    const lay_option o[LAY_HEAD] = { opt(4, 4, 0, 32, LAY_SCALE_F16_Z8), opt(3, 5, 0.5f, 32, LAY_SCALE_F16),
                                     opt(8, 8, 0, 64, LAY_SCALE_F16_Z8), opt(2, 6, 0.5f, 32, LAY_SCALE_F16_Z8),
                                     opt(5, 5, 0, 32, LAY_SCALE_F16), opt(6, 7, 0.5f, 32, LAY_SCALE_F16_Z8),
                                     opt(3, 4, 0.2f, 32, LAY_SCALE_F16_Z8) };
@@ -407,12 +407,12 @@ static void tiny_make(tiny *m, int dense_o)
         for (int j = 0; j < TM_DIM; j++) m->norms[i][j] = 1.0f + 0.1f * m->norms[i][j];
     }
     for (int l = 0; l < TM_LAYERS; l++) {
-        for (int k = 0; k < RT_HEAD; k++) {
+        for (int k = 0; k < LAY_HEAD; k++) {
             ptensor *t = &m->pt[l][k];
             pt_make(t, shape[k][0], shape[k][1], &o[k], 1.0f / sqrtf((float)shape[k][1]));
             m->cl[l].lin[k] = rt_linear_dense(vec_copy(t->deq, t->p.rows * t->p.cols), t->p.rows, t->p.cols);
             assert_non_null(m->cl[l].lin[k]);
-            if (dense_o && k == RT_O) { /* the dense path on the GPU too */
+            if (dense_o && k == LAY_O) { /* the dense path on the GPU too */
                 m->gl[l].lin[k] = m->cl[l].lin[k];
                 m->cl[l].lin[k]->dense = t->deq;
                 continue;
@@ -439,7 +439,7 @@ static void tiny_make(tiny *m, int dense_o)
 static void tiny_free(tiny *m)
 {
     for (int l = 0; l < TM_LAYERS; l++)
-        for (int k = 0; k < RT_HEAD; k++) {
+        for (int k = 0; k < LAY_HEAD; k++) {
             free(m->bare[l][k]);
             rt_linear_free(m->cl[l].lin[k]);
             pt_free(&m->pt[l][k]);
@@ -581,12 +581,12 @@ static void test_gpu_errors(void **state)
     tiny_make(&m, 0);
     rt_cuda_model *g;
     char err[256] = "";
-    const lay_packed *keep = m.bare[1][RT_UP]->packed;
-    m.bare[1][RT_UP]->packed = NULL;
+    const lay_packed *keep = m.bare[1][LAY_UP]->packed;
+    m.bare[1][LAY_UP]->packed = NULL;
     assert_int_equal(rt_cuda_model_new(&m.gpu, 64, 8, &g, err, sizeof err), -1);
     assert_non_null(strstr(err, "blk.1.ffn_up.weight"));
     assert_non_null(strstr(err, "neither"));
-    m.bare[1][RT_UP]->packed = keep;
+    m.bare[1][LAY_UP]->packed = keep;
     if (rt_cuda_model_new(&m.gpu, 64, 8, &g, err, sizeof err)) fail_msg("%s", err);
     int32_t tok[9] = {0};
     float logits[TM_VOCAB];

@@ -101,7 +101,7 @@ static int64_t add_calib(db_conn *d, int64_t model, const char *key, int *done)
 
 static int64_t add_option(db_conn *d, int bits, int group)
 {
-    db_option_info o = {"opt", bits, bits, 0.0, group, 0};
+    lay_option o = {"opt", (uint8_t)bits, (uint8_t)bits, 0.0f, group, LAY_SCALE_F16_Z8};
     int64_t id = 0;
     assert_int_equal(db_option_upsert(d, &o, &id), 0);
     return id;
@@ -371,7 +371,7 @@ static void test_upserts_are_idempotent(void **state)
     int64_t o = add_option(d, 4, 128);
     assert_int_equal(add_option(d, 4, 128), o);
     assert_int_not_equal(add_option(d, 4, 64), o);
-    db_option_info mix = {"3b/5b", 3, 5, 0.1f, 64, 1};
+    lay_option mix = {"3b/5b", 3, 5, 0.1f, 64, LAY_SCALE_F16};
     int64_t x1, x2;
     assert_int_equal(db_option_upsert(d, &mix, &x1), 0);
     assert_int_equal(db_option_upsert(d, &mix, &x2), 0);

@@ -22,7 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "model/json.h"
+#include "util/util.h"
 #include "model/model.h"
 #include "model/model_int.h"
 #include "model/tok_int.h"
@@ -817,25 +817,25 @@ static void test_json(void **state)
     (void)state;
     char err[128];
     const char *t = " {\"a\": [1, -2.5e1, true, null], \"s\": \"x\\n\\u00e9\\ud83d\\ude00\\\"\", \"o\": {\"k\": 7}} ";
-    mdl_json *j = mdl_json_parse(t, strlen(t), err, sizeof err);
+    util_json *j = util_json_parse(t, strlen(t), err, sizeof err);
     if (!j) fail_msg("%s", err);
-    const mdl_json *a = mdl_json_get(j, "a");
+    const util_json *a = util_json_get(j, "a");
     assert_int_equal(a->n, 4);
     assert_true(a->items[1].num == -25.0 && !a->items[1].is_int && a->items[0].is_int);
-    assert_int_equal(a->items[2].type, MDL_JSON_BOOL);
-    assert_string_equal(mdl_json_str(j, "s"), "x\n\xc3\xa9\xf0\x9f\x98\x80\"");
-    assert_int_equal(mdl_json_int(mdl_json_get(j, "o"), "k", 0), 7);
-    assert_int_equal(mdl_json_int(j, "missing", 42), 42);
-    mdl_json_free(j);
+    assert_int_equal(a->items[2].type, UTIL_JSON_BOOL);
+    assert_string_equal(util_json_str(j, "s"), "x\n\xc3\xa9\xf0\x9f\x98\x80\"");
+    assert_int_equal(util_json_int(util_json_get(j, "o"), "k", 0), 7);
+    assert_int_equal(util_json_int(j, "missing", 42), 42);
+    util_json_free(j);
     static const char *bad[] = {"", "{", "[1,]", "{\"a\" 1}", "\"\\q\"", "\"\\ud800\"", "01x", "[1] 2", "\"a\x01\"", "tru"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         err[0] = 0;
-        assert_null(mdl_json_parse(bad[i], strlen(bad[i]), err, sizeof err));
+        assert_null(util_json_parse(bad[i], strlen(bad[i]), err, sizeof err));
         assert_non_null(strstr(err, "offset"));
     }
     char deep[200];
     memset(deep, '[', sizeof deep);
-    assert_null(mdl_json_parse(deep, sizeof deep, err, sizeof err));
+    assert_null(util_json_parse(deep, sizeof deep, err, sizeof err));
     assert_non_null(strstr(err, "too deep"));
 }
 

@@ -335,6 +335,25 @@ def test_eval_and_generate_run_packed(work):
     assert p.returncode == 0
 
 
+def test_progress_lines_report_the_run(work):
+    """--progress: pack's last line counts every layer and changes no byte; eval's last
+    line is its last chunk, at the perplexity the result prints."""
+    again = work["dir"] / "again.bp"
+    p = run("pack", [work["model"], "--db", work["db"], "-o", again, "--progress"])
+    n_layers = MODEL["n_layers"]
+    last = p.stderr.replace("\r", "\n").strip().splitlines()[-1]
+    assert re.match(r"\s*pack\s+quantize\s+layer\s+%d/%d\s" % (n_layers, n_layers), last), p.stderr
+    assert again.read_bytes() == work["packed"].read_bytes()
+    text = work["dir"] / "held.txt"
+    text.write_text(calib_text(9, copies=4))
+    p = run("eval", [work["packed"], "--text", text, "--ctx", 64, "--chunks", 3, "--progress"])
+    lines = [l for l in p.stderr.replace("\r", "\n").splitlines() if l.startswith("eval: chunk")]
+    assert [l.split(",")[0] for l in lines] == ["eval: chunk %d/3" % i for i in (1, 2, 3)], p.stderr
+    shown = float(re.search(r"perplexity ([0-9.]+)", lines[-1]).group(1))
+    result = float(re.search(r"^perplexity\s+([0-9.]+)", p.stdout, re.M).group(1))
+    assert abs(shown - result) <= 5e-5 * result, (lines[-1], p.stdout)
+
+
 EMU_BIN = os.path.join(ROOT, os.environ.get("BITPLAN_EMU_BUILD", "build-san"), "bitplan")
 
 

@@ -132,7 +132,7 @@ static rt_linear *tw_linear(const tiny_weights *w, const char *name)
 /* The rt_model built directly from the weights, without model/. */
 static rt_model *tiny_model_direct(const tiny_weights *w)
 {
-    static const char *const lin_names[RT_HEAD] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate",
+    static const char *const lin_names[LAY_HEAD] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate",
                                                    "ffn_up", "ffn_down"};
     rt_model *m = calloc(1, sizeof *m);
     assert_non_null(m);
@@ -144,7 +144,7 @@ static rt_model *tiny_model_direct(const tiny_weights *w)
         m->layers[l].attn_norm = tw_copy(w, name);
         snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", l);
         m->layers[l].ffn_norm = tw_copy(w, name);
-        for (int k = 0; k < RT_HEAD; k++) {
+        for (int k = 0; k < LAY_HEAD; k++) {
             snprintf(name, sizeof name, "blk.%d.%s.weight", l, lin_names[k]);
             m->layers[l].lin[k] = tw_linear(w, name);
         }
@@ -710,19 +710,19 @@ static void test_names(void **state)
     (void)state;
     mdl_config c = {0};
     char name[96];
-    rt_tensor_name(&c, 3, RT_Q, name, sizeof name);
+    rt_tensor_name(&c, 3, LAY_Q, name, sizeof name);
     assert_string_equal(name, "blk.3.attn_q.weight");
-    rt_tensor_name(&c, 0, RT_DOWN, name, sizeof name);
+    rt_tensor_name(&c, 0, LAY_DOWN, name, sizeof name);
     assert_string_equal(name, "blk.0.ffn_down.weight");
-    rt_tensor_name(&c, 0, RT_HEAD, name, sizeof name);
+    rt_tensor_name(&c, 0, LAY_HEAD, name, sizeof name);
     assert_string_equal(name, "output.weight");
     c.tied_embeddings = 1;
-    rt_tensor_name(&c, 0, RT_HEAD, name, sizeof name);
+    rt_tensor_name(&c, 0, LAY_HEAD, name, sizeof name);
     assert_string_equal(name, "token_embd.weight");
-    assert_string_equal(rt_class_name(RT_GATE), "gate");
-    assert_int_equal(rt_class_input(RT_V), RT_IN_ATTN);
-    assert_int_equal(rt_class_input(RT_UP), RT_IN_MLP);
-    assert_int_equal(rt_class_input(RT_DOWN), RT_IN_MLP_OUT);
+    assert_string_equal(lay_class_name(LAY_GATE), "gate");
+    assert_int_equal(rt_class_input(LAY_V), RT_IN_ATTN);
+    assert_int_equal(rt_class_input(LAY_UP), RT_IN_MLP);
+    assert_int_equal(rt_class_input(LAY_DOWN), RT_IN_MLP_OUT);
 }
 
 int main(void)

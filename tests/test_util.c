@@ -249,6 +249,57 @@ static void test_interrupts(void **state)
     assert_int_equal(WTERMSIG(status), SIGINT);
 }
 
+/* The whole-file reader: the exact bytes and a NUL after them; a directory, a FIFO
+ * (which would block), a missing file and a file over the limit are errors naming
+ * the path. */
+static void test_read_file(void **state)
+{
+    (void)state;
+    char err[512];
+    size_t len = 99;
+    const char *f = in_dir("text"), *fifo = in_dir("read-fifo"), *d = in_dir("read-dir");
+    FILE *w = fopen(f, "wb");
+    assert_non_null(w);
+    assert_int_equal(fwrite("ab\0cd\n", 1, 6, w), 6);
+    fclose(w);
+    char *t = util_read_file(f, 6, &len, err, sizeof err);
+    assert_non_null(t);
+    assert_int_equal(len, 6);
+    assert_memory_equal(t, "ab\0cd\n", 7); /* and the terminating NUL */
+    free(t);
+    assert_null(util_read_file(f, 5, &len, err, sizeof err));
+    assert_non_null(strstr(err, "6 bytes is too big (at most 5)"));
+    assert_int_equal(mkfifo(fifo, 0644), 0);
+    assert_int_equal(mkdir(d, 0755), 0);
+    assert_null(util_read_file(fifo, 100, &len, err, sizeof err)); /* no writer: must not wait for one */
+    assert_non_null(strstr(err, "not a regular file"));
+    assert_null(util_read_file(d, 100, &len, err, sizeof err));
+    assert_non_null(strstr(err, "is a directory"));
+    assert_null(util_read_file(in_dir("missing"), 100, &len, err, sizeof err));
+    assert_non_null(strstr(err, "missing: No such file"));
+    rmdir(d), unlink(fifo), unlink(f);
+}
+
+/* The string builder chains, escapes JSON the one way, and reads back through the
+ * JSON parser as the same string. */
+static void test_strbuf_and_json(void **state)
+{
+    (void)state;
+    sb_buf b = {0};
+    const char nasty[] = "q\"b\\s\n\t\x01\x7f\xc3\xa9";
+    sb_json_string(sb_puts(sb_printf(&b, "{\"n\":%d,", 42), "\"s\":"), nasty);
+    sb_putc(&b, '}');
+    assert_false(b.oom);
+    assert_string_equal(b.s, "{\"n\":42,\"s\":\"q\\\"b\\\\s\\u000a\\u0009\\u0001\\u007f\xc3\xa9\"}");
+    char err[128];
+    util_json *j = util_json_parse(b.s, b.len, err, sizeof err);
+    assert_non_null(j);
+    assert_int_equal(util_json_int(j, "n", 0), 42);
+    assert_string_equal(util_json_str(j, "s"), nasty);
+    util_json_free(j);
+    free(b.s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -258,6 +309,8 @@ int main(void)
         cmocka_unit_test(test_abort_keeps_the_old_file),
         cmocka_unit_test(test_stale_temporaries_removed),
         cmocka_unit_test(test_missing_folder),
+        cmocka_unit_test(test_read_file),
+        cmocka_unit_test(test_strbuf_and_json),
         cmocka_unit_test(test_interrupts),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

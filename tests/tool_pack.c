@@ -64,9 +64,9 @@ static int logits(int argc, char **argv)
 static rt_linear *find_linear(const rt_model *m, const char *name)
 {
     for (int l = 0; l < m->cfg.n_layers; l++)
-        for (int k = 0; k < RT_HEAD; k++) {
+        for (int k = 0; k < LAY_HEAD; k++) {
             char n[96];
-            rt_tensor_name(&m->cfg, l, (rt_class)k, n, sizeof n);
+            rt_tensor_name(&m->cfg, l, (lay_class)k, n, sizeof n);
             if (!strcmp(n, name)) return m->layers[l].lin[k];
         }
     if (!strcmp(name, "token_embd.weight")) return m->embed;

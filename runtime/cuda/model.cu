@@ -74,7 +74,7 @@ extern "C" int rt_cuda_mem_info(size_t *free_bytes, size_t *total_bytes, char *e
 typedef struct {
     float *attn_norm, *ffn_norm;  /* [dim] */
     float *bias[3];               /* q, k, v biases or NULL */
-    rtc_linear lin[RT_HEAD];
+    rtc_linear lin[LAY_HEAD];
 } rtc_layer;
 
 /* Shapes: B = max_batch, D = dim, Q = n_heads * head_dim, KV = n_kv_heads * head_dim,
@@ -175,11 +175,11 @@ static int upload_layer(rt_cuda_model *g, int l, char *err, size_t err_len)
     const rt_layer *ly = &g->m->layers[l];
     rtc_layer *d = &g->layers[l];
     int64_t q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
-    const int64_t shape[RT_HEAD][2] = {{q, c->dim}, {kv, c->dim}, {kv, c->dim}, {c->dim, q},
+    const int64_t shape[LAY_HEAD][2] = {{q, c->dim}, {kv, c->dim}, {kv, c->dim}, {c->dim, q},
                                        {c->hidden_dim, c->dim}, {c->hidden_dim, c->dim}, {c->dim, c->hidden_dim}};
     char name[96];
-    for (int k = 0; k < RT_HEAD; k++) {
-        rt_tensor_name(c, l, (rt_class)k, name, sizeof name);
+    for (int k = 0; k < LAY_HEAD; k++) {
+        rt_tensor_name(c, l, (lay_class)k, name, sizeof name);
         if (upload_linear(g, ly->lin[k], shape[k][0], shape[k][1], name, &d->lin[k], err, err_len)) return -1;
     }
     if (!ly->attn_norm || !ly->ffn_norm) {
@@ -245,7 +245,7 @@ static size_t weights_bytes(const rt_cuda_model *g)
     size_t sum = 0;
     for (int l = 0; l < c->n_layers; l++) {
         const rt_layer *ly = &g->m->layers[l];
-        for (int k = 0; k < RT_HEAD; k++) sum += linear_bytes(ly->lin[k]);
+        for (int k = 0; k < LAY_HEAD; k++) sum += linear_bytes(ly->lin[k]);
         sum += vec_bytes(ly->attn_norm, c->dim) + vec_bytes(ly->ffn_norm, c->dim) + vec_bytes(ly->bias_q, q) +
                vec_bytes(ly->bias_k, kv) + vec_bytes(ly->bias_v, kv);
     }
@@ -258,7 +258,7 @@ static void linear_extents(const rt_cuda_model *g, int64_t *max_cols, int64_t *m
 {
     *max_cols = 0, *max_packed = 0;
     for (int l = 0; l <= g->cfg.n_layers; l++)
-        for (int k = 0; k < RT_HEAD; k++) {
+        for (int k = 0; k < LAY_HEAD; k++) {
             const rtc_linear *x = l < g->cfg.n_layers ? &g->layers[l].lin[k] : &g->head;
             if (x->cols > *max_cols) *max_cols = x->cols;
             if (x->packed && x->rows * x->cols > *max_packed) *max_packed = x->rows * x->cols;
@@ -387,8 +387,8 @@ static int attention_block(rt_cuda_model *g, int l, int n, int pos, char *err, s
     size_t off = (size_t)l * g->max_ctx * g->att.kv_dim;
     cudaStream_t st = g->st;
     if (rtc_rmsnorm(g->x, d->attn_norm, g->xb, n, c->dim, c->norm_eps, st, err, err_len) ||
-        lin(g, &d->lin[RT_Q], g->xb, g->q, n, err, err_len) || lin(g, &d->lin[RT_K], g->xb, g->k, n, err, err_len) ||
-        lin(g, &d->lin[RT_V], g->xb, g->v, n, err, err_len))
+        lin(g, &d->lin[LAY_Q], g->xb, g->q, n, err, err_len) || lin(g, &d->lin[LAY_K], g->xb, g->k, n, err, err_len) ||
+        lin(g, &d->lin[LAY_V], g->xb, g->v, n, err, err_len))
         return -1;
     if ((d->bias[0] && rtc_add_bias(g->q, d->bias[0], n, g->att.q_dim, st, err, err_len)) ||
         (d->bias[1] && rtc_add_bias(g->k, d->bias[1], n, g->att.kv_dim, st, err, err_len)) ||
@@ -396,7 +396,7 @@ static int attention_block(rt_cuda_model *g, int l, int n, int pos, char *err, s
         return -1;
     if (rtc_rope_store(&g->att, g->q, g->k, g->v, g->kc + off, g->vc + off, n, pos, st, err, err_len) ||
         rtc_attention(&g->att, g->q, g->kc + off, g->vc + off, g->ao, n, pos, st, err, err_len) ||
-        lin(g, &d->lin[RT_O], g->ao, g->xo, n, err, err_len))
+        lin(g, &d->lin[LAY_O], g->ao, g->xo, n, err, err_len))
         return -1;
     return rtc_add(g->x, g->xo, (int64_t)n * c->dim, st, err, err_len);
 }
@@ -407,10 +407,10 @@ static int mlp_block(rt_cuda_model *g, int l, int n, char *err, size_t err_len)
     const rtc_layer *d = &g->layers[l];
     cudaStream_t st = g->st;
     if (rtc_rmsnorm(g->x, d->ffn_norm, g->xb, n, c->dim, c->norm_eps, st, err, err_len) ||
-        lin(g, &d->lin[RT_GATE], g->xb, g->gate, n, err, err_len) ||
-        lin(g, &d->lin[RT_UP], g->xb, g->up, n, err, err_len) ||
+        lin(g, &d->lin[LAY_GATE], g->xb, g->gate, n, err, err_len) ||
+        lin(g, &d->lin[LAY_UP], g->xb, g->up, n, err, err_len) ||
         rtc_swiglu(g->gate, g->up, (int64_t)n * c->hidden_dim, st, err, err_len) ||
-        lin(g, &d->lin[RT_DOWN], g->gate, g->xo, n, err, err_len))
+        lin(g, &d->lin[LAY_DOWN], g->gate, g->xo, n, err, err_len))
         return -1;
     return rtc_add(g->x, g->xo, (int64_t)n * c->dim, st, err, err_len);
 }

@@ -1,5 +1,5 @@
 /*
- * tests/fuzz/fuzz_json.c — feeds any bytes to model/json.c (mdl_json_parse), the
+ * tests/fuzz/fuzz_json.c — feeds any bytes to model/json.c (util_json_parse), the
  * parser behind safetensors headers, config.json, tokenizer.json and a packed
  * file's metadata.
  *
@@ -12,11 +12,11 @@
  *     keys in the same order;
  *   - the writer's output is a fixed point: writing the second tree gives the same
  *     bytes;
- *   - the lookups agree with the tree: mdl_json_get finds the first of duplicate
- *     keys, mdl_json_str / mdl_json_num / mdl_json_int return its value or the
+ *   - the lookups agree with the tree: util_json_get finds the first of duplicate
+ *     keys, util_json_str / util_json_num / util_json_int return its value or the
  *     default as the types say.
  */
-#include "model/json.h"
+#include "util/util.h"
 #include "tests/fuzz/fuzz_util.h"
 
 #include <math.h>
@@ -58,7 +58,7 @@ static void put_str(out_buf *b, const char *s, size_t n)
  * significant digits, which give the same double back, and a fraction or an
  * exponent; infinities (from numbers like 1e999) as a number too large for a
  * double. */
-static void put_num(out_buf *b, const mdl_json *v)
+static void put_num(out_buf *b, const util_json *v)
 {
     char t[64];
     if (isinf(v->num)) snprintf(t, sizeof t, "%s1e999", v->num < 0 ? "-" : "");
@@ -68,74 +68,74 @@ static void put_num(out_buf *b, const mdl_json *v)
     put(b, t, strlen(t));
 }
 
-static void put_value(out_buf *b, const mdl_json *v)
+static void put_value(out_buf *b, const util_json *v)
 {
     switch (v->type) {
-    case MDL_JSON_NULL: put(b, "null", 4); break;
-    case MDL_JSON_BOOL: v->boolean ? put(b, "true", 4) : put(b, "false", 5); break;
-    case MDL_JSON_NUM: put_num(b, v); break;
-    case MDL_JSON_STR: put_str(b, v->str, v->len); break;
-    case MDL_JSON_ARR:
-    case MDL_JSON_OBJ:
-        put(b, v->type == MDL_JSON_ARR ? "[" : "{", 1);
+    case UTIL_JSON_NULL: put(b, "null", 4); break;
+    case UTIL_JSON_BOOL: v->boolean ? put(b, "true", 4) : put(b, "false", 5); break;
+    case UTIL_JSON_NUM: put_num(b, v); break;
+    case UTIL_JSON_STR: put_str(b, v->str, v->len); break;
+    case UTIL_JSON_ARR:
+    case UTIL_JSON_OBJ:
+        put(b, v->type == UTIL_JSON_ARR ? "[" : "{", 1);
         for (int i = 0; i < v->n; i++) {
             if (i) put(b, ",", 1);
-            if (v->type == MDL_JSON_OBJ) put_str(b, v->keys[i], strlen(v->keys[i])), put(b, ":", 1);
+            if (v->type == UTIL_JSON_OBJ) put_str(b, v->keys[i], strlen(v->keys[i])), put(b, ":", 1);
             put_value(b, &v->items[i]);
         }
-        put(b, v->type == MDL_JSON_ARR ? "]" : "}", 1);
+        put(b, v->type == UTIL_JSON_ARR ? "]" : "}", 1);
         break;
     }
 }
 
 /* ==== Comparing trees ==== */
 
-static int same_num(const mdl_json *a, const mdl_json *b)
+static int same_num(const util_json *a, const util_json *b)
 {
     if (a->num != b->num || signbit(a->num) != signbit(b->num)) return 0;
     /* an integer of 2^53 or more is written as a float: only its value must hold */
     return a->is_int == b->is_int || fabs(a->num) >= 9007199254740992.0;
 }
 
-static int same_tree(const mdl_json *a, const mdl_json *b)
+static int same_tree(const util_json *a, const util_json *b)
 {
     if (a->type != b->type) return 0;
     switch (a->type) {
-    case MDL_JSON_NULL: return 1;
-    case MDL_JSON_BOOL: return a->boolean == b->boolean;
-    case MDL_JSON_NUM: return same_num(a, b);
-    case MDL_JSON_STR: return a->len == b->len && !memcmp(a->str, b->str, a->len) && !a->str[a->len];
+    case UTIL_JSON_NULL: return 1;
+    case UTIL_JSON_BOOL: return a->boolean == b->boolean;
+    case UTIL_JSON_NUM: return same_num(a, b);
+    case UTIL_JSON_STR: return a->len == b->len && !memcmp(a->str, b->str, a->len) && !a->str[a->len];
     default: break;
     }
     if (a->n != b->n) return 0;
     for (int i = 0; i < a->n; i++) {
-        if (a->type == MDL_JSON_OBJ && strcmp(a->keys[i], b->keys[i])) return 0;
+        if (a->type == UTIL_JSON_OBJ && strcmp(a->keys[i], b->keys[i])) return 0;
         if (!same_tree(&a->items[i], &b->items[i])) return 0;
     }
     return 1;
 }
 
 /* The lookups against a walk of the object's members. */
-static void check_lookups(const mdl_json *o)
+static void check_lookups(const util_json *o)
 {
-    for (int i = 0; o->type == MDL_JSON_OBJ && i < o->n; i++) {
-        const mdl_json *first = mdl_json_get(o, o->keys[i]), *v = first;
+    for (int i = 0; o->type == UTIL_JSON_OBJ && i < o->n; i++) {
+        const util_json *first = util_json_get(o, o->keys[i]), *v = first;
         FUZZ_CHECK(first && first <= &o->items[i], "key '%s' found after its first place", o->keys[i]);
-        const char *s = mdl_json_str(o, o->keys[i]);
-        FUZZ_CHECK(v->type == MDL_JSON_STR ? s == v->str : s == NULL, "mdl_json_str('%s')", o->keys[i]);
-        double d = mdl_json_num(o, o->keys[i], 0.5);
-        FUZZ_CHECK(v->type == MDL_JSON_NUM ? d == v->num || (isnan(d) && isnan(v->num)) : d == 0.5, "mdl_json_num('%s')", o->keys[i]);
-        int k = mdl_json_int(o, o->keys[i], -7);
-        if (v->type != MDL_JSON_NUM) FUZZ_CHECK(k == -7, "mdl_json_int('%s') of a non-number", o->keys[i]);
-        else if (v->num >= -2147483648.0 && v->num <= 2147483647.0) FUZZ_CHECK(k == (int)v->num, "mdl_json_int('%s')", o->keys[i]);
+        const char *s = util_json_str(o, o->keys[i]);
+        FUZZ_CHECK(v->type == UTIL_JSON_STR ? s == v->str : s == NULL, "util_json_str('%s')", o->keys[i]);
+        double d = util_json_num(o, o->keys[i], 0.5);
+        FUZZ_CHECK(v->type == UTIL_JSON_NUM ? d == v->num || (isnan(d) && isnan(v->num)) : d == 0.5, "util_json_num('%s')", o->keys[i]);
+        int k = util_json_int(o, o->keys[i], -7);
+        if (v->type != UTIL_JSON_NUM) FUZZ_CHECK(k == -7, "util_json_int('%s') of a non-number", o->keys[i]);
+        else if (v->num >= -2147483648.0 && v->num <= 2147483647.0) FUZZ_CHECK(k == (int)v->num, "util_json_int('%s')", o->keys[i]);
     }
-    FUZZ_CHECK(o->type == MDL_JSON_OBJ || mdl_json_get(o, "") == NULL, "mdl_json_get on a non-object");
+    FUZZ_CHECK(o->type == UTIL_JSON_OBJ || util_json_get(o, "") == NULL, "util_json_get on a non-object");
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char err[128], err2[128];
-    mdl_json *a = mdl_json_parse((const char *)data, size, err, sizeof err);
+    util_json *a = util_json_parse((const char *)data, size, err, sizeof err);
     if (!a) {
         FUZZ_CHECK(!strncmp(err, "offset ", 7), "error without an offset: %s", err);
         return 0;
@@ -143,13 +143,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_lookups(a);
     out_buf w1 = {0}, w2 = {0};
     put_value(&w1, a);
-    mdl_json *b = mdl_json_parse(w1.s, w1.n, err2, sizeof err2);
+    util_json *b = util_json_parse(w1.s, w1.n, err2, sizeof err2);
     FUZZ_CHECK(b != NULL, "the written tree does not parse: %s", err2);
     FUZZ_CHECK(same_tree(a, b), "the written tree parses into another tree");
     put_value(&w2, b);
     FUZZ_CHECK(w1.n == w2.n && !memcmp(w1.s, w2.s, w1.n), "writing is not a fixed point");
-    mdl_json_free(a);
-    mdl_json_free(b);
+    util_json_free(a);
+    util_json_free(b);
     free(w1.s);
     free(w2.s);
     return 0;

@@ -30,8 +30,8 @@ static void check_options(const mdl_model *m)
     }
     for (int i = 0; i < n; i++) {
         FUZZ_CHECK(i == 0 || strcmp(o[i - 1].tensor, o[i].tensor) < 0, "options not sorted or twice: '%s'", o[i].tensor);
-        FUZZ_CHECK(o[i].bits_lo >= 0 && o[i].bits_lo <= 255 && o[i].bits_hi >= 0 && o[i].bits_hi <= 255 && o[i].group >= 0 &&
-                       o[i].bits >= 0, "option '%s' out of range", o[i].tensor);
+        FUZZ_CHECK(o[i].opt.group >= 0 && o[i].bits >= 0 && o[i].opt.hi_share == o[i].opt.hi_share,
+                   "option '%s' out of range", o[i].tensor);
     }
     free(o);
 }
@@ -40,14 +40,14 @@ static void check_options(const mdl_model *m)
 static void check_loaded(const rt_model *r, const mdl_config *c)
 {
     int64_t q = (int64_t)c->n_heads * c->head_dim, kv = (int64_t)c->n_kv_heads * c->head_dim;
-    const int64_t shape[RT_HEAD][2] = {{q, c->dim}, {kv, c->dim}, {kv, c->dim}, {c->dim, q},
+    const int64_t shape[LAY_HEAD][2] = {{q, c->dim}, {kv, c->dim}, {kv, c->dim}, {c->dim, q},
                                        {c->hidden_dim, c->dim}, {c->hidden_dim, c->dim}, {c->dim, c->hidden_dim}};
     FUZZ_CHECK(!memcmp(&r->cfg, c, sizeof *c), "the loaded model's config is not the file's");
     FUZZ_CHECK(r->embed->rows == c->vocab_size && r->embed->cols == c->dim, "embedding %lldx%lld", (long long)r->embed->rows,
                (long long)r->embed->cols);
     FUZZ_CHECK(r->head->rows == c->vocab_size && r->head->cols == c->dim, "head");
     for (int l = 0; l < c->n_layers; l++)
-        for (int k = 0; k < RT_HEAD; k++)
+        for (int k = 0; k < LAY_HEAD; k++)
             FUZZ_CHECK(r->layers[l].lin[k]->rows == shape[k][0] && r->layers[l].lin[k]->cols == shape[k][1],
                        "layer %d linear %d is %lldx%lld", l, k, (long long)r->layers[l].lin[k]->rows,
                        (long long)r->layers[l].lin[k]->cols);

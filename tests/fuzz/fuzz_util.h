@@ -10,7 +10,7 @@
 #ifndef BITPLAN_FUZZ_UTIL_H
 #define BITPLAN_FUZZ_UTIL_H
 
-#include "model/json.h"
+#include "util/util.h"
 #include "model/model.h"
 
 #include <stdio.h>
@@ -138,9 +138,9 @@ static void fuzz_check_tokenizer(mdl_model *m)
     char err[MDL_ERR_LEN];
     char *json = mdl_tokenizer_json(m, err, sizeof err);
     if (json) {
-        mdl_json *j = mdl_json_parse(json, strlen(json), err, sizeof err);
-        FUZZ_CHECK(j && j->type == MDL_JSON_OBJ, "the tokenizer's JSON does not parse: %s", j ? "not an object" : err);
-        mdl_json_free(j);
+        util_json *j = util_json_parse(json, strlen(json), err, sizeof err);
+        FUZZ_CHECK(j && j->type == UTIL_JSON_OBJ, "the tokenizer's JSON does not parse: %s", j ? "not an object" : err);
+        util_json_free(j);
         free(json);
     }
     tok_tokenizer *t = mdl_tokenizer(m, err, sizeof err);

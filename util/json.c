@@ -1,12 +1,12 @@
 /*
- * model/json.c — the JSON parser behind model/json.h: recursive descent over a
+ * util/json.c — the JSON parser of util.h: recursive descent over a
  * bounded buffer into a tree of malloc'd nodes.
  *
  * It must never read past text[len), recurse deeper than MAX_DEPTH, or accept
  * malformed input silently (bad escapes, control characters in strings, trailing
  * garbage). Errors name the byte offset.
  */
-#include "json.h"
+#include "util/util.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -140,7 +140,7 @@ static int parse_string(parser *p, char **out, size_t *out_len)
 
 /* ==== Numbers ==== */
 
-static int parse_number(parser *p, mdl_json *v)
+static int parse_number(parser *p, util_json *v)
 {
     size_t start = p->pos;
     int is_int = 1;
@@ -167,7 +167,7 @@ static int parse_number(parser *p, mdl_json *v)
     if (n >= sizeof buf) return fail(p, "number too long");
     memcpy(buf, p->s + start, n);
     buf[n] = 0;
-    v->type = MDL_JSON_NUM;
+    v->type = UTIL_JSON_NUM;
     v->num = strtod(buf, NULL);
     v->is_int = is_int;
     return 0;
@@ -175,16 +175,16 @@ static int parse_number(parser *p, mdl_json *v)
 
 /* ==== Arrays and objects ==== */
 
-static int parse_value(parser *p, mdl_json *v, int depth);
+static int parse_value(parser *p, util_json *v, int depth);
 
-static int push(parser *p, mdl_json *v, int *cap)
+static int push(parser *p, util_json *v, int *cap)
 {
     if (v->n < *cap) return 0;
     int nc = *cap ? 2 * *cap : 4;
-    mdl_json *ni = realloc(v->items, (size_t)nc * sizeof *ni);
+    util_json *ni = realloc(v->items, (size_t)nc * sizeof *ni);
     if (!ni) return fail(p, "out of memory");
     v->items = ni;
-    if (v->type == MDL_JSON_OBJ) {
+    if (v->type == UTIL_JSON_OBJ) {
         char **nk = realloc(v->keys, (size_t)nc * sizeof *nk);
         if (!nk) return fail(p, "out of memory");
         v->keys = nk;
@@ -193,7 +193,7 @@ static int push(parser *p, mdl_json *v, int *cap)
     return 0;
 }
 
-static int parse_members(parser *p, mdl_json *v, int depth, char close)
+static int parse_members(parser *p, util_json *v, int depth, char close)
 {
     int cap = 0;
     p->pos++;
@@ -201,9 +201,9 @@ static int parse_members(parser *p, mdl_json *v, int depth, char close)
     if (p->pos < p->len && p->s[p->pos] == close) { p->pos++; return 0; }
     for (;;) {
         if (push(p, v, &cap)) return -1;
-        mdl_json *item = &v->items[v->n];
+        util_json *item = &v->items[v->n];
         memset(item, 0, sizeof *item);
-        if (v->type == MDL_JSON_OBJ) {
+        if (v->type == UTIL_JSON_OBJ) {
             size_t klen;
             skip_ws(p);
             if (p->pos >= p->len || p->s[p->pos] != '"') return fail(p, "expected a key");
@@ -225,23 +225,23 @@ static int parse_members(parser *p, mdl_json *v, int depth, char close)
     }
 }
 
-static int parse_value(parser *p, mdl_json *v, int depth)
+static int parse_value(parser *p, util_json *v, int depth)
 {
     if (depth > MAX_DEPTH) return fail(p, "nesting too deep");
     skip_ws(p);
     if (p->pos >= p->len) return fail(p, "unexpected end");
     switch (p->s[p->pos]) {
-    case '{': v->type = MDL_JSON_OBJ; return parse_members(p, v, depth, '}');
-    case '[': v->type = MDL_JSON_ARR; return parse_members(p, v, depth, ']');
-    case '"': v->type = MDL_JSON_STR; return parse_string(p, &v->str, &v->len);
-    case 't': v->type = MDL_JSON_BOOL; v->boolean = 1; return literal(p, "true");
-    case 'f': v->type = MDL_JSON_BOOL; return literal(p, "false");
-    case 'n': v->type = MDL_JSON_NULL; return literal(p, "null");
+    case '{': v->type = UTIL_JSON_OBJ; return parse_members(p, v, depth, '}');
+    case '[': v->type = UTIL_JSON_ARR; return parse_members(p, v, depth, ']');
+    case '"': v->type = UTIL_JSON_STR; return parse_string(p, &v->str, &v->len);
+    case 't': v->type = UTIL_JSON_BOOL; v->boolean = 1; return literal(p, "true");
+    case 'f': v->type = UTIL_JSON_BOOL; return literal(p, "false");
+    case 'n': v->type = UTIL_JSON_NULL; return literal(p, "null");
     default: return parse_number(p, v);
     }
 }
 
-static void free_inside(mdl_json *v)
+static void free_inside(util_json *v)
 {
     for (int i = 0; i < v->n; i++) {
         free_inside(&v->items[i]);
@@ -252,21 +252,21 @@ static void free_inside(mdl_json *v)
     free(v->str);
 }
 
-mdl_json *mdl_json_parse(const char *text, size_t len, char *err, size_t err_len)
+util_json *util_json_parse(const char *text, size_t len, char *err, size_t err_len)
 {
     parser p = {text, len, 0, err, err_len, 0};
-    mdl_json *root = calloc(1, sizeof *root);
+    util_json *root = calloc(1, sizeof *root);
     if (!root) { snprintf(err, err_len, "out of memory"); return NULL; }
     if (parse_value(&p, root, 0) == 0) {
         skip_ws(&p);
         if (p.pos == p.len) return root;
         fail(&p, "trailing characters");
     }
-    mdl_json_free(root);
+    util_json_free(root);
     return NULL;
 }
 
-void mdl_json_free(mdl_json *v)
+void util_json_free(util_json *v)
 {
     if (!v) return;
     free_inside(v);
@@ -275,29 +275,29 @@ void mdl_json_free(mdl_json *v)
 
 /* ==== Lookups ==== */
 
-const mdl_json *mdl_json_get(const mdl_json *v, const char *key)
+const util_json *util_json_get(const util_json *v, const char *key)
 {
-    if (!v || v->type != MDL_JSON_OBJ) return NULL;
+    if (!v || v->type != UTIL_JSON_OBJ) return NULL;
     for (int i = 0; i < v->n; i++)
         if (!strcmp(v->keys[i], key)) return &v->items[i];
     return NULL;
 }
 
-int mdl_json_int(const mdl_json *obj, const char *key, int def)
+int util_json_int(const util_json *obj, const char *key, int def)
 {
-    const mdl_json *v = mdl_json_get(obj, key);
-    if (!v || v->type != MDL_JSON_NUM || v->num < -2147483648.0 || v->num > 2147483647.0) return def;
+    const util_json *v = util_json_get(obj, key);
+    if (!v || v->type != UTIL_JSON_NUM || v->num < -2147483648.0 || v->num > 2147483647.0) return def;
     return (int)v->num;
 }
 
-double mdl_json_num(const mdl_json *obj, const char *key, double def)
+double util_json_num(const util_json *obj, const char *key, double def)
 {
-    const mdl_json *v = mdl_json_get(obj, key);
-    return v && v->type == MDL_JSON_NUM ? v->num : def;
+    const util_json *v = util_json_get(obj, key);
+    return v && v->type == UTIL_JSON_NUM ? v->num : def;
 }
 
-const char *mdl_json_str(const mdl_json *obj, const char *key)
+const char *util_json_str(const util_json *obj, const char *key)
 {
-    const mdl_json *v = mdl_json_get(obj, key);
-    return v && v->type == MDL_JSON_STR ? v->str : NULL;
+    const util_json *v = util_json_get(obj, key);
+    return v && v->type == UTIL_JSON_STR ? v->str : NULL;
 }

@@ -1,5 +1,5 @@
 /*
- * measure/calib.c — calibration text into rows of tokens, and the hashes that
+ * model/calib.c — calibration text into rows of tokens, and the hashes that
  * identify a calibration: each source file's SHA-256 and the tokenizer's.
  *
  * How rows are cut (deterministic: the same files and tokenizer give the same rows):
@@ -13,15 +13,12 @@
  *     whole text without tokenizing all of it.
  * It must never depend on anything but the bytes of the files and the tokenizer.
  */
-#include "measure.h"
+#include "model/model.h"
 
 #include <assert.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "model/model.h"
 
 #define CALIB_WHOLE_BYTES_PER_TOKEN 32
 
@@ -36,86 +33,43 @@ static void sha256_hex(mdl_sha256 *c, char hex[65])
 
 /* ==== Sources ==== */
 
-/* Appends s to the growing string *out as a JSON string literal. */
-static int json_append_str(char **out, size_t *len, size_t *cap, const char *s)
-{
-    for (size_t need = *len + 6 * strlen(s) + 8; need > *cap;) {
-        size_t nc = *cap ? 2 * *cap : 256;
-        while (nc < need) nc *= 2;
-        char *n = realloc(*out, nc);
-        if (!n) return -1;
-        *out = n, *cap = nc;
-    }
-    char *o = *out + *len;
-    *o++ = '"';
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\') *o++ = '\\', *o++ = (char)*p;
-        else if (*p < 0x20) o += sprintf(o, "\\u%04x", *p);
-        else *o++ = (char)*p;
-    }
-    *o++ = '"';
-    *o = 0;
-    *len = (size_t)(o - *out);
-    return 0;
-}
-
-static int append_raw(char **out, size_t *len, size_t *cap, const char *s)
-{
-    size_t n = strlen(s);
-    if (*len + n + 1 > *cap) {
-        size_t nc = *cap ? 2 * *cap : 256;
-        while (nc < *len + n + 1) nc *= 2;
-        char *nb = realloc(*out, nc);
-        if (!nb) return -1;
-        *out = nb, *cap = nc;
-    }
-    memcpy(*out + *len, s, n + 1);
-    *len += n;
-    return 0;
-}
+#define CALIB_MAX_TEXT ((size_t)4 << 30) /* the most text one calibration file may hold */
 
 /* Reads the files, joins them, and fills the hashes and sources_json of c. The
  * joined text goes to *text (malloc'd). */
 static int read_sources(const char *const *paths, int n, calib_set *c, char **text, size_t *text_len,
                         char *err, size_t err_len)
 {
-    size_t len = 0, cap = 0, jl = 0, jc = 0;
-    char *all = NULL, *json = NULL;
+    sb_buf all = {0}, json = {0};
     mdl_sha256 all_hash;
     mdl_sha256_init(&all_hash);
-    int rc = append_raw(&json, &jl, &jc, "[");
+    int rc = 0;
+    sb_putc(&json, '[');
     for (int i = 0; i < n && !rc; i++) {
-        FILE *f = fopen(paths[i], "rb");
-        if (!f) { snprintf(err, err_len, "%s: %s", paths[i], strerror(errno)); rc = -1; break; }
-        size_t start = len;
-        if (i > 0) rc = append_raw(&all, &len, &cap, "\n\n"), start = len;
-        char chunk[1 << 16];
-        for (size_t got; !rc && (got = fread(chunk, 1, sizeof chunk - 1, f)) > 0;) {
-            chunk[got] = 0;
-            if (memchr(chunk, 0, got)) { snprintf(err, err_len, "%s: a NUL byte: not a text file", paths[i]); rc = -1; }
-            else rc = append_raw(&all, &len, &cap, chunk);
+        size_t n;
+        char *one = util_read_file(paths[i], CALIB_MAX_TEXT, &n, err, err_len), hex[65];
+        if (!one) { rc = -1; break; }
+        if (memchr(one, 0, n)) {
+            snprintf(err, err_len, "%s: a NUL byte: not a text file", paths[i]);
+            free(one), rc = -1;
+            break;
         }
-        int bad = ferror(f);
-        fclose(f);
-        if (!rc && bad) { snprintf(err, err_len, "%s: read error", paths[i]); rc = -1; }
-        if (rc) break;
-        char hex[65];
-        mdl_sha256_of(all ? all + start : "", len - start, hex);
+        sb_putn(i ? sb_puts(&all, "\n\n") : &all, one, n);
+        mdl_sha256_of(one, n, hex);
+        free(one);
         mdl_sha256_update(&all_hash, hex, 64);
         /* recorded absolute, so that pack finds the text from any folder */
         char *abs = realpath(paths[i], NULL);
-        rc = append_raw(&json, &jl, &jc, i ? ",{\"path\":" : "{\"path\":") ||
-             json_append_str(&json, &jl, &jc, abs ? abs : paths[i]) ||
-             append_raw(&json, &jl, &jc, ",\"sha256\":\"") || append_raw(&json, &jl, &jc, hex) ||
-             append_raw(&json, &jl, &jc, "\"}");
+        sb_json_string(sb_puts(&json, i ? ",{\"path\":" : "{\"path\":"), abs ? abs : paths[i]);
+        sb_puts(sb_puts(sb_puts(&json, ",\"sha256\":\""), hex), "\"}");
         free(abs);
-        if (rc && !*err) snprintf(err, err_len, "out of memory reading %s", paths[i]);
     }
-    if (!rc && (rc = append_raw(&json, &jl, &jc, "]"))) snprintf(err, err_len, "out of memory");
-    if (rc) { free(all), free(json); return -1; }
+    sb_putc(&json, ']');
+    if (!rc && (all.oom || json.oom)) snprintf(err, err_len, "out of memory reading the calibration text"), rc = -1;
+    if (rc) { free(all.s), free(json.s); return -1; }
     sha256_hex(&all_hash, c->sources_hash);
-    c->sources_json = json;
-    *text = all ? all : calloc(1, 1), *text_len = len;
+    c->sources_json = json.s;
+    *text = all.s ? all.s : calloc(1, 1), *text_len = all.len;
     return *text ? 0 : -1;
 }
 
