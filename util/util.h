@@ -1,8 +1,8 @@
 /*
  * util/util.h — small shared utilities at the bottom of the tree: every output file
  * written atomically, the one whole-file reader, the interrupt flag that long jobs
- * poll, the clock, a JSON parser and a growable string. Includes nothing of the project; every other module may use
- * it.
+ * poll, the clock, a JSON parser and a growable string. Includes nothing of the
+ * project; every other module may use it.
  *
  * Output files. Whatever bitplan writes (packed models, GGUF exports, reports,
  * saved logits) goes through util_out: the bytes go to a temporary file beside the

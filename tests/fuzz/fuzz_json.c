@@ -1,5 +1,5 @@
 /*
- * tests/fuzz/fuzz_json.c — feeds any bytes to model/json.c (util_json_parse), the
+ * tests/fuzz/fuzz_json.c — feeds any bytes to util/json.c (util_json_parse), the
  * parser behind safetensors headers, config.json, tokenizer.json and a packed
  * file's metadata.
  *
