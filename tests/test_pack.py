@@ -339,7 +339,8 @@ def test_progress_lines_report_the_run(work):
     """--progress: pack's last line counts every layer and changes no byte; eval's last
     line is its last chunk, at the perplexity the result prints."""
     again = work["dir"] / "again.bp"
-    p = run("pack", [work["model"], "--db", work["db"], "-o", again, "--progress"])
+    # plan 1 is the fixture's (other tests record uniform plans, and pack takes the newest)
+    p = run("pack", [work["model"], "--db", work["db"], "--plan", 1, "-o", again, "--progress"])
     n_layers = MODEL["n_layers"]
     last = p.stderr.replace("\r", "\n").strip().splitlines()[-1]
     assert re.match(r"\s*pack\s+quantize\s+layer\s+%d/%d\s" % (n_layers, n_layers), last), p.stderr
