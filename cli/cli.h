@@ -101,9 +101,6 @@ int cli_progress_wanted(void);
  * clearly if not. 0, or 1 after printing "bitplan CMD: ...". */
 int cli_parse_device(const char *cmd, const char *name, rt_runner_open_fn *open);
 
-/* The most text a command reads whole (eval --text, tokenize). */
-#define CLI_MAX_TEXT ((size_t)4 << 30)
-
 /* Opens a model for running (eval, generate): a bitplan packed file, or a model
  * file (GGUF, safetensors) whose weights stay in their stored type and are decoded
  * per product, unless the whole model as fp32 would take under a quarter of the

@@ -107,7 +107,7 @@ int32_t *cli_tokenize(const rt_model *m, const char *text, size_t len, int64_t *
 static int32_t *tokenize_file(const rt_model *m, const char *path, int64_t *n, char *err, size_t err_len)
 {
     size_t len;
-    char *text = util_read_file(path, CLI_MAX_TEXT, &len, err, err_len);
+    char *text = util_read_file(path, UTIL_MAX_TEXT, &len, err, err_len);
     if (!text) return NULL;
     int32_t *ids = cli_tokenize(m, text, len, n, err, err_len);
     free(text);
@@ -199,7 +199,7 @@ static int record(const eval_args *a, const rt_eval_result *r, const rt_ref_info
     /* with --ref-logits the reference is the model the logits were saved from */
     const char *ref_path = saved ? (saved->model_path[0] ? saved->model_path : a->ref_logits) : a->ref;
     size_t len;
-    char text_hash[65], *text = util_read_file(a->text, CLI_MAX_TEXT, &len, err, err_len);
+    char text_hash[65], *text = util_read_file(a->text, UTIL_MAX_TEXT, &len, err, err_len);
     if (!text) return -1;
     mdl_sha256_of(text, len, text_hash);
     free(text);

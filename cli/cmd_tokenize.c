@@ -92,7 +92,7 @@ int cmd_tokenize(int argc, char **argv)
     if (string) return tokenize(model, string, strlen(string), bos, special, pieces);
     char err[MDL_ERR_LEN];
     size_t len;
-    char *text = util_read_file(file, CLI_MAX_TEXT, &len, err, sizeof err);
+    char *text = util_read_file(file, UTIL_MAX_TEXT, &len, err, sizeof err);
     if (!text) return cli_fail("tokenize", "%s", err);
     int rc = tokenize(model, text, len, bos, special, pieces);
     free(text);

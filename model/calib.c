@@ -33,8 +33,6 @@ static void sha256_hex(mdl_sha256 *c, char hex[65])
 
 /* ==== Sources ==== */
 
-#define CALIB_MAX_TEXT ((size_t)4 << 30) /* the most text one calibration file may hold */
-
 /* Reads the files, joins them, and fills the hashes and sources_json of c. The
  * joined text goes to *text (malloc'd). */
 static int read_sources(const char *const *paths, int n, calib_set *c, char **text, size_t *text_len,
@@ -47,7 +45,7 @@ static int read_sources(const char *const *paths, int n, calib_set *c, char **te
     sb_putc(&json, '[');
     for (int i = 0; i < n && !rc; i++) {
         size_t n;
-        char *one = util_read_file(paths[i], CALIB_MAX_TEXT, &n, err, err_len), hex[65];
+        char *one = util_read_file(paths[i], UTIL_MAX_TEXT, &n, err, err_len), hex[65];
         if (!one) { rc = -1; break; }
         if (memchr(one, 0, n)) {
             snprintf(err, err_len, "%s: a NUL byte: not a text file", paths[i]);

@@ -186,7 +186,7 @@ static int deal_tensors(pack_run *r)
 static int sha256_file(const char *path, char hex[65], char *err, size_t err_len)
 {
     size_t n;
-    char *text = util_read_file(path, (size_t)4 << 30, &n, err, err_len);
+    char *text = util_read_file(path, UTIL_MAX_TEXT, &n, err, err_len);
     if (!text) return -1;
     mdl_sha256_of(text, n, hex);
     free(text);

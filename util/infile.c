@@ -23,7 +23,8 @@ char *util_read_file(const char *path, size_t max, size_t *len, char *err, size_
     char *buf = NULL;
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO's open would wait for a writer */
     if (fd < 0) { snprintf(err, err_len, "%s: %s", path, strerror(errno)); return NULL; }
-    if (fstat(fd, &st) || !S_ISREG(st.st_mode))
+    if (fstat(fd, &st)) snprintf(err, err_len, "%s: %s", path, strerror(errno));
+    else if (!S_ISREG(st.st_mode))
         snprintf(err, err_len, "%s: %s", path, S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file");
     else if ((uint64_t)st.st_size > max)
         snprintf(err, err_len, "%s: %lld bytes is too big (at most %zu)", path, (long long)st.st_size, max);

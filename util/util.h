@@ -72,6 +72,8 @@ double util_now_s(void);
  * out). Only a regular file is read (a pipe or a device could block), of at most max
  * bytes; otherwise NULL with the path and the reason in err. */
 char *util_read_file(const char *path, size_t max, size_t *len, char *err, size_t err_len);
+/* The most text bitplan reads whole: calibration, evaluation and tokenizer input. */
+#define UTIL_MAX_TEXT ((size_t)4 << 30)
 
 /* ==== JSON (util/json.c) ====
  *

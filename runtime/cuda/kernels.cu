@@ -112,7 +112,6 @@ int rtc_alloc(rtc_mem *m, void **p, size_t bytes, const char *what, char *err, s
     } else if (alloc_block(m, p, bytes, what, err, err_len)) {
         return -1;
     }
-    m->bytes += (int64_t)bytes;
     return 0;
 }
 

@@ -52,7 +52,6 @@ int rtc_blas_fail(cublasStatus_t s, const char *call, const char *file, int line
 typedef struct {
     void **ptr;         /* the cudaMalloc'd blocks */
     int n, cap;
-    int64_t bytes;      /* sum of the sizes asked for */
     int64_t held;       /* sum of the blocks' sizes */
     char *slab;         /* the block arrays are carved from (NULL: none) */
     size_t slab_size, slab_used;
