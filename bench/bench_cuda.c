@@ -3,8 +3,9 @@
  * (progress on stderr):
  *
  *   (a) the packed matrix-vector product (batch 1) on 4096x14336 and 8192x28672
- *       weights (rows x cols) at about 2.5, 3, 4, 5, 6 and 8 bpw: GB/s of packed
- *       bytes (values, scales, zeros) over the device-to-device copy bandwidth
+ *       weights (rows x cols) at about 2.5, 3, 4, 5, 6 and 8 bpw and in the ggml
+ *       types Q4_0, Q4_1 (mins) and Q8_0: GB/s of packed bytes (values, scales,
+ *       zeros, mins) over the device-to-device copy bandwidth
  *       measured in the same run, (read + written bytes) / s; each figure rotates
  *       over enough copies of the tensor (>= 512 MiB) to leave the L2 cache;
  *   (b) token generation (batch 1, after 16 prompt and 8 warm-up tokens)
@@ -92,12 +93,13 @@ static uint64_t rnd64(void)
 typedef struct {
     lay_packed p;
     uint8_t *values, *zeros;
-    uint16_t *scales;
+    uint16_t *scales, *mins;
     void *perm;
 } rpacked;
 
 /* Random codes, scales of about `mag` / 2^(b-1), zeros in range, a random
- * permutation. Returns 0, or -1 if out of memory. */
+ * permutation; for a ggml type mins in (-mag, 0] and no permutation (layout.h).
+ * Returns 0, or -1 if out of memory. */
 static int rp_make(rpacked *t, int64_t rows, int64_t cols, const lay_option *o, float mag)
 {
     lay_cost c = lay_tensor_cost(o, rows, cols);
@@ -106,8 +108,9 @@ static int rp_make(rpacked *t, int64_t rows, int64_t cols, const lay_option *o, 
     t->values = malloc((size_t)c.values + 8);
     t->scales = malloc((size_t)c.scales);
     t->zeros = c.zeros ? malloc((size_t)c.zeros) : NULL;
-    t->perm = malloc((size_t)c.perm);
-    if (!t->values || !t->scales || (c.zeros && !t->zeros) || !t->perm) return -1;
+    t->mins = c.mins ? malloc((size_t)c.mins) : NULL;
+    t->perm = c.perm ? malloc((size_t)c.perm) : NULL;
+    if (!t->values || !t->scales || (c.zeros && !t->zeros) || (c.mins && !t->mins) || (c.perm && !t->perm)) return -1;
     for (int64_t i = 0; i < c.values; i += 8) {
         uint64_t v = rnd64();
         memcpy(t->values + i, &v, 8);
@@ -119,23 +122,24 @@ static int rp_make(rpacked *t, int64_t rows, int64_t cols, const lay_option *o, 
             float s = mag / (float)(1 << (bits - 1)) * (0.5f + (float)(v & 0xFFFF) / 65536.0f);
             t->scales[r * ng + g] = lay_f32_to_f16(s);
             if (t->zeros) t->zeros[r * ng + g] = (uint8_t)((v >> 16) % (1u << bits));
+            if (t->mins) t->mins[r * ng + g] = lay_f32_to_f16(-mag * (float)((v >> 32) & 0xFFFF) / 65536.0f);
         }
     int pb = lay_perm_bytes(cols);
-    for (int64_t j = 0; j < cols; j++) {
+    for (int64_t j = 0; t->perm && j < cols; j++) {
         if (pb == 2) ((uint16_t *)t->perm)[j] = (uint16_t)j;
         else ((uint32_t *)t->perm)[j] = (uint32_t)j;
     }
-    for (int64_t j = cols - 1; j > 0; j--) {
+    for (int64_t j = cols - 1; t->perm && j > 0; j--) {
         int64_t i = (int64_t)(rnd64() % (uint64_t)(j + 1));
         if (pb == 2) { uint16_t *p = t->perm, x = p[i]; p[i] = p[j]; p[j] = x; }
         else { uint32_t *p = t->perm, x = p[i]; p[i] = p[j]; p[j] = x; }
     }
     t->p = (lay_packed){ .rows = rows, .cols = cols, .opt = *o, .values = t->values, .scales = t->scales,
-                         .zeros = t->zeros, .perm = t->perm };
+                         .zeros = t->zeros, .mins = t->mins, .perm = t->perm };
     return 0;
 }
 
-static void rp_free(rpacked *t) { free(t->values), free(t->scales), free(t->zeros), free(t->perm); }
+static void rp_free(rpacked *t) { free(t->values), free(t->scales), free(t->zeros), free(t->mins), free(t->perm); }
 
 /* An option of about `bpw` bits per weight at group 128 (asymmetric): bits_lo =
  * floor, and the share of groups one bit wider that makes up the rest. */
@@ -163,19 +167,29 @@ static lay_option option_plain(int bits)
     return o;
 }
 
+/* A 32-wide ggml type (layout.h: values, fp16 scale and min per 32, no permutation). */
+static lay_option option_ggml(int type)
+{
+    lay_option o;
+    lay_ggml_option(type, &o);
+    return o;
+}
+
 /* ==== (a) the matrix-vector product ==== */
 
 static int bench_matvec(void)
 {
-    lay_option opts[6] = { option_near(2.5), option_plain(3), option_plain(4), option_plain(5), option_plain(6),
-                           option_plain(8) };
+    enum { N_OPTS = 9 };
+    lay_option opts[N_OPTS] = { option_near(2.5), option_plain(3), option_plain(4), option_plain(5), option_plain(6),
+                                option_plain(8), option_ggml(LAY_GGML_Q4_0), option_ggml(LAY_GGML_Q4_1),
+                                option_ggml(LAY_GGML_Q8_0) };
     char err[512];
     int bad = 0;
     printf("\n### Packed matrix-vector product, batch 1\n\n");
     printf("| shape (rows x cols) | option | bpw | MiB | copies | us/product | GB/s | D2D copy GB/s | ratio |\n");
     printf("|---|---|---|---|---|---|---|---|---|\n");
     for (int s = 0; s < 2; s++)
-        for (int k = 0; k < 6; k++) {
+        for (int k = 0; k < N_OPTS; k++) {
             if (quick && k % 2) continue;
             rpacked t;
             int64_t rows = shapes->mv[s][0], cols = shapes->mv[s][1];
@@ -183,7 +197,7 @@ static int bench_matvec(void)
             fprintf(stderr, "matvec %lldx%lld %s ...\n", (long long)rows, (long long)cols, opts[k].name);
             if (rp_make(&t, rows, cols, &opts[k], 0.02f)) { fprintf(stderr, "out of host memory\n"); rp_free(&t); return 1; }
             lay_cost c = lay_tensor_cost(&opts[k], rows, cols);
-            double bytes = (double)(c.values + c.scales + c.zeros);
+            double bytes = (double)(c.values + c.scales + c.zeros + c.mins);
             int copies = smoke ? 2 : (int)(512.0 * MIB / bytes) + 1;
             rt_cuda_bench r;
             if (rt_cuda_bench_matvec(&t.p, 1, copies, quick || smoke ? 5 : 21, &r, err, sizeof err)) {

@@ -92,15 +92,26 @@ typedef struct {
     int64_t rows, cols;
     int n;                       /* matrices in the rotation */
     size_t values_bytes, meta_bytes;
-    uint8_t *meta;               /* scales then zeros of every matrix */
+    uint8_t *meta;               /* scales then zeros (or mins) of every matrix */
     void *perm;
     rt_linear **lin;
 } rotation;
 
 static size_t matrix_bytes(const rotation *r) { return r->values_bytes + r->meta_bytes; }
 
+/* A matrix's parts after its scales: zeros, or mins (a ggml type's), or neither. */
+static lay_packed packed_of(const lay_option *o, int64_t rows, int64_t cols, const uint8_t *values, uint8_t *meta,
+                            const void *perm)
+{
+    lay_cost c = lay_tensor_cost(o, rows, cols);
+    return (lay_packed){ .rows = rows, .cols = cols, .opt = *o, .values = values, .scales = (const uint16_t *)meta,
+                         .zeros = c.zeros ? meta + c.scales : NULL,
+                         .mins = c.mins ? (const uint16_t *)(meta + c.scales) : NULL, .perm = c.perm ? perm : NULL };
+}
+
 /* n matrices whose values lie back to back in `values` (random bytes are valid
- * packed values at every width), with random scales, zeros and one permutation. */
+ * packed values at every width), with random scales, zeros or mins, and one
+ * permutation (none for a ggml type). */
 static int rotation_open(rotation *r, const lay_option *o, int64_t rows, int64_t cols, const uint8_t *values,
                          size_t values_cap, int n_force)
 {
@@ -108,23 +119,24 @@ static int rotation_open(rotation *r, const lay_option *o, int64_t rows, int64_t
     memset(r, 0, sizeof *r);
     r->opt = *o, r->rows = rows, r->cols = cols;
     r->values_bytes = (size_t)(c.values + 63) / 64 * 64;
-    r->meta_bytes = (size_t)(c.scales + c.zeros);
+    r->meta_bytes = (size_t)(c.scales + c.zeros + c.mins);
     r->n = n_force ? n_force : (int)((POOL_BYTES + matrix_bytes(r) - 1) / matrix_bytes(r));
     if ((size_t)r->n * r->values_bytes > values_cap) return -1;
     r->meta = malloc((size_t)r->n * r->meta_bytes);
-    r->perm = malloc((size_t)c.perm);
+    r->perm = malloc((size_t)c.perm + 1);
     r->lin = calloc((size_t)r->n, sizeof *r->lin);
     if (!r->meta || !r->perm || !r->lin) return -1;
     fill_random(r->meta, (size_t)r->n * r->meta_bytes, 7);
-    for (size_t i = 0; i < (size_t)r->n * (size_t)c.scales / 2; i++) /* fp16 in [2^-9, 2^-8) */
-        ((uint16_t *)r->meta)[i] = (uint16_t)(0x1800 | (((uint16_t *)r->meta)[i] & 0x3ff));
-    for (int64_t j = 0; j < cols; j++) /* a fixed scramble of the columns */
+    for (int i = 0; i < r->n; i++) { /* every fp16 (scales, mins) in [2^-9, 2^-8) */
+        uint16_t *h = (uint16_t *)(r->meta + (size_t)i * r->meta_bytes);
+        for (size_t k = 0; k < (size_t)(c.scales + c.mins) / 2; k++) h[k] = (uint16_t)(0x1800 | (h[k] & 0x3ff));
+    }
+    for (int64_t j = 0; c.perm && j < cols; j++) /* a fixed scramble of the columns */
         if (lay_perm_bytes(cols) == 2) ((uint16_t *)r->perm)[j] = (uint16_t)((j * 40503) % cols);
         else ((uint32_t *)r->perm)[j] = (uint32_t)((j * 40503) % cols);
     for (int i = 0; i < r->n; i++) {
-        uint8_t *m = r->meta + (size_t)i * r->meta_bytes;
-        lay_packed p = { .rows = rows, .cols = cols, .opt = *o, .values = values + (size_t)i * r->values_bytes,
-                         .scales = (const uint16_t *)m, .zeros = c.zeros ? m + c.scales : NULL, .perm = r->perm };
+        lay_packed p = packed_of(o, rows, cols, values + (size_t)i * r->values_bytes,
+                                 r->meta + (size_t)i * r->meta_bytes, r->perm);
         char err[256];
         if (!(r->lin[i] = rt_linear_packed(&p, 1, NULL, err, sizeof err))) { fprintf(stderr, "%s\n", err); return -1; }
     }
@@ -171,10 +183,8 @@ static double time_sum(const rotation *r, const uint8_t *values, uint64_t *sink)
 static double hot_rate(const rotation *r, const uint8_t *values, const float *x, float *y)
 {
     int64_t rows = 640 * 1024 / (lay_row_bytes(&r->opt, r->cols) + 1) + 1;
-    uint8_t *m = r->meta;
     lay_cost c = lay_tensor_cost(&r->opt, rows, r->cols);
-    lay_packed p = { .rows = rows, .cols = r->cols, .opt = r->opt, .values = values, .scales = (const uint16_t *)m,
-                     .zeros = c.zeros ? m + c.scales : NULL, .perm = r->perm };
+    lay_packed p = packed_of(&r->opt, rows, r->cols, values, r->meta, r->perm);
     rt_linear *l = rt_linear_packed(&p, 1, NULL, NULL, 0);
     int reps = 400, saved = omp_get_max_threads();
     omp_set_num_threads(1);
@@ -184,7 +194,7 @@ static double hot_rate(const rotation *r, const uint8_t *values, const float *x,
     double t = cpu_now() - t0;
     omp_set_num_threads(saved);
     l->destroy(l), free(l);
-    return (double)reps * (double)(c.values + c.scales + c.zeros) / t / 1e9;
+    return (double)reps * (double)(c.values + c.scales + c.zeros + c.mins) / t / 1e9;
 }
 
 /* ==== Table ==== */
@@ -195,6 +205,14 @@ static lay_option option(int lo, int hi, float share, int group)
                      .scale_fmt = LAY_SCALE_F16_Z8 };
     if (lo == hi) snprintf(o.name, sizeof o.name, "%db g%d", lo, group);
     else snprintf(o.name, sizeof o.name, "%db/%db %d%% g%d", lo, hi, (int)(share * 100 + 0.5f), group);
+    return o;
+}
+
+/* A 32-wide ggml type, as a packed file holds it (a source's blocks kept as stored). */
+static lay_option ggml_option(int type)
+{
+    lay_option o;
+    lay_ggml_option(type, &o);
     return o;
 }
 
@@ -367,7 +385,9 @@ int main(int argc, char **argv)
            omp_get_num_procs(), passes, POOL_BYTES / GIB);
     if (mmap_dir) return bench_mmap(mmap_dir, pool, cap, x, y) ? 1 : 0;
     const lay_option opts[] = { option(2, 3, 0.3f, 128), option(3, 3, 0, 128), option(4, 4, 0, 128),
-                                option(5, 5, 0, 128), option(6, 6, 0, 128), option(8, 8, 0, 128) };
+                                option(4, 4, 0, 32), ggml_option(LAY_GGML_Q4_0), ggml_option(LAY_GGML_Q4_1),
+                                option(5, 5, 0, 128), option(6, 6, 0, 128), option(8, 8, 0, 128),
+                                ggml_option(LAY_GGML_Q8_0) };
     const int64_t shapes[2][2] = { { 4096, 4096 }, { 4096, 14336 } };
     if (hot_only) {
         printf("%-12s %-16s %8s\n", "shape", "option", "hot GB/s");

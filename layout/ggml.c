@@ -77,6 +77,7 @@
 
 #include <assert.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -836,5 +837,62 @@ void lay_ggml_quantize_row(int type, const float *x, const float *imp, uint8_t *
         lay_ggml_fit(type, x + i, imp ? imp + i : NULL, &g);
         for (int v = 0; v < t->block; v++) q[v] = (uint8_t)lay_ggml_quant(&g, v / t->sub, t->bits, t->center, x[i + v]);
         lay_ggml_encode(&g, q, dst);
+    }
+}
+
+int lay_ggml_option(int type, lay_option *o)
+{
+    const lay_ggml_traits *t = lay_ggml_traits_of(type);
+    if (!t) return -1;
+    memset(o, 0, sizeof *o);
+    snprintf(o->name, sizeof o->name, "%s", t->name);
+    o->bits_lo = o->bits_hi = (uint8_t)t->bits;
+    o->group = t->block;
+    o->scale_fmt = (lay_scale_fmt)(LAY_FMT_GGML + type);
+    return 0;
+}
+
+/* ==== The 32-wide types in bitplan's packed layout ==== */
+
+int lay_ggml_packable(int type)
+{
+    const lay_ggml_traits *t = lay_ggml_traits_of(type);
+    return t && t->block == LAY_CHUNK;
+}
+
+int lay_ggml_has_min(int type) { return type == LAY_GGML_Q4_1 || type == LAY_GGML_Q5_1; }
+
+int lay_ggml_center(int type)
+{
+    const lay_ggml_traits *t = lay_ggml_traits_of(type);
+    return t ? t->center : 0;
+}
+
+void lay_ggml_to_packed(int type, const uint8_t *blocks, int64_t n, uint8_t *values, uint16_t *scales, uint16_t *mins)
+{
+    const lay_ggml_traits *t = lay_ggml_traits_of(type);
+    assert(lay_ggml_packable(type) && n % LAY_CHUNK == 0);
+    lay_ggml_grid g;
+    uint8_t q[LAY_CHUNK];
+    for (int64_t b = 0; b < n / LAY_CHUNK; b++, blocks += t->bytes, values += t->bits * LAY_CHUNK / 8) {
+        parse_block(type, blocks, &g, q);
+        lay_pack_chunk(t->bits, q, values);
+        scales[b] = g.d;
+        if (mins) mins[b] = g.dmin;
+    }
+}
+
+void lay_ggml_from_packed(int type, const uint8_t *values, const uint16_t *scales, const uint16_t *mins, int64_t n,
+                          uint8_t *blocks)
+{
+    const lay_ggml_traits *t = lay_ggml_traits_of(type);
+    assert(lay_ggml_packable(type) && n % LAY_CHUNK == 0);
+    lay_ggml_grid g;
+    uint8_t q[LAY_CHUNK];
+    for (int64_t b = 0; b < n / LAY_CHUNK; b++, blocks += t->bytes, values += t->bits * LAY_CHUNK / 8) {
+        memset(&g, 0, sizeof g);
+        g.type = type, g.d = scales[b], g.dmin = mins && lay_ggml_has_min(type) ? mins[b] : 0;
+        lay_unpack_chunk(t->bits, values, q);
+        lay_ggml_encode(&g, q, blocks);
     }
 }

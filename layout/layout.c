@@ -98,11 +98,14 @@ int lay_perm_bytes(int64_t cols) { return cols <= 65536 ? 2 : 4; }
 lay_cost lay_tensor_cost(const lay_option *o, int64_t rows, int64_t cols)
 {
     int64_t ng = lay_n_groups(o, cols);
-    lay_cost c;
-    if (lay_option_ggml(o) >= 0) /* headers and values together, as the block stores them */
-        return (lay_cost){.values = rows * lay_ggml_row_bytes(lay_option_ggml(o), cols)};
-    c.values = rows * lay_row_bytes(o, cols);
-    c.scales = rows * ng * 2;
+    int type = lay_option_ggml(o);
+    if (type >= 0 && !lay_ggml_packable(type)) /* headers and values together, as the block stores them */
+        return (lay_cost){.values = rows * lay_ggml_row_bytes(type, cols)};
+    lay_cost c = {.values = rows * lay_row_bytes(o, cols), .scales = rows * ng * 2};
+    if (type >= 0) { /* a 32-wide block: its values, d and m, the same bytes re-laid */
+        c.mins = lay_ggml_has_min(type) ? rows * ng * 2 : 0;
+        return c;
+    }
     c.zeros = o->scale_fmt == LAY_SCALE_F16_Z8 ? rows * ng : 0;
     c.perm = cols * lay_perm_bytes(cols);
     return c;
@@ -111,7 +114,7 @@ lay_cost lay_tensor_cost(const lay_option *o, int64_t rows, int64_t cols)
 int64_t lay_tensor_bits(const lay_option *o, int64_t rows, int64_t cols)
 {
     lay_cost c = lay_tensor_cost(o, rows, cols);
-    return 8 * (c.values + c.scales + c.zeros + c.perm);
+    return 8 * (c.values + c.scales + c.zeros + c.mins + c.perm);
 }
 
 /* ==== Chunk packing (reference) ==== */
@@ -234,10 +237,19 @@ void lay_qtensor_dequant(const lay_qtensor *t, float *w)
 
 /* ==== Packed tensors ==== */
 
-void lay_pack_tensor(const lay_qtensor *q, uint8_t *values, uint16_t *scales, uint8_t *zeros, void *perm)
+void lay_pack_tensor(const lay_qtensor *q, uint8_t *values, uint16_t *scales, uint8_t *zeros, uint16_t *mins,
+                     void *perm)
 {
     const lay_option *o = &q->opt;
     int64_t ng = lay_n_groups(o, q->cols), rb = lay_row_bytes(o, q->cols);
+    int type = lay_option_ggml(o);
+    if (type >= 0) {
+        int64_t bb = lay_ggml_row_bytes(type, q->cols);
+        for (int64_t r = 0; r < q->rows; r++)
+            lay_ggml_to_packed(type, q->blocks + r * bb, q->cols, values + r * rb, scales + r * ng,
+                               lay_ggml_has_min(type) ? mins + r * ng : NULL);
+        return;
+    }
     for (int64_t r = 0; r < q->rows; r++)
         for (int64_t g = 0; g < ng; g++) {
             int bits = lay_group_bits(o, q->cols, g);
@@ -263,13 +275,22 @@ void lay_packed_dequant(const lay_packed *p, float *w)
         for (int64_t g = 0; g < ng; g++) {
             int bits = lay_group_bits(o, p->cols, g);
             float s = lay_f16_to_f32(p->scales[r * ng + g]), z = (float)lay_zero_at(p, r, g, bits);
+            float m = lay_min_at(p, r, g);
             const uint8_t *src = p->values + r * rb + lay_group_offset(o, p->cols, g);
             int64_t j0 = lay_group_start(o, g);
             for (int64_t c = 0; c < lay_group_cols(o, p->cols, g); c += LAY_CHUNK, src += bits * LAY_CHUNK / 8) {
                 lay_unpack_chunk(bits, src, q);
-                for (int i = 0; i < LAY_CHUNK; i++) w[r * p->cols + lay_perm_at(p, j0 + c + i)] = s * ((float)q[i] - z);
+                for (int i = 0; i < LAY_CHUNK; i++) {
+                    float v = s * ((float)q[i] - z);
+                    w[r * p->cols + lay_perm_at(p, j0 + c + i)] = p->mins ? v + m : v;
+                }
             }
         }
+}
+
+float lay_min_at(const lay_packed *p, int64_t r, int64_t g)
+{
+    return p->mins ? lay_f16_to_f32(p->mins[r * lay_n_groups(&p->opt, p->cols) + g]) : 0.0f;
 }
 
 /* ==== Half precision ==== */

@@ -56,7 +56,8 @@ typedef enum {
     LAY_FMT_GGML = 256,   /* + a ggml type id (section "ggml block types" below): the
                              tensor is stored in that GGUF block format, in original
                              column order; bits_lo = bits_hi = its q width, hi_share 0,
-                             group = its block */
+                             group = its block. The 32-wide types also pack into
+                             bitplan's own file (lay_ggml_packable, below) */
 } lay_scale_fmt;
 
 /* A candidate quantization: data, not code (measure/options.c reads them from a
@@ -95,10 +96,11 @@ int lay_perm_bytes(int64_t cols);  /* 2 (uint16) if cols <= 65536, else 4 */
 
 /* The parts of a packed tensor, in bytes; total_bits() = 8 * sum of the parts. */
 typedef struct {
-    int64_t values;  /* rows * lay_row_bytes */
+    int64_t values;  /* rows * lay_row_bytes (a K-quant: its whole blocks) */
     int64_t scales;  /* rows * n_groups * 2 (fp16) */
-    int64_t zeros;   /* rows * n_groups (uint8), 0 for symmetric */
-    int64_t perm;    /* cols * lay_perm_bytes */
+    int64_t zeros;   /* rows * n_groups (uint8), 0 for symmetric and ggml types */
+    int64_t mins;    /* rows * n_groups * 2 (fp16) for Q4_1 and Q5_1, else 0 */
+    int64_t perm;    /* cols * lay_perm_bytes, 0 for ggml types */
 } lay_cost;
 
 lay_cost lay_tensor_cost(const lay_option *o, int64_t rows, int64_t cols);
@@ -135,29 +137,50 @@ void lay_qtensor_free(lay_qtensor *t);
 void lay_qtensor_dequant(const lay_qtensor *t, float *w);
 
 /* A packed tensor: the arrays as stored in the file (values in the chunk layout
- * above, row after row; every row has lay_row_bytes bytes). Kernels read this. */
+ * above, row after row; every row has lay_row_bytes bytes). Kernels read this.
+ * A value q of group g in row r stands for
+ *
+ *     w[r][perm[j]] = s * (q - z) + m
+ *
+ * with s the group's scale, z its zero (lay_zero_at) and m its min (0 unless the
+ * tensor has mins), computed in float in this order: for a ggml type that is
+ * exactly its decoders' a * (q - center) + b. A tensor in one of the 32-wide ggml
+ * types (lay_ggml_packable) is its blocks re-laid: the same q in the planes above
+ * (a Q4_0/Q4_1 block's nibbles are already a 4-bit plane, a Q5 block's high bits a
+ * 1-bit plane; Q8_0's int8 is q - 128), the block's fp16 d as the scale, Q4_1's and
+ * Q5_1's fp16 m as the min, the type's center as the zero, no permutation. Its
+ * bytes are the blocks' bytes exactly. */
 typedef struct lay_packed_s {
     int64_t rows, cols;
     lay_option opt;
     const uint8_t *values;   /* [rows][lay_row_bytes] */
     const uint16_t *scales;  /* [rows][n_groups] fp16 bits */
-    const uint8_t *zeros;    /* [rows][n_groups], NULL for symmetric formats */
-    const void *perm;        /* [cols] uint16 or uint32 (lay_perm_bytes) */
+    const uint8_t *zeros;    /* [rows][n_groups], NULL for symmetric formats and ggml types */
+    const uint16_t *mins;    /* [rows][n_groups] fp16 bits: Q4_1 and Q5_1, else NULL */
+    const void *perm;        /* [cols] uint16 or uint32 (lay_perm_bytes); NULL for ggml types */
 } lay_packed;
 
-/* Packs q into caller-provided arrays sized by lay_tensor_cost (zeros may be NULL
- * for symmetric formats). The plain reference of packing. */
-void lay_pack_tensor(const lay_qtensor *q, uint8_t *values, uint16_t *scales, uint8_t *zeros, void *perm);
+/* Packs q into caller-provided arrays sized by lay_tensor_cost (an array whose
+ * cost is 0 may be NULL). A ggml type packs only if lay_ggml_packable. The plain
+ * reference of packing. */
+void lay_pack_tensor(const lay_qtensor *q, uint8_t *values, uint16_t *scales, uint8_t *zeros, uint16_t *mins,
+                     void *perm);
 /* Stored column j's original column. */
 static inline int64_t lay_perm_at(const lay_packed *p, int64_t j)
 {
+    if (!p->perm) return j;
     return lay_perm_bytes(p->cols) == 2 ? ((const uint16_t *)p->perm)[j] : ((const uint32_t *)p->perm)[j];
 }
-/* The zero of a group: stored, or 2^(b-1) for symmetric formats. */
+/* The center of a ggml type (lay_ggml_traits_of(type)->center), 0 if unknown. */
+int lay_ggml_center(int type);
+/* The zero of a group: stored, a ggml type's center, or 2^(b-1) for symmetric formats. */
 static inline int lay_zero_at(const lay_packed *p, int64_t r, int64_t g, int bits)
 {
-    return p->zeros ? p->zeros[r * lay_n_groups(&p->opt, p->cols) + g] : 1 << (bits - 1);
+    if (p->zeros) return p->zeros[r * lay_n_groups(&p->opt, p->cols) + g];
+    return lay_option_ggml(&p->opt) >= 0 ? lay_ggml_center(lay_option_ggml(&p->opt)) : 1 << (bits - 1);
 }
+/* The min of a group in float: 0 unless the tensor has mins. */
+float lay_min_at(const lay_packed *p, int64_t r, int64_t g);
 /* w[rows][cols] in original column order from a packed tensor (reference). */
 void lay_packed_dequant(const lay_packed *p, float *w);
 
@@ -262,6 +285,22 @@ void lay_ggml_decode_row(int type, const uint8_t *src, float *y, int64_t n);
 void lay_ggml_quantize_row(int type, const float *x, const float *imp, uint8_t *dst, int64_t n);
 /* Bytes of n values of type (n a multiple of the block). */
 int64_t lay_ggml_row_bytes(int type, int64_t n);
+/* The option of ggml type `type`, named as the type (its fields the type's: bits,
+ * share 0, group = block). 0, or -1 for an unknown type. */
+int lay_ggml_option(int type, lay_option *o);
+/* 1 if type packs into bitplan's file (lay_packed above): the 32-wide types Q4_0,
+ * Q4_1, Q5_0, Q5_1, Q8_0, whose blocks are one fp16 scale (and min) and 32 values.
+ * The K-quants do not: a Q4_K/Q5_K/Q2_K sub-block's scale d * sc has more bits than
+ * an fp16 holds, and Q3_K's and Q6_K's sub-blocks are 16 wide. */
+int lay_ggml_packable(int type);
+/* 1 if the type stores a min (Q4_1, Q5_1). */
+int lay_ggml_has_min(int type);
+/* One row of n values of a packable type, blocks -> packed parts (values in the
+ * chunk layout, lay_row_bytes; scales and mins one per 32; mins may be NULL for a
+ * type without), and back. Lossless both ways. */
+void lay_ggml_to_packed(int type, const uint8_t *blocks, int64_t n, uint8_t *values, uint16_t *scales, uint16_t *mins);
+void lay_ggml_from_packed(int type, const uint8_t *values, const uint16_t *scales, const uint16_t *mins, int64_t n,
+                          uint8_t *blocks);
 
 /* fp16 <-> fp32 conversion, IEEE half, round to nearest even. */
 uint16_t lay_f32_to_f16(float f);

@@ -28,6 +28,12 @@
  *     done and sends it to all, and receives every rank's results at the end of
  *     each group. Every step that can fail on one rank is agreed (par_agree), so
  *     the ranks stop together and rank 0 says which failed and why.
+ *  7. A tensor stored in a ggml block type (a GGUF source) is measured "as stored"
+ *     at the option of that type: its own blocks, copied, not quantized again; the
+ *     error is computed like every other (zero, since the model's fp32 weights are
+ *     those blocks decoded). The default option set gains the source's 32-wide
+ *     types, which bitplan's file holds as they are, so the allocator never pays
+ *     error for bits the source already rounded.
  * It must never print (progress goes through a callback) and never write a row
  * whose numbers it did not compute in this run.
  */
@@ -59,6 +65,8 @@ typedef struct {
     int todo;                 /* options not measured yet */
     int probe;                /* 1: this run probes it */
     const float *w;           /* [rows][cols] while its layer is held, borrowed from the model */
+    int src_type;             /* the ggml block type the source stores it in, or -1 */
+    const uint8_t *src_blocks; /* those blocks, in the file's mapping */
     double energy;            /* tr(W H W^T), the denominator of rel_err */
     float *probe_wq;          /* dequantized at the reference option, for the probe */
     double probe_rel;
@@ -145,8 +153,30 @@ static int list_tensors(measure_run *r)
         if (!mt) return fail(r, "%s: tensor %s is missing", mdl_path(r->file), t->name);
         if (mt->n_dims != 2) return fail(r, "%s: tensor %s has %d dimensions, not 2", mdl_path(r->file), t->name, mt->n_dims);
         t->rows = mt->shape[0], t->cols = mt->shape[1];
+        t->src_type = mdl_tensor_stored_ggml(mt);
+        t->src_blocks = t->src_type >= 0 ? mt->data : NULL;
     }
     return 0;
+}
+
+/* Invariant 7: the default set gains the source's own 32-wide block types, which
+ * bitplan's file can hold as they are (lay_ggml_packable). */
+static int add_source_options(measure_run *r)
+{
+    for (int i = 0; i < r->nt; i++) {
+        lay_option o;
+        if (r->t[i].src_type < 0 || !lay_ggml_packable(r->t[i].src_type)) continue;
+        lay_ggml_option(r->t[i].src_type, &o);
+        if (opt_set_add(&r->own_opts, &o) < 0) return fail(r, "out of memory");
+    }
+    return 0;
+}
+
+/* 1 if option o of tensor t is the source's own encoding: its blocks are copied,
+ * not quantized again. */
+static int as_stored(const measure_tensor *t, const lay_option *o)
+{
+    return t->src_type >= 0 && lay_option_ggml(o) == t->src_type;
 }
 
 /* 1 if option o skips tensor t: a ggml block type whose block does not divide the
@@ -229,7 +259,7 @@ static int open_model(measure_run *r, const char *path, const char *const *calib
     const mdl_config *c = mdl_get_config(r->file);
     if (p->ctx > c->max_ctx && c->max_ctx > 0)
         return fail(r, "--ctx %d is longer than the model's context (%d)", p->ctx, c->max_ctx);
-    if (list_tensors(r) || check_options(r)) return -1;
+    if (list_tensors(r) || (r->opts == &r->own_opts && add_source_options(r)) || check_options(r)) return -1;
     tok_tokenizer *tok = mdl_tokenizer(r->file, r->err, r->err_len);
     if (!tok) return -1;
     return calib_load(tok, calib_paths, n_calib, p->rows, p->ctx, &r->cal, r->err, r->err_len);
@@ -392,6 +422,22 @@ static int flush(measure_run *r)
     return 0;
 }
 
+/* The source's own blocks as the quantized tensor, and their error: zero when the
+ * model's fp32 weights are the blocks decoded, as they should be; measured, so
+ * that a decoder that disagreed would show. */
+static int stored_unit(const measure_tensor *t, const gptq_prep *pp, const lay_option *o, lay_qtensor *q,
+                       gptq_stats *st, char *err, size_t err_len)
+{
+    double t0 = util_now_s();
+    memset(st, 0, sizeof *st);
+    if (lay_qtensor_alloc(q, t->rows, t->cols, o))
+        return snprintf(err, err_len, "out of memory for a %lldx%lld tensor", (long long)t->rows, (long long)t->cols), -1;
+    memcpy(q->blocks, t->src_blocks, (size_t)(t->rows * lay_ggml_row_bytes(t->src_type, t->cols)));
+    if (gptq_error_of(t->w, pp, q, t->energy, &st->rel_err, err, err_len)) return lay_qtensor_free(q), -1;
+    st->seconds = util_now_s() - t0;
+    return 0;
+}
+
 /* One (tensor, option): GPTQ, RTN, and the result. Runs in a worker thread.
  * prep[0] is the group's Hessian prepared in act-order, prep[1] in column order
  * (for ggml block types, which store no permutation). */
@@ -402,7 +448,9 @@ static int run_unit(measure_run *r, const measure_unit *u, gptq_prep *const *pre
     const gptq_prep *pp = prep[lay_option_ggml(o) >= 0];
     lay_qtensor q;
     gptq_stats st;
-    if (gptq_quantize_prepared(t->w, t->rows, pp, o, t->energy, &q, &st, err, err_len)) return -1;
+    if (as_stored(t, o) ? stored_unit(t, pp, o, &q, &st, err, err_len)
+                        : gptq_quantize_prepared(t->w, t->rows, pp, o, t->energy, &q, &st, err, err_len))
+        return -1;
     if (u->keep) {
         t->probe_wq = malloc((size_t)(t->rows * t->cols) * sizeof *t->probe_wq);
         if (t->probe_wq) lay_qtensor_dequant(&q, t->probe_wq), t->probe_rel = st.rel_err;

@@ -873,6 +873,21 @@ oom:
     return -1;
 }
 
+int gptq_error_of(const float *w, const gptq_prep *prep, const lay_qtensor *q, double w_energy, double *rel_err,
+                  char *err, size_t err_len)
+{
+    assert(w && prep && q && rel_err && q->cols == prep->cols);
+    if (check_w(w, q->rows, q->cols, err, err_len)) return -1;
+    if (w_energy < 0) w_energy = gptq_weight_energy(w, q->rows, q->cols, prep->h);
+    qdiff_rows x = {q, w};
+    rows_source src = {fill_qdiff, &x, 1};
+    *rel_err = error_ratio(quad_trace(&src, q->rows, q->cols, prep->h), w_energy);
+    if (isnan(*rel_err))
+        return snprintf(err, err_len, "out of memory for the error of a %lldx%lld tensor", (long long)q->rows,
+                        (long long)q->cols), -1;
+    return 0;
+}
+
 int gptq_quantize(const float *w, int64_t rows, int64_t cols, const double *h,
                   const lay_option *o, const gptq_params *p, lay_qtensor *out,
                   gptq_stats *stats, char *err, size_t err_len)

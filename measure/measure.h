@@ -105,6 +105,11 @@ int rtn_error_prepared(const float *w, int64_t rows, const gptq_prep *prep, cons
 /* tr(dW H dW^T) / tr(W H W^T) for dW = wq - w, both [rows][cols] (0 if both traces
  * are 0, +inf if only the denominator is 0; NaN if out of memory). */
 double gptq_relative_error(const float *w, const float *wq, int64_t rows, int64_t cols, const double *h);
+/* rel_err of a quantized tensor made elsewhere (a source's own blocks, stored as
+ * they are), with prep's Hessian, by the syrk gptq_quantize_prepared uses without
+ * fast_error. w_energy as there. 0, or -1 with a message. */
+int gptq_error_of(const float *w, const gptq_prep *prep, const lay_qtensor *q, double w_energy, double *rel_err,
+                  char *err, size_t err_len);
 /* tr(W H W^T), the denominator of rel_err (NaN if out of memory). */
 double gptq_weight_energy(const float *w, int64_t rows, int64_t cols, const double *h);
 
@@ -179,11 +184,12 @@ void opt_set_free(opt_set *s);
 /* The ggml block types as options (layout/layout.h), in bits order: Q2_K Q3_K Q4_0
  * Q4_K Q4_1 Q5_0 Q5_K Q5_1 Q6_K Q8_0. s->n is 0 if out of memory. */
 void opt_ggml_set(opt_set *s);
-/* The option of ggml type `type`, named as the type. 0, or -1 for an unknown type. */
-int opt_ggml_option(int type, lay_option *o);
 /* "default" or NULL: opt_default_set; "ggml": opt_ggml_set; anything else an option
  * file. 0, or -1 with a message. */
 int opt_set_load(const char *spec, opt_set *s, char *err, size_t err_len);
+/* Appends o unless an option with its fields (not its name) is already there.
+ * 1 if added, 0 if present, -1 if out of memory (s unchanged). */
+int opt_set_add(opt_set *s, const lay_option *o);
 
 /* ==== The calibration walk (walk.c) ==== */
 

@@ -118,24 +118,12 @@ void opt_default_set(opt_set *s)
 static const int opt_ggml_types[] = {LAY_GGML_Q2_K, LAY_GGML_Q3_K, LAY_GGML_Q4_0, LAY_GGML_Q4_K, LAY_GGML_Q4_1,
                                      LAY_GGML_Q5_0, LAY_GGML_Q5_K, LAY_GGML_Q5_1, LAY_GGML_Q6_K, LAY_GGML_Q8_0};
 
-int opt_ggml_option(int type, lay_option *o)
-{
-    const lay_ggml_traits *t = lay_ggml_traits_of(type);
-    if (!t) return -1;
-    memset(o, 0, sizeof *o);
-    snprintf(o->name, sizeof o->name, "%s", t->name);
-    o->bits_lo = o->bits_hi = (uint8_t)t->bits;
-    o->group = t->block;
-    o->scale_fmt = (lay_scale_fmt)(LAY_FMT_GGML + type);
-    return 0;
-}
-
 void opt_ggml_set(opt_set *s)
 {
     int n = (int)(sizeof opt_ggml_types / sizeof opt_ggml_types[0]);
     s->v = calloc((size_t)n, sizeof *s->v);
     s->n = s->v ? n : 0;
-    for (int i = 0; i < s->n; i++) opt_ggml_option(opt_ggml_types[i], &s->v[i]);
+    for (int i = 0; i < s->n; i++) lay_ggml_option(opt_ggml_types[i], &s->v[i]);
 }
 
 int opt_set_load(const char *spec, opt_set *s, char *err, size_t err_len)
@@ -145,6 +133,22 @@ int opt_set_load(const char *spec, opt_set *s, char *err, size_t err_len)
     else return opt_read_file(spec, s, err, err_len);
     if (s->n == 0) return snprintf(err, err_len, "out of memory"), -1;
     return 0;
+}
+
+static int same_fields(const lay_option *a, const lay_option *b)
+{
+    return a->bits_lo == b->bits_lo && a->bits_hi == b->bits_hi && a->hi_share == b->hi_share &&
+           a->group == b->group && a->scale_fmt == b->scale_fmt;
+}
+
+int opt_set_add(opt_set *s, const lay_option *o)
+{
+    for (int i = 0; i < s->n; i++)
+        if (same_fields(&s->v[i], o)) return 0;
+    lay_option *v = realloc(s->v, (size_t)(s->n + 1) * sizeof *v);
+    if (!v) return -1;
+    s->v = v, s->v[s->n++] = *o;
+    return 1;
 }
 
 void opt_set_free(opt_set *s)
@@ -236,12 +240,6 @@ static int opt_parse(char **t, lay_option *o, char *why, size_t why_len)
     return 0;
 }
 
-static int same_fields(const lay_option *a, const lay_option *b)
-{
-    return a->bits_lo == b->bits_lo && a->bits_hi == b->bits_hi && a->hi_share == b->hi_share &&
-           a->group == b->group && a->scale_fmt == b->scale_fmt;
-}
-
 /* Checks o against the options already read; -1 with a reason naming the line of
  * the earlier one. */
 static int opt_unique(const opt_set *s, const int *lines, const lay_option *o, char *why, size_t why_len)
@@ -301,7 +299,7 @@ int opt_read_file(const char *path, opt_set *s, char *err, size_t err_len)
         lay_option o;
         int ok = 0;
         if (n < 0) snprintf(why, sizeof why, "unclosed or misplaced quote");
-        else if (n == 1 && opt_ggml_option(lay_ggml_type_by_name(tok[0]), &o) == 0) ok = 1;
+        else if (n == 1 && lay_ggml_option(lay_ggml_type_by_name(tok[0]), &o) == 0) ok = 1;
         else if (n == 1) snprintf(why, sizeof why, "'%s' is not a ggml type (Q4_0 .. Q6_K), and an option has 6 fields", tok[0]);
         else if (n != OPT_FIELDS)
             snprintf(why, sizeof why, "%d fields, expected 6 (name bits_lo bits_hi hi_share group scale_fmt) "

@@ -168,6 +168,11 @@ size_t mdl_row_bytes(mdl_dtype t, int64_t n); /* bytes of n values of type t */
 int mdl_dtype_of_ggml(uint32_t g, mdl_dtype *t);
 int mdl_ggml_of_dtype(mdl_dtype t);
 int mdl_block_size(mdl_dtype t);              /* values per block: 1, 32 or 256 */
+/* The ggml block type (layout/'s lay_ggml_type) of a 2-D tensor whose blocks, row
+ * after row, are the weights as the model runs them: a GGUF's quantized matrix
+ * (whose rows need no reordering). -1 for anything else (F16, F32, a Hugging Face
+ * q/k permuted on reading). Such a tensor can be copied "as stored". */
+int mdl_tensor_stored_ggml(const mdl_tensor *t);
 
 /* ==== Packed files (model/packed_meta.c) ==== */
 

@@ -139,7 +139,7 @@ static int one_option(const mdl_model *m, const char *tensor, const util_json *o
         json_int_in(m, what, o, "bits_hi", 0, 255, -1, &hi, err, err_len) ||
         json_num(m, what, o, "hi_share", 0.0, &share, err, err_len) ||
         json_int_in(m, what, o, "group", 0, 1 << 30, -1, &group, err, err_len) ||
-        json_int_in(m, what, o, "scale_fmt", 0, 255, -1, &fmt, err, err_len) ||
+        json_int_in(m, what, o, "scale_fmt", 0, LAY_FMT_GGML + 255, -1, &fmt, err, err_len) ||
         json_int_in(m, what, o, "bits", 0, INT64_C(1) << 52, -1, &bits, err, err_len))
         return -1;
     if (!(share >= 0 && share <= 1)) return mdl_errf(err, err_len, "%s: %s: hi_share %g is outside 0..1", m->path, what, share);

@@ -184,3 +184,11 @@ int64_t mdl_file_bytes(const mdl_model *m)
     for (int i = 0; i < m->n_files; i++) n += (int64_t)m->files[i].size;
     return n;
 }
+
+int mdl_tensor_stored_ggml(const mdl_tensor *t)
+{
+    int type = mdl_ggml_of_dtype(t->type);
+    const lay_ggml_traits *g = lay_ggml_traits_of(type);
+    if (!g || t->permute_rope_heads || t->n_dims != 2 || t->shape[1] % g->block) return -1;
+    return (int64_t)t->n_bytes == t->shape[0] * lay_ggml_row_bytes(type, t->shape[1]) ? type : -1;
+}

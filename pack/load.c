@@ -232,18 +232,24 @@ static int check_perm(lctx *x, const char *name, const lay_packed *p)
 /* A part that no option explains (a stray or orphaned part). */
 static int check_orphans(lctx *x)
 {
-    static const char *suffixes[] = {PACK_SUFFIX_VALUES, PACK_SUFFIX_SCALES, PACK_SUFFIX_ZEROS, PACK_SUFFIX_PERM};
+    static const char *suffixes[] = {PACK_SUFFIX_VALUES, PACK_SUFFIX_SCALES, PACK_SUFFIX_ZEROS, PACK_SUFFIX_PERM,
+                                     PACK_SUFFIX_MINS};
     for (int i = 0; i < mdl_tensor_count(x->file); i++) {
         const char *name = mdl_tensor_at(x->file, i)->name;
         size_t n = strlen(name);
-        for (int s = 0; s < 4; s++) {
+        for (int s = 0; s < 5; s++) {
             size_t k = strlen(suffixes[s]);
             if (n <= k || strcmp(name + n - k, suffixes[s])) continue;
             char base[128];
             snprintf(base, sizeof base, "%.*s", (int)(n - k), name);
             const mdl_packed_option *o = option_of(x, base);
             if (!o) return lfail(x, "tensor %s has no entry in the options metadata", name);
-            if (s == 2 && o->opt.scale_fmt == LAY_SCALE_F16) return lfail(x, "%s is there, but option \"%s\" is symmetric", name, o->opt.name);
+            if (s == 2 && o->opt.scale_fmt != LAY_SCALE_F16_Z8)
+                return lfail(x, "%s is there, but option \"%s\" stores no zeros", name, o->opt.name);
+            if (s == 3 && lay_option_ggml(&o->opt) >= 0)
+                return lfail(x, "%s is there, but option \"%s\" keeps the original column order", name, o->opt.name);
+            if (s == 4 && !lay_ggml_has_min(lay_option_ggml(&o->opt)))
+                return lfail(x, "%s is there, but option \"%s\" stores no mins", name, o->opt.name);
         }
     }
     return 0;
@@ -269,7 +275,8 @@ static size_t parts_bytes(const lctx *x)
     size_t n = 0;
     for (int i = 0; i < mdl_tensor_count(x->file); i++) {
         const mdl_tensor *t = mdl_tensor_at(x->file, i);
-        if (t->type == MDL_U8 || t->type == MDL_U16 || t->type == MDL_U32 || strstr(t->name, PACK_SUFFIX_SCALES))
+        if (t->type == MDL_U8 || t->type == MDL_U16 || t->type == MDL_U32 || strstr(t->name, PACK_SUFFIX_SCALES) ||
+            strstr(t->name, PACK_SUFFIX_MINS))
             n += (t->n_bytes + PART_ALIGN - 1) / PART_ALIGN * PART_ALIGN;
     }
     return n;
@@ -330,21 +337,30 @@ static int packed_linear(lctx *x, const mdl_packed_option *m, int max_batch, rt_
 {
     int64_t rows, cols;
     lay_packed *p = &x->own->packed[x->own->n_packed];
-    const mdl_tensor *v, *s, *z = NULL, *pm;
+    const mdl_tensor *v, *s, *z = NULL, *mn = NULL, *pm = NULL;
     linear_shape(x->c, m->tensor, &rows, &cols);
     p->opt = m->opt;
     int64_t ng = lay_n_groups(&p->opt, cols);
+    int type = lay_option_ggml(&p->opt);
+    if (type >= 0 && (!lay_ggml_packable(type) || x->version < 3))
+        return lfail(x, "%s: option \"%s\" is a ggml block type that format_version %d cannot hold", m->tensor,
+                     p->opt.name, x->version);
     if (expect_part(x, m->tensor, PACK_SUFFIX_VALUES, MDL_U8, rows, lay_row_bytes(&p->opt, cols), &v) ||
         expect_part(x, m->tensor, PACK_SUFFIX_SCALES, MDL_F16, rows, ng, &s) ||
         (p->opt.scale_fmt == LAY_SCALE_F16_Z8 && expect_part(x, m->tensor, PACK_SUFFIX_ZEROS, MDL_U8, rows, ng, &z)) ||
-        expect_part(x, m->tensor, PACK_SUFFIX_PERM, lay_perm_bytes(cols) == 2 ? MDL_U16 : MDL_U32, cols, 0, &pm))
+        (lay_ggml_has_min(type) && expect_part(x, m->tensor, PACK_SUFFIX_MINS, MDL_F16, rows, ng, &mn)) ||
+        (type < 0 &&
+         expect_part(x, m->tensor, PACK_SUFFIX_PERM, lay_perm_bytes(cols) == 2 ? MDL_U16 : MDL_U32, cols, 0, &pm)))
         return -1;
     p->rows = rows, p->cols = cols;
-    p->perm = pm->data;
-    if (check_perm(x, m->tensor, p)) return -1;
-    p->values = place(x, v), p->scales = place(x, s), p->perm = place(x, pm);
+    p->perm = pm ? pm->data : NULL;
+    if (pm && check_perm(x, m->tensor, p)) return -1;
+    p->values = place(x, v), p->scales = place(x, s);
+    p->perm = pm ? place(x, pm) : NULL;
     p->zeros = z ? place(x, z) : NULL;
-    if (!p->values || !p->scales || !p->perm || (z && !p->zeros)) return lfail(x, "internal: packed memory too small");
+    p->mins = mn ? place(x, mn) : NULL;
+    if (!p->values || !p->scales || (pm && !p->perm) || (z && !p->zeros) || (mn && !p->mins))
+        return lfail(x, "internal: packed memory too small");
     x->own->n_packed++;
     char why[256];
     if (x->dequant) { /* dense fp32 over the decoded weights: no activation quantization */

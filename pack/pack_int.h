@@ -11,7 +11,8 @@
 #include "model/model.h"
 
 #define PACK_FORMAT "bitplan-packed"
-#define PACK_FORMAT_VERSION 2     /* the version written; 2 added the checksums */
+#define PACK_FORMAT_VERSION 3     /* the newest version written; 2 added the checksums, 3 ggml block types */
+#define PACK_FORMAT_VERSION_PLAIN 2 /* what a file without ggml block types is written as */
 #define PACK_FORMAT_VERSION_MIN 1 /* the oldest read: version 1 has no checksums */
 #define PACK_META_CHECKSUMS "checksums"
 
@@ -19,6 +20,7 @@
 #define PACK_SUFFIX_VALUES ".qvalues"
 #define PACK_SUFFIX_SCALES ".qscales"
 #define PACK_SUFFIX_ZEROS ".qzeros"
+#define PACK_SUFFIX_MINS ".qmins"
 #define PACK_SUFFIX_PERM ".qperm"
 
 /* One quantized tensor as the metadata describes it. */

@@ -18,9 +18,12 @@
  *     quantization error of every layer before it, as EXL2 does; once the walk has
  *     passed layer l its own weights are put back and the copies freed). The
  *     embedding stays full precision in both modes.
- *  4. Every quantized tensor is written as its four (three) parts, whose sizes are
- *     lay_tensor_cost's by construction; every other tensor of the model file is
- *     written unquantized (1-D as F32, 2-D as F16).
+ *  4. Every quantized tensor is written as its parts (values, scales, and zeros,
+ *     mins, permutation as its option has them), whose sizes are lay_tensor_cost's
+ *     by construction; every other tensor of the model file is written
+ *     unquantized (1-D as F32, 2-D as F16). A tensor planned at the ggml block
+ *     type its source stores it in is those blocks, copied ("as stored", as the
+ *     measurement scored it), not quantized again.
  *  5. Each tensor's parts go to the writer as soon as they are packed, and the
  *     writer keeps them on disk, not in memory; the file appears under its name
  *     only when complete (pack_writer_write).
@@ -68,6 +71,7 @@ typedef struct {
     lay_qtensor q;              /* the result, until it is packed */
     rt_linear *orig;            /* sequential: the model's own layer while the quantized one runs */
     int held;                   /* 1: its weights are held as fp32 (quantize_range) */
+    const uint8_t *src_blocks;  /* its source's blocks when planned as stored (invariant 4), else NULL */
 } pack_tensor;
 
 typedef struct {
@@ -152,13 +156,14 @@ static int list_tensors(pack_run *r)
         if (lay_option_check(&t->opt, t->rows, t->cols, why, sizeof why))
             return fail(r, "plan %lld: option \"%s\" cannot apply to %s: %s", (long long)r->plan.plan_id, t->opt.name,
                         t->name, why);
-        if (r->p->out == PACK_OUT_BITPLAN && lay_option_ggml(&t->opt) >= 0)
-            return fail(r, "plan %lld: %s is at \"%s\", a ggml block type: write it with export-gguf",
-                        (long long)r->plan.plan_id, t->name, t->opt.name);
+        if (r->p->out == PACK_OUT_BITPLAN && lay_option_ggml(&t->opt) >= 0 && !lay_ggml_packable(lay_option_ggml(&t->opt)))
+            return fail(r, "plan %lld: %s is at \"%s\", a ggml block type only a GGUF file holds (bitplan's file "
+                        "holds the 32-wide ones): write it with export-gguf", (long long)r->plan.plan_id, t->name, t->opt.name);
         if (ch->bits != lay_tensor_bits(&t->opt, t->rows, t->cols))
             return fail(r, "plan %lld: %s at \"%s\" is recorded as %lld bits, but it stores %lld", (long long)r->plan.plan_id,
                         t->name, t->opt.name, (long long)ch->bits, (long long)lay_tensor_bits(&t->opt, t->rows, t->cols));
         t->planned = 1;
+        if (lay_option_ggml(&t->opt) >= 0 && lay_option_ggml(&t->opt) == mdl_tensor_stored_ggml(mt)) t->src_blocks = mt->data;
         n_planned++;
     }
     if (n_planned != r->plan.n_choices)
@@ -284,6 +289,12 @@ static int quantize_one(pack_run *r, pack_tensor *t, const gptq_prep *prep, char
 {
     const rt_linear *l = *linear_of(r, t);
     assert(l->dense);
+    if (t->src_blocks) {
+        if (lay_qtensor_alloc(&t->q, t->rows, t->cols, &t->opt))
+            return snprintf(err, err_len, "out of memory"), -1;
+        memcpy(t->q.blocks, t->src_blocks, (size_t)(t->rows * lay_ggml_row_bytes(lay_option_ggml(&t->opt), t->cols)));
+        return 0;
+    }
     /* no stats: the error (about 40% of the time) is the measurement's business */
     return gptq_quantize_prepared(l->dense, t->rows, prep, &t->opt, -1.0, &t->q, NULL, err, err_len);
 }
@@ -312,25 +323,28 @@ static int pack_one(pack_run *r, pack_tensor *t)
     lay_cost c = lay_tensor_cost(&t->opt, t->rows, t->cols);
     int64_t ng = lay_n_groups(&t->opt, t->cols), rb = lay_row_bytes(&t->opt, t->cols);
     uint8_t *values = malloc((size_t)c.values), *zeros = c.zeros ? malloc((size_t)c.zeros) : NULL;
-    uint16_t *scales = malloc((size_t)c.scales);
-    void *perm = malloc((size_t)c.perm);
-    if (!values || !scales || !perm || (c.zeros && !zeros)) {
-        free(values), free(zeros), free(scales), free(perm);
+    uint16_t *scales = malloc((size_t)c.scales), *mins = c.mins ? malloc((size_t)c.mins) : NULL;
+    void *perm = c.perm ? malloc((size_t)c.perm) : NULL;
+    if (!values || !scales || (c.perm && !perm) || (c.zeros && !zeros) || (c.mins && !mins)) {
+        free(values), free(zeros), free(scales), free(mins), free(perm);
         return fail(r, "out of memory packing %s", t->name);
     }
-    lay_pack_tensor(&t->q, values, scales, zeros, perm);
+    lay_pack_tensor(&t->q, values, scales, zeros, mins, perm);
     assert(rb * t->rows == c.values && ng * t->rows * 2 == c.scales);
     /* the writer owns each buffer once added (and frees it on failure); free the rest */
     int rc = add_part(r, t, PACK_SUFFIX_VALUES, "U8", 2, t->rows, rb, values, (size_t)c.values);
-    if (rc) { free(scales), free(zeros), free(perm); return -1; }
+    if (rc) { free(scales), free(zeros), free(mins), free(perm); return -1; }
     rc = add_part(r, t, PACK_SUFFIX_SCALES, "F16", 2, t->rows, ng, scales, (size_t)c.scales);
-    if (rc) { free(zeros), free(perm); return -1; }
+    if (rc) { free(zeros), free(mins), free(perm); return -1; }
     rc = zeros ? add_part(r, t, PACK_SUFFIX_ZEROS, "U8", 2, t->rows, ng, zeros, (size_t)c.zeros) : 0;
+    if (rc) { free(mins), free(perm); return -1; }
+    rc = mins ? add_part(r, t, PACK_SUFFIX_MINS, "F16", 2, t->rows, ng, mins, (size_t)c.mins) : 0;
     if (rc) { free(perm); return -1; }
-    if (add_part(r, t, PACK_SUFFIX_PERM, lay_perm_bytes(t->cols) == 2 ? "U16" : "U32", 1, t->cols, 0, perm, (size_t)c.perm))
+    if (perm && add_part(r, t, PACK_SUFFIX_PERM, lay_perm_bytes(t->cols) == 2 ? "U16" : "U32", 1, t->cols, 0, perm,
+                         (size_t)c.perm))
         return -1;
     r->st->n_quantized++;
-    r->st->quantized_bits += 8 * (c.values + c.scales + c.zeros + c.perm);
+    r->st->quantized_bits += lay_tensor_bits(&t->opt, t->rows, t->cols);
     r->st->quantized_weights += t->rows * t->cols;
     return 0;
 }
@@ -597,8 +611,11 @@ static int add_metadata(pack_run *r)
     if (!tok) return -1;
     int rc = pack_writer_meta(r->w, "tokenizer", tok);
     free(tok);
+    /* a file that a version-2 reader can run says 2 (FORMAT.md, Versions) */
+    int ggml = 0;
+    for (int i = 0; i < r->nt; i++) ggml |= r->t[i].planned && lay_option_ggml(&r->t[i].opt) >= 0;
     char version[16];
-    snprintf(version, sizeof version, "%d", PACK_FORMAT_VERSION);
+    snprintf(version, sizeof version, "%d", ggml ? PACK_FORMAT_VERSION : PACK_FORMAT_VERSION_PLAIN);
     if (rc || pack_writer_meta(r->w, "format", PACK_FORMAT) || pack_writer_meta(r->w, "format_version", version))
         return fail(r, "out of memory writing metadata");
     return 0;

@@ -299,7 +299,21 @@ static int allocation(rep_report *r, int chosen)
     if (r->alloc < 0) return 0;
     const db_rep_plan *p = &d->plans[r->alloc];
     for (int i = 0; i < p->n_choices; i++) r->alloc_choice[p->choices[i].tensor] = i;
+    int stored = 0;
+    for (int t = 0; t < d->n_tensors; t++) stored += rep_as_stored(r, t);
+    if (stored)
+        note(r, "plan %lld keeps %d of %d tensors as stored: the source's own blocks, copied, at a measured error "
+             "of zero (marked in the allocation)", (long long)p->row.id, stored, p->n_choices);
     return 0;
+}
+
+int rep_as_stored(const rep_report *r, int t)
+{
+    const db_report *d = r->d;
+    if (r->alloc < 0 || r->alloc_choice[t] < 0) return 0;
+    int o = d->plans[r->alloc].choices[r->alloc_choice[t]].option;
+    int m = r->meas_at[(size_t)t * (size_t)d->n_options + (size_t)o];
+    return lay_option_ggml(&d->options[o].opt) >= 0 && m >= 0 && d->meas[m].rel_err == 0.0;
 }
 
 static const db_report *cmp_data;

@@ -71,6 +71,9 @@ int rep_tensor_at(const rep_report *r, int layer, int cls);
 /* bits / (rows * cols) of tensor t. */
 double rep_tensor_bpw(const db_report *d, int tensor, int64_t bits);
 int rep_plan_eval(const rep_report *r, int plan, int want_kld); /* newest eval of a plan, -1 */
+/* 1 if the allocation keeps tensor t as stored: a ggml type measured at zero error
+ * (the source's own blocks, measure/driver.c's invariant 7). */
+int rep_as_stored(const rep_report *r, int t);
 
 /* ==== Numbers ==== */
 const char *rep_exact(char out[32], double v);            /* round-trips */

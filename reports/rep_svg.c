@@ -369,9 +369,11 @@ static void alloc_bar(sb_buf *b, const rep_report *r, const columns *c, int t, c
     rep_cat_html(b, d->tensors[t].name);
     sb_printf(b, "\" data-bits=\"%lld\" data-option=\"%lld\"", (long long)ch->bits, (long long)d->options[ch->option].id);
     attr_num(attr_num(b, "data-bpw", bpw), "data-predicted", ch->predicted);
+    int stored = rep_as_stored(r, t);
+    if (stored) sb_puts(b, " data-as-stored=\"1\" stroke=\"#111\" stroke-width=\"1\" stroke-dasharray=\"2 1\"");
     sb_puts(rep_cat_html(sb_puts(b, "><title>"), d->tensors[t].name), "\n");
-    sb_printf(b, "%s: %s bpw, predicted damage %s</title></rect>", d->options[ch->option].opt.name, rep_sig(s1, bpw, 4),
-             rep_sig(s2, ch->predicted, 3));
+    sb_printf(b, "%s: %s bpw, predicted damage %s%s</title></rect>", d->options[ch->option].opt.name, rep_sig(s1, bpw, 4),
+             rep_sig(s2, ch->predicted, 3), stored ? "\nas stored: the source's own blocks, zero measured error" : "");
 }
 
 sb_buf *rep_svg_allocation(sb_buf *b, const rep_report *r)

@@ -364,7 +364,7 @@ static void json_allocation(sb_buf *b, const rep_report *r)
         json_tensor_ref(sb_puts(b, first ? "{" : ",{"), r, t);
         sb_printf(b, ",\"option\":%lld,\"option_name\":", (long long)d->options[c->option].id);
         sb_json_string(b, d->options[c->option].opt.name);
-        sb_printf(b, ",\"bits\":%lld", (long long)c->bits);
+        sb_printf(b, ",\"bits\":%lld,\"as_stored\":%s", (long long)c->bits, rep_as_stored(r, t) ? "true" : "false");
         sb_puts(kv_num(kv_num(b, "bpw", rep_tensor_bpw(d, t, c->bits)), "predicted", c->predicted), "}");
         first = 0;
     }

@@ -46,7 +46,7 @@ typedef struct {
     qrun runs[3];
     int32_t *perm;              /* [cols] original column of stored column j */
     int32_t *gather;            /* [cols] original column of kernel position j (block_order) */
-    uint8_t *zsym;              /* [ng] 2^(b-1) for symmetric formats, else NULL */
+    uint8_t *zsym;              /* [ng] the zero of formats that store none (2^(b-1), a ggml type's center), else NULL */
     int max_batch, max_threads;
     int int8_rows;              /* rows of the int8 scratch: min(max_batch, RT_PACKED_EXACT_BATCH - 1) */
     int64_t slab_rows;          /* min(rows, SLAB_ROWS) */
@@ -90,7 +90,12 @@ static void decode_row(const qlin *q, int64_t r, float *out)
             const int32_t *perm = q->perm + g * p->opt.group;
             for (int64_t c = 0; c < u->gch; c++, src += u->bits * 4, perm += LAY_CHUNK) {
                 q->k->decode(u->bits, src, s, z, v);
-                for (int j = 0; j < LAY_CHUNK; j++) out[perm[j]] = v[j];
+                if (p->mins) { /* s * (q - z) + m, the decoders' order (layout.h) */
+                    float m = lay_f16_to_f32(p->mins[r * q->ng + g]);
+                    for (int j = 0; j < LAY_CHUNK; j++) out[perm[j]] = v[j] + m;
+                } else {
+                    for (int j = 0; j < LAY_CHUNK; j++) out[perm[j]] = v[j];
+                }
             }
         }
     }
@@ -103,6 +108,17 @@ static void packed_get_row(const rt_linear *l, int64_t r, float *out)
 }
 
 
+/* A min m per group adds m * sum_j x~_j = m * d_g * xs_g to the product: taken
+ * off corr, which is subtracted. */
+static void add_min_terms(const uint16_t *mins, const float *xd, const int32_t *xs, int64_t ng, int nb, float *corr)
+{
+    for (int k = 0; k < nb; k++) {
+        float c = 0.0f;
+        for (int64_t g = 0; g < ng; g++) c += lay_f16_to_f32(mins[g]) * xd[k * ng + g] * (float)xs[k * ng + g];
+        corr[k] -= c;
+    }
+}
+
 /* y[kb + k][r] for k < nb: one row against nb quantized activation rows. */
 static void row_product(const qlin *q, const qbufs *b, int64_t r, int kb, int nb, float *sd, float *y)
 {
@@ -111,6 +127,7 @@ static void row_product(const qlin *q, const qbufs *b, int64_t r, int kb, int nb
     const uint8_t *z = q->zsym ? q->zsym : p->zeros + r * ng;
     float corr[QK_NB], acc[QK_NB] = {0};
     q->k->prep(p->scales + r * ng, z, b->xd + kb * ng, b->xs + kb * ng, ng, nb, sd, corr);
+    if (p->mins) add_min_terms(p->mins + r * ng, b->xd + kb * ng, b->xs + kb * ng, ng, nb, corr);
     const uint8_t *row = p->values + r * q->row_bytes;
     for (int i = 0; i < q->nruns; i++) {
         const qrun *u = &q->runs[i];
@@ -266,8 +283,8 @@ static int qlin_alloc(qlin *q, int max_batch, rt_scratch *shared)
     if (q->own_scratch && rt_scratch_ready(q->scratch)) return -1;
     q->perm = malloc((size_t)cols * sizeof *q->perm);
     q->gather = malloc((size_t)cols * sizeof *q->gather);
-    if (q->p.opt.scale_fmt == LAY_SCALE_F16) q->zsym = malloc((size_t)ng);
-    return q->perm && q->gather && (q->p.opt.scale_fmt != LAY_SCALE_F16 || q->zsym) ? 0 : -1;
+    if (!q->p.zeros) q->zsym = malloc((size_t)ng);
+    return q->perm && q->gather && (q->p.zeros || q->zsym) ? 0 : -1;
 }
 
 rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, rt_scratch *scratch, char *err, size_t err_len)
@@ -282,10 +299,17 @@ rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, rt_scratch *scra
     if (max_batch < 1) goto fail;
     snprintf(why, sizeof why, "no zeros for an asymmetric format");
     if (p->opt.scale_fmt == LAY_SCALE_F16_Z8 && !p->zeros) goto fail;
+    snprintf(why, sizeof why, "a ggml type that is not in the packed layout (only the 32-wide ones are)");
+    if (lay_option_ggml(&p->opt) >= 0 && !lay_ggml_packable(lay_option_ggml(&p->opt))) goto fail;
+    snprintf(why, sizeof why, "no mins for a ggml type with a min");
+    if (lay_ggml_has_min(lay_option_ggml(&p->opt)) && !p->mins) goto fail;
+    snprintf(why, sizeof why, "no permutation");
+    if (lay_option_ggml(&p->opt) < 0 && !p->perm) goto fail;
     snprintf(why, sizeof why, "out of memory");
     if (!(q = calloc(1, sizeof *q)) || !(l = calloc(1, sizeof *l))) goto fail;
     q->p = *p;
-    if (p->opt.scale_fmt == LAY_SCALE_F16) q->p.zeros = NULL;
+    if (p->opt.scale_fmt != LAY_SCALE_F16_Z8) q->p.zeros = NULL;
+    if (!lay_ggml_has_min(lay_option_ggml(&p->opt))) q->p.mins = NULL;
     q->k = qk_active();
     q->ng = lay_n_groups(&p->opt, p->cols);
     q->row_bytes = lay_row_bytes(&p->opt, p->cols);
@@ -296,7 +320,7 @@ rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, rt_scratch *scra
         if (v < 0 || v >= p->cols) goto fail;
         q->perm[j] = (int32_t)v;
     }
-    for (int64_t g = 0; q->zsym && g < q->ng; g++) q->zsym[g] = (uint8_t)(1 << (lay_group_bits(&p->opt, p->cols, g) - 1));
+    for (int64_t g = 0; q->zsym && g < q->ng; g++) q->zsym[g] = (uint8_t)lay_zero_at(&q->p, 0, g, lay_group_bits(&p->opt, p->cols, g));
     build_runs(q);
     build_gather(q);
     *l = (rt_linear){ .rows = p->rows, .cols = p->cols, .matmul = packed_matmul, .get_row = packed_get_row,

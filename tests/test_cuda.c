@@ -5,9 +5,11 @@
  *   - decode_quad gives back lay_pack_chunk's values for every width;
  *   - the byte permute's emulation follows PTX prmt's selector semantics;
  *   - the matrix-vector kernel's unit of work (tiles, repacked words, interleaved
- *     activations, scales, zeros), run lane by lane on the host for R = 1, 2, 4 rows
- *     and 1..4 activation rows, equals x W^T of lay_packed_dequant for every width,
- *     mixes, symmetric formats and short last groups and tiles;
+ *     activations, scales, zeros, mins), run lane by lane on the host for R = 1, 2,
+ *     4 rows and 1..4 activation rows, equals x W^T of lay_packed_dequant for every
+ *     width, mixes, symmetric formats, short last groups and tiles, and the 32-wide
+ *     ggml types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: no permutation, their centers as
+ *     zeros, Q4_1's and Q5_1's mins);
  *   - the dequantization kernel's unit of work equals lay_packed_dequant exactly;
  *   - without a GPU, rt_cuda_device_info fails with a message that says so.
  * On a machine with a GPU, and in the build whose CUDA runtime is the CPU emulation
@@ -16,9 +18,11 @@
  *     on both paths against x W^T in double (1e-4 for the fp32 matrix-vector path,
  *     1e-3 for the fp16 cuBLAS path);
  *   - a tiny packed model's logits (prompt batch, then token by token) against the
- *     CPU forward pass of the same model with dequantized dense weights;
+ *     CPU forward pass of the same model with dequantized dense weights, in
+ *     bitplan's formats and in the ggml types;
  *   - rt_eval and rt_generate (greedy) with the GPU runner against the CPU's;
- *   - errors: a layer without weights, a batch too large, a token out of range.
+ *   - errors: a layer without weights, a batch too large, a token out of range, a
+ *     Q4_1 tensor without mins.
  *
  * What it must never do: assert on time, or pass without comparing.
  */
@@ -51,10 +55,48 @@ static float rndf(void) { return (float)rnd() / 4294967296.0f * 2.0f - 1.0f; } /
 typedef struct {
     lay_packed p;
     uint8_t *values, *zeros;
-    uint16_t *scales;
+    uint16_t *scales, *mins;
     void *perm;
     float *deq;            /* [rows][cols], original column order */
 } ptensor;
+
+/* bitplan's formats: random codes, scales of about mag / 2^(b-1), zeros in range, a
+ * random permutation. */
+static void pt_random(lay_qtensor *q, float mag)
+{
+    const lay_option *o = &q->opt;
+    int64_t rows = q->rows, cols = q->cols, ng = lay_n_groups(o, cols);
+    for (int64_t j = 0; j < cols; j++) q->perm[j] = (int32_t)j;
+    for (int64_t j = cols - 1; j > 0; j--) {
+        int64_t i = rnd() % (uint32_t)(j + 1);
+        int32_t v = q->perm[i]; q->perm[i] = q->perm[j]; q->perm[j] = v;
+    }
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t g = 0; g < ng; g++) {
+            int bits = lay_group_bits(o, cols, g);
+            float s = mag / (float)(1 << (bits - 1)) * (0.5f + 0.5f * (rndf() + 1.0f));
+            q->scale[r * ng + g] = lay_f32_to_f16(s);
+            q->zero[r * ng + g] = o->scale_fmt == LAY_SCALE_F16 ? (uint8_t)(1 << (bits - 1)) : (uint8_t)(rnd() % (1u << bits));
+            for (int64_t j = lay_group_start(o, g); j < lay_group_start(o, g) + lay_group_cols(o, cols, g); j++)
+                q->q[r * cols + j] = (uint8_t)(rnd() % (1u << bits));
+        }
+}
+
+/* The 32-wide ggml types: blocks rounded to nearest from random weights of about
+ * mag, every 7th block all in [mag, 3 mag) (a min far from 0). */
+static void ggml_fill(lay_qtensor *q, float mag)
+{
+    int type = lay_option_ggml(&q->opt);
+    int64_t bytes = lay_ggml_row_bytes(type, q->cols);
+    float *x = malloc((size_t)q->cols * sizeof *x);
+    assert_non_null(x);
+    for (int64_t r = 0; r < q->rows; r++) {
+        for (int64_t j = 0; j < q->cols; j++)
+            x[j] = (j / LAY_CHUNK) % 7 == 3 ? mag * (2.0f + rndf()) : mag * rndf();
+        lay_ggml_quantize_row(type, x, NULL, q->blocks + r * bytes, q->cols);
+    }
+    free(x);
+}
 
 /* A random packed tensor whose weights are about `mag` in size. */
 static void pt_make(ptensor *t, int64_t rows, int64_t cols, const lay_option *o, float mag)
@@ -62,36 +104,28 @@ static void pt_make(ptensor *t, int64_t rows, int64_t cols, const lay_option *o,
     lay_qtensor q;
     assert_int_equal(lay_option_check(o, rows, cols, NULL, 0), 0);
     assert_int_equal(lay_qtensor_alloc(&q, rows, cols, o), 0);
-    int64_t ng = lay_n_groups(o, cols);
-    for (int64_t j = 0; j < cols; j++) q.perm[j] = (int32_t)j;
-    for (int64_t j = cols - 1; j > 0; j--) {
-        int64_t i = rnd() % (uint32_t)(j + 1);
-        int32_t v = q.perm[i]; q.perm[i] = q.perm[j]; q.perm[j] = v;
-    }
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t g = 0; g < ng; g++) {
-            int bits = lay_group_bits(o, cols, g);
-            float s = mag / (float)(1 << (bits - 1)) * (0.5f + 0.5f * (rndf() + 1.0f));
-            q.scale[r * ng + g] = lay_f32_to_f16(s);
-            q.zero[r * ng + g] = o->scale_fmt == LAY_SCALE_F16 ? (uint8_t)(1 << (bits - 1)) : (uint8_t)(rnd() % (1u << bits));
-            for (int64_t j = lay_group_start(o, g); j < lay_group_start(o, g) + lay_group_cols(o, cols, g); j++)
-                q.q[r * cols + j] = (uint8_t)(rnd() % (1u << bits));
-        }
+    if (lay_option_ggml(o) >= 0) ggml_fill(&q, mag);
+    else pt_random(&q, mag);
     lay_cost c = lay_tensor_cost(o, rows, cols);
     t->values = malloc((size_t)c.values);
     t->scales = malloc((size_t)c.scales);
     t->zeros = c.zeros ? malloc((size_t)c.zeros) : NULL;
-    t->perm = malloc((size_t)c.perm);
+    t->mins = c.mins ? malloc((size_t)c.mins) : NULL;
+    t->perm = c.perm ? malloc((size_t)c.perm) : NULL; /* none for ggml types: original column order */
     t->deq = malloc((size_t)(rows * cols) * sizeof *t->deq);
-    assert_true(t->values && t->scales && t->perm && t->deq);
-    lay_pack_tensor(&q, t->values, t->scales, t->zeros, t->perm);
+    assert_true(t->values && t->scales && (t->zeros || !c.zeros) && (t->mins || !c.mins) && (t->perm || !c.perm) &&
+                t->deq);
+    lay_pack_tensor(&q, t->values, t->scales, t->zeros, t->mins, t->perm);
     t->p = (lay_packed){ .rows = rows, .cols = cols, .opt = *o, .values = t->values, .scales = t->scales,
-                         .zeros = t->zeros, .perm = t->perm };
+                         .zeros = t->zeros, .mins = t->mins, .perm = t->perm };
     lay_packed_dequant(&t->p, t->deq);
     lay_qtensor_free(&q);
 }
 
-static void pt_free(ptensor *t) { free(t->values), free(t->scales), free(t->zeros), free(t->perm), free(t->deq); }
+static void pt_free(ptensor *t)
+{
+    free(t->values), free(t->scales), free(t->zeros), free(t->mins), free(t->perm), free(t->deq);
+}
 
 static lay_option opt(int lo, int hi, float share, int group, lay_scale_fmt fmt)
 {
@@ -100,9 +134,21 @@ static lay_option opt(int lo, int hi, float share, int group, lay_scale_fmt fmt)
     return o;
 }
 
-/* Every width plain, mixes, both scale formats, group sizes 32..128. */
+/* A 32-wide ggml type as a packed option (layout.h). */
+static lay_option ggml_opt(int type)
+{
+    lay_option o;
+    assert_true(lay_ggml_option(type, &o) == 0 && lay_ggml_packable(type));
+    return o;
+}
+
+#define MAX_OPTIONS 24
+
+/* Every width plain, mixes, both scale formats, group sizes 32..128, and the 32-wide
+ * ggml types. */
 static int all_options(lay_option *out)
 {
+    static const int ggml[] = { LAY_GGML_Q4_0, LAY_GGML_Q4_1, LAY_GGML_Q5_0, LAY_GGML_Q5_1, LAY_GGML_Q8_0 };
     int n = 0;
     for (int b = 2; b <= 8; b++) out[n++] = opt(b, b, 0, b % 2 ? 32 : 128, LAY_SCALE_F16_Z8);
     out[n++] = opt(2, 3, 0.3f, 64, LAY_SCALE_F16_Z8);
@@ -111,6 +157,8 @@ static int all_options(lay_option *out)
     out[n++] = opt(5, 6, 0.9f, 64, LAY_SCALE_F16);
     out[n++] = opt(6, 7, 1.0f, 96, LAY_SCALE_F16_Z8);  /* all hi, short last group */
     out[n++] = opt(4, 4, 0, 64, LAY_SCALE_F16);
+    for (int k = 0; k < 5; k++) out[n++] = ggml_opt(ggml[k]);
+    assert_true(n <= MAX_OPTIONS);
     return n;
 }
 
@@ -216,16 +264,19 @@ static void emu_block(const emu_tensor *e, const lay_packed *p, int R, int NB, i
         rtc_tile x = rtc_tile_at(g, t);
         for (int lane = 0; lane < x.k; lane++) {
             uint32_t wd[4 * 8];
-            float m[4], s[4], acc[16] = {0};
+            float m[4], s[4], mn[4] = {0}, acc[16] = {0}, xsum[4] = {0};
             int32_t c = x.c0 + lane;
             for (int r = 0; r < R; r++) {
                 const uint32_t *row = e->words + (int64_t)rowv[r] * g->row_words;
                 for (int w = 0; w < x.bits; w++) wd[r * 8 + w] = row[rtc_word_index(&x, lane, w)];
-                m[r] = RTC_MAGIC_F + (float)rtc_zero_of(g, p->zeros, rowv[r], c, x.bits);
+                m[r] = RTC_MAGIC_F + (float)rtc_zero_of(g, p->zeros, rowv[r], c, x.bits, g->has_mins);
                 s[r] = lay_f16_to_f32(p->scales[rtc_scale_index(g, rowv[r], c)]);
+                if (g->has_mins) mn[r] = lay_f16_to_f32(p->mins[rtc_scale_index(g, rowv[r], c)]);
             }
-            rtc_chunk_dot(wd, R, NB, x.bits, m, xi + rtc_xi_index(&x, lane, 0, 0), x.k * 4, g->cols, acc);
-            for (int i = 0; i < R * NB; i++) part[i] += s[i / NB] * acc[i];
+            rtc_chunk_dot(wd, R, NB, x.bits, m, xi + rtc_xi_index(&x, lane, 0, 0), x.k * 4, g->cols, acc,
+                          g->has_mins ? xsum : NULL);
+            for (int i = 0; i < R * NB; i++)
+                part[i] += g->has_mins ? s[i / NB] * acc[i] + mn[i / NB] * xsum[i % NB] : s[i / NB] * acc[i];
         }
     }
     for (int i = 0; i < R * NB; i++)
@@ -235,7 +286,7 @@ static void emu_block(const emu_tensor *e, const lay_packed *p, int R, int NB, i
 static void test_emulated_matvec(void **state)
 {
     (void)state;
-    lay_option opts[16];
+    lay_option opts[MAX_OPTIONS];
     int n_opts = all_options(opts);
     const int64_t shapes[][2] = { { 7, 32 }, { 9, 96 }, { 6, 1088 }, { 5, 2048 + 96 } }; /* partial tiles */
     for (int s = 0; s < 4; s++)
@@ -270,7 +321,7 @@ static void test_emulated_matvec(void **state)
 static void test_emulated_dequant(void **state)
 {
     (void)state;
-    lay_option opts[16];
+    lay_option opts[MAX_OPTIONS];
     int n_opts = all_options(opts);
     for (int k = 0; k < n_opts; k++) {
         int64_t rows = 5, cols = 1088;
@@ -285,10 +336,12 @@ static void test_emulated_dequant(void **state)
                     uint32_t wd[8];
                     int32_t c = x.c0 + lane;
                     for (int w = 0; w < x.bits; w++) wd[w] = e.words[(int64_t)row * e.g.row_words + rtc_word_index(&x, lane, w)];
-                    float m = RTC_MAGIC_F + (float)rtc_zero_of(&e.g, t.p.zeros, row, c, x.bits);
+                    float m = RTC_MAGIC_F + (float)rtc_zero_of(&e.g, t.p.zeros, row, c, x.bits, e.g.has_mins);
                     float s = lay_f16_to_f32(t.p.scales[rtc_scale_index(&e.g, row, c)]);
+                    float mn = e.g.has_mins ? lay_f16_to_f32(t.p.mins[rtc_scale_index(&e.g, row, c)]) : 0.0f;
                     for (int v = 0; v < 32; v++) {
-                        float w = s * (rtc_quad_magic(rtc_decode_quad(wd, x.bits, v / 4), v % 4) - m);
+                        float w = rtc_weight(rtc_quad_magic(rtc_decode_quad(wd, x.bits, v / 4), v % 4), m, s,
+                                             e.g.has_mins, mn);
                         int64_t col = lay_perm_at(&t.p, (int64_t)c * 32 + v);
                         if (w != t.deq[row * cols + col])
                             fail_msg("%s row %d chunk %d value %d: %g != %g", opts[k].name, row, c, v, (double)w,
@@ -348,7 +401,7 @@ static void test_gpu_matvec(void **state)
 {
     (void)state;
     NEED_GPU();
-    lay_option opts[16];
+    lay_option opts[MAX_OPTIONS];
     int n_opts = all_options(opts);
     const int64_t shapes[][2] = { { 300, 1088 }, { 1000, 4096 + 96 } };
     for (int s = 0; s < 2; s++)
@@ -385,15 +438,21 @@ static float *vec_copy(const float *src, int64_t n)
     return p;
 }
 
-static void tiny_make(tiny *m, int dense_o)
+/* The layers in bitplan's formats, or (ggml) in the 32-wide ggml types; the head
+ * (also the embedding, decoded on the host) in 4-bit g32 either way. */
+static void tiny_make(tiny *m, int dense_o, int ggml)
 {
     static const int64_t Q = TM_HEADS * TM_HD, KV = TM_KV * TM_HD;
     const int64_t shape[LAY_HEAD][2] = {{Q, TM_DIM}, {KV, TM_DIM}, {KV, TM_DIM}, {TM_DIM, Q},
                                        {TM_HIDDEN, TM_DIM}, {TM_HIDDEN, TM_DIM}, {TM_DIM, TM_HIDDEN}};
-    const lay_option o[LAY_HEAD] = { opt(4, 4, 0, 32, LAY_SCALE_F16_Z8), opt(3, 5, 0.5f, 32, LAY_SCALE_F16),
-                                    opt(8, 8, 0, 64, LAY_SCALE_F16_Z8), opt(2, 6, 0.5f, 32, LAY_SCALE_F16_Z8),
-                                    opt(5, 5, 0, 32, LAY_SCALE_F16), opt(6, 7, 0.5f, 32, LAY_SCALE_F16_Z8),
-                                    opt(3, 4, 0.2f, 32, LAY_SCALE_F16_Z8) };
+    const lay_option own[LAY_HEAD] = { opt(4, 4, 0, 32, LAY_SCALE_F16_Z8), opt(3, 5, 0.5f, 32, LAY_SCALE_F16),
+                                      opt(8, 8, 0, 64, LAY_SCALE_F16_Z8), opt(2, 6, 0.5f, 32, LAY_SCALE_F16_Z8),
+                                      opt(5, 5, 0, 32, LAY_SCALE_F16), opt(6, 7, 0.5f, 32, LAY_SCALE_F16_Z8),
+                                      opt(3, 4, 0.2f, 32, LAY_SCALE_F16_Z8) };
+    const lay_option gg[LAY_HEAD] = { ggml_opt(LAY_GGML_Q4_0), ggml_opt(LAY_GGML_Q4_1), ggml_opt(LAY_GGML_Q5_0),
+                                     ggml_opt(LAY_GGML_Q5_1), ggml_opt(LAY_GGML_Q8_0), ggml_opt(LAY_GGML_Q4_1),
+                                     ggml_opt(LAY_GGML_Q5_1) };
+    const lay_option *o = ggml ? gg : own;
     char err[256];
     memset(m, 0, sizeof *m);
     mdl_config *c = &m->gpu.cfg;
@@ -426,7 +485,7 @@ static void tiny_make(tiny *m, int dense_o)
         m->gl[l].attn_norm = m->cl[l].attn_norm = m->norms[2 * l];
         m->gl[l].ffn_norm = m->cl[l].ffn_norm = m->norms[2 * l + 1];
     }
-    pt_make(&m->head, TM_VOCAB, TM_DIM, &o[0], 1.0f);
+    pt_make(&m->head, TM_VOCAB, TM_DIM, &own[0], 1.0f);
     m->gpu.embed = rt_linear_packed(&m->head.p, 1, NULL, err, sizeof err); /* get_row decodes exactly */
     assert_non_null(m->gpu.embed);
     m->gpu.embed->packed = &m->head.p;
@@ -462,11 +521,11 @@ static double rel_err_f(const float *y, const float *ref, int64_t len)
 }
 
 /* Prompt of n0 tokens in one batch, then one token at a time, then a batch of 3. */
-static void run_model_check(int dense_o, int max_batch, double tol_prompt)
+static void run_model_check(int dense_o, int ggml, int max_batch, double tol_prompt)
 {
     enum { N0 = 24, NT = 36 };
     tiny m;
-    tiny_make(&m, dense_o);
+    tiny_make(&m, dense_o, ggml);
     int32_t tok[NT];
     for (int i = 0; i < NT; i++) tok[i] = (int32_t)(rnd() % TM_VOCAB);
     rt_state *s = rt_state_new(&m.cpu, 64, 32);
@@ -508,14 +567,22 @@ static void test_gpu_model_decode(void **state)
 {
     (void)state;
     NEED_GPU();
-    run_model_check(0, 8, 1e-3);   /* batches of 8: the fp32 matrix-vector path throughout */
+    run_model_check(0, 0, 8, 1e-3);   /* batches of 8: the fp32 matrix-vector path throughout */
 }
 
 static void test_gpu_model_prompt(void **state)
 {
     (void)state;
     NEED_GPU();
-    run_model_check(1, 32, 3e-3);  /* one batch of 24: fp16 cuBLAS path; dense o layers */
+    run_model_check(1, 0, 32, 3e-3);  /* one batch of 24: fp16 cuBLAS path; dense o layers */
+}
+
+static void test_gpu_model_ggml(void **state)
+{
+    (void)state;
+    NEED_GPU();
+    run_model_check(0, 1, 8, 1e-3);   /* the layers in ggml types: matrix-vector path */
+    run_model_check(0, 1, 32, 3e-3);  /* and the fp16 cuBLAS path */
 }
 
 static void test_gpu_eval(void **state)
@@ -523,7 +590,7 @@ static void test_gpu_eval(void **state)
     (void)state;
     NEED_GPU();
     tiny m;
-    tiny_make(&m, 0);
+    tiny_make(&m, 0, 0);
     enum { N = 200 };
     int32_t tok[N];
     for (int i = 0; i < N; i++) tok[i] = (int32_t)(rnd() % TM_VOCAB);
@@ -555,7 +622,7 @@ static void test_gpu_generate(void **state)
     (void)state;
     NEED_GPU();
     tiny m;
-    tiny_make(&m, 0);
+    tiny_make(&m, 0, 0);
     int32_t prompt[5] = {3, 1, 4, 1, 5}, a[40] = {0}, b[40] = {0};
     rt_gen_params p;
     rt_gen_params_init(&p);
@@ -578,7 +645,7 @@ static void test_gpu_errors(void **state)
     (void)state;
     NEED_GPU();
     tiny m;
-    tiny_make(&m, 0);
+    tiny_make(&m, 0, 0);
     rt_cuda_model *g;
     char err[256] = "";
     const lay_packed *keep = m.bare[1][LAY_UP]->packed;
@@ -597,6 +664,15 @@ static void test_gpu_errors(void **state)
     assert_non_null(strstr(err, "outside the vocabulary"));
     rt_cuda_model_free(g);
     tiny_free(&m);
+    /* a Q4_1 tensor without its mins */
+    ptensor t;
+    lay_option q41 = ggml_opt(LAY_GGML_Q4_1);
+    float x[64] = {0}, y[8];
+    pt_make(&t, 8, 64, &q41, 0.1f);
+    t.p.mins = NULL;
+    assert_int_equal(rt_cuda_matvec_packed(&t.p, x, 1, y, RT_CUDA_PATH_AUTO, err, sizeof err), -1);
+    assert_non_null(strstr(err, "mins"));
+    pt_free(&t);
 }
 
 int main(void)
@@ -613,6 +689,7 @@ int main(void)
         cmocka_unit_test(test_gpu_matvec),
         cmocka_unit_test(test_gpu_model_decode),
         cmocka_unit_test(test_gpu_model_prompt),
+        cmocka_unit_test(test_gpu_model_ggml),
         cmocka_unit_test(test_gpu_eval),
         cmocka_unit_test(test_gpu_generate),
         cmocka_unit_test(test_gpu_errors),

@@ -4,7 +4,9 @@
  * formulas written out here independently; lay_ggml_value equal to the decoder
  * bit for bit on fitted blocks; the fit against a plain min/max round-to-nearest
  * grid on Gaussian and heavy-tailed rows, with and without importance; all-zero
- * blocks, extreme values and determinism. The byte layouts against gguf-py and
+ * blocks, extreme values and determinism; the 32-wide types re-laid as bitplan's
+ * packed parts (planes, scale, min) and back, byte for byte, decoding to the same
+ * bits. The byte layouts against gguf-py and
  * model/'s GGUF reader are checked by tests/test_ggml.py.
  */
 #include <stdarg.h>
@@ -307,6 +309,60 @@ static void test_deterministic(void **state)
     }
 }
 
+/* The 32-wide types pack into bitplan's parts and back byte for byte; the parts
+ * are the blocks' own bytes (a Q4 block's qs is a 4-bit plane, a Q5 block's qh a
+ * 1-bit plane, Q8_0's int8 is q - 128), cost what the blocks cost, and decode to
+ * the decoder's values bit for bit. The K-quants do not pack. */
+static void test_packed_relayout(void **state)
+{
+    (void)state;
+    rng_state = 23;
+    enum { ROWS = 3, COLS = 32 * 6 };
+    for (int ti = 0; ti < N_TYPES; ti++) {
+        int type = types[ti];
+        const lay_ggml_traits *t = lay_ggml_traits_of(type);
+        assert_int_equal(lay_ggml_packable(type), t->block == 32);
+        if (!lay_ggml_packable(type)) continue;
+        lay_option o = {.bits_lo = (uint8_t)t->bits, .bits_hi = (uint8_t)t->bits, .group = 32,
+                        .scale_fmt = (lay_scale_fmt)(LAY_FMT_GGML + type)};
+        int64_t rb = lay_ggml_row_bytes(type, COLS), vb = lay_row_bytes(&o, COLS), ng = COLS / 32;
+        uint8_t blocks[ROWS * 34 * 6], back[ROWS * 34 * 6], values[ROWS * 32 * 6];
+        uint16_t scales[ROWS * 6], mins[ROWS * 6];
+        float w_dec[ROWS * COLS], w_pk[ROWS * COLS];
+        for (int64_t b = 0; b < ROWS * ng; b++) {
+            lay_ggml_grid g;
+            uint8_t q[32];
+            random_header(type, &g);
+            for (int v = 0; v < 32; v++) q[v] = (uint8_t)(rnd32() % (1u << t->bits));
+            lay_ggml_encode(&g, q, blocks + b * t->bytes);
+        }
+        lay_cost c = lay_tensor_cost(&o, ROWS, COLS);
+        assert_int_equal(c.values + c.scales + c.zeros + c.mins + c.perm, ROWS * rb);
+        assert_int_equal(c.values, ROWS * vb);
+        assert_int_equal(c.mins, lay_ggml_has_min(type) ? ROWS * ng * 2 : 0);
+        for (int r = 0; r < ROWS; r++) {
+            lay_ggml_to_packed(type, blocks + r * rb, COLS, values + r * vb, scales + r * ng, mins + r * ng);
+            lay_ggml_from_packed(type, values + r * vb, scales + r * ng, mins + r * ng, COLS, back + r * rb);
+            lay_ggml_decode_row(type, blocks + r * rb, w_dec + r * COLS, COLS);
+        }
+        assert_memory_equal(blocks, back, (size_t)(ROWS * rb));
+        for (int64_t b = 0; b < ROWS * ng; b++) { /* the planes are the blocks' bytes */
+            const uint8_t *blk = blocks + b * t->bytes, *v = values + b * t->bits * 4;
+            int hdr = lay_ggml_has_min(type) ? 4 : 2;
+            if (t->bits == 8)
+                for (int k = 0; k < 32; k++) assert_int_equal(v[k], blk[2 + k] ^ 0x80);
+            else {
+                assert_memory_equal(v, blk + hdr + (t->bits == 5 ? 4 : 0), 16);
+                if (t->bits == 5) assert_memory_equal(v + 16, blk + hdr, 4);
+            }
+        }
+        lay_packed p = {.rows = ROWS, .cols = COLS, .opt = o, .values = values, .scales = scales,
+                        .mins = lay_ggml_has_min(type) ? mins : NULL};
+        lay_packed_dequant(&p, w_pk);
+        for (int i = 0; i < ROWS * COLS; i++) assert_true(same_bits(w_dec[i], w_pk[i]));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -315,6 +371,7 @@ int main(void)
         cmocka_unit_test(test_fit_heavy),      cmocka_unit_test(test_fit_gauss_imp),
         cmocka_unit_test(test_fit_heavy_imp),  cmocka_unit_test(test_zero_blocks),
         cmocka_unit_test(test_extreme_values), cmocka_unit_test(test_deterministic),
+        cmocka_unit_test(test_packed_relayout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -170,8 +170,9 @@ static void test_reported_error_is_the_stored_tensors(void **state)
         uint8_t *values = malloc((size_t)c.values), *zeros = c.zeros ? malloc((size_t)c.zeros) : NULL;
         uint16_t *scales = malloc((size_t)c.scales);
         void *perm = malloc((size_t)c.perm);
-        lay_pack_tensor(&q, values, scales, zeros, perm);
-        lay_packed pk = {L.rows, L.cols, os[i], values, scales, zeros, perm};
+        lay_pack_tensor(&q, values, scales, zeros, NULL, perm);
+        lay_packed pk = {.rows = L.rows, .cols = L.cols, .opt = os[i], .values = values, .scales = scales,
+                         .zeros = zeros, .perm = perm};
         lay_packed_dequant(&pk, b);
         assert_memory_equal(a, b, (size_t)n * sizeof *a);
         for (int64_t r = 0; r < L.rows; r++)
@@ -587,7 +588,7 @@ static void test_ggml_gptq_on_a_diagonal_hessian_is_the_fit(void **state)
     gptq_prep *prep = prep_in_order(L.h, cols, 0);
     for (int k = 0; k < N_GGML; k++) {
         lay_option o;
-        assert_int_equal(opt_ggml_option(all_ggml[k], &o), 0);
+        assert_int_equal(lay_ggml_option(all_ggml[k], &o), 0);
         lay_qtensor q;
         char err[256];
         assert_int_equal(gptq_quantize_prepared(L.w, rows, prep, &o, -1, &q, NULL, err, sizeof err), 0);
@@ -618,7 +619,7 @@ static void test_ggml_gptq_beats_the_fit_and_reports_its_blocks(void **state)
     float *wq = malloc((size_t)(rows * cols) * sizeof *wq);
     for (int k = 0; k < N_GGML; k++) {
         lay_option o;
-        assert_int_equal(opt_ggml_option(all_ggml[k], &o), 0);
+        assert_int_equal(lay_ggml_option(all_ggml[k], &o), 0);
         lay_qtensor q;
         gptq_stats st;
         double rtn;
@@ -647,18 +648,18 @@ static void test_ggml_refusals_and_cost(void **state)
     lay_option o;
     lay_qtensor q;
     char err[256], why[160];
-    assert_int_equal(opt_ggml_option(LAY_GGML_Q4_0, &o), 0);
+    assert_int_equal(lay_ggml_option(LAY_GGML_Q4_0, &o), 0);
     assert_int_equal(gptq_quantize_prepared(L.w, rows, prep, &o, -1, &q, NULL, err, sizeof err), -1);
     assert_non_null(strstr(err, "act-order"));
-    assert_int_equal(opt_ggml_option(LAY_GGML_Q4_K, &o), 0);
+    assert_int_equal(lay_ggml_option(LAY_GGML_Q4_K, &o), 0);
     assert_int_equal(lay_option_check(&o, rows, cols, why, sizeof why), -1);
     assert_non_null(strstr(why, "576"));
     assert_non_null(strstr(why, "256"));
     assert_int_equal(lay_option_check(&o, rows, 512, why, sizeof why), 0);
     assert_int_equal(lay_tensor_bits(&o, 3, 512), 8 * 3 * 2 * 144);
-    assert_int_equal(opt_ggml_option(LAY_GGML_Q8_0, &o), 0);
+    assert_int_equal(lay_ggml_option(LAY_GGML_Q8_0, &o), 0);
     assert_int_equal(lay_tensor_bits(&o, 3, 576), 8 * 3 * 18 * 34);
-    assert_int_equal(opt_ggml_option(99, &o), -1);
+    assert_int_equal(lay_ggml_option(99, &o), -1);
     gptq_prep_free(prep);
     free_layer(&L);
 }

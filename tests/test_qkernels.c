@@ -2,7 +2,8 @@
  * tests/test_qkernels.c — the packed-weight CPU kernels (runtime/qkernels*.c) and the
  * packed linear layer (runtime/qlinear.c) against a plain reference: W dequantized
  * with lay_packed_dequant, times the int8-rounded activations, in double. Every
- * kernel set this CPU runs, every width 2..8, mixes, both scale formats, odd sizes,
+ * kernel set this CPU runs, every width 2..8, mixes, both scale formats, the
+ * 32-wide ggml types (original order, centers, mins), odd sizes,
  * batches 1, 2, 3, 7, 33. Random data only; never asserts on time.
  */
 #include <setjmp.h>
@@ -35,9 +36,24 @@ static float rndf(void) { return (float)rnd() / 4294967296.0f * 2.0f - 1.0f; } /
 typedef struct {
     lay_packed p;
     uint8_t *values, *zeros;
-    uint16_t *scales;
+    uint16_t *scales, *mins;
     void *perm;
 } packed_t;
+
+/* A ggml type's blocks from random weights (a mean away from 0, so that Q4_1's and
+ * Q5_1's mins matter). */
+static void random_blocks(lay_qtensor *q)
+{
+    int type = lay_option_ggml(&q->opt);
+    int64_t rb = lay_ggml_row_bytes(type, q->cols);
+    float *x = malloc((size_t)q->cols * sizeof *x);
+    for (int64_t r = 0; r < q->rows; r++) {
+        float mean = rndf();
+        for (int64_t j = 0; j < q->cols; j++) x[j] = mean + 0.2f * rndf();
+        lay_ggml_quantize_row(type, x, NULL, q->blocks + r * rb, q->cols);
+    }
+    free(x);
+}
 
 static void make_packed(packed_t *t, int64_t rows, int64_t cols, const lay_option *o)
 {
@@ -45,8 +61,9 @@ static void make_packed(packed_t *t, int64_t rows, int64_t cols, const lay_optio
     assert_int_equal(lay_option_check(o, rows, cols, NULL, 0), 0);
     assert_int_equal(lay_qtensor_alloc(&q, rows, cols, o), 0);
     int64_t ng = lay_n_groups(o, cols);
-    for (int64_t j = 0; j < cols; j++) q.perm[j] = (int32_t)j;
-    for (int64_t j = cols - 1; j > 0; j--) { /* Fisher-Yates */
+    if (lay_option_ggml(o) >= 0) random_blocks(&q), ng = 0;
+    for (int64_t j = 0; q.perm && j < cols; j++) q.perm[j] = (int32_t)j;
+    for (int64_t j = cols - 1; q.perm && j > 0; j--) { /* Fisher-Yates */
         int64_t i = rnd() % (uint32_t)(j + 1);
         int32_t v = q.perm[i]; q.perm[i] = q.perm[j]; q.perm[j] = v;
     }
@@ -62,14 +79,15 @@ static void make_packed(packed_t *t, int64_t rows, int64_t cols, const lay_optio
     t->values = malloc((size_t)c.values);
     t->scales = malloc((size_t)c.scales);
     t->zeros = c.zeros ? malloc((size_t)c.zeros) : NULL;
-    t->perm = malloc((size_t)c.perm);
-    lay_pack_tensor(&q, t->values, t->scales, t->zeros, t->perm);
+    t->mins = c.mins ? malloc((size_t)c.mins) : NULL;
+    t->perm = c.perm ? malloc((size_t)c.perm) : NULL;
+    lay_pack_tensor(&q, t->values, t->scales, t->zeros, t->mins, t->perm);
     t->p = (lay_packed){ .rows = rows, .cols = cols, .opt = *o, .values = t->values, .scales = t->scales,
-                         .zeros = t->zeros, .perm = t->perm };
+                         .zeros = t->zeros, .mins = t->mins, .perm = t->perm };
     lay_qtensor_free(&q);
 }
 
-static void free_packed(packed_t *t) { free(t->values), free(t->scales), free(t->zeros), free(t->perm); }
+static void free_packed(packed_t *t) { free(t->values), free(t->scales), free(t->zeros), free(t->mins), free(t->perm); }
 
 static void linear_free(rt_linear *l) { l->destroy(l); free(l); }
 
@@ -127,6 +145,14 @@ static lay_option opt(int lo, int hi, float share, int group, lay_scale_fmt fmt)
     return o;
 }
 
+/* A 32-wide ggml type as a packed option. */
+static lay_option ggml_opt(int type)
+{
+    lay_option o;
+    assert_int_equal(lay_ggml_option(type, &o), 0);
+    return o;
+}
+
 static int all_options(lay_option *out)
 {
     int n = 0;
@@ -141,6 +167,8 @@ static int all_options(lay_option *out)
         out[n++] = opt(6, 7, 0.75f, 96, fmt);
         out[n++] = opt(2, 8, 1.0f, 128, fmt);  /* every group hi, short last one too */
     }
+    static const int ggml[] = {LAY_GGML_Q4_0, LAY_GGML_Q4_1, LAY_GGML_Q5_0, LAY_GGML_Q5_1, LAY_GGML_Q8_0};
+    for (int i = 0; i < 5; i++) out[n++] = ggml_opt(ggml[i]);
     return n;
 }
 
@@ -185,7 +213,7 @@ static void check_matmul_shape(int64_t rows, int64_t cols)
 {
     enum { NMAX = RT_PACKED_EXACT_BATCH + 5 };
     static const int batches[] = { 1, 2, 3, 7, 33, RT_PACKED_EXACT_BATCH - 1, RT_PACKED_EXACT_BATCH, NMAX };
-    lay_option opts[32];
+    lay_option opts[40];
     int nopt = all_options(opts);
     float *x = malloc(NMAX * cols * sizeof *x), *y = malloc(NMAX * rows * sizeof *y);
     float *ref = malloc(NMAX * rows * sizeof *ref);
@@ -289,8 +317,10 @@ static void test_get_row(void **state)
     const int64_t rows = 19, cols = 32 * 11;
     for (size_t i = 0; i < sizeof isas / sizeof *isas; i++) {
         if (qk_force(isas[i])) continue;
-        for (int f = 0; f < 4; f++) {
-            lay_option o = opt(f < 2 ? 2 : 4, f < 2 ? 7 : 8, 0.3f, 64, f % 2 ? LAY_SCALE_F16 : LAY_SCALE_F16_Z8);
+        static const int ggml[] = {LAY_GGML_Q4_0, LAY_GGML_Q4_1, LAY_GGML_Q5_0, LAY_GGML_Q5_1, LAY_GGML_Q8_0};
+        for (int f = 0; f < 4 + 5; f++) {
+            lay_option o = f >= 4 ? ggml_opt(ggml[f - 4])
+                                  : opt(f < 2 ? 2 : 4, f < 2 ? 7 : 8, 0.3f, 64, f % 2 ? LAY_SCALE_F16 : LAY_SCALE_F16_Z8);
             packed_t t;
             make_packed(&t, rows, cols, &o);
             float *w = malloc((size_t)(rows * cols) * sizeof *w), row[32 * 11];
@@ -356,6 +386,21 @@ static void test_errors(void **state)
     ((uint16_t *)t.perm)[3] = 500;
     assert_null(rt_linear_packed(&t.p, 1, NULL, err, sizeof err));
     assert_non_null(strstr(err, "perm[3] = 500"));
+    bad = t.p;
+    bad.perm = NULL;
+    assert_null(rt_linear_packed(&bad, 1, NULL, err, sizeof err));
+    assert_non_null(strstr(err, "no permutation"));
+    free_packed(&t);
+    lay_option q41 = ggml_opt(LAY_GGML_Q4_1);
+    make_packed(&t, 5, 256, &q41);
+    bad = t.p;
+    bad.mins = NULL;
+    assert_null(rt_linear_packed(&bad, 1, NULL, err, sizeof err));
+    assert_non_null(strstr(err, "no mins"));
+    bad = t.p;
+    bad.opt.group = 256, bad.opt.scale_fmt = (lay_scale_fmt)(LAY_FMT_GGML + LAY_GGML_Q4_K); /* 4-bit, as Q4_1 */
+    assert_null(rt_linear_packed(&bad, 1, NULL, err, sizeof err));
+    assert_non_null(strstr(err, "not in the packed layout"));
     free_packed(&t);
 }
 

@@ -61,6 +61,15 @@
  * and the planes are OR-ed with the shift of the bits below them. Byte i becomes
  * the float 2^23 + q with one byte permute (0x4B000000 is 2^23), and subtracting
  * 2^23 + z gives q - z exactly.
+ *
+ * ==== Zeros and mins ====
+ *
+ * The zero z of a group is stored (LAY_SCALE_F16_Z8) or else 2^(b - 1): bitplan's
+ * symmetric format, and the center of the ggml types Q4_0, Q5_0 and Q8_0. Q4_1 and
+ * Q5_1 have center 0 and add an fp16 min m per group: w = s (q - 0) + m. The
+ * matrix-vector product adds the min per chunk, as m times the sum of the chunk's
+ * activations next to s times the dot product with q - z; the kernels are
+ * specialized on whether a tensor has mins, so that the others pay nothing for it.
  */
 #ifndef BITPLAN_RUNTIME_CUDA_DECODE_CUH
 #define BITPLAN_RUNTIME_CUDA_DECODE_CUH
@@ -104,7 +113,8 @@ typedef struct {
     int32_t t_hi;         /* tiles of the hi run */
     int32_t n_tiles;      /* tiles per row */
     int32_t row_words;    /* 32-bit words per row (lay_row_bytes / 4) */
-    int32_t sym;          /* 1: no stored zeros, zero = 2^(b - 1) */
+    int32_t sym;          /* 1: no stored zeros (symmetric formats, ggml types) */
+    int32_t has_mins;     /* 1: a stored fp16 min per group, added, and zero 0 (Q4_1, Q5_1) */
 } rtc_geom;
 
 /* One tile of a row: chunks c0 .. c0 + k - 1, all `bits` wide, starting at word
@@ -131,7 +141,8 @@ static inline void rtc_geom_init(rtc_geom *g, const lay_packed *p)
     g->t_hi = (int32_t)((nhi + RTC_TILE - 1) / RTC_TILE);
     g->n_tiles = g->t_hi + (int32_t)((nlo + RTC_TILE - 1) / RTC_TILE);
     g->row_words = (int32_t)(lay_row_bytes(o, p->cols) / 4);
-    g->sym = o->scale_fmt == LAY_SCALE_F16;
+    g->sym = o->scale_fmt != LAY_SCALE_F16_Z8;
+    g->has_mins = lay_ggml_has_min(lay_option_ggml(o));
 }
 
 RTC_HD rtc_tile rtc_tile_at(const rtc_geom *g, int32_t t)
@@ -230,16 +241,21 @@ RTC_HD void rtc_load4(const float *p, float *o)
  * group; x points at this lane's quad 0 of activation row 0 in xi, quads are
  * quad_step floats apart, activation rows batch_stride floats apart. Adds
  * sum_v x[b][v] (q[r][v] - z[r]) to acc[r * NB + b] (the scale is applied by the
- * caller, once per chunk). R, NB and bits are constants after inlining.
+ * caller, once per chunk) and, unless xsum is NULL, sum_v x[b][v] to xsum[b] (for
+ * the mins). R, NB, bits and whether xsum is NULL are constants after inlining.
  */
 RTC_HD void rtc_chunk_dot(const uint32_t *wd, int R, int NB, int bits, const float *m, const float *x,
-                          int32_t quad_step, int32_t batch_stride, float *acc)
+                          int32_t quad_step, int32_t batch_stride, float *acc, float *xsum)
 {
     RTC_UNROLL
     for (int t = 0; t < 8; t++) {
         float xv[4 * 4];
         RTC_UNROLL
         for (int b = 0; b < NB; b++) rtc_load4(x + (int64_t)b * batch_stride + t * quad_step, xv + 4 * b);
+        if (xsum) {
+            RTC_UNROLL
+            for (int b = 0; b < NB; b++) xsum[b] += (xv[4 * b] + xv[4 * b + 1]) + (xv[4 * b + 2] + xv[4 * b + 3]);
+        }
         RTC_UNROLL
         for (int r = 0; r < R; r++) {
             uint32_t q = rtc_decode_quad(wd + 8 * r, bits, t);
@@ -257,13 +273,31 @@ RTC_HD void rtc_chunk_dot(const uint32_t *wd, int R, int NB, int bits, const flo
     }
 }
 
-/* Zero and scale of the group holding chunk c of row `row`. */
-RTC_HD int rtc_zero_of(const rtc_geom *g, const uint8_t *zeros, int32_t row, int32_t c, int bits)
+/* Zero of the group holding chunk c of row `row` (layout.h's lay_zero_at; see
+ * "Zeros and mins" above). has_mins is g->has_mins, an argument so that a kernel
+ * specialized on it passes a constant: a run-time test here costs the other
+ * kernels registers. */
+RTC_HD int rtc_zero_of(const rtc_geom *g, const uint8_t *zeros, int32_t row, int32_t c, int bits, int has_mins)
 {
+    if (has_mins) return 0;
     return g->sym ? 1 << (bits - 1) : zeros[(int64_t)row * g->ng + c / g->gch];
 }
 
+/* Index of the scale (and min) of the group holding chunk c of row `row`. */
 RTC_HD int64_t rtc_scale_index(const rtc_geom *g, int32_t row, int32_t c) { return (int64_t)row * g->ng + c / g->gch; }
+
+/* The weight of qm = 2^23 + q (rtc_quad_magic) in a group of scale s and m = 2^23 +
+ * zero, plus the min mn when has_min: s (q - z) + mn, rounded as layout.c's
+ * lay_packed_dequant rounds it, the product before the add (nvcc would fuse the two
+ * into one FMA, whose single rounding can differ in the last bit). */
+RTC_HD float rtc_weight(float qm, float m, float s, int has_min, float mn)
+{
+#ifdef __CUDA_ARCH__
+    return has_min ? __fadd_rn(__fmul_rn(s, qm - m), mn) : s * (qm - m);
+#else
+    return has_min ? s * (qm - m) + mn : s * (qm - m);
+#endif
+}
 
 /* ==== Load-time preparation (host side) ==== */
 

@@ -142,14 +142,16 @@ void rtc_mem_free(rtc_mem *m)
 #define MV_MAX_WARPS 8
 
 /* One lane's chunk of tile x for R rows: the words (coalesced across the warp,
- * streamed past L1), the group's scale and zero, then chunk_dot. */
-template <int R, int NB, int B>
+ * streamed past L1), the group's scale and zero, then chunk_dot; with MIN (Q4_1,
+ * Q5_1) also the group's min times the chunk's activation sum. */
+template <int R, int NB, int B, bool MIN>
 __device__ __forceinline__ void mv_tile(const rtc_geom &g, const rtc_tile &x, int lane, const int32_t *rowv,
                                         const uint32_t *__restrict__ values, const __half *__restrict__ scales,
-                                        const uint8_t *__restrict__ zeros, const float *__restrict__ xi, float *part)
+                                        const uint8_t *__restrict__ zeros, const __half *__restrict__ mins,
+                                        const float *__restrict__ xi, float *part)
 {
     uint32_t wd[R * 8];
-    float m[R], s[R], acc[R * NB];
+    float m[R], s[R], mn[R], acc[R * NB], xsum[NB];
     int32_t c = x.c0 + lane;
 #pragma unroll
     for (int r = 0; r < R; r++) {
@@ -159,20 +161,27 @@ __device__ __forceinline__ void mv_tile(const rtc_geom &g, const rtc_tile &x, in
     }
 #pragma unroll
     for (int r = 0; r < R; r++) {
-        m[r] = RTC_MAGIC_F + (float)rtc_zero_of(&g, zeros, rowv[r], c, B);
+        m[r] = RTC_MAGIC_F + (float)rtc_zero_of(&g, zeros, rowv[r], c, B, MIN);
         s[r] = __half2float(scales[rtc_scale_index(&g, rowv[r], c)]);
+        mn[r] = MIN ? __half2float(mins[rtc_scale_index(&g, rowv[r], c)]) : 0.0f;
     }
 #pragma unroll
     for (int i = 0; i < R * NB; i++) acc[i] = 0.0f;
-    rtc_chunk_dot(wd, R, NB, B, m, xi + rtc_xi_index(&x, lane, 0, 0), x.k * 4, g.cols, acc);
 #pragma unroll
-    for (int i = 0; i < R * NB; i++) part[i] += s[i / NB] * acc[i];
+    for (int b = 0; b < NB; b++) xsum[b] = 0.0f;
+    rtc_chunk_dot(wd, R, NB, B, m, xi + rtc_xi_index(&x, lane, 0, 0), x.k * 4, g.cols, acc, MIN ? xsum : NULL);
+#pragma unroll
+    for (int i = 0; i < R * NB; i++)
+        part[i] += MIN ? s[i / NB] * acc[i] + mn[i / NB] * xsum[i % NB] : s[i / NB] * acc[i];
 }
 
-template <int R, int NB>
+/* MIN: the kernel of the tensors with mins (Q4_1, Q5_1: 4 and 5 bits), a kernel of
+ * its own so that the others keep their register budget (and occupancy). */
+template <int R, int NB, bool MIN>
 __global__ void __launch_bounds__(MV_MAX_WARPS * 32)
 k_matvec(rtc_geom g, const uint32_t *__restrict__ values, const __half *__restrict__ scales,
-         const uint8_t *__restrict__ zeros, const float *__restrict__ xi, float *__restrict__ y, int64_t y_stride)
+         const uint8_t *__restrict__ zeros, const __half *__restrict__ mins, const float *__restrict__ xi,
+         float *__restrict__ y, int64_t y_stride)
 {
     __shared__ float red[MV_MAX_WARPS][R * NB];
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
@@ -185,15 +194,22 @@ k_matvec(rtc_geom g, const uint32_t *__restrict__ values, const __half *__restri
     for (int32_t t = warp; t < g.n_tiles; t += nw) {
         rtc_tile x = rtc_tile_at(&g, t);
         if (lane >= x.k) continue;
-        switch (x.bits) {
-        case 2: mv_tile<R, NB, 2>(g, x, lane, rowv, values, scales, zeros, xi, part); break;
-        case 3: mv_tile<R, NB, 3>(g, x, lane, rowv, values, scales, zeros, xi, part); break;
-        case 4: mv_tile<R, NB, 4>(g, x, lane, rowv, values, scales, zeros, xi, part); break;
-        case 5: mv_tile<R, NB, 5>(g, x, lane, rowv, values, scales, zeros, xi, part); break;
-        case 6: mv_tile<R, NB, 6>(g, x, lane, rowv, values, scales, zeros, xi, part); break;
-        case 7: mv_tile<R, NB, 7>(g, x, lane, rowv, values, scales, zeros, xi, part); break;
-        default: mv_tile<R, NB, 8>(g, x, lane, rowv, values, scales, zeros, xi, part); break;
+#define MV_TILE(B) mv_tile<R, NB, B, MIN>(g, x, lane, rowv, values, scales, zeros, mins, xi, part)
+        if (MIN) { /* only Q4_1 and Q5_1 have mins (check_packed) */
+            if (x.bits == 4) MV_TILE(4);
+            else MV_TILE(5);
+            continue;
         }
+        switch (x.bits) {
+        case 2: MV_TILE(2); break;
+        case 3: MV_TILE(3); break;
+        case 4: MV_TILE(4); break;
+        case 5: MV_TILE(5); break;
+        case 6: MV_TILE(6); break;
+        case 7: MV_TILE(7); break;
+        default: MV_TILE(8); break;
+        }
+#undef MV_TILE
     }
 #pragma unroll
     for (int i = 0; i < R * NB; i++) {
@@ -221,52 +237,59 @@ __global__ void k_gather_f32(const float *__restrict__ x, const int32_t *__restr
     out[i] = x[b * cols + map[j]];
 }
 
-/* xh[b][j] = fp16(x[b][perm[j]]): stored order for the prompt path. */
+/* xh[b][j] = fp16(x[b][perm[j]]): stored order for the prompt path (perm NULL:
+ * the identity, a tensor in original column order). */
 __global__ void k_gather_f16(const float *__restrict__ x, const int32_t *__restrict__ perm, __half *__restrict__ out,
                              int n, int64_t cols)
 {
     int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (int64_t)n * cols) return;
     int64_t b = i / cols, j = i % cols;
-    out[i] = __float2half_rn(x[b * cols + perm[j]]);
+    out[i] = __float2half_rn(x[perm ? b * cols + perm[j] : i]);
 }
 
 /* ==== Dequantization (prompt path) ====
  *
  * One warp per (row, tile); lane l writes the 32 fp16 weights of its chunk in
- * stored column order, w[row][(c0 + l) * 32 + v] = s (q - z), as four 16-byte
- * stores.
+ * stored column order, w[row][(c0 + l) * 32 + v] = s (q - z) (+ m with MIN), as
+ * four 16-byte stores.
  */
-template <int B>
+template <int B, bool MIN>
 __device__ __forceinline__ void dq_chunk(const rtc_geom &g, const rtc_tile &x, int lane, int32_t row,
                                          const uint32_t *__restrict__ values, const __half *__restrict__ scales,
-                                         const uint8_t *__restrict__ zeros, __half *__restrict__ w)
+                                         const uint8_t *__restrict__ zeros, const __half *__restrict__ mins,
+                                         __half *__restrict__ w)
 { /* w points at this row's place in the slab */
     uint32_t wd[8];
     int32_t c = x.c0 + lane;
     const uint32_t *src = values + (int64_t)row * g.row_words;
 #pragma unroll
     for (int i = 0; i < B; i++) wd[i] = __ldcs(src + rtc_word_index(&x, lane, i));
-    float m = RTC_MAGIC_F + (float)rtc_zero_of(&g, zeros, row, c, B);
+    float m = RTC_MAGIC_F + (float)rtc_zero_of(&g, zeros, row, c, B, MIN);
     float s = __half2float(scales[rtc_scale_index(&g, row, c)]);
+    float mn = MIN ? __half2float(mins[rtc_scale_index(&g, row, c)]) : 0.0f;
     uint4 *dst = (uint4 *)(w + (int64_t)c * LAY_CHUNK);
+#define DQ(q, i) rtc_weight(rtc_quad_magic(q, i), m, s, MIN, mn)
 #pragma unroll
     for (int u = 0; u < 4; u++) {
         uint32_t q0 = rtc_decode_quad(wd, B, 2 * u), q1 = rtc_decode_quad(wd, B, 2 * u + 1);
         __half2 h[4];
-        h[0] = __floats2half2_rn(s * (rtc_quad_magic(q0, 0) - m), s * (rtc_quad_magic(q0, 1) - m));
-        h[1] = __floats2half2_rn(s * (rtc_quad_magic(q0, 2) - m), s * (rtc_quad_magic(q0, 3) - m));
-        h[2] = __floats2half2_rn(s * (rtc_quad_magic(q1, 0) - m), s * (rtc_quad_magic(q1, 1) - m));
-        h[3] = __floats2half2_rn(s * (rtc_quad_magic(q1, 2) - m), s * (rtc_quad_magic(q1, 3) - m));
+        h[0] = __floats2half2_rn(DQ(q0, 0), DQ(q0, 1));
+        h[1] = __floats2half2_rn(DQ(q0, 2), DQ(q0, 3));
+        h[2] = __floats2half2_rn(DQ(q1, 0), DQ(q1, 1));
+        h[3] = __floats2half2_rn(DQ(q1, 2), DQ(q1, 3));
         uint4 v;
         memcpy(&v, h, sizeof v);
         dst[u] = v;
     }
+#undef DQ
 }
 
-/* Rows row0 .. row0 + nrows - 1 into the slab w[nrows][cols]. */
+/* Rows row0 .. row0 + nrows - 1 into the slab w[nrows][cols]; MIN as k_matvec's. */
+template <bool MIN>
 __global__ void k_dequant(rtc_geom g, const uint32_t *__restrict__ values, const __half *__restrict__ scales,
-                          const uint8_t *__restrict__ zeros, int32_t row0, int32_t nrows, __half *__restrict__ slab)
+                          const uint8_t *__restrict__ zeros, const __half *__restrict__ mins, int32_t row0,
+                          int32_t nrows, __half *__restrict__ slab)
 {
     int64_t gw = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
     int lane = threadIdx.x % 32;
@@ -275,15 +298,22 @@ __global__ void k_dequant(rtc_geom g, const uint32_t *__restrict__ values, const
     rtc_tile x = rtc_tile_at(&g, (int32_t)(gw % g.n_tiles));
     if (lane >= x.k) return;
     __half *w = slab + (int64_t)(row - row0) * g.cols;
-    switch (x.bits) {
-    case 2: dq_chunk<2>(g, x, lane, row, values, scales, zeros, w); break;
-    case 3: dq_chunk<3>(g, x, lane, row, values, scales, zeros, w); break;
-    case 4: dq_chunk<4>(g, x, lane, row, values, scales, zeros, w); break;
-    case 5: dq_chunk<5>(g, x, lane, row, values, scales, zeros, w); break;
-    case 6: dq_chunk<6>(g, x, lane, row, values, scales, zeros, w); break;
-    case 7: dq_chunk<7>(g, x, lane, row, values, scales, zeros, w); break;
-    default: dq_chunk<8>(g, x, lane, row, values, scales, zeros, w); break;
+#define DQ_CHUNK(B) dq_chunk<B, MIN>(g, x, lane, row, values, scales, zeros, mins, w)
+    if (MIN) { /* only Q4_1 and Q5_1 have mins (check_packed) */
+        if (x.bits == 4) DQ_CHUNK(4);
+        else DQ_CHUNK(5);
+        return;
     }
+    switch (x.bits) {
+    case 2: DQ_CHUNK(2); break;
+    case 3: DQ_CHUNK(3); break;
+    case 4: DQ_CHUNK(4); break;
+    case 5: DQ_CHUNK(5); break;
+    case 6: DQ_CHUNK(6); break;
+    case 7: DQ_CHUNK(7); break;
+    default: DQ_CHUNK(8); break;
+    }
+#undef DQ_CHUNK
 }
 
 /* ==== Uploading a linear layer ==== */
@@ -301,12 +331,31 @@ static int check_packed(const lay_packed *p, char *err, size_t err_len)
                  (long long)p->cols);
         return -1;
     }
-    if (!p->values || !p->scales || !p->perm || (p->opt.scale_fmt == LAY_SCALE_F16_Z8 && !p->zeros)) {
-        snprintf(err, err_len, "packed tensor %lldx%lld (%s): an array (values, scales, zeros or perm) is missing",
+    /* a ggml type (layout.h): the 32-wide ones only, in original column order (no
+     * perm), the center as zero, a min per group for Q4_1 and Q5_1 */
+    int type = lay_option_ggml(&p->opt), has_min = lay_ggml_has_min(type);
+    if (type >= 0 && !lay_ggml_packable(type)) {
+        snprintf(err, err_len, "packed tensor %lldx%lld (%s): ggml type %d is not in the packed layout (only Q4_0, "
+                 "Q4_1, Q5_0, Q5_1 and Q8_0 are)", (long long)p->rows, (long long)p->cols, p->opt.name, type);
+        return -1;
+    }
+    if (!p->values || !p->scales || (type < 0 && !p->perm) ||
+        (p->opt.scale_fmt == LAY_SCALE_F16_Z8 && !p->zeros) || (has_min && !p->mins)) {
+        snprintf(err, err_len, "packed tensor %lldx%lld (%s): an array (values, scales, zeros, mins or perm) is missing",
                  (long long)p->rows, (long long)p->cols, p->opt.name);
         return -1;
     }
-    for (int64_t j = 0; j < p->cols; j++) {
+    if (p->mins && !has_min) { /* the kernels would leave them out, lay_packed_dequant would not */
+        snprintf(err, err_len, "packed tensor %lldx%lld (%s): mins given, but only Q4_1 and Q5_1 have mins",
+                 (long long)p->rows, (long long)p->cols, p->opt.name);
+        return -1;
+    }
+    if (type >= 0 && lay_ggml_center(type) != (has_min ? 0 : 1 << (p->opt.bits_lo - 1))) { /* rtc_zero_of */
+        snprintf(err, err_len, "packed tensor %lldx%lld (%s): ggml type %d's center %d is not a zero the kernels know",
+                 (long long)p->rows, (long long)p->cols, p->opt.name, type, lay_ggml_center(type));
+        return -1;
+    }
+    for (int64_t j = 0; p->perm && j < p->cols; j++) {
         int64_t v = lay_perm_at(p, j);
         if (v < 0 || v >= p->cols) {
             snprintf(err, err_len, "packed tensor %lldx%lld (%s): perm[%lld] = %lld is not a column",
@@ -318,14 +367,18 @@ static int check_packed(const lay_packed *p, char *err, size_t err_len)
 }
 
 /* The bytes of a packed tensor's device arrays, in upload order: values, scales,
- * zeros (0 when symmetric), activation map, permutation. */
-enum { PK_VALUES, PK_SCALES, PK_ZEROS, PK_XMAP, PK_PERM, PK_ARRAYS };
+ * zeros (0 when not stored), mins (0 unless Q4_1, Q5_1), activation map,
+ * permutation (0 for a ggml type: its columns are in original order, and the
+ * prompt path's gather reads them in place). */
+enum { PK_VALUES, PK_SCALES, PK_ZEROS, PK_MINS, PK_XMAP, PK_PERM, PK_ARRAYS };
 static void packed_array_bytes(const lay_packed *p, const rtc_geom *g, size_t bytes[PK_ARRAYS])
 {
     bytes[PK_VALUES] = (size_t)(p->rows * g->row_words) * 4;
     bytes[PK_SCALES] = (size_t)(p->rows * g->ng) * 2;
     bytes[PK_ZEROS] = g->sym ? 0 : (size_t)(p->rows * g->ng);
-    bytes[PK_XMAP] = bytes[PK_PERM] = (size_t)p->cols * 4;
+    bytes[PK_MINS] = g->has_mins ? (size_t)(p->rows * g->ng) * 2 : 0;
+    bytes[PK_XMAP] = (size_t)p->cols * 4;
+    bytes[PK_PERM] = p->perm ? (size_t)p->cols * 4 : 0;
 }
 
 size_t rtc_packed_device_bytes(const lay_packed *p)
@@ -372,23 +425,24 @@ int rtc_linear_upload_packed(rtc_mem *m, const lay_packed *p, rtc_linear *out, c
     rtc_geom_init(&g, p);
     int rc = -1;
     int32_t *xmap = (int32_t *)malloc((size_t)p->cols * sizeof *xmap);
-    int32_t *perm = (int32_t *)malloc((size_t)p->cols * sizeof *perm);
+    int32_t *perm = p->perm ? (int32_t *)malloc((size_t)p->cols * sizeof *perm) : NULL;
     uint32_t *values;
-    void *scales, *zeros = NULL, *dxmap, *dperm;
+    void *scales, *zeros = NULL, *mins = NULL, *dxmap, *dperm;
     size_t bytes[PK_ARRAYS];
-    if (!xmap || !perm) { snprintf(err, err_len, "out of host memory for a permutation of %lld columns",
-                                   (long long)p->cols); goto done; }
+    if (!xmap || (p->perm && !perm)) { snprintf(err, err_len, "out of host memory for a permutation of %lld columns",
+                                                (long long)p->cols); goto done; }
     rtc_build_xmap(&g, p, xmap);
-    for (int64_t j = 0; j < p->cols; j++) perm[j] = (int32_t)lay_perm_at(p, j);
-    packed_array_bytes(p, &g, bytes);
+    for (int64_t j = 0; perm && j < p->cols; j++) perm[j] = (int32_t)lay_perm_at(p, j);
+    packed_array_bytes(p, &g, bytes); /* an array of 0 bytes uploads as NULL */
     if (upload_values(m, p, &g, bytes[PK_VALUES], &values, err, err_len)) goto done;
     if (rtc_upload(m, &scales, p->scales, bytes[PK_SCALES], "packed scales", err, err_len)) goto done;
     if (rtc_upload(m, &zeros, p->zeros, bytes[PK_ZEROS], "packed zeros", err, err_len)) goto done;
+    if (rtc_upload(m, &mins, p->mins, bytes[PK_MINS], "packed mins", err, err_len)) goto done;
     if (rtc_upload(m, &dxmap, xmap, bytes[PK_XMAP], "activation map", err, err_len)) goto done;
     if (rtc_upload(m, &dperm, perm, bytes[PK_PERM], "permutation", err, err_len)) goto done;
     out->rows = p->rows, out->cols = p->cols, out->packed = 1, out->g = g;
     out->values = values, out->scales = (const __half *)scales, out->zeros = (const uint8_t *)zeros;
-    out->xmap = (const int32_t *)dxmap, out->perm = (const int32_t *)dperm;
+    out->mins = (const __half *)mins, out->xmap = (const int32_t *)dxmap, out->perm = (const int32_t *)dperm;
     rc = 0;
 done:
     free(xmap);
@@ -425,16 +479,24 @@ static int warps_per_block(int32_t n_tiles)
     return (n_tiles + per - 1) / per;
 }
 
+template <int R, bool MIN>
+static void launch_mv(const rtc_linear *l, int nb, const float *xi, float *y, cudaStream_t st)
+{
+    dim3 grid((unsigned)((l->rows + R - 1) / R)), block((unsigned)(32 * warps_per_block(l->g.n_tiles)));
+    const rtc_geom &g = l->g;
+    switch (nb) {
+    case 1: k_matvec<R, 1, MIN><<<grid, block, 0, st>>>(g, l->values, l->scales, l->zeros, l->mins, xi, y, l->rows); break;
+    case 2: k_matvec<R, 2, MIN><<<grid, block, 0, st>>>(g, l->values, l->scales, l->zeros, l->mins, xi, y, l->rows); break;
+    case 3: k_matvec<R, 3, MIN><<<grid, block, 0, st>>>(g, l->values, l->scales, l->zeros, l->mins, xi, y, l->rows); break;
+    default: k_matvec<R, 4, MIN><<<grid, block, 0, st>>>(g, l->values, l->scales, l->zeros, l->mins, xi, y, l->rows); break;
+    }
+}
+
 template <int R>
 static void launch_mv_r(const rtc_linear *l, int nb, const float *xi, float *y, cudaStream_t st)
 {
-    dim3 grid((unsigned)((l->rows + R - 1) / R)), block((unsigned)(32 * warps_per_block(l->g.n_tiles)));
-    switch (nb) {
-    case 1: k_matvec<R, 1><<<grid, block, 0, st>>>(l->g, l->values, l->scales, l->zeros, xi, y, l->rows); break;
-    case 2: k_matvec<R, 2><<<grid, block, 0, st>>>(l->g, l->values, l->scales, l->zeros, xi, y, l->rows); break;
-    case 3: k_matvec<R, 3><<<grid, block, 0, st>>>(l->g, l->values, l->scales, l->zeros, xi, y, l->rows); break;
-    default: k_matvec<R, 4><<<grid, block, 0, st>>>(l->g, l->values, l->scales, l->zeros, xi, y, l->rows); break;
-    }
+    if (l->g.has_mins) launch_mv<R, true>(l, nb, xi, y, st);
+    else launch_mv<R, false>(l, nb, xi, y, st);
 }
 
 static int packed_matvec(const rtc_linear *l, const float *x, float *y, int n, const rtc_scratch *s,
@@ -469,8 +531,13 @@ static int packed_gemm(const rtc_linear *l, const float *x, float *y, int n, con
     const float one = 1.0f, zero = 0.0f;
     for (int64_t r0 = 0; r0 < l->rows; r0 += slab) {
         int64_t nr = l->rows - r0 < slab ? l->rows - r0 : slab;
-        k_dequant<<<(unsigned)blocks_for(nr * l->g.n_tiles * 32, 256), 256, 0, st>>>(
-            l->g, l->values, l->scales, l->zeros, (int32_t)r0, (int32_t)nr, s->wd);
+        unsigned blocks = (unsigned)blocks_for(nr * l->g.n_tiles * 32, 256);
+        if (l->g.has_mins)
+            k_dequant<true><<<blocks, 256, 0, st>>>(l->g, l->values, l->scales, l->zeros, l->mins, (int32_t)r0,
+                                                    (int32_t)nr, s->wd);
+        else
+            k_dequant<false><<<blocks, 256, 0, st>>>(l->g, l->values, l->scales, l->zeros, l->mins, (int32_t)r0,
+                                                     (int32_t)nr, s->wd);
         if (RTC_LAUNCHED("k_dequant")) return -1;
         if (RTC_BLAS(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nr, n, (int)l->cols, &one, s->wd, CUDA_R_16F,
                                   (int)l->cols, s->xh, CUDA_R_16F, (int)l->cols, &zero, y + r0, CUDA_R_32F,

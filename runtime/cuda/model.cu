@@ -585,7 +585,7 @@ extern "C" int rt_cuda_bench_matvec(const lay_packed *p, int batch, int copies, 
     memset(out, 0, sizeof *out);
     if (batch < 1 || copies < 1 || passes < 1) { snprintf(err, err_len, "batch, copies and passes must be positive"); return -1; }
     lay_cost c = lay_tensor_cost(&p->opt, p->rows, p->cols);
-    double bytes = (double)(c.values + c.scales + c.zeros), total = bytes * copies;
+    double bytes = (double)(c.values + c.scales + c.zeros + c.mins), total = bytes * copies;
     if (single_open(&t, p, batch, 0, err, err_len)) goto done;
     if (!(ls = (rtc_linear *)calloc((size_t)copies, sizeof *ls))) { snprintf(err, err_len, "out of host memory"); goto done; }
     for (int i = 0; i < copies; i++)

@@ -24,8 +24,10 @@
  *
  * Weights: every rt_linear must have exactly one of `dense` (uploaded as fp32,
  * products by cublasSgemm) or `packed` (uploaded in the packed layout, tiles
- * repacked once for coalesced reads: runtime/cuda/decode.cuh). Packed products of
- * up to 16 activation rows run the matrix-vector kernel with fp32 activations;
+ * repacked once for coalesced reads: runtime/cuda/decode.cuh); a packed tensor in
+ * one of the 32-wide ggml types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: layout.h) runs in
+ * the same kernels, with its center as zero and Q4_1's and Q5_1's mins. Packed
+ * products of up to 16 activation rows run the matrix-vector kernel with fp32 activations;
  * larger batches dequantize the tensor to fp16 in slabs of rows (at most 16M weights,
  * 32 MiB of scratch) and call cublasGemmEx on each (fp16 inputs, fp32 accumulation). Norm weights and biases are fp32; the KV cache is fp16. The
  * embedding is looked up on the host (rt_linear get_row) and copied up.
@@ -103,7 +105,7 @@ int rt_cuda_matvec_packed(const lay_packed *p, const float *x_host, int n, float
  * `passes` passes (median), and in the same call a device-to-device copy of the
  * same number of bytes. */
 typedef struct {
-    double packed_bytes;      /* values + scales + zeros of one copy */
+    double packed_bytes;      /* values + scales + zeros + mins of one copy */
     double seconds;           /* median seconds per product (gather + kernel) */
     double gbps;              /* packed_bytes / seconds / 1e9 */
     double copy_gbps;         /* cudaMemcpy D2D: (bytes read + bytes written) / s / 1e9 */

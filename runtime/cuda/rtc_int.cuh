@@ -84,9 +84,10 @@ typedef struct {
     rtc_geom g;
     const uint32_t *values;     /* [rows][row_words], tiles repacked (decode.cuh) */
     const __half *scales;       /* [rows][ng] */
-    const uint8_t *zeros;       /* [rows][ng], NULL for symmetric */
+    const uint8_t *zeros;       /* [rows][ng], NULL for symmetric and ggml types */
+    const __half *mins;         /* [rows][ng] for Q4_1 and Q5_1, else NULL */
     const int32_t *xmap;        /* [cols] interleaved position -> original column */
-    const int32_t *perm;        /* [cols] stored column -> original column */
+    const int32_t *perm;        /* [cols] stored column -> original column, NULL: the identity (ggml types) */
     /* dense */
     const float *w;             /* [rows][cols] */
 } rtc_linear;
@@ -102,8 +103,8 @@ typedef struct {
 
 typedef enum { RTC_PATH_AUTO = 0, RTC_PATH_MATVEC = 1, RTC_PATH_GEMM = 2 } rtc_path;
 
-/* Uploads one packed tensor (repacked tiles, scales, zeros, xmap, perm). Checks the
- * option, the zeros and every permutation entry first. */
+/* Uploads one packed tensor (repacked tiles, scales, zeros, mins, xmap, perm). Checks
+ * the option, the arrays it needs and every permutation entry first. */
 int rtc_linear_upload_packed(rtc_mem *m, const lay_packed *p, rtc_linear *out, char *err, size_t err_len);
 /* The slab bytes (rtc_span) rtc_linear_upload_packed takes for p. */
 size_t rtc_packed_device_bytes(const lay_packed *p);
