@@ -210,6 +210,13 @@ int lay_qtensor_alloc(lay_qtensor *t, int64_t rows, int64_t cols, const lay_opti
     return 0;
 }
 
+int lay_qtensor_of_blocks(lay_qtensor *t, int64_t rows, int64_t cols, const lay_option *o, const void *blocks)
+{
+    if (lay_qtensor_alloc(t, rows, cols, o)) return -1;
+    memcpy(t->blocks, blocks, (size_t)(rows * lay_ggml_row_bytes(lay_option_ggml(o), cols)));
+    return 0;
+}
+
 void lay_qtensor_free(lay_qtensor *t)
 {
     free(t->perm), free(t->q), free(t->scale), free(t->zero), free(t->blocks);

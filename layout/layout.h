@@ -128,6 +128,9 @@ typedef struct {
 
 /* Allocates the arrays of a qtensor for a shape and option (0, or -1 if out of memory). */
 int lay_qtensor_alloc(lay_qtensor *t, int64_t rows, int64_t cols, const lay_option *o);
+/* A qtensor of ggml option o holding a copy of blocks (rows of lay_ggml_row_bytes):
+ * a source's own blocks, kept as stored. 0, or -1 if out of memory. */
+int lay_qtensor_of_blocks(lay_qtensor *t, int64_t rows, int64_t cols, const lay_option *o, const void *blocks);
 /* The arrays of t for its shape and option (perm, q, scale, zero, blocks) and their
  * bytes, 0 for an array the option has not: what copying it whole takes. */
 #define LAY_QTENSOR_ARRAYS 5

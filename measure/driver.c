@@ -430,9 +430,8 @@ static int stored_unit(const measure_tensor *t, const gptq_prep *pp, const lay_o
 {
     double t0 = util_now_s();
     memset(st, 0, sizeof *st);
-    if (lay_qtensor_alloc(q, t->rows, t->cols, o))
+    if (lay_qtensor_of_blocks(q, t->rows, t->cols, o, t->src_blocks))
         return snprintf(err, err_len, "out of memory for a %lldx%lld tensor", (long long)t->rows, (long long)t->cols), -1;
-    memcpy(q->blocks, t->src_blocks, (size_t)(t->rows * lay_ggml_row_bytes(t->src_type, t->cols)));
     if (gptq_error_of(t->w, pp, q, t->energy, &st->rel_err, err, err_len)) return lay_qtensor_free(q), -1;
     st->seconds = util_now_s() - t0;
     return 0;

@@ -289,10 +289,9 @@ static int quantize_one(pack_run *r, pack_tensor *t, const gptq_prep *prep, char
 {
     const rt_linear *l = *linear_of(r, t);
     assert(l->dense);
-    if (t->src_blocks) {
-        if (lay_qtensor_alloc(&t->q, t->rows, t->cols, &t->opt))
+    if (t->src_blocks) { /* as stored (invariant 4) */
+        if (lay_qtensor_of_blocks(&t->q, t->rows, t->cols, &t->opt, t->src_blocks))
             return snprintf(err, err_len, "out of memory"), -1;
-        memcpy(t->q.blocks, t->src_blocks, (size_t)(t->rows * lay_ggml_row_bytes(lay_option_ggml(&t->opt), t->cols)));
         return 0;
     }
     /* no stats: the error (about 40% of the time) is the measurement's business */
