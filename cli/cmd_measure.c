@@ -27,7 +27,7 @@ static const char usage_text[] =
     "  --db D            SQLite database (created if absent)\n"
     "  --rows R          calibration rows (default 16)\n"
     "  --ctx C           tokens per row (default 512)\n"
-    "  --options F       option file, or a preset: default (the built-in 28 options) or\n"
+    "  --options F       option file, or a preset: default (the built-in 36 options) or\n"
     "                    ggml (GGUF block types Q2_K .. Q8_0, for export-gguf)\n"
     "  --damp X          GPTQ damping, a share of mean(diag H) (default 0.01)\n"
     "  --kl-probe        also measure each tensor's end-to-end KL divergence\n"

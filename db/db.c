@@ -23,19 +23,41 @@
  *           changes no stored row, so the table's SQL text is edited in place (as
  *           SQLite's documentation allows for CHECK constraints) and the schema
  *           cookie bumped (migrate() does that after every step) so that every
- *           connection reads the new text. */
+ *           connection reads the new text.
+ *   2 -> 3: options gain `rot`, the rotation block (0: none), which is one of the
+ *           fields an option is keyed by. A UNIQUE constraint cannot change in
+ *           place, so the table is rebuilt the way SQLite's documentation says
+ *           (foreign keys off around the step, new table, copy, drop, rename,
+ *           foreign_key_check); every row keeps its id, with rot 0. */
 static const struct {
     const char *sql;
     int reads_same;   /* 1: a database before the step reads the same, so a read-only
                          open may use it unmigrated */
+    int rebuilds;     /* 1: the step rebuilds a table that others reference: foreign
+                         keys are off around its transaction and checked after it */
 } migrations[] = {
     {"PRAGMA writable_schema = ON;"
      "UPDATE sqlite_master SET sql = replace(sql, 'CHECK (kind IN (''bpw'',''vram''))',"
      " 'CHECK (kind IN (''bpw'',''vram'',''size''))') WHERE type = 'table' AND name = 'plans';"
      "PRAGMA writable_schema = OFF;",
-     1},
+     1, 0},
+    {"CREATE TABLE options_v3 ("
+     " id INTEGER PRIMARY KEY,"
+     " name TEXT NOT NULL,"
+     " bits_lo INTEGER NOT NULL CHECK (bits_lo BETWEEN 2 AND 8),"
+     " bits_hi INTEGER NOT NULL CHECK (bits_hi BETWEEN bits_lo AND 8),"
+     " hi_share REAL NOT NULL CHECK (hi_share BETWEEN 0 AND 1),"
+     " group_size INTEGER NOT NULL CHECK (group_size > 0 AND group_size % 32 = 0),"
+     " scale_fmt INTEGER NOT NULL,"
+     " rot INTEGER NOT NULL DEFAULT 0 CHECK (rot IN (0, 64, 128)),"
+     " UNIQUE (bits_lo, bits_hi, hi_share, group_size, scale_fmt, rot));"
+     "INSERT INTO options_v3(id, name, bits_lo, bits_hi, hi_share, group_size, scale_fmt)"
+     " SELECT id, name, bits_lo, bits_hi, hi_share, group_size, scale_fmt FROM options;"
+     "DROP TABLE options;"
+     "ALTER TABLE options_v3 RENAME TO options;",
+     0, 1},
 };
-#define DB_VERSION 2
+#define DB_VERSION 3
 
 /* The schema cookie + 1: connections (this one too) reparse the schema. */
 static int bump_schema_cookie(db_conn *d)
@@ -112,6 +134,7 @@ void db_option_read(sqlite3_stmt *st, int col0, db_option *o)
     o->opt.hi_share = (float)sqlite3_column_double(st, col0 + 4);
     o->opt.group = sqlite3_column_int(st, col0 + 5);
     o->opt.scale_fmt = (lay_scale_fmt)sqlite3_column_int(st, col0 + 6);
+    o->opt.rot = (uint16_t)sqlite3_column_int(st, col0 + 7);
 }
 
 /* Reads meta.schema_version: 0 for an empty database, -1 for one that is not
@@ -143,6 +166,18 @@ static int is_empty(db_conn *d)
     return empty;
 }
 
+/* -1 (with a message) if a row references a row that is not there. */
+static int foreign_keys_broken(db_conn *d)
+{
+    sqlite3_stmt *st = db_prepare(d, "PRAGMA foreign_key_check");
+    if (!st) return -1;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) db_fail(d, "%s: migrating broke a reference from table %s", d->path, sqlite3_column_text(st, 0));
+    else if (rc != SQLITE_DONE) db_fail_sql(d, "checking references");
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
 static int migrate(db_conn *d, int writable)
 {
     int v = read_version(d);
@@ -159,9 +194,15 @@ static int migrate(db_conn *d, int writable)
         const char *step = v == 0 ? db_schema_sql : migrations[v - 1].sql;
         char bump[128];
         snprintf(bump, sizeof bump, "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '%d')", v + 1);
-        if (db_begin(d)) return -1;
-        if (db_exec(d, step) || (v > 0 && bump_schema_cookie(d)) || db_exec(d, bump)) { db_rollback(d); return -1; }
-        if (db_commit(d)) return -1;
+        int rebuilds = v > 0 && migrations[v - 1].rebuilds;
+        if (rebuilds && db_exec(d, "PRAGMA foreign_keys=OFF")) return -1;
+        int rc = db_begin(d);
+        if (!rc && (db_exec(d, step) || (v > 0 && bump_schema_cookie(d)) || db_exec(d, bump) ||
+                    (rebuilds && foreign_keys_broken(d))))
+            db_rollback(d), rc = -1;
+        if (!rc) rc = db_commit(d);
+        if (rebuilds && db_exec(d, "PRAGMA foreign_keys=ON")) rc = -1;
+        if (rc) return -1;
     }
     return 0;
 }

@@ -21,6 +21,7 @@ static int ggml_option_check(const lay_option *o, int64_t rows, int64_t cols, ch
     const char *fmt = NULL;
     long long v = 0;
     if (!t) fmt = "ggml type %lld is not supported", v = lay_option_ggml(o);
+    else if (o->rot) fmt = "a ggml type cannot rotate its inputs (rot %lld)", v = o->rot;
     else if (o->bits_lo != t->bits || o->bits_hi != t->bits || o->hi_share != 0.0f || o->group != t->block)
         fmt = "fields do not match ggml type %lld (bits, share 0, group = block)", v = lay_option_ggml(o);
     else if (rows <= 0) fmt = "rows %lld is not positive", v = rows;
@@ -45,6 +46,11 @@ int lay_option_check(const lay_option *o, int64_t rows, int64_t cols, char *why,
     else if (o->scale_fmt != LAY_SCALE_F16_Z8 && o->scale_fmt != LAY_SCALE_F16) fmt = "scale format %lld is unknown", v = o->scale_fmt;
     else if (rows <= 0) fmt = "rows %lld is not positive", v = rows;
     else if (cols <= 0 || cols % LAY_CHUNK) fmt = "cols %lld is not a positive multiple of 32", v = cols;
+    else if (o->rot != 0 && o->rot != 64 && o->rot != 128) fmt = "rotation block %lld is not 64 or 128", v = o->rot;
+    else if (o->rot && cols % o->rot) {
+        if (why && why_len) snprintf(why, why_len, "cols %lld is not a multiple of the rotation block %d", (long long)cols, o->rot);
+        return -1;
+    }
     if (!fmt) return 0;
     if (why && why_len) snprintf(why, why_len, fmt, v);
     return -1;
@@ -108,13 +114,14 @@ lay_cost lay_tensor_cost(const lay_option *o, int64_t rows, int64_t cols)
     }
     c.zeros = o->scale_fmt == LAY_SCALE_F16_Z8 ? rows * ng : 0;
     c.perm = cols * lay_perm_bytes(cols);
+    c.rot = o->rot ? 4 : 0;
     return c;
 }
 
 int64_t lay_tensor_bits(const lay_option *o, int64_t rows, int64_t cols)
 {
     lay_cost c = lay_tensor_cost(o, rows, cols);
-    return 8 * (c.values + c.scales + c.zeros + c.mins + c.perm);
+    return 8 * (c.values + c.scales + c.zeros + c.mins + c.perm + c.rot);
 }
 
 /* ==== Chunk packing (reference) ==== */
@@ -240,6 +247,7 @@ void lay_qtensor_dequant(const lay_qtensor *t, float *w)
             for (int64_t j = j0; j < j1; j++)
                 w[r * t->cols + t->perm[j]] = s * ((float)t->q[r * t->cols + j] - z);
         }
+    for (int64_t r = 0; t->opt.rot && r < t->rows; r++) lay_rot_unapply(t->opt.rot, t->rot_seed, w + r * t->cols, t->cols);
 }
 
 /* ==== Packed tensors ==== */
@@ -293,6 +301,7 @@ void lay_packed_dequant(const lay_packed *p, float *w)
                 }
             }
         }
+    for (int64_t r = 0; o->rot && r < p->rows; r++) lay_rot_unapply(o->rot, p->rot_seed, w + r * p->cols, p->cols);
 }
 
 float lay_min_at(const lay_packed *p, int64_t r, int64_t g)
@@ -352,4 +361,74 @@ int lay_class_of_name(const char *name)
     for (int c = 0; name && c < LAY_N_CLASSES; c++)
         if (!strcmp(name, class_names[c])) return c;
     return -1;
+}
+
+/* ==== Input rotations ==== */
+
+int lay_rot_sign(uint32_t seed, int64_t j)
+{
+    uint64_t z = ((uint64_t)seed << 32) + (uint64_t)j;
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return z & 1 ? -1 : 1;
+}
+
+/* H_n v in place: stages h = 1, 2, 4, ..., each pair (i, i + h) -> (a + b, a - b). */
+#define FWHT(T, v, n)                                                                      \
+    for (int h = 1; h < (n); h *= 2)                                                       \
+        for (int i0 = 0; i0 < (n); i0 += 2 * h)                                            \
+            for (int i = i0; i < i0 + h; i++) {                                            \
+                T a_ = (v)[i], b_ = (v)[i + h];                                            \
+                (v)[i] = a_ + b_, (v)[i + h] = a_ - b_;                                    \
+            }
+
+static void fwht_f(float *v, int n) { FWHT(float, v, n) }
+static void fwht_d(double *v, int n) { FWHT(double, v, n) }
+
+/* v -> R^T v per block: signs, H_n, 1/sqrt(n) (in T), as layout.h says. */
+#define ROT_APPLY(T, fwht, rot, seed, v, cols)                                             \
+    do {                                                                                   \
+        T norm_ = (T)(1.0 / sqrt((double)(rot)));                                          \
+        for (int64_t j0 = 0; j0 < (cols); j0 += (rot)) {                                   \
+            for (int i = 0; i < (rot); i++) (v)[j0 + i] *= (T)lay_rot_sign((seed), j0 + i); \
+            fwht((v) + j0, (rot));                                                         \
+            for (int i = 0; i < (rot); i++) (v)[j0 + i] *= norm_;                          \
+        }                                                                                  \
+    } while (0)
+
+void lay_rot_apply(int rot, uint32_t seed, float *v, int64_t cols)
+{
+    if (rot) ROT_APPLY(float, fwht_f, rot, seed, v, cols);
+}
+
+void lay_rot_unapply(int rot, uint32_t seed, float *v, int64_t cols)
+{
+    if (!rot) return;
+    float norm = (float)(1.0 / sqrt((double)rot));
+    for (int64_t j0 = 0; j0 < cols; j0 += rot) {
+        fwht_f(v + j0, rot);
+        for (int i = 0; i < rot; i++) v[j0 + i] *= norm * (float)lay_rot_sign(seed, j0 + i);
+    }
+}
+
+/* Every row of h[cols][cols] -> R^T row, in double. */
+static void rot_rows_d(int rot, uint32_t seed, double *h, int64_t cols)
+{
+    for (int64_t r = 0; r < cols; r++) ROT_APPLY(double, fwht_d, rot, seed, h + r * cols, cols);
+}
+
+void lay_rot_hessian(int rot, uint32_t seed, double *h, int64_t cols)
+{
+    if (!rot) return;
+    rot_rows_d(rot, seed, h, cols);  /* rows of H R (H symmetric: row i of H R is R^T h_i) */
+    for (int64_t i = 0; i < cols; i++) /* transpose: R^T H */
+        for (int64_t j = i + 1; j < cols; j++) {
+            double t = h[i * cols + j];
+            h[i * cols + j] = h[j * cols + i], h[j * cols + i] = t;
+        }
+    rot_rows_d(rot, seed, h, cols);  /* R^T H R */
+    for (int64_t i = 0; i < cols; i++) /* exactly symmetric, as GPTQ's Cholesky expects */
+        for (int64_t j = i + 1; j < cols; j++) h[j * cols + i] = h[i * cols + j];
 }

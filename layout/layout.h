@@ -69,6 +69,8 @@ typedef struct {
     float hi_share;         /* share of groups at bits_hi, 0..1 (rounded to whole groups) */
     int32_t group;          /* columns per group, a multiple of 32 */
     lay_scale_fmt scale_fmt;
+    uint16_t rot;           /* 0, or the block (64 or 128 columns) of a randomized
+                               Hadamard rotation of the input dimension (below) */
 } lay_option;
 
 /* The ggml type of an option stored as a GGUF block format, or -1 for bitplan's own. */
@@ -101,6 +103,7 @@ typedef struct {
     int64_t zeros;   /* rows * n_groups (uint8), 0 for symmetric and ggml types */
     int64_t mins;    /* rows * n_groups * 2 (fp16) for Q4_1 and Q5_1, else 0 */
     int64_t perm;    /* cols * lay_perm_bytes, 0 for ggml types */
+    int64_t rot;     /* 4 (the uint32 seed of the signs) for a rotated option, else 0 */
 } lay_cost;
 
 lay_cost lay_tensor_cost(const lay_option *o, int64_t rows, int64_t cols);
@@ -124,6 +127,7 @@ typedef struct {
     uint16_t *scale;   /* [rows][n_groups], fp16 bits */
     uint8_t *zero;     /* [rows][n_groups]; for symmetric formats 2^(b-1), not stored */
     uint8_t *blocks;   /* ggml formats: [rows][lay_ggml_row_bytes(type, cols)] */
+    uint32_t rot_seed; /* opt.rot: the seed of the rotation's signs; q holds W R */
 } lay_qtensor;
 
 /* Allocates the arrays of a qtensor for a shape and option (0, or -1 if out of memory). */
@@ -136,8 +140,40 @@ int lay_qtensor_of_blocks(lay_qtensor *t, int64_t rows, int64_t cols, const lay_
 #define LAY_QTENSOR_ARRAYS 5
 void lay_qtensor_arrays(lay_qtensor *t, void *arrays[LAY_QTENSOR_ARRAYS], size_t bytes[LAY_QTENSOR_ARRAYS]);
 void lay_qtensor_free(lay_qtensor *t);
-/* w[rows][cols] in the original column order: s * (q - z). */
+/* w[rows][cols] in the original column order: s * (q - z), rotated back
+ * (lay_rot_unapply on every row) if the option rotates. */
 void lay_qtensor_dequant(const lay_qtensor *t, float *w);
+
+/* ==== Input rotations ====
+ *
+ * An option with rot = n (64 or 128) quantizes W' = W R instead of W, where R is
+ * block-diagonal over the input dimension, one n x n block per n columns:
+ *
+ *     R_b = D_b H_n / sqrt(n)       H_n the Sylvester Hadamard matrix,
+ *                                   H_n[i][k] = (-1)^popcount(i & k);
+ *                                   D_b = diag(sign(j)) for the block's columns j
+ *
+ *     sign(j) = +1 or -1 by the low bit of splitmix64((seed << 32) + j):
+ *               z += 0x9e3779b97f4a7c15; z = (z ^ z >> 30) * 0xbf58476d1ce4e5b9;
+ *               z = (z ^ z >> 27) * 0x94d049bb133111eb; z ^= z >> 31; odd -> -1
+ *
+ * R is orthogonal, so W x = W' (R^T x): the runtime rotates the activations, and
+ * the map that does it, v -> R^T v (per block: signs, then H_n, then 1/sqrt(n)), is
+ * also the map from a row of W to its row of W' (w' = w R, so w'^T = R^T w^T).
+ * Spreading each column's weight over its block evens out outliers, which makes a
+ * coarse grid lose less (QuIP#, QuaRot); the measurement says where it pays. GPTQ
+ * sees H' = R^T H R, so tr(dW' H' dW'^T) is the same error in the original space.
+ * The fast Walsh-Hadamard transform computes H_n v in n log2 n additions, in a
+ * fixed order (stages h = 1, 2, 4, ..., pairs (i, i + h)), so every path that uses
+ * these functions computes the same floats. */
+#define LAY_ROT_SEED 0x62706c6eu   /* the seed pack and measure use ("bpln") */
+int lay_rot_sign(uint32_t seed, int64_t j);
+/* v[cols] -> R^T v, in place (cols a multiple of rot; rot 0 leaves v alone). */
+void lay_rot_apply(int rot, uint32_t seed, float *v, int64_t cols);
+/* v[cols] -> R v, in place: the inverse, a row of W' back to the row of W. */
+void lay_rot_unapply(int rot, uint32_t seed, float *v, int64_t cols);
+/* h[cols][cols] (symmetric) -> R^T h R, in place, in double. */
+void lay_rot_hessian(int rot, uint32_t seed, double *h, int64_t cols);
 
 /* A packed tensor: the arrays as stored in the file (values in the chunk layout
  * above, row after row; every row has lay_row_bytes bytes). Kernels read this.
@@ -161,6 +197,7 @@ typedef struct lay_packed_s {
     const uint8_t *zeros;    /* [rows][n_groups], NULL for symmetric formats and ggml types */
     const uint16_t *mins;    /* [rows][n_groups] fp16 bits: Q4_1 and Q5_1, else NULL */
     const void *perm;        /* [cols] uint16 or uint32 (lay_perm_bytes); NULL for ggml types */
+    uint32_t rot_seed;       /* opt.rot: the seed of the rotation's signs (values hold W R) */
 } lay_packed;
 
 /* Packs q into caller-provided arrays sized by lay_tensor_cost (an array whose
@@ -184,7 +221,8 @@ static inline int lay_zero_at(const lay_packed *p, int64_t r, int64_t g, int bit
 }
 /* The min of a group in float: 0 unless the tensor has mins. */
 float lay_min_at(const lay_packed *p, int64_t r, int64_t g);
-/* w[rows][cols] in original column order from a packed tensor (reference). */
+/* w[rows][cols] in original column order from a packed tensor (reference),
+ * rotated back if the option rotates. */
 void lay_packed_dequant(const lay_packed *p, float *w);
 
 /* ==== Tensor classes ====

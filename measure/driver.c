@@ -34,6 +34,11 @@
  *     those blocks decoded). The default option set gains the source's 32-wide
  *     types, which bitplan's file holds as they are, so the allocator never pays
  *     error for bits the source already rounded.
+ *  8. An option that rotates its inputs (layout/layout.h) is measured as the packer
+ *     quantizes it: GPTQ on W R under R^T H R with LAY_ROT_SEED (gptq_prepare_slot,
+ *     gptq_quantize_option), each rotation's preparation made once per input group.
+ *     Where its block does not divide a tensor's columns the pair is skipped, as a
+ *     ggml block type is (skips()); the probes' reference is never rotated.
  * It must never print (progress goes through a callback) and never write a row
  * whose numbers it did not compute in this run.
  */
@@ -181,11 +186,13 @@ static int as_stored(const measure_tensor *t, const lay_option *o)
 
 /* 1 if option o skips tensor t: a ggml block type whose block does not divide the
  * tensor's columns (llama.cpp falls back to a 32-wide type there; so does the
- * allocator, which sees no measurement of the pair). */
+ * allocator, which sees no measurement of the pair), or a rotation whose block
+ * does not. */
 static int skips(const measure_run *r, int o, int t)
 {
-    const lay_ggml_traits *g = lay_ggml_traits_of(lay_option_ggml(&r->opts->v[o]));
-    return g && r->t[t].cols % g->block != 0;
+    const lay_option *op = &r->opts->v[o];
+    const lay_ggml_traits *g = lay_ggml_traits_of(lay_option_ggml(op));
+    return (g && r->t[t].cols % g->block != 0) || (op->rot && r->t[t].cols % op->rot != 0);
 }
 
 /* Invariant 1: every option must apply to every tensor (except the pairs that
@@ -219,6 +226,7 @@ static int pick_reference(const measure_run *r)
     double best_d = INFINITY;
     for (int o = 0; o < r->opts->n; o++) {
         const lay_option *op = &r->opts->v[o];
+        if (op->rot) continue; /* the probes' reference is a plain option */
         if (op->bits_lo == 4 && op->bits_hi == 4 && op->group == 128 && op->scale_fmt == LAY_SCALE_F16_Z8) return o;
         int everywhere = 1;
         for (int i = 0; i < r->nt; i++) everywhere &= !skips(r, o, i);
@@ -241,8 +249,11 @@ static int calib_key(measure_run *r, const char *model_hash, char key[65])
                           model_hash, r->cal.sources_hash, r->cal.rows, r->cal.ctx, r->cal.tokenizer, r->p->damp);
     for (int o = 0; o < r->opts->n; o++) {
         const lay_option *op = &r->opts->v[o];
-        n += (size_t)snprintf(s + n, cap - n, "option %d %d %.9g %d %d\n", op->bits_lo, op->bits_hi,
+        n += (size_t)snprintf(s + n, cap - n, "option %d %d %.9g %d %d", op->bits_lo, op->bits_hi,
                               (double)op->hi_share, (int)op->group, (int)op->scale_fmt);
+        /* a rotation (and its seed) is part of the option; plain options keep their old text */
+        if (op->rot) n += (size_t)snprintf(s + n, cap - n, " rot %d seed %u", op->rot, LAY_ROT_SEED);
+        n += (size_t)snprintf(s + n, cap - n, "\n");
     }
     if (r->p->fast_error) n += (size_t)snprintf(s + n, cap - n, "error fast\n"); /* other numbers: another key */
     mdl_sha256_of(s, n, key);
@@ -437,18 +448,19 @@ static int stored_unit(const measure_tensor *t, const gptq_prep *pp, const lay_o
     return 0;
 }
 
-/* One (tensor, option): GPTQ, RTN, and the result. Runs in a worker thread.
- * prep[0] is the group's Hessian prepared in act-order, prep[1] in column order
- * (for ggml block types, which store no permutation). */
+/* One (tensor, option): GPTQ, RTN, and the result, with the preparation of the
+ * option's slot. Runs in a worker thread. */
 static int run_unit(measure_run *r, const measure_unit *u, gptq_prep *const *prep, db_measurement *out, char *err, size_t err_len)
 {
     measure_tensor *t = &r->t[u->t];
     const lay_option *o = &r->opts->v[u->o];
-    const gptq_prep *pp = prep[lay_option_ggml(o) >= 0];
+    const gptq_prep *pp = prep[gptq_prep_slot(o)];
     lay_qtensor q;
     gptq_stats st;
-    if (as_stored(t, o) ? stored_unit(t, pp, o, &q, &st, err, err_len)
-                        : gptq_quantize_prepared(t->w, t->rows, pp, o, t->energy, &q, &st, err, err_len))
+    double rtn = 0;
+    int stored = as_stored(t, o);
+    if (stored ? stored_unit(t, pp, o, &q, &st, err, err_len)
+               : gptq_quantize_option(t->w, t->rows, pp, o, t->energy, &q, &st, u->measure ? &rtn : NULL, err, err_len))
         return -1;
     if (u->keep) {
         t->probe_wq = malloc((size_t)(t->rows * t->cols) * sizeof *t->probe_wq);
@@ -457,8 +469,7 @@ static int run_unit(measure_run *r, const measure_unit *u, gptq_prep *const *pre
     lay_qtensor_free(&q);
     if (u->keep && !t->probe_wq) return snprintf(err, err_len, "out of memory"), -1;
     if (!u->measure) return 0;
-    double rtn = 0;
-    if (rtn_error_prepared(t->w, t->rows, pp, o, t->energy, &rtn, err, err_len)) return -1;
+    if (stored && rtn_error_prepared(t->w, t->rows, pp, o, t->energy, &rtn, err, err_len)) return -1;
     *out = (db_measurement){t->db_id, r->opt_ids[u->o], lay_tensor_bits(o, t->rows, t->cols), st.rel_err, rtn, st.seconds};
     return 0;
 }
@@ -571,8 +582,7 @@ static void forget_weights(measure_run *r, int t0, int t1)
     }
 }
 
-/* prep[0] in act-order if a unit of u[0..n) needs it, prep[1] in column order if
- * one is a ggml block type. */
+/* The preparations (gptq_prep_slot) that a unit of u[0..n) needs. */
 static int prepare_group(measure_run *r, rt_input g, const measure_unit *u, int n, gptq_prep **prep)
 {
     gptq_params gp;
@@ -580,13 +590,11 @@ static int prepare_group(measure_run *r, rt_input g, const measure_unit *u, int 
     gp.damp = r->p->damp;
     gp.fast_error = r->p->fast_error;
     gp.borrow_h = 1; /* the walk's Hessian lives until the visit returns */
-    for (int order = 0; order < 2; order++) {
+    for (int slot = 0; slot < GPTQ_PREP_SLOTS; slot++) {
         int wanted = 0;
-        for (int i = 0; i < n; i++) wanted |= (lay_option_ggml(&r->opts->v[u[i].o]) >= 0) == order;
-        if (!wanted) continue;
-        gp.act_order = !order;
+        for (int i = 0; i < n; i++) wanted |= gptq_prep_slot(&r->opts->v[u[i].o]) == slot;
         char why[256];
-        if (gptq_prepare(r->hl->h[g], r->hl->cols[g], &gp, &prep[order], why, sizeof why))
+        if (wanted && gptq_prepare_slot(r->hl->h[g], r->hl->cols[g], slot, &gp, &prep[slot], why, sizeof why))
             return fail(r, "%s: %s", r->t[u[0].t].name, why);
     }
     return 0;
@@ -655,7 +663,7 @@ static int collect_results(measure_run *r)
 static int run_group(measure_run *r, int t0, int t1, rt_input g)
 {
     int n = 0, rc = -1;
-    gptq_prep *prep[2] = {NULL, NULL};
+    gptq_prep *prep[GPTQ_PREP_SLOTS] = {NULL};
     measure_unit *u = plan_units(r, t0, t1, g, &n);
     if (agreed(r, u ? 0 : fail(r, "out of memory"))) return free(u), -1;
     if (n == 0) { free(u); return 0; }
@@ -668,7 +676,7 @@ static int run_group(measure_run *r, int t0, int t1, rt_input g)
         if (flush(r)) rc = -1; /* what finished is kept even after a failure */
         if (!rc && util_interrupted()) rc = fail(r, "interrupted");
     }
-    gptq_prep_free(prep[0]), gptq_prep_free(prep[1]);
+    for (int i = 0; i < GPTQ_PREP_SLOTS; i++) gptq_prep_free(prep[i]);
     forget_weights(r, t0, t1);
     if (collect_results(r)) rc = -1; /* even after a failure: the other ranks wait for it */
     free(r->pending), r->pending = NULL;

@@ -262,6 +262,59 @@ oom:
     return -1;
 }
 
+int gptq_prep_slot(const lay_option *o)
+{
+    if (lay_option_ggml(o) >= 0) return GPTQ_PREP_COLUMNS;
+    return o->rot == 64 ? GPTQ_PREP_ROT64 : o->rot == 128 ? GPTQ_PREP_ROT128 : GPTQ_PREP_ACT;
+}
+
+/* H' = R^T H R prepared in act-order; the prep owns the rotated copy. */
+static int prepare_rotated(const double *h, int64_t cols, int rot, const gptq_params *p, gptq_prep **out, char *err,
+                           size_t err_len)
+{
+    if (cols % rot)
+        return snprintf(err, err_len, "cols %lld is not a multiple of the rotation block %d", (long long)cols, rot), -1;
+    double *hr = malloc((size_t)(cols * cols) * sizeof *hr);
+    if (!hr) return snprintf(err, err_len, "out of memory rotating a %lld-column Hessian", (long long)cols), -1;
+    memcpy(hr, h, (size_t)(cols * cols) * sizeof *hr);
+    lay_rot_hessian(rot, LAY_ROT_SEED, hr, cols);
+    gptq_params q = *p;
+    q.borrow_h = 1, q.act_order = 1; /* borrowed, then owned: the copy lives as long as the prep */
+    if (gptq_prepare(hr, cols, &q, out, err, err_len)) return free(hr), -1;
+    (*out)->own_h = 1;
+    return 0;
+}
+
+int gptq_prepare_slot(const double *h, int64_t cols, int slot, const gptq_params *p, gptq_prep **out, char *err,
+                      size_t err_len)
+{
+    if (slot == GPTQ_PREP_ROT64 || slot == GPTQ_PREP_ROT128)
+        return prepare_rotated(h, cols, slot == GPTQ_PREP_ROT64 ? 64 : 128, p, out, err, err_len);
+    gptq_params q = *p;
+    q.act_order = slot == GPTQ_PREP_ACT;
+    return gptq_prepare(h, cols, &q, out, err, err_len);
+}
+
+int gptq_quantize_option(const float *w, int64_t rows, const gptq_prep *prep, const lay_option *o, double w_energy,
+                         lay_qtensor *out, gptq_stats *stats, double *rtn_err, char *err, size_t err_len)
+{
+    float *wr = NULL;
+    if (o->rot) { /* W' = W R: each row through the same map as the activations */
+        int64_t cols = prep->cols;
+        if (!(wr = malloc((size_t)(rows * cols) * sizeof *wr)))
+            return snprintf(err, err_len, "out of memory rotating a %lldx%lld tensor", (long long)rows, (long long)cols), -1;
+        memcpy(wr, w, (size_t)(rows * cols) * sizeof *wr);
+        for (int64_t r = 0; r < rows; r++) lay_rot_apply(o->rot, LAY_ROT_SEED, wr + r * cols, cols);
+        w = wr;
+    }
+    int rc = gptq_quantize_prepared(w, rows, prep, o, w_energy, out, stats, err, err_len);
+    if (!rc && rtn_err && rtn_error_prepared(w, rows, prep, o, w_energy, rtn_err, err, err_len))
+        lay_qtensor_free(out), rc = -1;
+    if (!rc) out->rot_seed = o->rot ? LAY_ROT_SEED : 0;
+    free(wr);
+    return rc;
+}
+
 /* ==== The grid (steps 5, 6) ==== */
 
 /* rint (ties to even, as NumPy's) without a libm call: below 2^51 adding and

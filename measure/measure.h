@@ -90,6 +90,23 @@ int gptq_quantize_prepared(const float *w, int64_t rows, const gptq_prep *prep,
                            gptq_stats *stats, char *err, size_t err_len);
 void gptq_prep_free(gptq_prep *prep);
 
+/* What the callers of GPTQ (the measurement, the packer) do for one option. Each
+ * option needs one of a Hessian's preparations, its slot: act-order (bitplan's
+ * options), column order (ggml block types, which store no permutation), or
+ * act-order of H' = R^T H R for a rotated option (layout/layout.h, "Input
+ * rotations", with LAY_ROT_SEED). gptq_prepare_slot makes that preparation (a
+ * rotated one holds its own copy of H'); gptq_quantize_option then quantizes w
+ * under the option, W' = W R for a rotated one (the result holds W' and its
+ * rot_seed), and with rtn_err non-NULL also RTN's rel_err. A rotated option's
+ * rel_err is the original space's, since tr(dW' H' dW'^T) = tr(dW H dW^T), so
+ * w_energy is W's. */
+enum { GPTQ_PREP_ACT, GPTQ_PREP_COLUMNS, GPTQ_PREP_ROT64, GPTQ_PREP_ROT128, GPTQ_PREP_SLOTS };
+int gptq_prep_slot(const lay_option *o);
+int gptq_prepare_slot(const double *h, int64_t cols, int slot, const gptq_params *p, gptq_prep **out, char *err,
+                      size_t err_len);
+int gptq_quantize_option(const float *w, int64_t rows, const gptq_prep *prep, const lay_option *o, double w_energy,
+                         lay_qtensor *out, gptq_stats *stats, double *rtn_err, char *err, size_t err_len);
+
 /* Round-to-nearest with the same grid (act-order permutation from h, same groups
  * and scales): the baseline GPTQ must beat. h may be NULL (identity order). */
 int rtn_quantize(const float *w, int64_t rows, int64_t cols, const double *h,
@@ -174,8 +191,8 @@ typedef struct {
     lay_option *v;
 } opt_set;
 
-/* The default candidate set (28 options, 2.2 to 8.8 bpw in steps of at most 0.5;
- * table in measure/options.c). s->n is 0 if out of memory. */
+/* The default candidate set (36 options, 2.2 to 8.8 bpw in steps of at most 0.5,
+ * 8 of them also rotated; table in measure/options.c). s->n is 0 if out of memory. */
 void opt_default_set(opt_set *s);
 /* Reads a user's option file (format at the top of measure/options.c and in the
  * README). 0, or -1 with a message "FILE:LINE: what 'value' is wrong". */

@@ -12,6 +12,7 @@
  *     4b-g64            4       4       0        64    z8
  *     "3b/5b 10% g32"   3       5       10%      32    z8
  *     3b-sym-g32        3       3       0        32    sym
+ *     3b-g64-h64        3       3       0        64    z8      h64
  *
  *   name       up to 31 characters, unique; double-quote it to use spaces
  *   bits_lo    2..8: width of the less important groups
@@ -21,6 +22,8 @@
  *   group      columns per group, a positive multiple of 32 (the last group of a
  *              tensor may be shorter)
  *   scale_fmt  z8 (fp16 scale + uint8 zero: asymmetric) or sym (fp16 scale only)
+ *   rotation   optional: h64 or h128, a randomized Hadamard rotation of the input
+ *              dimension in blocks of that many columns (layout/layout.h), or none
  *
  * A line of one field that names a ggml block type (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K
  * Q3_K Q4_K Q5_K Q6_K, any case) is that GGUF format as an option (layout/layout.h),
@@ -61,6 +64,11 @@
  *     8b g64              8.403     8.385     8.379
  *     8b g32              8.778     8.760     8.754
  *
+ * and, rotated in blocks of 64 columns (layout/layout.h, "Input rotations"; 4 bytes
+ * more per tensor, the seed, which rounds away here), 2b g128 h64, 2b/3b 10% g128
+ * h64, 2b g64 h64, 2b/3b 30% g64 h64, 3b g128 h64, 3b g64 h64, 3b/4b 25% g128 h64
+ * and 4b g128 h64: 36 options.
+ *
  * (With 576 columns and groups of 128 there are 5 groups, so 10% and 25% both
  * round to one group: the shares are nominal, the cost is always exact.)
  */
@@ -88,6 +96,11 @@ static const struct {
     {8, 8, 0, 64},  {8, 8, 0, 32},
 };
 
+/* The default options that the set also holds rotated (h64, the last rows of the
+ * table above): 4 bits and below, where an outlier costs a coarse grid most. */
+#define OPT_ROT_DEFAULTS 8 /* opt_defaults[0..) up to and including "4b g128" */
+static const int opt_rotated[OPT_ROT_DEFAULTS] = {0, 1, 2, 3, 6, 7, 8, 11};
+
 static void opt_make_name(lay_option *o)
 {
     if (o->bits_hi == o->bits_lo)
@@ -96,18 +109,20 @@ static void opt_make_name(lay_option *o)
         snprintf(o->name, sizeof o->name, "%db/%db %d%% g%d", o->bits_lo, o->bits_hi,
                  (int)lrintf(o->hi_share * 100), (int)o->group);
     if (o->scale_fmt == LAY_SCALE_F16) strncat(o->name, " sym", sizeof o->name - strlen(o->name) - 1);
+    if (o->rot) snprintf(o->name + strlen(o->name), sizeof o->name - strlen(o->name), " h%d", o->rot);
 }
 
 void opt_default_set(opt_set *s)
 {
-    int n = (int)(sizeof opt_defaults / sizeof opt_defaults[0]);
+    int plain = (int)(sizeof opt_defaults / sizeof opt_defaults[0]), n = plain + OPT_ROT_DEFAULTS;
     s->v = calloc((size_t)n, sizeof *s->v);
     s->n = s->v ? n : 0;
     for (int i = 0; i < s->n; i++) {
+        int k = i < plain ? i : opt_rotated[i - plain];
         lay_option *o = &s->v[i];
-        o->bits_lo = opt_defaults[i].lo, o->bits_hi = opt_defaults[i].hi;
-        o->hi_share = opt_defaults[i].share, o->group = opt_defaults[i].group;
-        o->scale_fmt = LAY_SCALE_F16_Z8;
+        o->bits_lo = opt_defaults[k].lo, o->bits_hi = opt_defaults[k].hi;
+        o->hi_share = opt_defaults[k].share, o->group = opt_defaults[k].group;
+        o->scale_fmt = LAY_SCALE_F16_Z8, o->rot = i < plain ? 0 : 64;
         opt_make_name(o);
     }
 }
@@ -138,7 +153,7 @@ int opt_set_load(const char *spec, opt_set *s, char *err, size_t err_len)
 static int same_fields(const lay_option *a, const lay_option *b)
 {
     return a->bits_lo == b->bits_lo && a->bits_hi == b->bits_hi && a->hi_share == b->hi_share &&
-           a->group == b->group && a->scale_fmt == b->scale_fmt;
+           a->group == b->group && a->scale_fmt == b->scale_fmt && a->rot == b->rot;
 }
 
 int opt_set_add(opt_set *s, const lay_option *o)
@@ -159,7 +174,7 @@ void opt_set_free(opt_set *s)
 
 /* ==== The option file ==== */
 
-#define OPT_FIELDS 6
+#define OPT_FIELDS 7 /* the seventh, the rotation, may be left out */
 
 /* Splits line into at most OPT_FIELDS+1 tokens (a quoted token may hold spaces),
  * stopping at '#'. Modifies line. Returns the count, or -1 on an unclosed quote. */
@@ -214,8 +229,19 @@ static int parse_fmt(const char *s, lay_scale_fmt *f)
     return 0;
 }
 
-/* One option from its six tokens. 0, or -1 with "what 'value' is wrong" in why. */
-static int opt_parse(char **t, lay_option *o, char *why, size_t why_len)
+/* "h64" or "h128" -> 64, 128; "none" -> 0; -1 if neither. */
+static int parse_rot(const char *s, uint16_t *rot)
+{
+    if (!strcmp(s, "none")) *rot = 0;
+    else if (!strcmp(s, "h64")) *rot = 64;
+    else if (!strcmp(s, "h128")) *rot = 128;
+    else return -1;
+    return 0;
+}
+
+/* One option from its six or seven tokens (n). 0, or -1 with "what 'value' is
+ * wrong" in why. */
+static int opt_parse(char **t, int n, lay_option *o, char *why, size_t why_len)
 {
     long lo, hi, group;
     memset(o, 0, sizeof *o);
@@ -236,6 +262,8 @@ static int opt_parse(char **t, lay_option *o, char *why, size_t why_len)
         return snprintf(why, why_len, "group '%s' is not a positive multiple of 32", t[4]), -1;
     if (parse_fmt(t[5], &o->scale_fmt))
         return snprintf(why, why_len, "scale_fmt '%s' is not z8 or sym", t[5]), -1;
+    if (n > 6 && parse_rot(t[6], &o->rot))
+        return snprintf(why, why_len, "rotation '%s' is not h64, h128 or none", t[6]), -1;
     o->bits_lo = (uint8_t)lo, o->bits_hi = (uint8_t)hi, o->group = (int32_t)group;
     return 0;
 }
@@ -301,10 +329,10 @@ int opt_read_file(const char *path, opt_set *s, char *err, size_t err_len)
         if (n < 0) snprintf(why, sizeof why, "unclosed or misplaced quote");
         else if (n == 1 && lay_ggml_option(lay_ggml_type_by_name(tok[0]), &o) == 0) ok = 1;
         else if (n == 1) snprintf(why, sizeof why, "'%s' is not a ggml type (Q4_0 .. Q6_K), and an option has 6 fields", tok[0]);
-        else if (n != OPT_FIELDS)
-            snprintf(why, sizeof why, "%d fields, expected 6 (name bits_lo bits_hi hi_share group scale_fmt) "
-                     "or a ggml type", n);
-        else ok = opt_parse(tok, &o, why, sizeof why) == 0;
+        else if (n != OPT_FIELDS - 1 && n != OPT_FIELDS)
+            snprintf(why, sizeof why, "%d fields, expected 6 (name bits_lo bits_hi hi_share group scale_fmt), "
+                     "7 (and a rotation) or a ggml type", n);
+        else ok = opt_parse(tok, n, &o, why, sizeof why) == 0;
         if (!ok || opt_unique(s, lines, &o, why, sizeof why)) {
             snprintf(err, err_len, "%s:%d: %s", path, line, why);
             goto done;

@@ -188,6 +188,7 @@ int mdl_is_packed(const mdl_model *m);
 typedef struct {
     char tensor[96];
     lay_option opt;
+    uint32_t rot_seed;   /* opt.rot: the seed of the rotation's signs ("rot_seed") */
     int64_t bits;
 } mdl_packed_option;
 

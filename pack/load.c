@@ -345,6 +345,10 @@ static int packed_linear(lctx *x, const mdl_packed_option *m, int max_batch, rt_
     if (type >= 0 && (!lay_ggml_packable(type) || x->version < 3))
         return lfail(x, "%s: option \"%s\" is a ggml block type that format_version %d cannot hold", m->tensor,
                      p->opt.name, x->version);
+    if (p->opt.rot && x->version < 4)
+        return lfail(x, "%s: option \"%s\" rotates its inputs, which format_version %d cannot hold", m->tensor,
+                     p->opt.name, x->version);
+    p->rot_seed = m->rot_seed;
     if (expect_part(x, m->tensor, PACK_SUFFIX_VALUES, MDL_U8, rows, lay_row_bytes(&p->opt, cols), &v) ||
         expect_part(x, m->tensor, PACK_SUFFIX_SCALES, MDL_F16, rows, ng, &s) ||
         (p->opt.scale_fmt == LAY_SCALE_F16_Z8 && expect_part(x, m->tensor, PACK_SUFFIX_ZEROS, MDL_U8, rows, ng, &z)) ||

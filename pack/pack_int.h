@@ -11,8 +11,10 @@
 #include "model/model.h"
 
 #define PACK_FORMAT "bitplan-packed"
-#define PACK_FORMAT_VERSION 3     /* the newest version written; 2 added the checksums, 3 ggml block types */
-#define PACK_FORMAT_VERSION_PLAIN 2 /* what a file without ggml block types is written as */
+#define PACK_FORMAT_VERSION 4     /* the newest version written; 2 added the checksums, 3 ggml block
+                                     types, 4 input rotations */
+#define PACK_FORMAT_VERSION_GGML 3  /* what a file with ggml block types and no rotation is written as */
+#define PACK_FORMAT_VERSION_PLAIN 2 /* what a file with neither is written as */
 #define PACK_FORMAT_VERSION_MIN 1 /* the oldest read: version 1 has no checksums */
 #define PACK_META_CHECKSUMS "checksums"
 
@@ -28,6 +30,7 @@ typedef struct {
     const char *name;
     int64_t rows, cols;
     lay_option opt;
+    uint32_t rot_seed;         /* opt.rot: the seed of its signs */
 } pack_meta_tensor;
 
 /* What the "plan" metadata records. */

@@ -295,7 +295,7 @@ static int quantize_one(pack_run *r, pack_tensor *t, const gptq_prep *prep, char
         return 0;
     }
     /* no stats: the error (about 40% of the time) is the measurement's business */
-    return gptq_quantize_prepared(l->dense, t->rows, prep, &t->opt, -1.0, &t->q, NULL, err, err_len);
+    return gptq_quantize_option(l->dense, t->rows, prep, &t->opt, -1.0, &t->q, NULL, NULL, err, err_len);
 }
 
 static int add_part(pack_run *r, const pack_tensor *t, const char *suffix, const char *dtype, int n_dims, int64_t d0, int64_t d1,
@@ -397,8 +397,8 @@ static void release_held(pack_run *r, int t0, int t1)
 }
 
 /* Quantizes this rank's planned tensors of [t0, t1) in parallel (invariant 6).
- * Each input group's Hessian is prepared in act-order for bitplan's options and in
- * column order for ggml block types (prep[g][order]), where a tensor needs it. */
+ * Each input group's Hessian is prepared as its tensors' options need
+ * (prep[g][slot], gptq_prep_slot: act-order, column order, rotated). */
 static int quantize_mine(pack_run *r, int t0, int t1)
 {
     if (util_interrupted()) return fail(r, "interrupted");
@@ -406,15 +406,14 @@ static int quantize_mine(pack_run *r, int t0, int t1)
     gptq_params_init(&gp);
     gp.damp = r->plan.damp;
     gp.borrow_h = 1; /* the walk's Hessians live until the visit returns */
-    gptq_prep *prep[RT_INPUT_COUNT][2] = {{NULL}};
+    gptq_prep *prep[RT_INPUT_COUNT][GPTQ_PREP_SLOTS] = {{NULL}};
     int rc = 0;
     for (int i = t0; !rc && i < t1; i++) {
         rt_input g = rt_class_input(r->t[i].cls);
-        int order = lay_option_ggml(&r->t[i].opt) >= 0;
+        int slot = gptq_prep_slot(&r->t[i].opt);
         char why[256];
-        if (!is_mine(&r->t[i]) || prep[g][order]) continue;
-        gp.act_order = !order;
-        if (gptq_prepare(r->hl->h[g], r->hl->cols[g], &gp, &prep[g][order], why, sizeof why))
+        if (!is_mine(&r->t[i]) || prep[g][slot]) continue;
+        if (gptq_prepare_slot(r->hl->h[g], r->hl->cols[g], slot, &gp, &prep[g][slot], why, sizeof why))
             rc = fail(r, "%s: %s", r->t[i].name, why);
     }
     if (!rc) rc = hold_mine(r, t0, t1);
@@ -425,13 +424,14 @@ static int quantize_mine(pack_run *r, int t0, int t1)
         pack_tensor *t = &r->t[i];
         char err[512];
         if (!is_mine(t) || r->failed) continue;
-        if (quantize_one(r, t, prep[rt_class_input(t->cls)][lay_option_ggml(&t->opt) >= 0], err, sizeof err)) {
+        if (quantize_one(r, t, prep[rt_class_input(t->cls)][gptq_prep_slot(&t->opt)], err, sizeof err)) {
 #pragma omp critical(pack_fail)
             if (!r->failed) r->failed = 1, fail(r, "%s, option \"%s\": %s", t->name, t->opt.name, err);
         }
     }
     openblas_set_num_threads(blas_threads);
-    for (int g = 0; g < RT_INPUT_COUNT; g++) gptq_prep_free(prep[g][0]), gptq_prep_free(prep[g][1]);
+    for (int g = 0; g < RT_INPUT_COUNT; g++)
+        for (int k = 0; k < GPTQ_PREP_SLOTS; k++) gptq_prep_free(prep[g][k]);
     release_held(r, t0, t1); /* before any slot is swapped */
     return rc || r->failed ? -1 : 0;
 }
@@ -598,7 +598,9 @@ static int add_metadata(pack_run *r)
     int n = 0;
     if (!mt) return fail(r, "out of memory");
     for (int i = 0; i < r->nt; i++)
-        if (r->t[i].planned) mt[n++] = (pack_meta_tensor){r->t[i].name, r->t[i].rows, r->t[i].cols, r->t[i].opt};
+        if (r->t[i].planned)
+            mt[n++] = (pack_meta_tensor){r->t[i].name, r->t[i].rows, r->t[i].cols, r->t[i].opt,
+                                         r->t[i].opt.rot ? LAY_ROT_SEED : 0};
     pack_meta_options(&b, mt, n);
     free(mt);
     if (put_meta(r, "options", &b)) return -1;
@@ -610,11 +612,15 @@ static int add_metadata(pack_run *r)
     if (!tok) return -1;
     int rc = pack_writer_meta(r->w, "tokenizer", tok);
     free(tok);
-    /* a file that a version-2 reader can run says 2 (FORMAT.md, Versions) */
-    int ggml = 0;
-    for (int i = 0; i < r->nt; i++) ggml |= r->t[i].planned && lay_option_ggml(&r->t[i].opt) >= 0;
+    /* the oldest version that holds the file, so that older readers run what they can
+     * (FORMAT.md, Versions) */
+    int ggml = 0, rot = 0;
+    for (int i = 0; i < r->nt; i++) {
+        ggml |= r->t[i].planned && lay_option_ggml(&r->t[i].opt) >= 0;
+        rot |= r->t[i].planned && r->t[i].opt.rot;
+    }
     char version[16];
-    snprintf(version, sizeof version, "%d", ggml ? PACK_FORMAT_VERSION : PACK_FORMAT_VERSION_PLAIN);
+    snprintf(version, sizeof version, "%d", rot ? PACK_FORMAT_VERSION : ggml ? PACK_FORMAT_VERSION_GGML : PACK_FORMAT_VERSION_PLAIN);
     if (rc || pack_writer_meta(r->w, "format", PACK_FORMAT) || pack_writer_meta(r->w, "format_version", version))
         return fail(r, "out of memory writing metadata");
     return 0;

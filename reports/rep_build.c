@@ -324,10 +324,57 @@ static int plan_bpw_cmp(const void *a, const void *b)
     return (x->row.id > y->row.id) - (x->row.id < y->row.id);
 }
 
+/* Ranks of v[n] (1-based), ties sharing their mean rank. */
+static void ranks(const double *v, int n, double *rank)
+{
+    for (int i = 0; i < n; i++) {
+        int below = 0, same = 0;
+        for (int k = 0; k < n; k++) below += v[k] < v[i], same += v[k] == v[i];
+        rank[i] = below + (same + 1) / 2.0;
+    }
+}
+
+/* Spearman's rho of (x[i], y[i]): the Pearson correlation of their ranks; NAN if
+ * either is constant. */
+static double spearman(const double *x, const double *y, int n, double *rx, double *ry)
+{
+    ranks(x, n, rx), ranks(y, n, ry);
+    double m = (n + 1) / 2.0, sxy = 0, sxx = 0, syy = 0;
+    for (int i = 0; i < n; i++) sxy += (rx[i] - m) * (ry[i] - m), sxx += (rx[i] - m) * (rx[i] - m), syy += (ry[i] - m) * (ry[i] - m);
+    return sxx > 0 && syy > 0 ? sxy / sqrt(sxx * syy) : NAN;
+}
+
+/* How well the measurement predicts: over the sweep's plans whose objective is KL
+ * divergence and that were evaluated, the rank correlation of predicted and
+ * measured KL, and the range of measured / predicted. */
+static int prediction_quality(rep_report *r)
+{
+    const db_report *d = r->d;
+    double *v = malloc((size_t)(4 * r->n_sweep + 1) * sizeof *v), lo = INFINITY, hi = 0;
+    if (!v) return -1;
+    double *pred = v, *meas = v + r->n_sweep, *rp = v + 2 * r->n_sweep, *rm = v + 3 * r->n_sweep;
+    int n = 0;
+    for (int i = 0; i < r->n_sweep; i++) {
+        const db_rep_plan *p = &d->plans[r->sweep_plans[i]];
+        int e = r->sweep_kld_eval[i];
+        if (e < 0 || strcmp(p->row.metric, "kld") || !(p->row.objective > 0)) continue;
+        pred[n] = p->row.objective, meas[n] = d->evals[e].kld;
+        lo = fmin(lo, meas[n] / pred[n]), hi = fmax(hi, meas[n] / pred[n]), n++;
+    }
+    r->n_ranked = n;
+    r->spearman = n >= 3 ? spearman(pred, meas, n, rp, rm) : NAN;
+    free(v);
+    if (n >= 3)
+        note(r, "sweep '%s': predicted and measured KL divergence rank with Spearman rho %.3f over %d plans; measured / "
+             "predicted %.2f to %.2f", r->sweep, r->spearman, n, lo, hi);
+    return 0;
+}
+
 static int pareto(rep_report *r, int chosen)
 {
     const db_report *d = r->d;
     r->base_eval = rep_plan_eval(r, -1, 0);   /* plan -1: the unquantized model */
+    r->spearman = NAN;
     if (chosen >= 0 && d->plans[chosen].row.sweep[0]) r->sweep = d->plans[chosen].row.sweep;
     for (int i = d->n_plans - 1; i >= 0 && !r->sweep; i--)
         if (d->plans[i].row.sweep[0]) r->sweep = d->plans[i].row.sweep;
@@ -351,7 +398,7 @@ static int pareto(rep_report *r, int chosen)
     }
     if (r->n_sweep < 2) note(r, "sweep '%s' has only one plan", r->sweep);
     if (!measured) note(r, "no evaluations of the plans of sweep '%s': measured KL divergence and perplexity left out (run bitplan eval --db)", r->sweep);
-    return 0;
+    return prediction_quality(r);
 }
 
 static int is_stacked_term(const char *name)

@@ -58,6 +58,9 @@ struct rep_report {
     int *sweep_plans;           /* plan indices by achieved bpw */
     int *sweep_kld_eval, *sweep_ppl_eval;   /* eval index per sweep plan, -1 */
     int base_eval;              /* eval of the unquantized model, -1 */
+    double spearman;            /* rank correlation of predicted (a 'kld' objective) and
+                                   measured KL divergence over the sweep, NAN if < 3 points */
+    int n_ranked;               /* the points it ranks */
 
     /* VRAM. */
     int vram;                   /* plan index, -1 */

@@ -439,7 +439,10 @@ static void pareto_panel(sb_buf *b, const rep_report *r, int panel, double px, d
     }
     if (panel == 2 && r->base_eval >= 0) lo = fmin(lo, d->evals[r->base_eval].ppl), hi = fmax(hi, d->evals[r->base_eval].ppl);
     sb_printf(b, "<g class=\"panel\" data-panel=\"%s\">", panel == 0 ? "predicted" : panel == 1 ? "kld" : "ppl");
-    sb_printf(b, "<text class=\"panel-title\" x=\"%.1f\" y=\"14\">%s</text>", px + ml, titles[panel]);
+    sb_printf(b, "<text class=\"panel-title\" x=\"%.1f\" y=\"14\">%s", px + ml, titles[panel]);
+    if (panel == 1 && !isnan(r->spearman)) /* how well the prediction ranks the plans */
+        sb_printf(b, " (<tspan data-spearman=\"%.6f\">Spearman ρ %.2f</tspan>, %d plans)", r->spearman, r->spearman, r->n_ranked);
+    sb_puts(b, "</text>");
     scale sx = {xlo, xhi, px + ml, px + pw - mr, 0};
     if (n == 0) {
         sb_printf(b, "<rect class=\"empty\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\"/>", sx.r0, mt, sx.r1 - sx.r0, ph - mt - mb);
@@ -474,8 +477,13 @@ static void pareto_panel(sb_buf *b, const rep_report *r, int panel, double px, d
         sb_printf(b, "<circle class=\"point%s\" cx=\"%.1f\" cy=\"%.1f\" r=\"%.1f\" fill=\"%s\" data-plan=\"%lld\"", sel ? " selected" : "",
                  x, at(&sy, v), sel ? 5.0 : 3.6, colors[panel], (long long)p->row.id);
         attr_num(attr_num(b, "data-bpw", p->row.achieved_bpw), "data-value", v);
-        char s1[32], s2[32];
-        sb_printf(b, "><title>plan %lld: %s bpw, %s</title></circle>", (long long)p->row.id, rep_sig(s1, p->row.achieved_bpw, 4), rep_sig(s2, v, 4));
+        /* measured against predicted KL, where the objective is KL */
+        double ratio = panel == 1 && !strcmp(p->row.metric, "kld") && p->row.objective > 0 ? v / p->row.objective : NAN;
+        if (!isnan(ratio)) attr_num(b, "data-ratio", ratio);
+        char s1[32], s2[32], s3[32];
+        sb_printf(b, "><title>plan %lld: %s bpw, %s", (long long)p->row.id, rep_sig(s1, p->row.achieved_bpw, 4), rep_sig(s2, v, 4));
+        if (!isnan(ratio)) sb_printf(b, ", %s × predicted", rep_sig(s3, ratio, 3));
+        sb_puts(b, "</title></circle>");
         if (r->n_sweep <= 16)
             sb_printf(b, "<text class=\"point-label\" x=\"%.1f\" y=\"%.1f\">#%lld</text>", x + 5, at(&sy, v) - 6, (long long)p->row.id);
     }

@@ -117,6 +117,23 @@ static void decode_generic(int bits, const uint8_t *src, float s, float z, float
     for (int i = 0; i < LAY_CHUNK; i++) out[i] = s * ((float)q[i] - z);
 }
 
+/* ==== Input rotation ==== */
+
+static void rotate_generic(int rot, const float *sign, float norm, float *v, int64_t cols)
+{
+    for (int64_t j = 0; j < cols; j++) v[j] *= sign[j];
+    for (int64_t j0 = 0; j0 < cols; j0 += rot) {
+        float *b = v + j0;
+        for (int h = 1; h < rot; h *= 2)
+            for (int i0 = 0; i0 < rot; i0 += 2 * h)
+                for (int i = i0; i < i0 + h; i++) {
+                    float x = b[i], y = b[i + h];
+                    b[i] = x + y, b[i + h] = x - y;
+                }
+    }
+    for (int64_t j = 0; j < cols; j++) v[j] *= norm;
+}
+
 const qk_kernels qk_generic = {
     .name = "generic",
     .quant = qk_quant_ref,
@@ -124,6 +141,7 @@ const qk_kernels qk_generic = {
     .dot = { [2] = dot2_generic, [3] = dot3_generic, [4] = dot4_generic, [5] = dot5_generic,
              [6] = dot6_generic, [7] = dot7_generic, [8] = dot8_generic },
     .decode = decode_generic,
+    .rotate = rotate_generic,
 };
 
 /* ==== Dispatch ==== */

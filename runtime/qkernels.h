@@ -63,6 +63,13 @@ typedef void (*qk_dot_fn)(const uint8_t *v, int64_t ng, int64_t gch, const int8_
  * path of runtime/qlinear.c decodes rows with it. */
 typedef void (*qk_decode_fn)(int bits, const uint8_t *src, float s, float z, float *out);
 
+/* x' = R^T x in place over cols (a multiple of rot, 64 or 128) for a rotated
+ * option (layout/layout.h, "Input rotations"): v[j] *= sign[j], then per block of
+ * rot the fast Walsh-Hadamard transform in lay_rot_apply's butterfly order, then
+ * * norm (1/sqrt(rot) in float). Bit for bit lay_rot_apply's floats: each output is
+ * one add or subtract of the same two operands, in any SIMD order. */
+typedef void (*qk_rotate_fn)(int rot, const float *sign, float norm, float *v, int64_t cols);
+
 typedef enum { QK_ISA_AUTO = 0, QK_ISA_GENERIC, QK_ISA_AVX2, QK_ISA_AVX512 } qk_isa;
 
 /* Activation order inside a run. A kernel may want a run's activations in another
@@ -85,6 +92,7 @@ typedef struct {
     qk_prep_fn prep;
     qk_dot_fn dot[LAY_MAX_BITS + 1];     /* by width, 2..8 */
     qk_decode_fn decode;
+    qk_rotate_fn rotate;
 } qk_kernels;
 
 /* The kernel set of an instruction set, or NULL if this CPU lacks it (AUTO: the

@@ -179,6 +179,40 @@ static void QK_NAME(decode)(int bits, const uint8_t *src, float s, float z, floa
     dequant8(_mm_srli_si128(hi, 8), s8, z8, out + 24);
 }
 
+/* ==== Input rotation ==== */
+
+/* Stages h = 1, 2, 4 inside one vector of 8: each pair (i, i + h) -> (a + b, a - b),
+ * the subtraction as an add of the negated operand (exact), lanes as the plain
+ * loop pairs them. */
+AI __m256 fwht8(__m256 x)
+{
+    const __m256 neg1 = _mm256_castsi256_ps(_mm256_setr_epi32(0, INT32_MIN, 0, INT32_MIN, 0, INT32_MIN, 0, INT32_MIN));
+    const __m256 neg2 = _mm256_castsi256_ps(_mm256_setr_epi32(0, 0, INT32_MIN, INT32_MIN, 0, 0, INT32_MIN, INT32_MIN));
+    const __m256 neg4 = _mm256_castsi256_ps(_mm256_setr_epi32(0, 0, 0, 0, INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN));
+    x = _mm256_add_ps(_mm256_shuffle_ps(x, x, 0xa0), _mm256_xor_ps(_mm256_shuffle_ps(x, x, 0xf5), neg1));
+    x = _mm256_add_ps(_mm256_shuffle_ps(x, x, 0x44), _mm256_xor_ps(_mm256_shuffle_ps(x, x, 0xee), neg2));
+    __m256 lo = _mm256_permute2f128_ps(x, x, 0x00), hi = _mm256_permute2f128_ps(x, x, 0x11);
+    return _mm256_add_ps(lo, _mm256_xor_ps(hi, neg4));
+}
+
+static void QK_NAME(rotate)(int rot, const float *sign, float norm, float *v, int64_t cols)
+{
+    const __m256 nv = _mm256_set1_ps(norm);
+    for (int64_t j0 = 0; j0 < cols; j0 += rot) {
+        float *b = v + j0;
+        for (int i = 0; i < rot; i += 8)
+            _mm256_storeu_ps(b + i, fwht8(_mm256_mul_ps(_mm256_loadu_ps(b + i), _mm256_loadu_ps(sign + j0 + i))));
+        for (int h = 8; h < rot; h *= 2)
+            for (int i0 = 0; i0 < rot; i0 += 2 * h)
+                for (int i = i0; i < i0 + h; i += 8) {
+                    __m256 x = _mm256_loadu_ps(b + i), y = _mm256_loadu_ps(b + i + h);
+                    _mm256_storeu_ps(b + i, _mm256_add_ps(x, y));
+                    _mm256_storeu_ps(b + i + h, _mm256_sub_ps(x, y));
+                }
+        for (int i = 0; i < rot; i += 8) _mm256_storeu_ps(b + i, _mm256_mul_ps(_mm256_loadu_ps(b + i), nv));
+    }
+}
+
 const qk_kernels QK_TABLE = {
     .name = QK_ISA_NAME,
     .quant = QK_NAME(quant),
@@ -187,4 +221,5 @@ const qk_kernels QK_TABLE = {
     .dot = { [2] = QK_NAME(dot2), [3] = QK_NAME(dot3), [4] = QK_NAME(dot4), [5] = QK_NAME(dot5),
              [6] = QK_NAME(dot6), [7] = QK_NAME(dot7), [8] = QK_NAME(dot8) },
     .decode = QK_NAME(decode),
+    .rotate = QK_NAME(rotate),
 };

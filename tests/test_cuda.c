@@ -16,10 +16,12 @@
  * of tests/cuda_emu/ (build-san in `make test`); elsewhere each test skips, saying why:
  *   - rt_cuda_matvec_packed on every option, batch 1..4, 5, 16 and a prompt batch
  *     on both paths against x W^T in double (1e-4 for the fp32 matrix-vector path,
- *     1e-3 for the fp16 cuBLAS path);
+ *     1e-3 for the fp16 cuBLAS path), and the same for options that rotate their
+ *     inputs in blocks of 64 and 128 (W from lay_packed_dequant, rotated back);
+ *   - the device's input rotation equals lay_rot_apply bit for bit;
  *   - a tiny packed model's logits (prompt batch, then token by token) against the
  *     CPU forward pass of the same model with dequantized dense weights, in
- *     bitplan's formats and in the ggml types;
+ *     bitplan's formats, in the ggml types, and in bitplan's formats rotated;
  *   - rt_eval and rt_generate (greedy) with the GPU runner against the CPU's;
  *   - errors: a layer without weights, a batch too large, a token out of range, a
  *     Q4_1 tensor without mins.
@@ -98,7 +100,8 @@ static void ggml_fill(lay_qtensor *q, float mag)
     free(x);
 }
 
-/* A random packed tensor whose weights are about `mag` in size. */
+/* A random packed tensor whose weights are about `mag` in size; one whose option
+ * rotates gets a random seed (its codes are then W R's, and deq W's). */
 static void pt_make(ptensor *t, int64_t rows, int64_t cols, const lay_option *o, float mag)
 {
     lay_qtensor q;
@@ -117,7 +120,7 @@ static void pt_make(ptensor *t, int64_t rows, int64_t cols, const lay_option *o,
                 t->deq);
     lay_pack_tensor(&q, t->values, t->scales, t->zeros, t->mins, t->perm);
     t->p = (lay_packed){ .rows = rows, .cols = cols, .opt = *o, .values = t->values, .scales = t->scales,
-                         .zeros = t->zeros, .mins = t->mins, .perm = t->perm };
+                         .zeros = t->zeros, .mins = t->mins, .perm = t->perm, .rot_seed = o->rot ? rnd() : 0 };
     lay_packed_dequant(&t->p, t->deq);
     lay_qtensor_free(&q);
 }
@@ -131,6 +134,15 @@ static lay_option opt(int lo, int hi, float share, int group, lay_scale_fmt fmt)
 {
     lay_option o = { .bits_lo = (uint8_t)lo, .bits_hi = (uint8_t)hi, .hi_share = share, .group = group, .scale_fmt = fmt };
     snprintf(o.name, sizeof o.name, "%d/%d %.2f g%d %s", lo, hi, (double)share, group, fmt ? "sym" : "asym");
+    return o;
+}
+
+/* The same, rotating its inputs in blocks of rot columns. */
+static lay_option rot_opt(int lo, int hi, float share, int group, lay_scale_fmt fmt, int rot)
+{
+    lay_option o = opt(lo, hi, share, group, fmt);
+    o.rot = (uint16_t)rot;
+    snprintf(o.name + strlen(o.name), sizeof o.name - strlen(o.name), " h%d", rot);
     return o;
 }
 
@@ -397,6 +409,17 @@ static void check_matvec(const ptensor *t, int n, rt_cuda_path path, double tol)
     free(x), free(y), free(ref);
 }
 
+/* Batches 1..5 and 16 on the matrix-vector kernels, a prompt on the fp16 cuBLAS path
+ * and forced onto the kernels, a small batch forced onto cuBLAS. */
+static void check_paths(const ptensor *t)
+{
+    for (int n = 1; n <= 5; n++) check_matvec(t, n, RT_CUDA_PATH_AUTO, 1e-4);
+    check_matvec(t, 16, RT_CUDA_PATH_AUTO, 1e-4);
+    check_matvec(t, 37, RT_CUDA_PATH_AUTO, 1e-3);   /* prompt: fp16 cuBLAS */
+    check_matvec(t, 37, RT_CUDA_PATH_MATVEC, 1e-4);
+    check_matvec(t, 3, RT_CUDA_PATH_GEMM, 1e-3);
+}
+
 static void test_gpu_matvec(void **state)
 {
     (void)state;
@@ -408,14 +431,54 @@ static void test_gpu_matvec(void **state)
         for (int k = 0; k < n_opts; k++) {
             ptensor t;
             pt_make(&t, shapes[s][0], shapes[s][1], &opts[k], 0.05f);
-            for (int n = 1; n <= 4; n++) check_matvec(&t, n, RT_CUDA_PATH_AUTO, 1e-4);
-            check_matvec(&t, 5, RT_CUDA_PATH_AUTO, 1e-4);
-            check_matvec(&t, 16, RT_CUDA_PATH_AUTO, 1e-4);
-            check_matvec(&t, 37, RT_CUDA_PATH_AUTO, 1e-3);   /* prompt: fp16 cuBLAS */
-            check_matvec(&t, 37, RT_CUDA_PATH_MATVEC, 1e-4);
-            check_matvec(&t, 3, RT_CUDA_PATH_GEMM, 1e-3);
+            check_paths(&t);
             pt_free(&t);
         }
+}
+
+/* Rotated options (blocks of 64 and 128, plain, mixed, symmetric) on shapes whose
+ * columns hold whole blocks of both; the same paths and tolerances. */
+static void test_gpu_matvec_rot(void **state)
+{
+    (void)state;
+    NEED_GPU();
+    const lay_option opts[] = { rot_opt(4, 4, 0, 64, LAY_SCALE_F16_Z8, 64), rot_opt(4, 4, 0, 64, LAY_SCALE_F16_Z8, 128),
+                                rot_opt(2, 3, 0.3f, 128, LAY_SCALE_F16_Z8, 64), rot_opt(3, 3, 0, 32, LAY_SCALE_F16, 128) };
+    const int64_t shapes[][2] = { { 300, 256 }, { 70, 384 } };
+    for (int s = 0; s < 2; s++)
+        for (int k = 0; k < 4; k++) {
+            ptensor t;
+            pt_make(&t, shapes[s][0], shapes[s][1], &opts[k], 0.05f);
+            check_paths(&t);
+            pt_free(&t);
+        }
+}
+
+/* The device's rotation is lay_rot_apply's, bit for bit, on values of many
+ * magnitudes (so that the butterflies round); bad arguments fail with a message. */
+static void test_gpu_rotate(void **state)
+{
+    (void)state;
+    NEED_GPU();
+    enum { N = 3, COLS = 384 };
+    static const int rots[] = {64, 128};
+    float *x = malloc(N * COLS * sizeof *x), *ref = malloc(N * COLS * sizeof *ref), *y = malloc(N * COLS * sizeof *y);
+    char err[256];
+    assert_true(x && ref && y);
+    for (int i = 0; i < N * COLS; i++) x[i] = ldexpf(rndf(), (int)(rnd() % 24) - 12);
+    for (int r = 0; r < 2; r++) {
+        uint32_t seed = rnd();
+        memcpy(ref, x, N * COLS * sizeof *ref);
+        for (int k = 0; k < N; k++) lay_rot_apply(rots[r], seed, ref + k * COLS, COLS);
+        if (rt_cuda_rotate(rots[r], seed, x, N, COLS, y, err, sizeof err)) fail_msg("%s", err);
+        for (int i = 0; i < N * COLS; i++)
+            if (memcmp(&y[i], &ref[i], sizeof y[i]))
+                fail_msg("rot %d: value %d is %a, lay_rot_apply's %a", rots[r], i, (double)y[i], (double)ref[i]);
+    }
+    assert_int_equal(rt_cuda_rotate(32, 1, x, N, COLS, y, err, sizeof err), -1);
+    assert_non_null(strstr(err, "blocks of 32"));
+    assert_int_equal(rt_cuda_rotate(128, 1, x, 1, 320, y, err, sizeof err), -1);
+    free(x), free(y), free(ref);
 }
 
 /* ==== A tiny model: packed on the GPU, the same weights dense on the CPU ==== */
@@ -438,9 +501,17 @@ static float *vec_copy(const float *src, int64_t n)
     return p;
 }
 
-/* The layers in bitplan's formats, or (ggml) in the 32-wide ggml types; the head
- * (also the embedding, decoded on the host) in 4-bit g32 either way. */
-static void tiny_make(tiny *m, int dense_o, int ggml)
+/* The formats of a tiny model's layers. */
+typedef enum {
+    TM_OWN,   /* bitplan's */
+    TM_GGML,  /* the 32-wide ggml types */
+    TM_ROT,   /* bitplan's, rotating their inputs in blocks of 64 where the columns allow
+                 (all but down's 160), the head and embedding too */
+} tm_formats;
+
+/* The layers in the formats fmt says; the head (also the embedding, decoded on the
+ * host by get_row) in 4-bit g32, rotated with TM_ROT. */
+static void tiny_make(tiny *m, int dense_o, tm_formats fmt)
 {
     static const int64_t Q = TM_HEADS * TM_HD, KV = TM_KV * TM_HD;
     const int64_t shape[LAY_HEAD][2] = {{Q, TM_DIM}, {KV, TM_DIM}, {KV, TM_DIM}, {TM_DIM, Q},
@@ -452,7 +523,12 @@ static void tiny_make(tiny *m, int dense_o, int ggml)
     const lay_option gg[LAY_HEAD] = { ggml_opt(LAY_GGML_Q4_0), ggml_opt(LAY_GGML_Q4_1), ggml_opt(LAY_GGML_Q5_0),
                                      ggml_opt(LAY_GGML_Q5_1), ggml_opt(LAY_GGML_Q8_0), ggml_opt(LAY_GGML_Q4_1),
                                      ggml_opt(LAY_GGML_Q5_1) };
-    const lay_option *o = ggml ? gg : own;
+    lay_option rot[LAY_HEAD];
+    for (int k = 0; k < LAY_HEAD; k++) {
+        rot[k] = own[k];
+        rot[k].rot = shape[k][1] % 64 ? 0 : 64;
+    }
+    const lay_option *o = fmt == TM_GGML ? gg : fmt == TM_ROT ? rot : own;
     char err[256];
     memset(m, 0, sizeof *m);
     mdl_config *c = &m->gpu.cfg;
@@ -485,7 +561,7 @@ static void tiny_make(tiny *m, int dense_o, int ggml)
         m->gl[l].attn_norm = m->cl[l].attn_norm = m->norms[2 * l];
         m->gl[l].ffn_norm = m->cl[l].ffn_norm = m->norms[2 * l + 1];
     }
-    pt_make(&m->head, TM_VOCAB, TM_DIM, &own[0], 1.0f);
+    pt_make(&m->head, TM_VOCAB, TM_DIM, fmt == TM_ROT ? &rot[0] : &own[0], 1.0f);
     m->gpu.embed = rt_linear_packed(&m->head.p, 1, NULL, err, sizeof err); /* get_row decodes exactly */
     assert_non_null(m->gpu.embed);
     m->gpu.embed->packed = &m->head.p;
@@ -521,11 +597,11 @@ static double rel_err_f(const float *y, const float *ref, int64_t len)
 }
 
 /* Prompt of n0 tokens in one batch, then one token at a time, then a batch of 3. */
-static void run_model_check(int dense_o, int ggml, int max_batch, double tol_prompt)
+static void run_model_check(int dense_o, tm_formats fmt, int max_batch, double tol_prompt)
 {
     enum { N0 = 24, NT = 36 };
     tiny m;
-    tiny_make(&m, dense_o, ggml);
+    tiny_make(&m, dense_o, fmt);
     int32_t tok[NT];
     for (int i = 0; i < NT; i++) tok[i] = (int32_t)(rnd() % TM_VOCAB);
     rt_state *s = rt_state_new(&m.cpu, 64, 32);
@@ -567,22 +643,30 @@ static void test_gpu_model_decode(void **state)
 {
     (void)state;
     NEED_GPU();
-    run_model_check(0, 0, 8, 1e-3);   /* batches of 8: the fp32 matrix-vector path throughout */
+    run_model_check(0, TM_OWN, 8, 1e-3);   /* batches of 8: the fp32 matrix-vector path throughout */
 }
 
 static void test_gpu_model_prompt(void **state)
 {
     (void)state;
     NEED_GPU();
-    run_model_check(1, 0, 32, 3e-3);  /* one batch of 24: fp16 cuBLAS path; dense o layers */
+    run_model_check(1, TM_OWN, 32, 3e-3);  /* one batch of 24: fp16 cuBLAS path; dense o layers */
 }
 
 static void test_gpu_model_ggml(void **state)
 {
     (void)state;
     NEED_GPU();
-    run_model_check(0, 1, 8, 1e-3);   /* the layers in ggml types: matrix-vector path */
-    run_model_check(0, 1, 32, 3e-3);  /* and the fp16 cuBLAS path */
+    run_model_check(0, TM_GGML, 8, 1e-3);   /* the layers in ggml types: matrix-vector path */
+    run_model_check(0, TM_GGML, 32, 3e-3);  /* and the fp16 cuBLAS path */
+}
+
+static void test_gpu_model_rot(void **state)
+{
+    (void)state;
+    NEED_GPU();
+    run_model_check(0, TM_ROT, 8, 1e-3);   /* rotated layers: matrix-vector path */
+    run_model_check(0, TM_ROT, 32, 3e-3);  /* and the fp16 cuBLAS path */
 }
 
 static void test_gpu_eval(void **state)
@@ -590,7 +674,7 @@ static void test_gpu_eval(void **state)
     (void)state;
     NEED_GPU();
     tiny m;
-    tiny_make(&m, 0, 0);
+    tiny_make(&m, 0, TM_OWN);
     enum { N = 200 };
     int32_t tok[N];
     for (int i = 0; i < N; i++) tok[i] = (int32_t)(rnd() % TM_VOCAB);
@@ -622,7 +706,7 @@ static void test_gpu_generate(void **state)
     (void)state;
     NEED_GPU();
     tiny m;
-    tiny_make(&m, 0, 0);
+    tiny_make(&m, 0, TM_OWN);
     int32_t prompt[5] = {3, 1, 4, 1, 5}, a[40] = {0}, b[40] = {0};
     rt_gen_params p;
     rt_gen_params_init(&p);
@@ -645,7 +729,7 @@ static void test_gpu_errors(void **state)
     (void)state;
     NEED_GPU();
     tiny m;
-    tiny_make(&m, 0, 0);
+    tiny_make(&m, 0, TM_OWN);
     rt_cuda_model *g;
     char err[256] = "";
     const lay_packed *keep = m.bare[1][LAY_UP]->packed;
@@ -687,9 +771,12 @@ int main(void)
         cmocka_unit_test(test_emulated_dequant),
         cmocka_unit_test(test_device_info),
         cmocka_unit_test(test_gpu_matvec),
+        cmocka_unit_test(test_gpu_matvec_rot),
+        cmocka_unit_test(test_gpu_rotate),
         cmocka_unit_test(test_gpu_model_decode),
         cmocka_unit_test(test_gpu_model_prompt),
         cmocka_unit_test(test_gpu_model_ggml),
+        cmocka_unit_test(test_gpu_model_rot),
         cmocka_unit_test(test_gpu_eval),
         cmocka_unit_test(test_gpu_generate),
         cmocka_unit_test(test_gpu_errors),

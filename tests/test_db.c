@@ -101,10 +101,22 @@ static int64_t add_calib(db_conn *d, int64_t model, const char *key, int *done)
 
 static int64_t add_option(db_conn *d, int bits, int group)
 {
-    lay_option o = {"opt", (uint8_t)bits, (uint8_t)bits, 0.0f, group, LAY_SCALE_F16_Z8};
+    lay_option o = {"opt", (uint8_t)bits, (uint8_t)bits, 0.0f, group, LAY_SCALE_F16_Z8, 0};
     int64_t id = 0;
     assert_int_equal(db_option_upsert(d, &o, &id), 0);
     return id;
+}
+
+/* A plain option (id 1) written by SQL into the file at p, whatever its version. */
+static void add_option_to(const char *p, int bits, int group)
+{
+    sqlite3 *s;
+    char sql[256];
+    snprintf(sql, sizeof sql, "INSERT INTO options(id, name, bits_lo, bits_hi, hi_share, group_size, scale_fmt) "
+             "VALUES (1, 'plain', %d, %d, 0, %d, 0)", bits, bits, group);
+    assert_int_equal(sqlite3_open(p, &s), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(s, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(s);
 }
 
 /* ==== Opening ==== */
@@ -114,18 +126,18 @@ static void test_create_reopen(void **state)
     (void)state;
     const char *p = path_in_dir("create.db");
     db_conn *d = open_ok(p, DB_OPEN_CREATE);
-    assert_int_equal(db_schema_version(d), 2);
+    assert_int_equal(db_schema_version(d), 3);
     int64_t m = add_model(d);
     db_close(d);
     d = open_ok(p, DB_OPEN_WRITE);
-    assert_int_equal(db_schema_version(d), 2);
+    assert_int_equal(db_schema_version(d), 3);
     int64_t m2 = 0;
     assert_int_equal(db_model_upsert(d, &model_a, &m2), 0);
     assert_int_equal(m, m2);
     db_close(d);
     assert_int_equal(count_rows(p, "models"), 1);
     d = open_ok(p, DB_OPEN_READ);
-    assert_int_equal(db_schema_version(d), 2);
+    assert_int_equal(db_schema_version(d), 3);
     db_close(d);
 }
 
@@ -160,15 +172,16 @@ static void test_migrate_empty_file(void **state)
         assert_int_equal(st.st_size, 0);
     }
     db_conn *d = open_ok(p, DB_OPEN_CREATE);
-    assert_int_equal(db_schema_version(d), 2);
+    assert_int_equal(db_schema_version(d), 3);
     db_close(d);
     assert_int_equal(count_rows(p, "measurements"), 0);
 }
 
-/* A version-1 database (plans of kind 'bpw' or 'vram' only) migrates to version 2
- * on a writable open, keeps its rows, and then takes a 'size' plan; read-only (pack,
- * export-gguf, report) it is read as it is, since it reads the same. */
-static void test_migrate_v1_to_v2(void **state)
+/* A version-1 database (plans of kind 'bpw' or 'vram' only, options without a
+ * rotation) migrates to version 3 on a writable open, keeps its rows, and then takes
+ * a 'size' plan and a rotated option; read-only (pack, export-gguf, report) it is
+ * refused with a clear message, since version 3's options have a column it lacks. */
+static void test_migrate_v1_to_v3(void **state)
 {
     (void)state;
     const char *p = path_in_dir("v1.db");
@@ -181,7 +194,16 @@ static void test_migrate_v1_to_v2(void **state)
         "PRAGMA writable_schema = ON;"
         "UPDATE sqlite_master SET sql = replace(sql, 'CHECK (kind IN (''bpw'',''vram'',''size''))',"
         " 'CHECK (kind IN (''bpw'',''vram''))') WHERE name = 'plans';"
-        "PRAGMA writable_schema = OFF; UPDATE meta SET value = '1' WHERE key = 'schema_version';";
+        "PRAGMA writable_schema = OFF; UPDATE meta SET value = '1' WHERE key = 'schema_version';"
+        "PRAGMA foreign_keys = OFF;"
+        "CREATE TABLE options_v1 (id INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+        " bits_lo INTEGER NOT NULL CHECK (bits_lo BETWEEN 2 AND 8),"
+        " bits_hi INTEGER NOT NULL CHECK (bits_hi BETWEEN bits_lo AND 8),"
+        " hi_share REAL NOT NULL CHECK (hi_share BETWEEN 0 AND 1),"
+        " group_size INTEGER NOT NULL CHECK (group_size > 0 AND group_size % 32 = 0),"
+        " scale_fmt INTEGER NOT NULL, UNIQUE (bits_lo, bits_hi, hi_share, group_size, scale_fmt));"
+        "INSERT INTO options_v1 SELECT id, name, bits_lo, bits_hi, hi_share, group_size, scale_fmt FROM options;"
+        "DROP TABLE options; ALTER TABLE options_v1 RENAME TO options;";
     assert_int_equal(sqlite3_exec(s, downgrade, NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(s);
     assert_int_equal(sqlite3_open(p, &s), SQLITE_OK);
@@ -190,12 +212,18 @@ static void test_migrate_v1_to_v2(void **state)
     assert_int_not_equal(sqlite3_exec(s, "PRAGMA foreign_keys = OFF", NULL, NULL, NULL), -1);
     assert_int_equal(sqlite3_exec(s, plan, NULL, NULL, NULL), SQLITE_CONSTRAINT); /* the old CHECK */
     sqlite3_close(s);
-    d = open_ok(p, DB_OPEN_READ);
-    assert_int_equal(db_schema_version(d), 1);
+    add_option_to(p, 4, 64);
+    assert_int_not_equal(db_open(p, DB_OPEN_READ, &d), 0);
+    assert_non_null(strstr(db_errmsg(d), "schema version 1 needs migrating; open it writable"));
     db_close(d);
     d = open_ok(p, DB_OPEN_WRITE);
-    assert_int_equal(db_schema_version(d), 2);
+    assert_int_equal(db_schema_version(d), 3);
+    lay_option rotated = {"4b g64 h64", 4, 4, 0.0f, 64, LAY_SCALE_F16_Z8, 64};
+    int64_t id = 0;
+    assert_int_equal(db_option_upsert(d, &rotated, &id), 0);
+    assert_int_not_equal(id, 1); /* beside the plain one, which kept its id */
     db_close(d);
+    assert_int_equal(count_rows(p, "options"), 2);
     assert_int_equal(count_rows(p, "models"), 1);
     assert_int_equal(sqlite3_open(p, &s), SQLITE_OK);
     assert_int_equal(sqlite3_exec(s, "PRAGMA foreign_keys = OFF", NULL, NULL, NULL), SQLITE_OK);
@@ -371,11 +399,15 @@ static void test_upserts_are_idempotent(void **state)
     int64_t o = add_option(d, 4, 128);
     assert_int_equal(add_option(d, 4, 128), o);
     assert_int_not_equal(add_option(d, 4, 64), o);
-    lay_option mix = {"3b/5b", 3, 5, 0.1f, 64, LAY_SCALE_F16};
+    lay_option mix = {"3b/5b", 3, 5, 0.1f, 64, LAY_SCALE_F16, 0};
     int64_t x1, x2;
     assert_int_equal(db_option_upsert(d, &mix, &x1), 0);
     assert_int_equal(db_option_upsert(d, &mix, &x2), 0);
     assert_int_equal(x1, x2);
+    lay_option mix_rot = mix;
+    mix_rot.rot = 64;
+    assert_int_equal(db_option_upsert(d, &mix_rot, &x2), 0);
+    assert_int_not_equal(x1, x2); /* a rotation is part of an option's key */
     /* the same name with another shape is refused */
     db_tensor_info bad = {"blk.0.attn_q.weight", 0, "q", "attn", 32, 64};
     int64_t id;
@@ -433,7 +465,7 @@ int main(void)
         cmocka_unit_test(test_create_reopen),
         cmocka_unit_test(test_missing_without_create),
         cmocka_unit_test(test_migrate_empty_file),
-        cmocka_unit_test(test_migrate_v1_to_v2),
+        cmocka_unit_test(test_migrate_v1_to_v3),
         cmocka_unit_test(test_not_a_database),
         cmocka_unit_test(test_foreign_database),
         cmocka_unit_test(test_truncated_database),

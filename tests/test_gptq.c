@@ -520,14 +520,17 @@ static void test_default_options(void **state)
     double lo = 99, hi = 0;
     for (int i = 0; i < s.n; i++) {
         char why[128];
-        for (int64_t cols = 32; cols <= 4096; cols += 32)
+        int64_t step = s.v[i].rot ? s.v[i].rot : 32; /* a rotation needs whole blocks */
+        for (int64_t cols = step; cols <= 4096; cols += step)
             if (lay_option_check(&s.v[i], 1, cols, why, sizeof why)) fail_msg("%s on %lld cols: %s", s.v[i].name, (long long)cols, why);
+        if (s.v[i].rot) assert_int_not_equal(lay_option_check(&s.v[i], 1, s.v[i].rot + 32, NULL, 0), 0);
         double bpw = (double)lay_tensor_bits(&s.v[i], 4096, 4096) / (4096.0 * 4096.0);
         lo = fmin(lo, bpw), hi = fmax(hi, bpw);
         for (int k = 0; k < i; k++) {
             assert_string_not_equal(s.v[i].name, s.v[k].name);
             assert_false(s.v[i].bits_lo == s.v[k].bits_lo && s.v[i].bits_hi == s.v[k].bits_hi &&
-                         s.v[i].hi_share == s.v[k].hi_share && s.v[i].group == s.v[k].group);
+                         s.v[i].hi_share == s.v[k].hi_share && s.v[i].group == s.v[k].group &&
+                         s.v[i].rot == s.v[k].rot);
         }
     }
     assert_true(lo < 2.3 && hi > 8.0);

@@ -83,7 +83,7 @@ static void make_packed(packed_t *t, int64_t rows, int64_t cols, const lay_optio
     t->perm = c.perm ? malloc((size_t)c.perm) : NULL;
     lay_pack_tensor(&q, t->values, t->scales, t->zeros, t->mins, t->perm);
     t->p = (lay_packed){ .rows = rows, .cols = cols, .opt = *o, .values = t->values, .scales = t->scales,
-                         .zeros = t->zeros, .mins = t->mins, .perm = t->perm };
+                         .zeros = t->zeros, .mins = t->mins, .perm = t->perm, .rot_seed = o->rot ? rnd() : 0 };
     lay_qtensor_free(&q);
 }
 
@@ -110,13 +110,20 @@ static void round_inputs(const lay_packed *p, const float *x, int n, float *xt)
 
 /* y[n][rows] = W_deq x~ in double, rounded to float; x~ is x rounded as the int8
  * path rounds it, or x itself where the product takes the exact path
- * (n >= RT_PACKED_EXACT_BATCH). */
+ * (n >= RT_PACKED_EXACT_BATCH). A rotated tensor rounds x' = R^T x (lay_rot_apply)
+ * instead, and x~ is the rounded x' rotated back (lay_rot_unapply), since
+ * lay_packed_dequant gives W = W' R^T. */
 static void reference(const lay_packed *p, const float *x, int n, float *y)
 {
     float *w = malloc((size_t)(p->rows * p->cols) * sizeof *w), *xt = malloc((size_t)(n * p->cols) * sizeof *xt);
+    float *xr = malloc((size_t)(n * p->cols) * sizeof *xr);
     lay_packed_dequant(p, w);
-    if (n >= RT_PACKED_EXACT_BATCH) memcpy(xt, x, (size_t)(n * p->cols) * sizeof *xt);
-    else round_inputs(p, x, n, xt);
+    memcpy(xr, x, (size_t)(n * p->cols) * sizeof *xr);
+    for (int k = 0; k < n; k++) lay_rot_apply(p->opt.rot, p->rot_seed, xr + k * p->cols, p->cols);
+    if (n >= RT_PACKED_EXACT_BATCH) memcpy(xt, xr, (size_t)(n * p->cols) * sizeof *xt);
+    else round_inputs(p, xr, n, xt);
+    for (int k = 0; k < n; k++) lay_rot_unapply(p->opt.rot, p->rot_seed, xt + k * p->cols, p->cols);
+    free(xr);
     for (int k = 0; k < n; k++)
         for (int64_t r = 0; r < p->rows; r++) {
             double s = 0;
@@ -145,6 +152,15 @@ static lay_option opt(int lo, int hi, float share, int group, lay_scale_fmt fmt)
     return o;
 }
 
+/* The same, rotated in blocks of rot columns. */
+static lay_option rot_opt(int lo, int hi, float share, int group, lay_scale_fmt fmt, int rot)
+{
+    lay_option o = opt(lo, hi, share, group, fmt);
+    o.rot = (uint16_t)rot;
+    snprintf(o.name + strlen(o.name), sizeof o.name - strlen(o.name), " h%d", rot);
+    return o;
+}
+
 /* A 32-wide ggml type as a packed option. */
 static lay_option ggml_opt(int type)
 {
@@ -169,6 +185,9 @@ static int all_options(lay_option *out)
     }
     static const int ggml[] = {LAY_GGML_Q4_0, LAY_GGML_Q4_1, LAY_GGML_Q5_0, LAY_GGML_Q5_1, LAY_GGML_Q8_0};
     for (int i = 0; i < 5; i++) out[n++] = ggml_opt(ggml[i]);
+    out[n++] = rot_opt(4, 4, 0, 64, LAY_SCALE_F16_Z8, 64);
+    out[n++] = rot_opt(2, 3, 0.3f, 128, LAY_SCALE_F16_Z8, 64);
+    out[n++] = rot_opt(3, 3, 0, 32, LAY_SCALE_F16, 128);
     return n;
 }
 
@@ -223,6 +242,7 @@ static void check_matmul_shape(int64_t rows, int64_t cols)
         for (int o = 0; o < nopt; o++) {
             packed_t t;
             char err[256];
+            if (lay_option_check(&opts[o], rows, cols, NULL, 0)) continue; /* a rotation block that does not divide */
             make_packed(&t, rows, cols, &opts[o]);
             rt_linear *l = rt_linear_packed(&t.p, NMAX, NULL, err, sizeof err);
             assert_non_null(l);
@@ -250,6 +270,34 @@ static void test_matmul(void **state)
     (void)state;
     check_matmul_shape(37, 32 * 13);  /* no group divides 416 except 32: short groups of one chunk */
     check_matmul_shape(21, 32 * 18);  /* 576 (SmolLM2): groups of 128 end in a short group of two chunks */
+    check_matmul_shape(13, 32 * 8);   /* 256: both rotation blocks */
+}
+
+/* Every kernel set's rotation is lay_rot_apply's, bit for bit, and a rotation is
+ * undone by lay_rot_unapply (to float rounding). */
+static void test_rotate(void **state)
+{
+    (void)state;
+    enum { COLS = 128 * 3 };
+    static const int rots[] = {64, 128};
+    float x[COLS], ref[COLS], v[COLS], sign[COLS];
+    for (int j = 0; j < COLS; j++) x[j] = rndf() * (j % 17 == 0 ? 30.0f : 1.0f); /* a few outliers */
+    for (int r = 0; r < 2; r++) {
+        uint32_t seed = rnd();
+        int rot = rots[r];
+        for (int j = 0; j < COLS; j++) sign[j] = (float)lay_rot_sign(seed, j);
+        memcpy(ref, x, sizeof x);
+        lay_rot_apply(rot, seed, ref, COLS);
+        for (size_t i = 0; i < sizeof isas / sizeof *isas; i++) {
+            const qk_kernels *k = qk_get(isas[i]);
+            if (!k) continue;
+            memcpy(v, x, sizeof x);
+            k->rotate(rot, sign, (float)(1.0 / sqrt((double)rot)), v, COLS);
+            assert_memory_equal(v, ref, sizeof v);
+        }
+        lay_rot_unapply(rot, seed, v, COLS);
+        for (int j = 0; j < COLS; j++) assert_true(fabsf(v[j] - x[j]) <= 1e-5f * 30.0f);
+    }
 }
 
 /* The int8 activations are close to exact ones: W_deq x against the kernel. */
@@ -314,22 +362,24 @@ static void test_threads(void **state)
 static void test_get_row(void **state)
 {
     (void)state;
-    const int64_t rows = 19, cols = 32 * 11;
+    const int64_t rows = 19;
     for (size_t i = 0; i < sizeof isas / sizeof *isas; i++) {
         if (qk_force(isas[i])) continue;
         static const int ggml[] = {LAY_GGML_Q4_0, LAY_GGML_Q4_1, LAY_GGML_Q5_0, LAY_GGML_Q5_1, LAY_GGML_Q8_0};
-        for (int f = 0; f < 4 + 5; f++) {
-            lay_option o = f >= 4 ? ggml_opt(ggml[f - 4])
+        for (int f = 0; f < 4 + 5 + 1; f++) {
+            const int64_t cols = f == 9 ? 32 * 12 : 32 * 11; /* the rotated one: whole blocks of 64 */
+            lay_option o = f == 9  ? rot_opt(3, 3, 0, 64, LAY_SCALE_F16_Z8, 64)
+                         : f >= 4 ? ggml_opt(ggml[f - 4])
                                   : opt(f < 2 ? 2 : 4, f < 2 ? 7 : 8, 0.3f, 64, f % 2 ? LAY_SCALE_F16 : LAY_SCALE_F16_Z8);
             packed_t t;
             make_packed(&t, rows, cols, &o);
-            float *w = malloc((size_t)(rows * cols) * sizeof *w), row[32 * 11];
+            float *w = malloc((size_t)(rows * cols) * sizeof *w), row[32 * 12];
             lay_packed_dequant(&t.p, w);
             rt_linear *l = rt_linear_packed(&t.p, 1, NULL, NULL, 0);
             assert_non_null(l);
             for (int64_t r = 0; r < rows; r++) {
                 l->get_row(l, r, row);
-                assert_memory_equal(row, w + r * cols, sizeof row);
+                assert_memory_equal(row, w + r * cols, (size_t)cols * sizeof *row);
             }
             linear_free(l), free(w), free_packed(&t);
         }
@@ -409,6 +459,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_quant),
         cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_rotate),
         cmocka_unit_test(test_activation_rounding_small),
         cmocka_unit_test(test_threads),
         cmocka_unit_test(test_get_row),

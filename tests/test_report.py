@@ -58,7 +58,8 @@ def make_db(path, n_layers=30, hidden=576, kv=192, ff=1536, vocab=49152, measure
     rnd = random.Random(seed)
     con = sqlite3.connect(path)
     con.executescript(open(os.path.join(ROOT, "db", "schema.sql")).read())
-    con.execute("INSERT INTO meta(key, value) VALUES ('schema_version', '2')")
+    con.execute("ALTER TABLE options ADD COLUMN rot INTEGER NOT NULL DEFAULT 0")  # version 3's column
+    con.execute("INSERT INTO meta(key, value) VALUES ('schema_version', '3')")
     con.execute("INSERT INTO models(id, content_hash, path, arch, config_json, n_params) VALUES (1, ?, ?, 'llama', ?, ?)",
                 ("ab" * 32, "models/Synthetic-%dL.gguf" % n_layers, json.dumps({"n_layers": n_layers}), 134515008))
     shp = shapes(hidden, kv, ff)
@@ -472,6 +473,46 @@ def test_wrong_plan_or_calibration_id_is_an_error(synth):
     assert r.returncode != 0 and r.stderr.startswith("bitplan report: ")
     r = run_report("--db", synth["db"], "--format", "pdf")
     assert r.returncode != 0 and "pdf" in r.stderr
+
+
+def ref_spearman(x, y):
+    """Pearson correlation of the ranks, ties at their mean rank."""
+    def ranks(v):
+        return [sum(w < a for w in v) + (sum(w == a for w in v) + 1) / 2 for a in v]
+    rx, ry = ranks(x), ranks(y)
+    m = (len(x) + 1) / 2
+    sxy = sum((a - m) * (b - m) for a, b in zip(rx, ry))
+    return sxy / math.sqrt(sum((a - m) ** 2 for a in rx) * sum((b - m) ** 2 for b in ry))
+
+
+def test_prediction_quality_on_the_pareto_chart(tmp_path):
+    """With a KL objective and evaluated plans, the chart gives Spearman's rho of
+    predicted against measured KL and each point's measured / predicted, and a note
+    says both; computed here from the database by hand."""
+    db, out = str(tmp_path / "k.db"), str(tmp_path / "k.html")
+    make_db(db, n_layers=3)
+    con = sqlite3.connect(db)
+    con.execute("UPDATE plans SET metric = 'kld', objective = 0.5 / id WHERE sweep = 's1'")
+    measured = {1: 0.30, 2: 0.31, 3: 0.12, 4: 0.12, 5: 0.02}  # not in the objective's order: rho < 1
+    for pid, k in measured.items():
+        con.execute("UPDATE evals SET kld = ? WHERE plan_id = ?", (k, pid))
+    con.commit()
+    pred = dict(con.execute("SELECT id, objective FROM plans WHERE sweep = 's1'"))
+    con.close()
+    r = run_report("--db", db, "-o", out)
+    assert r.returncode == 0, r.stderr
+    html = open(out, encoding="utf-8").read()
+    ids = sorted(measured)
+    want = ref_spearman([pred[i] for i in ids], [measured[i] for i in ids])
+    assert 0.5 < want < 1
+    marks = parse(html).marks
+    rho = [m for m in marks if m["in"] == "pareto" and "data-spearman" in m["a"]]
+    assert len(rho) == 1 and float(rho[0]["a"]["data-spearman"]) == pytest.approx(want, abs=1e-6)
+    ratios = {int(m["a"]["data-plan"]): float(m["a"]["data-ratio"]) for m in marks
+              if m["in"] == "pareto" and "data-ratio" in m["a"]}
+    assert ratios.keys() == measured.keys()
+    assert all(ratios[i] == pytest.approx(measured[i] / pred[i], rel=1e-6) for i in ids)
+    assert "Spearman rho %.3f over 5 plans" % want in html
 
 
 def test_empty_sweep_is_a_note(tmp_path):

@@ -5,10 +5,14 @@
  *
  * What it must never do: hide an error (every failure prints one line and exits 1).
  *
- *   tool_gptq quant gptq|rtn|prep|fast W.f32 H.f64|- ROWS COLS LO HI SHARE GROUP z8|sym DAMP OUTDIR
+ *   tool_gptq quant gptq|rtn|prep|fast|h64|h128 W.f32 H.f64|- ROWS COLS LO HI SHARE GROUP z8|sym DAMP OUTDIR
  *       writes OUTDIR/{q.u8,perm.i32,scale.u16,zero.u8,wq.f32,stats.txt}
  *       (prep: through gptq_prepare + gptq_quantize_prepared; fast: the same with
- *       fast_error; wq: lay_qtensor_dequant)
+ *       fast_error; h64, h128: the option rotated, through gptq_prepare_slot +
+ *       gptq_quantize_option, so q holds W R; wq: lay_qtensor_dequant, W's space)
+ *   tool_gptq rot apply|unapply|hessian ROT SEED IN OUT N COLS
+ *       lay_rot_apply / lay_rot_unapply on N rows of f32, or lay_rot_hessian on an
+ *       f64 COLS x COLS matrix (N ignored)
  *   tool_gptq rtnerr exact|fast W.f32 H.f64 ROWS COLS LO HI SHARE GROUP z8|sym
  *       prints RTN's rel_err from rtn_error_prepared (fast: a prep with fast_error)
  *   tool_gptq hess X.f32 N COLS CALL_ROWS OUT.f64   H = 2/N sum x x^T, in calls of CALL_ROWS
@@ -43,7 +47,7 @@ static void *read_raw(const char *path, size_t bytes)
 static void write_raw(const char *dir, const char *name, const void *p, size_t bytes)
 {
     char path[4096];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
+    snprintf(path, sizeof path, "%s%s%s", dir ? dir : "", dir ? "/" : "", name); /* dir NULL: name is the path */
     FILE *f = fopen(path, "wb");
     if (!f || fwrite(p, 1, bytes, f) != bytes || fclose(f)) die(path);
 }
@@ -74,7 +78,13 @@ static int cmd_quant(char **a)
     int rc;
     if (!strcmp(method, "rtn")) rc = rtn_quantize(w, rows, cols, h, &o, &q, err, sizeof err);
     else if (!strcmp(method, "gptq")) rc = gptq_quantize(w, rows, cols, h, &o, &p, &q, &st, err, sizeof err);
-    else {
+    else if (method[0] == 'h') {
+        gptq_prep *prep;
+        o.rot = (uint16_t)atoi(method + 1);
+        rc = gptq_prepare_slot(h, cols, gptq_prep_slot(&o), &p, &prep, err, sizeof err);
+        if (!rc) rc = gptq_quantize_option(w, rows, prep, &o, -1.0, &q, &st, NULL, err, sizeof err);
+        gptq_prep_free(prep);
+    } else {
         gptq_prep *prep;
         p.fast_error = !strcmp(method, "fast");
         rc = gptq_prepare(h, cols, &p, &prep, err, sizeof err);
@@ -144,6 +154,26 @@ static int cmd_relerr(char **a)
     return 0;
 }
 
+static int cmd_rot(char **a)
+{
+    int rot = atoi(a[1]);
+    uint32_t seed = (uint32_t)strtoul(a[2], NULL, 10);
+    int64_t n = atoll(a[5]), cols = atoll(a[6]);
+    if (!strcmp(a[0], "hessian")) {
+        double *h = read_raw(a[3], (size_t)(cols * cols) * sizeof *h);
+        lay_rot_hessian(rot, seed, h, cols);
+        write_raw(NULL, a[4], h, (size_t)(cols * cols) * sizeof *h);
+        free(h);
+        return 0;
+    }
+    float *v = read_raw(a[3], (size_t)(n * cols) * sizeof *v);
+    for (int64_t r = 0; r < n; r++)
+        (!strcmp(a[0], "apply") ? lay_rot_apply : lay_rot_unapply)(rot, seed, v + r * cols, cols);
+    write_raw(NULL, a[4], v, (size_t)(n * cols) * sizeof *v);
+    free(v);
+    return 0;
+}
+
 static int cmd_options(int argc, char **a)
 {
     opt_set s;
@@ -153,8 +183,8 @@ static int cmd_options(int argc, char **a)
     } else opt_default_set(&s);
     for (int i = 0; i < s.n; i++) {
         const lay_option *o = &s.v[i];
-        printf("%s\t%d\t%d\t%.6g\t%d\t%d", o->name, o->bits_lo, o->bits_hi, (double)o->hi_share, (int)o->group,
-               (int)o->scale_fmt);
+        printf("%s\t%d\t%d\t%.6g\t%d\t%d\t%d", o->name, o->bits_lo, o->bits_hi, (double)o->hi_share, (int)o->group,
+               (int)o->scale_fmt, o->rot);
         static const int64_t shapes[3][2] = {{576, 1536}, {1536, 576}, {4096, 4096}};
         for (int k = 0; k < 3; k++)
             printf("\t%.3f", (double)lay_tensor_bits(o, shapes[k][0], shapes[k][1]) /
@@ -217,7 +247,7 @@ static int cmd_time(void)
         float *w = malloc((size_t)(rows * cols) * sizeof *w);
         double *h = malloc((size_t)(cols * cols) * sizeof *h);
         synth(rows, cols, w, h);
-        gptq_prep *prep;
+        gptq_prep *prep[GPTQ_PREP_SLOTS] = {NULL};
         gptq_stats st;
         lay_qtensor q;
         double c0 = cpu_seconds();
@@ -226,13 +256,17 @@ static int cmd_time(void)
         printf("%lldx%lld  gptq_quantize (prepare included): %.1f ms wall, %.1f ms cpu\n", (long long)rows,
                (long long)cols, 1e3 * st.seconds, 1e3 * (cpu_seconds() - c0));
         c0 = cpu_seconds();
-        if (gptq_prepare(h, cols, &p, &prep, err, sizeof err)) die(err);
+        for (int k2 = 0; k2 < s.n; k2++) {
+            int slot = gptq_prep_slot(&s.v[k2]);
+            if (!prep[slot] && gptq_prepare_slot(h, cols, slot, &p, &prep[slot], err, sizeof err)) die(err);
+        }
         double e = gptq_weight_energy(w, rows, cols, h);
-        printf("  gptq_prepare + gptq_weight_energy: %.1f ms cpu\n", 1e3 * (cpu_seconds() - c0));
+        printf("  gptq_prepare_slot (every slot) + gptq_weight_energy: %.1f ms cpu\n", 1e3 * (cpu_seconds() - c0));
         double total = 0, total_cpu = 0;
         for (int i = 0; i < s.n; i++) {
             c0 = cpu_seconds();
-            if (gptq_quantize_prepared(w, rows, prep, &s.v[i], e, &q, &st, err, sizeof err)) die(err);
+            if (gptq_quantize_option(w, rows, prep[gptq_prep_slot(&s.v[i])], &s.v[i], e, &q, &st, NULL, err, sizeof err))
+                die(err);
             double cpu = cpu_seconds() - c0;
             lay_qtensor_free(&q);
             total += st.seconds, total_cpu += cpu;
@@ -240,7 +274,7 @@ static int cmd_time(void)
                    st.rel_err);
         }
         printf("  all %d options: %.1f ms wall, %.1f ms cpu\n", s.n, 1e3 * total, 1e3 * total_cpu);
-        gptq_prep_free(prep);
+        for (int k2 = 0; k2 < GPTQ_PREP_SLOTS; k2++) gptq_prep_free(prep[k2]);
         free(w), free(h);
     }
     opt_set_free(&s);
@@ -251,6 +285,7 @@ int main(int argc, char **argv)
 {
     if (argc == 14 && !strcmp(argv[1], "quant")) return cmd_quant(argv + 2);
     if (argc == 7 && !strcmp(argv[1], "hess")) return cmd_hess(argv + 2);
+    if (argc == 9 && !strcmp(argv[1], "rot")) return cmd_rot(argv + 2);
     if (argc == 7 && !strcmp(argv[1], "relerr")) return cmd_relerr(argv + 2);
     if (argc == 12 && !strcmp(argv[1], "rtnerr")) return cmd_rtnerr(argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "options")) return cmd_options(argc - 2, argv + 2);

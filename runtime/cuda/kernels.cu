@@ -1,9 +1,10 @@
 /*
  * runtime/cuda/kernels.cu — the CUDA kernels of the runtime and their launchers:
  * the packed matrix-vector product (batch 1..4 per launch), the dequantization
- * of a packed tensor to fp16 for the cuBLAS prompt path, activation gathers,
- * RMSNorm, RoPE with the KV-cache store, causal grouped-query attention, SwiGLU,
- * residual and bias adds. Also the upload of one linear layer.
+ * of a packed tensor to fp16 for the cuBLAS prompt path, the input rotation of
+ * tensors that rotate (layout.h, "Input rotations"), activation gathers, RMSNorm,
+ * RoPE with the KV-cache store, causal grouped-query attention, SwiGLU, residual
+ * and bias adds. Also the upload of one linear layer.
  *
  * The packed kernels take their index arithmetic and their decoding from
  * runtime/cuda/decode.cuh (the layout, the tile repack and the activation
@@ -248,6 +249,38 @@ __global__ void k_gather_f16(const float *__restrict__ x, const int32_t *__restr
     out[i] = __float2half_rn(x[perm ? b * cols + perm[j] : i]);
 }
 
+/* ==== Input rotation ====
+ *
+ * x' = R^T x for a tensor that holds W R, on both paths before the gather: one
+ * block per rotation block of an activation row (the n rows are n * cols / rot
+ * consecutive blocks), rot / 2 threads, each doing one butterfly of every stage. The
+ * outputs are lay_rot_apply's floats bit for bit: the sign product is exact, each
+ * stage adds and subtracts the same two operands as the reference (pairs (i, i + h)
+ * in runs of 2h), and the norm is one product at the end. No inexact product feeds
+ * an add, so nvcc has nothing to contract into an FMA that would round differently.
+ */
+#define ROT_MAX 128 /* the largest rotation block (lay_option_check) */
+
+__global__ void __launch_bounds__(ROT_MAX / 2)
+k_rotate(const float *__restrict__ x, const float *__restrict__ sign, float norm, int rot, float *__restrict__ out,
+         int64_t cols)
+{
+    __shared__ float v[ROT_MAX];
+    int t = threadIdx.x, half = rot / 2;
+    int64_t at = (int64_t)blockIdx.x * rot, j0 = at % cols;
+    v[t] = x[at + t] * sign[j0 + t];
+    v[t + half] = x[at + t + half] * sign[j0 + t + half];
+    __syncthreads();
+    for (int h = 1; h < rot; h *= 2) {
+        int i = t / h * 2 * h + t % h; /* the stage's t-th pair is (i, i + h) */
+        float a = v[i], b = v[i + h];
+        v[i] = a + b, v[i + h] = a - b;
+        __syncthreads();
+    }
+    out[at + t] = v[t] * norm;
+    out[at + t + half] = v[t + half] * norm;
+}
+
 /* ==== Dequantization (prompt path) ====
  *
  * One warp per (row, tile); lane l writes the 32 fp16 weights of its chunk in
@@ -369,8 +402,9 @@ static int check_packed(const lay_packed *p, char *err, size_t err_len)
 /* The bytes of a packed tensor's device arrays, in upload order: values, scales,
  * zeros (0 when not stored), mins (0 unless Q4_1, Q5_1), activation map,
  * permutation (0 for a ggml type: its columns are in original order, and the
- * prompt path's gather reads them in place). */
-enum { PK_VALUES, PK_SCALES, PK_ZEROS, PK_MINS, PK_XMAP, PK_PERM, PK_ARRAYS };
+ * prompt path's gather reads them in place), the rotation's signs (0 unless it
+ * rotates: a float +1 or -1 per column, multiplied in by k_rotate). */
+enum { PK_VALUES, PK_SCALES, PK_ZEROS, PK_MINS, PK_XMAP, PK_PERM, PK_RSIGN, PK_ARRAYS };
 static void packed_array_bytes(const lay_packed *p, const rtc_geom *g, size_t bytes[PK_ARRAYS])
 {
     bytes[PK_VALUES] = (size_t)(p->rows * g->row_words) * 4;
@@ -379,6 +413,7 @@ static void packed_array_bytes(const lay_packed *p, const rtc_geom *g, size_t by
     bytes[PK_MINS] = g->has_mins ? (size_t)(p->rows * g->ng) * 2 : 0;
     bytes[PK_XMAP] = (size_t)p->cols * 4;
     bytes[PK_PERM] = p->perm ? (size_t)p->cols * 4 : 0;
+    bytes[PK_RSIGN] = p->opt.rot ? (size_t)p->cols * sizeof(float) : 0;
 }
 
 size_t rtc_packed_device_bytes(const lay_packed *p)
@@ -417,6 +452,20 @@ done:
     return rc;
 }
 
+int rtc_upload_signs(rtc_mem *m, uint32_t seed, int64_t cols, const float **out, char *err, size_t err_len)
+{
+    float *sign = (float *)malloc((size_t)cols * sizeof *sign);
+    void *dev;
+    *out = NULL;
+    if (!sign) { snprintf(err, err_len, "out of host memory for the rotation's signs of %lld columns",
+                          (long long)cols); return -1; }
+    for (int64_t j = 0; j < cols; j++) sign[j] = (float)lay_rot_sign(seed, j);
+    int rc = rtc_upload(m, &dev, sign, (size_t)cols * sizeof *sign, "rotation signs", err, err_len);
+    free(sign);
+    *out = (const float *)dev;
+    return rc;
+}
+
 int rtc_linear_upload_packed(rtc_mem *m, const lay_packed *p, rtc_linear *out, char *err, size_t err_len)
 {
     memset(out, 0, sizeof *out);
@@ -428,6 +477,7 @@ int rtc_linear_upload_packed(rtc_mem *m, const lay_packed *p, rtc_linear *out, c
     int32_t *perm = p->perm ? (int32_t *)malloc((size_t)p->cols * sizeof *perm) : NULL;
     uint32_t *values;
     void *scales, *zeros = NULL, *mins = NULL, *dxmap, *dperm;
+    const float *rsign = NULL;
     size_t bytes[PK_ARRAYS];
     if (!xmap || (p->perm && !perm)) { snprintf(err, err_len, "out of host memory for a permutation of %lld columns",
                                                 (long long)p->cols); goto done; }
@@ -440,9 +490,11 @@ int rtc_linear_upload_packed(rtc_mem *m, const lay_packed *p, rtc_linear *out, c
     if (rtc_upload(m, &mins, p->mins, bytes[PK_MINS], "packed mins", err, err_len)) goto done;
     if (rtc_upload(m, &dxmap, xmap, bytes[PK_XMAP], "activation map", err, err_len)) goto done;
     if (rtc_upload(m, &dperm, perm, bytes[PK_PERM], "permutation", err, err_len)) goto done;
+    if (bytes[PK_RSIGN] && rtc_upload_signs(m, p->rot_seed, p->cols, &rsign, err, err_len)) goto done;
     out->rows = p->rows, out->cols = p->cols, out->packed = 1, out->g = g;
     out->values = values, out->scales = (const __half *)scales, out->zeros = (const uint8_t *)zeros;
     out->mins = (const __half *)mins, out->xmap = (const int32_t *)dxmap, out->perm = (const int32_t *)dperm;
+    out->rot = p->opt.rot, out->rsign = rsign;
     rc = 0;
 done:
     free(xmap);
@@ -547,6 +599,14 @@ static int packed_gemm(const rtc_linear *l, const float *x, float *y, int n, con
     return 0;
 }
 
+int rtc_rotate(int rot, const float *sign, const float *x, float *out, int n, int64_t cols, cudaStream_t st,
+               char *err, size_t err_len)
+{
+    float norm = (float)(1.0 / sqrt((double)rot)); /* lay_rot_apply's */
+    k_rotate<<<(unsigned)((int64_t)n * cols / rot), (unsigned)(rot / 2), 0, st>>>(x, sign, norm, rot, out, cols);
+    return RTC_LAUNCHED("k_rotate");
+}
+
 int rtc_linear_forward(const rtc_linear *l, const float *x, float *y, int n, rtc_path path, const rtc_scratch *s,
                        cublasHandle_t blas, cudaStream_t st, int n_sm, char *err, size_t err_len)
 {
@@ -554,6 +614,15 @@ int rtc_linear_forward(const rtc_linear *l, const float *x, float *y, int n, rtc
         const float one = 1.0f, zero = 0.0f;
         return RTC_BLAS(cublasSgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)l->rows, n, (int)l->cols, &one, l->w,
                                     (int)l->cols, x, (int)l->cols, &zero, y, (int)l->rows));
+    }
+    if (l->rot) { /* both paths multiply the values, W' = W R, by x' = R^T x */
+        if ((int64_t)n * l->cols > s->xr_elems) {
+            snprintf(err, err_len, "no rotation scratch for a %lldx%lld product of %d rows", (long long)l->rows,
+                     (long long)l->cols, n);
+            return -1;
+        }
+        if (rtc_rotate(l->rot, l->rsign, x, s->xr, n, l->cols, st, err, err_len)) return -1;
+        x = s->xr;
     }
     if (path == RTC_PATH_AUTO) path = n <= RTC_MV_MAX_BATCH ? RTC_PATH_MATVEC : RTC_PATH_GEMM;
     if (path == RTC_PATH_GEMM) {

@@ -253,15 +253,17 @@ static size_t weights_bytes(const rt_cuda_model *g)
     return sum + 2 * rtc_span((size_t)g->max_ctx * (c->rope_dim / 2) * sizeof(float));
 }
 
-/* Largest columns of any linear layer, and rows x cols of any packed one. */
-static void linear_extents(const rt_cuda_model *g, int64_t *max_cols, int64_t *max_packed)
+/* Largest columns of any linear layer, rows x cols of any packed one, and columns
+ * of any that rotates. */
+static void linear_extents(const rt_cuda_model *g, int64_t *max_cols, int64_t *max_packed, int64_t *max_rot_cols)
 {
-    *max_cols = 0, *max_packed = 0;
+    *max_cols = 0, *max_packed = 0, *max_rot_cols = 0;
     for (int l = 0; l <= g->cfg.n_layers; l++)
         for (int k = 0; k < LAY_HEAD; k++) {
             const rtc_linear *x = l < g->cfg.n_layers ? &g->layers[l].lin[k] : &g->head;
             if (x->cols > *max_cols) *max_cols = x->cols;
             if (x->packed && x->rows * x->cols > *max_packed) *max_packed = x->rows * x->cols;
+            if (x->rot && x->cols > *max_rot_cols) *max_rot_cols = x->cols;
             if (l == g->cfg.n_layers) break;
         }
 }
@@ -275,8 +277,8 @@ static int alloc_state(rt_cuda_model *g, char *err, size_t err_len)
 {
     const mdl_config *c = &g->cfg;
     int64_t B = g->max_batch, D = c->dim, Q = g->att.q_dim, KV = g->att.kv_dim, H = c->hidden_dim;
-    int64_t cache = (int64_t)c->n_layers * g->max_ctx * KV, max_cols, max_packed;
-    linear_extents(g, &max_cols, &max_packed);
+    int64_t cache = (int64_t)c->n_layers * g->max_ctx * KV, max_cols, max_packed, max_rot_cols;
+    linear_extents(g, &max_cols, &max_packed, &max_rot_cols);
     if (rtc_alloc(&g->mem, (void **)&g->kc, (size_t)cache * 2, "the key cache", err, err_len) ||
         rtc_alloc(&g->mem, (void **)&g->vc, (size_t)cache * 2, "the value cache", err, err_len) ||
         RTC_CUDA(cudaMemset(g->kc, 0, (size_t)cache * 2)) || RTC_CUDA(cudaMemset(g->vc, 0, (size_t)cache * 2)) ||
@@ -290,6 +292,8 @@ static int alloc_state(rt_cuda_model *g, char *err, size_t err_len)
         return -1;
     g->scr.xi_rows = (int)(B < RTC_MV_MAX_BATCH ? B : RTC_MV_MAX_BATCH);
     if (alloc_f32(g, &g->scr.xi, g->scr.xi_rows * max_cols, "interleaved activations", err, err_len)) return -1;
+    g->scr.xr_elems = B * max_rot_cols; /* none without a rotated layer */
+    if (alloc_f32(g, &g->scr.xr, g->scr.xr_elems, "rotated activations", err, err_len)) return -1;
     if (B > RTC_MV_MAX_BATCH && max_packed > 0) { /* the prompt path */
         g->scr.xh_elems = B * max_cols;
         g->scr.wd_elems = max_packed < RTC_DQ_SLAB ? max_packed : RTC_DQ_SLAB > max_cols ? RTC_DQ_SLAB : max_cols;
@@ -516,11 +520,13 @@ static int single_open(rtc_single *t, const lay_packed *p, int n, int copies, ch
     t->s.xi_rows = n;
     /* slabs of a third of the rows: the several-slab path that the largest tensors take */
     t->s.xh_elems = (int64_t)n * p->cols, t->s.wd_elems = (p->rows / 3 + 1) * p->cols;
+    t->s.xr_elems = p->opt.rot ? (int64_t)n * p->cols : 0;
     if (rtc_alloc(&t->mem, (void **)&t->x, (size_t)(n * p->cols) * 4, "activations", err, err_len) ||
         rtc_alloc(&t->mem, (void **)&t->y, (size_t)(n * p->rows) * 4, "outputs", err, err_len) ||
         rtc_alloc(&t->mem, (void **)&t->s.xi, (size_t)(n * p->cols) * 4, "interleaved activations", err, err_len) ||
         rtc_alloc(&t->mem, (void **)&t->s.xh, (size_t)t->s.xh_elems * 2, "fp16 activations", err, err_len) ||
-        rtc_alloc(&t->mem, (void **)&t->s.wd, (size_t)t->s.wd_elems * 2, "dequantized weights", err, err_len))
+        rtc_alloc(&t->mem, (void **)&t->s.wd, (size_t)t->s.wd_elems * 2, "dequantized weights", err, err_len) ||
+        rtc_alloc(&t->mem, (void **)&t->s.xr, (size_t)t->s.xr_elems * 4, "rotated activations", err, err_len))
         return -1;
     return 0;
 }
@@ -540,6 +546,33 @@ extern "C" int rt_cuda_matvec_packed(const lay_packed *p, const float *x_host, i
     rc = 0;
 done:
     single_free(&t);
+    return rc;
+}
+
+extern "C" int rt_cuda_rotate(int rot, uint32_t seed, const float *x_host, int n, int64_t cols, float *y_host,
+                              char *err, size_t err_len)
+{
+    cudaDeviceProp prop;
+    rtc_mem mem;
+    const float *sign;
+    void *x, *y;
+    size_t bytes = (size_t)n * (size_t)cols * sizeof(float);
+    int rc = -1;
+    if ((rot != 64 && rot != 128) || n < 1 || cols < 1 || cols % rot) {
+        snprintf(err, err_len, "no rotation in blocks of %d over %d rows of %lld columns", rot, n, (long long)cols);
+        return -1;
+    }
+    memset(&mem, 0, sizeof mem);
+    if (device_open(&prop, err, err_len)) return -1;
+    if (rtc_upload_signs(&mem, seed, cols, &sign, err, err_len) ||
+        rtc_upload(&mem, &x, x_host, bytes, "activations", err, err_len) ||
+        rtc_alloc(&mem, &y, bytes, "rotated activations", err, err_len) ||
+        rtc_rotate(rot, sign, (const float *)x, (float *)y, n, cols, 0, err, err_len) ||
+        RTC_CUDA(cudaDeviceSynchronize()) || RTC_CUDA(cudaMemcpy(y_host, y, bytes, cudaMemcpyDeviceToHost)))
+        goto done;
+    rc = 0;
+done:
+    rtc_mem_free(&mem);
     return rc;
 }
 

@@ -26,11 +26,15 @@
  * products by cublasSgemm) or `packed` (uploaded in the packed layout, tiles
  * repacked once for coalesced reads: runtime/cuda/decode.cuh); a packed tensor in
  * one of the 32-wide ggml types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: layout.h) runs in
- * the same kernels, with its center as zero and Q4_1's and Q5_1's mins. Packed
- * products of up to 16 activation rows run the matrix-vector kernel with fp32 activations;
+ * the same kernels, with its center as zero and Q4_1's and Q5_1's mins. A packed
+ * tensor whose option rotates its inputs (layout.h, "Input rotations") holds W R:
+ * its products first rotate the activations, x' = R^T x, on the device (the same
+ * floats as lay_rot_apply), then run as any other's. Packed products of up to 16
+ * activation rows run the matrix-vector kernel with fp32 activations;
  * larger batches dequantize the tensor to fp16 in slabs of rows (at most 16M weights,
  * 32 MiB of scratch) and call cublasGemmEx on each (fp16 inputs, fp32 accumulation). Norm weights and biases are fp32; the KV cache is fp16. The
- * embedding is looked up on the host (rt_linear get_row) and copied up.
+ * embedding is looked up on the host (rt_linear get_row, which gives W's rows of a
+ * rotated tensor too) and copied up.
  */
 #ifndef BITPLAN_RT_CUDA_H
 #define BITPLAN_RT_CUDA_H
@@ -100,13 +104,19 @@ typedef enum {
 int rt_cuda_matvec_packed(const lay_packed *p, const float *x_host, int n, float *y_host, rt_cuda_path path,
                           char *err, size_t err_len);
 
+/* y[n][cols] = x[n][cols] with each row rotated, x' = R^T x, in blocks of rot (64
+ * or 128, dividing cols) with the signs of seed: the kernel the packed products of
+ * a rotated tensor run first, host arrays in and out. Bit for bit lay_rot_apply. */
+int rt_cuda_rotate(int rot, uint32_t seed, const float *x_host, int n, int64_t cols, float *y_host, char *err,
+                   size_t err_len);
+
 /* The packed matrix-vector product's speed: `copies` uploads of p (so that a pass
  * over them leaves the L2 cache), each product timed with device events over
  * `passes` passes (median), and in the same call a device-to-device copy of the
  * same number of bytes. */
 typedef struct {
     double packed_bytes;      /* values + scales + zeros + mins of one copy */
-    double seconds;           /* median seconds per product (gather + kernel) */
+    double seconds;           /* median seconds per product (rotation if any, gather, kernel) */
     double gbps;              /* packed_bytes / seconds / 1e9 */
     double copy_gbps;         /* cudaMemcpy D2D: (bytes read + bytes written) / s / 1e9 */
     int copies;
