@@ -18,6 +18,18 @@
 
 #include "schema_sql.h" /* static const char db_schema_sql[] */
 
+/* The columns of options from version 3 on, up to rot (the steps that rebuild the
+ * table add what follows). */
+#define OPTION_COLUMNS_SQL                                                                  \
+    " id INTEGER PRIMARY KEY,"                                                              \
+    " name TEXT NOT NULL,"                                                                  \
+    " bits_lo INTEGER NOT NULL CHECK (bits_lo BETWEEN 2 AND 8),"                            \
+    " bits_hi INTEGER NOT NULL CHECK (bits_hi BETWEEN bits_lo AND 8),"                      \
+    " hi_share REAL NOT NULL CHECK (hi_share BETWEEN 0 AND 1),"                             \
+    " group_size INTEGER NOT NULL CHECK (group_size > 0 AND group_size % 32 = 0),"          \
+    " scale_fmt INTEGER NOT NULL,"                                                          \
+    " rot INTEGER NOT NULL DEFAULT 0 CHECK (rot IN (0, 64, 128)),"
+
 /* migrations[i] brings version i+1 to i+2.
  *   1 -> 2: plans may be of kind 'size' (a file-size budget). A CHECK constraint
  *           changes no stored row, so the table's SQL text is edited in place (as
@@ -28,7 +40,9 @@
  *           fields an option is keyed by. A UNIQUE constraint cannot change in
  *           place, so the table is rebuilt the way SQLite's documentation says
  *           (foreign keys off around the step, new table, copy, drop, rename,
- *           foreign_key_check); every row keeps its id, with rot 0. */
+ *           foreign_key_check); every row keeps its id, with rot 0.
+ *   3 -> 4: options gain `awq` (1: activation-aware input scales), also a key
+ *           field: rebuilt the same way, every row keeping its id, with awq 0. */
 static const struct {
     const char *sql;
     int reads_same;   /* 1: a database before the step reads the same, so a read-only
@@ -41,23 +55,23 @@ static const struct {
      " 'CHECK (kind IN (''bpw'',''vram'',''size''))') WHERE type = 'table' AND name = 'plans';"
      "PRAGMA writable_schema = OFF;",
      1, 0},
-    {"CREATE TABLE options_v3 ("
-     " id INTEGER PRIMARY KEY,"
-     " name TEXT NOT NULL,"
-     " bits_lo INTEGER NOT NULL CHECK (bits_lo BETWEEN 2 AND 8),"
-     " bits_hi INTEGER NOT NULL CHECK (bits_hi BETWEEN bits_lo AND 8),"
-     " hi_share REAL NOT NULL CHECK (hi_share BETWEEN 0 AND 1),"
-     " group_size INTEGER NOT NULL CHECK (group_size > 0 AND group_size % 32 = 0),"
-     " scale_fmt INTEGER NOT NULL,"
-     " rot INTEGER NOT NULL DEFAULT 0 CHECK (rot IN (0, 64, 128)),"
+    {"CREATE TABLE options_v3 (" OPTION_COLUMNS_SQL
      " UNIQUE (bits_lo, bits_hi, hi_share, group_size, scale_fmt, rot));"
      "INSERT INTO options_v3(id, name, bits_lo, bits_hi, hi_share, group_size, scale_fmt)"
      " SELECT id, name, bits_lo, bits_hi, hi_share, group_size, scale_fmt FROM options;"
      "DROP TABLE options;"
      "ALTER TABLE options_v3 RENAME TO options;",
      0, 1},
+    {"CREATE TABLE options_v4 (" OPTION_COLUMNS_SQL
+     " awq INTEGER NOT NULL DEFAULT 0 CHECK (awq IN (0, 1) AND (awq = 0 OR rot = 0)),"
+     " UNIQUE (bits_lo, bits_hi, hi_share, group_size, scale_fmt, rot, awq));"
+     "INSERT INTO options_v4(id, name, bits_lo, bits_hi, hi_share, group_size, scale_fmt, rot)"
+     " SELECT id, name, bits_lo, bits_hi, hi_share, group_size, scale_fmt, rot FROM options;"
+     "DROP TABLE options;"
+     "ALTER TABLE options_v4 RENAME TO options;",
+     0, 1},
 };
-#define DB_VERSION 3
+#define DB_VERSION 4
 
 /* The schema cookie + 1: connections (this one too) reparse the schema. */
 static int bump_schema_cookie(db_conn *d)
@@ -135,6 +149,7 @@ void db_option_read(sqlite3_stmt *st, int col0, db_option *o)
     o->opt.group = sqlite3_column_int(st, col0 + 5);
     o->opt.scale_fmt = (lay_scale_fmt)sqlite3_column_int(st, col0 + 6);
     o->opt.rot = (uint16_t)sqlite3_column_int(st, col0 + 7);
+    o->opt.awq = (uint8_t)sqlite3_column_int(st, col0 + 8);
 }
 
 /* Reads meta.schema_version: 0 for an empty database, -1 for one that is not

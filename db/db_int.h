@@ -29,7 +29,8 @@ char *db_col_dup(sqlite3_stmt *st, int col);
 
 /* The columns db_option_read reads from col0 on, in its order (prefix them with the
  * table's alias where a join needs it). */
-#define DB_OPTION_COLUMNS(a) a "id, " a "name, " a "bits_lo, " a "bits_hi, " a "hi_share, " a "group_size, " a "scale_fmt, " a "rot"
+#define DB_OPTION_COLUMNS(a) a "id, " a "name, " a "bits_lo, " a "bits_hi, " a "hi_share, " a "group_size, " a "scale_fmt, " a "rot, " a "awq"
+#define DB_OPTION_NCOLS 9 /* how many DB_OPTION_COLUMNS names */
 void db_option_read(sqlite3_stmt *st, int col0, db_option *o);
 
 /* The columns db_plan_row_read reads, in its order, for a SELECT of `plans`. */

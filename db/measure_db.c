@@ -113,24 +113,25 @@ int db_calib_mark_done(db_conn *d, int64_t calib_id)
     return step_done(d, st, "marking the calibration done");
 }
 
-/* Binds an option's definition to ?2..?7 (its name, if used, is ?1). */
+/* Binds an option's definition to ?2..?8 (its name, if used, is ?1). */
 static void bind_option(sqlite3_stmt *st, const lay_option *o)
 {
     sqlite3_bind_int(st, 2, o->bits_lo), sqlite3_bind_int(st, 3, o->bits_hi);
     sqlite3_bind_double(st, 4, (double)o->hi_share), sqlite3_bind_int(st, 5, o->group);
-    sqlite3_bind_int(st, 6, (int)o->scale_fmt), sqlite3_bind_int(st, 7, o->rot);
+    sqlite3_bind_int(st, 6, (int)o->scale_fmt), sqlite3_bind_int(st, 7, o->rot), sqlite3_bind_int(st, 8, o->awq);
 }
 
 int db_option_upsert(db_conn *d, const lay_option *o, int64_t *option_id)
 {
     sqlite3_stmt *st = db_prepare(d,
-        "INSERT INTO options(name, bits_lo, bits_hi, hi_share, group_size, scale_fmt, rot) "
-        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(bits_lo, bits_hi, hi_share, group_size, scale_fmt, rot) DO NOTHING");
+        "INSERT INTO options(name, bits_lo, bits_hi, hi_share, group_size, scale_fmt, rot, awq) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) "
+        "ON CONFLICT(bits_lo, bits_hi, hi_share, group_size, scale_fmt, rot, awq) DO NOTHING");
     if (!st) return -1;
     bind_text(st, 1, o->name), bind_option(st, o);
     if (step_done(d, st, "storing an option")) return -1;
     if (!(st = db_prepare(d, "SELECT id FROM options WHERE bits_lo = ?2 AND bits_hi = ?3 AND hi_share = ?4 "
-                             "AND group_size = ?5 AND scale_fmt = ?6 AND rot = ?7"))) return -1;
+                             "AND group_size = ?5 AND scale_fmt = ?6 AND rot = ?7 AND awq = ?8"))) return -1;
     bind_option(st, o);
     int rc = step_int64(d, st, "finding an option", option_id);
     return rc == 0 ? 0 : rc < 0 ? -1 : db_fail(d, "%s: option %s vanished after insert", d->path, o->name);

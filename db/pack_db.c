@@ -64,7 +64,7 @@ static int load_choices(db_conn *d, db_pack_plan *p)
         c->rows = sqlite3_column_int64(st, 1);
         c->cols = sqlite3_column_int64(st, 2);
         db_option_read(st, 3, &c->option);
-        c->bits = sqlite3_column_int64(st, 11);
+        c->bits = sqlite3_column_int64(st, 3 + DB_OPTION_NCOLS);
     }
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE) return db_fail_sql(d, "reading the plan's choices");

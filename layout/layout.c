@@ -22,6 +22,7 @@ static int ggml_option_check(const lay_option *o, int64_t rows, int64_t cols, ch
     long long v = 0;
     if (!t) fmt = "ggml type %lld is not supported", v = lay_option_ggml(o);
     else if (o->rot) fmt = "a ggml type cannot rotate its inputs (rot %lld)", v = o->rot;
+    else if (o->awq) fmt = "a ggml type cannot scale its inputs (awq %lld)", v = o->awq;
     else if (o->bits_lo != t->bits || o->bits_hi != t->bits || o->hi_share != 0.0f || o->group != t->block)
         fmt = "fields do not match ggml type %lld (bits, share 0, group = block)", v = lay_option_ggml(o);
     else if (rows <= 0) fmt = "rows %lld is not positive", v = rows;
@@ -47,6 +48,8 @@ int lay_option_check(const lay_option *o, int64_t rows, int64_t cols, char *why,
     else if (rows <= 0) fmt = "rows %lld is not positive", v = rows;
     else if (cols <= 0 || cols % LAY_CHUNK) fmt = "cols %lld is not a positive multiple of 32", v = cols;
     else if (o->rot != 0 && o->rot != 64 && o->rot != 128) fmt = "rotation block %lld is not 64 or 128", v = o->rot;
+    else if (o->awq > 1) fmt = "awq %lld is not 0 or 1", v = o->awq;
+    else if (o->awq && o->rot) fmt = "an option cannot both rotate (rot %lld) and scale its inputs", v = o->rot;
     else if (o->rot && cols % o->rot) {
         if (why && why_len) snprintf(why, why_len, "cols %lld is not a multiple of the rotation block %d", (long long)cols, o->rot);
         return -1;
@@ -115,13 +118,14 @@ lay_cost lay_tensor_cost(const lay_option *o, int64_t rows, int64_t cols)
     c.zeros = o->scale_fmt == LAY_SCALE_F16_Z8 ? rows * ng : 0;
     c.perm = cols * lay_perm_bytes(cols);
     c.rot = o->rot ? 4 : 0;
+    c.xscale = o->awq ? 2 * cols : 0;
     return c;
 }
 
 int64_t lay_tensor_bits(const lay_option *o, int64_t rows, int64_t cols)
 {
     lay_cost c = lay_tensor_cost(o, rows, cols);
-    return 8 * (c.values + c.scales + c.zeros + c.mins + c.perm + c.rot);
+    return 8 * (c.values + c.scales + c.zeros + c.mins + c.perm + c.rot + c.xscale);
 }
 
 /* ==== Chunk packing (reference) ==== */
@@ -192,11 +196,13 @@ void lay_qtensor_arrays(lay_qtensor *t, void *arrays[LAY_QTENSOR_ARRAYS], size_t
     int type = lay_option_ggml(&t->opt);
     int64_t ng = type >= 0 ? 0 : lay_n_groups(&t->opt, t->cols);
     arrays[0] = t->perm, arrays[1] = t->q, arrays[2] = t->scale, arrays[3] = t->zero, arrays[4] = t->blocks;
+    arrays[5] = t->xscale;
     bytes[0] = type >= 0 ? 0 : (size_t)t->cols * sizeof *t->perm;
     bytes[1] = type >= 0 ? 0 : (size_t)(t->rows * t->cols);
     bytes[2] = (size_t)(t->rows * ng) * sizeof *t->scale;
     bytes[3] = (size_t)(t->rows * ng);
     bytes[4] = type >= 0 ? (size_t)(t->rows * lay_ggml_row_bytes(type, t->cols)) : 0;
+    bytes[5] = t->opt.awq ? (size_t)t->cols * sizeof *t->xscale : 0;
 }
 
 int lay_qtensor_alloc(lay_qtensor *t, int64_t rows, int64_t cols, const lay_option *o)
@@ -211,6 +217,7 @@ int lay_qtensor_alloc(lay_qtensor *t, int64_t rows, int64_t cols, const lay_opti
     t->scale = bytes[2] ? malloc(bytes[2]) : NULL;
     t->zero = bytes[3] ? malloc(bytes[3]) : NULL;
     t->blocks = bytes[4] ? malloc(bytes[4]) : NULL;
+    t->xscale = bytes[5] ? malloc(bytes[5]) : NULL;
     lay_qtensor_arrays(t, arrays, bytes);
     for (int k = 0; k < LAY_QTENSOR_ARRAYS; k++)
         if (bytes[k] && !arrays[k]) return lay_qtensor_free(t), -1;
@@ -226,8 +233,8 @@ int lay_qtensor_of_blocks(lay_qtensor *t, int64_t rows, int64_t cols, const lay_
 
 void lay_qtensor_free(lay_qtensor *t)
 {
-    free(t->perm), free(t->q), free(t->scale), free(t->zero), free(t->blocks);
-    t->perm = NULL, t->q = NULL, t->scale = NULL, t->zero = NULL, t->blocks = NULL;
+    free(t->perm), free(t->q), free(t->scale), free(t->zero), free(t->blocks), free(t->xscale);
+    t->perm = NULL, t->q = NULL, t->scale = NULL, t->zero = NULL, t->blocks = NULL, t->xscale = NULL;
 }
 
 void lay_qtensor_dequant(const lay_qtensor *t, float *w)
@@ -248,12 +255,13 @@ void lay_qtensor_dequant(const lay_qtensor *t, float *w)
                 w[r * t->cols + t->perm[j]] = s * ((float)t->q[r * t->cols + j] - z);
         }
     for (int64_t r = 0; t->opt.rot && r < t->rows; r++) lay_rot_unapply(t->opt.rot, t->rot_seed, w + r * t->cols, t->cols);
+    for (int64_t r = 0; t->opt.awq && r < t->rows; r++) lay_xscale_mul(t->xscale, w + r * t->cols, t->cols);
 }
 
 /* ==== Packed tensors ==== */
 
 void lay_pack_tensor(const lay_qtensor *q, uint8_t *values, uint16_t *scales, uint8_t *zeros, uint16_t *mins,
-                     void *perm)
+                     void *perm, uint16_t *xscale)
 {
     const lay_option *o = &q->opt;
     int64_t ng = lay_n_groups(o, q->cols), rb = lay_row_bytes(o, q->cols);
@@ -279,6 +287,7 @@ void lay_pack_tensor(const lay_qtensor *q, uint8_t *values, uint16_t *scales, ui
         if (lay_perm_bytes(q->cols) == 2) ((uint16_t *)perm)[j] = (uint16_t)q->perm[j];
         else ((uint32_t *)perm)[j] = (uint32_t)q->perm[j];
     }
+    if (o->awq) memcpy(xscale, q->xscale, (size_t)q->cols * sizeof *xscale);
 }
 
 void lay_packed_dequant(const lay_packed *p, float *w)
@@ -302,6 +311,7 @@ void lay_packed_dequant(const lay_packed *p, float *w)
             }
         }
     for (int64_t r = 0; o->rot && r < p->rows; r++) lay_rot_unapply(o->rot, p->rot_seed, w + r * p->cols, p->cols);
+    for (int64_t r = 0; o->awq && r < p->rows; r++) lay_xscale_mul(p->xscale, w + r * p->cols, p->cols);
 }
 
 float lay_min_at(const lay_packed *p, int64_t r, int64_t g)
@@ -431,4 +441,19 @@ void lay_rot_hessian(int rot, uint32_t seed, double *h, int64_t cols)
     rot_rows_d(rot, seed, h, cols);  /* R^T H R */
     for (int64_t i = 0; i < cols; i++) /* exactly symmetric, as GPTQ's Cholesky expects */
         for (int64_t j = i + 1; j < cols; j++) h[j * cols + i] = h[i * cols + j];
+}
+
+/* ==== Activation-aware input scales ==== */
+
+void lay_xscale_mul(const uint16_t *m, float *v, int64_t cols)
+{
+    for (int64_t j = 0; j < cols; j++) v[j] *= lay_f16_to_f32(m[j]);
+}
+
+void lay_xscale_hessian(const uint16_t *m, double *h, int64_t cols)
+{
+    for (int64_t i = 0; i < cols; i++) {
+        double mi = lay_f16_to_f32(m[i]);
+        for (int64_t j = 0; j < cols; j++) h[i * cols + j] *= mi * (double)lay_f16_to_f32(m[j]);
+    }
 }

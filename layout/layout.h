@@ -71,6 +71,8 @@ typedef struct {
     lay_scale_fmt scale_fmt;
     uint16_t rot;           /* 0, or the block (64 or 128 columns) of a randomized
                                Hadamard rotation of the input dimension (below) */
+    uint8_t awq;            /* 1: activation-aware scales of the input dimension (below);
+                               an option has at most one of rot and awq */
 } lay_option;
 
 /* The ggml type of an option stored as a GGUF block format, or -1 for bitplan's own. */
@@ -104,6 +106,7 @@ typedef struct {
     int64_t mins;    /* rows * n_groups * 2 (fp16) for Q4_1 and Q5_1, else 0 */
     int64_t perm;    /* cols * lay_perm_bytes, 0 for ggml types */
     int64_t rot;     /* 4 (the uint32 seed of the signs) for a rotated option, else 0 */
+    int64_t xscale;  /* cols * 2 (an fp16 per input column) for an option with awq, else 0 */
 } lay_cost;
 
 lay_cost lay_tensor_cost(const lay_option *o, int64_t rows, int64_t cols);
@@ -128,6 +131,7 @@ typedef struct {
     uint8_t *zero;     /* [rows][n_groups]; for symmetric formats 2^(b-1), not stored */
     uint8_t *blocks;   /* ggml formats: [rows][lay_ggml_row_bytes(type, cols)] */
     uint32_t rot_seed; /* opt.rot: the seed of the rotation's signs; q holds W R */
+    uint16_t *xscale;  /* opt.awq: [cols] fp16 bits, original column order; q holds W / m */
 } lay_qtensor;
 
 /* Allocates the arrays of a qtensor for a shape and option (0, or -1 if out of memory). */
@@ -135,13 +139,14 @@ int lay_qtensor_alloc(lay_qtensor *t, int64_t rows, int64_t cols, const lay_opti
 /* A qtensor of ggml option o holding a copy of blocks (rows of lay_ggml_row_bytes):
  * a source's own blocks, kept as stored. 0, or -1 if out of memory. */
 int lay_qtensor_of_blocks(lay_qtensor *t, int64_t rows, int64_t cols, const lay_option *o, const void *blocks);
-/* The arrays of t for its shape and option (perm, q, scale, zero, blocks) and their
- * bytes, 0 for an array the option has not: what copying it whole takes. */
-#define LAY_QTENSOR_ARRAYS 5
+/* The arrays of t for its shape and option (perm, q, scale, zero, blocks, xscale)
+ * and their bytes, 0 for an array the option has not: what copying it whole takes. */
+#define LAY_QTENSOR_ARRAYS 6
 void lay_qtensor_arrays(lay_qtensor *t, void *arrays[LAY_QTENSOR_ARRAYS], size_t bytes[LAY_QTENSOR_ARRAYS]);
 void lay_qtensor_free(lay_qtensor *t);
 /* w[rows][cols] in the original column order: s * (q - z), rotated back
- * (lay_rot_unapply on every row) if the option rotates. */
+ * (lay_rot_unapply on every row) if the option rotates, times m (lay_xscale_mul on
+ * every row) if it has input scales. */
 void lay_qtensor_dequant(const lay_qtensor *t, float *w);
 
 /* ==== Input rotations ====
@@ -175,6 +180,23 @@ void lay_rot_unapply(int rot, uint32_t seed, float *v, int64_t cols);
 /* h[cols][cols] (symmetric) -> R^T h R, in place, in double. */
 void lay_rot_hessian(int rot, uint32_t seed, double *h, int64_t cols);
 
+/* ==== Activation-aware input scales ====
+ *
+ * An option with awq quantizes W' = W diag(1/m) instead of W, for a positive
+ * multiplier m_j per input column stored as fp16 (xscale): W x = W' x' with
+ *
+ *     x'_j = x_j * m_j            (in float: one multiply, the same on every path)
+ *
+ * and the dequantized W is W' times m column by column, the same map. A column
+ * whose inputs are loud (a large Hessian diagonal) gets a small m, so its weights
+ * are stretched before the grid and lose less of their precision to it (AWQ, Lin
+ * et al. 2024); the measurement chooses m per tensor and says where it pays. GPTQ
+ * sees H' = diag(m) H diag(m), so tr(dW' H' dW'^T) is the error in W's space. */
+/* v[cols] *= m (fp16 bits), element by element, in place. */
+void lay_xscale_mul(const uint16_t *m, float *v, int64_t cols);
+/* h[cols][cols] -> diag(m) h diag(m), in place, in double. */
+void lay_xscale_hessian(const uint16_t *m, double *h, int64_t cols);
+
 /* A packed tensor: the arrays as stored in the file (values in the chunk layout
  * above, row after row; every row has lay_row_bytes bytes). Kernels read this.
  * A value q of group g in row r stands for
@@ -198,13 +220,15 @@ typedef struct lay_packed_s {
     const uint16_t *mins;    /* [rows][n_groups] fp16 bits: Q4_1 and Q5_1, else NULL */
     const void *perm;        /* [cols] uint16 or uint32 (lay_perm_bytes); NULL for ggml types */
     uint32_t rot_seed;       /* opt.rot: the seed of the rotation's signs (values hold W R) */
+    const uint16_t *xscale;  /* opt.awq: [cols] fp16 bits, the input multipliers m (values
+                                hold W / m), else NULL */
 } lay_packed;
 
 /* Packs q into caller-provided arrays sized by lay_tensor_cost (an array whose
  * cost is 0 may be NULL). A ggml type packs only if lay_ggml_packable. The plain
  * reference of packing. */
 void lay_pack_tensor(const lay_qtensor *q, uint8_t *values, uint16_t *scales, uint8_t *zeros, uint16_t *mins,
-                     void *perm);
+                     void *perm, uint16_t *xscale);
 /* Stored column j's original column. */
 static inline int64_t lay_perm_at(const lay_packed *p, int64_t j)
 {
@@ -222,7 +246,7 @@ static inline int lay_zero_at(const lay_packed *p, int64_t r, int64_t g, int bit
 /* The min of a group in float: 0 unless the tensor has mins. */
 float lay_min_at(const lay_packed *p, int64_t r, int64_t g);
 /* w[rows][cols] in original column order from a packed tensor (reference),
- * rotated back if the option rotates. */
+ * rotated back if the option rotates, times m if it has input scales. */
 void lay_packed_dequant(const lay_packed *p, float *w);
 
 /* ==== Tensor classes ====

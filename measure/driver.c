@@ -39,6 +39,10 @@
  *     gptq_quantize_option), each rotation's preparation made once per input group.
  *     Where its block does not divide a tensor's columns the pair is skipped, as a
  *     ggml block type is (skips()); the probes' reference is never rotated.
+ *     An option with input scales is measured the same way: GPTQ on W / m under
+ *     diag(m) H diag(m) at each alpha of the grid (gptq_awq_alpha), the least
+ *     error kept, as the packer keeps it; its preparations are made once per input
+ *     group too, and the probes' reference never has scales.
  * It must never print (progress goes through a callback) and never write a row
  * whose numbers it did not compute in this run.
  */
@@ -226,7 +230,7 @@ static int pick_reference(const measure_run *r)
     double best_d = INFINITY;
     for (int o = 0; o < r->opts->n; o++) {
         const lay_option *op = &r->opts->v[o];
-        if (op->rot) continue; /* the probes' reference is a plain option */
+        if (op->rot || op->awq) continue; /* the probes' reference is a plain option */
         if (op->bits_lo == 4 && op->bits_hi == 4 && op->group == 128 && op->scale_fmt == LAY_SCALE_F16_Z8) return o;
         int everywhere = 1;
         for (int i = 0; i < r->nt; i++) everywhere &= !skips(r, o, i);
@@ -460,7 +464,7 @@ static int run_unit(measure_run *r, const measure_unit *u, gptq_prep *const *pre
     double rtn = 0;
     int stored = as_stored(t, o);
     if (stored ? stored_unit(t, pp, o, &q, &st, err, err_len)
-               : gptq_quantize_option(t->w, t->rows, pp, o, t->energy, &q, &st, u->measure ? &rtn : NULL, err, err_len))
+               : gptq_quantize_option(t->w, t->rows, prep, o, t->energy, &q, &st, u->measure ? &rtn : NULL, err, err_len))
         return -1;
     if (u->keep) {
         t->probe_wq = malloc((size_t)(t->rows * t->cols) * sizeof *t->probe_wq);
@@ -509,6 +513,7 @@ static double unit_cost(const measure_run *r, const measure_unit *u)
 {
     const measure_tensor *t = &r->t[u->t];
     double work = (u->measure ? 3.0 : 1.0) * (double)t->rows * (double)t->cols * (double)t->cols;
+    if (r->opts->v[u->o].awq) work *= GPTQ_AWQ_ALPHAS; /* GPTQ at every alpha */
     if (u->keep) {
         double rest = 0;
         for (int i = t->layer * LAY_HEAD; i < r->nt; i++) rest += (double)r->t[i].rows * (double)r->t[i].cols;
@@ -592,7 +597,7 @@ static int prepare_group(measure_run *r, rt_input g, const measure_unit *u, int 
     gp.borrow_h = 1; /* the walk's Hessian lives until the visit returns */
     for (int slot = 0; slot < GPTQ_PREP_SLOTS; slot++) {
         int wanted = 0;
-        for (int i = 0; i < n; i++) wanted |= gptq_prep_slot(&r->opts->v[u[i].o]) == slot;
+        for (int i = 0; i < n; i++) wanted |= gptq_prep_wanted(&r->opts->v[u[i].o], slot);
         char why[256];
         if (wanted && gptq_prepare_slot(r->hl->h[g], r->hl->cols[g], slot, &gp, &prep[slot], why, sizeof why))
             return fail(r, "%s: %s", r->t[u[0].t].name, why);

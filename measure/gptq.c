@@ -91,6 +91,8 @@ struct gptq_prep {
     int dead_isolated; /* every dead column's row and column of H are zero */
     int act_order;     /* gptq_params.act_order: perm is the identity when 0 */
     float *imp;        /* [cols] diag(H) by original column: the ggml fits' importance */
+    uint16_t *xscale;  /* [cols] fp16 input multipliers m of an awq slot (h is then
+                          diag(m) H diag(m)), else NULL */
 };
 
 void gptq_params_init(gptq_params *p)
@@ -210,7 +212,7 @@ void gptq_prep_free(gptq_prep *prep)
 {
     if (!prep) return;
     if (prep->order != prep->perm) free(prep->order);
-    free(prep->perm), free(prep->dead), free(prep->u), free(prep->imp);
+    free(prep->perm), free(prep->dead), free(prep->u), free(prep->imp), free(prep->xscale);
     if (prep->own_h) free(prep->h);
     free(prep);
 }
@@ -262,57 +264,151 @@ oom:
     return -1;
 }
 
+const double gptq_awq_alpha[GPTQ_AWQ_ALPHAS] = {0.125, 0.25, 0.5};
+
 int gptq_prep_slot(const lay_option *o)
 {
     if (lay_option_ggml(o) >= 0) return GPTQ_PREP_COLUMNS;
+    if (o->awq) return GPTQ_PREP_AWQ0;
     return o->rot == 64 ? GPTQ_PREP_ROT64 : o->rot == 128 ? GPTQ_PREP_ROT128 : GPTQ_PREP_ACT;
 }
 
-/* H' = R^T H R prepared in act-order; the prep owns the rotated copy. */
-static int prepare_rotated(const double *h, int64_t cols, int rot, const gptq_params *p, gptq_prep **out, char *err,
-                           size_t err_len)
+int gptq_prep_wanted(const lay_option *o, int slot)
 {
-    if (cols % rot)
-        return snprintf(err, err_len, "cols %lld is not a multiple of the rotation block %d", (long long)cols, rot), -1;
-    double *hr = malloc((size_t)(cols * cols) * sizeof *hr);
-    if (!hr) return snprintf(err, err_len, "out of memory rotating a %lld-column Hessian", (long long)cols), -1;
-    memcpy(hr, h, (size_t)(cols * cols) * sizeof *hr);
-    lay_rot_hessian(rot, LAY_ROT_SEED, hr, cols);
+    int first = gptq_prep_slot(o);
+    return o->awq && lay_option_ggml(o) < 0 ? slot >= first && slot < first + GPTQ_AWQ_ALPHAS : slot == first;
+}
+
+/* Prepares H' (the prep's own copy, act-order) that transform() made from a copy of h. */
+static int prepare_transformed(const double *h, int64_t cols, const gptq_params *p, gptq_prep **out,
+                               void (*transform)(double *h, int64_t cols, const void *ctx), const void *ctx,
+                               char *err, size_t err_len)
+{
+    double *ht = malloc((size_t)(cols * cols) * sizeof *ht);
+    if (!ht) return snprintf(err, err_len, "out of memory transforming a %lld-column Hessian", (long long)cols), -1;
+    memcpy(ht, h, (size_t)(cols * cols) * sizeof *ht);
+    transform(ht, cols, ctx);
     gptq_params q = *p;
     q.borrow_h = 1, q.act_order = 1; /* borrowed, then owned: the copy lives as long as the prep */
-    if (gptq_prepare(hr, cols, &q, out, err, err_len)) return free(hr), -1;
+    if (gptq_prepare(ht, cols, &q, out, err, err_len)) return free(ht), -1;
     (*out)->own_h = 1;
+    return 0;
+}
+
+static void rotate_hessian(double *h, int64_t cols, const void *rot)
+{
+    lay_rot_hessian(*(const int *)rot, LAY_ROT_SEED, h, cols);
+}
+
+static void scale_hessian(double *h, int64_t cols, const void *m) { lay_xscale_hessian(m, h, cols); }
+
+void gptq_awq_multipliers(const double *h, int64_t cols, double alpha, uint16_t *m)
+{
+    double log_sum = 0;
+    int64_t live = 0;
+    for (int64_t j = 0; j < cols; j++)
+        if (h[j * cols + j] > 0) log_sum += log(h[j * cols + j]), live++;
+    double mean = live ? log_sum / (double)live : 0;
+    for (int64_t j = 0; j < cols; j++) {
+        double d = h[j * cols + j];
+        double mj = d > 0 ? exp(-0.5 * alpha * (log(d) - mean)) : 1.0;
+        mj = mj < GPTQ_AWQ_MIN ? GPTQ_AWQ_MIN : mj > 1 / GPTQ_AWQ_MIN ? 1 / GPTQ_AWQ_MIN : mj;
+        m[j] = lay_f32_to_f16((float)mj);
+    }
+}
+
+/* The awq slot of alpha: m from H's diagonal, then H' = diag(m) H diag(m); the
+ * prep owns m and H'. */
+static int prepare_scaled(const double *h, int64_t cols, double alpha, const gptq_params *p, gptq_prep **out,
+                          char *err, size_t err_len)
+{
+    uint16_t *m = malloc((size_t)cols * sizeof *m);
+    if (!m) return snprintf(err, err_len, "out of memory for %lld input scales", (long long)cols), -1;
+    gptq_awq_multipliers(h, cols, alpha, m);
+    if (prepare_transformed(h, cols, p, out, scale_hessian, m, err, err_len)) return free(m), -1;
+    (*out)->xscale = m;
     return 0;
 }
 
 int gptq_prepare_slot(const double *h, int64_t cols, int slot, const gptq_params *p, gptq_prep **out, char *err,
                       size_t err_len)
 {
-    if (slot == GPTQ_PREP_ROT64 || slot == GPTQ_PREP_ROT128)
-        return prepare_rotated(h, cols, slot == GPTQ_PREP_ROT64 ? 64 : 128, p, out, err, err_len);
+    if (slot == GPTQ_PREP_ROT64 || slot == GPTQ_PREP_ROT128) {
+        int rot = slot == GPTQ_PREP_ROT64 ? 64 : 128;
+        if (cols % rot)
+            return snprintf(err, err_len, "cols %lld is not a multiple of the rotation block %d", (long long)cols, rot), -1;
+        return prepare_transformed(h, cols, p, out, rotate_hessian, &rot, err, err_len);
+    }
+    if (slot >= GPTQ_PREP_AWQ0 && slot < GPTQ_PREP_AWQ0 + GPTQ_AWQ_ALPHAS)
+        return prepare_scaled(h, cols, gptq_awq_alpha[slot - GPTQ_PREP_AWQ0], p, out, err, err_len);
     gptq_params q = *p;
     q.act_order = slot == GPTQ_PREP_ACT;
     return gptq_prepare(h, cols, &q, out, err, err_len);
 }
 
-int gptq_quantize_option(const float *w, int64_t rows, const gptq_prep *prep, const lay_option *o, double w_energy,
+/* W' of an option in the space its prep quantizes: W R (rotated), W / m (scaled),
+ * or NULL for W itself; *oom on failure. */
+static float *transformed_weights(const float *w, int64_t rows, const gptq_prep *prep, const lay_option *o, int *oom)
+{
+    int64_t cols = prep->cols;
+    *oom = 0;
+    if (!o->rot && !prep->xscale) return NULL;
+    float *wt = malloc((size_t)(rows * cols) * sizeof *wt);
+    if (!wt) return *oom = 1, NULL;
+    memcpy(wt, w, (size_t)(rows * cols) * sizeof *wt);
+    for (int64_t r = 0; o->rot && r < rows; r++) lay_rot_apply(o->rot, LAY_ROT_SEED, wt + r * cols, cols);
+    for (int64_t r = 0; prep->xscale && r < rows; r++)
+        for (int64_t j = 0; j < cols; j++) wt[r * cols + j] /= lay_f16_to_f32(prep->xscale[j]);
+    return wt;
+}
+
+/* GPTQ (and RTN's error) of one option with one preparation. */
+static int quantize_with(const float *w, int64_t rows, const gptq_prep *prep, const lay_option *o, double w_energy,
                          lay_qtensor *out, gptq_stats *stats, double *rtn_err, char *err, size_t err_len)
 {
-    float *wr = NULL;
-    if (o->rot) { /* W' = W R: each row through the same map as the activations */
-        int64_t cols = prep->cols;
-        if (!(wr = malloc((size_t)(rows * cols) * sizeof *wr)))
-            return snprintf(err, err_len, "out of memory rotating a %lldx%lld tensor", (long long)rows, (long long)cols), -1;
-        memcpy(wr, w, (size_t)(rows * cols) * sizeof *wr);
-        for (int64_t r = 0; r < rows; r++) lay_rot_apply(o->rot, LAY_ROT_SEED, wr + r * cols, cols);
-        w = wr;
-    }
+    int oom;
+    float *wt = transformed_weights(w, rows, prep, o, &oom);
+    if (oom)
+        return snprintf(err, err_len, "out of memory transforming a %lldx%lld tensor", (long long)rows,
+                        (long long)prep->cols), -1;
+    if (wt) w = wt;
     int rc = gptq_quantize_prepared(w, rows, prep, o, w_energy, out, stats, err, err_len);
     if (!rc && rtn_err && rtn_error_prepared(w, rows, prep, o, w_energy, rtn_err, err, err_len))
         lay_qtensor_free(out), rc = -1;
     if (!rc) out->rot_seed = o->rot ? LAY_ROT_SEED : 0;
-    free(wr);
+    free(wt);
     return rc;
+}
+
+int gptq_quantize_option(const float *w, int64_t rows, gptq_prep *const *prep, const lay_option *o, double w_energy,
+                         lay_qtensor *out, gptq_stats *stats, double *rtn_err, char *err, size_t err_len)
+{
+    int first = gptq_prep_slot(o);
+    if (!o->awq || lay_option_ggml(o) >= 0)
+        return quantize_with(w, rows, prep[first], o, w_energy, out, stats, rtn_err, err, err_len);
+    /* awq: every alpha of the grid, keeping the least error (the first of equals) */
+    gptq_stats best_st = {0}, st;
+    lay_qtensor cand;
+    int chosen = first;
+    memset(out, 0, sizeof *out);
+    for (int k = first; k < first + GPTQ_AWQ_ALPHAS; k++) {
+        if (quantize_with(w, rows, prep[k], o, w_energy, &cand, &st, NULL, err, err_len))
+            return lay_qtensor_free(out), -1;
+        if (k == first || st.rel_err < best_st.rel_err) lay_qtensor_free(out), *out = cand, best_st = st, chosen = k;
+        else lay_qtensor_free(&cand);
+    }
+    if (rtn_err) {
+        int oom;
+        float *wt = transformed_weights(w, rows, prep[chosen], o, &oom);
+        if (oom || rtn_error_prepared(wt, rows, prep[chosen], o, w_energy, rtn_err, err, err_len)) {
+            if (oom) snprintf(err, err_len, "out of memory scaling a %lldx%lld tensor", (long long)rows, (long long)out->cols);
+            free(wt), lay_qtensor_free(out);
+            return -1;
+        }
+        free(wt);
+    }
+    if (stats) *stats = best_st;
+    return 0;
 }
 
 /* ==== The grid (steps 5, 6) ==== */
@@ -888,6 +984,16 @@ static int option_applies(const lay_option *o, int64_t rows, int64_t cols, char 
     return -1;
 }
 
+/* The one-step quantizers know no input transform: W R and W / m come from
+ * gptq_quantize_option, with the Hessian prepared for them. */
+static int untransformed(const lay_option *o, char *err, size_t err_len)
+{
+    if (!o->rot && !o->awq) return 0;
+    snprintf(err, err_len, "option \"%.32s\" transforms its inputs (%s): quantize it through gptq_quantize_option",
+             o->name, o->rot ? "a rotation" : "input scales");
+    return -1;
+}
+
 int gptq_quantize_prepared(const float *w, int64_t rows, const gptq_prep *prep,
                            const lay_option *o, double w_energy, lay_qtensor *out, gptq_stats *stats,
                            char *err, size_t err_len)
@@ -903,8 +1009,14 @@ int gptq_quantize_prepared(const float *w, int64_t rows, const gptq_prep *prep,
                  "act-order (GGUF stores no permutation)", o->name);
         return -1;
     }
+    if (!o->awq != !prep->xscale) {
+        snprintf(err, err_len, "option \"%.32s\" %s input scales but its preparation %s", o->name,
+                 o->awq ? "has" : "has no", o->awq ? "has none" : "has");
+        return -1;
+    }
     if (lay_qtensor_alloc(out, rows, cols, o)) goto oom;
     if (out->perm) memcpy(out->perm, prep->perm, (size_t)cols * sizeof *out->perm);
+    if (out->xscale) memcpy(out->xscale, prep->xscale, (size_t)cols * sizeof *out->xscale);
     if (run_columns(w, prep->perm, prep->dead, prep->u, prep->block, prep->imp, out, fast ? &e2 : NULL)) goto oom;
     if (stats) {
         if (w_energy < 0) w_energy = gptq_weight_energy(w, rows, cols, prep->h);
@@ -949,7 +1061,9 @@ int gptq_quantize(const float *w, int64_t rows, int64_t cols, const double *h,
     double t0 = util_now_s();
     gptq_prep *prep = NULL;
     memset(out, 0, sizeof *out);
-    if (option_applies(o, rows, cols, err, err_len) || check_w(w, rows, cols, err, err_len)) return -1;
+    if (option_applies(o, rows, cols, err, err_len) || untransformed(o, err, err_len) ||
+        check_w(w, rows, cols, err, err_len))
+        return -1;
     if (gptq_prepare(h, cols, p, &prep, err, err_len)) return -1;
     int rc = gptq_quantize_prepared(w, rows, prep, o, -1.0, out, stats, err, err_len);
     gptq_prep_free(prep);
@@ -980,7 +1094,9 @@ int rtn_quantize(const float *w, int64_t rows, int64_t cols, const double *h,
 {
     assert(w && o && out);
     memset(out, 0, sizeof *out);
-    if (option_applies(o, rows, cols, err, err_len) || check_w(w, rows, cols, err, err_len)) return -1;
+    if (option_applies(o, rows, cols, err, err_len) || untransformed(o, err, err_len) ||
+        check_w(w, rows, cols, err, err_len))
+        return -1;
     if (h && check_h(h, cols, err, err_len)) return -1;
     if (lay_option_ggml(o) >= 0) return rtn_quantize_ggml(w, rows, cols, h, o, out, err, err_len);
     if (lay_qtensor_alloc(out, rows, cols, o) || act_order_perm(h, cols, 1, out->perm) ||

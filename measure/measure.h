@@ -91,21 +91,38 @@ int gptq_quantize_prepared(const float *w, int64_t rows, const gptq_prep *prep,
 void gptq_prep_free(gptq_prep *prep);
 
 /* What the callers of GPTQ (the measurement, the packer) do for one option. Each
- * option needs one of a Hessian's preparations, its slot: act-order (bitplan's
- * options), column order (ggml block types, which store no permutation), or
- * act-order of H' = R^T H R for a rotated option (layout/layout.h, "Input
- * rotations", with LAY_ROT_SEED). gptq_prepare_slot makes that preparation (a
- * rotated one holds its own copy of H'); gptq_quantize_option then quantizes w
- * under the option, W' = W R for a rotated one (the result holds W' and its
- * rot_seed), and with rtn_err non-NULL also RTN's rel_err. A rotated option's
- * rel_err is the original space's, since tr(dW' H' dW'^T) = tr(dW H dW^T), so
- * w_energy is W's. */
-enum { GPTQ_PREP_ACT, GPTQ_PREP_COLUMNS, GPTQ_PREP_ROT64, GPTQ_PREP_ROT128, GPTQ_PREP_SLOTS };
-int gptq_prep_slot(const lay_option *o);
+ * option needs some of a Hessian's preparations, its slots: act-order (bitplan's
+ * options), column order (ggml block types, which store no permutation), act-order
+ * of H' = R^T H R for a rotated option (layout/layout.h, "Input rotations", with
+ * LAY_ROT_SEED), or, for an option with input scales (layout.h, "Activation-aware
+ * input scales"), one act-order preparation of H' = diag(m) H diag(m) for each
+ * alpha of the grid gptq_awq_alpha, with m_j = (H_jj / G)^(-alpha / 2), G the
+ * geometric mean of the non-zero diagonal (so the m are about 1), clamped to
+ * [GPTQ_AWQ_MIN, 1 / GPTQ_AWQ_MIN] and rounded to fp16; a dead column keeps m 1.
+ * gptq_prep_wanted says which slots an option needs; gptq_prepare_slot makes one (a
+ * transformed one holds its own copy of H'). gptq_quantize_option then quantizes w
+ * under the option with prep[] (indexed by slot; the option's must be there): W' =
+ * W R for a rotated one (the result holds W' and its rot_seed), W' = W / m for one
+ * with scales, GPTQ at every alpha and the least rel_err kept (the smaller alpha of
+ * equals; the result holds its m); with rtn_err non-NULL also RTN's rel_err (of the
+ * alpha kept). A transformed option's rel_err is the original space's, since
+ * tr(dW' H' dW'^T) = tr(dW H dW^T), so w_energy is W's. */
+#define GPTQ_AWQ_ALPHAS 3
+enum {
+    GPTQ_PREP_ACT, GPTQ_PREP_COLUMNS, GPTQ_PREP_ROT64, GPTQ_PREP_ROT128,
+    GPTQ_PREP_AWQ0, /* ... GPTQ_PREP_AWQ0 + GPTQ_AWQ_ALPHAS - 1 */
+    GPTQ_PREP_SLOTS = GPTQ_PREP_AWQ0 + GPTQ_AWQ_ALPHAS
+};
+#define GPTQ_AWQ_MIN (1.0 / 256) /* m within [1/256, 256]: fp16-normal, and no column silenced */
+extern const double gptq_awq_alpha[GPTQ_AWQ_ALPHAS];
+int gptq_prep_slot(const lay_option *o);             /* the first (or only) slot o needs */
+int gptq_prep_wanted(const lay_option *o, int slot); /* 1 if o needs that slot */
 int gptq_prepare_slot(const double *h, int64_t cols, int slot, const gptq_params *p, gptq_prep **out, char *err,
                       size_t err_len);
-int gptq_quantize_option(const float *w, int64_t rows, const gptq_prep *prep, const lay_option *o, double w_energy,
+int gptq_quantize_option(const float *w, int64_t rows, gptq_prep *const *prep, const lay_option *o, double w_energy,
                          lay_qtensor *out, gptq_stats *stats, double *rtn_err, char *err, size_t err_len);
+/* The fp16 multipliers m[cols] of alpha for the Hessian h (as above). */
+void gptq_awq_multipliers(const double *h, int64_t cols, double alpha, uint16_t *m);
 
 /* Round-to-nearest with the same grid (act-order permutation from h, same groups
  * and scales): the baseline GPTQ must beat. h may be NULL (identity order). */
@@ -192,7 +209,8 @@ typedef struct {
 } opt_set;
 
 /* The default candidate set (36 options, 2.2 to 8.8 bpw in steps of at most 0.5,
- * 8 of them also rotated; table in measure/options.c). s->n is 0 if out of memory. */
+ * 8 of them also rotated, none with input scales; table in measure/options.c).
+ * s->n is 0 if out of memory. */
 void opt_default_set(opt_set *s);
 /* Reads a user's option file (format at the top of measure/options.c and in the
  * README). 0, or -1 with a message "FILE:LINE: what 'value' is wrong". */

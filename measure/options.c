@@ -13,6 +13,7 @@
  *     "3b/5b 10% g32"   3       5       10%      32    z8
  *     3b-sym-g32        3       3       0        32    sym
  *     3b-g64-h64        3       3       0        64    z8      h64
+ *     3b-g64-awq        3       3       0        64    z8      awq
  *
  *   name       up to 31 characters, unique; double-quote it to use spaces
  *   bits_lo    2..8: width of the less important groups
@@ -22,8 +23,9 @@
  *   group      columns per group, a positive multiple of 32 (the last group of a
  *              tensor may be shorter)
  *   scale_fmt  z8 (fp16 scale + uint8 zero: asymmetric) or sym (fp16 scale only)
- *   rotation   optional: h64 or h128, a randomized Hadamard rotation of the input
- *              dimension in blocks of that many columns (layout/layout.h), or none
+ *   transform  optional: h64 or h128, a randomized Hadamard rotation of the input
+ *              dimension in blocks of that many columns (layout/layout.h); awq,
+ *              activation-aware input scales (layout/layout.h, measure.h); or none
  *
  * A line of one field that names a ggml block type (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K
  * Q3_K Q4_K Q5_K Q6_K, any case) is that GGUF format as an option (layout/layout.h),
@@ -67,7 +69,7 @@
  * and, rotated in blocks of 64 columns (layout/layout.h, "Input rotations"; 4 bytes
  * more per tensor, the seed, which rounds away here), 2b g128 h64, 2b/3b 10% g128
  * h64, 2b g64 h64, 2b/3b 30% g64 h64, 3b g128 h64, 3b g64 h64, 3b/4b 25% g128 h64
- * and 4b g128 h64: 36 options.
+ * and 4b g128 h64: 36 options. None has input scales (below, opt_default_set).
  *
  * (With 576 columns and groups of 128 there are 5 groups, so 10% and 25% both
  * round to one group: the shares are nominal, the cost is always exact.)
@@ -96,10 +98,15 @@ static const struct {
     {8, 8, 0, 64},  {8, 8, 0, 32},
 };
 
-/* The default options that the set also holds rotated (h64, the last rows of the
+/* The default options that the set also holds rotated (h64, after the rows of the
  * table above): 4 bits and below, where an outlier costs a coarse grid most. */
 #define OPT_ROT_DEFAULTS 8 /* opt_defaults[0..) up to and including "4b g128" */
 static const int opt_rotated[OPT_ROT_DEFAULTS] = {0, 1, 2, 3, 6, 7, 8, 11};
+/* None with input scales (awq): on SmolLM2 they lowered GPTQ's error by only 2-4%
+ * per tensor, the allocator took 0-2 of them per plan beside the rotations, and a
+ * plan without rotations that took 21 measured more KL than the one without them
+ * (BENCHMARKS.md, "Input scales"), while each costs GPTQ at every alpha of the grid.
+ * An option file can name them. */
 
 static void opt_make_name(lay_option *o)
 {
@@ -110,6 +117,7 @@ static void opt_make_name(lay_option *o)
                  (int)lrintf(o->hi_share * 100), (int)o->group);
     if (o->scale_fmt == LAY_SCALE_F16) strncat(o->name, " sym", sizeof o->name - strlen(o->name) - 1);
     if (o->rot) snprintf(o->name + strlen(o->name), sizeof o->name - strlen(o->name), " h%d", o->rot);
+    if (o->awq) strncat(o->name, " awq", sizeof o->name - strlen(o->name) - 1);
 }
 
 void opt_default_set(opt_set *s)
@@ -153,7 +161,7 @@ int opt_set_load(const char *spec, opt_set *s, char *err, size_t err_len)
 static int same_fields(const lay_option *a, const lay_option *b)
 {
     return a->bits_lo == b->bits_lo && a->bits_hi == b->bits_hi && a->hi_share == b->hi_share &&
-           a->group == b->group && a->scale_fmt == b->scale_fmt && a->rot == b->rot;
+           a->group == b->group && a->scale_fmt == b->scale_fmt && a->rot == b->rot && a->awq == b->awq;
 }
 
 int opt_set_add(opt_set *s, const lay_option *o)
@@ -174,7 +182,7 @@ void opt_set_free(opt_set *s)
 
 /* ==== The option file ==== */
 
-#define OPT_FIELDS 7 /* the seventh, the rotation, may be left out */
+#define OPT_FIELDS 7 /* the seventh, the transform, may be left out */
 
 /* Splits line into at most OPT_FIELDS+1 tokens (a quoted token may hold spaces),
  * stopping at '#'. Modifies line. Returns the count, or -1 on an unclosed quote. */
@@ -229,12 +237,14 @@ static int parse_fmt(const char *s, lay_scale_fmt *f)
     return 0;
 }
 
-/* "h64" or "h128" -> 64, 128; "none" -> 0; -1 if neither. */
-static int parse_rot(const char *s, uint16_t *rot)
+/* The input transform: "h64" or "h128" (a rotation), "awq" (input scales) or
+ * "none"; -1 if none of these. */
+static int parse_transform(const char *s, lay_option *o)
 {
-    if (!strcmp(s, "none")) *rot = 0;
-    else if (!strcmp(s, "h64")) *rot = 64;
-    else if (!strcmp(s, "h128")) *rot = 128;
+    if (!strcmp(s, "none")) o->rot = 0, o->awq = 0;
+    else if (!strcmp(s, "h64")) o->rot = 64;
+    else if (!strcmp(s, "h128")) o->rot = 128;
+    else if (!strcmp(s, "awq")) o->awq = 1;
     else return -1;
     return 0;
 }
@@ -262,8 +272,8 @@ static int opt_parse(char **t, int n, lay_option *o, char *why, size_t why_len)
         return snprintf(why, why_len, "group '%s' is not a positive multiple of 32", t[4]), -1;
     if (parse_fmt(t[5], &o->scale_fmt))
         return snprintf(why, why_len, "scale_fmt '%s' is not z8 or sym", t[5]), -1;
-    if (n > 6 && parse_rot(t[6], &o->rot))
-        return snprintf(why, why_len, "rotation '%s' is not h64, h128 or none", t[6]), -1;
+    if (n > 6 && parse_transform(t[6], o))
+        return snprintf(why, why_len, "transform '%s' is not h64, h128, awq or none", t[6]), -1;
     o->bits_lo = (uint8_t)lo, o->bits_hi = (uint8_t)hi, o->group = (int32_t)group;
     return 0;
 }
@@ -331,7 +341,7 @@ int opt_read_file(const char *path, opt_set *s, char *err, size_t err_len)
         else if (n == 1) snprintf(why, sizeof why, "'%s' is not a ggml type (Q4_0 .. Q6_K), and an option has 6 fields", tok[0]);
         else if (n != OPT_FIELDS - 1 && n != OPT_FIELDS)
             snprintf(why, sizeof why, "%d fields, expected 6 (name bits_lo bits_hi hi_share group scale_fmt), "
-                     "7 (and a rotation) or a ggml type", n);
+                     "7 (and a transform) or a ggml type", n);
         else ok = opt_parse(tok, n, &o, why, sizeof why) == 0;
         if (!ok || opt_unique(s, lines, &o, why, sizeof why)) {
             snprintf(err, err_len, "%s:%d: %s", path, line, why);

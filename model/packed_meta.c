@@ -129,7 +129,7 @@ static int one_option(const mdl_model *m, const char *tensor, const util_json *o
                       size_t err_len)
 {
     char what[160];
-    int64_t lo, hi, group, fmt, bits, rot, seed;
+    int64_t lo, hi, group, fmt, bits, rot, seed, awq;
     double share = 0;
     snprintf(what, sizeof what, "options['%s']", tensor);
     if (o->type != UTIL_JSON_OBJ) return mdl_errf(err, err_len, "%s: %s is not an object", m->path, what);
@@ -142,7 +142,8 @@ static int one_option(const mdl_model *m, const char *tensor, const util_json *o
         json_int_in(m, what, o, "scale_fmt", 0, LAY_FMT_GGML + 255, -1, &fmt, err, err_len) ||
         json_int_in(m, what, o, "bits", 0, INT64_C(1) << 52, -1, &bits, err, err_len) ||
         json_int_in(m, what, o, "rot", 0, 1 << 15, 0, &rot, err, err_len) ||
-        json_int_in(m, what, o, "rot_seed", 0, UINT32_MAX, rot ? -1 : 0, &seed, err, err_len))
+        json_int_in(m, what, o, "rot_seed", 0, UINT32_MAX, rot ? -1 : 0, &seed, err, err_len) ||
+        json_int_in(m, what, o, "awq", 0, 1, 0, &awq, err, err_len))
         return -1;
     if (!(share >= 0 && share <= 1)) return mdl_errf(err, err_len, "%s: %s: hi_share %g is outside 0..1", m->path, what, share);
     memset(p, 0, sizeof *p);
@@ -150,7 +151,7 @@ static int one_option(const mdl_model *m, const char *tensor, const util_json *o
     snprintf(p->opt.name, sizeof p->opt.name, "%s", name ? name : "");
     p->opt.bits_lo = (uint8_t)lo, p->opt.bits_hi = (uint8_t)hi, p->opt.hi_share = (float)share;
     p->opt.group = (int32_t)group, p->opt.scale_fmt = (lay_scale_fmt)fmt, p->opt.rot = (uint16_t)rot;
-    p->rot_seed = (uint32_t)seed, p->bits = bits;
+    p->opt.awq = (uint8_t)awq, p->rot_seed = (uint32_t)seed, p->bits = bits;
     return 0;
 }
 

@@ -229,15 +229,27 @@ static int check_perm(lctx *x, const char *name, const lay_packed *p)
     return rc;
 }
 
+/* Input multipliers (layout.h, "Activation-aware input scales") are finite and
+ * positive: a zero would silence a column, which no quantizer writes. */
+static int check_xscale(lctx *x, const char *name, const uint16_t *m, int64_t cols)
+{
+    for (int64_t j = 0; j < cols; j++) {
+        float v = lay_f16_to_f32(m[j]);
+        if (!(v > 0) || isinf(v))
+            return lfail(x, "%s.qxscale[%lld] = %g is not a positive finite multiplier", name, (long long)j, (double)v);
+    }
+    return 0;
+}
+
 /* A part that no option explains (a stray or orphaned part). */
 static int check_orphans(lctx *x)
 {
     static const char *suffixes[] = {PACK_SUFFIX_VALUES, PACK_SUFFIX_SCALES, PACK_SUFFIX_ZEROS, PACK_SUFFIX_PERM,
-                                     PACK_SUFFIX_MINS};
+                                     PACK_SUFFIX_MINS, PACK_SUFFIX_XSCALE};
     for (int i = 0; i < mdl_tensor_count(x->file); i++) {
         const char *name = mdl_tensor_at(x->file, i)->name;
         size_t n = strlen(name);
-        for (int s = 0; s < 5; s++) {
+        for (int s = 0; s < (int)(sizeof suffixes / sizeof suffixes[0]); s++) {
             size_t k = strlen(suffixes[s]);
             if (n <= k || strcmp(name + n - k, suffixes[s])) continue;
             char base[128];
@@ -250,6 +262,8 @@ static int check_orphans(lctx *x)
                 return lfail(x, "%s is there, but option \"%s\" keeps the original column order", name, o->opt.name);
             if (s == 4 && !lay_ggml_has_min(lay_option_ggml(&o->opt)))
                 return lfail(x, "%s is there, but option \"%s\" stores no mins", name, o->opt.name);
+            if (s == 5 && !o->opt.awq)
+                return lfail(x, "%s is there, but option \"%s\" has no input scales", name, o->opt.name);
         }
     }
     return 0;
@@ -276,7 +290,7 @@ static size_t parts_bytes(const lctx *x)
     for (int i = 0; i < mdl_tensor_count(x->file); i++) {
         const mdl_tensor *t = mdl_tensor_at(x->file, i);
         if (t->type == MDL_U8 || t->type == MDL_U16 || t->type == MDL_U32 || strstr(t->name, PACK_SUFFIX_SCALES) ||
-            strstr(t->name, PACK_SUFFIX_MINS))
+            strstr(t->name, PACK_SUFFIX_MINS) || strstr(t->name, PACK_SUFFIX_XSCALE))
             n += (t->n_bytes + PART_ALIGN - 1) / PART_ALIGN * PART_ALIGN;
     }
     return n;
@@ -337,7 +351,7 @@ static int packed_linear(lctx *x, const mdl_packed_option *m, int max_batch, rt_
 {
     int64_t rows, cols;
     lay_packed *p = &x->own->packed[x->own->n_packed];
-    const mdl_tensor *v, *s, *z = NULL, *mn = NULL, *pm = NULL;
+    const mdl_tensor *v, *s, *z = NULL, *mn = NULL, *pm = NULL, *xs = NULL;
     linear_shape(x->c, m->tensor, &rows, &cols);
     p->opt = m->opt;
     int64_t ng = lay_n_groups(&p->opt, cols);
@@ -348,22 +362,28 @@ static int packed_linear(lctx *x, const mdl_packed_option *m, int max_batch, rt_
     if (p->opt.rot && x->version < 4)
         return lfail(x, "%s: option \"%s\" rotates its inputs, which format_version %d cannot hold", m->tensor,
                      p->opt.name, x->version);
+    if (p->opt.awq && x->version < 5)
+        return lfail(x, "%s: option \"%s\" scales its inputs, which format_version %d cannot hold", m->tensor,
+                     p->opt.name, x->version);
     p->rot_seed = m->rot_seed;
     if (expect_part(x, m->tensor, PACK_SUFFIX_VALUES, MDL_U8, rows, lay_row_bytes(&p->opt, cols), &v) ||
         expect_part(x, m->tensor, PACK_SUFFIX_SCALES, MDL_F16, rows, ng, &s) ||
         (p->opt.scale_fmt == LAY_SCALE_F16_Z8 && expect_part(x, m->tensor, PACK_SUFFIX_ZEROS, MDL_U8, rows, ng, &z)) ||
         (lay_ggml_has_min(type) && expect_part(x, m->tensor, PACK_SUFFIX_MINS, MDL_F16, rows, ng, &mn)) ||
         (type < 0 &&
-         expect_part(x, m->tensor, PACK_SUFFIX_PERM, lay_perm_bytes(cols) == 2 ? MDL_U16 : MDL_U32, cols, 0, &pm)))
+         expect_part(x, m->tensor, PACK_SUFFIX_PERM, lay_perm_bytes(cols) == 2 ? MDL_U16 : MDL_U32, cols, 0, &pm)) ||
+        (p->opt.awq && expect_part(x, m->tensor, PACK_SUFFIX_XSCALE, MDL_F16, cols, 0, &xs)))
         return -1;
     p->rows = rows, p->cols = cols;
     p->perm = pm ? pm->data : NULL;
     if (pm && check_perm(x, m->tensor, p)) return -1;
+    if (xs && check_xscale(x, m->tensor, xs->data, cols)) return -1;
     p->values = place(x, v), p->scales = place(x, s);
     p->perm = pm ? place(x, pm) : NULL;
     p->zeros = z ? place(x, z) : NULL;
     p->mins = mn ? place(x, mn) : NULL;
-    if (!p->values || !p->scales || (pm && !p->perm) || (z && !p->zeros) || (mn && !p->mins))
+    p->xscale = xs ? place(x, xs) : NULL;
+    if (!p->values || !p->scales || (pm && !p->perm) || (z && !p->zeros) || (mn && !p->mins) || (xs && !p->xscale))
         return lfail(x, "internal: packed memory too small");
     x->own->n_packed++;
     char why[256];

@@ -23,6 +23,7 @@ void pack_meta_options(sb_buf *b, const pack_meta_tensor *t, int n)
         sb_printf(b, ",\"bits_lo\":%d,\"bits_hi\":%d,\"hi_share\":%.9g,\"group\":%d,\"scale_fmt\":%d,",
                   o->bits_lo, o->bits_hi, (double)o->hi_share, (int)o->group, (int)o->scale_fmt);
         if (o->rot) sb_printf(b, "\"rot\":%d,\"rot_seed\":%u,", o->rot, t[i].rot_seed); /* version 4 */
+        if (o->awq) sb_puts(b, "\"awq\":1,");                                             /* version 5 */
         sb_printf(b, "\"bits\":%lld}", (long long)lay_tensor_bits(o, t[i].rows, t[i].cols));
     }
     sb_putc(b, '}');

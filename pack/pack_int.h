@@ -11,19 +11,21 @@
 #include "model/model.h"
 
 #define PACK_FORMAT "bitplan-packed"
-#define PACK_FORMAT_VERSION 4     /* the newest version written; 2 added the checksums, 3 ggml block
-                                     types, 4 input rotations */
-#define PACK_FORMAT_VERSION_GGML 3  /* what a file with ggml block types and no rotation is written as */
+#define PACK_FORMAT_VERSION 5     /* the newest version written; 2 added the checksums, 3 ggml block
+                                     types, 4 input rotations, 5 input scales */
+#define PACK_FORMAT_VERSION_ROT 4   /* what a file with rotations and no input scales is written as */
+#define PACK_FORMAT_VERSION_GGML 3  /* what a file with ggml block types and neither is written as */
 #define PACK_FORMAT_VERSION_PLAIN 2 /* what a file with neither is written as */
 #define PACK_FORMAT_VERSION_MIN 1 /* the oldest read: version 1 has no checksums */
 #define PACK_META_CHECKSUMS "checksums"
 
-/* Suffixes of the four parts of a quantized tensor (pack/FORMAT.md). */
+/* Suffixes of the parts of a quantized tensor (pack/FORMAT.md). */
 #define PACK_SUFFIX_VALUES ".qvalues"
 #define PACK_SUFFIX_SCALES ".qscales"
 #define PACK_SUFFIX_ZEROS ".qzeros"
 #define PACK_SUFFIX_MINS ".qmins"
 #define PACK_SUFFIX_PERM ".qperm"
+#define PACK_SUFFIX_XSCALE ".qxscale"
 
 /* One quantized tensor as the metadata describes it. */
 typedef struct {

@@ -285,7 +285,7 @@ static rt_linear **linear_of(pack_run *r, const pack_tensor *t)
 }
 
 /* Quantizes t from its weights, held as fp32 by quantize_range. */
-static int quantize_one(pack_run *r, pack_tensor *t, const gptq_prep *prep, char *err, size_t err_len)
+static int quantize_one(pack_run *r, pack_tensor *t, gptq_prep *const *prep, char *err, size_t err_len)
 {
     const rt_linear *l = *linear_of(r, t);
     assert(l->dense);
@@ -321,27 +321,35 @@ static int pack_one(pack_run *r, pack_tensor *t)
     }
     lay_cost c = lay_tensor_cost(&t->opt, t->rows, t->cols);
     int64_t ng = lay_n_groups(&t->opt, t->cols), rb = lay_row_bytes(&t->opt, t->cols);
-    uint8_t *values = malloc((size_t)c.values), *zeros = c.zeros ? malloc((size_t)c.zeros) : NULL;
-    uint16_t *scales = malloc((size_t)c.scales), *mins = c.mins ? malloc((size_t)c.mins) : NULL;
-    void *perm = c.perm ? malloc((size_t)c.perm) : NULL;
-    if (!values || !scales || (c.perm && !perm) || (c.zeros && !zeros) || (c.mins && !mins)) {
-        free(values), free(zeros), free(scales), free(mins), free(perm);
+    struct {
+        const char *suffix, *dtype;
+        int n_dims;
+        int64_t d0, d1, bytes;
+        void *data;
+    } part[] = {
+        {PACK_SUFFIX_VALUES, "U8", 2, t->rows, rb, c.values, NULL},
+        {PACK_SUFFIX_SCALES, "F16", 2, t->rows, ng, c.scales, NULL},
+        {PACK_SUFFIX_ZEROS, "U8", 2, t->rows, ng, c.zeros, NULL},
+        {PACK_SUFFIX_MINS, "F16", 2, t->rows, ng, c.mins, NULL},
+        {PACK_SUFFIX_PERM, lay_perm_bytes(t->cols) == 2 ? "U16" : "U32", 1, t->cols, 0, c.perm, NULL},
+        {PACK_SUFFIX_XSCALE, "F16", 1, t->cols, 0, c.xscale, NULL},
+    };
+    enum { N_PARTS = sizeof part / sizeof part[0] };
+    int k, oom = 0;
+    for (k = 0; k < N_PARTS; k++) oom |= part[k].bytes && !(part[k].data = malloc((size_t)part[k].bytes));
+    if (oom) {
+        for (k = 0; k < N_PARTS; k++) free(part[k].data);
         return fail(r, "out of memory packing %s", t->name);
     }
-    lay_pack_tensor(&t->q, values, scales, zeros, mins, perm);
+    lay_pack_tensor(&t->q, part[0].data, part[1].data, part[2].data, part[3].data, part[4].data, part[5].data);
     assert(rb * t->rows == c.values && ng * t->rows * 2 == c.scales);
     /* the writer owns each buffer once added (and frees it on failure); free the rest */
-    int rc = add_part(r, t, PACK_SUFFIX_VALUES, "U8", 2, t->rows, rb, values, (size_t)c.values);
-    if (rc) { free(scales), free(zeros), free(mins), free(perm); return -1; }
-    rc = add_part(r, t, PACK_SUFFIX_SCALES, "F16", 2, t->rows, ng, scales, (size_t)c.scales);
-    if (rc) { free(zeros), free(mins), free(perm); return -1; }
-    rc = zeros ? add_part(r, t, PACK_SUFFIX_ZEROS, "U8", 2, t->rows, ng, zeros, (size_t)c.zeros) : 0;
-    if (rc) { free(mins), free(perm); return -1; }
-    rc = mins ? add_part(r, t, PACK_SUFFIX_MINS, "F16", 2, t->rows, ng, mins, (size_t)c.mins) : 0;
-    if (rc) { free(perm); return -1; }
-    if (perm && add_part(r, t, PACK_SUFFIX_PERM, lay_perm_bytes(t->cols) == 2 ? "U16" : "U32", 1, t->cols, 0, perm,
-                         (size_t)c.perm))
-        return -1;
+    for (k = 0; k < N_PARTS; k++)
+        if (part[k].data && add_part(r, t, part[k].suffix, part[k].dtype, part[k].n_dims, part[k].d0, part[k].d1,
+                                     part[k].data, (size_t)part[k].bytes)) {
+            while (++k < N_PARTS) free(part[k].data);
+            return -1;
+        }
     r->st->n_quantized++;
     r->st->quantized_bits += lay_tensor_bits(&t->opt, t->rows, t->cols);
     r->st->quantized_weights += t->rows * t->cols;
@@ -398,7 +406,7 @@ static void release_held(pack_run *r, int t0, int t1)
 
 /* Quantizes this rank's planned tensors of [t0, t1) in parallel (invariant 6).
  * Each input group's Hessian is prepared as its tensors' options need
- * (prep[g][slot], gptq_prep_slot: act-order, column order, rotated). */
+ * (prep[g][slot], gptq_prep_wanted: act-order, column order, rotated, scaled). */
 static int quantize_mine(pack_run *r, int t0, int t1)
 {
     if (util_interrupted()) return fail(r, "interrupted");
@@ -410,11 +418,12 @@ static int quantize_mine(pack_run *r, int t0, int t1)
     int rc = 0;
     for (int i = t0; !rc && i < t1; i++) {
         rt_input g = rt_class_input(r->t[i].cls);
-        int slot = gptq_prep_slot(&r->t[i].opt);
-        char why[256];
-        if (!is_mine(&r->t[i]) || prep[g][slot]) continue;
-        if (gptq_prepare_slot(r->hl->h[g], r->hl->cols[g], slot, &gp, &prep[g][slot], why, sizeof why))
-            rc = fail(r, "%s: %s", r->t[i].name, why);
+        for (int slot = 0; !rc && slot < GPTQ_PREP_SLOTS; slot++) {
+            char why[256];
+            if (!is_mine(&r->t[i]) || prep[g][slot] || !gptq_prep_wanted(&r->t[i].opt, slot)) continue;
+            if (gptq_prepare_slot(r->hl->h[g], r->hl->cols[g], slot, &gp, &prep[g][slot], why, sizeof why))
+                rc = fail(r, "%s: %s", r->t[i].name, why);
+        }
     }
     if (!rc) rc = hold_mine(r, t0, t1);
     int blas_threads = openblas_get_num_threads();
@@ -424,7 +433,7 @@ static int quantize_mine(pack_run *r, int t0, int t1)
         pack_tensor *t = &r->t[i];
         char err[512];
         if (!is_mine(t) || r->failed) continue;
-        if (quantize_one(r, t, prep[rt_class_input(t->cls)][gptq_prep_slot(&t->opt)], err, sizeof err)) {
+        if (quantize_one(r, t, prep[rt_class_input(t->cls)], err, sizeof err)) {
 #pragma omp critical(pack_fail)
             if (!r->failed) r->failed = 1, fail(r, "%s, option \"%s\": %s", t->name, t->opt.name, err);
         }
@@ -614,13 +623,16 @@ static int add_metadata(pack_run *r)
     free(tok);
     /* the oldest version that holds the file, so that older readers run what they can
      * (FORMAT.md, Versions) */
-    int ggml = 0, rot = 0;
+    int ggml = 0, rot = 0, awq = 0;
     for (int i = 0; i < r->nt; i++) {
         ggml |= r->t[i].planned && lay_option_ggml(&r->t[i].opt) >= 0;
         rot |= r->t[i].planned && r->t[i].opt.rot;
+        awq |= r->t[i].planned && r->t[i].opt.awq;
     }
     char version[16];
-    snprintf(version, sizeof version, "%d", rot ? PACK_FORMAT_VERSION : ggml ? PACK_FORMAT_VERSION_GGML : PACK_FORMAT_VERSION_PLAIN);
+    snprintf(version, sizeof version, "%d",
+             awq ? PACK_FORMAT_VERSION
+             : rot ? PACK_FORMAT_VERSION_ROT : ggml ? PACK_FORMAT_VERSION_GGML : PACK_FORMAT_VERSION_PLAIN);
     if (rc || pack_writer_meta(r->w, "format", PACK_FORMAT) || pack_writer_meta(r->w, "format_version", version))
         return fail(r, "out of memory writing metadata");
     return 0;

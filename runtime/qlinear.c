@@ -16,6 +16,9 @@
  * holds W' = W R: both ways first rotate the activations, x' = R^T x (the kernels'
  * rotate: signs, a fast Walsh-Hadamard transform per block, the norm; the same
  * floats as lay_rot_apply), and multiply x' by W'. get_row rotates the row back.
+ * One with input scales (layout.h, "Activation-aware input scales") holds W / m:
+ * the activations are multiplied by m first (lay_xscale_mul's products), and
+ * get_row multiplies the row by m.
  *
  * Its scratch (rotated, permuted and quantized activations, per-row multipliers, the fp32
  * slabs) is an rt_scratch that every layer of a model shares (one product runs at
@@ -57,7 +60,8 @@ typedef struct {
     int int8_rows;              /* rows of the int8 scratch: min(max_batch, RT_PACKED_EXACT_BATCH - 1) */
     int64_t slab_rows;          /* min(rows, SLAB_ROWS) */
     float *rsign;               /* [cols] the rotation's signs (opt.rot), else NULL */
-    size_t xr_bytes;            /* [max_batch][cols] rotated activations, at the scratch's start */
+    float *xmul;                /* [cols] the input multipliers m as float (opt.awq), else NULL */
+    size_t xr_bytes;            /* [max_batch][cols] transformed activations, at the scratch's start */
     rt_scratch *scratch;        /* shared (or owned: own_scratch) */
     int own_scratch;
     size_t off[5], need;        /* byte offsets of xq, xd, xs, sd in the int8 scratch; its size */
@@ -66,7 +70,7 @@ typedef struct {
 /* A product's scratch, carved from the shared buffer. The int8 path and the exact
  * path never run at once, so they overlap. */
 typedef struct {
-    float *xr;                  /* [max_batch][cols] rotated activations (opt.rot), else NULL */
+    float *xr;                  /* [max_batch][cols] transformed activations (rot, awq), else NULL */
     float *xp;                  /* [int8_rows][cols] activations in stored order */
     int8_t *xq;                 /* [int8_rows][cols] quantized */
     float *xd;                  /* [int8_rows][ng] activation scale per group */
@@ -78,7 +82,7 @@ typedef struct {
 static qbufs bufs_of(const qlin *q)
 {
     char *r = rt_scratch_get(q->scratch, q->need), *b = r + q->xr_bytes;
-    return (qbufs){.xr = q->rsign ? (float *)r : NULL, .xp = (float *)b, .xq = (int8_t *)(b + q->off[0]),
+    return (qbufs){.xr = q->rsign || q->xmul ? (float *)r : NULL, .xp = (float *)b, .xq = (int8_t *)(b + q->off[0]),
                    .xd = (float *)(b + q->off[1]), .xs = (int32_t *)(b + q->off[2]), .sd = (float *)(b + q->off[3]),
                    .slab = (float *)b};
 }
@@ -117,6 +121,7 @@ static void packed_get_row(const rt_linear *l, int64_t r, float *out)
     assert(r >= 0 && r < l->rows);
     decode_row(q, r, out);
     lay_rot_unapply(q->p.opt.rot, q->p.rot_seed, out, q->p.cols); /* a row of W' back to W's */
+    if (q->xmul) lay_xscale_mul(q->p.xscale, out, q->p.cols);
 }
 
 
@@ -188,14 +193,20 @@ static void exact_matmul(const qlin *q, const float *x, float *y, int n)
     openblas_set_num_threads(blas_threads);
 }
 
-/* x' = R^T x for the n activation rows into b->xr. */
-static const float *rotate_input(const qlin *q, const qbufs *b, const float *x, int n)
+/* x' = R^T x (rot) or x * m (awq) for the n activation rows into b->xr. */
+static const float *transform_input(const qlin *q, const qbufs *b, const float *x, int n)
 {
     int64_t cols = q->p.cols;
     float norm = (float)(1.0 / sqrt((double)q->p.opt.rot));
     for (int k = 0; k < n; k++) {
-        memcpy(b->xr + k * cols, x + k * cols, (size_t)cols * sizeof *x);
-        q->k->rotate(q->p.opt.rot, q->rsign, norm, b->xr + k * cols, cols);
+        const float *xk = x + k * cols;
+        float *out = b->xr + k * cols;
+        if (q->xmul) {
+            for (int64_t j = 0; j < cols; j++) out[j] = xk[j] * q->xmul[j]; /* lay_xscale_mul's product */
+            continue;
+        }
+        memcpy(out, xk, (size_t)cols * sizeof *x);
+        q->k->rotate(q->p.opt.rot, q->rsign, norm, out, cols);
     }
     return b->xr;
 }
@@ -204,9 +215,9 @@ static void packed_matmul(const rt_linear *l, const float *x, float *y, int n)
 {
     const qlin *q = l->impl;
     assert(n >= 1 && n <= q->max_batch);
-    if (q->rsign) {
+    if (q->rsign || q->xmul) {
         qbufs b = bufs_of(q);
-        x = rotate_input(q, &b, x, n);
+        x = transform_input(q, &b, x, n);
     }
     if (n >= RT_PACKED_EXACT_BATCH) {
         exact_matmul(q, x, y, n);
@@ -254,7 +265,7 @@ static void build_gather(qlin *q)
 static void qlin_free(qlin *q)
 {
     if (!q) return;
-    free(q->perm), free(q->gather), free(q->zsym), free(q->rsign);
+    free(q->perm), free(q->gather), free(q->zsym), free(q->rsign), free(q->xmul);
     if (q->own_scratch) rt_scratch_free(q->scratch);
     free(q);
 }
@@ -294,8 +305,8 @@ static void plan_scratch(qlin *q)
     q->need = at;
     size_t slab = (size_t)q->max_threads * (size_t)q->slab_rows * cols * sizeof(float);
     if (q->max_batch >= RT_PACKED_EXACT_BATCH && slab > q->need) q->need = slab;
-    q->xr_bytes = q->p.opt.rot ? align64((size_t)q->max_batch * cols * sizeof(float)) : 0;
-    q->need += q->xr_bytes; /* the rotated rows stay while either path runs */
+    q->xr_bytes = q->p.opt.rot || q->p.opt.awq ? align64((size_t)q->max_batch * cols * sizeof(float)) : 0;
+    q->need += q->xr_bytes; /* the transformed rows stay while either path runs */
     rt_scratch_want(q->scratch, q->need);
 }
 
@@ -316,7 +327,12 @@ static int qlin_alloc(qlin *q, int max_batch, rt_scratch *shared)
     if (!q->p.zeros) q->zsym = malloc((size_t)ng);
     if (q->p.opt.rot && (q->rsign = malloc((size_t)cols * sizeof *q->rsign)))
         for (int64_t j = 0; j < cols; j++) q->rsign[j] = (float)lay_rot_sign(q->p.rot_seed, j);
-    return q->perm && q->gather && (q->p.zeros || q->zsym) && (!q->p.opt.rot || q->rsign) ? 0 : -1;
+    if (q->p.opt.awq && (q->xmul = malloc((size_t)cols * sizeof *q->xmul)))
+        for (int64_t j = 0; j < cols; j++) q->xmul[j] = lay_f16_to_f32(q->p.xscale[j]);
+    return q->perm && q->gather && (q->p.zeros || q->zsym) && (!q->p.opt.rot || q->rsign) &&
+                   (!q->p.opt.awq || q->xmul)
+               ? 0
+               : -1;
 }
 
 rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, rt_scratch *scratch, char *err, size_t err_len)

@@ -52,27 +52,35 @@ if [ ${#pymissing[@]} -gt 0 ]; then
 fi
 
 # The peer: llama-cpp-python, whose pip install compiles the llama.cpp it vendors
-# (CPU only, ~3.5 min on 2 cores). Keep LLAMA_CPP_PY and the GGML flags in step
-# with scripts/llama-tools.sh, which builds llama.cpp's own tools from the same sdist.
+# (CPU only, ~3.5 min on 2 cores). Keep LLAMA_CPP_PY in step with
+# scripts/llama-tools.sh, which builds llama.cpp's own tools from the same sdist.
 LLAMA_CPP_PY=0.3.36
-if ! $PY -c "import sys, llama_cpp; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_PY')" 2>/dev/null; then
+# The flags (scripts/ggml-flags.sh: this CPU's, AVX-512 only where it has it) are
+# stored in the installed package: an install made for another CPU is made again.
+# shellcheck source=scripts/ggml-flags.sh
+. "$(dirname "$0")/ggml-flags.sh"
+LLAMA_CMAKE_ARGS="${GGML_FLAGS[*]} -DLLAVA_BUILD=OFF"
+llama_flags_file() { $PY -c "import os, llama_cpp; print(os.path.join(os.path.dirname(llama_cpp.__file__), '.bitplan-cmake-args'))"; }
+if ! $PY -c "import sys, llama_cpp; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_PY')" 2>/dev/null ||
+   [ "$(cat "$(llama_flags_file)" 2>/dev/null)" != "$LLAMA_CMAKE_ARGS" ]; then
   echo "deps: pip installing llama-cpp-python==$LLAMA_CPP_PY (compiles llama.cpp, a few minutes)"
-  # Portable x86-64: no -march=native; AVX2/FMA/F16C and the AVX-512 subsets that both
-  # AMD Zen 4/5 and Intel Sapphire Rapids have. AMX off: the Xeons advertise it but its
-  # instructions trap (SIGILL). LLAVA_BUILD=OFF skips the multimodal library (unused).
-  export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
--DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON \
--DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_BLAS=OFF -DLLAVA_BUILD=OFF"
+  # LLAVA_BUILD=OFF skips the multimodal library (unused).
+  export CMAKE_ARGS="$LLAMA_CMAKE_ARGS"
   export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
   # A Python marked externally managed (Debian's) needs --break-system-packages;
   # decided up front so that a failed compile is not run a second time.
   pipflags=()
   $PY -c "import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path('stdlib'), 'EXTERNALLY-MANAGED')))" &&
     pipflags+=(--break-system-packages)
+  # Made again for other flags: only the package itself, never from pip's wheel cache
+  # (which keys a built wheel by the sdist alone, whatever the flags).
+  $PY -c "import llama_cpp" 2>/dev/null && pipflags+=(--force-reinstall --no-deps)
   log=$(mktemp)
-  if ! $PY -m pip install -v "${pipflags[@]}" --no-binary llama-cpp-python "llama-cpp-python==$LLAMA_CPP_PY" >"$log" 2>&1; then
+  if ! $PY -m pip install -v "${pipflags[@]}" --no-cache-dir --no-binary llama-cpp-python \
+       "llama-cpp-python==$LLAMA_CPP_PY" >"$log" 2>&1; then
     tail -40 "$log" >&2; echo "deps: llama-cpp-python failed to build (full log: $log)" >&2; exit 1
   fi
   rm -f "$log"
   $PY -c "import llama_cpp" || { echo "deps: llama_cpp does not import after install" >&2; exit 1; }
+  echo "$LLAMA_CMAKE_ARGS" >"$(llama_flags_file)"
 fi

@@ -10,14 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
-# Keep VERSION and GGML_FLAGS in step with scripts/deps.sh.
+# Keep VERSION in step with scripts/deps.sh; both take their CMake flags (this CPU's:
+# AVX-512 only where it has it) from scripts/ggml-flags.sh.
 VERSION=0.3.36
-# CPU only, portable: no -march=native; AVX2/FMA/F16C and the AVX-512 subsets that
-# both AMD Zen 4/5 and Intel Sapphire Rapids have. AMX off: the Xeons advertise it
-# but its instructions trap (SIGILL) in these VMs.
-GGML_FLAGS=(-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
-  -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
-  -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_BLAS=OFF)
+# shellcheck source=scripts/ggml-flags.sh
+. scripts/ggml-flags.sh
 TOOLS="llama-quantize llama-imatrix llama-perplexity llama-bench llama-completion"
 
 OUT=out/llama.cpp

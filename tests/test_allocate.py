@@ -35,14 +35,17 @@ def tensor_bits(bits, group, rows, cols):
     return 8 * (rows * cols * bits // 8 + rows * groups * 3 + cols * 2)
 
 
-def make_db(path, probes=False, calib=True, seed=1, version=3):
-    """A database as bitplan measure leaves it; version 2: as it left it before
-    options had a rotation (schema.sql is version 1, and 1 -> 2 changed no column)."""
+def make_db(path, probes=False, calib=True, seed=1, version=4):
+    """A database as bitplan measure leaves it; version 3: as it left it before
+    options had input scales; version 2: before they had a rotation (schema.sql is
+    version 1, and 1 -> 2 changed no column)."""
     con = sqlite3.connect(path)
     with open(os.path.join(ROOT, "db", "schema.sql")) as f:
         con.executescript(f.read())
     if version >= 3:
         con.execute("ALTER TABLE options ADD COLUMN rot INTEGER NOT NULL DEFAULT 0")  # version 3's column
+    if version >= 4:
+        con.execute("ALTER TABLE options ADD COLUMN awq INTEGER NOT NULL DEFAULT 0")  # version 4's column
     con.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(version),))
     tensors = [(f"blk.{l}.{c}.weight", l, c, g, r, k) for l in range(CONFIG["n_layers"]) for c, g, r, k in CLASSES]
     tensors.append(("output.weight", -1, "head", "head", CONFIG["vocab_size"], CONFIG["dim"]))
@@ -141,22 +144,24 @@ def test_bpw_plan_meets_budget_and_matches_glpsol(tmp_path):
     assert len(chosen) == len(tensors)
 
 
-def test_version_2_database_migrates(tmp_path):
-    """A database from before rotations: a read-only command asks for a writable
-    open; allocate (writable) migrates it in place, every option keeping its id and
-    fields with rot 0, every reference intact, and a rotated twin of an option can
-    then be stored beside it (the key includes rot)."""
-    db = str(tmp_path / "v2.db")
-    make_db(db, version=2)
-    before = sqlite3.connect(db).execute("SELECT * FROM options ORDER BY id").fetchall()
+@pytest.mark.parametrize("version", [2, 3])
+def test_older_database_migrates(tmp_path, version):
+    """A database from before rotations (2) or input scales (3): a read-only command
+    asks for a writable open; allocate (writable) migrates it in place, every option
+    keeping its id and fields with rot and awq 0, every reference intact, and a
+    rotated twin of an option, or one with input scales, can then be stored beside it
+    (the key includes rot and awq), but not one with both."""
+    db = str(tmp_path / "old.db")
+    make_db(db, version=version)
+    before = [r[:7] for r in sqlite3.connect(db).execute("SELECT * FROM options ORDER BY id").fetchall()]
     r = subprocess.run([BITPLAN, "report", "--db", db, "--format", "json"], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "needs migrating; open it writable" in r.stderr, r.stderr
     assert run("--db", db, "--bpw", "4").returncode == 0
     con = sqlite3.connect(db)
-    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
-    after = con.execute("SELECT id, name, bits_lo, bits_hi, hi_share, group_size, scale_fmt, rot FROM options "
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("4",)
+    after = con.execute("SELECT id, name, bits_lo, bits_hi, hi_share, group_size, scale_fmt, rot, awq FROM options "
                         "ORDER BY id").fetchall()
-    assert [a[:7] for a in after] == before and all(a[7] == 0 for a in after)
+    assert [a[:7] for a in after] == before and all(a[7] == 0 and a[8] == 0 for a in after)
     assert con.execute("PRAGMA foreign_key_check").fetchall() == []
     assert con.execute("SELECT count(*) FROM measurements m LEFT JOIN options o ON o.id = m.option_id "
                        "WHERE o.id IS NULL").fetchone() == (0,)
@@ -165,6 +170,12 @@ def test_version_2_database_migrates(tmp_path):
     with pytest.raises(sqlite3.IntegrityError):
         con.execute("INSERT INTO options(name, bits_lo, bits_hi, hi_share, group_size, scale_fmt, rot) "
                     "SELECT name, bits_lo, bits_hi, hi_share, group_size, scale_fmt, 64 FROM options WHERE id = 1")
+    con.execute("INSERT INTO options(name, bits_lo, bits_hi, hi_share, group_size, scale_fmt, awq) "
+                "SELECT name || ' awq', bits_lo, bits_hi, hi_share, group_size, scale_fmt, 1 FROM options WHERE id = 1")
+    with pytest.raises(sqlite3.IntegrityError):  # not both
+        con.execute("INSERT INTO options(name, bits_lo, bits_hi, hi_share, group_size, scale_fmt, rot, awq) "
+                    "SELECT name || ' x', bits_lo, bits_hi, hi_share, group_size, scale_fmt, 64, 1 FROM options "
+                    "WHERE id = 1")
     con.close()
 
 

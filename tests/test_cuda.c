@@ -17,14 +17,17 @@
  *   - rt_cuda_matvec_packed on every option, batch 1..4, 5, 16 and a prompt batch
  *     on both paths against x W^T in double (1e-4 for the fp32 matrix-vector path,
  *     1e-3 for the fp16 cuBLAS path), and the same for options that rotate their
- *     inputs in blocks of 64 and 128 (W from lay_packed_dequant, rotated back);
- *   - the device's input rotation equals lay_rot_apply bit for bit;
+ *     inputs in blocks of 64 and 128 (W from lay_packed_dequant, rotated back) and
+ *     for options with input scales (W from lay_packed_dequant, times m);
+ *   - the device's input rotation equals lay_rot_apply bit for bit, its input
+ *     scaling lay_xscale_mul;
  *   - a tiny packed model's logits (prompt batch, then token by token) against the
  *     CPU forward pass of the same model with dequantized dense weights, in
- *     bitplan's formats, in the ggml types, and in bitplan's formats rotated;
+ *     bitplan's formats, in the ggml types, and in bitplan's formats rotated and
+ *     with input scales;
  *   - rt_eval and rt_generate (greedy) with the GPU runner against the CPU's;
  *   - errors: a layer without weights, a batch too large, a token out of range, a
- *     Q4_1 tensor without mins.
+ *     Q4_1 tensor without mins, a tensor with input scales without its multipliers.
  *
  * What it must never do: assert on time, or pass without comparing.
  */
@@ -57,7 +60,7 @@ static float rndf(void) { return (float)rnd() / 4294967296.0f * 2.0f - 1.0f; } /
 typedef struct {
     lay_packed p;
     uint8_t *values, *zeros;
-    uint16_t *scales, *mins;
+    uint16_t *scales, *mins, *xscale;
     void *perm;
     float *deq;            /* [rows][cols], original column order */
 } ptensor;
@@ -101,7 +104,9 @@ static void ggml_fill(lay_qtensor *q, float mag)
 }
 
 /* A random packed tensor whose weights are about `mag` in size; one whose option
- * rotates gets a random seed (its codes are then W R's, and deq W's). */
+ * rotates gets a random seed (its codes are then W R's, and deq W's), one with
+ * input scales random multipliers m in [0.25, 4) (its codes are W / m's, and deq
+ * W's, so deq's columns are up to 4 times `mag`). */
 static void pt_make(ptensor *t, int64_t rows, int64_t cols, const lay_option *o, float mag)
 {
     lay_qtensor q;
@@ -109,25 +114,28 @@ static void pt_make(ptensor *t, int64_t rows, int64_t cols, const lay_option *o,
     assert_int_equal(lay_qtensor_alloc(&q, rows, cols, o), 0);
     if (lay_option_ggml(o) >= 0) ggml_fill(&q, mag);
     else pt_random(&q, mag);
+    for (int64_t j = 0; o->awq && j < cols; j++) q.xscale[j] = lay_f32_to_f16(0.25f * powf(16.0f, (rndf() + 1.0f) / 2));
     lay_cost c = lay_tensor_cost(o, rows, cols);
     t->values = malloc((size_t)c.values);
     t->scales = malloc((size_t)c.scales);
     t->zeros = c.zeros ? malloc((size_t)c.zeros) : NULL;
     t->mins = c.mins ? malloc((size_t)c.mins) : NULL;
     t->perm = c.perm ? malloc((size_t)c.perm) : NULL; /* none for ggml types: original column order */
+    t->xscale = c.xscale ? malloc((size_t)c.xscale) : NULL;
     t->deq = malloc((size_t)(rows * cols) * sizeof *t->deq);
     assert_true(t->values && t->scales && (t->zeros || !c.zeros) && (t->mins || !c.mins) && (t->perm || !c.perm) &&
-                t->deq);
-    lay_pack_tensor(&q, t->values, t->scales, t->zeros, t->mins, t->perm);
+                (t->xscale || !c.xscale) && t->deq);
+    lay_pack_tensor(&q, t->values, t->scales, t->zeros, t->mins, t->perm, t->xscale);
     t->p = (lay_packed){ .rows = rows, .cols = cols, .opt = *o, .values = t->values, .scales = t->scales,
-                         .zeros = t->zeros, .mins = t->mins, .perm = t->perm, .rot_seed = o->rot ? rnd() : 0 };
+                         .zeros = t->zeros, .mins = t->mins, .perm = t->perm, .rot_seed = o->rot ? rnd() : 0,
+                         .xscale = t->xscale };
     lay_packed_dequant(&t->p, t->deq);
     lay_qtensor_free(&q);
 }
 
 static void pt_free(ptensor *t)
 {
-    free(t->values), free(t->scales), free(t->zeros), free(t->mins), free(t->perm), free(t->deq);
+    free(t->values), free(t->scales), free(t->zeros), free(t->mins), free(t->perm), free(t->xscale), free(t->deq);
 }
 
 static lay_option opt(int lo, int hi, float share, int group, lay_scale_fmt fmt)
@@ -143,6 +151,15 @@ static lay_option rot_opt(int lo, int hi, float share, int group, lay_scale_fmt 
     lay_option o = opt(lo, hi, share, group, fmt);
     o.rot = (uint16_t)rot;
     snprintf(o.name + strlen(o.name), sizeof o.name - strlen(o.name), " h%d", rot);
+    return o;
+}
+
+/* The same, with input scales (activation-aware: layout.h). */
+static lay_option awq_opt(int lo, int hi, float share, int group, lay_scale_fmt fmt)
+{
+    lay_option o = opt(lo, hi, share, group, fmt);
+    o.awq = 1;
+    snprintf(o.name + strlen(o.name), sizeof o.name - strlen(o.name), " awq");
     return o;
 }
 
@@ -436,6 +453,18 @@ static void test_gpu_matvec(void **state)
         }
 }
 
+/* check_paths for every option of opts[n] on both shapes. */
+static void check_options_on_shapes(const lay_option *opts, int n, const int64_t shapes[2][2])
+{
+    for (int s = 0; s < 2; s++)
+        for (int k = 0; k < n; k++) {
+            ptensor t;
+            pt_make(&t, shapes[s][0], shapes[s][1], &opts[k], 0.05f);
+            check_paths(&t);
+            pt_free(&t);
+        }
+}
+
 /* Rotated options (blocks of 64 and 128, plain, mixed, symmetric) on shapes whose
  * columns hold whole blocks of both; the same paths and tolerances. */
 static void test_gpu_matvec_rot(void **state)
@@ -445,13 +474,7 @@ static void test_gpu_matvec_rot(void **state)
     const lay_option opts[] = { rot_opt(4, 4, 0, 64, LAY_SCALE_F16_Z8, 64), rot_opt(4, 4, 0, 64, LAY_SCALE_F16_Z8, 128),
                                 rot_opt(2, 3, 0.3f, 128, LAY_SCALE_F16_Z8, 64), rot_opt(3, 3, 0, 32, LAY_SCALE_F16, 128) };
     const int64_t shapes[][2] = { { 300, 256 }, { 70, 384 } };
-    for (int s = 0; s < 2; s++)
-        for (int k = 0; k < 4; k++) {
-            ptensor t;
-            pt_make(&t, shapes[s][0], shapes[s][1], &opts[k], 0.05f);
-            check_paths(&t);
-            pt_free(&t);
-        }
+    check_options_on_shapes(opts, 4, shapes);
 }
 
 /* The device's rotation is lay_rot_apply's, bit for bit, on values of many
@@ -481,6 +504,46 @@ static void test_gpu_rotate(void **state)
     free(x), free(y), free(ref);
 }
 
+/* Options with input scales (plain, mixed, symmetric, 8-bit) on shapes with a short
+ * last group and more than one tile; the same paths and tolerances. */
+static void test_gpu_matvec_awq(void **state)
+{
+    (void)state;
+    NEED_GPU();
+    const lay_option opts[] = { awq_opt(4, 4, 0, 64, LAY_SCALE_F16_Z8), awq_opt(2, 3, 0.3f, 128, LAY_SCALE_F16_Z8),
+                                awq_opt(3, 3, 0, 32, LAY_SCALE_F16), awq_opt(8, 8, 0, 128, LAY_SCALE_F16_Z8) };
+    const int64_t shapes[][2] = { { 300, 352 }, { 70, 1088 } };
+    check_options_on_shapes(opts, 4, shapes);
+}
+
+/* The device's input scaling is lay_xscale_mul's, bit for bit, on values of many
+ * magnitudes times every kind of finite positive fp16 multiplier (normal and
+ * subnormal, so that the products round), over columns that leave a partial last
+ * block of threads; bad arguments fail with a message. */
+static void test_gpu_xscale(void **state)
+{
+    (void)state;
+    NEED_GPU();
+    enum { N = 3, COLS = 389 };
+    float *x = malloc(N * COLS * sizeof *x), *ref = malloc(N * COLS * sizeof *ref), *y = malloc(N * COLS * sizeof *y);
+    uint16_t m[COLS];
+    char err[256];
+    assert_true(x && ref && y);
+    for (int i = 0; i < N * COLS; i++) x[i] = ldexpf(rndf(), (int)(rnd() % 24) - 12);
+    for (int j = 0; j < COLS; j++) m[j] = (uint16_t)(1 + rnd() % 0x7BFF); /* (0, 65504]: no 0, inf or NaN */
+    memcpy(ref, x, N * COLS * sizeof *ref);
+    for (int k = 0; k < N; k++) lay_xscale_mul(m, ref + k * COLS, COLS);
+    if (rt_cuda_xscale(m, x, N, COLS, y, err, sizeof err)) fail_msg("%s", err);
+    for (int i = 0; i < N * COLS; i++)
+        if (memcmp(&y[i], &ref[i], sizeof y[i]))
+            fail_msg("value %d is %a, lay_xscale_mul's %a", i, (double)y[i], (double)ref[i]);
+    assert_int_equal(rt_cuda_xscale(m, x, 0, COLS, y, err, sizeof err), -1);
+    assert_non_null(strstr(err, "0 rows"));
+    assert_int_equal(rt_cuda_xscale(NULL, x, N, COLS, y, err, sizeof err), -1);
+    assert_non_null(strstr(err, "without multipliers"));
+    free(x), free(y), free(ref);
+}
+
 /* ==== A tiny model: packed on the GPU, the same weights dense on the CPU ==== */
 
 enum { TM_LAYERS = 2, TM_DIM = 64, TM_HIDDEN = 160, TM_HEADS = 4, TM_KV = 2, TM_HD = 16, TM_VOCAB = 96 };
@@ -507,10 +570,12 @@ typedef enum {
     TM_GGML,  /* the 32-wide ggml types */
     TM_ROT,   /* bitplan's, rotating their inputs in blocks of 64 where the columns allow
                  (all but down's 160), the head and embedding too */
+    TM_AWQ,   /* bitplan's, every layer with input scales (down's 160 columns the widest),
+                 the head and embedding too */
 } tm_formats;
 
 /* The layers in the formats fmt says; the head (also the embedding, decoded on the
- * host by get_row) in 4-bit g32, rotated with TM_ROT. */
+ * host by get_row) in 4-bit g32, rotated with TM_ROT, with input scales with TM_AWQ. */
 static void tiny_make(tiny *m, int dense_o, tm_formats fmt)
 {
     static const int64_t Q = TM_HEADS * TM_HD, KV = TM_KV * TM_HD;
@@ -523,12 +588,14 @@ static void tiny_make(tiny *m, int dense_o, tm_formats fmt)
     const lay_option gg[LAY_HEAD] = { ggml_opt(LAY_GGML_Q4_0), ggml_opt(LAY_GGML_Q4_1), ggml_opt(LAY_GGML_Q5_0),
                                      ggml_opt(LAY_GGML_Q5_1), ggml_opt(LAY_GGML_Q8_0), ggml_opt(LAY_GGML_Q4_1),
                                      ggml_opt(LAY_GGML_Q5_1) };
-    lay_option rot[LAY_HEAD];
+    lay_option rot[LAY_HEAD], awq[LAY_HEAD];
     for (int k = 0; k < LAY_HEAD; k++) {
         rot[k] = own[k];
         rot[k].rot = shape[k][1] % 64 ? 0 : 64;
+        awq[k] = own[k];
+        awq[k].awq = 1;
     }
-    const lay_option *o = fmt == TM_GGML ? gg : fmt == TM_ROT ? rot : own;
+    const lay_option *o = fmt == TM_GGML ? gg : fmt == TM_ROT ? rot : fmt == TM_AWQ ? awq : own;
     char err[256];
     memset(m, 0, sizeof *m);
     mdl_config *c = &m->gpu.cfg;
@@ -561,7 +628,7 @@ static void tiny_make(tiny *m, int dense_o, tm_formats fmt)
         m->gl[l].attn_norm = m->cl[l].attn_norm = m->norms[2 * l];
         m->gl[l].ffn_norm = m->cl[l].ffn_norm = m->norms[2 * l + 1];
     }
-    pt_make(&m->head, TM_VOCAB, TM_DIM, fmt == TM_ROT ? &rot[0] : &own[0], 1.0f);
+    pt_make(&m->head, TM_VOCAB, TM_DIM, fmt == TM_ROT ? &rot[0] : fmt == TM_AWQ ? &awq[0] : &own[0], 1.0f);
     m->gpu.embed = rt_linear_packed(&m->head.p, 1, NULL, err, sizeof err); /* get_row decodes exactly */
     assert_non_null(m->gpu.embed);
     m->gpu.embed->packed = &m->head.p;
@@ -669,6 +736,14 @@ static void test_gpu_model_rot(void **state)
     run_model_check(0, TM_ROT, 32, 3e-3);  /* and the fp16 cuBLAS path */
 }
 
+static void test_gpu_model_awq(void **state)
+{
+    (void)state;
+    NEED_GPU();
+    run_model_check(0, TM_AWQ, 8, 1e-3);   /* layers with input scales: matrix-vector path */
+    run_model_check(0, TM_AWQ, 32, 3e-3);  /* and the fp16 cuBLAS path */
+}
+
 static void test_gpu_eval(void **state)
 {
     (void)state;
@@ -757,6 +832,13 @@ static void test_gpu_errors(void **state)
     assert_int_equal(rt_cuda_matvec_packed(&t.p, x, 1, y, RT_CUDA_PATH_AUTO, err, sizeof err), -1);
     assert_non_null(strstr(err, "mins"));
     pt_free(&t);
+    /* a tensor with input scales without its multipliers */
+    lay_option a4 = awq_opt(4, 4, 0, 32, LAY_SCALE_F16_Z8);
+    pt_make(&t, 8, 64, &a4, 0.1f);
+    t.p.xscale = NULL;
+    assert_int_equal(rt_cuda_matvec_packed(&t.p, x, 1, y, RT_CUDA_PATH_AUTO, err, sizeof err), -1);
+    assert_non_null(strstr(err, "xscale"));
+    pt_free(&t);
 }
 
 int main(void)
@@ -773,10 +855,13 @@ int main(void)
         cmocka_unit_test(test_gpu_matvec),
         cmocka_unit_test(test_gpu_matvec_rot),
         cmocka_unit_test(test_gpu_rotate),
+        cmocka_unit_test(test_gpu_matvec_awq),
+        cmocka_unit_test(test_gpu_xscale),
         cmocka_unit_test(test_gpu_model_decode),
         cmocka_unit_test(test_gpu_model_prompt),
         cmocka_unit_test(test_gpu_model_ggml),
         cmocka_unit_test(test_gpu_model_rot),
+        cmocka_unit_test(test_gpu_model_awq),
         cmocka_unit_test(test_gpu_eval),
         cmocka_unit_test(test_gpu_generate),
         cmocka_unit_test(test_gpu_errors),

@@ -101,7 +101,7 @@ static int64_t add_calib(db_conn *d, int64_t model, const char *key, int *done)
 
 static int64_t add_option(db_conn *d, int bits, int group)
 {
-    lay_option o = {"opt", (uint8_t)bits, (uint8_t)bits, 0.0f, group, LAY_SCALE_F16_Z8, 0};
+    lay_option o = {"opt", (uint8_t)bits, (uint8_t)bits, 0.0f, group, LAY_SCALE_F16_Z8, 0, 0};
     int64_t id = 0;
     assert_int_equal(db_option_upsert(d, &o, &id), 0);
     return id;
@@ -126,18 +126,18 @@ static void test_create_reopen(void **state)
     (void)state;
     const char *p = path_in_dir("create.db");
     db_conn *d = open_ok(p, DB_OPEN_CREATE);
-    assert_int_equal(db_schema_version(d), 3);
+    assert_int_equal(db_schema_version(d), 4);
     int64_t m = add_model(d);
     db_close(d);
     d = open_ok(p, DB_OPEN_WRITE);
-    assert_int_equal(db_schema_version(d), 3);
+    assert_int_equal(db_schema_version(d), 4);
     int64_t m2 = 0;
     assert_int_equal(db_model_upsert(d, &model_a, &m2), 0);
     assert_int_equal(m, m2);
     db_close(d);
     assert_int_equal(count_rows(p, "models"), 1);
     d = open_ok(p, DB_OPEN_READ);
-    assert_int_equal(db_schema_version(d), 3);
+    assert_int_equal(db_schema_version(d), 4);
     db_close(d);
 }
 
@@ -172,16 +172,17 @@ static void test_migrate_empty_file(void **state)
         assert_int_equal(st.st_size, 0);
     }
     db_conn *d = open_ok(p, DB_OPEN_CREATE);
-    assert_int_equal(db_schema_version(d), 3);
+    assert_int_equal(db_schema_version(d), 4);
     db_close(d);
     assert_int_equal(count_rows(p, "measurements"), 0);
 }
 
 /* A version-1 database (plans of kind 'bpw' or 'vram' only, options without a
- * rotation) migrates to version 3 on a writable open, keeps its rows, and then takes
- * a 'size' plan and a rotated option; read-only (pack, export-gguf, report) it is
- * refused with a clear message, since version 3's options have a column it lacks. */
-static void test_migrate_v1_to_v3(void **state)
+ * rotation or input scales) migrates to version 4 on a writable open, keeps its
+ * rows, and then takes a 'size' plan, a rotated option and one with input scales;
+ * read-only (pack, export-gguf, report) it is refused with a clear message, since
+ * version 4's options have columns it lacks. */
+static void test_migrate_v1_to_v4(void **state)
 {
     (void)state;
     const char *p = path_in_dir("v1.db");
@@ -217,13 +218,17 @@ static void test_migrate_v1_to_v3(void **state)
     assert_non_null(strstr(db_errmsg(d), "schema version 1 needs migrating; open it writable"));
     db_close(d);
     d = open_ok(p, DB_OPEN_WRITE);
-    assert_int_equal(db_schema_version(d), 3);
-    lay_option rotated = {"4b g64 h64", 4, 4, 0.0f, 64, LAY_SCALE_F16_Z8, 64};
-    int64_t id = 0;
+    assert_int_equal(db_schema_version(d), 4);
+    lay_option rotated = {"4b g64 h64", 4, 4, 0.0f, 64, LAY_SCALE_F16_Z8, 64, 0};
+    lay_option scaled = {"4b g64 awq", 4, 4, 0.0f, 64, LAY_SCALE_F16_Z8, 0, 1};
+    int64_t id = 0, id2 = 0;
     assert_int_equal(db_option_upsert(d, &rotated, &id), 0);
     assert_int_not_equal(id, 1); /* beside the plain one, which kept its id */
+    assert_int_equal(db_option_upsert(d, &scaled, &id2), 0);
+    assert_int_not_equal(id2, 1);
+    assert_int_not_equal(id2, id);
     db_close(d);
-    assert_int_equal(count_rows(p, "options"), 2);
+    assert_int_equal(count_rows(p, "options"), 3);
     assert_int_equal(count_rows(p, "models"), 1);
     assert_int_equal(sqlite3_open(p, &s), SQLITE_OK);
     assert_int_equal(sqlite3_exec(s, "PRAGMA foreign_keys = OFF", NULL, NULL, NULL), SQLITE_OK);
@@ -399,7 +404,7 @@ static void test_upserts_are_idempotent(void **state)
     int64_t o = add_option(d, 4, 128);
     assert_int_equal(add_option(d, 4, 128), o);
     assert_int_not_equal(add_option(d, 4, 64), o);
-    lay_option mix = {"3b/5b", 3, 5, 0.1f, 64, LAY_SCALE_F16, 0};
+    lay_option mix = {"3b/5b", 3, 5, 0.1f, 64, LAY_SCALE_F16, 0, 0};
     int64_t x1, x2;
     assert_int_equal(db_option_upsert(d, &mix, &x1), 0);
     assert_int_equal(db_option_upsert(d, &mix, &x2), 0);
@@ -408,6 +413,14 @@ static void test_upserts_are_idempotent(void **state)
     mix_rot.rot = 64;
     assert_int_equal(db_option_upsert(d, &mix_rot, &x2), 0);
     assert_int_not_equal(x1, x2); /* a rotation is part of an option's key */
+    lay_option mix_awq = mix;
+    mix_awq.awq = 1;
+    int64_t x3;
+    assert_int_equal(db_option_upsert(d, &mix_awq, &x3), 0);
+    assert_int_not_equal(x1, x3); /* so are input scales */
+    assert_int_not_equal(x2, x3);
+    mix_awq.rot = 64; /* not both: the table's CHECK, as lay_option_check */
+    assert_int_not_equal(db_option_upsert(d, &mix_awq, &x3), 0);
     /* the same name with another shape is refused */
     db_tensor_info bad = {"blk.0.attn_q.weight", 0, "q", "attn", 32, 64};
     int64_t id;
@@ -465,7 +478,7 @@ int main(void)
         cmocka_unit_test(test_create_reopen),
         cmocka_unit_test(test_missing_without_create),
         cmocka_unit_test(test_migrate_empty_file),
-        cmocka_unit_test(test_migrate_v1_to_v3),
+        cmocka_unit_test(test_migrate_v1_to_v4),
         cmocka_unit_test(test_not_a_database),
         cmocka_unit_test(test_foreign_database),
         cmocka_unit_test(test_truncated_database),

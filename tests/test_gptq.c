@@ -170,7 +170,7 @@ static void test_reported_error_is_the_stored_tensors(void **state)
         uint8_t *values = malloc((size_t)c.values), *zeros = c.zeros ? malloc((size_t)c.zeros) : NULL;
         uint16_t *scales = malloc((size_t)c.scales);
         void *perm = malloc((size_t)c.perm);
-        lay_pack_tensor(&q, values, scales, zeros, NULL, perm);
+        lay_pack_tensor(&q, values, scales, zeros, NULL, perm, NULL);
         lay_packed pk = {.rows = L.rows, .cols = L.cols, .opt = os[i], .values = values, .scales = scales,
                          .zeros = zeros, .perm = perm};
         lay_packed_dequant(&pk, b);
@@ -225,6 +225,51 @@ static void test_refusals_name_the_value(void **state)
     L.h[7 * 128 + 9] = L.h[9 * 128 + 7];
     L.h[2 * 128 + 2] = -1;
     expect_refusal(L.w, 8, 128, L.h, &ok, "Hessian diagonal [2] is -1");
+    L.h[2 * 128 + 2] = 1;
+    lay_option rot = ok, awq = ok;
+    rot.rot = 64, awq.awq = 1;
+    expect_refusal(L.w, 8, 128, L.h, &rot, "transforms its inputs (a rotation)");
+    expect_refusal(L.w, 8, 128, L.h, &awq, "transforms its inputs (input scales)");
+    free_layer(&L);
+}
+
+/* An option with input scales: checked (0 or 1, never with a rotation, never a
+ * ggml type), costed (an fp16 per column), and quantized only with a preparation
+ * that has its multipliers. */
+static void test_awq_option(void **state)
+{
+    (void)state;
+    lay_option a = opt(3, 3, 0, 64, LAY_SCALE_F16_Z8), plain = a, g;
+    a.awq = 1;
+    char why[160] = "";
+    assert_int_equal(lay_option_check(&a, 8, 576, why, sizeof why), 0);
+    assert_int_equal(lay_tensor_bits(&a, 8, 576) - lay_tensor_bits(&plain, 8, 576), 16 * 576);
+    assert_int_equal(lay_tensor_cost(&a, 8, 576).xscale, 2 * 576);
+    a.awq = 2;
+    assert_int_equal(lay_option_check(&a, 8, 576, why, sizeof why), -1);
+    assert_non_null(strstr(why, "awq 2 is not 0 or 1"));
+    a.awq = 1, a.rot = 64;
+    assert_int_equal(lay_option_check(&a, 8, 576, why, sizeof why), -1);
+    assert_non_null(strstr(why, "cannot both rotate"));
+    assert_int_equal(lay_ggml_option(LAY_GGML_Q4_0, &g), 0);
+    g.awq = 1;
+    assert_int_equal(lay_option_check(&g, 8, 576, why, sizeof why), -1);
+    assert_non_null(strstr(why, "cannot scale its inputs"));
+    /* a plain preparation for a scaled option, and a scaled one for a plain option */
+    layer L = make_layer(16, 128, 9, 0);
+    gptq_params p;
+    gptq_params_init(&p);
+    gptq_prep *plain_prep, *scaled_prep;
+    lay_qtensor q;
+    char err[256] = "";
+    a.rot = 0;
+    assert_int_equal(gptq_prepare_slot(L.h, 128, GPTQ_PREP_ACT, &p, &plain_prep, err, sizeof err), 0);
+    assert_int_equal(gptq_prepare_slot(L.h, 128, GPTQ_PREP_AWQ0, &p, &scaled_prep, err, sizeof err), 0);
+    assert_int_equal(gptq_quantize_prepared(L.w, 16, plain_prep, &a, -1, &q, NULL, err, sizeof err), -1);
+    assert_non_null(strstr(err, "has input scales but its preparation has none"));
+    assert_int_equal(gptq_quantize_prepared(L.w, 16, scaled_prep, &plain, -1, &q, NULL, err, sizeof err), -1);
+    assert_non_null(strstr(err, "has no input scales but its preparation has"));
+    gptq_prep_free(plain_prep), gptq_prep_free(scaled_prep);
     free_layer(&L);
 }
 
@@ -530,7 +575,7 @@ static void test_default_options(void **state)
             assert_string_not_equal(s.v[i].name, s.v[k].name);
             assert_false(s.v[i].bits_lo == s.v[k].bits_lo && s.v[i].bits_hi == s.v[k].bits_hi &&
                          s.v[i].hi_share == s.v[k].hi_share && s.v[i].group == s.v[k].group &&
-                         s.v[i].rot == s.v[k].rot);
+                         s.v[i].rot == s.v[k].rot && s.v[i].awq == s.v[k].awq);
         }
     }
     assert_true(lo < 2.3 && hi > 8.0);
@@ -719,6 +764,7 @@ int main(void)
         cmocka_unit_test(test_rtn_error_prepared_is_rtn_quantize),
         cmocka_unit_test(test_hessian_sum_chunks_and_finalize),
         cmocka_unit_test(test_default_options),
+        cmocka_unit_test(test_awq_option),
         cmocka_unit_test(test_option_file_error_names_line),
         cmocka_unit_test(test_ggml_gptq_on_a_diagonal_hessian_is_the_fit),
         cmocka_unit_test(test_ggml_gptq_beats_the_fit_and_reports_its_blocks),

@@ -175,6 +175,8 @@ def run_c(method, w, h, opt, damp=DAMP):
             "zero": np.fromfile(os.path.join(d, "zero.u8"), np.uint8).reshape(rows, n).astype(np.float32),
             "wq": np.fromfile(os.path.join(d, "wq.f32"), np.float32).reshape(rows, cols),
         }
+        if os.path.exists(os.path.join(d, "xscale.u16")):
+            out["xscale"] = np.fromfile(os.path.join(d, "xscale.u16"), np.float16).astype(np.float32)
         with open(os.path.join(d, "stats.txt")) as f:
             for line in f:
                 k, v = line.split()
@@ -386,6 +388,74 @@ def test_rotation_helps_real_layers(name):
         assert rotated < 0.8 * plain, (name, opt, plain, rotated)
 
 
+AWQ_ALPHAS = (0.125, 0.25, 0.5)
+
+
+def ref_awq_multipliers(h, alpha):
+    """m_j = (H_jj / G)^(-alpha/2), G the geometric mean of the non-zero diagonal,
+    clamped to [1/256, 256], rounded to fp16; 1 for a dead column."""
+    d = np.diag(h)
+    live = d > 0
+    mean = np.mean(np.log(d[live]))
+    m = np.ones(len(d))
+    m[live] = np.exp(-0.5 * alpha * (np.log(d[live]) - mean))
+    return np.clip(m, 1 / 256, 256).astype(np.float32).astype(np.float16).astype(np.float32)
+
+
+def test_awq_multipliers_match_numpy(tmp_path):
+    """The grid is the documented one, and each alpha's multipliers are NumPy's
+    (dead columns 1, the loudest column the smallest m)."""
+    cols = 320
+    h = hessian(correlated_inputs(np.random.default_rng(5), 2 * cols, cols, (3, 77)))
+    hp = tmp_path / "h.f64"
+    h.tofile(hp)
+    alphas = [float(a) for a in tool("awqm", hp, cols, tmp_path).split()]
+    assert alphas == list(AWQ_ALPHAS)
+    for k, alpha in enumerate(alphas):
+        m = np.fromfile(tmp_path / f"m{k}.u16", np.float16).astype(np.float32)
+        assert np.array_equal(m, ref_awq_multipliers(h, alpha))
+        assert m[3] == m[77] == 1.0 and np.argmin(m) == np.argmax(np.diag(h))
+
+
+@pytest.mark.parametrize("rows,cols,opt,dead", [
+    (96, 256, (3, 3, 0, 64, "z8"), (5, 200)),
+    (64, 384, (2, 3, 0.3, 128, "z8"), ()),
+    (80, 192, (3, 3, 0, 32, "sym"), (0,)),
+])
+def test_awq_gptq_matches_numpy(rows, cols, opt, dead):
+    """An option with input scales is GPTQ of W / m under diag(m) H diag(m) (NumPy),
+    at each alpha of the grid, keeping the least error; what it stores dequantizes,
+    times m, to W's space with W's rel_err."""
+    lo, hi, share, group, fmt = opt
+    rng = np.random.default_rng(rows + cols + 7)
+    h = hessian(correlated_inputs(rng, 2 * cols, cols, dead))
+    w = (rng.standard_normal((rows, cols)) * 0.05).astype(np.float32)
+    c = run_c("awq", w, h, opt)
+    refs = []
+    for alpha in AWQ_ALPHAS:
+        m = ref_awq_multipliers(h, alpha)
+        hs = h * np.outer(m.astype(np.float64), m.astype(np.float64))
+        perm, q, scale, zero = ref_gptq(w / m, hs, lo, hi, share, group, fmt)
+        wq = ref_dequant(perm, q, scale, zero, group) * m
+        refs.append((ref_rel_err(w, wq, h), alpha, m, perm, q, wq))
+    assert all(r[2][list(dead)].tolist() == [1.0] * len(dead) for r in refs)
+    best = min(r[0] for r in refs)
+    # the C side keeps one of the grid's multipliers, the least error's (or a tie's)
+    mine = [r for r in refs if np.array_equal(r[2], c["xscale"])]
+    assert len(mine) == 1, "the stored multipliers are none of the grid's"
+    err, alpha, m, perm, q, wq = mine[0]
+    assert err <= best * (1 + 2e-3), (alpha, [r[0] for r in refs])
+    assert np.array_equal(c["perm"], perm)
+    match = np.mean(c["q"] == q)
+    assert match >= 0.999, f"only {match:.5f} of the quantized values agree"
+    assert np.allclose(c["wq"], wq, rtol=0, atol=1e-6 * np.abs(w).max())
+    assert c["rel_err"] == pytest.approx(err, rel=1e-3)
+    # and the multipliers do what they are for: louder inputs, smaller m
+    d = np.diag(h)
+    live = d > 0
+    assert np.all(np.diff(c["xscale"][live][np.argsort(d[live])]) <= 0)
+
+
 # ==== Fast error paths ====
 
 @pytest.mark.parametrize("rows,cols,opt,dead", RANDOM_CASES[:5])
@@ -470,27 +540,33 @@ def test_default_options_cover_2_to_8_bpw():
     assert {(b, g) for b in (2, 3, 4, 5, 6, 8) for g in (32, 64, 128)} <= widths
     assert any(r[1] != r[2] for r in rows)
     # bpw from the exact cost, recomputed here: values + fp16 scale + u8 zero + u16 perm
-    # (+ a u32 seed if rotated)
+    # (+ a u32 seed if rotated, + an fp16 per column with input scales)
     for r in rows:
-        lo, hi, share, group, rot = int(r[1]), int(r[2]), float(r[3]), int(r[4]), int(r[6])
+        lo, hi, share, group, rot, awq = int(r[1]), int(r[2]), float(r[3]), int(r[4]), int(r[6]), int(r[10])
         n, bits = ref_groups(4096, lo, hi, share, group)
         total = 4096 * sum(b * min(group, 4096 - g * group) for g, b in enumerate(bits)) + 4096 * n * 24 + 4096 * 16
-        assert float(r[9]) == pytest.approx((total + 32 * (rot > 0)) / 4096 ** 2, abs=5e-4)
+        total += 32 * (rot > 0) + 16 * 4096 * awq
+        assert float(r[9]) == pytest.approx(total / 4096 ** 2, abs=5e-4)
+        # the 576-row shape pays the per-column arrays 7x as much per weight
+        assert float(r[7]) - float(r[9]) > (16 + 16 * awq) / 576 - 16 / 4096 - 0.06
     # the rotated ones: h64 twins of plain options of 4 bits and below
     rotated = [r for r in rows if r[6] != "0"]
     assert rotated and all(r[6] == "64" and r[0].endswith(" h64") and int(r[2]) <= 4 for r in rotated)
-    plain = {tuple(r[1:6]) for r in rows if r[6] == "0"}
+    plain = {tuple(r[1:6]) for r in rows if r[6] == "0" and r[10] == "0"}
     assert all(tuple(r[1:6]) in plain for r in rotated)
+    # none with input scales (measure/options.c says why)
+    assert all(r[10] == "0" for r in rows)
 
 
 def test_option_file(tmp_path):
     p = tmp_path / "opts.txt"
     p.write_text('# my set\n4b-g64 4 4 0 64 z8\n"3b/5b 10% g32" 3 5 10% 32 z8   # quoted\n\n3s 3 3 0 32 sym\n'
-                 '4h 4 4 0 64 z8 h128\n4n 4 4 0 128 z8 none\n')
+                 '4h 4 4 0 64 z8 h128\n4n 4 4 0 128 z8 none\n4a 4 4 0 64 z8 awq\n')
     rows = [l.split("\t") for l in tool("options", p).strip().split("\n")]
-    assert [r[0] for r in rows] == ["4b-g64", "3b/5b 10% g32", "3s", "4h", "4n"]
+    assert [r[0] for r in rows] == ["4b-g64", "3b/5b 10% g32", "3s", "4h", "4n", "4a"]
     assert rows[1][1:6] == ["3", "5", "0.1", "32", "0"] and rows[2][5] == "1"
-    assert [r[6] for r in rows] == ["0", "0", "0", "128", "0"]
+    assert [r[6] for r in rows] == ["0", "0", "0", "128", "0", "0"]
+    assert [r[10] for r in rows] == ["0", "0", "0", "0", "0", "1"]
 
 
 @pytest.mark.parametrize("line,msg", [
@@ -500,7 +576,8 @@ def test_option_file(tmp_path):
     ("a 4 4 0 48 z8", ":2: group '48'"),
     ("a 4 4 0 64 q8", ":2: scale_fmt 'q8'"),
     ("a 4 4 0 64", ":2: 5 fields"),
-    ("a 4 4 0 64 z8 h32", ":2: rotation 'h32'"),
+    ("a 4 4 0 64 z8 h32", ":2: transform 'h32' is not h64, h128, awq or none"),
+    ("a 4 4 0 64 z8 awq2", ":2: transform 'awq2'"),
     ("a 4 4 0 32 z8 h64 x", ":2: 8 fields"),
     ("b 4 4 0 32 z8 none", ":2: option \"b\" stores the same as \"x\" on line 1"),
     ("x 4 4 0 32 z8", ":2: name \"x\" is already used on line 1"),

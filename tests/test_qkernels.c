@@ -38,6 +38,7 @@ typedef struct {
     uint8_t *values, *zeros;
     uint16_t *scales, *mins;
     void *perm;
+    uint16_t *xscale;
 } packed_t;
 
 /* A ggml type's blocks from random weights (a mean away from 0, so that Q4_1's and
@@ -75,19 +76,26 @@ static void make_packed(packed_t *t, int64_t rows, int64_t cols, const lay_optio
             for (int64_t j = lay_group_start(o, g); j < lay_group_start(o, g) + lay_group_cols(o, cols, g); j++)
                 q.q[r * cols + j] = (uint8_t)(rnd() % (1u << bits));
         }
+    for (int64_t j = 0; q.xscale && j < cols; j++) /* input multipliers in [1/4, 4] */
+        q.xscale[j] = lay_f32_to_f16(exp2f(2.0f * rndf()));
     lay_cost c = lay_tensor_cost(o, rows, cols);
     t->values = malloc((size_t)c.values);
     t->scales = malloc((size_t)c.scales);
     t->zeros = c.zeros ? malloc((size_t)c.zeros) : NULL;
     t->mins = c.mins ? malloc((size_t)c.mins) : NULL;
     t->perm = c.perm ? malloc((size_t)c.perm) : NULL;
-    lay_pack_tensor(&q, t->values, t->scales, t->zeros, t->mins, t->perm);
+    t->xscale = c.xscale ? malloc((size_t)c.xscale) : NULL;
+    lay_pack_tensor(&q, t->values, t->scales, t->zeros, t->mins, t->perm, t->xscale);
     t->p = (lay_packed){ .rows = rows, .cols = cols, .opt = *o, .values = t->values, .scales = t->scales,
-                         .zeros = t->zeros, .mins = t->mins, .perm = t->perm, .rot_seed = o->rot ? rnd() : 0 };
+                         .zeros = t->zeros, .mins = t->mins, .perm = t->perm, .rot_seed = o->rot ? rnd() : 0,
+                         .xscale = t->xscale };
     lay_qtensor_free(&q);
 }
 
-static void free_packed(packed_t *t) { free(t->values), free(t->scales), free(t->zeros), free(t->mins), free(t->perm); }
+static void free_packed(packed_t *t)
+{
+    free(t->values), free(t->scales), free(t->zeros), free(t->mins), free(t->perm), free(t->xscale);
+}
 
 static void linear_free(rt_linear *l) { l->destroy(l); free(l); }
 
@@ -112,7 +120,8 @@ static void round_inputs(const lay_packed *p, const float *x, int n, float *xt)
  * path rounds it, or x itself where the product takes the exact path
  * (n >= RT_PACKED_EXACT_BATCH). A rotated tensor rounds x' = R^T x (lay_rot_apply)
  * instead, and x~ is the rounded x' rotated back (lay_rot_unapply), since
- * lay_packed_dequant gives W = W' R^T. */
+ * lay_packed_dequant gives W = W' R^T; one with input scales rounds x' = x * m
+ * (lay_xscale_mul), and x~ is the rounded x' / m, since W = W' diag(m). */
 static void reference(const lay_packed *p, const float *x, int n, float *y)
 {
     float *w = malloc((size_t)(p->rows * p->cols) * sizeof *w), *xt = malloc((size_t)(n * p->cols) * sizeof *xt);
@@ -120,9 +129,12 @@ static void reference(const lay_packed *p, const float *x, int n, float *y)
     lay_packed_dequant(p, w);
     memcpy(xr, x, (size_t)(n * p->cols) * sizeof *xr);
     for (int k = 0; k < n; k++) lay_rot_apply(p->opt.rot, p->rot_seed, xr + k * p->cols, p->cols);
+    for (int k = 0; p->opt.awq && k < n; k++) lay_xscale_mul(p->xscale, xr + k * p->cols, p->cols);
     if (n >= RT_PACKED_EXACT_BATCH) memcpy(xt, xr, (size_t)(n * p->cols) * sizeof *xt);
     else round_inputs(p, xr, n, xt);
     for (int k = 0; k < n; k++) lay_rot_unapply(p->opt.rot, p->rot_seed, xt + k * p->cols, p->cols);
+    for (int k = 0; p->opt.awq && k < n; k++)
+        for (int64_t c = 0; c < p->cols; c++) xt[k * p->cols + c] /= lay_f16_to_f32(p->xscale[c]);
     free(xr);
     for (int k = 0; k < n; k++)
         for (int64_t r = 0; r < p->rows; r++) {
@@ -161,6 +173,15 @@ static lay_option rot_opt(int lo, int hi, float share, int group, lay_scale_fmt 
     return o;
 }
 
+/* The same, with input scales. */
+static lay_option awq_opt(int lo, int hi, float share, int group, lay_scale_fmt fmt)
+{
+    lay_option o = opt(lo, hi, share, group, fmt);
+    o.awq = 1;
+    strncat(o.name, " awq", sizeof o.name - strlen(o.name) - 1);
+    return o;
+}
+
 /* A 32-wide ggml type as a packed option. */
 static lay_option ggml_opt(int type)
 {
@@ -188,6 +209,9 @@ static int all_options(lay_option *out)
     out[n++] = rot_opt(4, 4, 0, 64, LAY_SCALE_F16_Z8, 64);
     out[n++] = rot_opt(2, 3, 0.3f, 128, LAY_SCALE_F16_Z8, 64);
     out[n++] = rot_opt(3, 3, 0, 32, LAY_SCALE_F16, 128);
+    out[n++] = awq_opt(3, 3, 0, 64, LAY_SCALE_F16_Z8);
+    out[n++] = awq_opt(2, 3, 0.3f, 128, LAY_SCALE_F16_Z8);
+    out[n++] = awq_opt(4, 4, 0, 32, LAY_SCALE_F16);
     return n;
 }
 
@@ -232,7 +256,7 @@ static void check_matmul_shape(int64_t rows, int64_t cols)
 {
     enum { NMAX = RT_PACKED_EXACT_BATCH + 5 };
     static const int batches[] = { 1, 2, 3, 7, 33, RT_PACKED_EXACT_BATCH - 1, RT_PACKED_EXACT_BATCH, NMAX };
-    lay_option opts[40];
+    lay_option opts[48];
     int nopt = all_options(opts);
     float *x = malloc(NMAX * cols * sizeof *x), *y = malloc(NMAX * rows * sizeof *y);
     float *ref = malloc(NMAX * rows * sizeof *ref);
@@ -366,9 +390,10 @@ static void test_get_row(void **state)
     for (size_t i = 0; i < sizeof isas / sizeof *isas; i++) {
         if (qk_force(isas[i])) continue;
         static const int ggml[] = {LAY_GGML_Q4_0, LAY_GGML_Q4_1, LAY_GGML_Q5_0, LAY_GGML_Q5_1, LAY_GGML_Q8_0};
-        for (int f = 0; f < 4 + 5 + 1; f++) {
+        for (int f = 0; f < 4 + 5 + 2; f++) {
             const int64_t cols = f == 9 ? 32 * 12 : 32 * 11; /* the rotated one: whole blocks of 64 */
-            lay_option o = f == 9  ? rot_opt(3, 3, 0, 64, LAY_SCALE_F16_Z8, 64)
+            lay_option o = f == 10 ? awq_opt(3, 3, 0, 64, LAY_SCALE_F16_Z8)
+                         : f == 9  ? rot_opt(3, 3, 0, 64, LAY_SCALE_F16_Z8, 64)
                          : f >= 4 ? ggml_opt(ggml[f - 4])
                                   : opt(f < 2 ? 2 : 4, f < 2 ? 7 : 8, 0.3f, 64, f % 2 ? LAY_SCALE_F16 : LAY_SCALE_F16_Z8);
             packed_t t;

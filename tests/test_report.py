@@ -59,7 +59,8 @@ def make_db(path, n_layers=30, hidden=576, kv=192, ff=1536, vocab=49152, measure
     con = sqlite3.connect(path)
     con.executescript(open(os.path.join(ROOT, "db", "schema.sql")).read())
     con.execute("ALTER TABLE options ADD COLUMN rot INTEGER NOT NULL DEFAULT 0")  # version 3's column
-    con.execute("INSERT INTO meta(key, value) VALUES ('schema_version', '3')")
+    con.execute("ALTER TABLE options ADD COLUMN awq INTEGER NOT NULL DEFAULT 0")  # version 4's
+    con.execute("INSERT INTO meta(key, value) VALUES ('schema_version', '4')")
     con.execute("INSERT INTO models(id, content_hash, path, arch, config_json, n_params) VALUES (1, ?, ?, 'llama', ?, ?)",
                 ("ab" * 32, "models/Synthetic-%dL.gguf" % n_layers, json.dumps({"n_layers": n_layers}), 134515008))
     shp = shapes(hidden, kv, ff)

@@ -40,15 +40,28 @@ def kl_of(out):
     return float(out.split("KL divergence")[1].split()[0])
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory):
+def make_work(tmp_path_factory, name):
+    """A directory with the tiny model (its weights in w["weights"]) and calibration text."""
     if not os.path.exists(BIN):
         pytest.fail("%s is missing: build first" % BIN)
-    d = tmp_path_factory.mktemp("rotate")
+    d = tmp_path_factory.mktemp(name)
     w = {"dir": d, "calib": d / "calib.txt", "model": d / "f32.gguf"}
     w["calib"].write_text(tiny_model.calib_text(2))
     w["weights"] = tiny_model.write_tiny_gguf(str(w["model"]), **MODEL)
     return w
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return make_work(tmp_path_factory, "rotate")
+
+
+def expect_eval_error(work, path, *needles):
+    """eval refuses the file with one line that names every needle."""
+    p = run("eval", path, "--text", work["calib"], "--chunks", 1, "--ctx", 32, check=False)
+    msg = p.stderr.strip()
+    assert p.returncode != 0 and msg.startswith("bitplan eval: ") and "\n" not in msg, msg
+    assert all(n in msg for n in needles), msg
 
 
 def measure(work, name, lines):
@@ -60,6 +73,17 @@ def measure(work, name, lines):
         rows = c.execute("SELECT t.name, t.cols, o.name, o.rot, m.rel_err FROM measurements m "
                          "JOIN tensors t ON t.id = m.tensor_id JOIN options o ON o.id = m.option_id").fetchall()
     return db, rows
+
+
+def runs_as_8_bits(work, path):
+    """The file's KL against the source through the int8 kernels and through the
+    decoded fp32 weights: those of an 8-bit model, and equal."""
+    kl = {}
+    for way, env in (("kernels", {}), ("dense", {"BITPLAN_PACKED_DENSE": "1"})):
+        p = run("eval", path, "--text", work["calib"], "--ctx", 64, "--chunks", 2, "--ref", work["model"], env=env)
+        kl[way] = kl_of(p.stdout)
+    assert kl["dense"] < 1e-3 and kl["kernels"] < 1e-3, kl
+    assert abs(kl["kernels"] - kl["dense"]) < 5e-4, kl
 
 
 def test_measurement_scores_rotations_where_they_apply(work):
@@ -92,12 +116,7 @@ def test_rotated_plan_packs_decodes_and_runs(work):
         assert err < 0.02, (name, err)                                 # 8 bits: within the grid
         assert np.abs(wr - src[name]).max() > 0.1 * np.abs(src[name]).max()  # and not stored unrotated
     work["rot8"] = out
-    kl = {}
-    for path, env in (("kernels", {}), ("dense", {"BITPLAN_PACKED_DENSE": "1"})):
-        p = run("eval", out, "--text", work["calib"], "--ctx", 64, "--chunks", 2, "--ref", work["model"], env=env)
-        kl[path] = kl_of(p.stdout)
-    assert kl["dense"] < 1e-3 and kl["kernels"] < 1e-3, kl
-    assert abs(kl["kernels"] - kl["dense"]) < 5e-4, kl
+    runs_as_8_bits(work, out)
 
 
 def test_version_and_seed_are_checked(work):
@@ -107,10 +126,7 @@ def test_version_and_seed_are_checked(work):
     name = "blk.0.attn_q.weight"
 
     def expect_error(path, *needles):
-        p = run("eval", path, "--text", work["calib"], "--chunks", 1, "--ctx", 32, check=False)
-        msg = p.stderr.strip()
-        assert p.returncode != 0 and msg.startswith("bitplan eval: ") and "\n" not in msg, msg
-        assert all(n in msg for n in needles), msg
+        expect_eval_error(work, path, *needles)
 
     def v3(h):
         h["__metadata__"]["format_version"] = "3"

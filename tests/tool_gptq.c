@@ -5,19 +5,24 @@
  *
  * What it must never do: hide an error (every failure prints one line and exits 1).
  *
- *   tool_gptq quant gptq|rtn|prep|fast|h64|h128 W.f32 H.f64|- ROWS COLS LO HI SHARE GROUP z8|sym DAMP OUTDIR
- *       writes OUTDIR/{q.u8,perm.i32,scale.u16,zero.u8,wq.f32,stats.txt}
- *       (prep: through gptq_prepare + gptq_quantize_prepared; fast: the same with
- *       fast_error; h64, h128: the option rotated, through gptq_prepare_slot +
- *       gptq_quantize_option, so q holds W R; wq: lay_qtensor_dequant, W's space)
+ *   tool_gptq quant gptq|rtn|prep|fast|h64|h128|awq W.f32 H.f64|- ROWS COLS LO HI SHARE GROUP z8|sym DAMP OUTDIR
+ *       writes OUTDIR/{q.u8,perm.i32,scale.u16,zero.u8,wq.f32,stats.txt}, and
+ *       xscale.u16 for awq (prep: through gptq_prepare + gptq_quantize_prepared;
+ *       fast: the same with fast_error; h64, h128: the option rotated, awq: with
+ *       input scales, through gptq_prepare_slot (every slot it wants) +
+ *       gptq_quantize_option, so q holds W R or W / m; wq: lay_qtensor_dequant,
+ *       W's space)
  *   tool_gptq rot apply|unapply|hessian ROT SEED IN OUT N COLS
  *       lay_rot_apply / lay_rot_unapply on N rows of f32, or lay_rot_hessian on an
  *       f64 COLS x COLS matrix (N ignored)
+ *   tool_gptq awqm H.f64 COLS OUTDIR
+ *       prints the grid gptq_awq_alpha, one per line, and writes the multipliers of
+ *       each (gptq_awq_multipliers) to OUTDIR/m<k>.u16
  *   tool_gptq rtnerr exact|fast W.f32 H.f64 ROWS COLS LO HI SHARE GROUP z8|sym
  *       prints RTN's rel_err from rtn_error_prepared (fast: a prep with fast_error)
  *   tool_gptq hess X.f32 N COLS CALL_ROWS OUT.f64   H = 2/N sum x x^T, in calls of CALL_ROWS
  *   tool_gptq relerr W.f32 WQ.f32 H.f64 ROWS COLS   prints rel_err
- *   tool_gptq options [FILE]                        the option table with bpw
+ *   tool_gptq options [FILE]                        the option table with bpw (then awq)
  *   tool_gptq time                                  ms per default option, 576x1536 and 1536x576
  */
 #include "measure/measure.h"
@@ -78,12 +83,15 @@ static int cmd_quant(char **a)
     int rc;
     if (!strcmp(method, "rtn")) rc = rtn_quantize(w, rows, cols, h, &o, &q, err, sizeof err);
     else if (!strcmp(method, "gptq")) rc = gptq_quantize(w, rows, cols, h, &o, &p, &q, &st, err, sizeof err);
-    else if (method[0] == 'h') {
-        gptq_prep *prep;
-        o.rot = (uint16_t)atoi(method + 1);
-        rc = gptq_prepare_slot(h, cols, gptq_prep_slot(&o), &p, &prep, err, sizeof err);
+    else if (method[0] == 'h' || !strcmp(method, "awq")) {
+        gptq_prep *prep[GPTQ_PREP_SLOTS] = {NULL};
+        if (method[0] == 'h') o.rot = (uint16_t)atoi(method + 1);
+        else o.awq = 1;
+        rc = 0;
+        for (int k = 0; !rc && k < GPTQ_PREP_SLOTS; k++)
+            if (gptq_prep_wanted(&o, k)) rc = gptq_prepare_slot(h, cols, k, &p, &prep[k], err, sizeof err);
         if (!rc) rc = gptq_quantize_option(w, rows, prep, &o, -1.0, &q, &st, NULL, err, sizeof err);
-        gptq_prep_free(prep);
+        for (int k = 0; k < GPTQ_PREP_SLOTS; k++) gptq_prep_free(prep[k]);
     } else {
         gptq_prep *prep;
         p.fast_error = !strcmp(method, "fast");
@@ -101,6 +109,7 @@ static int cmd_quant(char **a)
     write_raw(dir, "scale.u16", q.scale, (size_t)(rows * ng) * 2);
     write_raw(dir, "zero.u8", q.zero, (size_t)(rows * ng));
     write_raw(dir, "wq.f32", wq, (size_t)(rows * cols) * 4);
+    if (q.xscale) write_raw(dir, "xscale.u16", q.xscale, (size_t)cols * 2);
     char txt[512];
     int n = snprintf(txt, sizeof txt, "rel_err %.17g\ndamp %.17g\nretries %d\ndead %lld\nseconds %.6f\n", st.rel_err,
                      st.damp, st.damp_retries, (long long)st.dead_cols, st.seconds);
@@ -122,6 +131,23 @@ static int cmd_hess(char **a)
     FILE *f = fopen(a[4], "wb");
     if (!f || fwrite(h, sizeof *h, (size_t)(cols * cols), f) != (size_t)(cols * cols) || fclose(f)) die(a[4]);
     free(x), free(h);
+    return 0;
+}
+
+static int cmd_awqm(char **a)
+{
+    int64_t cols = atoll(a[1]);
+    double *h = read_raw(a[0], (size_t)(cols * cols) * sizeof *h);
+    uint16_t *m = malloc((size_t)cols * sizeof *m);
+    if (!m) die("out of memory");
+    for (int k = 0; k < GPTQ_AWQ_ALPHAS; k++) {
+        char name[32];
+        gptq_awq_multipliers(h, cols, gptq_awq_alpha[k], m);
+        snprintf(name, sizeof name, "m%d.u16", k);
+        write_raw(a[2], name, m, (size_t)cols * sizeof *m);
+        printf("%.17g\n", gptq_awq_alpha[k]);
+    }
+    free(h), free(m);
     return 0;
 }
 
@@ -189,7 +215,7 @@ static int cmd_options(int argc, char **a)
         for (int k = 0; k < 3; k++)
             printf("\t%.3f", (double)lay_tensor_bits(o, shapes[k][0], shapes[k][1]) /
                                  (double)(shapes[k][0] * shapes[k][1]));
-        printf("\n");
+        printf("\t%d\n", o->awq);
     }
     opt_set_free(&s);
     return 0;
@@ -257,15 +283,17 @@ static int cmd_time(void)
                (long long)cols, 1e3 * st.seconds, 1e3 * (cpu_seconds() - c0));
         c0 = cpu_seconds();
         for (int k2 = 0; k2 < s.n; k2++) {
-            int slot = gptq_prep_slot(&s.v[k2]);
-            if (!prep[slot] && gptq_prepare_slot(h, cols, slot, &p, &prep[slot], err, sizeof err)) die(err);
+            for (int slot = 0; slot < GPTQ_PREP_SLOTS; slot++)
+                if (!prep[slot] && gptq_prep_wanted(&s.v[k2], slot) &&
+                    gptq_prepare_slot(h, cols, slot, &p, &prep[slot], err, sizeof err))
+                    die(err);
         }
         double e = gptq_weight_energy(w, rows, cols, h);
         printf("  gptq_prepare_slot (every slot) + gptq_weight_energy: %.1f ms cpu\n", 1e3 * (cpu_seconds() - c0));
         double total = 0, total_cpu = 0;
         for (int i = 0; i < s.n; i++) {
             c0 = cpu_seconds();
-            if (gptq_quantize_option(w, rows, prep[gptq_prep_slot(&s.v[i])], &s.v[i], e, &q, &st, NULL, err, sizeof err))
+            if (gptq_quantize_option(w, rows, prep, &s.v[i], e, &q, &st, NULL, err, sizeof err))
                 die(err);
             double cpu = cpu_seconds() - c0;
             lay_qtensor_free(&q);
@@ -286,6 +314,7 @@ int main(int argc, char **argv)
     if (argc == 14 && !strcmp(argv[1], "quant")) return cmd_quant(argv + 2);
     if (argc == 7 && !strcmp(argv[1], "hess")) return cmd_hess(argv + 2);
     if (argc == 9 && !strcmp(argv[1], "rot")) return cmd_rot(argv + 2);
+    if (argc == 5 && !strcmp(argv[1], "awqm")) return cmd_awqm(argv + 2);
     if (argc == 7 && !strcmp(argv[1], "relerr")) return cmd_relerr(argv + 2);
     if (argc == 12 && !strcmp(argv[1], "rtnerr")) return cmd_rtnerr(argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "options")) return cmd_options(argc - 2, argv + 2);

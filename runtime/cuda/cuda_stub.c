@@ -74,6 +74,13 @@ int rt_cuda_rotate(int rot, uint32_t seed, const float *x_host, int n, int64_t c
     return no_cuda(err, err_len);
 }
 
+int rt_cuda_xscale(const uint16_t *m, const float *x_host, int n, int64_t cols, float *y_host, char *err,
+                   size_t err_len)
+{
+    (void)m, (void)x_host, (void)n, (void)cols, (void)y_host;
+    return no_cuda(err, err_len);
+}
+
 int rt_cuda_bench_matvec(const lay_packed *p, int batch, int copies, int passes, rt_cuda_bench *out, char *err,
                          size_t err_len)
 {

@@ -1,10 +1,11 @@
 /*
  * runtime/cuda/kernels.cu — the CUDA kernels of the runtime and their launchers:
  * the packed matrix-vector product (batch 1..4 per launch), the dequantization
- * of a packed tensor to fp16 for the cuBLAS prompt path, the input rotation of
- * tensors that rotate (layout.h, "Input rotations"), activation gathers, RMSNorm,
- * RoPE with the KV-cache store, causal grouped-query attention, SwiGLU, residual
- * and bias adds. Also the upload of one linear layer.
+ * of a packed tensor to fp16 for the cuBLAS prompt path, the input transforms of
+ * tensors that rotate (layout.h, "Input rotations") or scale their inputs (layout.h,
+ * "Activation-aware input scales"), activation gathers, RMSNorm, RoPE with the
+ * KV-cache store, causal grouped-query attention, SwiGLU, residual and bias adds.
+ * Also the upload of one linear layer.
  *
  * The packed kernels take their index arithmetic and their decoding from
  * runtime/cuda/decode.cuh (the layout, the tile repack and the activation
@@ -249,9 +250,13 @@ __global__ void k_gather_f16(const float *__restrict__ x, const int32_t *__restr
     out[i] = __float2half_rn(x[perm ? b * cols + perm[j] : i]);
 }
 
-/* ==== Input rotation ====
+/* ==== Input transforms: rotation and input scales ====
  *
- * x' = R^T x for a tensor that holds W R, on both paths before the gather: one
+ * A tensor that rotates holds W R, one with input scales W / m; on both paths,
+ * before the gather, the activations become x' = R^T x or x' = x * m, into the
+ * scratch s->xr (rtc_linear_forward), and the packed product is then any other's.
+ *
+ * The rotation, x' = R^T x: one
  * block per rotation block of an activation row (the n rows are n * cols / rot
  * consecutive blocks), rot / 2 threads, each doing one butterfly of every stage. The
  * outputs are lay_rot_apply's floats bit for bit: the sign product is exact, each
@@ -279,6 +284,18 @@ k_rotate(const float *__restrict__ x, const float *__restrict__ sign, float norm
     }
     out[at + t] = v[t] * norm;
     out[at + t + half] = v[t + half] * norm;
+}
+
+/* The input scales, out[b][j] = x[b][j] * m[j] for n activation rows of `cols`
+ * values, m the fp16 multipliers decoded to float at upload: lay_xscale_mul's one
+ * float product per value, bit for bit. It is a single multiply with no add, so
+ * nvcc has nothing to contract into an FMA. */
+__global__ void k_xscale(const float *__restrict__ x, const float *__restrict__ m, float *__restrict__ out, int n,
+                         int64_t cols)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)n * cols) return;
+    out[i] = x[i] * m[i % cols];
 }
 
 /* ==== Dequantization (prompt path) ====
@@ -373,9 +390,9 @@ static int check_packed(const lay_packed *p, char *err, size_t err_len)
         return -1;
     }
     if (!p->values || !p->scales || (type < 0 && !p->perm) ||
-        (p->opt.scale_fmt == LAY_SCALE_F16_Z8 && !p->zeros) || (has_min && !p->mins)) {
-        snprintf(err, err_len, "packed tensor %lldx%lld (%s): an array (values, scales, zeros, mins or perm) is missing",
-                 (long long)p->rows, (long long)p->cols, p->opt.name);
+        (p->opt.scale_fmt == LAY_SCALE_F16_Z8 && !p->zeros) || (has_min && !p->mins) || (p->opt.awq && !p->xscale)) {
+        snprintf(err, err_len, "packed tensor %lldx%lld (%s): an array (values, scales, zeros, mins, perm or xscale) "
+                 "is missing", (long long)p->rows, (long long)p->cols, p->opt.name);
         return -1;
     }
     if (p->mins && !has_min) { /* the kernels would leave them out, lay_packed_dequant would not */
@@ -403,8 +420,10 @@ static int check_packed(const lay_packed *p, char *err, size_t err_len)
  * zeros (0 when not stored), mins (0 unless Q4_1, Q5_1), activation map,
  * permutation (0 for a ggml type: its columns are in original order, and the
  * prompt path's gather reads them in place), the rotation's signs (0 unless it
- * rotates: a float +1 or -1 per column, multiplied in by k_rotate). */
-enum { PK_VALUES, PK_SCALES, PK_ZEROS, PK_MINS, PK_XMAP, PK_PERM, PK_RSIGN, PK_ARRAYS };
+ * rotates: a float +1 or -1 per column, multiplied in by k_rotate), the input
+ * multipliers (0 unless it has input scales: m decoded from fp16 to a float per
+ * column, multiplied in by k_xscale; an option has at most one of the two). */
+enum { PK_VALUES, PK_SCALES, PK_ZEROS, PK_MINS, PK_XMAP, PK_PERM, PK_RSIGN, PK_XMUL, PK_ARRAYS };
 static void packed_array_bytes(const lay_packed *p, const rtc_geom *g, size_t bytes[PK_ARRAYS])
 {
     bytes[PK_VALUES] = (size_t)(p->rows * g->row_words) * 4;
@@ -414,6 +433,7 @@ static void packed_array_bytes(const lay_packed *p, const rtc_geom *g, size_t by
     bytes[PK_XMAP] = (size_t)p->cols * 4;
     bytes[PK_PERM] = p->perm ? (size_t)p->cols * 4 : 0;
     bytes[PK_RSIGN] = p->opt.rot ? (size_t)p->cols * sizeof(float) : 0;
+    bytes[PK_XMUL] = p->opt.awq ? (size_t)p->cols * sizeof(float) : 0;
 }
 
 size_t rtc_packed_device_bytes(const lay_packed *p)
@@ -466,6 +486,20 @@ int rtc_upload_signs(rtc_mem *m, uint32_t seed, int64_t cols, const float **out,
     return rc;
 }
 
+int rtc_upload_xmul(rtc_mem *m, const uint16_t *xscale, int64_t cols, const float **out, char *err, size_t err_len)
+{
+    float *mul = (float *)malloc((size_t)cols * sizeof *mul);
+    void *dev;
+    *out = NULL;
+    if (!mul) { snprintf(err, err_len, "out of host memory for the input multipliers of %lld columns",
+                         (long long)cols); return -1; }
+    for (int64_t j = 0; j < cols; j++) mul[j] = lay_f16_to_f32(xscale[j]); /* lay_xscale_mul's factor */
+    int rc = rtc_upload(m, &dev, mul, (size_t)cols * sizeof *mul, "input multipliers", err, err_len);
+    free(mul);
+    *out = (const float *)dev;
+    return rc;
+}
+
 int rtc_linear_upload_packed(rtc_mem *m, const lay_packed *p, rtc_linear *out, char *err, size_t err_len)
 {
     memset(out, 0, sizeof *out);
@@ -477,7 +511,7 @@ int rtc_linear_upload_packed(rtc_mem *m, const lay_packed *p, rtc_linear *out, c
     int32_t *perm = p->perm ? (int32_t *)malloc((size_t)p->cols * sizeof *perm) : NULL;
     uint32_t *values;
     void *scales, *zeros = NULL, *mins = NULL, *dxmap, *dperm;
-    const float *rsign = NULL;
+    const float *rsign = NULL, *xmul = NULL;
     size_t bytes[PK_ARRAYS];
     if (!xmap || (p->perm && !perm)) { snprintf(err, err_len, "out of host memory for a permutation of %lld columns",
                                                 (long long)p->cols); goto done; }
@@ -491,10 +525,11 @@ int rtc_linear_upload_packed(rtc_mem *m, const lay_packed *p, rtc_linear *out, c
     if (rtc_upload(m, &dxmap, xmap, bytes[PK_XMAP], "activation map", err, err_len)) goto done;
     if (rtc_upload(m, &dperm, perm, bytes[PK_PERM], "permutation", err, err_len)) goto done;
     if (bytes[PK_RSIGN] && rtc_upload_signs(m, p->rot_seed, p->cols, &rsign, err, err_len)) goto done;
+    if (bytes[PK_XMUL] && rtc_upload_xmul(m, p->xscale, p->cols, &xmul, err, err_len)) goto done;
     out->rows = p->rows, out->cols = p->cols, out->packed = 1, out->g = g;
     out->values = values, out->scales = (const __half *)scales, out->zeros = (const uint8_t *)zeros;
     out->mins = (const __half *)mins, out->xmap = (const int32_t *)dxmap, out->perm = (const int32_t *)dperm;
-    out->rot = p->opt.rot, out->rsign = rsign;
+    out->rot = p->opt.rot, out->rsign = rsign, out->xmul = xmul;
     rc = 0;
 done:
     free(xmap);
@@ -607,6 +642,14 @@ int rtc_rotate(int rot, const float *sign, const float *x, float *out, int n, in
     return RTC_LAUNCHED("k_rotate");
 }
 
+int rtc_xscale(const float *m, const float *x, float *out, int n, int64_t cols, cudaStream_t st, char *err,
+               size_t err_len)
+{
+    int64_t total = (int64_t)n * cols;
+    k_xscale<<<(unsigned)blocks_for(total, 256), 256, 0, st>>>(x, m, out, n, cols);
+    return RTC_LAUNCHED("k_xscale");
+}
+
 int rtc_linear_forward(const rtc_linear *l, const float *x, float *y, int n, rtc_path path, const rtc_scratch *s,
                        cublasHandle_t blas, cudaStream_t st, int n_sm, char *err, size_t err_len)
 {
@@ -615,13 +658,15 @@ int rtc_linear_forward(const rtc_linear *l, const float *x, float *y, int n, rtc
         return RTC_BLAS(cublasSgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)l->rows, n, (int)l->cols, &one, l->w,
                                     (int)l->cols, x, (int)l->cols, &zero, y, (int)l->rows));
     }
-    if (l->rot) { /* both paths multiply the values, W' = W R, by x' = R^T x */
+    if (l->rot || l->xmul) { /* both paths multiply the values, W' = W R or W / m, by x' = R^T x or x * m */
         if ((int64_t)n * l->cols > s->xr_elems) {
-            snprintf(err, err_len, "no rotation scratch for a %lldx%lld product of %d rows", (long long)l->rows,
-                     (long long)l->cols, n);
+            snprintf(err, err_len, "no input-transform scratch for a %lldx%lld product of %d rows",
+                     (long long)l->rows, (long long)l->cols, n);
             return -1;
         }
-        if (rtc_rotate(l->rot, l->rsign, x, s->xr, n, l->cols, st, err, err_len)) return -1;
+        if (l->rot ? rtc_rotate(l->rot, l->rsign, x, s->xr, n, l->cols, st, err, err_len)
+                   : rtc_xscale(l->xmul, x, s->xr, n, l->cols, st, err, err_len))
+            return -1;
         x = s->xr;
     }
     if (path == RTC_PATH_AUTO) path = n <= RTC_MV_MAX_BATCH ? RTC_PATH_MATVEC : RTC_PATH_GEMM;

@@ -254,16 +254,16 @@ static size_t weights_bytes(const rt_cuda_model *g)
 }
 
 /* Largest columns of any linear layer, rows x cols of any packed one, and columns
- * of any that rotates. */
-static void linear_extents(const rt_cuda_model *g, int64_t *max_cols, int64_t *max_packed, int64_t *max_rot_cols)
+ * of any that transforms its inputs (rotates or scales them: the scratch s->xr). */
+static void linear_extents(const rt_cuda_model *g, int64_t *max_cols, int64_t *max_packed, int64_t *max_xr_cols)
 {
-    *max_cols = 0, *max_packed = 0, *max_rot_cols = 0;
+    *max_cols = 0, *max_packed = 0, *max_xr_cols = 0;
     for (int l = 0; l <= g->cfg.n_layers; l++)
         for (int k = 0; k < LAY_HEAD; k++) {
             const rtc_linear *x = l < g->cfg.n_layers ? &g->layers[l].lin[k] : &g->head;
             if (x->cols > *max_cols) *max_cols = x->cols;
             if (x->packed && x->rows * x->cols > *max_packed) *max_packed = x->rows * x->cols;
-            if (x->rot && x->cols > *max_rot_cols) *max_rot_cols = x->cols;
+            if ((x->rot || x->xmul) && x->cols > *max_xr_cols) *max_xr_cols = x->cols;
             if (l == g->cfg.n_layers) break;
         }
 }
@@ -277,8 +277,8 @@ static int alloc_state(rt_cuda_model *g, char *err, size_t err_len)
 {
     const mdl_config *c = &g->cfg;
     int64_t B = g->max_batch, D = c->dim, Q = g->att.q_dim, KV = g->att.kv_dim, H = c->hidden_dim;
-    int64_t cache = (int64_t)c->n_layers * g->max_ctx * KV, max_cols, max_packed, max_rot_cols;
-    linear_extents(g, &max_cols, &max_packed, &max_rot_cols);
+    int64_t cache = (int64_t)c->n_layers * g->max_ctx * KV, max_cols, max_packed, max_xr_cols;
+    linear_extents(g, &max_cols, &max_packed, &max_xr_cols);
     if (rtc_alloc(&g->mem, (void **)&g->kc, (size_t)cache * 2, "the key cache", err, err_len) ||
         rtc_alloc(&g->mem, (void **)&g->vc, (size_t)cache * 2, "the value cache", err, err_len) ||
         RTC_CUDA(cudaMemset(g->kc, 0, (size_t)cache * 2)) || RTC_CUDA(cudaMemset(g->vc, 0, (size_t)cache * 2)) ||
@@ -292,8 +292,8 @@ static int alloc_state(rt_cuda_model *g, char *err, size_t err_len)
         return -1;
     g->scr.xi_rows = (int)(B < RTC_MV_MAX_BATCH ? B : RTC_MV_MAX_BATCH);
     if (alloc_f32(g, &g->scr.xi, g->scr.xi_rows * max_cols, "interleaved activations", err, err_len)) return -1;
-    g->scr.xr_elems = B * max_rot_cols; /* none without a rotated layer */
-    if (alloc_f32(g, &g->scr.xr, g->scr.xr_elems, "rotated activations", err, err_len)) return -1;
+    g->scr.xr_elems = B * max_xr_cols; /* none without a rotated or input-scaled layer */
+    if (alloc_f32(g, &g->scr.xr, g->scr.xr_elems, "transformed activations", err, err_len)) return -1;
     if (B > RTC_MV_MAX_BATCH && max_packed > 0) { /* the prompt path */
         g->scr.xh_elems = B * max_cols;
         g->scr.wd_elems = max_packed < RTC_DQ_SLAB ? max_packed : RTC_DQ_SLAB > max_cols ? RTC_DQ_SLAB : max_cols;
@@ -520,13 +520,13 @@ static int single_open(rtc_single *t, const lay_packed *p, int n, int copies, ch
     t->s.xi_rows = n;
     /* slabs of a third of the rows: the several-slab path that the largest tensors take */
     t->s.xh_elems = (int64_t)n * p->cols, t->s.wd_elems = (p->rows / 3 + 1) * p->cols;
-    t->s.xr_elems = p->opt.rot ? (int64_t)n * p->cols : 0;
+    t->s.xr_elems = p->opt.rot || p->opt.awq ? (int64_t)n * p->cols : 0;
     if (rtc_alloc(&t->mem, (void **)&t->x, (size_t)(n * p->cols) * 4, "activations", err, err_len) ||
         rtc_alloc(&t->mem, (void **)&t->y, (size_t)(n * p->rows) * 4, "outputs", err, err_len) ||
         rtc_alloc(&t->mem, (void **)&t->s.xi, (size_t)(n * p->cols) * 4, "interleaved activations", err, err_len) ||
         rtc_alloc(&t->mem, (void **)&t->s.xh, (size_t)t->s.xh_elems * 2, "fp16 activations", err, err_len) ||
         rtc_alloc(&t->mem, (void **)&t->s.wd, (size_t)t->s.wd_elems * 2, "dequantized weights", err, err_len) ||
-        rtc_alloc(&t->mem, (void **)&t->s.xr, (size_t)t->s.xr_elems * 4, "rotated activations", err, err_len))
+        rtc_alloc(&t->mem, (void **)&t->s.xr, (size_t)t->s.xr_elems * 4, "transformed activations", err, err_len))
         return -1;
     return 0;
 }
@@ -549,31 +549,52 @@ done:
     return rc;
 }
 
-extern "C" int rt_cuda_rotate(int rot, uint32_t seed, const float *x_host, int n, int64_t cols, float *y_host,
-                              char *err, size_t err_len)
+/* y = x with each of the n rows through one input transform on the device: a
+ * rotation in blocks of rot (m NULL) or input scales m (rot 0), the test entries'
+ * shared body. */
+static int device_transform(int rot, uint32_t seed, const uint16_t *m, const float *x_host, int n, int64_t cols,
+                            float *y_host, char *err, size_t err_len)
 {
     cudaDeviceProp prop;
     rtc_mem mem;
-    const float *sign;
+    const float *vec;
     void *x, *y;
     size_t bytes = (size_t)n * (size_t)cols * sizeof(float);
     int rc = -1;
-    if ((rot != 64 && rot != 128) || n < 1 || cols < 1 || cols % rot) {
-        snprintf(err, err_len, "no rotation in blocks of %d over %d rows of %lld columns", rot, n, (long long)cols);
-        return -1;
-    }
     memset(&mem, 0, sizeof mem);
     if (device_open(&prop, err, err_len)) return -1;
-    if (rtc_upload_signs(&mem, seed, cols, &sign, err, err_len) ||
+    if ((m ? rtc_upload_xmul(&mem, m, cols, &vec, err, err_len) : rtc_upload_signs(&mem, seed, cols, &vec, err, err_len)) ||
         rtc_upload(&mem, &x, x_host, bytes, "activations", err, err_len) ||
-        rtc_alloc(&mem, &y, bytes, "rotated activations", err, err_len) ||
-        rtc_rotate(rot, sign, (const float *)x, (float *)y, n, cols, 0, err, err_len) ||
+        rtc_alloc(&mem, &y, bytes, "transformed activations", err, err_len) ||
+        (m ? rtc_xscale(vec, (const float *)x, (float *)y, n, cols, 0, err, err_len)
+           : rtc_rotate(rot, vec, (const float *)x, (float *)y, n, cols, 0, err, err_len)) ||
         RTC_CUDA(cudaDeviceSynchronize()) || RTC_CUDA(cudaMemcpy(y_host, y, bytes, cudaMemcpyDeviceToHost)))
         goto done;
     rc = 0;
 done:
     rtc_mem_free(&mem);
     return rc;
+}
+
+extern "C" int rt_cuda_rotate(int rot, uint32_t seed, const float *x_host, int n, int64_t cols, float *y_host,
+                              char *err, size_t err_len)
+{
+    if ((rot != 64 && rot != 128) || n < 1 || cols < 1 || cols % rot) {
+        snprintf(err, err_len, "no rotation in blocks of %d over %d rows of %lld columns", rot, n, (long long)cols);
+        return -1;
+    }
+    return device_transform(rot, seed, NULL, x_host, n, cols, y_host, err, err_len);
+}
+
+extern "C" int rt_cuda_xscale(const uint16_t *m, const float *x_host, int n, int64_t cols, float *y_host, char *err,
+                              size_t err_len)
+{
+    if (!m || n < 1 || cols < 1) {
+        snprintf(err, err_len, "no input scaling of %d rows of %lld columns%s", n, (long long)cols,
+                 m ? "" : " without multipliers");
+        return -1;
+    }
+    return device_transform(0, 0, m, x_host, n, cols, y_host, err, err_len);
 }
 
 static int cmp_double(const void *a, const void *b)

@@ -29,12 +29,14 @@
  * the same kernels, with its center as zero and Q4_1's and Q5_1's mins. A packed
  * tensor whose option rotates its inputs (layout.h, "Input rotations") holds W R:
  * its products first rotate the activations, x' = R^T x, on the device (the same
- * floats as lay_rot_apply), then run as any other's. Packed products of up to 16
+ * floats as lay_rot_apply), then run as any other's; one with input scales (layout.h,
+ * "Activation-aware input scales") holds W / m, and its products first multiply the
+ * activations by m (the same floats as lay_xscale_mul). Packed products of up to 16
  * activation rows run the matrix-vector kernel with fp32 activations;
  * larger batches dequantize the tensor to fp16 in slabs of rows (at most 16M weights,
  * 32 MiB of scratch) and call cublasGemmEx on each (fp16 inputs, fp32 accumulation). Norm weights and biases are fp32; the KV cache is fp16. The
  * embedding is looked up on the host (rt_linear get_row, which gives W's rows of a
- * rotated tensor too) and copied up.
+ * rotated or input-scaled tensor too) and copied up.
  */
 #ifndef BITPLAN_RT_CUDA_H
 #define BITPLAN_RT_CUDA_H
@@ -110,13 +112,19 @@ int rt_cuda_matvec_packed(const lay_packed *p, const float *x_host, int n, float
 int rt_cuda_rotate(int rot, uint32_t seed, const float *x_host, int n, int64_t cols, float *y_host, char *err,
                    size_t err_len);
 
+/* y[n][cols] = x[n][cols] with each row scaled, x'_j = x_j * m_j, m[cols] the input
+ * multipliers (fp16 bits): the kernel the packed products of a tensor with input
+ * scales run first, host arrays in and out. Bit for bit lay_xscale_mul. */
+int rt_cuda_xscale(const uint16_t *m, const float *x_host, int n, int64_t cols, float *y_host, char *err,
+                   size_t err_len);
+
 /* The packed matrix-vector product's speed: `copies` uploads of p (so that a pass
  * over them leaves the L2 cache), each product timed with device events over
  * `passes` passes (median), and in the same call a device-to-device copy of the
  * same number of bytes. */
 typedef struct {
     double packed_bytes;      /* values + scales + zeros + mins of one copy */
-    double seconds;           /* median seconds per product (rotation if any, gather, kernel) */
+    double seconds;           /* median seconds per product (input transform if any, gather, kernel) */
     double gbps;              /* packed_bytes / seconds / 1e9 */
     double copy_gbps;         /* cudaMemcpy D2D: (bytes read + bytes written) / s / 1e9 */
     int copies;

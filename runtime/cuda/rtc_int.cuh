@@ -90,6 +90,8 @@ typedef struct {
     const int32_t *perm;        /* [cols] stored column -> original column, NULL: the identity (ggml types) */
     int rot;                    /* opt.rot: the values hold W R (layout.h, "Input rotations"), else 0 */
     const float *rsign;         /* [cols] the rotation's signs, +1 or -1 (lay_rot_sign), NULL unless rot */
+    const float *xmul;          /* opt.awq: [cols] the input multipliers m as floats (the values hold W / m;
+                                   layout.h, "Activation-aware input scales"), else NULL */
     /* dense */
     const float *w;             /* [rows][cols] */
 } rtc_linear;
@@ -101,18 +103,21 @@ typedef struct {
     __half *xh;                 /* [max_batch][max_cols] fp16 activations, stored order (prompt path) */
     __half *wd;                 /* a slab of dequantized rows (prompt path): wd_elems / cols rows */
     int64_t xh_elems, wd_elems; /* capacities (0: no prompt path) */
-    float *xr;                  /* [max_batch][cols of the widest rotated layer] x' = R^T x (either path) */
-    int64_t xr_elems;           /* its capacity (0: no layer rotates) */
+    float *xr;                  /* [max_batch][cols of the widest layer that transforms its inputs]
+                                   x' = R^T x or x * m (either path) */
+    int64_t xr_elems;           /* its capacity (0: no layer rotates or scales its inputs) */
 } rtc_scratch;
 
 typedef enum { RTC_PATH_AUTO = 0, RTC_PATH_MATVEC = 1, RTC_PATH_GEMM = 2 } rtc_path;
 
 /* Uploads one packed tensor (repacked tiles, scales, zeros, mins, xmap, perm, and the
- * rotation's signs if it rotates). Checks the option, the arrays it needs and every
- * permutation entry first. */
+ * rotation's signs if it rotates or the input multipliers if it scales its inputs).
+ * Checks the option, the arrays it needs and every permutation entry first. */
 int rtc_linear_upload_packed(rtc_mem *m, const lay_packed *p, rtc_linear *out, char *err, size_t err_len);
 /* The signs of the rotation of seed over cols columns, as floats (+1 or -1). */
 int rtc_upload_signs(rtc_mem *m, uint32_t seed, int64_t cols, const float **out, char *err, size_t err_len);
+/* The input multipliers xscale[cols] (fp16 bits) as floats (lay_f16_to_f32). */
+int rtc_upload_xmul(rtc_mem *m, const uint16_t *xscale, int64_t cols, const float **out, char *err, size_t err_len);
 /* The slab bytes (rtc_span) rtc_linear_upload_packed takes for p. */
 size_t rtc_packed_device_bytes(const lay_packed *p);
 int rtc_linear_upload_dense(rtc_mem *m, const float *w, int64_t rows, int64_t cols, rtc_linear *out,
@@ -121,13 +126,19 @@ int rtc_linear_upload_dense(rtc_mem *m, const float *w, int64_t rows, int64_t co
 /* y[n][rows] = x[n][cols] W^T on stream st; x, y on the device. Batches up to
  * RTC_MV_MAX_BATCH use the matrix-vector kernel (path AUTO), larger ones the
  * dequantize + cublasGemmEx path. A tensor that rotates (rot) holds W' = W R: its
- * product is x' W'^T with x' = R^T x, rotated into s->xr first (rtc_rotate). */
+ * product is x' W'^T with x' = R^T x, rotated into s->xr first (rtc_rotate); one
+ * with input scales (xmul) holds W' = W / m, and x' = x * m goes into s->xr first
+ * (rtc_xscale). */
 int rtc_linear_forward(const rtc_linear *l, const float *x, float *y, int n, rtc_path path, const rtc_scratch *s,
                        cublasHandle_t blas, cudaStream_t st, int n_sm, char *err, size_t err_len);
 /* out[n][cols] = x' = R^T x per row, the rotation in blocks of rot (64 or 128; cols a
  * multiple) with signs sign[cols]: lay_rot_apply's floats, bit for bit. */
 int rtc_rotate(int rot, const float *sign, const float *x, float *out, int n, int64_t cols, cudaStream_t st,
                char *err, size_t err_len);
+/* out[n][cols] = x' = x * m per row, m[cols] the multipliers as floats: lay_xscale_mul's
+ * floats, bit for bit. */
+int rtc_xscale(const float *m, const float *x, float *out, int n, int64_t cols, cudaStream_t st, char *err,
+               size_t err_len);
 
 /* ==== Launchers of the element-wise and attention kernels (kernels.cu) ==== */
 
