@@ -490,9 +490,9 @@ def test_invalid_and_unknown_options(work):
     expect_error(work, bad, "blk.7.attn_q.weight", "not a linear layer")
 
     def version(h):
-        h["__metadata__"]["format_version"] = "5"
+        h["__metadata__"]["format_version"] = "6"
     rewrite(work["packed"], bad, edit_header=version)
-    expect_error(work, bad, "format_version 5")
+    expect_error(work, bad, "format_version 6")
 
 
 def test_missing_part(work):
