@@ -21,6 +21,13 @@
  *   bench_matvec --bits B   only the rows whose (high) width is B
  *   bench_matvec --batch N  batch-N product (4-bit 4096x4096) against dense sgemm
  *   bench_matvec --hot      only the hot figure, every width and shape (seconds)
+ *   bench_matvec --bandwidth only the baseline: read GB/s over 2 GiB, 1 and 2 threads
+ *                           (what bench/bench_lut.py divides by)
+ *
+ * Each row measures today's kernels (GB/s, ratio) and the lookup-table kernels of
+ * runtime/qkernels.h at that width (lut, ratio), over the same matrices, passes
+ * interleaved; which of the two a layer takes at each width is the kernel set's
+ * lut_width, chosen from these rows.
  */
 #include <cblas.h>
 #include <fcntl.h>
@@ -43,7 +50,7 @@
 #define POOL_BYTES ((size_t)2 << 30)   /* values rotate over at least this much */
 #define HUGE_ALIGN ((size_t)2 << 20)
 
-static int passes = 5, hot_only = 0, only_bits = 0, batch = 0;
+static int passes = 5, hot_only = 0, only_bits = 0, batch = 0, bandwidth_only = 0;
 
 static double now(void)
 {
@@ -94,7 +101,9 @@ typedef struct {
     size_t values_bytes, meta_bytes;
     uint8_t *meta;               /* scales then zeros (or mins) of every matrix */
     void *perm;
-    rt_linear **lin;
+    rt_linear **lin;             /* today's kernels (lookup kernels off) */
+    rt_linear **lut;             /* the lookup kernels at every width, or NULL */
+    double lut_build;            /* seconds to build lut[] (their reordered copies) */
 } rotation;
 
 static size_t matrix_bytes(const rotation *r) { return r->values_bytes + r->meta_bytes; }
@@ -113,7 +122,7 @@ static lay_packed packed_of(const lay_option *o, int64_t rows, int64_t cols, con
  * packed values at every width), with random scales, zeros or mins, and one
  * permutation (none for a ggml type). */
 static int rotation_open(rotation *r, const lay_option *o, int64_t rows, int64_t cols, const uint8_t *values,
-                         size_t values_cap, int n_force)
+                         size_t values_cap, int n_force, int with_lut)
 {
     lay_cost c = lay_tensor_cost(o, rows, cols);
     memset(r, 0, sizeof *r);
@@ -125,6 +134,7 @@ static int rotation_open(rotation *r, const lay_option *o, int64_t rows, int64_t
     r->meta = malloc((size_t)r->n * r->meta_bytes);
     r->perm = malloc((size_t)c.perm + 1);
     r->lin = calloc((size_t)r->n, sizeof *r->lin);
+    if (with_lut && qk_active()->lut_dot && lay_option_ggml(o) < 0) r->lut = calloc((size_t)r->n, sizeof *r->lut);
     if (!r->meta || !r->perm || !r->lin) return -1;
     fill_random(r->meta, (size_t)r->n * r->meta_bytes, 7);
     for (int i = 0; i < r->n; i++) { /* every fp16 (scales, mins) in [2^-9, 2^-8) */
@@ -134,12 +144,19 @@ static int rotation_open(rotation *r, const lay_option *o, int64_t rows, int64_t
     for (int64_t j = 0; c.perm && j < cols; j++) /* a fixed scramble of the columns */
         if (lay_perm_bytes(cols) == 2) ((uint16_t *)r->perm)[j] = (uint16_t)((j * 40503) % cols);
         else ((uint32_t *)r->perm)[j] = (uint32_t)((j * 40503) % cols);
-    for (int i = 0; i < r->n; i++) {
-        lay_packed p = packed_of(o, rows, cols, values + (size_t)i * r->values_bytes,
-                                 r->meta + (size_t)i * r->meta_bytes, r->perm);
-        char err[256];
-        if (!(r->lin[i] = rt_linear_packed(&p, 1, NULL, err, sizeof err))) { fprintf(stderr, "%s\n", err); return -1; }
+    for (int with_lut = 0; with_lut < 2; with_lut++) {
+        rt_linear **lin = with_lut ? r->lut : r->lin;
+        qk_force_lut(with_lut ? QK_LUT_ALL : QK_LUT_OFF);
+        double t0 = now();
+        for (int i = 0; lin && i < r->n; i++) {
+            lay_packed p = packed_of(o, rows, cols, values + (size_t)i * r->values_bytes,
+                                     r->meta + (size_t)i * r->meta_bytes, r->perm);
+            char err[256];
+            if (!(lin[i] = rt_linear_packed(&p, 1, NULL, err, sizeof err))) { fprintf(stderr, "%s\n", err); return -1; }
+        }
+        if (with_lut) r->lut_build = now() - t0;
     }
+    qk_force_lut(QK_LUT_AUTO);
     return 0;
 }
 
@@ -147,20 +164,30 @@ static void rotation_close(rotation *r)
 {
     for (int i = 0; r->lin && i < r->n; i++)
         if (r->lin[i]) r->lin[i]->destroy(r->lin[i]), free(r->lin[i]);
-    free(r->lin), free(r->meta), free(r->perm);
+    for (int i = 0; r->lut && i < r->n; i++)
+        if (r->lut[i]) r->lut[i]->destroy(r->lut[i]), free(r->lut[i]);
+    free(r->lin), free(r->lut), free(r->meta), free(r->perm);
 }
 
-/* Best seconds of a pass of matvecs over the rotation (after one warm-up pass). */
-static double time_matvec(const rotation *r, const float *x, float *y)
+static double pass_seconds(rt_linear *const *lin, int n, const float *x, float *y)
 {
-    double best = 1e30;
-    for (int pass = 0; pass <= passes; pass++) {
-        double t0 = now();
-        for (int i = 0; i < r->n; i++) r->lin[i]->matmul(r->lin[i], x, y, 1);
-        double t = now() - t0;
-        if (pass && t < best) best = t;
-    }
-    return best;
+    double t0 = now();
+    for (int i = 0; i < n; i++) lin[i]->matmul(lin[i], x, y, 1);
+    return now() - t0;
+}
+
+/* Best seconds of a pass of matvecs over the rotation (after one warm-up pass),
+ * today's kernels in best[0], the lookup kernels in best[1] (if any), the two
+ * passes interleaved. */
+static void time_matvec(const rotation *r, const float *x, float *y, double best[2])
+{
+    best[0] = best[1] = 1e30;
+    for (int pass = 0; pass <= passes; pass++)
+        for (int k = 0; k < 2; k++) {
+            if (k && !r->lut) continue;
+            double t = pass_seconds(k ? r->lut : r->lin, r->n, x, y);
+            if (pass && t < best[k]) best[k] = t;
+        }
 }
 
 /* Best seconds of a pass of sums over the same bytes. */
@@ -179,13 +206,17 @@ static double time_sum(const rotation *r, const uint8_t *values, uint64_t *sink)
     return best;
 }
 
-/* GB/s of the product on the first matrix cut to a few rows that stay in L2. */
-static double hot_rate(const rotation *r, const uint8_t *values, const float *x, float *y)
+/* GB/s of the product on the first matrix cut to a few rows that stay in L2, with
+ * the lookup kernels at every width (lut) or none. */
+static double hot_rate(const rotation *r, const uint8_t *values, const float *x, float *y, int lut)
 {
+    if (lut && !r->lut) return 0.0;
     int64_t rows = 640 * 1024 / (lay_row_bytes(&r->opt, r->cols) + 1) + 1;
     lay_cost c = lay_tensor_cost(&r->opt, rows, r->cols);
     lay_packed p = packed_of(&r->opt, rows, r->cols, values, r->meta, r->perm);
+    qk_force_lut(lut ? QK_LUT_ALL : QK_LUT_OFF);
     rt_linear *l = rt_linear_packed(&p, 1, NULL, NULL, 0);
+    qk_force_lut(QK_LUT_AUTO);
     int reps = 400, saved = omp_get_max_threads();
     omp_set_num_threads(1);
     l->matmul(l, x, y, 1);
@@ -218,8 +249,8 @@ static lay_option ggml_option(int type)
 
 static void print_header(void)
 {
-    printf("%-12s %-16s %5s %3s %4s %9s %8s %8s %6s %8s\n", "shape", "option", "bpw", "thr", "mats", "MiB/mat",
-           "GB/s", "base", "ratio", "hot");
+    printf("%-12s %-16s %5s %3s %4s %9s %8s %6s %8s %6s %6s %6s %7s\n", "shape", "option", "bpw", "thr", "mats",
+           "MiB/mat", "base", "GB/s", "ratio", "lut", "ratio", "hot", "hot lut");
 }
 
 static void bench_packed(const lay_option *o, int64_t rows, int64_t cols, uint8_t *pool, size_t pool_cap,
@@ -227,7 +258,7 @@ static void bench_packed(const lay_option *o, int64_t rows, int64_t cols, uint8_
 {
     rotation r;
     uint64_t sink = 0;
-    if (rotation_open(&r, o, rows, cols, pool, pool_cap, 0)) {
+    if (rotation_open(&r, o, rows, cols, pool, pool_cap, 0, 1)) {
         fprintf(stderr, "bench_matvec: cannot set up %s\n", o->name);
         rotation_close(&r);
         return;
@@ -236,13 +267,17 @@ static void bench_packed(const lay_option *o, int64_t rows, int64_t cols, uint8_
     double total = (double)r.n * (double)matrix_bytes(&r);
     for (int t = 1; t <= 2; t++) {
         omp_set_num_threads(t);
-        double tm = time_matvec(&r, x, y), ts = time_sum(&r, pool, &sink);
-        double hot = t == 1 ? hot_rate(&r, pool, x, y) : 0;
-        printf("%5lldx%-6lld %-16s %5.2f %3d %4d %9.1f %8.1f %8.1f %6.2f ", (long long)rows, (long long)cols, o->name,
-               bpw, t, r.n, (double)matrix_bytes(&r) / 1048576.0, total / tm / 1e9, total / ts / 1e9, ts / tm);
-        if (hot > 0) printf("%8.1f\n", hot); else printf("%8s\n", "");
+        double tm[2], ts = time_sum(&r, pool, &sink);
+        time_matvec(&r, x, y, tm);
+        printf("%5lldx%-6lld %-16s %5.2f %3d %4d %9.1f %8.1f %6.1f %8.2f ", (long long)rows, (long long)cols, o->name,
+               bpw, t, r.n, (double)matrix_bytes(&r) / 1048576.0, total / ts / 1e9, total / tm[0] / 1e9, ts / tm[0]);
+        if (r.lut) printf("%6.1f %6.2f ", total / tm[1] / 1e9, ts / tm[1]); else printf("%6s %6s ", "", "");
+        if (t == 1) printf("%6.1f %7.1f\n", hot_rate(&r, pool, x, y, 0), hot_rate(&r, pool, x, y, 1));
+        else printf("\n");
         fflush(stdout);
     }
+    if (r.lut) printf("%-29s lookup copies built at %.2f GB/s of values (%d threads)\n", "", (double)r.n *
+                      (double)r.values_bytes / r.lut_build / 1e9, omp_get_max_threads());
     if (sink == 42) printf(" ");
     rotation_close(&r);
 }
@@ -348,10 +383,12 @@ static int bench_mmap(const char *dir, uint8_t *pool, size_t pool_cap, const flo
             rotation r;
             uint64_t sink = 0;
             uint8_t *vals = which ? map : pool;
-            if (rotation_open(&r, &o, rows, cols, vals, which ? bytes : pool_cap, n)) { rotation_close(&r); break; }
-            double tm = time_matvec(&r, x, y), ts = time_sum(&r, vals, &sink);
+            if (rotation_open(&r, &o, rows, cols, vals, which ? bytes : pool_cap, n, 0)) { rotation_close(&r); break; }
+            double tm[2], ts = time_sum(&r, vals, &sink);
+            time_matvec(&r, x, y, tm);
             double total = (double)r.n * (double)matrix_bytes(&r);
-            printf("%-8s %3d %8.1f %8.1f %6.2f\n", which ? "mmap" : "copy", t, total / tm / 1e9, total / ts / 1e9, ts / tm);
+            printf("%-8s %3d %8.1f %8.1f %6.2f\n", which ? "mmap" : "copy", t, total / tm[0] / 1e9, total / ts / 1e9,
+                   ts / tm[0]);
             if (sink == 42) printf(" ");
             rotation_close(&r);
         }
@@ -367,10 +404,11 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) passes = 1;
         else if (!strcmp(argv[i], "--hot")) hot_only = 1;
+        else if (!strcmp(argv[i], "--bandwidth")) bandwidth_only = 1;
         else if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--bits") && i + 1 < argc) only_bits = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--mmap") && i + 1 < argc) mmap_dir = argv[++i];
-        else { fprintf(stderr, "usage: bench_matvec [--quick] [--bits B] [--hot] [--batch N] [--mmap DIR]\n"); return 2; }
+        else { fprintf(stderr, "usage: bench_matvec [--quick] [--bits B] [--hot] [--bandwidth] [--batch N] [--mmap DIR]\n"); return 2; }
     }
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx2")) { fprintf(stderr, "bench_matvec: needs AVX2 for the baseline\n"); return 1; }
@@ -384,20 +422,30 @@ int main(int argc, char **argv)
     printf("kernels: %s, %d cores, best of %d passes, each pass over >= %.0f GiB\n", qk_active()->name,
            omp_get_num_procs(), passes, POOL_BYTES / GIB);
     if (mmap_dir) return bench_mmap(mmap_dir, pool, cap, x, y) ? 1 : 0;
-    const lay_option opts[] = { option(2, 3, 0.3f, 128), option(3, 3, 0, 128), option(4, 4, 0, 128),
+    if (bandwidth_only) {
+        rotation r = { .n = 1, .values_bytes = POOL_BYTES, .meta = pool };
+        uint64_t sink = 0;
+        for (int t = 1; t <= 2; t++) {
+            omp_set_num_threads(t);
+            printf("read bandwidth, %d thread%s: %.1f GB/s\n", t, t > 1 ? "s" : "", POOL_BYTES / time_sum(&r, pool, &sink) / 1e9);
+        }
+        return sink == 42;
+    }
+    const lay_option opts[] = { option(2, 2, 0, 128), option(2, 2, 0, 32), option(2, 3, 0.3f, 128), option(3, 3, 0, 128),
+                                option(3, 3, 0, 32), option(4, 4, 0, 128),
                                 option(4, 4, 0, 32), ggml_option(LAY_GGML_Q4_0), ggml_option(LAY_GGML_Q4_1),
                                 option(5, 5, 0, 128), option(6, 6, 0, 128), option(8, 8, 0, 128),
                                 ggml_option(LAY_GGML_Q8_0) };
     const int64_t shapes[2][2] = { { 4096, 4096 }, { 4096, 14336 } };
     if (hot_only) {
-        printf("%-12s %-16s %8s\n", "shape", "option", "hot GB/s");
+        printf("%-12s %-16s %8s %8s\n", "shape", "option", "hot GB/s", "hot lut");
         for (int s = 0; s < 2; s++)
             for (int b = 2; b <= 8; b++) {
                 lay_option o = b == 7 ? option(2, 3, 0.3f, 128) : option(b, b, 0, 128);
                 rotation r;
-                if (rotation_open(&r, &o, 64, shapes[s][1], pool, cap, 1)) return 1;
-                printf("%5lldx%-6lld %-16s %8.1f\n", (long long)shapes[s][0], (long long)shapes[s][1], o.name,
-                       hot_rate(&r, pool, x, y));
+                if (rotation_open(&r, &o, 64, shapes[s][1], pool, cap, 1, 1)) return 1;
+                printf("%5lldx%-6lld %-16s %8.1f %8.1f\n", (long long)shapes[s][0], (long long)shapes[s][1], o.name,
+                       hot_rate(&r, pool, x, y, 0), hot_rate(&r, pool, x, y, 1));
                 rotation_close(&r);
             }
         return 0;

@@ -19,6 +19,9 @@
  * memory on large files (DESIGN.md; bench/bench_matvec --mmap measures it), and
  * the copy costs one pass over a file that is small next to the model it
  * replaces. On SmolLM2 the two are within noise (pack/FORMAT.md).
+ * The values of a tensor whose layer keeps its own copy for the lookup kernels
+ * (rt_linear_packed_copies_values) stay in the mapping: only products of more
+ * than one row read them there, and the layer's copy is what batch 1 streams.
  * BITPLAN_PACKED_MMAP=1 in the environment keeps the parts in the mapping, to
  * measure the difference end to end; BITPLAN_PACKED_DENSE=1 decodes every packed
  * tensor into a dense fp32 layer instead (no int8 activations), to measure what
@@ -378,7 +381,9 @@ static int packed_linear(lctx *x, const mdl_packed_option *m, int max_batch, rt_
     p->perm = pm ? pm->data : NULL;
     if (pm && check_perm(x, m->tensor, p)) return -1;
     if (xs && check_xscale(x, m->tensor, xs->data, cols)) return -1;
-    p->values = place(x, v), p->scales = place(x, s);
+    /* values that batch 1 reads from the layer's lookup copy stay in the mapping */
+    p->values = rt_linear_packed_copies_values(&p->opt, cols) && !x->dequant ? v->data : place(x, v);
+    p->scales = place(x, s);
     p->perm = pm ? place(x, pm) : NULL;
     p->zeros = z ? place(x, z) : NULL;
     p->mins = mn ? place(x, mn) : NULL;

@@ -8,6 +8,8 @@
 
 #include <assert.h>
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 /* ==== Activation quantizer (the definition) ==== */
 
@@ -134,6 +136,60 @@ static void rotate_generic(int rot, const float *sign, float norm, float *v, int
     for (int64_t j = 0; j < cols; j++) v[j] *= norm;
 }
 
+/* ==== Lookup tables (the plain reference) ==== */
+
+void qk_lut_tables_ref(const int8_t *xq, int64_t cols, uint8_t *tab)
+{
+    for (int64_t c = 0; c < cols / 4; c++, tab += 32)
+        for (int m = 0; m < 16; m++) {
+            int t = 0;
+            for (int k = 0; k < 4; k++) t += (m >> k & 1) * xq[4 * c + k];
+            tab[m] = (uint8_t)(t & 0xff);
+            tab[16 + m] = (uint8_t)((t >> 8) & 0xff);
+        }
+}
+
+static inline int lut_entry(const uint8_t *t, int m) { return (int16_t)(t[m] | t[16 + m] << 8); }
+
+void qk_lut_dot_ref(int bits, const uint8_t *w, int64_t ng, int64_t gcols, const uint8_t *tab, const uint16_t *s,
+                    const uint8_t *z, const float *xd, const int32_t *xs, float *acc)
+{
+    int64_t np = gcols / 8;
+    for (int64_t g = 0; g < ng; g++, tab += gcols * 8) {
+        int32_t dot[QK_LUT_ROWS] = {0};
+        for (int i = 0; i < bits; i++)
+            for (int64_t p = 0; p < np; p++, w += QK_LUT_ROWS)
+                for (int r = 0; r < QK_LUT_ROWS; r++)
+                    dot[r] += (lut_entry(tab + 64 * p, w[r] & 15) + lut_entry(tab + 64 * p + 32, w[r] >> 4)) * (1 << i);
+        for (int r = 0; r < QK_LUT_ROWS; r++) {
+            int32_t d = dot[r] - (int32_t)z[g * QK_LUT_ROWS + r] * xs[g];
+            acc[r] += lay_f16_to_f32(s[g * QK_LUT_ROWS + r]) * xd[g] * (float)d;
+        }
+    }
+}
+
+/* Bit i of each of 8 bytes (byte k at bits 8k..8k+7 of v) as one byte, byte k's bit at bit k:
+ * the product puts bit k of the masked word at bit 56 + k, with no carries below. */
+static inline uint8_t gather_bits(uint64_t v, int i)
+{
+    return (uint8_t)((((v >> i) & 0x0101010101010101ull) * 0x0102040810204080ull) >> 56);
+}
+
+void qk_lut_pack_ref(int bits, int64_t gcols, const uint8_t *src, int64_t stride, uint8_t *dst)
+{
+    int64_t np = gcols / 8;
+    uint8_t q[LAY_CHUNK];
+    for (int r = 0; r < QK_LUT_ROWS; r++)
+        for (int64_t c = 0; c < gcols / LAY_CHUNK; c++) {
+            lay_unpack_chunk(bits, src + r * stride + c * bits * 4, q);
+            for (int p = 0; p < LAY_CHUNK / 8; p++) {
+                uint64_t v = 0;
+                for (int k = 0; k < 8; k++) v |= (uint64_t)q[8 * p + k] << (8 * k);
+                for (int i = 0; i < bits; i++) dst[(i * np + c * (LAY_CHUNK / 8) + p) * QK_LUT_ROWS + r] = gather_bits(v, i);
+            }
+        }
+}
+
 const qk_kernels qk_generic = {
     .name = "generic",
     .quant = qk_quant_ref,
@@ -142,6 +198,9 @@ const qk_kernels qk_generic = {
              [6] = dot6_generic, [7] = dot7_generic, [8] = dot8_generic },
     .decode = decode_generic,
     .rotate = rotate_generic,
+    .lut_pack = qk_lut_pack_ref,     /* only under QK_LUT_ALL: slower than dot in plain C */
+    .lut_tables = qk_lut_tables_ref,
+    .lut_dot = qk_lut_dot_ref,
 };
 
 /* ==== Dispatch ==== */
@@ -173,6 +232,29 @@ const qk_kernels *qk_get(qk_isa isa)
 }
 
 static qk_isa forced = QK_ISA_AUTO;
+static int lut_mode_set;
+static qk_lut_mode lut_mode;
+
+void qk_force_lut(qk_lut_mode mode) { lut_mode = mode, lut_mode_set = 1; }
+
+/* BITPLAN_LUT=0 in the environment turns the lookup kernels off and BITPLAN_LUT=all
+ * takes them at every width, to measure either end to end; qk_force_lut overrides. */
+static qk_lut_mode lut_mode_now(void)
+{
+    if (!lut_mode_set) {
+        const char *v = getenv("BITPLAN_LUT");
+        lut_mode = v && !strcmp(v, "0") ? QK_LUT_OFF : v && !strcmp(v, "all") ? QK_LUT_ALL : QK_LUT_AUTO;
+        lut_mode_set = 1;
+    }
+    return lut_mode;
+}
+
+int qk_lut_wanted(const qk_kernels *k, int bits)
+{
+    qk_lut_mode mode = lut_mode_now();
+    if (!k->lut_dot || mode == QK_LUT_OFF) return 0;
+    return mode == QK_LUT_ALL || k->lut_width[bits];
+}
 
 const qk_kernels *qk_active(void) { return qk_get(forced); }
 

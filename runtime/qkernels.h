@@ -24,8 +24,10 @@
  * exactly, so they differ from it by float rounding only, QK_REL_TOL at most,
  * measured as max|y - y_ref| / max|y_ref|. What the int8 activations cost against
  * exact x is a modelling error, not a kernel error, and shows up in the end-to-end
- * KL divergence. Batch 1 and batch n give the same numbers for the same row (one
- * code path, register-blocked over up to QK_NB activation rows).
+ * KL divergence. Any two batches give the same numbers for the same row (one code
+ * path, register-blocked over up to QK_NB activation rows), except that batch 1 may
+ * take the lookup kernels below, whose integer sums are the same but whose float
+ * sums run in another order: QK_REL_TOL apart at most.
  *
  * A row of a packed tensor is at most three runs of groups that share a width and a
  * group length (hi groups, lo groups, a short last group): qk_dot_fn walks one run.
@@ -70,7 +72,63 @@ typedef void (*qk_decode_fn)(int bits, const uint8_t *src, float s, float z, flo
  * one add or subtract of the same two operands, in any SIMD order. */
 typedef void (*qk_rotate_fn)(int rot, const float *sign, float norm, float *v, int64_t cols);
 
+/* ==== Lookup-table kernels (batch 1) ====
+ *
+ * The same sum, y[r] = sum_g s_rg * d_g * (sum_j q_rj * xq_j - z_rg * xs_g), bit by
+ * bit: q = sum_i 2^i q^(i) with q^(i) in {0, 1}, so over four columns 4c..4c+3
+ *
+ *     sum_j q_rj xq_j = sum_i 2^i T_c[ q^(i)_r,4c | q^(i)_r,4c+1 << 1 | .. << 3 ],
+ *     T_c[m] = sum_{k < 4} ((m >> k) & 1) * xq[4c + k]        (16 entries, |T| <= 508)
+ *
+ * The 16 entries of every quad of columns are computed once per activation row
+ * (qk_lut_tables_fn: int16, exact, stored as 16 low bytes then 16 high bytes, 32
+ * bytes a quad, 8 bytes per column), and a 4-bit slice of a bit plane is then one
+ * in-register lookup (pshufb) for 32 rows at once, so the work per weight grows
+ * with its bits rather than with a fixed decode per chunk. The integer sums are
+ * exactly those of the kernels above, so the lookup path has the same reference
+ * and QK_REL_TOL, and the same end-to-end figures.
+ *
+ * It reads the weights of QK_LUT_ROWS rows at once, bit plane by bit plane, so a
+ * layer that uses it keeps a copy of those values reordered (qk_lut_pack_fn): per
+ * tile of 32 rows, per group (in order), per plane i (lowest first), per 8 columns
+ * 8p..8p+7 of the group, 32 bytes, byte r for row r of the tile:
+ *
+ *     bit k of byte r = bit i of q[r][8p + k]     (low nibble: quad 2p, high: 2p + 1)
+ *
+ * the same bytes as the rows' values (a group of gcols columns at width b takes
+ * 32 * gcols * b / 8 of them), and the tile's scales and zeros as [group][32]. */
+#define QK_LUT_ROWS 32
+
+/* tab[32 c .. 32 c + 32) = T_c for the cols / 4 quads of one activation row xq. */
+typedef void (*qk_lut_tables_fn)(const int8_t *xq, int64_t cols, uint8_t *tab);
+
+/* One run of ng groups of gcols columns of width bits, for one tile of 32 rows:
+ * w is the run's first group in the tile layout above, tab the tables of its first
+ * column, s and z the tile's scales (fp16 bits) and zeros from its first group
+ * ([g][32]), xd and xs the activation scales and sums from its first group. Adds
+ * sum_g s * xd * (dot - z * xs) to acc[r], r < 32. */
+typedef void (*qk_lut_dot_fn)(int bits, const uint8_t *w, int64_t ng, int64_t gcols, const uint8_t *tab,
+                              const uint16_t *s, const uint8_t *z, const float *xd, const int32_t *xs, float *acc);
+
+/* One group of gcols columns at width bits of 32 rows into the tile layout: src is
+ * row 0's packed values of the group (layout/layout.h), row r at src + r * stride.
+ * Runs once per tensor, when a layer is made. */
+typedef void (*qk_lut_pack_fn)(int bits, int64_t gcols, const uint8_t *src, int64_t stride, uint8_t *dst);
+
+/* The plain lookup kernels, the reference of the SIMD ones (bit for bit in the
+ * tables and the copy, float rounding in the dot). */
+void qk_lut_pack_ref(int bits, int64_t gcols, const uint8_t *src, int64_t stride, uint8_t *dst);
+void qk_lut_tables_ref(const int8_t *xq, int64_t cols, uint8_t *tab);
+void qk_lut_dot_ref(int bits, const uint8_t *w, int64_t ng, int64_t gcols, const uint8_t *tab, const uint16_t *s,
+                    const uint8_t *z, const float *xd, const int32_t *xs, float *acc);
+
 typedef enum { QK_ISA_AUTO = 0, QK_ISA_GENERIC, QK_ISA_AVX2, QK_ISA_AVX512 } qk_isa;
+
+/* Where new layers use the lookup kernels: AUTO, the widths a kernel set lists in
+ * lut_width (where bench_matvec found them faster); OFF, nowhere; ALL, every width
+ * 2..8 of a set that has them (tests and benchmarks). The environment's BITPLAN_LUT
+ * (0, all) sets the mode until qk_force_lut does. */
+typedef enum { QK_LUT_AUTO = 0, QK_LUT_OFF, QK_LUT_ALL } qk_lut_mode;
 
 /* Activation order inside a run. A kernel may want a run's activations in another
  * order than the stored one, as long as it stays inside each group (so xd and xs do
@@ -93,6 +151,10 @@ typedef struct {
     qk_dot_fn dot[LAY_MAX_BITS + 1];     /* by width, 2..8 */
     qk_decode_fn decode;
     qk_rotate_fn rotate;
+    qk_lut_pack_fn lut_pack;             /* NULL: no lookup kernels */
+    qk_lut_tables_fn lut_tables;
+    qk_lut_dot_fn lut_dot;
+    uint8_t lut_width[LAY_MAX_BITS + 1]; /* 1: QK_LUT_AUTO takes the lookup kernels at this width */
 } qk_kernels;
 
 /* The kernel set of an instruction set, or NULL if this CPU lacks it (AUTO: the
@@ -102,6 +164,10 @@ const qk_kernels *qk_get(qk_isa isa);
  * benchmarks force the portable path this way). Returns 0, or -1 if unsupported. */
 const qk_kernels *qk_active(void);
 int qk_force(qk_isa isa);
+/* Whether a new layer's runs of width bits (2..8) take the lookup kernels of k,
+ * under the mode qk_force_lut chose (AUTO unless told). */
+int qk_lut_wanted(const qk_kernels *k, int bits);
+void qk_force_lut(qk_lut_mode mode);
 
 /* The portable kernels; the SIMD files export theirs the same way. */
 extern const qk_kernels qk_generic;

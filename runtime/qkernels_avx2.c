@@ -91,5 +91,6 @@ AI __m256i quant32(const float *x, __m256 id, __m256i *sum)
 #define QK_NAME(f) f##_avx2
 #define QK_TABLE qk_avx2
 #define QK_ISA_NAME "avx2"
+#define QK_LUT_WIDTHS [2] = 1, [3] = 1, [5] = 1, [8] = 1 /* bench_matvec, BENCHMARKS.md */
 #define QK_BLOCK4 2
 #include "qkernels_x86.h"

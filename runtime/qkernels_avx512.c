@@ -104,5 +104,6 @@ AI int64_t wide4(const int b, const uint8_t *v, const int64_t gch, const int8_t 
 #define QK_NAME(f) f##_avx512
 #define QK_TABLE qk_avx512
 #define QK_ISA_NAME "avx512"
+#define QK_LUT_WIDTHS 0 /* none until measured against vpdpbusd on such a CPU */
 #define QK_BLOCK4 4
 #include "qkernels_x86.h"

@@ -34,6 +34,7 @@ AI void dot_group(const int b, const uint8_t *v, const int64_t gch, const int8_t
     if (b == 4 && gch % 2 == 0) { /* pair order: one 32-byte load is two chunks */
 #pragma GCC unroll 4
         for (; c < gch; c += 2) {
+            _mm_prefetch((const char *)v + c * 16 + 2048, _MM_HINT_T0);
             __m256i w = _mm256_loadu_si256((const __m256i *)(v + c * 16)), m = _mm256_set1_epi8(0x0f);
             __m256i lo = _mm256_and_si256(w, m), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m);
             EACH_K for (int k = 0; k < nb; k++) {
@@ -44,6 +45,7 @@ AI void dot_group(const int b, const uint8_t *v, const int64_t gch, const int8_t
     }
 #pragma GCC unroll 4
     for (; c + 2 <= gch; c += 2) {
+        _mm_prefetch((const char *)v + c * b * 4 + 2048, _MM_HINT_T0);
         __m256i q0 = chunk_decode(b, v + c * b * 4), q1 = chunk_decode(b, v + (c + 1) * b * 4);
         EACH_K for (int k = 0; k < nb; k++) {
             ia[k] = dot_add(b, ia[k], q0, xq + k * xq_stride + c * 32);
@@ -213,6 +215,104 @@ static void QK_NAME(rotate)(int rot, const float *sign, float norm, float *v, in
     }
 }
 
+/* ==== Lookup tables (qkernels.h, "Lookup-table kernels") ==== */
+
+/* Each row's chunks decoded to bytes in value order, then bit i of the 32 values as
+ * one mask: a left shift by 7 - i puts it in each byte's top bit (what a 16-bit
+ * shift carries over from the lower byte lands below bit 7). */
+static void QK_NAME(lut_pack)(int bits, int64_t gcols, const uint8_t *src, int64_t stride, uint8_t *dst)
+{
+    const int64_t np = gcols / 8;
+    for (int r = 0; r < QK_LUT_ROWS; r++)
+        for (int64_t c = 0; c < gcols / LAY_CHUNK; c++) {
+            __m256i q = chunk_decode(bits, src + r * stride + c * bits * 4);
+            for (int i = 0; i < bits; i++) {
+                uint32_t m = (uint32_t)_mm256_movemask_epi8(_mm256_sll_epi16(q, _mm_cvtsi32_si128(7 - i)));
+                uint8_t *d = dst + (i * np + c * (LAY_CHUNK / 8)) * QK_LUT_ROWS + r;
+                d[0] = (uint8_t)m, d[QK_LUT_ROWS] = (uint8_t)(m >> 8);
+                d[2 * QK_LUT_ROWS] = (uint8_t)(m >> 16), d[3 * QK_LUT_ROWS] = (uint8_t)(m >> 24);
+            }
+        }
+}
+
+/* The 16 entries of quad c as int16 from two vpmaddubsw: entry m takes bits 0-1 of
+ * m against (x0, x1) and bits 2-3 against (x2, x3); then low bytes, high bytes. */
+static void QK_NAME(lut_tables)(const int8_t *xq, int64_t cols, uint8_t *tab)
+{
+    const __m256i b01 = _mm256_setr_epi8(0, 0, 1, 0, 0, 1, 1, 1, 0, 0, 1, 0, 0, 1, 1, 1,
+                                         0, 0, 1, 0, 0, 1, 1, 1, 0, 0, 1, 0, 0, 1, 1, 1);
+    const __m256i b23 = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 1, 0, 1, 0,
+                                         0, 1, 0, 1, 0, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1);
+    const __m256i x01 = _mm256_set1_epi16(0x0100), x23 = _mm256_set1_epi16(0x0302);
+    const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                           0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    for (int64_t c = 0; c < cols / 4; c++) {
+        int32_t w;
+        memcpy(&w, xq + 4 * c, 4);
+        __m256i x = _mm256_set1_epi32(w);
+        __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(b01, _mm256_shuffle_epi8(x, x01)),
+                                     _mm256_maddubs_epi16(b23, _mm256_shuffle_epi8(x, x23)));
+        t = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(t, split), 0xd8);
+        _mm256_storeu_si256((__m256i *)(tab + 32 * c), t);
+    }
+}
+
+/* d[0..3] (rows 0-7, 8-15, 16-23, 24-31) += sum over np <= 32 column pairs of plane
+ * w's lookups, times 2^i. Per pair: the low nibbles index quad 2p's table, the high
+ * ones quad 2p + 1's; the int16 entries come back as a low and a high byte, which
+ * unpack into int16 lanes (rows 0-7 | 16-23 and 8-15 | 24-31). */
+AI void lut_plane(const uint8_t *w, const uint8_t *tab, int64_t np, int i, __m256i *d)
+{
+    const __m256i m = _mm256_set1_epi8(0x0f);
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, b0 = a0, b1 = a0;
+#pragma GCC unroll 4
+    for (int64_t p = 0; p < np; p++, w += QK_LUT_ROWS, tab += 64) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)w);
+        _mm_prefetch((const char *)w + 2048, _MM_HINT_T0);
+        __m256i ia = _mm256_and_si256(v, m), ib = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
+        __m256i la = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)tab)), ia);
+        __m256i ha = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tab + 16))), ia);
+        __m256i lb = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tab + 32))), ib);
+        __m256i hb = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tab + 48))), ib);
+        a0 = _mm256_add_epi16(a0, _mm256_unpacklo_epi8(la, ha));
+        a1 = _mm256_add_epi16(a1, _mm256_unpackhi_epi8(la, ha));
+        b0 = _mm256_add_epi16(b0, _mm256_unpacklo_epi8(lb, hb));
+        b1 = _mm256_add_epi16(b1, _mm256_unpackhi_epi8(lb, hb));
+    }
+    a0 = _mm256_add_epi16(a0, b0), a1 = _mm256_add_epi16(a1, b1); /* |sum| <= 2 * 32 * 508 */
+    const __m128i sh = _mm_cvtsi32_si128(i);
+    d[0] = _mm256_add_epi32(d[0], _mm256_sll_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(a0)), sh));
+    d[1] = _mm256_add_epi32(d[1], _mm256_sll_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(a1)), sh));
+    d[2] = _mm256_add_epi32(d[2], _mm256_sll_epi32(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(a0, 1)), sh));
+    d[3] = _mm256_add_epi32(d[3], _mm256_sll_epi32(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(a1, 1)), sh));
+}
+
+static void QK_NAME(lut_dot)(int bits, const uint8_t *w, int64_t ng, int64_t gcols, const uint8_t *tab,
+                             const uint16_t *s, const uint8_t *z, const float *xd, const int32_t *xs, float *acc)
+{
+    const int64_t np = gcols / 8;
+    __m256 f[4];
+    EACH_K for (int v = 0; v < 4; v++) f[v] = _mm256_loadu_ps(acc + 8 * v);
+    for (int64_t g = 0; g < ng; g++, tab += gcols * 8, s += QK_LUT_ROWS, z += QK_LUT_ROWS) {
+        __m256i d[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+        for (int i = 0; i < bits; i++)
+            for (int64_t p0 = 0; p0 < np; p0 += 32) { /* int16 sums: 32 pairs at most */
+                int64_t n = np - p0 < 32 ? np - p0 : 32;
+                lut_plane(w, tab + 64 * p0, n, i, d);
+                w += n * QK_LUT_ROWS;
+            }
+        const __m256i xsg = _mm256_set1_epi32(xs[g]);
+        const __m256 xdg = _mm256_set1_ps(xd[g]);
+        EACH_K for (int v = 0; v < 4; v++) {
+            __m256i zi = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(z + 8 * v)));
+            __m256i dv = _mm256_sub_epi32(d[v], _mm256_mullo_epi32(zi, xsg));
+            __m256 sv = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + 8 * v))), xdg);
+            f[v] = _mm256_fmadd_ps(sv, _mm256_cvtepi32_ps(dv), f[v]);
+        }
+    }
+    EACH_K for (int v = 0; v < 4; v++) _mm256_storeu_ps(acc + 8 * v, f[v]);
+}
+
 const qk_kernels QK_TABLE = {
     .name = QK_ISA_NAME,
     .quant = QK_NAME(quant),
@@ -222,4 +322,8 @@ const qk_kernels QK_TABLE = {
              [6] = QK_NAME(dot6), [7] = QK_NAME(dot7), [8] = QK_NAME(dot8) },
     .decode = QK_NAME(decode),
     .rotate = QK_NAME(rotate),
+    .lut_pack = QK_NAME(lut_pack),
+    .lut_tables = QK_NAME(lut_tables),
+    .lut_dot = QK_NAME(lut_dot),
+    .lut_width = { QK_LUT_WIDTHS },
 };

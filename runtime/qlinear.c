@@ -4,7 +4,11 @@
  *
  *   - small batches (decoding, n < RT_PACKED_EXACT_BATCH): int8 activations per
  *     weight group against the packed blocks, decoded on the fly by the kernels of
- *     runtime/qkernels.h; the weights are read once per four activation rows;
+ *     runtime/qkernels.h; the weights are read once per four activation rows. One
+ *     row at a time (generation), the runs whose width the kernel set takes by
+ *     lookup tables (qk_lut_wanted) go through those instead, 32 weight rows at
+ *     once, over the layer's own copy of their values in the order they read
+ *     (built once, the same bytes: never a dequantized copy);
  *   - larger batches (prompts, evaluation): each thread decodes a slab of rows to
  *     fp32 and multiplies it by all activation rows with one single-threaded BLAS
  *     sgemm while the slab is in its cache. No activation rounding: evaluation
@@ -37,14 +41,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define TILE_ROWS 16   /* rows per work item: stays in L1 while the batch streams by */
 #define SLAB_ROWS 128  /* rows per fp32 slab of the exact path (cols * 512 bytes) */
+#define HUGE_ALIGN ((size_t)2 << 20)
 
 /* A run of groups that share a width and a length (at most three per row). */
 typedef struct {
     int64_t g0, ng, gch, off;   /* first group, groups, chunks per group, byte offset in a row */
     int bits;
+    int lut;                    /* batch 1 takes the lookup kernels (qk_lut_wanted) */
+    int64_t lut_off;            /* byte offset of its groups in a tile of the lookup copy */
 } qrun;
 
 typedef struct {
@@ -55,16 +63,23 @@ typedef struct {
     qrun runs[3];
     int32_t *perm;              /* [cols] original column of stored column j */
     int32_t *gather;            /* [cols] original column of kernel position j (block_order) */
+    int32_t *gather1;           /* [cols] the same for batch 1: stored order in lookup runs, else gather */
     uint8_t *zsym;              /* [ng] the zero of formats that store none (2^(b-1), a ggml type's center), else NULL */
     int max_batch, max_threads;
     int int8_rows;              /* rows of the int8 scratch: min(max_batch, RT_PACKED_EXACT_BATCH - 1) */
     int64_t slab_rows;          /* min(rows, SLAB_ROWS) */
     float *rsign;               /* [cols] the rotation's signs (opt.rot), else NULL */
     float *xmul;                /* [cols] the input multipliers m as float (opt.awq), else NULL */
+    /* The lookup copy (runtime/qkernels.h, "Lookup-table kernels") of the runs that
+     * take it, every row, the last tile padded with zero rows; NULL if none does. */
+    uint8_t *lut;               /* [lut_tiles][32 * lut_row_bytes] values */
+    uint16_t *lut_s;            /* [lut_tiles][ng][32] scales (fp16 bits) */
+    uint8_t *lut_z;             /* [lut_tiles][ng][32] zeros */
+    int64_t lut_tiles, lut_row_bytes;
     size_t xr_bytes;            /* [max_batch][cols] transformed activations, at the scratch's start */
     rt_scratch *scratch;        /* shared (or owned: own_scratch) */
     int own_scratch;
-    size_t off[5], need;        /* byte offsets of xq, xd, xs, sd in the int8 scratch; its size */
+    size_t off[6], need;        /* byte offsets of xq, xd, xs, sd, tab in the int8 scratch; its end */
 } qlin;
 
 /* A product's scratch, carved from the shared buffer. The int8 path and the exact
@@ -76,6 +91,7 @@ typedef struct {
     float *xd;                  /* [int8_rows][ng] activation scale per group */
     int32_t *xs;                /* [int8_rows][ng] sum of xq per group */
     float *sd;                  /* [max_threads][QK_NB][ng] per-row multipliers */
+    uint8_t *tab;               /* [cols * 8] lookup tables of activation row 0 (batch 1, lut) */
     float *slab;                /* [max_threads][slab_rows][cols] fp32 rows (exact path) */
 } qbufs;
 
@@ -84,7 +100,7 @@ static qbufs bufs_of(const qlin *q)
     char *r = rt_scratch_get(q->scratch, q->need), *b = r + q->xr_bytes;
     return (qbufs){.xr = q->rsign || q->xmul ? (float *)r : NULL, .xp = (float *)b, .xq = (int8_t *)(b + q->off[0]),
                    .xd = (float *)(b + q->off[1]), .xs = (int32_t *)(b + q->off[2]), .sd = (float *)(b + q->off[3]),
-                   .slab = (float *)b};
+                   .tab = (uint8_t *)(b + q->off[4]), .slab = (float *)b};
 }
 
 /* ==== Products ==== */
@@ -156,11 +172,11 @@ static void row_product(const qlin *q, const qbufs *b, int64_t r, int kb, int nb
 
 /* Activation row k into kernel order (stored order, or block order in some runs),
  * then int8 per group. */
-static void quantize_input(const qlin *q, const qbufs *b, const float *x, int k)
+static void quantize_input(const qlin *q, const qbufs *b, const int32_t *gather, const float *x, int k)
 {
     int64_t cols = q->p.cols;
     float *xp = b->xp + k * cols;
-    for (int64_t j = 0; j < cols; j++) xp[j] = x[k * cols + q->gather[j]];
+    for (int64_t j = 0; j < cols; j++) xp[j] = x[k * cols + gather[j]];
     q->k->quant(xp, cols, q->p.opt.group, b->xq + k * cols, b->xd + k * q->ng, b->xs + k * q->ng);
 }
 
@@ -211,6 +227,64 @@ static const float *transform_input(const qlin *q, const qbufs *b, const float *
     return b->xr;
 }
 
+/* The runs that do not take the lookup kernels, for row r < rows at batch 1: their
+ * groups' multipliers and correction (prep over the run alone), then dot. */
+static float other_runs(const qlin *q, const qbufs *b, int64_t r, float *sd)
+{
+    const lay_packed *p = &q->p;
+    int64_t ng = q->ng;
+    const uint8_t *z = q->zsym ? q->zsym : p->zeros + r * ng;
+    float sum = 0.0f;
+    for (int i = 0; i < q->nruns; i++) {
+        const qrun *u = &q->runs[i];
+        if (u->lut) continue;
+        float corr, acc = 0.0f;
+        q->k->prep(p->scales + r * ng + u->g0, z + u->g0, b->xd + u->g0, b->xs + u->g0, u->ng, 1, sd, &corr);
+        q->k->dot[u->bits](p->values + r * q->row_bytes + u->off, u->ng, u->gch, b->xq + u->g0 * p->opt.group,
+                           p->cols, sd, u->ng, &acc, 1);
+        sum += acc - corr;
+    }
+    return sum;
+}
+
+/* Rows 32t..32t+31 of y at batch 1: the lookup runs for the whole tile, the others
+ * row by row; padding rows are dropped. */
+static void lut_tile(const qlin *q, const qbufs *b, int64_t t, float *sd, float *y)
+{
+    const lay_packed *p = &q->p;
+    int64_t ng = q->ng, r0 = t * QK_LUT_ROWS, nr = p->rows - r0 < QK_LUT_ROWS ? p->rows - r0 : QK_LUT_ROWS;
+    float acc[QK_LUT_ROWS] = {0};
+    const uint8_t *w = q->lut + t * QK_LUT_ROWS * q->lut_row_bytes;
+    const uint16_t *s = q->lut_s + t * ng * QK_LUT_ROWS;
+    const uint8_t *z = q->lut_z + t * ng * QK_LUT_ROWS;
+    for (int i = 0; i < q->nruns; i++) {
+        const qrun *u = &q->runs[i];
+        if (!u->lut) continue;
+        int64_t c0 = u->g0 * p->opt.group;
+        q->k->lut_dot(u->bits, w + QK_LUT_ROWS * u->lut_off, u->ng, u->gch * LAY_CHUNK, b->tab + c0 * 8,
+                      s + u->g0 * QK_LUT_ROWS, z + u->g0 * QK_LUT_ROWS, b->xd + u->g0, b->xs + u->g0, acc);
+    }
+    for (int64_t r = 0; r < nr; r++) y[r0 + r] = acc[r] + other_runs(q, b, r0 + r, sd);
+}
+
+#define LUT_TABLE_COLS 512 /* columns per work item of the table build */
+
+static void lut_matvec(const qlin *q, const float *x, float *y)
+{
+    qbufs b = bufs_of(q);
+    int64_t cols = q->p.cols;
+    quantize_input(q, &b, q->gather1, x, 0);
+#pragma omp parallel num_threads(threads_for(q))
+    {
+        float *sd = b.sd + (int64_t)omp_get_thread_num() * QK_NB * q->ng;
+#pragma omp for schedule(static)
+        for (int64_t c0 = 0; c0 < cols; c0 += LUT_TABLE_COLS)
+            q->k->lut_tables(b.xq + c0, cols - c0 < LUT_TABLE_COLS ? cols - c0 : LUT_TABLE_COLS, b.tab + c0 * 8);
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < q->lut_tiles; t++) lut_tile(q, &b, t, sd, y);
+    }
+}
+
 static void packed_matmul(const rt_linear *l, const float *x, float *y, int n)
 {
     const qlin *q = l->impl;
@@ -223,6 +297,10 @@ static void packed_matmul(const rt_linear *l, const float *x, float *y, int n)
         exact_matmul(q, x, y, n);
         return;
     }
+    if (n == 1 && q->lut) {
+        lut_matvec(q, x, y);
+        return;
+    }
     int nt = threads_for(q);
     int64_t tiles = (q->p.rows + TILE_ROWS - 1) / TILE_ROWS;
     qbufs b = bufs_of(q);
@@ -230,7 +308,7 @@ static void packed_matmul(const rt_linear *l, const float *x, float *y, int n)
     {
         float *sd = b.sd + (int64_t)omp_get_thread_num() * QK_NB * q->ng;
 #pragma omp for schedule(static)
-        for (int k = 0; k < n; k++) quantize_input(q, &b, x, k);
+        for (int k = 0; k < n; k++) quantize_input(q, &b, q->gather, x, k);
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tiles; t++) {
             int64_t r1 = (t + 1) * TILE_ROWS < q->p.rows ? (t + 1) * TILE_ROWS : q->p.rows;
@@ -245,27 +323,28 @@ static void packed_matmul(const rt_linear *l, const float *x, float *y, int n)
 /* ==== Creation ==== */
 
 /* The gather index: stored order, except in runs whose width the kernels take in
- * block order (runtime/qkernels.h). */
-static void build_gather(qlin *q)
+ * block order (runtime/qkernels.h); batch1: the lookup runs in stored order. */
+static void build_gather(const qlin *q, int32_t *gather, int batch1)
 {
     const lay_option *o = &q->p.opt;
-    for (int64_t j = 0; j < q->p.cols; j++) q->gather[j] = q->perm[j];
+    for (int64_t j = 0; j < q->p.cols; j++) gather[j] = q->perm[j];
     for (int i = 0; i < q->nruns; i++) {
         const qrun *u = &q->runs[i];
-        int B = q->k->block_order[u->bits];
+        int B = batch1 && u->lut ? 1 : q->k->block_order[u->bits];
         while (B > 1 && u->gch % B) B /= 2;
         if (B < 2) continue;
         /* the run ends after its last group, which may be the short one */
         int64_t end = u->g0 * o->group + u->ng * u->gch * LAY_CHUNK;
         for (int64_t j0 = u->g0 * o->group; j0 < end; j0 += B * LAY_CHUNK)
-            for (int p = 0; p < B * LAY_CHUNK; p++) q->gather[j0 + p] = q->perm[j0 + qk_block_pos(B, p)];
+            for (int p = 0; p < B * LAY_CHUNK; p++) gather[j0 + p] = q->perm[j0 + qk_block_pos(B, p)];
     }
 }
 
 static void qlin_free(qlin *q)
 {
     if (!q) return;
-    free(q->perm), free(q->gather), free(q->zsym), free(q->rsign), free(q->xmul);
+    free(q->perm), free(q->gather), free(q->gather1), free(q->zsym), free(q->rsign), free(q->xmul);
+    free(q->lut), free(q->lut_s), free(q->lut_z);
     if (q->own_scratch) rt_scratch_free(q->scratch);
     free(q);
 }
@@ -287,6 +366,61 @@ static void build_runs(qlin *q)
                                       .off = lay_group_offset(o, cols, g), .bits = bits };
         g = g1;
     }
+    q->lut_row_bytes = 0;
+    for (int i = 0; i < q->nruns; i++) { /* the lookup kernels know no mins (ggml's Q4_1, Q5_1) */
+        qrun *u = &q->runs[i];
+        u->lut = !q->p.mins && qk_lut_wanted(q->k, u->bits);
+        u->lut_off = q->lut_row_bytes;
+        if (u->lut) q->lut_row_bytes += u->ng * u->gch * u->bits * 4;
+    }
+}
+
+/* One tile of the lookup copy from src (32 rows of packed values, row_bytes apart):
+ * the lookup runs' groups regrouped, and the tile's scales and zeros as [g][32]. */
+static void lut_fill_tile(qlin *q, int64_t t, const uint8_t *src, int64_t nr)
+{
+    const lay_packed *p = &q->p;
+    int64_t ng = q->ng;
+    uint8_t *dst = q->lut + t * QK_LUT_ROWS * q->lut_row_bytes;
+    for (int i = 0; i < q->nruns; i++) {
+        const qrun *u = &q->runs[i];
+        int64_t gbytes = u->gch * u->bits * 4;
+        for (int64_t g = 0; u->lut && g < u->ng; g++)
+            q->k->lut_pack(u->bits, u->gch * LAY_CHUNK, src + u->off + g * gbytes, q->row_bytes,
+                              dst + QK_LUT_ROWS * (u->lut_off + g * gbytes));
+    }
+    uint16_t *s = q->lut_s + t * ng * QK_LUT_ROWS;
+    uint8_t *z = q->lut_z + t * ng * QK_LUT_ROWS;
+    for (int64_t r = 0, row = t * QK_LUT_ROWS; r < nr; r++, row++)
+        for (int64_t g = 0; g < ng; g++) {
+            s[g * QK_LUT_ROWS + r] = p->scales[row * ng + g];
+            z[g * QK_LUT_ROWS + r] = q->zsym ? q->zsym[g] : p->zeros[row * ng + g];
+        }
+}
+
+/* The lookup copy, if a run takes the lookup kernels. The last tile's missing rows
+ * are zero values with zero scales (they add nothing, and are dropped). */
+static int build_lut(qlin *q)
+{
+    if (!q->lut_row_bytes) return 0;
+    int64_t rows = q->p.rows, full = rows / QK_LUT_ROWS, ng = q->ng;
+    q->lut_tiles = (rows + QK_LUT_ROWS - 1) / QK_LUT_ROWS;
+    size_t tile = (size_t)(QK_LUT_ROWS * q->lut_row_bytes), meta = (size_t)(ng * QK_LUT_ROWS);
+    size_t bytes = ((size_t)q->lut_tiles * tile + HUGE_ALIGN - 1) / HUGE_ALIGN * HUGE_ALIGN;
+    /* huge pages where it is large: streamed once per token, as pack/load.c's copy */
+    if ((q->lut = aligned_alloc(HUGE_ALIGN, bytes))) madvise(q->lut, bytes, MADV_HUGEPAGE);
+    q->lut_s = calloc((size_t)q->lut_tiles * meta, sizeof *q->lut_s);
+    q->lut_z = calloc((size_t)q->lut_tiles * meta, 1);
+    if (!q->lut || !q->lut_s || !q->lut_z) return -1;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < full; t++) lut_fill_tile(q, t, q->p.values + t * QK_LUT_ROWS * q->row_bytes, QK_LUT_ROWS);
+    if (full == q->lut_tiles) return 0;
+    uint8_t *pad = calloc(QK_LUT_ROWS, (size_t)q->row_bytes);
+    if (!pad) return -1;
+    memcpy(pad, q->p.values + full * QK_LUT_ROWS * q->row_bytes, (size_t)((rows - full * QK_LUT_ROWS) * q->row_bytes));
+    lut_fill_tile(q, full, pad, rows - full * QK_LUT_ROWS);
+    free(pad);
+    return 0;
 }
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
@@ -295,12 +429,12 @@ static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 static void plan_scratch(qlin *q)
 {
     size_t cols = (size_t)q->p.cols, ng = (size_t)q->ng, mb = (size_t)q->int8_rows;
-    size_t sizes[5] = {mb * cols * sizeof(float), mb * cols, mb * ng * sizeof(float), mb * ng * sizeof(int32_t),
-                       (size_t)q->max_threads * QK_NB * ng * sizeof(float)};
+    size_t sizes[6] = {mb * cols * sizeof(float), mb * cols, mb * ng * sizeof(float), mb * ng * sizeof(int32_t),
+                       (size_t)q->max_threads * QK_NB * ng * sizeof(float), q->lut_row_bytes ? cols * 8 : 0};
     size_t at = 0;
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < 6; i++) {
         at += align64(sizes[i]);
-        q->off[i] = at; /* off[i] is where part i + 1 starts; off[4] the end */
+        q->off[i] = at; /* off[i] is where part i + 1 starts; off[5] the end */
     }
     q->need = at;
     size_t slab = (size_t)q->max_threads * (size_t)q->slab_rows * cols * sizeof(float);
@@ -324,15 +458,25 @@ static int qlin_alloc(qlin *q, int max_batch, rt_scratch *shared)
     if (q->own_scratch && rt_scratch_ready(q->scratch)) return -1;
     q->perm = malloc((size_t)cols * sizeof *q->perm);
     q->gather = malloc((size_t)cols * sizeof *q->gather);
+    q->gather1 = malloc((size_t)cols * sizeof *q->gather1);
     if (!q->p.zeros) q->zsym = malloc((size_t)ng);
     if (q->p.opt.rot && (q->rsign = malloc((size_t)cols * sizeof *q->rsign)))
         for (int64_t j = 0; j < cols; j++) q->rsign[j] = (float)lay_rot_sign(q->p.rot_seed, j);
     if (q->p.opt.awq && (q->xmul = malloc((size_t)cols * sizeof *q->xmul)))
         for (int64_t j = 0; j < cols; j++) q->xmul[j] = lay_f16_to_f32(q->p.xscale[j]);
-    return q->perm && q->gather && (q->p.zeros || q->zsym) && (!q->p.opt.rot || q->rsign) &&
+    return q->perm && q->gather && q->gather1 && (q->p.zeros || q->zsym) && (!q->p.opt.rot || q->rsign) &&
                    (!q->p.opt.awq || q->xmul)
                ? 0
                : -1;
+}
+
+int rt_linear_packed_copies_values(const lay_option *o, int64_t cols)
+{
+    const qk_kernels *k = qk_active();
+    if (lay_ggml_has_min(lay_option_ggml(o))) return 0; /* build_runs: no lookup with mins */
+    for (int64_t g = 0; g < lay_n_groups(o, cols); g++)
+        if (!qk_lut_wanted(k, lay_group_bits(o, cols, g))) return 0;
+    return 1;
 }
 
 rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, rt_scratch *scratch, char *err, size_t err_len)
@@ -361,6 +505,7 @@ rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, rt_scratch *scra
     q->k = qk_active();
     q->ng = lay_n_groups(&p->opt, p->cols);
     q->row_bytes = lay_row_bytes(&p->opt, p->cols);
+    build_runs(q);
     if (qlin_alloc(q, max_batch, scratch)) goto fail;
     for (int64_t j = 0; j < p->cols; j++) {
         int64_t v = lay_perm_at(p, j);
@@ -369,8 +514,9 @@ rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, rt_scratch *scra
         q->perm[j] = (int32_t)v;
     }
     for (int64_t g = 0; q->zsym && g < q->ng; g++) q->zsym[g] = (uint8_t)lay_zero_at(&q->p, 0, g, lay_group_bits(&p->opt, p->cols, g));
-    build_runs(q);
-    build_gather(q);
+    build_gather(q, q->gather, 0);
+    build_gather(q, q->gather1, 1);
+    if (build_lut(q)) goto fail;
     *l = (rt_linear){ .rows = p->rows, .cols = p->cols, .matmul = packed_matmul, .get_row = packed_get_row,
                       .destroy = packed_destroy, .impl = q, .packed = &q->p };
     return l;

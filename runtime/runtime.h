@@ -100,9 +100,19 @@ void rt_linear_release(rt_linear *l);
  *
  *     rt_linear *l = rt_linear_packed(&packed, 512, NULL, err, sizeof err);
  *     l->matmul(l, x, y, n);                    // y[n][rows] = x[n][cols] W^T
+ *
+ * Batch 1 may take the lookup-table kernels (runtime/qkernels.h), at the widths
+ * where they are faster on this CPU; a layer that does keeps its own copy of those
+ * runs' values, reordered for them (the same bytes), and reads p->values only in
+ * larger products and get_row.
  */
 #define RT_PACKED_EXACT_BATCH 64
 rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, rt_scratch *scratch, char *err, size_t err_len);
+/* Whether a layer made now over a rows x cols tensor of option o keeps a copy of all
+ * its values for the lookup kernels: then the loader need not copy p->values into
+ * fast memory (pack/load.c leaves them in the file mapping, where larger products
+ * read them). */
+int rt_linear_packed_copies_values(const lay_option *o, int64_t cols);
 
 /* ==== Model ==== */
 

@@ -4,7 +4,8 @@
 # records them with the machine. BENCH_ONLY=matvec|forward|alloc|gptq|verify|cuda runs
 # one; BENCH_ONLY=scale runs bench/bench_scale.py (a 7B-shaped model), and only then;
 # BENCH_ONLY=mpi runs bench/bench_mpi.py (2 MPI ranks against 1 process), and only then;
-# BENCH_ONLY=gguf runs bench/bench_gguf.py (against llama.cpp), and only then.
+# BENCH_ONLY=gguf runs bench/bench_gguf.py (against llama.cpp), and only then;
+# BENCH_ONLY=lut runs bench/bench_lut.py (generation speed against llama-bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${BUILD:-build}
@@ -43,6 +44,16 @@ fi
 if [ "$only" = gguf ]; then
     echo; echo "## GGUF exports against llama-quantize (imatrix) at the same file size"
     BITPLAN=$B/bitplan python3 bench/bench_gguf.py
+fi
+# Batch-1 generation and prompt speed against llama-bench on SmolLM2 (needs the
+# peer's tools and packed files: BENCH_LUT_FILES, default make demo's), only when
+# asked for (BENCH_ONLY=lut).
+if [ "$only" = lut ]; then
+    echo; echo "## Generation and prompt speed against llama.cpp (SmolLM2)"
+    bash scripts/llama-tools.sh >/dev/null
+    args=()
+    for f in ${BENCH_LUT_FILES:-out/smol-4.0.bp}; do args+=(--bp "$f"); done
+    BUILD=$B python3 bench/bench_lut.py "${args[@]}"
 fi
 # The 7B-shaped model's time and memory: 14 GB of disk and over an hour, so only
 # when asked for (BENCH_ONLY=scale).

@@ -203,6 +203,8 @@ static int all_options(lay_option *out)
         out[n++] = opt(5, 8, 0.2f, 32, fmt);
         out[n++] = opt(6, 7, 0.75f, 96, fmt);
         out[n++] = opt(2, 8, 1.0f, 128, fmt);  /* every group hi, short last one too */
+        out[n++] = opt(2, 2, 0, 512, fmt);     /* groups over 256 columns: the lookup */
+        out[n++] = opt(3, 4, 0.5f, 320, fmt);  /* kernels' int16 sums restart */
     }
     static const int ggml[] = {LAY_GGML_Q4_0, LAY_GGML_Q4_1, LAY_GGML_Q5_0, LAY_GGML_Q5_1, LAY_GGML_Q8_0};
     for (int i = 0; i < 5; i++) out[n++] = ggml_opt(ggml[i]);
@@ -218,6 +220,7 @@ static int all_options(lay_option *out)
 /* ==== Tests ==== */
 
 static const qk_isa isas[] = { QK_ISA_GENERIC, QK_ISA_AVX2, QK_ISA_AVX512 };
+static const qk_lut_mode luts[] = { QK_LUT_AUTO, QK_LUT_OFF, QK_LUT_ALL };
 
 /* The activation quantizer: in range, within half a step of x, sums exact; the SIMD
  * quantizers agree with it bit for bit. */
@@ -261,8 +264,9 @@ static void check_matmul_shape(int64_t rows, int64_t cols)
     float *x = malloc(NMAX * cols * sizeof *x), *y = malloc(NMAX * rows * sizeof *y);
     float *ref = malloc(NMAX * rows * sizeof *ref);
     for (int64_t i = 0; i < NMAX * cols; i++) x[i] = rndf() * (1.0f + (float)(i % 5));
-    for (size_t i = 0; i < sizeof isas / sizeof *isas; i++) {
-        if (qk_force(isas[i])) continue;
+    for (size_t i = 0; i < sizeof isas / sizeof *isas * 3; i++) {
+        if (qk_force(isas[i / 3])) continue;
+        qk_force_lut(luts[i % 3]);
         for (int o = 0; o < nopt; o++) {
             packed_t t;
             char err[256];
@@ -277,8 +281,8 @@ static void check_matmul_shape(int64_t rows, int64_t cols)
                 l->matmul(l, x, y, n);
                 double e = rel_err(y, ref, n * rows), tol = n >= RT_PACKED_EXACT_BATCH ? 1e-5 : QK_REL_TOL;
                 if (e >= tol)
-                    print_error("%s %s %lldx%lld batch %d: rel err %g\n", qk_active()->name, opts[o].name,
-                                (long long)rows, (long long)cols, n, e);
+                    print_error("%s lut %d %s %lldx%lld batch %d: rel err %g\n", qk_active()->name, luts[i % 3],
+                                opts[o].name, (long long)rows, (long long)cols, n, e);
                 assert_true(e < tol);
             }
             linear_free(l);
@@ -286,6 +290,7 @@ static void check_matmul_shape(int64_t rows, int64_t cols)
         }
     }
     qk_force(QK_ISA_AUTO);
+    qk_force_lut(QK_LUT_AUTO);
     free(x), free(y), free(ref);
 }
 
@@ -295,6 +300,7 @@ static void test_matmul(void **state)
     check_matmul_shape(37, 32 * 13);  /* no group divides 416 except 32: short groups of one chunk */
     check_matmul_shape(21, 32 * 18);  /* 576 (SmolLM2): groups of 128 end in a short group of two chunks */
     check_matmul_shape(13, 32 * 8);   /* 256: both rotation blocks */
+    check_matmul_shape(70, 32 * 21);  /* lookup kernels: two tiles of 32 rows and a padded one */
 }
 
 /* Every kernel set's rotation is lay_rot_apply's, bit for bit, and a rotation is
@@ -375,14 +381,101 @@ static void test_threads(void **state)
         assert_memory_equal(y1, y2, (size_t)(n * rows) * sizeof *y1);
     }
     omp_set_num_threads(saved);
-    l->matmul(l, x, y1, 1);   /* batch 1 and batch 7 agree on their shared row, bit for bit */
+    l->matmul(l, x, y1, 1);   /* batch 1 and batch 7 agree on their shared row: within float */
+    l->matmul(l, x, y2, 7);   /* rounding, as the lookup kernels sum in another order */
+    assert_true(rel_err(y1, y2, rows) < QK_REL_TOL);
+    linear_free(l);
+    qk_force_lut(QK_LUT_OFF); /* without them, one code path: bit for bit */
+    l = rt_linear_packed(&t.p, NMAX, NULL, NULL, 0);
+    assert_non_null(l);
+    l->matmul(l, x, y1, 1);
     l->matmul(l, x, y2, 7);
     assert_memory_equal(y1, y2, (size_t)rows * sizeof *y1);
+    qk_force_lut(QK_LUT_AUTO);
     linear_free(l), free(x), free(y1), free(y2), free_packed(&t);
 }
 
 /* get_row is the dequantized row, exactly, with every kernel set's decoder (the
  * exact path decodes its slabs the same way). */
+/* The lookup kernels on their own: every set's tables and copies are the plain
+ * ones bit for bit (extreme activations included); the plain dot over the plain
+ * copy is the direct sum over the unpacked values, s * xd * (q . xq - z * xs), for
+ * every width and groups over 256 columns, and every set's dot is within QK_REL_TOL
+ * of it. */
+static void test_lut_kernels(void **state)
+{
+    (void)state;
+    enum { COLS = 1024 };
+    static const int gcols_of[] = { 32, 96, 512 };
+    int8_t xq[COLS];
+    for (int j = 0; j < COLS; j++) xq[j] = (int8_t)(j < 8 ? (j % 2 ? 127 : -127) : (int)(rnd() % 255) - 127);
+    uint8_t tab[COLS * 8], tab2[COLS * 8];
+    qk_lut_tables_ref(xq, COLS, tab);
+    for (int c = 0; c < COLS / 4; c++) /* entry 15 is the quad's sum, entry 0 nothing */
+        assert_int_equal((int16_t)(tab[32 * c + 15] | tab[32 * c + 31] << 8),
+                         xq[4 * c] + xq[4 * c + 1] + xq[4 * c + 2] + xq[4 * c + 3]);
+    for (size_t i = 0; i < sizeof isas / sizeof *isas; i++) {
+        const qk_kernels *k = qk_get(isas[i]);
+        if (!k || !k->lut_tables) continue;
+        memset(tab2, 0, sizeof tab2);
+        k->lut_tables(xq, COLS, tab2);
+        assert_memory_equal(tab, tab2, sizeof tab);
+    }
+    for (int bits = LAY_MIN_BITS; bits <= LAY_MAX_BITS; bits++)
+        for (size_t gi = 0; gi < sizeof gcols_of / sizeof *gcols_of; gi++) {
+            int gcols = gcols_of[gi], ng = COLS / gcols, gbytes = gcols * bits / 8;
+            int64_t stride = (int64_t)ng * gbytes;
+            uint8_t *q = malloc((size_t)QK_LUT_ROWS * COLS), *src = malloc((size_t)(QK_LUT_ROWS * stride));
+            uint8_t *w = malloc((size_t)(QK_LUT_ROWS * stride)), z[QK_LUT_ROWS * COLS / 32];
+            uint16_t sc[QK_LUT_ROWS * COLS / 32];
+            float xd[COLS / 32], acc[QK_LUT_ROWS] = {0}, acc2[QK_LUT_ROWS], want[QK_LUT_ROWS];
+            int32_t xs[COLS / 32];
+            for (int r = 0; r < QK_LUT_ROWS; r++)
+                for (int j = 0; j < COLS; j++) q[r * COLS + j] = (uint8_t)(rnd() % (1u << bits));
+            for (int r = 0; r < QK_LUT_ROWS; r++)
+                for (int c = 0; c < ng * gcols / LAY_CHUNK; c++) /* chunk c of the row */
+                    lay_pack_chunk(bits, q + r * COLS + c * LAY_CHUNK, src + r * stride + c * bits * 4);
+            for (int g = 0; g < ng; g++) {
+                qk_lut_pack_ref(bits, gcols, src + g * gbytes, stride, w + QK_LUT_ROWS * g * gbytes);
+                for (size_t i = 0; i < sizeof isas / sizeof *isas; i++) {
+                    const qk_kernels *k = qk_get(isas[i]);
+                    uint8_t *w2 = malloc((size_t)(QK_LUT_ROWS * gbytes));
+                    if (k && k->lut_pack) {
+                        k->lut_pack(bits, gcols, src + g * gbytes, stride, w2);
+                        assert_memory_equal(w + QK_LUT_ROWS * g * gbytes, w2, (size_t)(QK_LUT_ROWS * gbytes));
+                    }
+                    free(w2);
+                }
+                xd[g] = 0.001f * (float)(1 + rnd() % 100);
+                xs[g] = 0;
+                for (int j = g * gcols; j < (g + 1) * gcols; j++) xs[g] += xq[j];
+                for (int r = 0; r < QK_LUT_ROWS; r++) {
+                    sc[g * QK_LUT_ROWS + r] = lay_f32_to_f16(0.01f * (float)(1 + rnd() % 100));
+                    z[g * QK_LUT_ROWS + r] = (uint8_t)(rnd() % (1u << bits));
+                }
+            }
+            for (int r = 0; r < QK_LUT_ROWS; r++) {
+                double sum = 0.0;
+                for (int g = 0; g < ng; g++) {
+                    int64_t d = -(int64_t)z[g * QK_LUT_ROWS + r] * xs[g];
+                    for (int j = g * gcols; j < (g + 1) * gcols; j++) d += (int64_t)q[r * COLS + j] * xq[j];
+                    sum += (double)lay_f16_to_f32(sc[g * QK_LUT_ROWS + r]) * xd[g] * (double)d;
+                }
+                want[r] = (float)sum;
+            }
+            qk_lut_dot_ref(bits, w, ng, gcols, tab, sc, z, xd, xs, acc);
+            assert_true(rel_err(acc, want, QK_LUT_ROWS) < QK_REL_TOL);
+            for (size_t i = 0; i < sizeof isas / sizeof *isas; i++) {
+                const qk_kernels *k = qk_get(isas[i]);
+                if (!k || !k->lut_dot) continue;
+                memset(acc2, 0, sizeof acc2);
+                k->lut_dot(bits, w, ng, gcols, tab, sc, z, xd, xs, acc2);
+                assert_true(rel_err(acc2, want, QK_LUT_ROWS) < QK_REL_TOL);
+            }
+            free(q), free(src), free(w);
+        }
+}
+
 static void test_get_row(void **state)
 {
     (void)state;
@@ -487,6 +580,7 @@ int main(void)
         cmocka_unit_test(test_rotate),
         cmocka_unit_test(test_activation_rounding_small),
         cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_lut_kernels),
         cmocka_unit_test(test_get_row),
         cmocka_unit_test(test_dispatch),
         cmocka_unit_test(test_errors),

@@ -3,15 +3,18 @@
  * for tests/test_forward.py (which checks them against an independent NumPy
  * forward pass).
  *
- *   tool_logits [--resident] MODEL OUT.f32 ID...   raw float32 logits [n_ids][vocab], one batch
+ *   tool_logits [--resident | --one-by-one] MODEL OUT.f32 ID...
  *
- * By default the weights stay in the file's type and are decoded per product
- * (runtime/stored.c); --resident decodes them all to fp32 first, so a test can
- * compare the two.
+ * writes raw float32 logits [n_ids][vocab], one batch. By default the weights stay in
+ * the file's type and are decoded per product (runtime/stored.c); --resident
+ * decodes them all to fp32 first, so a test can compare the two. MODEL may be a
+ * packed file (pack/); --one-by-one then runs the ids as n batches of one token,
+ * as generation does (the lookup-table kernels' path, runtime/qkernels.h).
  *
  * What it must never do: hide an error (every failure prints one line and exits 1).
  */
 #include "model/model.h"
+#include "pack/pack.h"
 #include "runtime/runtime.h"
 
 #include <stdio.h>
@@ -27,20 +30,28 @@ static int fail(const char *msg)
 int main(int argc, char **argv)
 {
     int resident = argc > 1 && !strcmp(argv[1], "--resident");
-    argc -= resident, argv += resident;
-    if (argc < 4) return fail("usage: tool_logits [--resident] MODEL OUT.f32 ID...");
+    int one_by_one = argc > 1 && !strcmp(argv[1], "--one-by-one");
+    argc -= resident + one_by_one, argv += resident + one_by_one;
+    if (argc < 4) return fail("usage: tool_logits [--resident | --one-by-one] MODEL OUT.f32 ID...");
     char err[512];
     mdl_model *f;
     rt_model *m;
-    if (mdl_open(argv[1], &f, err, sizeof err)) return fail(err);
-    if (rt_model_open(f, 1, resident ? RT_OPEN_RESIDENT : 0, &m, err, sizeof err)) { mdl_close(f); return fail(err); }
-    int n = argc - 3, vocab = m->cfg.vocab_size;
+    int n = argc - 3;
+    if (pack_is_packed(argv[1])) {
+        if (pack_load(argv[1], n, &m, err, sizeof err)) return fail(err);
+    } else {
+        if (mdl_open(argv[1], &f, err, sizeof err)) return fail(err);
+        if (rt_model_open(f, 1, resident ? RT_OPEN_RESIDENT : 0, &m, err, sizeof err)) { mdl_close(f); return fail(err); }
+    }
+    int vocab = m->cfg.vocab_size;
     int32_t *ids = malloc((size_t)n * sizeof *ids);
     float *logits = malloc((size_t)n * vocab * sizeof *logits);
     rt_state *s = rt_state_new(m, n, n);
     if (!ids || !logits || !s) return fail("out of memory");
     for (int i = 0; i < n; i++) ids[i] = atoi(argv[3 + i]);
-    if (rt_forward(m, s, ids, n, 0, logits)) return fail("a token id is outside the vocabulary");
+    for (int i = 0; i < (one_by_one ? n : 1); i++)
+        if (one_by_one ? rt_forward(m, s, ids + i, 1, i, logits + (size_t)i * vocab) : rt_forward(m, s, ids, n, 0, logits))
+            return fail("a token id is outside the vocabulary");
     FILE *out = fopen(argv[2], "wb");
     if (!out || fwrite(logits, sizeof *logits, (size_t)n * vocab, out) != (size_t)n * vocab || fclose(out))
         return fail("cannot write the output file");
