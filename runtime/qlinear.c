@@ -398,6 +398,17 @@ static void lut_fill_tile(qlin *q, int64_t t, const uint8_t *src, int64_t nr)
         }
 }
 
+/* Memory for a lookup copy: streamed once per token, so huge pages where it spans
+ * any (as pack/load.c's copy), without rounding a small tensor's copy up to one. */
+static uint8_t *lut_alloc(size_t bytes)
+{
+    if (bytes < HUGE_ALIGN) return malloc(bytes);
+    void *p = NULL;
+    if (posix_memalign(&p, HUGE_ALIGN, bytes)) return NULL;
+    madvise(p, bytes / HUGE_ALIGN * HUGE_ALIGN, MADV_HUGEPAGE);
+    return p;
+}
+
 /* The lookup copy, if a run takes the lookup kernels. The last tile's missing rows
  * are zero values with zero scales (they add nothing, and are dropped). */
 static int build_lut(qlin *q)
@@ -406,9 +417,7 @@ static int build_lut(qlin *q)
     int64_t rows = q->p.rows, full = rows / QK_LUT_ROWS, ng = q->ng;
     q->lut_tiles = (rows + QK_LUT_ROWS - 1) / QK_LUT_ROWS;
     size_t tile = (size_t)(QK_LUT_ROWS * q->lut_row_bytes), meta = (size_t)(ng * QK_LUT_ROWS);
-    size_t bytes = ((size_t)q->lut_tiles * tile + HUGE_ALIGN - 1) / HUGE_ALIGN * HUGE_ALIGN;
-    /* huge pages where it is large: streamed once per token, as pack/load.c's copy */
-    if ((q->lut = aligned_alloc(HUGE_ALIGN, bytes))) madvise(q->lut, bytes, MADV_HUGEPAGE);
+    q->lut = lut_alloc((size_t)q->lut_tiles * tile);
     q->lut_s = calloc((size_t)q->lut_tiles * meta, sizeof *q->lut_s);
     q->lut_z = calloc((size_t)q->lut_tiles * meta, 1);
     if (!q->lut || !q->lut_s || !q->lut_z) return -1;
