@@ -272,7 +272,8 @@ static void bench_packed(const lay_option *o, int64_t rows, int64_t cols, uint8_
         printf("%5lldx%-6lld %-16s %5.2f %3d %4d %9.1f %8.1f %6.1f %8.2f ", (long long)rows, (long long)cols, o->name,
                bpw, t, r.n, (double)matrix_bytes(&r) / 1048576.0, total / ts / 1e9, total / tm[0] / 1e9, ts / tm[0]);
         if (r.lut) printf("%6.1f %6.2f ", total / tm[1] / 1e9, ts / tm[1]); else printf("%6s %6s ", "", "");
-        if (t == 1) printf("%6.1f %7.1f\n", hot_rate(&r, pool, x, y, 0), hot_rate(&r, pool, x, y, 1));
+        if (t == 1 && r.lut) printf("%6.1f %7.1f\n", hot_rate(&r, pool, x, y, 0), hot_rate(&r, pool, x, y, 1));
+        else if (t == 1) printf("%6.1f\n", hot_rate(&r, pool, x, y, 0));
         else printf("\n");
         fflush(stdout);
     }
@@ -304,8 +305,8 @@ static void bench_sgemv(int64_t rows, int64_t cols, uint8_t *pool, const float *
         r.meta = pool; /* unused: meta_bytes is 0 */
         double ts = time_sum(&r, pool, &sink);
         double total = (double)n * (double)mb;
-        printf("%5lldx%-6lld %-16s %5.2f %3d %4d %9.1f %8.1f %8.1f %6.2f %8s\n", (long long)rows, (long long)cols,
-               "fp32 sgemv", 32.0, t, n, (double)mb / 1048576.0, total / best / 1e9, total / ts / 1e9, ts / best, "");
+        printf("%5lldx%-6lld %-16s %5.2f %3d %4d %9.1f %8.1f %6.1f %8.2f\n", (long long)rows, (long long)cols,
+               "fp32 sgemv", 32.0, t, n, (double)mb / 1048576.0, total / ts / 1e9, total / best / 1e9, ts / best);
     }
     if (sink == 42) printf(" ");
 }

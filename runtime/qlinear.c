@@ -525,6 +525,7 @@ rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, rt_scratch *scra
     for (int64_t g = 0; q->zsym && g < q->ng; g++) q->zsym[g] = (uint8_t)lay_zero_at(&q->p, 0, g, lay_group_bits(&p->opt, p->cols, g));
     build_gather(q, q->gather, 0);
     build_gather(q, q->gather1, 1);
+    snprintf(why, sizeof why, "out of memory for the lookup kernels' copy");
     if (build_lut(q)) goto fail;
     *l = (rt_linear){ .rows = p->rows, .cols = p->cols, .matmul = packed_matmul, .get_row = packed_get_row,
                       .destroy = packed_destroy, .impl = q, .packed = &q->p };
