@@ -4,22 +4,28 @@ llama.cpp's llama-bench on the same model, at about the same bytes per token, in
 run with the pairs interleaved, each against the read bandwidth measured in that run.
 
     python3 bench/bench_lut.py --bp A.bp --bp B.bp [--types Q3_K_M,Q4_K_M] [--rounds 3]
+    python3 bench/bench_lut.py --bp A.bp --gguf A.Q2_K.gguf [--int8-gen-only]   (another model)
     BENCH_ONLY=lut BENCH_LUT_FILES="A.bp B.bp" make bench
 
 Needs build/bitplan, build/bench/bench_matvec and the peer's tools
 (scripts/llama-tools.sh builds them into out/llama.cpp/bin). llama.cpp's files are
 made from the real model (models/SmolLM2-135M-Instruct.Q4_1.gguf) by llama-quantize
 --allow-requantize through F32 into out/lut-bench/, and reused when there; the
-bitplan files are given (bitplan pack ... --plan N).
+bitplan files are given (bitplan pack ... --plan N). --gguf names llama.cpp's files
+instead, for another model: the 7B-shaped synthetic one, for instance
+(scripts/synth-model.py, scripts/synth-gguf.py, llama-quantize, bitplan pack --rtn:
+BENCHMARKS.md has the commands).
 
 Each round runs, in turn: bench_matvec --bandwidth; every bitplan file through
 `bitplan generate`, twice, as llama-bench measures: 64 greedy tokens after a 1-token
 prompt (tg64), and a prompt of about 512 tokens of data/heldout.txt (pp512), 2
 threads, with the lookup-table kernels where the kernel set takes them (BITPLAN_LUT
-unset), then with BITPLAN_LUT=0 (the int8 kernels alone); every llama.cpp file
+unset), then with BITPLAN_LUT=0 (the int8 kernels alone; with --int8-gen-only only
+their generation, as batches never take the lookups); every llama.cpp file
 through llama-bench (-p 512 -n 64 -t 2 -lm none: no mmap, -r 1). The table gives
 the median over rounds: generation tokens/s, the GB/s that means (the file's tensor
-bytes, all read once per token: SmolLM2's head is its tied embedding), that over the
+bytes but an untied embedding's, of which a token reads one row: SmolLM2's head is its
+tied embedding, read whole), that over the
 median read bandwidth of the same run, and prompt tokens/s. Never a test: nothing
 here asserts on time. Prints Markdown.
 """
@@ -52,17 +58,21 @@ def run(args, env=None):
 
 
 def tensor_bytes(path):
-    """Bytes of a file's tensors: GGUF through gguf's reader, safetensors (.bp) by
-    its header's data offsets."""
+    """Bytes a token reads of a file's tensors: all of them, but for an untied
+    embedding (the file has a separate head, output.weight) only one row of which is
+    read. GGUF through gguf's reader, safetensors (.bp) by its header's data offsets."""
     with open(path, "rb") as f:
         magic = f.read(4)
         if magic == b"GGUF":
             import gguf
-            return sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors)
-        f.seek(0)
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    return sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__")
+            sizes = {t.name: int(t.n_bytes) for t in gguf.GGUFReader(path).tensors}
+        else:
+            f.seek(0)
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+            sizes = {k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
+    untied = any(k.startswith("output.weight") for k in sizes)
+    return sum(v for k, v in sizes.items() if not (untied and k.startswith("token_embd.weight")))
 
 
 def llama_file(qtype):
@@ -93,11 +103,13 @@ def generate(path, prompt, n, lut):
     return int(m.group(1)), float(m.group(2)), int(m.group(3)), float(m.group(4))
 
 
-def bitplan_speed(path, prompt, lut):
-    """(prompt tokens, prompt tokens/s, generation tokens/s)."""
+def bitplan_speed(path, prompt, lut, with_prompt=True):
+    """(prompt tokens, prompt tokens/s or NaN, generation tokens/s)."""
     _, _, n_gen, tg = generate(path, "The", 64, lut)
     if n_gen != 64:
         sys.exit("bench_lut: %s stopped after %d tokens" % (path, n_gen))
+    if not with_prompt:
+        return 0, float("nan"), tg
     n, pp, _, _ = generate(path, prompt, 1, lut)
     return n, pp, tg
 
@@ -115,12 +127,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bp", action="append", required=True, help="a bitplan packed file (repeatable)")
     ap.add_argument("--types", default="Q2_K,Q3_K_M,Q4_K_M", help="llama.cpp types, comma-separated")
+    ap.add_argument("--gguf", action="append", help="a llama.cpp file to run instead of --types' (repeatable)")
+    ap.add_argument("--int8-gen-only", action="store_true",
+                    help="the int8 kernels' generation only (batches never take the lookups: the prompt is the same path)")
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     with open(HELDOUT, encoding="utf-8") as f:
         prompt = f.read()[:PROMPT_CHARS]
     files = [(p, "bitplan, lookup kernels", True) for p in a.bp] + [(p, "bitplan, int8 kernels", False) for p in a.bp]
-    files += [(llama_file(t), "llama.cpp " + t, None) for t in a.types.split(",") if t]
+    files += [(g, "llama.cpp", None) for g in a.gguf] if a.gguf else \
+        [(llama_file(t), "llama.cpp " + t, None) for t in a.types.split(",") if t]
     speeds = {i: [] for i in range(len(files))}
     bws, prompt_tokens = [], 0
     for _ in range(a.rounds):
@@ -129,8 +145,8 @@ def main():
             if lut is None:
                 speeds[i].append(llama_speed(path))
             else:
-                n, pp, tg = bitplan_speed(path, prompt, lut)
-                prompt_tokens = n
+                n, pp, tg = bitplan_speed(path, prompt, lut, lut or not a.int8_gen_only)
+                prompt_tokens = max(prompt_tokens, n)
                 speeds[i].append((pp, tg))
     bw = statistics.median(bws)
     print("Read bandwidth (bench_matvec --bandwidth, 2 threads): median %.1f GB/s of %s" %
@@ -142,8 +158,9 @@ def main():
         mb = tensor_bytes(path) / 1e6
         pp = statistics.median(s[0] for s in speeds[i])
         tg = statistics.median(s[1] for s in speeds[i])
-        print("| %s | %s | %.1f | %.1f | %.2f | %.2f | %.0f |" %
-              (os.path.basename(path), what, mb, tg, mb * tg / 1e3, mb * tg / 1e3 / bw, pp))
+        print("| %s | %s | %.1f | %.2f | %.2f | %.2f | %s |" %
+              (os.path.basename(path), what, mb, tg, mb * tg / 1e3, mb * tg / 1e3 / bw,
+               "(the same path)" if pp != pp else "%.1f" % pp))
 
 
 if __name__ == "__main__":

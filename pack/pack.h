@@ -71,6 +71,14 @@ typedef struct {
     void (*progress)(void *ctx, const pack_progress *p); /* NULL: silent */
     void *progress_ctx;
     int resident;           /* 1: every weight as fp32 from the start (memory grows with the model) */
+    /* Round-to-nearest instead of GPTQ: no calibration text, no Hessians, minutes
+     * instead of hours on a 7B model, at more damage (a measurement's rtn_err says
+     * how much). Options without transforms only (a rotation or input scales are
+     * chosen for GPTQ's Hessian). */
+    int rtn;
+    /* With rtn and no database (pack_model's db_path NULL): every linear layer at
+     * uniform, the head at uniform_head (NULL: uniform). */
+    const lay_option *uniform, *uniform_head;
 } pack_params;
 void pack_params_init(pack_params *p);
 
@@ -85,7 +93,8 @@ typedef struct {
     double wait_share;          /* with ranks > 1: mean share of the time inside MPI calls */
 } pack_stats;
 
-/* Quantizes the model at db's plan (plan_id 0 = the newest plan) and writes out,
+/* Quantizes the model at db's plan (plan_id 0 = the newest plan), or with db_path
+ * NULL (p->rtn and p->uniform set) at p's uniform options, and writes out,
  * in the format p->out names (pack/export.c says what a GGUF holds). Under an MPI
  * launcher every rank calls it: the work is split, rank 0 reads the database and
  * writes the file, which is one process's byte for byte. */

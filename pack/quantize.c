@@ -37,6 +37,12 @@
  *     reads the plan and sends it to all; each rank checks its own model and text
  *     against the plan's hashes. Every step that can fail on one rank is agreed
  *     (par_agree).
+ *  7. Round-to-nearest (pack_params.rtn) replaces 2 and 3: no calibration text,
+ *     no walk; the layers are visited in order, each held as fp32 while its
+ *     tensors are rounded (rtn_quantize, identity column order: without a
+ *     Hessian no column is known to matter more), and its plan may come from no
+ *     database at all (a uniform option, recorded in the file as plan 0 with
+ *     hessians "none").
  * It never prints: progress goes to the caller's callback.
  */
 #include "pack_int.h"
@@ -115,6 +121,9 @@ static void progress(pack_run *r, const char *phase, int layer)
     r->p->progress(r->p->progress_ctx, &at);
 }
 
+/* Hessians through the already quantized layers (invariant 3); never under RTN. */
+static int sequential(const pack_run *r) { return !r->p->rtn && r->p->hessians == PACK_HESS_SEQUENTIAL; }
+
 void pack_params_init(pack_params *p)
 {
     memset(p, 0, sizeof *p);
@@ -128,6 +137,16 @@ static const db_pack_choice *find_choice(const db_pack_plan *p, const char *name
     for (int i = 0; i < p->n_choices; i++)
         if (!strcmp(p->choices[i].name, name)) return &p->choices[i];
     return NULL;
+}
+
+/* The option of tensor t: the database plan's (*ch set), the uniform one of a
+ * plan without a database, or NULL when the plan leaves t alone. */
+static const lay_option *planned_option(const pack_run *r, const pack_tensor *t, const db_pack_choice **ch)
+{
+    *ch = NULL;
+    if (!r->db_path) return t->cls == LAY_HEAD && r->p->uniform_head ? r->p->uniform_head : r->p->uniform;
+    *ch = find_choice(&r->plan, t->name);
+    return *ch ? &(*ch)->option.opt : NULL;
 }
 
 /* The plan's tensors against the model's linear layers. */
@@ -145,28 +164,32 @@ static int list_tensors(pack_run *r)
         const mdl_tensor *mt = mdl_find(r->file, t->name);
         if (!mt || mt->n_dims != 2) return fail(r, "%s: tensor %s is missing or not 2-D", mdl_path(r->file), t->name);
         t->rows = mt->shape[0], t->cols = mt->shape[1];
-        const db_pack_choice *ch = find_choice(&r->plan, t->name);
-        if (!ch) continue;
+        const db_pack_choice *ch;
+        const lay_option *o = planned_option(r, t, &ch);
+        if (!o) continue;
         char why[160];
-        t->opt = ch->option.opt;
-        if (ch->rows != t->rows || ch->cols != t->cols)
+        t->opt = *o;
+        if (ch && (ch->rows != t->rows || ch->cols != t->cols))
             return fail(r, "plan %lld: %s is %lldx%lld in the database but %lldx%lld in %s", (long long)r->plan.plan_id,
                         t->name, (long long)ch->rows, (long long)ch->cols, (long long)t->rows, (long long)t->cols,
                         mdl_path(r->file));
         if (lay_option_check(&t->opt, t->rows, t->cols, why, sizeof why))
             return fail(r, "plan %lld: option \"%s\" cannot apply to %s: %s", (long long)r->plan.plan_id, t->opt.name,
                         t->name, why);
+        if (r->p->rtn && (t->opt.rot || t->opt.awq))
+            return fail(r, "--rtn: %s is planned at \"%s\", which %s its inputs for GPTQ's Hessian: round-to-nearest "
+                        "takes options without h64, h128 or awq", t->name, t->opt.name, t->opt.rot ? "rotates" : "scales");
         if (r->p->out == PACK_OUT_BITPLAN && lay_option_ggml(&t->opt) >= 0 && !lay_ggml_packable(lay_option_ggml(&t->opt)))
             return fail(r, "plan %lld: %s is at \"%s\", a ggml block type only a GGUF file holds (bitplan's file "
                         "holds the 32-wide ones): write it with export-gguf", (long long)r->plan.plan_id, t->name, t->opt.name);
-        if (ch->bits != lay_tensor_bits(&t->opt, t->rows, t->cols))
+        if (ch && ch->bits != lay_tensor_bits(&t->opt, t->rows, t->cols))
             return fail(r, "plan %lld: %s at \"%s\" is recorded as %lld bits, but it stores %lld", (long long)r->plan.plan_id,
                         t->name, t->opt.name, (long long)ch->bits, (long long)lay_tensor_bits(&t->opt, t->rows, t->cols));
         t->planned = 1;
         if (lay_option_ggml(&t->opt) >= 0 && lay_option_ggml(&t->opt) == mdl_tensor_stored_ggml(mt)) t->src_blocks = mt->data;
         n_planned++;
     }
-    if (n_planned != r->plan.n_choices)
+    if (r->db_path && n_planned != r->plan.n_choices)
         return fail(r, "plan %lld names %d tensors, of which only %d are linear layers of %s", (long long)r->plan.plan_id,
                     r->plan.n_choices, n_planned, mdl_path(r->file));
     return 0;
@@ -234,9 +257,36 @@ static int load_calibration(pack_run *r)
     return rc;
 }
 
+/* A plan without a database (invariant 7): plan 0, its numbers filled in by
+ * uniform_plan_bpw once the tensors are known. */
+static int stub_plan(pack_run *r)
+{
+    db_pack_plan *p = &r->plan;
+    snprintf(p->kind, sizeof p->kind, "bpw");
+    if (!(p->sources_json = strdup("[]"))) return fail(r, "out of memory");
+    return 0;
+}
+
+/* bpw over the blocks (the target, as allocate counts it) and over every quantized
+ * tensor, of a plan without a database. */
+static void uniform_plan_bpw(pack_run *r)
+{
+    double bits[2] = {0}, weights[2] = {0};
+    for (int i = 0; i < r->nt; i++) {
+        const pack_tensor *t = &r->t[i];
+        if (!t->planned) continue;
+        for (int all = 0; all < 2; all++)
+            if (all || t->cls != LAY_HEAD)
+                bits[all] += (double)lay_tensor_bits(&t->opt, t->rows, t->cols), weights[all] += (double)(t->rows * t->cols);
+    }
+    r->plan.target = r->plan.achieved_bpw = weights[0] ? bits[0] / weights[0] : 0;
+    r->plan.file_bpw = weights[1] ? bits[1] / weights[1] : 0;
+}
+
 /* Rank 0 reads the plan (the only rank that opens the database). */
 static int read_plan(pack_run *r)
 {
+    if (!r->db_path) return stub_plan(r);
     db_conn *d = NULL;
     int rc = db_open(r->db_path, DB_OPEN_READ, &d) || db_pack_plan_load(d, r->plan_id, &r->plan);
     if (rc) fail(r, "%s", d ? db_errmsg(d) : "cannot open the database");
@@ -250,7 +300,7 @@ static int share_plan(pack_run *r)
 {
     if (par_size() == 1) return 0;
     db_pack_plan *p = &r->plan, got = *p; /* its pointers are rank 0's: replaced below */
-    size_t json = par_rank() == 0 ? strlen(p->sources_json) + 1 : 0;
+    size_t json = par_rank() == 0 ? strlen(p->sources_json) + 1 : 0; /* never NULL: "[]" at least */
     int rc = par_bcast(&got, sizeof got, 0) | par_bcast(&json, sizeof json, 0);
     if (par_rank() != 0) {
         *p = got;
@@ -270,10 +320,12 @@ static int open_model(pack_run *r, const char *model_path)
     if (mdl_open(model_path, &r->file, r->err, r->err_len)) return -1;
     const char *hash = mdl_content_hash(r->file);
     if (!hash) return fail(r, "%s: cannot hash the model file", model_path);
+    if (!r->db_path) snprintf(r->plan.model_hash, sizeof r->plan.model_hash, "%s", hash);
     if (strcmp(hash, r->plan.model_hash))
         return fail(r, "%s is not the model plan %lld was made for (sha256 %.12s..., the plan's model %.12s...)", model_path,
                     (long long)r->plan.plan_id, hash, r->plan.model_hash);
-    if (list_tensors(r) || deal_tensors(r) || load_calibration(r)) return -1;
+    if (list_tensors(r) || deal_tensors(r) || (!r->p->rtn && load_calibration(r))) return -1;
+    if (!r->db_path) uniform_plan_bpw(r);
     return 0;
 }
 
@@ -294,6 +346,7 @@ static int quantize_one(pack_run *r, pack_tensor *t, gptq_prep *const *prep, cha
             return snprintf(err, err_len, "out of memory"), -1;
         return 0;
     }
+    if (r->p->rtn) return rtn_quantize(l->dense, t->rows, t->cols, NULL, &t->opt, &t->q, err, err_len);
     /* no stats: the error (about 40% of the time) is the measurement's business */
     return gptq_quantize_option(l->dense, t->rows, prep, &t->opt, -1.0, &t->q, NULL, NULL, err, err_len);
 }
@@ -416,7 +469,7 @@ static int quantize_mine(pack_run *r, int t0, int t1)
     gp.borrow_h = 1; /* the walk's Hessians live until the visit returns */
     gptq_prep *prep[RT_INPUT_COUNT][GPTQ_PREP_SLOTS] = {{NULL}};
     int rc = 0;
-    for (int i = t0; !rc && i < t1; i++) {
+    for (int i = t0; !rc && !r->p->rtn && i < t1; i++) {
         rt_input g = rt_class_input(r->t[i].cls);
         for (int slot = 0; !rc && slot < GPTQ_PREP_SLOTS; slot++) {
             char why[256];
@@ -450,7 +503,7 @@ static int quantize_mine(pack_run *r, int t0, int t1)
  * A rank without room to receive it cannot keep in step: it ends the job. */
 static int share_result(pack_run *r, pack_tensor *t)
 {
-    int everyone = r->p->hessians == PACK_HESS_SEQUENTIAL, me = par_rank();
+    int everyone = sequential(r), me = par_rank();
     if (par_size() == 1 || (!everyone && me != 0 && me != t->owner)) return 0;
     if (me != t->owner && lay_qtensor_alloc(&t->q, t->rows, t->cols, &t->opt)) par_abort(1);
     void *arrays[LAY_QTENSOR_ARRAYS];
@@ -473,7 +526,7 @@ static int quantize_range(pack_run *r, int t0, int t1)
         if (!t->planned) continue;
         if (share_result(r, t)) rc = -1; /* still in step with the others: every rank takes every turn */
         if (!rc && par_rank() == 0) rc = pack_one(r, t);
-        if (!rc && r->p->hessians == PACK_HESS_SEQUENTIAL) rc = swap_in_dequantized(r, t);
+        if (!rc && sequential(r)) rc = swap_in_dequantized(r, t);
         lay_qtensor_free(&t->q);
     }
     return par_agree(rc, r->err, r->err_len);
@@ -523,9 +576,22 @@ static int passed_layer(void *ctx, int l, char *err, size_t err_len)
 
 static void walk_progress(void *ctx, const char *phase, int layer) { progress(ctx, phase, layer); }
 
+/* Round-to-nearest (invariant 7): each layer in turn, nothing run. */
+static int rtn_pass(pack_run *r)
+{
+    for (int l = 0; l <= r->m->cfg.n_layers; l++) {
+        int t0, t1;
+        layer_tensors(r, l, &t0, &t1);
+        progress(r, "quantize", l);
+        if (any_planned(r, l) && quantize_range(r, t0, t1)) return -1;
+    }
+    return 0;
+}
+
 static int run_pass(pack_run *r)
 {
-    walk_params w = {.m = r->m, .cal = &r->cal, .sequential = r->p->hessians == PACK_HESS_SEQUENTIAL,
+    if (r->p->rtn) return rtn_pass(r);
+    walk_params w = {.m = r->m, .cal = &r->cal, .sequential = sequential(r),
                      .wants = any_planned, .visit = visit_layer, .passed = passed_layer,
                      .progress = walk_progress, .ctx = r};
     return walk_run(&w, r->err, r->err_len);
@@ -595,8 +661,8 @@ static int put_meta(pack_run *r, const char *key, sb_buf *b)
 static void plan_json(const pack_run *r, double file_bpw, sb_buf *b)
 {
     pack_meta_plan pp = {r->plan.plan_id, r->plan.kind, r->plan.target, r->plan.achieved_bpw, r->plan.file_bpw,
-                         r->plan.objective, file_bpw, r->db_path, r->plan.model_hash,
-                         r->p->hessians == PACK_HESS_SEQUENTIAL ? "sequential" : "full"};
+                         r->plan.objective, file_bpw, r->db_path ? r->db_path : "", r->plan.model_hash,
+                         r->p->rtn ? "none" : sequential(r) ? "sequential" : "full"};
     pack_meta_plan_json(b, &pp);
 }
 
@@ -707,7 +773,7 @@ static int finish_output(pack_run *r)
 int pack_model(const char *model_path, const char *db_path, int64_t plan_id, const char *out, const pack_params *p,
                pack_stats *stats, char *err, size_t err_len)
 {
-    assert(model_path && db_path && out && p && stats);
+    assert(model_path && out && p && stats && (db_path || (p->rtn && p->uniform)));
     pack_run r = {.p = p, .err = err, .err_len = err_len, .db_path = db_path, .plan_id = plan_id, .st = stats};
     memset(stats, 0, sizeof *stats);
     r.t0 = util_now_s();

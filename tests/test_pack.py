@@ -254,6 +254,71 @@ def test_every_option_kind_packs(work):
         assert rel < {2: 0.9, 3: 0.5, 4: 0.25, 6: 0.06, 8: 0.015}[o["bits_lo"]], (opt, rel)  # GPTQ: output, not weight error
 
 
+def nearest_on_grid(w0, parts, o, rows, cols):
+    """Whether every weight was rounded to its nearest point of its group's grid
+    s * (k - z), k = 0 .. 2^bits - 1 (the file's own s and z): round-to-nearest's
+    definition, computed here. Returns the worst excess distance in steps."""
+    scales, zeros = parts["qscales"].astype(np.float64), parts.get("qzeros")
+    wq = decode(parts, o, rows, cols).astype(np.float64)
+    worst = 0.0
+    for g in range(n_groups(o, cols)):
+        bits, j0 = group_bits(o, cols, g), g * o["group"]
+        cols_g = parts["qperm"][j0:j0 + group_cols(o, cols, g)].astype(np.int64)
+        s = scales[:, g:g + 1]
+        z = zeros[:, g:g + 1].astype(np.float64) if zeros is not None else float(1 << (bits - 1))
+        grid = s[:, :, None] * (np.arange(1 << bits)[None, None, :] - np.asarray(z)[..., None] if zeros is not None
+                                else np.arange(1 << bits)[None, None, :] - z)
+        w = w0[:, cols_g].astype(np.float64)
+        best = np.min(np.abs(w[:, :, None] - grid), axis=2)
+        excess = (np.abs(w - wq[:, cols_g]) - best) / np.maximum(s, 1e-30)
+        worst = max(worst, float(excess.max()))
+    return worst
+
+
+def test_rtn_without_database(work):
+    """pack --rtn --uniform, no database: every option kind; each weight on its
+    group's nearest grid point, columns in their own order (no Hessian to reorder
+    them), the plan recorded as plan 0 without Hessians; the file runs; and --rtn
+    on a database's plan gives the same tensors."""
+    for opt in OPTION_NAMES:
+        out = work["dir"] / ("rtn-%d.bp" % OPTION_NAMES.index(opt))
+        p = run("pack", [work["model"], "--rtn", "--uniform", opt, "--options", work["opts"], "-o", out])
+        assert "round-to-nearest" in p.stdout
+        tensors, _, opts = check_sizes(out)
+        assert {o["name"] for o in opts.values()} == {opt} and len(opts) == MODEL["n_layers"] * 7 + 1
+        _, meta = read_tensors(out)
+        plan = json.loads(meta["plan"])
+        assert plan["id"] == 0 and plan["hessians"] == "none" and plan["db"] == ""
+        for name, rows, cols in (("blk.0.attn_q.weight", MODEL["dim"], MODEL["dim"]),
+                                 ("blk.1.ffn_down.weight", MODEL["dim"], MODEL["hidden"])):
+            parts = parts_of(tensors, name)
+            assert np.array_equal(parts["qperm"], np.arange(cols)), name
+            worst = nearest_on_grid(work["weights"][name], parts, opts[name], rows, cols)
+            assert worst < 1e-3, (opt, name, worst)  # a point off its nearest is a whole step or more away
+    run("eval", [work["dir"] / "rtn-3.bp", "--text", work["calib"], "--ctx", 64, "--chunks", 2])
+    via_db = work["dir"] / "rtn-db.bp"
+    run("pack", [work["model"], "--db", work["db"], "--uniform", "4b-g128", "--rtn", "-o", via_db])
+    a, _ = read_tensors(via_db)
+    b, _ = read_tensors(work["dir"] / "rtn-3.bp")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_rtn_refusals(work):
+    out = work["dir"] / "refused.bp"
+    rot = work["dir"] / "rot.txt"
+    rot.write_text("4b-g32-awq 4 4 0 32 z8 awq\n")
+    cases = [
+        (["--rtn", "--uniform", "4b-g32-awq", "--options", rot], "scales its inputs"),
+        (["--uniform", "4b-g128"], "no --db D given"),
+        (["--rtn", "--uniform", "5b-g7"], 'no option named "5b-g7"'),
+        (["--rtn", "--uniform", "4b-g128", "--options", work["opts"], "--db", work["db"]], "--options is for --rtn"),
+    ]
+    for args, needle in cases:
+        p = run("pack", [work["model"], *args, "-o", out], check=False)
+        assert p.returncode != 0 and needle in p.stderr, (args, p.stderr)
+        assert not os.path.exists(out)
+
+
 # ==== (b) an independent decoder against the runtime ====
 
 def test_decoder_matches_runtime_exactly(work):

@@ -281,3 +281,55 @@ def test_chunks_equal_one_draw():
         assert np.array_equal(synth._bits16(key, start, count), whole[start:start + count])
     t = synth._z_table()
     assert t.shape == (65536,) and abs(float(np.mean(t * t)) - 1) < 1e-6 and np.array_equal(t, -t[::-1])
+
+
+GGUF_SCRIPT = os.path.join(ROOT, "scripts", "synth-gguf.py")
+TOOL_LOGITS = os.path.join(ROOT, BUILD, "tests", "tool_logits")
+
+
+def logits(model, out, ids):
+    r = subprocess.run([TOOL_LOGITS, str(model), str(out)] + [str(i) for i in ids], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return np.fromfile(out, np.float32).reshape(len(ids), VOCAB)
+
+
+def test_gguf_copy_is_the_same_model(tiny, tensors, tmp_path):
+    """scripts/synth-gguf.py: GGUF names, F16 matrices and F32 norms, q and k rows in
+    GGUF's rotary order (llama.cpp's converter's rule, written out here), the
+    hyperparameters; and bitplan computes the same logits from both files."""
+    import gguf
+    out = tmp_path / "tiny.gguf"
+    r = subprocess.run([sys.executable, GGUF_SCRIPT, str(tiny), str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    g = gguf.GGUFReader(str(out))
+    field = lambda k: g.fields[k].parts[g.fields[k].data[0]][0]  # noqa: E731
+    assert bytes(g.fields["general.architecture"].parts[-1]).decode() == "llama"
+    assert (field("llama.block_count"), field("llama.embedding_length"), field("llama.feed_forward_length"),
+            field("llama.attention.head_count"), field("llama.attention.head_count_kv")) == (4, 256, 688, 8, 4)
+    assert len(g.fields["tokenizer.ggml.tokens"].data) == VOCAB
+    got = {t.name: t for t in g.tensors}
+    assert len(got) == len(tensors)
+    hf = {"token_embd.weight": "model.embed_tokens.weight", "output.weight": "lm_head.weight",
+          "output_norm.weight": "model.norm.weight", "blk.1.attn_norm.weight": "model.layers.1.input_layernorm.weight",
+          "blk.2.ffn_down.weight": "model.layers.2.mlp.down_proj.weight",
+          "blk.3.attn_q.weight": "model.layers.3.self_attn.q_proj.weight",
+          "blk.0.attn_k.weight": "model.layers.0.self_attn.k_proj.weight"}
+    for name, src in hf.items():
+        w = f32(tensors[src])
+        t = got[name]
+        a = np.asarray(t.data, np.float32).reshape(w.shape)
+        assert t.tensor_type == (gguf.GGMLQuantizationType.F32 if w.ndim == 1 else gguf.GGMLQuantizationType.F16), name
+        if name.endswith(("attn_q.weight", "attn_k.weight")):
+            heads = TINY["heads"] if "attn_q" in name else TINY["kv_heads"]
+            hd = TINY["head_dim"]
+            # GGUF row h*hd + 2i (+1) is Hugging Face row h*hd + i (+ hd/2)
+            want = np.empty_like(w)
+            for h in range(heads):
+                for i in range(hd // 2):
+                    want[h * hd + 2 * i] = w[h * hd + i]
+                    want[h * hd + 2 * i + 1] = w[h * hd + hd // 2 + i]
+            w = want
+        assert np.array_equal(a, w), name
+    ids = [1, 504, 3711, 28, 9156, 30, 216, 4417, 2]
+    a, b = logits(tiny, tmp_path / "a.f32", ids), logits(out, tmp_path / "b.f32", ids)
+    assert np.isfinite(a).all() and np.max(np.abs(a - b)) <= 1e-4 * np.max(np.abs(a)), np.max(np.abs(a - b))
