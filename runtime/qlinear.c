@@ -5,10 +5,13 @@
  *   - small batches (decoding, n < RT_PACKED_EXACT_BATCH): int8 activations per
  *     weight group against the packed blocks, decoded on the fly by the kernels of
  *     runtime/qkernels.h; the weights are read once per four activation rows. One
- *     row at a time (generation), the runs whose width the kernel set takes by
- *     lookup tables (qk_lut_wanted) go through those instead, 32 weight rows at
- *     once, over the layer's own copy of their values in the order they read
- *     (built once, the same bytes: never a dequantized copy);
+ *     row at a time (generation), a tensor all of whose widths the kernel set takes
+ *     by lookup tables (qk_lut_wanted) goes through those instead, 32 weight rows
+ *     at once, over the layer's own copy of its values in the order they read
+ *     (built once, the same bytes: never a dequantized copy). All or none: a row
+ *     that mixed the two, the other widths by the int8 kernels row by row, was
+ *     slower than the int8 kernels alone on a 7B model (BENCHMARKS.md), and held
+ *     the lookup runs twice;
  *   - larger batches (prompts, evaluation): each thread decodes a slab of rows to
  *     fp32 and multiplies it by all activation rows with one single-threaded BLAS
  *     sgemm while the slab is in its cache. No activation rounding: evaluation
@@ -227,29 +230,8 @@ static const float *transform_input(const qlin *q, const qbufs *b, const float *
     return b->xr;
 }
 
-/* The runs that do not take the lookup kernels, for row r < rows at batch 1: their
- * groups' multipliers and correction (prep over the run alone), then dot. */
-static float other_runs(const qlin *q, const qbufs *b, int64_t r, float *sd)
-{
-    const lay_packed *p = &q->p;
-    int64_t ng = q->ng;
-    const uint8_t *z = q->zsym ? q->zsym : p->zeros + r * ng;
-    float sum = 0.0f;
-    for (int i = 0; i < q->nruns; i++) {
-        const qrun *u = &q->runs[i];
-        if (u->lut) continue;
-        float corr, acc = 0.0f;
-        q->k->prep(p->scales + r * ng + u->g0, z + u->g0, b->xd + u->g0, b->xs + u->g0, u->ng, 1, sd, &corr);
-        q->k->dot[u->bits](p->values + r * q->row_bytes + u->off, u->ng, u->gch, b->xq + u->g0 * p->opt.group,
-                           p->cols, sd, u->ng, &acc, 1);
-        sum += acc - corr;
-    }
-    return sum;
-}
-
-/* Rows 32t..32t+31 of y at batch 1: the lookup runs for the whole tile, the others
- * row by row; padding rows are dropped. */
-static void lut_tile(const qlin *q, const qbufs *b, int64_t t, float *sd, float *y)
+/* Rows 32t..32t+31 of y at batch 1, run by run; padding rows are dropped. */
+static void lut_tile(const qlin *q, const qbufs *b, int64_t t, float *y)
 {
     const lay_packed *p = &q->p;
     int64_t ng = q->ng, r0 = t * QK_LUT_ROWS, nr = p->rows - r0 < QK_LUT_ROWS ? p->rows - r0 : QK_LUT_ROWS;
@@ -259,12 +241,11 @@ static void lut_tile(const qlin *q, const qbufs *b, int64_t t, float *sd, float 
     const uint8_t *z = q->lut_z + t * ng * QK_LUT_ROWS;
     for (int i = 0; i < q->nruns; i++) {
         const qrun *u = &q->runs[i];
-        if (!u->lut) continue;
         int64_t c0 = u->g0 * p->opt.group;
         q->k->lut_dot(u->bits, w + QK_LUT_ROWS * u->lut_off, u->ng, u->gch * LAY_CHUNK, b->tab + c0 * 8,
                       s + u->g0 * QK_LUT_ROWS, z + u->g0 * QK_LUT_ROWS, b->xd + u->g0, b->xs + u->g0, acc);
     }
-    for (int64_t r = 0; r < nr; r++) y[r0 + r] = acc[r] + other_runs(q, b, r0 + r, sd);
+    for (int64_t r = 0; r < nr; r++) y[r0 + r] = acc[r];
 }
 
 #define LUT_TABLE_COLS 512 /* columns per work item of the table build */
@@ -276,12 +257,11 @@ static void lut_matvec(const qlin *q, const float *x, float *y)
     quantize_input(q, &b, q->gather1, x, 0);
 #pragma omp parallel num_threads(threads_for(q))
     {
-        float *sd = b.sd + (int64_t)omp_get_thread_num() * QK_NB * q->ng;
 #pragma omp for schedule(static)
         for (int64_t c0 = 0; c0 < cols; c0 += LUT_TABLE_COLS)
             q->k->lut_tables(b.xq + c0, cols - c0 < LUT_TABLE_COLS ? cols - c0 : LUT_TABLE_COLS, b.tab + c0 * 8);
 #pragma omp for schedule(static)
-        for (int64_t t = 0; t < q->lut_tiles; t++) lut_tile(q, &b, t, sd, y);
+        for (int64_t t = 0; t < q->lut_tiles; t++) lut_tile(q, &b, t, y);
     }
 }
 
@@ -366,10 +346,14 @@ static void build_runs(qlin *q)
                                       .off = lay_group_offset(o, cols, g), .bits = bits };
         g = g1;
     }
+    /* all runs or none (top of the file); the lookup kernels know no mins (ggml's
+     * Q4_1, Q5_1) */
+    int all = !q->p.mins;
+    for (int i = 0; i < q->nruns; i++) all &= qk_lut_wanted(q->k, q->runs[i].bits);
     q->lut_row_bytes = 0;
-    for (int i = 0; i < q->nruns; i++) { /* the lookup kernels know no mins (ggml's Q4_1, Q5_1) */
+    for (int i = 0; i < q->nruns; i++) {
         qrun *u = &q->runs[i];
-        u->lut = !q->p.mins && qk_lut_wanted(q->k, u->bits);
+        u->lut = all;
         u->lut_off = q->lut_row_bytes;
         if (u->lut) q->lut_row_bytes += u->ng * u->gch * u->bits * 4;
     }
