@@ -54,7 +54,6 @@
 typedef struct {
     int64_t g0, ng, gch, off;   /* first group, groups, chunks per group, byte offset in a row */
     int bits;
-    int lut;                    /* batch 1 takes the lookup kernels (qk_lut_wanted) */
     int64_t lut_off;            /* byte offset of its groups in a tile of the lookup copy */
 } qrun;
 
@@ -78,7 +77,7 @@ typedef struct {
     uint8_t *lut;               /* [lut_tiles][32 * lut_row_bytes] values */
     uint16_t *lut_s;            /* [lut_tiles][ng][32] scales (fp16 bits) */
     uint8_t *lut_z;             /* [lut_tiles][ng][32] zeros */
-    int64_t lut_tiles, lut_row_bytes;
+    int64_t lut_tiles, lut_row_bytes; /* lut_row_bytes 0: batch 1 takes no lookup kernels */
     size_t xr_bytes;            /* [max_batch][cols] transformed activations, at the scratch's start */
     rt_scratch *scratch;        /* shared (or owned: own_scratch) */
     int own_scratch;
@@ -303,14 +302,14 @@ static void packed_matmul(const rt_linear *l, const float *x, float *y, int n)
 /* ==== Creation ==== */
 
 /* The gather index: stored order, except in runs whose width the kernels take in
- * block order (runtime/qkernels.h); batch1: the lookup runs in stored order. */
+ * block order (runtime/qkernels.h); batch1 of a layer with lookups: stored order. */
 static void build_gather(const qlin *q, int32_t *gather, int batch1)
 {
     const lay_option *o = &q->p.opt;
     for (int64_t j = 0; j < q->p.cols; j++) gather[j] = q->perm[j];
     for (int i = 0; i < q->nruns; i++) {
         const qrun *u = &q->runs[i];
-        int B = batch1 && u->lut ? 1 : q->k->block_order[u->bits];
+        int B = batch1 && q->lut_row_bytes ? 1 : q->k->block_order[u->bits];
         while (B > 1 && u->gch % B) B /= 2;
         if (B < 2) continue;
         /* the run ends after its last group, which may be the short one */
@@ -351,11 +350,10 @@ static void build_runs(qlin *q)
     int all = !q->p.mins;
     for (int i = 0; i < q->nruns; i++) all &= qk_lut_wanted(q->k, q->runs[i].bits);
     q->lut_row_bytes = 0;
-    for (int i = 0; i < q->nruns; i++) {
+    for (int i = 0; all && i < q->nruns; i++) {
         qrun *u = &q->runs[i];
-        u->lut = all;
         u->lut_off = q->lut_row_bytes;
-        if (u->lut) q->lut_row_bytes += u->ng * u->gch * u->bits * 4;
+        q->lut_row_bytes += u->ng * u->gch * u->bits * 4;
     }
 }
 
@@ -369,7 +367,7 @@ static void lut_fill_tile(qlin *q, int64_t t, const uint8_t *src, int64_t nr)
     for (int i = 0; i < q->nruns; i++) {
         const qrun *u = &q->runs[i];
         int64_t gbytes = u->gch * u->bits * 4;
-        for (int64_t g = 0; u->lut && g < u->ng; g++)
+        for (int64_t g = 0; g < u->ng; g++)
             q->k->lut_pack(u->bits, u->gch * LAY_CHUNK, src + u->off + g * gbytes, q->row_bytes,
                               dst + QK_LUT_ROWS * (u->lut_off + g * gbytes));
     }
