@@ -10,7 +10,8 @@
  *   --sizes     shapes rows x cols (default the Llama-2-7B shapes 4096x4096,
  *               11008x4096 and 4096x11008)
  *   --options   how many default options to time per shape, spread over the table
- *               (default 3; all with --quick). The per-unit cost hardly depends on
+ *               of the untransformed ones (the driver's RTN takes no rotation or
+ *               input scales) (default 3; all with --quick). The per-unit cost hardly depends on
  *               the option (the updates are the same GEMMs for every width and
  *               group), so the mean over a few stands for all 28
  *   --tokens    calibration tokens behind each Hessian (default 8192 = 16 x 512)
@@ -400,6 +401,10 @@ int main(int argc, char **argv)
     opt_set set;
     opt_default_set(&set);
     if (set.n == 0) die("options", "out of memory");
+    int kept = 0; /* the one-step quantizers (the driver's RTN) take no input transform */
+    for (int i = 0; i < set.n; i++)
+        if (!set.v[i].rot && !set.v[i].awq) set.v[kept++] = set.v[i];
+    set.n = kept;
     if (n_opt < 1) n_opt = quick ? set.n : 3;
     if (n_opt > set.n) n_opt = set.n;
     printf("GPTQ units: %d of the %d default options per shape, %d tokens per Hessian; CPU seconds of one "
