@@ -262,7 +262,7 @@ static int synth_make(synth *s, const model_shape *b, const lay_option *o, int n
     }
     if (b->tied) { /* the embedding is the packed head, rows decoded on the host */
         char err[256];
-        if (!(s->m.embed = rt_linear_packed(&s->pk[n - 1].p, 1, NULL, err, sizeof err))) return -1;
+        if (!(s->m.embed = rt_linear_packed(&s->pk[n - 1].p, 1, 0, NULL, err, sizeof err))) return -1;
     } else {
         float *emb = malloc((size_t)(V * D) * sizeof *emb);
         if (!emb) return -1;
@@ -407,7 +407,7 @@ static int bench_packed_file(const char *path, double predicted, int ctx, int n_
     char err[512];
     rt_model *m = NULL;
     gen_figure f;
-    if (pack_load(path, 16, &m, err, sizeof err)) {
+    if (pack_load(path, 16, 0, &m, err, sizeof err)) {
         printf("| %s | | | failed to load: %s | | | | | |\n", path, err);
         return 1;
     }

@@ -5,6 +5,7 @@ run with the pairs interleaved, each against the read bandwidth measured in that
 
     python3 bench/bench_lut.py --bp A.bp --bp B.bp [--types Q3_K_M,Q4_K_M] [--rounds 3]
     python3 bench/bench_lut.py --bp A.bp --gguf A.Q2_K.gguf [--int8-gen-only]   (another model)
+    python3 bench/bench_lut.py --bp A.bp --gguf A.Q2_K.gguf --prompt-only [--bp-base OLD/bitplan]
     BENCH_ONLY=lut BENCH_LUT_FILES="A.bp B.bp" make bench
 
 Needs build/bitplan, build/bench/bench_matvec and the peer's tools
@@ -26,7 +27,9 @@ through llama-bench (-p 512 -n 64 -t 2 -lm none: no mmap, -r 1). The table gives
 the median over rounds: generation tokens/s, the GB/s that means (the file's tensor
 bytes but an untied embedding's, of which a token reads one row: SmolLM2's head is its
 tied embedding, read whole), that over the
-median read bandwidth of the same run, and prompt tokens/s. Never a test: nothing
+median read bandwidth of the same run, and prompt tokens/s. --prompt-only times
+prompts alone (bitplan once a file, llama-bench -p 512 -n 0), with --bp-base another
+bitplan build's prompts beside them (an older commit's, say). Never a test: nothing
 here asserts on time. Prints Markdown.
 """
 
@@ -91,12 +94,12 @@ def bandwidth():
     return float(re.search(r"2 threads: ([\d.]+) GB/s", out).group(1))
 
 
-def generate(path, prompt, n, lut):
+def generate(path, prompt, n, lut, bp=BP):
     env = dict(os.environ, OMP_NUM_THREADS="2")
     env.pop("BITPLAN_LUT", None)
     if not lut:
         env["BITPLAN_LUT"] = "0"
-    err = run([BP, "generate", path, "--prompt", prompt, "-n", n, "--temp", 0], env).stderr
+    err = run([bp, "generate", path, "--prompt", prompt, "-n", n, "--temp", 0], env).stderr
     m = re.search(r"prompt: (\d+) tokens, ([\d.]+) tokens/s; generation: (\d+) tokens, ([\d.]+) tokens/s", err)
     if not m:
         sys.exit("bench_lut: no speed line from bitplan generate:\n" + err[-1000:])
@@ -114,13 +117,34 @@ def bitplan_speed(path, prompt, lut, with_prompt=True):
     return n, pp, tg
 
 
-def llama_speed(path):
-    out = run([os.path.join(LLAMA, "llama-bench"), "-m", path, "-p", 512, "-n", 64, "-t", 2, "-lm", "none", "-r", 1,
-               "-o", "json"]).stdout
+def llama_speed(path, gen=True):
+    out = run([os.path.join(LLAMA, "llama-bench"), "-m", path, "-p", 512, "-n", 64 if gen else 0, "-t", 2,
+               "-lm", "none", "-r", 1, "-o", "json"]).stdout
     rows = json.loads(out)
     pp = next(r["avg_ts"] for r in rows if r["n_prompt"] and not r["n_gen"])
-    tg = next(r["avg_ts"] for r in rows if r["n_gen"] and not r["n_prompt"])
+    tg = next(r["avg_ts"] for r in rows if r["n_gen"] and not r["n_prompt"]) if gen else float("nan")
     return pp, tg
+
+
+def prompt_only(a, prompt, llama_files):
+    """Prompt tokens/s of each bitplan file (and of --bp-base's build), and llama.cpp's pp512, interleaved."""
+    runs = [(p, "bitplan", BP) for p in a.bp] + ([(p, "bitplan " + a.bp_base, a.bp_base) for p in a.bp]
+                                                 if a.bp_base else []) + [(g, what, None) for g, what in llama_files]
+    speeds, n_tokens = {i: [] for i in range(len(runs))}, 0
+    for _ in range(a.rounds):
+        for i, (path, _, bp) in enumerate(runs):
+            if bp is None:
+                speeds[i].append(llama_speed(path, gen=False)[0])
+            else:
+                n, pp, _, _ = generate(path, prompt, 1, True, bp)
+                n_tokens = max(n_tokens, n)
+                speeds[i].append(pp)
+    print("bitplan prompt: %d tokens; llama.cpp: pp512. Medians of %d rounds, 2 threads.\n" % (n_tokens, a.rounds))
+    print("| file | run | MB/token | prompt tok/s | rounds |")
+    print("|---|---|---:|---:|---|")
+    for i, (path, what, _) in enumerate(runs):
+        print("| %s | %s | %.1f | %.2f | %s |" % (os.path.basename(path), what, tensor_bytes(path) / 1e6,
+                                               statistics.median(speeds[i]), ", ".join("%.2f" % v for v in speeds[i])))
 
 
 def main():
@@ -130,10 +154,16 @@ def main():
     ap.add_argument("--gguf", action="append", help="a llama.cpp file to run instead of --types' (repeatable)")
     ap.add_argument("--int8-gen-only", action="store_true",
                     help="the int8 kernels' generation only (batches never take the lookups: the prompt is the same path)")
+    ap.add_argument("--prompt-only", action="store_true", help="prompt speed alone (pp512)")
+    ap.add_argument("--bp-base", help="with --prompt-only: another bitplan binary to time the same files with")
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     with open(HELDOUT, encoding="utf-8") as f:
         prompt = f.read()[:PROMPT_CHARS]
+    if a.prompt_only:
+        prompt_only(a, prompt, [(g, "llama.cpp") for g in a.gguf] if a.gguf else
+                    [(llama_file(t), "llama.cpp " + t) for t in a.types.split(",") if t])
+        return
     files = [(p, "bitplan, lookup kernels", True) for p in a.bp] + [(p, "bitplan, int8 kernels", False) for p in a.bp]
     files += [(g, "llama.cpp", None) for g in a.gguf] if a.gguf else \
         [(llama_file(t), "llama.cpp " + t, None) for t in a.types.split(",") if t]

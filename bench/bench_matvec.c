@@ -19,7 +19,8 @@
  * core when memory is not the limit).
  *
  *   bench_matvec --bits B   only the rows whose (high) width is B
- *   bench_matvec --batch N  batch-N product (4-bit 4096x4096) against dense sgemm
+ *   bench_matvec --batch N  batch-N products (g128, 7B shapes; --bits B: one width):
+ *                           int8 kernels against the exact path and dense sgemm
  *   bench_matvec --hot      only the hot figure, every width and shape (seconds)
  *   bench_matvec --bandwidth only the baseline: read GB/s over 2 GiB, 1 and 2 threads
  *                           (what bench/bench_lut.py divides by)
@@ -152,7 +153,7 @@ static int rotation_open(rotation *r, const lay_option *o, int64_t rows, int64_t
             lay_packed p = packed_of(o, rows, cols, values + (size_t)i * r->values_bytes,
                                      r->meta + (size_t)i * r->meta_bytes, r->perm);
             char err[256];
-            if (!(lin[i] = rt_linear_packed(&p, 1, NULL, err, sizeof err))) { fprintf(stderr, "%s\n", err); return -1; }
+            if (!(lin[i] = rt_linear_packed(&p, 1, 0, NULL, err, sizeof err))) { fprintf(stderr, "%s\n", err); return -1; }
         }
         if (with_lut) r->lut_build = now() - t0;
     }
@@ -215,7 +216,7 @@ static double hot_rate(const rotation *r, const uint8_t *values, const float *x,
     lay_cost c = lay_tensor_cost(&r->opt, rows, r->cols);
     lay_packed p = packed_of(&r->opt, rows, r->cols, values, r->meta, r->perm);
     qk_force_lut(lut ? QK_LUT_ALL : QK_LUT_OFF);
-    rt_linear *l = rt_linear_packed(&p, 1, NULL, NULL, 0);
+    rt_linear *l = rt_linear_packed(&p, 1, 0, NULL, NULL, 0);
     qk_force_lut(QK_LUT_AUTO);
     int reps = 400, saved = omp_get_max_threads();
     omp_set_num_threads(1);
@@ -313,45 +314,61 @@ static void bench_sgemv(int64_t rows, int64_t cols, uint8_t *pool, const float *
 
 /* ==== Batches (prompt processing) ==== */
 
-/* The packed product at batch n (register-blocked int8 kernels) against dense fp32
- * cblas_sgemm on the same shape: a tile-decode-then-sgemm design can at best reach
- * the sgemm figure, so the packed kernels should beat it. GFLOP/s = 2 rows cols n / s. */
-static void bench_batch(int n)
+/* The packed product at batch n, by the int8 kernels (what generation's prompts
+ * take) and by the exact path (fp32 slabs and sgemm: evaluation's, RT_PACKED_EXACT),
+ * against dense fp32 cblas_sgemm on the same shape, interleaved; widths 2..8 (or
+ * --bits), g128, the two shapes of a 7B layer. GFLOP/s = 2 rows cols n / s. */
+static void bench_batch_shape(int n, int bits, int64_t rows, int64_t cols, const float *w, const float *x, float *y)
 {
-    const int64_t rows = 4096, cols = 4096;
-    lay_option o = option(4, 4, 0, 128);
+    lay_option o = option(bits, bits, 0, 128);
     lay_cost c = lay_tensor_cost(&o, rows, cols);
     uint8_t *v = malloc((size_t)c.values), *z = malloc((size_t)c.zeros);
     uint16_t *sc = malloc((size_t)c.scales), *perm = malloc((size_t)c.perm);
-    float *w = malloc((size_t)(rows * cols) * sizeof *w), *x = malloc((size_t)(n * cols) * sizeof *x);
-    float *y = malloc((size_t)(n * rows) * sizeof *y);
     fill_random(v, (size_t)c.values, 3), fill_random(z, (size_t)c.zeros, 4);
     for (int64_t i = 0; i < c.scales / 2; i++) sc[i] = (uint16_t)(0x1800 | (i * 7 & 0x3ff));
     for (int64_t j = 0; j < cols; j++) perm[j] = (uint16_t)((j * 40503) % cols);
-    for (int64_t i = 0; i < rows * cols; i++) w[i] = (float)(i % 1999) * 1e-3f - 1.0f;
-    for (int64_t i = 0; i < n * cols; i++) x[i] = (float)(i % 997) * 1e-3f - 0.5f;
     lay_packed p = { .rows = rows, .cols = cols, .opt = o, .values = v, .scales = sc, .zeros = z, .perm = perm };
-    rt_linear *l = rt_linear_packed(&p, n, NULL, NULL, 0);
+    rt_linear *l = rt_linear_packed(&p, n, 0, NULL, NULL, 0), *lx = rt_linear_packed(&p, n, RT_PACKED_EXACT, NULL, NULL, 0);
     double flop = 2.0 * (double)rows * (double)cols * n;
-    printf("\nbatch %d, %lldx%lld: packed 4b g128 (int8 kernels) vs dense fp32 cblas_sgemm, GFLOP/s\n", n,
-           (long long)rows, (long long)cols);
     for (int t = 1; t <= 2; t++) {
         omp_set_num_threads(t);
         openblas_set_num_threads(t);
-        double bp = 1e30, bs = 1e30;
+        double best[3] = {1e30, 1e30, 1e30};
         for (int pass = 0; pass <= passes; pass++) {
             double t0 = now();
             l->matmul(l, x, y, n);
             double t1 = now();
+            lx->matmul(lx, x, y, n);
+            double t2 = now();
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)rows, (int)cols, 1.0f, x, (int)cols, w,
                         (int)cols, 0.0f, y, (int)rows);
-            double t2 = now();
-            if (pass) bp = t1 - t0 < bp ? t1 - t0 : bp, bs = t2 - t1 < bs ? t2 - t1 : bs;
+            double t3 = now(), tt[3] = {t1 - t0, t2 - t1, t3 - t2};
+            for (int i = 0; pass && i < 3; i++) best[i] = tt[i] < best[i] ? tt[i] : best[i];
         }
-        printf("threads %d: packed %7.1f  sgemm %7.1f\n", t, flop / bp / 1e9, flop / bs / 1e9);
+        printf("%5lldx%-6lld %4db %3d %8.1f %8.1f %8.1f %7.2f %7.2f\n", (long long)rows, (long long)cols, bits, t,
+               flop / best[0] / 1e9, flop / best[1] / 1e9, flop / best[2] / 1e9, best[1] / best[0], best[2] / best[0]);
     }
-    l->destroy(l), free(l);
-    free(v), free(z), free(sc), free(perm), free(w), free(x), free(y);
+    l->destroy(l), free(l), lx->destroy(lx), free(lx);
+    free(v), free(z), free(sc), free(perm);
+}
+
+static void bench_batch(int n)
+{
+    /* a 7B layer's two shapes, then SmolLM2-135M's four (q/o, gate/up, down, head) */
+    static const int64_t shapes[][2] = {{4096, 4096}, {4096, 11008}, {576, 576}, {1536, 576}, {576, 1536}, {49152, 576}};
+    enum { NSHAPE = sizeof shapes / sizeof *shapes, MAX_ROWS = 49152, MAX_COLS = 11008 };
+    const int64_t most = 4096 * 11008;
+    float *w = malloc((size_t)most * sizeof *w), *x = malloc((size_t)(n * MAX_COLS) * sizeof *x);
+    float *y = malloc((size_t)(n * MAX_ROWS) * sizeof *y);
+    for (int64_t i = 0; i < most; i++) w[i] = (float)(i % 1999) * 1e-3f - 1.0f;
+    for (int64_t i = 0; i < n * MAX_COLS; i++) x[i] = (float)(i % 997) * 1e-3f - 0.5f;
+    printf("\nbatch %d, g128: packed by the int8 kernels, by the exact path (fp32 slabs + sgemm) and dense fp32\n"
+           "cblas_sgemm, GFLOP/s, passes interleaved; ratios: int8 kernels' speed over the others'\n", n);
+    printf("%-12s %5s %3s %8s %8s %8s %7s %7s\n", "shape", "bits", "thr", "int8", "exact", "sgemm", "/exact", "/sgemm");
+    for (int s = 0; s < NSHAPE; s++)
+        for (int b = LAY_MIN_BITS; b <= LAY_MAX_BITS; b++)
+            if (!only_bits || b == only_bits) bench_batch_shape(n, b, shapes[s][0], shapes[s][1], w, x, y);
+    free(w), free(x), free(y);
 }
 
 /* ==== File mapping against ordinary memory ==== */

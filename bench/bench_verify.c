@@ -104,7 +104,7 @@ static double best_load(const char *path)
     for (int p = 0; p < passes; p++) {
         rt_model *m;
         double t0 = now();
-        if (pack_load(path, 1, &m, err, sizeof err)) die(path, err);
+        if (pack_load(path, 1, 0, &m, err, sizeof err)) die(path, err);
         double t = now() - t0;
         rt_model_free(m);
         if (t < best) best = t;

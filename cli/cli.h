@@ -104,8 +104,11 @@ int cli_parse_device(const char *cmd, const char *name, rt_runner_open_fn *open)
 /* Opens a model for running (eval, generate): a bitplan packed file, or a model
  * file (GGUF, safetensors) whose weights stay in their stored type and are decoded
  * per product, unless the whole model as fp32 would take under a quarter of the
- * memory available, in which case it is decoded once (faster). 0, or -1 with a
- * one-line message in err. The caller frees *out with rt_model_free. */
-int cli_open_model(const char *path, rt_model **out, char *err, size_t err_len);
+ * memory available, in which case it is decoded once (faster). exact 1
+ * (evaluation): a packed file's prompt-sized products are W_deq x in fp32 rather
+ * than int8 activations (PACK_LOAD_EXACT), so the figures are the weights', not
+ * the runtime's. 0, or -1 with a one-line message in err. The caller frees *out
+ * with rt_model_free. */
+int cli_open_model(const char *path, int exact, rt_model **out, char *err, size_t err_len);
 
 #endif

@@ -257,10 +257,10 @@ int cmd_eval(int argc, char **argv)
         goto done;
     }
     if (ref_logits) saved = rt_ref_logits_info(ref_logits);
-    if (cli_open_model(a.model, &m, err, sizeof err)) { cli_fail("eval", "%s", err); goto done; }
+    if (cli_open_model(a.model, 1, &m, err, sizeof err)) { cli_fail("eval", "%s", err); goto done; }
     if (!m->tok) { cli_fail("eval", "%s: the model holds no tokenizer", a.model); goto done; }
     cli_warn_past_context("eval", m, a.ctx, "--ctx");
-    if (a.ref && cli_open_model(a.ref, &ref, err, sizeof err)) { cli_fail("eval", "%s", err); goto done; }
+    if (a.ref && cli_open_model(a.ref, 1, &ref, err, sizeof err)) { cli_fail("eval", "%s", err); goto done; }
     if (!(ids = tokenize_file(m, a.text, &n, err, sizeof err))) { cli_fail("eval", "%s", err); goto done; }
     rt_eval_params p;
     rt_eval_params_init(&p);

@@ -120,7 +120,7 @@ int cmd_generate(int argc, char **argv)
     rt_model *m = NULL;
     int32_t *ids = NULL;
     int n = 0, rc = 1;
-    if (cli_open_model(a.model, &m, err, sizeof err)) { cli_fail("generate", "%s", err); goto done; }
+    if (cli_open_model(a.model, 0, &m, err, sizeof err)) { cli_fail("generate", "%s", err); goto done; }
     if (!m->tok) { cli_fail("generate", "%s: the model holds no tokenizer", a.model); goto done; }
     if (a.chat && !(text = chat_prompt(m->tok, a.prompt))) {
         cli_fail("generate", "%s: no chat template known for this vocabulary (ChatML or Llama-3)", a.model);

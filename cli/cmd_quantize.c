@@ -489,7 +489,7 @@ static int check(const quantize_args *a, quantize_run *q)
     char err[1024];
     rt_model *m = NULL, *ref = NULL;
     int rc;
-    if (cli_open_model(a->out, &m, err, sizeof err) || cli_open_model(a->model, &ref, err, sizeof err))
+    if (cli_open_model(a->out, 1, &m, err, sizeof err) || cli_open_model(a->model, 1, &ref, err, sizeof err))
         rc = cli_fail(CMD, "%s", err);
     else if (!ref->tok) rc = cli_fail(CMD, "%s: the model holds no tokenizer, nothing to check with", a->model);
     else rc = check_run(a, q, m, ref);

@@ -43,12 +43,12 @@ static int64_t fp32_bytes(const mdl_model *file)
     return n;
 }
 
-int cli_open_model(const char *path, rt_model **out, char *err, size_t err_len)
+int cli_open_model(const char *path, int exact, rt_model **out, char *err, size_t err_len)
 {
     mdl_model *file;
     *out = NULL;
     if (mdl_open(path, &file, err, err_len)) return -1;
-    if (mdl_is_packed(file)) return pack_load_file(file, CLI_PACKED_BATCH, out, err, err_len);
+    if (mdl_is_packed(file)) return pack_load_file(file, CLI_PACKED_BATCH, exact ? PACK_LOAD_EXACT : 0, out, err, err_len);
     const char *stream = getenv("BITPLAN_STREAM"); /* 1: never decode up front (tests, benchmarks) */
     int resident = !(stream && !strcmp(stream, "1")) && fp32_bytes(file) < available_memory() / 4;
     if (rt_model_open(file, 1, resident ? RT_OPEN_RESIDENT : 0, out, err, err_len)) {

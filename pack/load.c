@@ -74,6 +74,7 @@ typedef struct {
     int verify;                /* 0: the checksums were verified already */
     int use_map;
     int dequant;               /* BITPLAN_PACKED_DENSE=1: decoded dense layers */
+    int packed_flags;          /* rt_linear_packed's flags (RT_PACKED_EXACT) */
     rt_scratch *scratch;       /* the model's, for unquantized matrices */
     char *err;
     size_t err_len;
@@ -399,7 +400,7 @@ static int packed_linear(lctx *x, const mdl_packed_option *m, int max_batch, rt_
         if (!(*out = rt_linear_dense(w, rows, cols))) return lfail(x, "out of memory for %s", m->tensor);
         return 0;
     }
-    rt_linear *l = rt_linear_packed(p, max_batch, x->scratch, why, sizeof why);
+    rt_linear *l = rt_linear_packed(p, max_batch, x->packed_flags, x->scratch, why, sizeof why);
     if (!l) return lfail(x, "%s: %s", m->tensor, why);
     if (!(*out = split_wrap(l, max_batch))) return lfail(x, "out of memory for %s", m->tensor);
     return 0;
@@ -557,11 +558,12 @@ static int env_is_1(const char *name)
     return v && !strcmp(v, "1");
 }
 
-int pack_load_file(mdl_model *file, int max_batch, rt_model **out, char *err, size_t err_len)
+int pack_load_file(mdl_model *file, int max_batch, int flags, rt_model **out, char *err, size_t err_len)
 {
     assert(file && max_batch > 0 && out);
     lctx x = {.path = mdl_path(file), .file = file, .c = mdl_get_config(file), .err = err, .err_len = err_len, .verify = 1,
-              .use_map = env_is_1("BITPLAN_PACKED_MMAP"), .dequant = env_is_1("BITPLAN_PACKED_DENSE")};
+              .use_map = env_is_1("BITPLAN_PACKED_MMAP"), .dequant = env_is_1("BITPLAN_PACKED_DENSE"),
+              .packed_flags = flags & PACK_LOAD_EXACT ? RT_PACKED_EXACT : 0};
     return load(&x, max_batch, out);
 }
 
@@ -590,10 +592,10 @@ int pack_verify_file(mdl_model *file, void (*problem)(void *arg, const char *lin
     return 0;
 }
 
-int pack_load(const char *path, int max_batch, rt_model **out, char *err, size_t err_len)
+int pack_load(const char *path, int max_batch, int flags, rt_model **out, char *err, size_t err_len)
 {
     mdl_model *file;
     *out = NULL;
     if (mdl_open(path, &file, err, err_len)) return -1;
-    return pack_load_file(file, max_batch, out, err, err_len);
+    return pack_load_file(file, max_batch, flags, out, err, err_len);
 }

@@ -9,7 +9,7 @@
  *
  *     pack_params p; pack_params_init(&p);
  *     if (pack_model("model.gguf", "run.db", 0, "out.bp", &p, &stats, err, sizeof err)) ...
- *     rt_model *m; pack_load("out.bp", max_batch, &m, err, sizeof err);
+ *     rt_model *m; pack_load("out.bp", max_batch, 0, &m, err, sizeof err);
  */
 #ifndef BITPLAN_PACK_H
 #define BITPLAN_PACK_H
@@ -107,14 +107,19 @@ int pack_model(const char *model_path, const char *db_path, int64_t plan_id, con
 int pack_is_packed(const char *path);
 /* Opens a packed file as a runnable model (packed linear layers). Products of any
  * batch size work; max_batch sizes each layer's scratch (larger batches run in
- * pieces of max_batch rows). Every check of pack/FORMAT.md runs first, the
- * checksum of every tensor included (a version-1 file has none); an error is one
- * line naming the file (and the tensor). */
-int pack_load(const char *path, int max_batch, struct rt_model **out, char *err, size_t err_len);
+ * pieces of max_batch rows). Products quantize activations to int8, as generation
+ * wants; with flags PACK_LOAD_EXACT, batches of RT_PACKED_EXACT_BATCH rows or more
+ * are W_deq x in fp32 instead (runtime.h's RT_PACKED_EXACT), as evaluation wants.
+ * Every check of pack/FORMAT.md runs first, the checksum of every tensor included
+ * (a version-1 file has none); an error is one line naming the file (and the
+ * tensor). */
+#define PACK_LOAD_EXACT 1
+int pack_load(const char *path, int max_batch, int flags, struct rt_model **out, char *err, size_t err_len);
 /* The same for a file already opened by model/ (mdl_open), which the model takes
  * over: it is closed with the model, or here on failure. */
 struct mdl_model;
-int pack_load_file(struct mdl_model *file, int max_batch, struct rt_model **out, char *err, size_t err_len);
+int pack_load_file(struct mdl_model *file, int max_batch, int flags, struct rt_model **out, char *err,
+                   size_t err_len);
 
 /* What pack_verify_file found of a sound file. */
 typedef struct {

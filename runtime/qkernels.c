@@ -80,15 +80,17 @@ static inline void chunk_decode(int bits, const uint8_t *src, uint8_t *q)
 
 /* ==== Dot products ==== */
 
-static inline void dot_generic(int bits, const uint8_t *v, int64_t ng, int64_t gch, const int8_t *xq,
+/* raw 1: v holds unpacked bytes (qk_unpack_fn), 32 a chunk, instead of planes. */
+static inline void dot_generic(int bits, int raw, const uint8_t *v, int64_t ng, int64_t gch, const int8_t *xq,
                                int64_t xq_stride, const float *sd, int64_t sd_stride, float *acc, int nb)
 {
     assert(nb >= 1 && nb <= QK_NB);
     uint8_t q[32];
     for (int64_t g = 0; g < ng; g++) {
         int32_t dot[QK_NB] = {0};
-        for (int64_t c = 0; c < gch; c++, v += bits * 4) {
-            chunk_decode(bits, v, q);
+        for (int64_t c = 0; c < gch; c++, v += raw ? 32 : bits * 4) {
+            if (raw) memcpy(q, v, 32);
+            else chunk_decode(bits, v, q);
             const int8_t *x = xq + (g * gch + c) * 32;
             for (int k = 0; k < nb; k++)
                 for (int i = 0; i < 32; i++) dot[k] += (int32_t)q[i] * x[k * xq_stride + i];
@@ -102,7 +104,13 @@ static inline void dot_generic(int bits, const uint8_t *v, int64_t ng, int64_t g
                                  int64_t xq_stride, const float *sd, int64_t sd_stride, float *acc,    \
                                  int nb)                                                               \
     {                                                                                                  \
-        dot_generic(b, v, ng, gch, xq, xq_stride, sd, sd_stride, acc, nb);                             \
+        dot_generic(b, 0, v, ng, gch, xq, xq_stride, sd, sd_stride, acc, nb);                          \
+    }                                                                                                  \
+    static void dot_raw##b##_generic(const uint8_t *v, int64_t ng, int64_t gch, const int8_t *xq,      \
+                                     int64_t xq_stride, const float *sd, int64_t sd_stride, float *acc,\
+                                     int nb)                                                           \
+    {                                                                                                  \
+        dot_generic(b, 1, v, ng, gch, xq, xq_stride, sd, sd_stride, acc, nb);                          \
     }
 DOT_WIDTH(2)
 DOT_WIDTH(3)
@@ -111,6 +119,16 @@ DOT_WIDTH(5)
 DOT_WIDTH(6)
 DOT_WIDTH(7)
 DOT_WIDTH(8)
+
+void qk_unpack_ref(int bits, int block, const uint8_t *src, int64_t nchunks, uint8_t *out)
+{
+    uint8_t q[QK_MAX_BLOCK * LAY_CHUNK];
+    assert(block >= 1 && block <= QK_MAX_BLOCK && nchunks % block == 0);
+    for (int64_t c0 = 0; c0 < nchunks; c0 += block, out += block * LAY_CHUNK) {
+        for (int c = 0; c < block; c++) lay_unpack_chunk(bits, src + (c0 + c) * bits * 4, q + c * LAY_CHUNK);
+        for (int p = 0; p < block * LAY_CHUNK; p++) out[p] = q[qk_block_pos(block, p)];
+    }
+}
 
 static void decode_generic(int bits, const uint8_t *src, float s, float z, float *out)
 {
@@ -196,6 +214,9 @@ const qk_kernels qk_generic = {
     .prep = prep_generic,
     .dot = { [2] = dot2_generic, [3] = dot3_generic, [4] = dot4_generic, [5] = dot5_generic,
              [6] = dot6_generic, [7] = dot7_generic, [8] = dot8_generic },
+    .dot_raw = { [2] = dot_raw2_generic, [3] = dot_raw3_generic, [4] = dot_raw4_generic, [5] = dot_raw5_generic,
+                 [6] = dot_raw6_generic, [7] = dot_raw7_generic, [8] = dot_raw8_generic },
+    .unpack = qk_unpack_ref,
     .decode = decode_generic,
     .rotate = rotate_generic,
     .lut_pack = qk_lut_pack_ref,     /* only under QK_LUT_ALL: slower than dot in plain C */

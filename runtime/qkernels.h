@@ -4,8 +4,8 @@
  * header; only qlinear.c, the tests and the benchmarks include this one.
  * Kernels neither allocate nor print; they touch only the memory they are given.
  *
- * The product y = W x over a packed tensor (layout/layout.h) for small batches
- * (decoding; qlinear.c takes larger ones through qk_decode_fn and BLAS, exactly) is
+ * The product y = W x over a packed tensor (layout/layout.h) (qlinear.c takes some
+ * batches of 64 rows or more through qk_decode_fn and BLAS instead, exactly) is
  * computed with the activations quantized to int8, one scale per weight group, so
  * that integer dot products (AVX-512 VNNI vpdpbusd, AVX2 vpmaddubsw) do the work,
  * as llama.cpp does with its Q8 activations:
@@ -25,7 +25,9 @@
  * measured as max|y - y_ref| / max|y_ref|. What the int8 activations cost against
  * exact x is a modelling error, not a kernel error, and shows up in the end-to-end
  * KL divergence. Any two batches give the same numbers for the same row (one code
- * path, register-blocked over up to QK_NB activation rows), except that batch 1 may
+ * path, register-blocked over up to QK_NB activation rows, from the planes or from
+ * rows unpacked once: dot and dot_raw add the same products in the same lanes in
+ * the same order), except that batch 1 may
  * take the lookup kernels below, whose integer sums are the same but whose float
  * sums run in another order: QK_REL_TOL apart at most.
  *
@@ -43,6 +45,7 @@
 #define QK_REL_TOL 1e-5   /* kernel vs reference: max|y - y_ref| / max|y_ref| */
 #define QK_NB 4           /* activation rows one dot call handles at most */
 #define QK_MAX_GROUP 32768 /* columns per group: keeps 255 * 127 * group in int32 */
+#define QK_MAX_BLOCK 4     /* the largest block_order */
 
 /* Quantizes one activation row already in stored (or kernel) order: xp[cols] -> xq[cols],
  * xd[ng] (the d_g above), xs[ng]. group is the tensor's group length. */
@@ -59,6 +62,22 @@ typedef void (*qk_prep_fn)(const uint16_t *s, const uint8_t *z, const float *xd,
  * sd_stride). Adds sum_g sd[g] * sum_i q_i * xq_i to acc[k] for k < nb (1..QK_NB). */
 typedef void (*qk_dot_fn)(const uint8_t *v, int64_t ng, int64_t gch, const int8_t *xq, int64_t xq_stride,
                           const float *sd, int64_t sd_stride, float *acc, int nb);
+
+/* ==== Batches: rows unpacked once ====
+ *
+ * A product of more than QK_NB activation rows reads each weight row once per
+ * QK_NB of them, so qlinear.c unpacks a tile of rows to bytes once (qk_unpack_fn)
+ * and runs dot_raw over the bytes: the same sums in the same lanes and order as
+ * dot over the planes, so the same bits, without decoding each chunk again. */
+
+/* One run's nchunks chunks of width bits at src -> out[32 * nchunks], one byte a
+ * value, in the kernel order of block_order below: per block of `block` chunks
+ * (1: stored order; it divides nchunks), value p of the block's kernel order is
+ * the value at stored offset qk_block_pos(block, p). */
+typedef void (*qk_unpack_fn)(int bits, int block, const uint8_t *src, int64_t nchunks, uint8_t *out);
+
+/* The plain unpacker, the reference of the SIMD ones (bit for bit). */
+void qk_unpack_ref(int bits, int block, const uint8_t *src, int64_t nchunks, uint8_t *out);
 
 /* One chunk of width bits (2..8) dequantized in value order: out[i] = s * (q_i - z),
  * the same float operations as lay_packed_dequant, so the same bits. The exact
@@ -142,6 +161,12 @@ typedef enum { QK_LUT_AUTO = 0, QK_LUT_OFF, QK_LUT_ALL } qk_lut_mode;
  * of every chunk) and the high nibbles (16..31) with one shift and two masks.
  * qk_block_pos gives the stored offset within the block of kernel position p. */
 static inline int qk_block_pos(int B, int p) { return (p / 16 % B) * 32 + p / (16 * B) * 16 + p % 16; }
+/* B' of a run of width bits with gch chunks per group, under block_order B. */
+static inline int qk_run_block(int B, int64_t gch)
+{
+    while (B > 1 && gch % B) B /= 2;
+    return B < 2 ? 1 : B;
+}
 
 typedef struct {
     const char *name;                    /* "generic", "avx2", "avx512" */
@@ -149,6 +174,8 @@ typedef struct {
     qk_quant_fn quant;
     qk_prep_fn prep;
     qk_dot_fn dot[LAY_MAX_BITS + 1];     /* by width, 2..8 */
+    qk_dot_fn dot_raw[LAY_MAX_BITS + 1]; /* the same over unpacked bytes (v: 32 bytes a chunk) */
+    qk_unpack_fn unpack;
     qk_decode_fn decode;
     qk_rotate_fn rotate;
     qk_lut_pack_fn lut_pack;             /* NULL: no lookup kernels */

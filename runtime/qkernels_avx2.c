@@ -14,7 +14,8 @@
  *   1-bit plane,  4 bytes:  byte j <- byte j/8 (pshufb), test bit j%8 (cmpeq)
  *
  * then vpmaddubsw (values <= 127, so the pair sums never saturate) and vpmaddwd
- * sum into int32 lanes; 8-bit values (up to 255) are widened to 16 bits instead.
+ * sum into int32 lanes (two chunks' vpmaddubsw first added in 16 bits up to 6-bit
+ * values); 8-bit values (up to 255) are widened to 16 bits instead.
  * Width 4 takes its activations in pair order (qkernels.h): one 32-byte load is two
  * chunks' planes. Per group the int32 lanes become floats once, scaled by s * d.
  */
@@ -72,6 +73,17 @@ AI __m256i dot_add(const int b, __m256i acc, __m256i q, const int8_t *xp)
     return _mm256_add_epi32(acc, _mm256_madd_epi16(qhi, xhi));
 }
 
+/* The same for two chunks at once: up to 6 bits, the two vpmaddubsw sums add in
+ * 16 bits (|sum| <= 4 * 63 * 127 < 2^15) before one vpmaddwd, so each int32 lane
+ * gets exactly what two dot_add calls give it, for three multiplies instead of four. */
+AI __m256i dot_add2(const int b, __m256i acc, __m256i q0, const int8_t *x0, __m256i q1, const int8_t *x1)
+{
+    if (b > 6) return dot_add(b, dot_add(b, acc, q0, x0), q1, x1);
+    __m256i t = _mm256_add_epi16(_mm256_maddubs_epi16(q0, _mm256_loadu_si256((const __m256i *)x0)),
+                                 _mm256_maddubs_epi16(q1, _mm256_loadu_si256((const __m256i *)x1)));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(t, _mm256_set1_epi16(1)));
+}
+
 /* 32 floats * id -> 32 int8 in order; adds the int32 values to *sum. */
 AI __m256i quant32(const float *x, __m256 id, __m256i *sum)
 {
@@ -87,7 +99,7 @@ AI __m256i quant32(const float *x, __m256 id, __m256i *sum)
 
 /* ==== The shared loops (qkernels_x86.h) ==== */
 
-#define QK_WIDE4(b, v, gch, xq, xq_stride, ia, nb, c) ((void)0)
+#define QK_WIDE4(b, raw, v, gch, xq, xq_stride, ia, nb, c) ((void)0)
 #define QK_NAME(f) f##_avx2
 #define QK_TABLE qk_avx2
 #define QK_ISA_NAME "avx2"

@@ -63,6 +63,12 @@ AI __m256i dot_add(const int b, __m256i acc, __m256i q, const int8_t *xp)
     return _mm256_dpbusd_epi32(acc, q, _mm256_loadu_si256((const __m256i *)xp));
 }
 
+/* Two chunks: two vpdpbusd (no saturation to save a step on). */
+AI __m256i dot_add2(const int b, __m256i acc, __m256i q0, const int8_t *x0, __m256i q1, const int8_t *x1)
+{
+    return dot_add(b, dot_add(b, acc, q0, x0), q1, x1);
+}
+
 /* 32 floats * id -> 32 int8 in order; adds the int32 values to *sum. */
 AI __m256i quant32(const float *x, __m256 id, __m256i *sum)
 {
@@ -74,17 +80,23 @@ AI __m256i quant32(const float *x, __m256 id, __m256i *sum)
     return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(a)), _mm512_cvtepi32_epi8(b), 1);
 }
 
-/* Width 4 in block order: one 64-byte load is four chunks' low and high nibbles. */
-AI int64_t wide4(const int b, const uint8_t *v, const int64_t gch, const int8_t *xq, int64_t xq_stride, __m256i *ia,
-                 const int nb)
+/* Width 4 in block order: one 64-byte load is four chunks' low and high nibbles
+ * (raw: two 64-byte loads of them unpacked). */
+AI int64_t wide4(const int b, const int raw, const uint8_t *v, const int64_t gch, const int8_t *xq, int64_t xq_stride,
+                 __m256i *ia, const int nb)
 {
     int64_t c = 0;
     if (b == 4 && gch % 4 == 0) {
         __m512i za[QK_NB], zb[QK_NB];
         EACH_K for (int k = 0; k < nb; k++) za[k] = _mm512_setzero_si512(), zb[k] = _mm512_setzero_si512();
         for (; c < gch; c += 4) {
-            __m512i w = _mm512_loadu_si512(v + c * 16), m = _mm512_set1_epi8(0x0f);
-            __m512i lo = _mm512_and_si512(w, m), hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), m);
+            __m512i lo, hi;
+            if (raw) {
+                lo = _mm512_loadu_si512(v + c * 32), hi = _mm512_loadu_si512(v + c * 32 + 64);
+            } else {
+                __m512i w = _mm512_loadu_si512(v + c * 16), m = _mm512_set1_epi8(0x0f);
+                lo = _mm512_and_si512(w, m), hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), m);
+            }
             EACH_K for (int k = 0; k < nb; k++) {
                 za[k] = _mm512_dpbusd_epi32(za[k], lo, _mm512_loadu_si512(xq + k * xq_stride + c * 32));
                 zb[k] = _mm512_dpbusd_epi32(zb[k], hi, _mm512_loadu_si512(xq + k * xq_stride + c * 32 + 64));
@@ -100,7 +112,7 @@ AI int64_t wide4(const int b, const uint8_t *v, const int64_t gch, const int8_t 
 
 /* ==== The shared loops (qkernels_x86.h) ==== */
 
-#define QK_WIDE4(b, v, gch, xq, xq_stride, ia, nb, c) ((c) = wide4(b, v, gch, xq, xq_stride, ia, nb))
+#define QK_WIDE4(b, raw, v, gch, xq, xq_stride, ia, nb, c) ((c) = wide4(b, raw, v, gch, xq, xq_stride, ia, nb))
 #define QK_NAME(f) f##_avx512
 #define QK_TABLE qk_avx512
 #define QK_ISA_NAME "avx512"

@@ -8,8 +8,11 @@
  *   AI, EACH_K                 inlining and unrolling
  *   chunk_decode(b, src)       32 values of width b (2..8) -> 32 bytes in value order
  *   dot_add(b, acc, q, x)      int32 lanes += q . x (32 unsigned by 32 signed bytes)
+ *   dot_add2(b, acc, q0, x0, q1, x1)  the same for two chunks, each lane's sum exactly
+ *                              that of two dot_add
  *   quant32(x, id, sum)        32 floats * id -> 32 int8, sums into *sum
- *   QK_WIDE4(...)              an optional faster loop over 4-bit chunks (may be empty)
+ *   QK_WIDE4(...)              an optional faster loop over 4-bit chunks, from planes or
+ *                              unpacked bytes (may be empty)
  *   QK_NAME(f), QK_TABLE, QK_ISA_NAME, QK_BLOCK4   names and the 4-bit block order
  *
  * Never allocates or prints.
@@ -22,38 +25,54 @@ AI float hsum(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-/* One group: two interleaved accumulators per activation row keep the integer
- * dot products off one long dependency chain; sum into facc scaled by sd. */
-AI void dot_group(const int b, const uint8_t *v, const int64_t gch, const int8_t *xq, int64_t xq_stride,
-                  const float *sd, int64_t sd_stride, __m256 *facc, const int nb)
+/* Bytes a chunk takes: its planes, or (raw) one byte a value, unpacked. */
+#define CHUNK_BYTES(b, raw) ((raw) ? 32 : (b) * 4)
+
+/* Chunk c of a group: decoded from its planes, or (raw) loaded as unpacked. */
+AI __m256i chunk_at(const int b, const int raw, const uint8_t *v, int64_t c)
+{
+    if (raw) return _mm256_loadu_si256((const __m256i *)(v + c * 32));
+    _mm_prefetch((const char *)v + c * b * 4 + 2048, _MM_HINT_T0);
+    return chunk_decode(b, v + c * b * 4);
+}
+
+/* One group: two accumulators per activation row (the 4-bit pair loop and
+ * QK_WIDE4 take ia, the two-chunk loop ib) add two chunks a step with dot_add2;
+ * their sum goes into facc scaled by sd. Each int32 lane's total is exact, so the
+ * loops and dot_add2's 16-bit step leave the floats as one dot_add a chunk would. raw: v
+ * is unpacked bytes in the same (kernel) order, so the same lanes add the same
+ * products in the same order as from the planes. */
+AI void dot_group(const int b, const int raw, const uint8_t *v, const int64_t gch, const int8_t *xq,
+                  int64_t xq_stride, const float *sd, int64_t sd_stride, __m256 *facc, const int nb)
 {
     __m256i ia[QK_NB], ib[QK_NB];
     EACH_K for (int k = 0; k < nb; k++) ia[k] = _mm256_setzero_si256(), ib[k] = _mm256_setzero_si256();
     int64_t c = 0;
-    QK_WIDE4(b, v, gch, xq, xq_stride, ia, nb, c);
+    QK_WIDE4(b, raw, v, gch, xq, xq_stride, ia, nb, c);
     if (b == 4 && gch % 2 == 0) { /* pair order: one 32-byte load is two chunks */
 #pragma GCC unroll 4
         for (; c < gch; c += 2) {
-            _mm_prefetch((const char *)v + c * 16 + 2048, _MM_HINT_T0);
-            __m256i w = _mm256_loadu_si256((const __m256i *)(v + c * 16)), m = _mm256_set1_epi8(0x0f);
-            __m256i lo = _mm256_and_si256(w, m), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m);
-            EACH_K for (int k = 0; k < nb; k++) {
-                ia[k] = dot_add(b, ia[k], lo, xq + k * xq_stride + c * 32);
-                ib[k] = dot_add(b, ib[k], hi, xq + k * xq_stride + c * 32 + 32);
+            __m256i lo, hi;
+            if (raw) {
+                lo = _mm256_loadu_si256((const __m256i *)(v + c * 32));
+                hi = _mm256_loadu_si256((const __m256i *)(v + c * 32 + 32));
+            } else {
+                _mm_prefetch((const char *)v + c * 16 + 2048, _MM_HINT_T0);
+                __m256i w = _mm256_loadu_si256((const __m256i *)(v + c * 16)), m = _mm256_set1_epi8(0x0f);
+                lo = _mm256_and_si256(w, m), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m);
             }
+            EACH_K for (int k = 0; k < nb; k++)
+                ia[k] = dot_add2(b, ia[k], lo, xq + k * xq_stride + c * 32, hi, xq + k * xq_stride + c * 32 + 32);
         }
     }
 #pragma GCC unroll 4
     for (; c + 2 <= gch; c += 2) {
-        _mm_prefetch((const char *)v + c * b * 4 + 2048, _MM_HINT_T0);
-        __m256i q0 = chunk_decode(b, v + c * b * 4), q1 = chunk_decode(b, v + (c + 1) * b * 4);
-        EACH_K for (int k = 0; k < nb; k++) {
-            ia[k] = dot_add(b, ia[k], q0, xq + k * xq_stride + c * 32);
-            ib[k] = dot_add(b, ib[k], q1, xq + k * xq_stride + c * 32 + 32);
-        }
+        __m256i q0 = chunk_at(b, raw, v, c), q1 = chunk_at(b, raw, v, c + 1);
+        EACH_K for (int k = 0; k < nb; k++)
+            ib[k] = dot_add2(b, ib[k], q0, xq + k * xq_stride + c * 32, q1, xq + k * xq_stride + c * 32 + 32);
     }
     if (c < gch) {
-        __m256i q0 = chunk_decode(b, v + c * b * 4);
+        __m256i q0 = chunk_at(b, raw, v, c);
         EACH_K for (int k = 0; k < nb; k++) ia[k] = dot_add(b, ia[k], q0, xq + k * xq_stride + c * 32);
     }
     EACH_K for (int k = 0; k < nb; k++)
@@ -61,44 +80,46 @@ AI void dot_group(const int b, const uint8_t *v, const int64_t gch, const int8_t
                                   _mm256_set1_ps(sd[k * sd_stride]), facc[k]);
 }
 
-AI void dot_run(const int b, const uint8_t *v, int64_t ng, const int64_t gch, const int8_t *xq, int64_t xq_stride,
-                const float *sd, int64_t sd_stride, float *acc, const int nb)
+AI void dot_run(const int b, const int raw, const uint8_t *v, int64_t ng, const int64_t gch, const int8_t *xq,
+                int64_t xq_stride, const float *sd, int64_t sd_stride, float *acc, const int nb)
 {
     __m256 fa[QK_NB], fb[QK_NB];   /* two chains: a float add per group is not the limit */
+    const int64_t gb = gch * CHUNK_BYTES(b, raw);
     EACH_K for (int k = 0; k < nb; k++) fa[k] = _mm256_setzero_ps(), fb[k] = _mm256_setzero_ps();
     int64_t g = 0;
     for (; g + 2 <= ng; g += 2) {
-        dot_group(b, v + g * gch * b * 4, gch, xq + g * gch * 32, xq_stride, sd + g, sd_stride, fa, nb);
-        dot_group(b, v + (g + 1) * gch * b * 4, gch, xq + (g + 1) * gch * 32, xq_stride, sd + g + 1, sd_stride, fb, nb);
+        dot_group(b, raw, v + g * gb, gch, xq + g * gch * 32, xq_stride, sd + g, sd_stride, fa, nb);
+        dot_group(b, raw, v + (g + 1) * gb, gch, xq + (g + 1) * gch * 32, xq_stride, sd + g + 1, sd_stride, fb, nb);
     }
-    if (g < ng) dot_group(b, v + g * gch * b * 4, gch, xq + g * gch * 32, xq_stride, sd + g, sd_stride, fa, nb);
+    if (g < ng) dot_group(b, raw, v + g * gb, gch, xq + g * gch * 32, xq_stride, sd + g, sd_stride, fa, nb);
     EACH_K for (int k = 0; k < nb; k++) acc[k] += hsum(_mm256_add_ps(fa[k], fb[k]));
 }
 
 /* Specialised for the common group lengths (1, 2, 4 chunks: g32, g64, g128). */
-AI void dot_any(const int b, const uint8_t *v, int64_t ng, int64_t gch, const int8_t *xq, int64_t xq_stride,
-                const float *sd, int64_t sd_stride, float *acc, const int nb)
+AI void dot_any(const int b, const int raw, const uint8_t *v, int64_t ng, int64_t gch, const int8_t *xq,
+                int64_t xq_stride, const float *sd, int64_t sd_stride, float *acc, const int nb)
 {
     switch (gch) {
-    case 1: dot_run(b, v, ng, 1, xq, xq_stride, sd, sd_stride, acc, nb); break;
-    case 2: dot_run(b, v, ng, 2, xq, xq_stride, sd, sd_stride, acc, nb); break;
-    case 4: dot_run(b, v, ng, 4, xq, xq_stride, sd, sd_stride, acc, nb); break;
-    default: dot_run(b, v, ng, gch, xq, xq_stride, sd, sd_stride, acc, nb); break;
+    case 1: dot_run(b, raw, v, ng, 1, xq, xq_stride, sd, sd_stride, acc, nb); break;
+    case 2: dot_run(b, raw, v, ng, 2, xq, xq_stride, sd, sd_stride, acc, nb); break;
+    case 4: dot_run(b, raw, v, ng, 4, xq, xq_stride, sd, sd_stride, acc, nb); break;
+    default: dot_run(b, raw, v, ng, gch, xq, xq_stride, sd, sd_stride, acc, nb); break;
     }
 }
 
-#define DOT_WIDTH(b)                                                                                   \
-    static void QK_NAME(dot##b)(const uint8_t *v, int64_t ng, int64_t gch, const int8_t *xq,           \
+#define DOT_FN(name, b, raw)                                                                          \
+    static void QK_NAME(name)(const uint8_t *v, int64_t ng, int64_t gch, const int8_t *xq,            \
                               int64_t xq_stride, const float *sd, int64_t sd_stride, float *acc, int nb) \
     {                                                                                                  \
         assert(nb >= 1 && nb <= QK_NB);                                                                \
         switch (nb) {                                                                                  \
-        case 1: dot_any(b, v, ng, gch, xq, xq_stride, sd, sd_stride, acc, 1); break;                  \
-        case 2: dot_any(b, v, ng, gch, xq, xq_stride, sd, sd_stride, acc, 2); break;                  \
-        case 3: dot_any(b, v, ng, gch, xq, xq_stride, sd, sd_stride, acc, 3); break;                  \
-        default: dot_any(b, v, ng, gch, xq, xq_stride, sd, sd_stride, acc, 4); break;                 \
+        case 1: dot_any(b, raw, v, ng, gch, xq, xq_stride, sd, sd_stride, acc, 1); break;             \
+        case 2: dot_any(b, raw, v, ng, gch, xq, xq_stride, sd, sd_stride, acc, 2); break;             \
+        case 3: dot_any(b, raw, v, ng, gch, xq, xq_stride, sd, sd_stride, acc, 3); break;             \
+        default: dot_any(b, raw, v, ng, gch, xq, xq_stride, sd, sd_stride, acc, 4); break;            \
         }                                                                                              \
     }
+#define DOT_WIDTH(b) DOT_FN(dot##b, b, 0) DOT_FN(dot_raw##b, b, 1)
 DOT_WIDTH(2)
 DOT_WIDTH(3)
 DOT_WIDTH(4)
@@ -106,6 +127,27 @@ DOT_WIDTH(5)
 DOT_WIDTH(6)
 DOT_WIDTH(7)
 DOT_WIDTH(8)
+
+/* ==== Unpacking (batches) ==== */
+
+/* 4-bit blocks of B chunks: 16B bytes of planes, low nibbles then high ones, which
+ * is qk_block_pos's order (B = 1: value order). Other widths: chunk by chunk. */
+static void QK_NAME(unpack)(int bits, int block, const uint8_t *src, int64_t nchunks, uint8_t *out)
+{
+    assert(block == 1 || bits == 4);
+    if (bits != 4 || block == 1) {
+        for (int64_t c = 0; c < nchunks; c++) _mm256_storeu_si256((__m256i *)(out + 32 * c), chunk_decode(bits, src + c * bits * 4));
+        return;
+    }
+    const __m256i m = _mm256_set1_epi8(0x0f);
+    const int64_t half = 16 * block;
+    for (int64_t c0 = 0; c0 < nchunks; c0 += block, src += half, out += 2 * half)
+        for (int64_t i = 0; i < half; i += 32) {
+            __m256i w = _mm256_loadu_si256((const __m256i *)(src + i));
+            _mm256_storeu_si256((__m256i *)(out + i), _mm256_and_si256(w, m));
+            _mm256_storeu_si256((__m256i *)(out + half + i), _mm256_and_si256(_mm256_srli_epi16(w, 4), m));
+        }
+}
 
 /* ==== Row preparation ==== */
 
@@ -320,6 +362,9 @@ const qk_kernels QK_TABLE = {
     .block_order = { [4] = QK_BLOCK4 },
     .dot = { [2] = QK_NAME(dot2), [3] = QK_NAME(dot3), [4] = QK_NAME(dot4), [5] = QK_NAME(dot5),
              [6] = QK_NAME(dot6), [7] = QK_NAME(dot7), [8] = QK_NAME(dot8) },
+    .dot_raw = { [2] = QK_NAME(dot_raw2), [3] = QK_NAME(dot_raw3), [4] = QK_NAME(dot_raw4), [5] = QK_NAME(dot_raw5),
+                 [6] = QK_NAME(dot_raw6), [7] = QK_NAME(dot_raw7), [8] = QK_NAME(dot_raw8) },
+    .unpack = QK_NAME(unpack),
     .decode = QK_NAME(decode),
     .rotate = QK_NAME(rotate),
     .lut_pack = QK_NAME(lut_pack),

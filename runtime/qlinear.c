@@ -2,22 +2,27 @@
  * runtime/qlinear.c — a linear layer over a packed tensor (layout/layout.h), two
  * ways, threaded with OpenMP over rows:
  *
- *   - small batches (decoding, n < RT_PACKED_EXACT_BATCH): int8 activations per
- *     weight group against the packed blocks, decoded on the fly by the kernels of
- *     runtime/qkernels.h; the weights are read once per four activation rows. One
- *     row at a time (generation), a tensor all of whose widths the kernel set takes
- *     by lookup tables (qk_lut_wanted) goes through those instead, 32 weight rows
- *     at once, over the layer's own copy of its values in the order they read
- *     (built once, the same bytes: never a dequantized copy). All or none: a row
- *     that mixed the two, the other widths by the int8 kernels row by row, was
- *     slower than the int8 kernels alone on a 7B model (BENCHMARKS.md), and held
- *     the lookup runs twice;
- *   - larger batches (prompts, evaluation): each thread decodes a slab of rows to
- *     fp32 and multiplies it by all activation rows with one single-threaded BLAS
- *     sgemm while the slab is in its cache. No activation rounding: evaluation
- *     measures the quantized weights, not the runtime (int8 activations cost about
- *     0.01 nats of KL divergence on SmolLM2), and BLAS outruns the int8 kernels
- *     once the batch is large.
+ *   - the int8 kernels (generation, and the prompts of layers they are fast on):
+ *     activations quantized to int8 per weight group against the packed blocks,
+ *     decoded on the fly by the kernels of runtime/qkernels.h; the weights are read
+ *     once per four activation rows. A batch of more than four rows unpacks each
+ *     tile of weight rows to bytes once and reads those on every pass (dot_raw:
+ *     the same bits), and one larger than INT8_BLOCK runs in blocks of that many
+ *     rows, so the quantized activations of a block stay in cache while the rows
+ *     stream by. One row at a time (generation), a tensor all of whose widths the
+ *     kernel set takes by lookup tables (qk_lut_wanted) goes through those instead,
+ *     32 weight rows at once, over the layer's own copy of its values in the order
+ *     they read (built once, the same bytes: never a dequantized copy). All or
+ *     none: a row that mixed the two, the other widths by the int8 kernels row by
+ *     row, was slower than the int8 kernels alone on a 7B model (BENCHMARKS.md),
+ *     and held the lookup runs twice;
+ *   - exact, for batches of RT_PACKED_EXACT_BATCH rows or more where the int8
+ *     kernels are not faster (rt_linear_packed_exact_batch: narrow rows, 8-bit
+ *     values) and in a layer made with RT_PACKED_EXACT (evaluation): each thread
+ *     decodes a slab of rows to fp32 and multiplies it by all activation rows with
+ *     one single-threaded BLAS sgemm while the slab is in its cache. No activation
+ *     rounding: evaluation measures the quantized weights, not the runtime (int8
+ *     activations cost about 0.01 nats of KL divergence on SmolLM2).
  *
  * A tensor whose option rotates its inputs (layout/layout.h, "Input rotations")
  * holds W' = W R: both ways first rotate the activations, x' = R^T x (the kernels'
@@ -39,6 +44,7 @@
 
 #include <assert.h>
 #include <cblas.h>
+#include <limits.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -48,12 +54,20 @@
 
 #define TILE_ROWS 16   /* rows per work item: stays in L1 while the batch streams by */
 #define SLAB_ROWS 128  /* rows per fp32 slab of the exact path (cols * 512 bytes) */
+#define INT8_BLOCK 64  /* activation rows the int8 kernels quantize at once (a multiple of QK_NB) */
+/* Prompt-sized batches take the int8 kernels where bench_matvec --batch found them
+ * faster than the exact path: rows of this many columns or more (on SmolLM2's 576,
+ * a row's fixed cost per product, the scales and the sums, outweighs its 18
+ * chunks: 0.44-0.64 of the exact path's speed) without 8-bit values (their dot
+ * widens to 16 bits: 0.45-0.57). */
+#define INT8_BATCH_COLS 1024
 #define HUGE_ALIGN ((size_t)2 << 20)
 
 /* A run of groups that share a width and a length (at most three per row). */
 typedef struct {
     int64_t g0, ng, gch, off;   /* first group, groups, chunks per group, byte offset in a row */
     int bits;
+    int block;                  /* its activations' block order in the int8 kernels (qk_run_block) */
     int64_t lut_off;            /* byte offset of its groups in a tile of the lookup copy */
 } qrun;
 
@@ -68,7 +82,8 @@ typedef struct {
     int32_t *gather1;           /* [cols] the same for batch 1: stored order in lookup runs, else gather */
     uint8_t *zsym;              /* [ng] the zero of formats that store none (2^(b-1), a ggml type's center), else NULL */
     int max_batch, max_threads;
-    int int8_rows;              /* rows of the int8 scratch: min(max_batch, RT_PACKED_EXACT_BATCH - 1) */
+    int exact_batch;            /* batches of this many rows or more take the exact path (INT_MAX: none) */
+    int int8_rows;              /* rows of the int8 scratch: min(max_batch, exact_batch - 1, INT8_BLOCK) */
     int64_t slab_rows;          /* min(rows, SLAB_ROWS) */
     float *rsign;               /* [cols] the rotation's signs (opt.rot), else NULL */
     float *xmul;                /* [cols] the input multipliers m as float (opt.awq), else NULL */
@@ -81,7 +96,7 @@ typedef struct {
     size_t xr_bytes;            /* [max_batch][cols] transformed activations, at the scratch's start */
     rt_scratch *scratch;        /* shared (or owned: own_scratch) */
     int own_scratch;
-    size_t off[6], need;        /* byte offsets of xq, xd, xs, sd, tab in the int8 scratch; its end */
+    size_t off[7], need;        /* byte offsets of xq, xd, xs, sd, tab, raw in the int8 scratch; its end */
 } qlin;
 
 /* A product's scratch, carved from the shared buffer. The int8 path and the exact
@@ -94,6 +109,7 @@ typedef struct {
     int32_t *xs;                /* [int8_rows][ng] sum of xq per group */
     float *sd;                  /* [max_threads][QK_NB][ng] per-row multipliers */
     uint8_t *tab;               /* [cols * 8] lookup tables of activation row 0 (batch 1, lut) */
+    uint8_t *raw;               /* [max_threads][TILE_ROWS][cols] unpacked weight rows (batches over QK_NB) */
     float *slab;                /* [max_threads][slab_rows][cols] fp32 rows (exact path) */
 } qbufs;
 
@@ -102,7 +118,7 @@ static qbufs bufs_of(const qlin *q)
     char *r = rt_scratch_get(q->scratch, q->need), *b = r + q->xr_bytes;
     return (qbufs){.xr = q->rsign || q->xmul ? (float *)r : NULL, .xp = (float *)b, .xq = (int8_t *)(b + q->off[0]),
                    .xd = (float *)(b + q->off[1]), .xs = (int32_t *)(b + q->off[2]), .sd = (float *)(b + q->off[3]),
-                   .tab = (uint8_t *)(b + q->off[4]), .slab = (float *)b};
+                   .tab = (uint8_t *)(b + q->off[4]), .raw = (uint8_t *)(b + q->off[5]), .slab = (float *)b};
 }
 
 /* ==== Products ==== */
@@ -154,8 +170,10 @@ static void add_min_terms(const uint16_t *mins, const float *xd, const int32_t *
     }
 }
 
-/* y[kb + k][r] for k < nb: one row against nb quantized activation rows. */
-static void row_product(const qlin *q, const qbufs *b, int64_t r, int kb, int nb, float *sd, float *y)
+/* y[kb + k][r] for k < nb: one row against nb quantized activation rows, from its
+ * planes or (raw not NULL) from the row unpacked by unpack_row. */
+static void row_product(const qlin *q, const qbufs *b, int64_t r, const uint8_t *raw, int kb, int nb, float *sd,
+                        float *y)
 {
     const lay_packed *p = &q->p;
     int64_t ng = q->ng, cols = p->cols;
@@ -166,8 +184,9 @@ static void row_product(const qlin *q, const qbufs *b, int64_t r, int kb, int nb
     const uint8_t *row = p->values + r * q->row_bytes;
     for (int i = 0; i < q->nruns; i++) {
         const qrun *u = &q->runs[i];
-        q->k->dot[u->bits](row + u->off, u->ng, u->gch, b->xq + kb * cols + u->g0 * p->opt.group, cols,
-                           sd + u->g0, ng, acc, nb);
+        const int8_t *xq = b->xq + kb * cols + u->g0 * p->opt.group;
+        if (raw) q->k->dot_raw[u->bits](raw + u->g0 * p->opt.group, u->ng, u->gch, xq, cols, sd + u->g0, ng, acc, nb);
+        else q->k->dot[u->bits](row + u->off, u->ng, u->gch, xq, cols, sd + u->g0, ng, acc, nb);
     }
     for (int k = 0; k < nb; k++) y[(kb + k) * p->rows + r] = acc[k] - corr[k];
 }
@@ -264,6 +283,48 @@ static void lut_matvec(const qlin *q, const float *x, float *y)
     }
 }
 
+/* Row r's values as bytes in kernel order (the activations' order), run by run. */
+static void unpack_row(const qlin *q, int64_t r, uint8_t *out)
+{
+    const uint8_t *row = q->p.values + r * q->row_bytes;
+    for (int i = 0; i < q->nruns; i++) {
+        const qrun *u = &q->runs[i];
+        q->k->unpack(u->bits, u->block, row + u->off, u->ng * u->gch, out + u->g0 * q->p.opt.group);
+    }
+}
+
+/* y = x W_deq^T through the int8 kernels, INT8_BLOCK activation rows at a time:
+ * quantized, then every tile of weight rows against them, QK_NB rows per pass.
+ * Past one pass, a tile's rows are unpacked once and the passes read the bytes. */
+static void int8_matmul(const qlin *q, const float *x, float *y, int n)
+{
+    int64_t rows = q->p.rows, cols = q->p.cols, tiles = (rows + TILE_ROWS - 1) / TILE_ROWS;
+    qbufs b = bufs_of(q);
+#pragma omp parallel num_threads(threads_for(q))
+    {
+        int th = omp_get_thread_num();
+        float *sd = b.sd + (int64_t)th * QK_NB * q->ng;
+        uint8_t *raw = b.raw + (int64_t)th * TILE_ROWS * cols;
+        for (int k0 = 0; k0 < n; k0 += q->int8_rows) {
+            int nk = n - k0 < q->int8_rows ? n - k0 : q->int8_rows, unpacked = nk > QK_NB;
+            const float *xk = x + (int64_t)k0 * cols;
+            float *yk = y + (int64_t)k0 * rows;
+#pragma omp for schedule(static)
+            for (int k = 0; k < nk; k++) quantize_input(q, &b, q->gather, xk, k);
+#pragma omp for schedule(static)
+            for (int64_t t = 0; t < tiles; t++) {
+                int64_t r0 = t * TILE_ROWS, r1 = r0 + TILE_ROWS < rows ? r0 + TILE_ROWS : rows;
+                for (int64_t r = r0; unpacked && r < r1; r++) unpack_row(q, r, raw + (r - r0) * cols);
+                for (int kb = 0; kb < nk; kb += QK_NB) {
+                    int nb = nk - kb < QK_NB ? nk - kb : QK_NB;
+                    for (int64_t r = r0; r < r1; r++)
+                        row_product(q, &b, r, unpacked ? raw + (r - r0) * cols : NULL, kb, nb, sd, yk);
+                }
+            }
+        }
+    }
+}
+
 static void packed_matmul(const rt_linear *l, const float *x, float *y, int n)
 {
     const qlin *q = l->impl;
@@ -272,31 +333,9 @@ static void packed_matmul(const rt_linear *l, const float *x, float *y, int n)
         qbufs b = bufs_of(q);
         x = transform_input(q, &b, x, n);
     }
-    if (n >= RT_PACKED_EXACT_BATCH) {
-        exact_matmul(q, x, y, n);
-        return;
-    }
-    if (n == 1 && q->lut) {
-        lut_matvec(q, x, y);
-        return;
-    }
-    int nt = threads_for(q);
-    int64_t tiles = (q->p.rows + TILE_ROWS - 1) / TILE_ROWS;
-    qbufs b = bufs_of(q);
-#pragma omp parallel num_threads(nt)
-    {
-        float *sd = b.sd + (int64_t)omp_get_thread_num() * QK_NB * q->ng;
-#pragma omp for schedule(static)
-        for (int k = 0; k < n; k++) quantize_input(q, &b, q->gather, x, k);
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < tiles; t++) {
-            int64_t r1 = (t + 1) * TILE_ROWS < q->p.rows ? (t + 1) * TILE_ROWS : q->p.rows;
-            for (int kb = 0; kb < n; kb += QK_NB) {
-                int nb = n - kb < QK_NB ? n - kb : QK_NB;
-                for (int64_t r = t * TILE_ROWS; r < r1; r++) row_product(q, &b, r, kb, nb, sd, y);
-            }
-        }
-    }
+    if (n >= q->exact_batch) exact_matmul(q, x, y, n);
+    else if (n == 1 && q->lut) lut_matvec(q, x, y);
+    else int8_matmul(q, x, y, n);
 }
 
 /* ==== Creation ==== */
@@ -309,8 +348,7 @@ static void build_gather(const qlin *q, int32_t *gather, int batch1)
     for (int64_t j = 0; j < q->p.cols; j++) gather[j] = q->perm[j];
     for (int i = 0; i < q->nruns; i++) {
         const qrun *u = &q->runs[i];
-        int B = batch1 && q->lut_row_bytes ? 1 : q->k->block_order[u->bits];
-        while (B > 1 && u->gch % B) B /= 2;
+        int B = batch1 && q->lut_row_bytes ? 1 : u->block;
         if (B < 2) continue;
         /* the run ends after its last group, which may be the short one */
         int64_t end = u->g0 * o->group + u->ng * u->gch * LAY_CHUNK;
@@ -342,7 +380,8 @@ static void build_runs(qlin *q)
         while (g1 < q->ng && lay_group_bits(o, cols, g1) == bits && lay_group_cols(o, cols, g1) == gc) g1++;
         assert(q->nruns < 3);
         q->runs[q->nruns++] = (qrun){ .g0 = g, .ng = g1 - g, .gch = gc / LAY_CHUNK,
-                                      .off = lay_group_offset(o, cols, g), .bits = bits };
+                                      .off = lay_group_offset(o, cols, g), .bits = bits,
+                                      .block = qk_run_block(q->k->block_order[bits], gc / LAY_CHUNK) };
         g = g1;
     }
     /* all runs or none (top of the file); the lookup kernels know no mins (ggml's
@@ -419,28 +458,31 @@ static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 /* Sizes the product scratch (bufs_of's layout) and asks the shared buffer for it. */
 static void plan_scratch(qlin *q)
 {
-    size_t cols = (size_t)q->p.cols, ng = (size_t)q->ng, mb = (size_t)q->int8_rows;
-    size_t sizes[6] = {mb * cols * sizeof(float), mb * cols, mb * ng * sizeof(float), mb * ng * sizeof(int32_t),
-                       (size_t)q->max_threads * QK_NB * ng * sizeof(float), q->lut_row_bytes ? cols * 8 : 0};
+    size_t cols = (size_t)q->p.cols, ng = (size_t)q->ng, mb = (size_t)q->int8_rows, nt = (size_t)q->max_threads;
+    size_t sizes[7] = {mb * cols * sizeof(float), mb * cols, mb * ng * sizeof(float), mb * ng * sizeof(int32_t),
+                       nt * QK_NB * ng * sizeof(float), q->lut_row_bytes ? cols * 8 : 0,
+                       q->int8_rows > QK_NB ? nt * TILE_ROWS * cols : 0};
     size_t at = 0;
-    for (int i = 0; i < 6; i++) {
+    for (int i = 0; i < 7; i++) {
         at += align64(sizes[i]);
-        q->off[i] = at; /* off[i] is where part i + 1 starts; off[5] the end */
+        q->off[i] = at; /* off[i] is where part i + 1 starts; off[6] the end */
     }
     q->need = at;
-    size_t slab = (size_t)q->max_threads * (size_t)q->slab_rows * cols * sizeof(float);
-    if (q->max_batch >= RT_PACKED_EXACT_BATCH && slab > q->need) q->need = slab;
+    size_t slab = nt * (size_t)q->slab_rows * cols * sizeof(float);
+    if (q->max_batch >= q->exact_batch && slab > q->need) q->need = slab;
     q->xr_bytes = q->p.opt.rot || q->p.opt.awq ? align64((size_t)q->max_batch * cols * sizeof(float)) : 0;
     q->need += q->xr_bytes; /* the transformed rows stay while either path runs */
     rt_scratch_want(q->scratch, q->need);
 }
 
-static int qlin_alloc(qlin *q, int max_batch, rt_scratch *shared)
+static int qlin_alloc(qlin *q, int max_batch, int flags, rt_scratch *shared)
 {
     int64_t cols = q->p.cols, ng = q->ng;
     q->max_batch = max_batch;
     q->max_threads = omp_get_max_threads() > omp_get_num_procs() ? omp_get_max_threads() : omp_get_num_procs();
-    q->int8_rows = max_batch < RT_PACKED_EXACT_BATCH ? max_batch : RT_PACKED_EXACT_BATCH - 1;
+    q->exact_batch = rt_linear_packed_exact_batch(&q->p.opt, q->p.cols, flags);
+    q->int8_rows = max_batch < q->exact_batch - 1 ? max_batch : q->exact_batch - 1;
+    if (q->int8_rows > INT8_BLOCK) q->int8_rows = INT8_BLOCK;
     q->slab_rows = q->p.rows < SLAB_ROWS ? q->p.rows : SLAB_ROWS;
     q->scratch = shared ? shared : rt_scratch_new();
     q->own_scratch = !shared;
@@ -461,6 +503,14 @@ static int qlin_alloc(qlin *q, int max_batch, rt_scratch *shared)
                : -1;
 }
 
+int rt_linear_packed_exact_batch(const lay_option *o, int64_t cols, int flags)
+{
+    if (flags & RT_PACKED_EXACT || cols < INT8_BATCH_COLS) return RT_PACKED_EXACT_BATCH;
+    for (int64_t g = 0; g < lay_n_groups(o, cols); g++)
+        if (lay_group_bits(o, cols, g) == 8) return RT_PACKED_EXACT_BATCH;
+    return INT_MAX;
+}
+
 int rt_linear_packed_copies_values(const lay_option *o, int64_t cols)
 {
     const qk_kernels *k = qk_active();
@@ -470,7 +520,8 @@ int rt_linear_packed_copies_values(const lay_option *o, int64_t cols)
     return 1;
 }
 
-rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, rt_scratch *scratch, char *err, size_t err_len)
+rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, int flags, rt_scratch *scratch, char *err,
+                            size_t err_len)
 {
     char why[128];
     qlin *q = NULL;
@@ -497,7 +548,7 @@ rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, rt_scratch *scra
     q->ng = lay_n_groups(&p->opt, p->cols);
     q->row_bytes = lay_row_bytes(&p->opt, p->cols);
     build_runs(q);
-    if (qlin_alloc(q, max_batch, scratch)) goto fail;
+    if (qlin_alloc(q, max_batch, flags, scratch)) goto fail;
     for (int64_t j = 0; j < p->cols; j++) {
         int64_t v = lay_perm_at(p, j);
         snprintf(why, sizeof why, "perm[%lld] = %lld is not a column", (long long)j, (long long)v);

@@ -88,17 +88,19 @@ void rt_linear_release(rt_linear *l);
 
 /* A linear layer over a packed tensor (layout/layout.h) that decodes the packed blocks
  * inside its products (runtime/qlinear.c), threaded with OpenMP over rows.
- * Products of fewer than RT_PACKED_EXACT_BATCH activation rows (decoding) quantize
- * the activations to int8 per weight group (runtime/qkernels.h), so y differs from
- * W_deq x by that rounding; larger batches (prompts, evaluation) decode slabs of
- * rows to fp32 and multiply them with BLAS, so y is W_deq x up to float rounding.
+ * Products quantize the activations to int8 per weight group (runtime/qkernels.h),
+ * so y differs from W_deq x by that rounding, as llama.cpp's products do, except
+ * for batches of RT_PACKED_EXACT_BATCH rows or more where the int8 kernels are not
+ * the faster way (rt_linear_packed_exact_batch) or the layer is made with
+ * RT_PACKED_EXACT (evaluation): those decode slabs of rows to fp32 and multiply
+ * them with BLAS, so y is W_deq x up to float rounding.
  * The arrays of p are borrowed and must outlive the layer. Scratch for up to
  * max_batch activation rows comes from `scratch`, shared with the model's other
  * layers (the caller makes it ready once all are made), or, with NULL, is the
  * layer's own. One product at a time per scratch. Returns NULL with a message for
  * an invalid option, a bad permutation or no memory:
  *
- *     rt_linear *l = rt_linear_packed(&packed, 512, NULL, err, sizeof err);
+ *     rt_linear *l = rt_linear_packed(&packed, 512, 0, NULL, err, sizeof err);
  *     l->matmul(l, x, y, n);                    // y[n][rows] = x[n][cols] W^T
  *
  * Batch 1 may take the lookup-table kernels (runtime/qkernels.h), at the widths
@@ -106,8 +108,15 @@ void rt_linear_release(rt_linear *l);
  * runs' values, reordered for them (the same bytes), and reads p->values only in
  * larger products and get_row.
  */
+#define RT_PACKED_EXACT 1         /* flags: batches of RT_PACKED_EXACT_BATCH or more exact */
 #define RT_PACKED_EXACT_BATCH 64
-rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, rt_scratch *scratch, char *err, size_t err_len);
+rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, int flags, rt_scratch *scratch, char *err,
+                            size_t err_len);
+/* The smallest batch that a layer over a tensor of cols columns and option o, made
+ * with flags, multiplies exactly: RT_PACKED_EXACT_BATCH, or INT_MAX where every
+ * batch takes the int8 kernels (rows of 1024 columns or more without 8-bit
+ * values, where bench_matvec --batch finds them faster). */
+int rt_linear_packed_exact_batch(const lay_option *o, int64_t cols, int flags);
 /* Whether a layer made now over a rows x cols tensor of option o keeps a copy of all
  * its values for the lookup kernels: then the loader need not copy p->values into
  * fast memory (pack/load.c leaves them in the file mapping, where larger products

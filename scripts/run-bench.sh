@@ -17,6 +17,8 @@ echo "# bitplan benchmarks — $(date -u +%Y-%m-%d), $(nproc) cores, $(lscpu | s
 if run matvec; then
     echo; echo "## Packed matrix-vector product vs memory read bandwidth"
     "$B/bench/bench_matvec"
+    echo; echo "## Packed products at prompt batches: int8 kernels vs the exact path vs sgemm"
+    "$B/bench/bench_matvec" --batch 512
 fi
 if run forward; then
     echo; echo "## fp32 forward: prompt and generation tokens/s"

@@ -629,7 +629,7 @@ static void tiny_make(tiny *m, int dense_o, tm_formats fmt)
         m->gl[l].ffn_norm = m->cl[l].ffn_norm = m->norms[2 * l + 1];
     }
     pt_make(&m->head, TM_VOCAB, TM_DIM, fmt == TM_ROT ? &rot[0] : fmt == TM_AWQ ? &awq[0] : &own[0], 1.0f);
-    m->gpu.embed = rt_linear_packed(&m->head.p, 1, NULL, err, sizeof err); /* get_row decodes exactly */
+    m->gpu.embed = rt_linear_packed(&m->head.p, 1, 0, NULL, err, sizeof err); /* get_row decodes exactly */
     assert_non_null(m->gpu.embed);
     m->gpu.embed->packed = &m->head.p;
     m->gpu.head = m->gpu.embed;

@@ -251,7 +251,7 @@ static void test_load_refuses_plain_safetensors(void **state)
     write_sample(path, 0); /* no format tag: read as a Hugging Face file, which needs config.json */
     rt_model *m = NULL;
     assert_int_equal(pack_is_packed(path), 0);
-    assert_int_equal(pack_load(path, 4, &m, err, sizeof err), -1);
+    assert_int_equal(pack_load(path, 4, 0, &m, err, sizeof err), -1);
     assert_null(m);
     assert_non_null(strstr(err, dir));
     assert_null(strchr(err, '\n'));
@@ -272,7 +272,7 @@ static void test_load_refuses_wrong_version(void **state)
     pack_writer_free(w);
     rt_model *m = NULL;
     assert_int_equal(pack_is_packed(path), 1);
-    assert_int_equal(pack_load(path, 4, &m, err, sizeof err), -1);
+    assert_int_equal(pack_load(path, 4, 0, &m, err, sizeof err), -1);
     assert_non_null(strstr(err, "format_version 9"));
     assert_null(m);
 }

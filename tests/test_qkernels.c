@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <limits.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -117,12 +118,12 @@ static void round_inputs(const lay_packed *p, const float *x, int n, float *xt)
 }
 
 /* y[n][rows] = W_deq x~ in double, rounded to float; x~ is x rounded as the int8
- * path rounds it, or x itself where the product takes the exact path
- * (n >= RT_PACKED_EXACT_BATCH). A rotated tensor rounds x' = R^T x (lay_rot_apply)
+ * path rounds it, or x itself (exact 1) where the product takes the exact path
+ * (RT_PACKED_EXACT, n >= RT_PACKED_EXACT_BATCH). A rotated tensor rounds x' = R^T x (lay_rot_apply)
  * instead, and x~ is the rounded x' rotated back (lay_rot_unapply), since
  * lay_packed_dequant gives W = W' R^T; one with input scales rounds x' = x * m
  * (lay_xscale_mul), and x~ is the rounded x' / m, since W = W' diag(m). */
-static void reference(const lay_packed *p, const float *x, int n, float *y)
+static void reference(const lay_packed *p, const float *x, int n, int exact, float *y)
 {
     float *w = malloc((size_t)(p->rows * p->cols) * sizeof *w), *xt = malloc((size_t)(n * p->cols) * sizeof *xt);
     float *xr = malloc((size_t)(n * p->cols) * sizeof *xr);
@@ -130,7 +131,7 @@ static void reference(const lay_packed *p, const float *x, int n, float *y)
     memcpy(xr, x, (size_t)(n * p->cols) * sizeof *xr);
     for (int k = 0; k < n; k++) lay_rot_apply(p->opt.rot, p->rot_seed, xr + k * p->cols, p->cols);
     for (int k = 0; p->opt.awq && k < n; k++) lay_xscale_mul(p->xscale, xr + k * p->cols, p->cols);
-    if (n >= RT_PACKED_EXACT_BATCH) memcpy(xt, xr, (size_t)(n * p->cols) * sizeof *xt);
+    if (exact) memcpy(xt, xr, (size_t)(n * p->cols) * sizeof *xt);
     else round_inputs(p, xr, n, xt);
     for (int k = 0; k < n; k++) lay_rot_unapply(p->opt.rot, p->rot_seed, xt + k * p->cols, p->cols);
     for (int k = 0; p->opt.awq && k < n; k++)
@@ -253,16 +254,32 @@ static void test_quant(void **state)
     }
 }
 
-/* Every kernel set, option and batch against the reference, on one shape: batches
- * below RT_PACKED_EXACT_BATCH through the int8 kernels, the others exact. */
+static void check_product(rt_linear *l, const float *x, int n, const float *ref, double tol, int lut, const char *opt)
+{
+    int64_t rows = l->rows;
+    float *y = malloc((size_t)(n * rows) * sizeof *y);
+    memset(y, 0xff, (size_t)(n * rows) * sizeof *y);
+    l->matmul(l, x, y, n);
+    double e = rel_err(y, ref, n * rows);
+    if (e >= tol)
+        print_error("%s lut %d %s %lldx%lld batch %d: rel err %g\n", qk_active()->name, lut, opt, (long long)rows,
+                    (long long)l->cols, n, e);
+    assert_true(e < tol);
+    free(y);
+}
+
+/* Every kernel set, option and batch against the reference, on one shape: a layer
+ * takes batches through the int8 kernels (in blocks past 64 rows) up to the one
+ * rt_linear_packed_exact_batch names, which is every batch for rows of 1024 columns
+ * or more without 8-bit values; one made with RT_PACKED_EXACT takes batches of
+ * RT_PACKED_EXACT_BATCH or more exactly. */
 static void check_matmul_shape(int64_t rows, int64_t cols)
 {
     enum { NMAX = RT_PACKED_EXACT_BATCH + 5 };
     static const int batches[] = { 1, 2, 3, 7, 33, RT_PACKED_EXACT_BATCH - 1, RT_PACKED_EXACT_BATCH, NMAX };
     lay_option opts[48];
     int nopt = all_options(opts);
-    float *x = malloc(NMAX * cols * sizeof *x), *y = malloc(NMAX * rows * sizeof *y);
-    float *ref = malloc(NMAX * rows * sizeof *ref);
+    float *x = malloc(NMAX * cols * sizeof *x), *ref = malloc(NMAX * rows * sizeof *ref);
     for (int64_t i = 0; i < NMAX * cols; i++) x[i] = rndf() * (1.0f + (float)(i % 5));
     for (size_t i = 0; i < sizeof isas / sizeof *isas * 3; i++) {
         if (qk_force(isas[i / 3])) continue;
@@ -272,26 +289,33 @@ static void check_matmul_shape(int64_t rows, int64_t cols)
             char err[256];
             if (lay_option_check(&opts[o], rows, cols, NULL, 0)) continue; /* a rotation block that does not divide */
             make_packed(&t, rows, cols, &opts[o]);
-            rt_linear *l = rt_linear_packed(&t.p, NMAX, NULL, err, sizeof err);
+            int exact_at = rt_linear_packed_exact_batch(&opts[o], cols, 0);
+            assert_int_equal(rt_linear_packed_exact_batch(&opts[o], cols, RT_PACKED_EXACT), RT_PACKED_EXACT_BATCH);
+            if (cols >= 1024 && opts[o].bits_hi < 8) assert_int_equal(exact_at, INT_MAX);
+            if (cols < 1024 || opts[o].bits_hi == 8) assert_int_equal(exact_at, RT_PACKED_EXACT_BATCH);
+            rt_linear *l = rt_linear_packed(&t.p, NMAX, 0, NULL, err, sizeof err);
+            rt_linear *lx = rt_linear_packed(&t.p, NMAX, RT_PACKED_EXACT, NULL, err, sizeof err);
             assert_non_null(l);
+            assert_non_null(lx);
             for (size_t b = 0; b < sizeof batches / sizeof *batches; b++) {
                 int n = batches[b];
-                reference(&t.p, x, n, ref);
-                memset(y, 0xff, (size_t)(n * rows) * sizeof *y);
-                l->matmul(l, x, y, n);
-                double e = rel_err(y, ref, n * rows), tol = n >= RT_PACKED_EXACT_BATCH ? 1e-5 : QK_REL_TOL;
-                if (e >= tol)
-                    print_error("%s lut %d %s %lldx%lld batch %d: rel err %g\n", qk_active()->name, luts[i % 3],
-                                opts[o].name, (long long)rows, (long long)cols, n, e);
-                assert_true(e < tol);
+                reference(&t.p, x, n, n >= exact_at, ref);
+                check_product(l, x, n, ref, QK_REL_TOL, luts[i % 3], opts[o].name);
+                if (n >= exact_at) { /* the same path */
+                    check_product(lx, x, n, ref, 1e-5, luts[i % 3], opts[o].name);
+                    continue;
+                }
+                if (n >= RT_PACKED_EXACT_BATCH) reference(&t.p, x, n, 1, ref);
+                check_product(lx, x, n, ref, n >= RT_PACKED_EXACT_BATCH ? 1e-5 : QK_REL_TOL, luts[i % 3], opts[o].name);
             }
             linear_free(l);
+            linear_free(lx);
             free_packed(&t);
         }
     }
     qk_force(QK_ISA_AUTO);
     qk_force_lut(QK_LUT_AUTO);
-    free(x), free(y), free(ref);
+    free(x), free(ref);
 }
 
 static void test_matmul(void **state)
@@ -301,6 +325,7 @@ static void test_matmul(void **state)
     check_matmul_shape(21, 32 * 18);  /* 576 (SmolLM2): groups of 128 end in a short group of two chunks */
     check_matmul_shape(13, 32 * 8);   /* 256: both rotation blocks */
     check_matmul_shape(70, 32 * 21);  /* lookup kernels: two tiles of 32 rows and a padded one */
+    check_matmul_shape(19, 32 * 33);  /* rows wide enough for the int8 kernels at every batch */
 }
 
 /* Every kernel set's rotation is lay_rot_apply's, bit for bit, and a rotation is
@@ -346,7 +371,7 @@ static void test_activation_rounding_small(void **state)
         for (int64_t c = 0; c < cols; c++) s += (double)w[r * cols + c] * x[c];
         exact[r] = (float)s;
     }
-    rt_linear *l = rt_linear_packed(&t.p, 1, NULL, NULL, 0);
+    rt_linear *l = rt_linear_packed(&t.p, 1, 0, NULL, NULL, 0);
     assert_non_null(l);
     l->matmul(l, x, y, 1);
     double e = rel_err(y, exact, rows);
@@ -355,42 +380,52 @@ static void test_activation_rounding_small(void **state)
     linear_free(l), free(w), free_packed(&t);
 }
 
-/* 1 and 2 threads give the same bits (each row is one thread's work), on both
- * paths, and so do batch 1 and batch n. */
+/* 1 and 2 threads give the same bits (each row is one thread's work), on every
+ * path (lookups, int8 kernels in one block and in two, exact), and so do batch 1
+ * and batch n: a row's numbers do not depend on the rows beside it. */
 static void test_threads(void **state)
 {
     (void)state;
-    const int64_t rows = 301, cols = 32 * 9; /* three slabs of the exact path, the last short */
-    enum { NMAX = RT_PACKED_EXACT_BATCH + 3 };
+    const int64_t rows = 301, cols = 32 * 33; /* three slabs of the exact path, the last short; */
+    /* rows wide enough for the int8 kernels at every batch (rt_linear_packed_exact_batch) */
+    enum { NMAX = RT_PACKED_EXACT_BATCH + 3, TAIL = 3 };
     lay_option o = opt(3, 5, 0.4f, 64, LAY_SCALE_F16_Z8);
     packed_t t;
     make_packed(&t, rows, cols, &o);
     float *x = malloc(NMAX * cols * sizeof *x), *y1 = malloc(NMAX * rows * sizeof *y1);
     float *y2 = malloc(NMAX * rows * sizeof *y2);
     for (int64_t i = 0; i < NMAX * cols; i++) x[i] = rndf();
-    rt_linear *l = rt_linear_packed(&t.p, NMAX, NULL, NULL, 0);
-    assert_non_null(l);
     int saved = omp_get_max_threads();
     static const int batches[] = { 1, 7, NMAX };
-    for (int b = 0; b < 3; b++) {
-        int n = batches[b];
-        omp_set_num_threads(1);
-        l->matmul(l, x, y1, n);
-        omp_set_num_threads(2);
-        l->matmul(l, x, y2, n);
-        assert_memory_equal(y1, y2, (size_t)(n * rows) * sizeof *y1);
+    for (int flags = 0; flags <= RT_PACKED_EXACT; flags += RT_PACKED_EXACT) {
+        rt_linear *l = rt_linear_packed(&t.p, NMAX, flags, NULL, NULL, 0);
+        assert_non_null(l);
+        for (int b = 0; b < 3; b++) {
+            int n = batches[b];
+            omp_set_num_threads(1);
+            l->matmul(l, x, y1, n);
+            omp_set_num_threads(2);
+            l->matmul(l, x, y2, n);
+            assert_memory_equal(y1, y2, (size_t)(n * rows) * sizeof *y1);
+        }
+        omp_set_num_threads(saved);
+        linear_free(l);
     }
-    omp_set_num_threads(saved);
+    rt_linear *l = rt_linear_packed(&t.p, NMAX, 0, NULL, NULL, 0);
     l->matmul(l, x, y1, 1);   /* batch 1 and batch 7 agree on their shared row: within float */
     l->matmul(l, x, y2, 7);   /* rounding, as the lookup kernels sum in another order */
     assert_true(rel_err(y1, y2, rows) < QK_REL_TOL);
     linear_free(l);
     qk_force_lut(QK_LUT_OFF); /* without them, one code path: bit for bit */
-    l = rt_linear_packed(&t.p, NMAX, NULL, NULL, 0);
+    l = rt_linear_packed(&t.p, NMAX, 0, NULL, NULL, 0);
     assert_non_null(l);
     l->matmul(l, x, y1, 1);
     l->matmul(l, x, y2, 7);
     assert_memory_equal(y1, y2, (size_t)rows * sizeof *y1);
+    /* the last rows of a batch past one int8 block, alone, give the same bits */
+    l->matmul(l, x, y1, NMAX);
+    l->matmul(l, x + (NMAX - TAIL) * cols, y2, TAIL);
+    assert_memory_equal(y1 + (NMAX - TAIL) * rows, y2, (size_t)(TAIL * rows) * sizeof *y1);
     qk_force_lut(QK_LUT_AUTO);
     linear_free(l), free(x), free(y1), free(y2), free_packed(&t);
 }
@@ -414,12 +449,12 @@ static void test_lut_all_or_none(void **state)
             if (both) continue;
             packed_t t;
             make_packed(&t, rows, cols, &o);
-            rt_linear *l = rt_linear_packed(&t.p, 1, NULL, NULL, 0);
+            rt_linear *l = rt_linear_packed(&t.p, 1, 0, NULL, NULL, 0);
             assert_non_null(l);
             l->matmul(l, x, y1, 1);
             linear_free(l);
             qk_force_lut(QK_LUT_OFF);
-            l = rt_linear_packed(&t.p, 1, NULL, NULL, 0);
+            l = rt_linear_packed(&t.p, 1, 0, NULL, NULL, 0);
             assert_non_null(l);
             l->matmul(l, x, y2, 1);
             qk_force_lut(QK_LUT_AUTO);
@@ -527,7 +562,7 @@ static void test_get_row(void **state)
             make_packed(&t, rows, cols, &o);
             float *w = malloc((size_t)(rows * cols) * sizeof *w), row[32 * 12];
             lay_packed_dequant(&t.p, w);
-            rt_linear *l = rt_linear_packed(&t.p, 1, NULL, NULL, 0);
+            rt_linear *l = rt_linear_packed(&t.p, 1, 0, NULL, NULL, 0);
             assert_non_null(l);
             for (int64_t r = 0; r < rows; r++) {
                 l->get_row(l, r, row);
@@ -573,35 +608,35 @@ static void test_errors(void **state)
     make_packed(&t, 5, 128, &o);
     lay_packed bad = t.p;
     bad.opt.bits_lo = 9, bad.opt.bits_hi = 9;
-    assert_null(rt_linear_packed(&bad, 1, NULL, err, sizeof err));
+    assert_null(rt_linear_packed(&bad, 1, 0, NULL, err, sizeof err));
     assert_non_null(strstr(err, "bits_lo 9"));
     bad = t.p;
     bad.cols = 100;
-    assert_null(rt_linear_packed(&bad, 1, NULL, err, sizeof err));
+    assert_null(rt_linear_packed(&bad, 1, 0, NULL, err, sizeof err));
     assert_non_null(strstr(err, "cols 100"));
-    assert_null(rt_linear_packed(&t.p, 0, NULL, err, sizeof err));
+    assert_null(rt_linear_packed(&t.p, 0, 0, NULL, err, sizeof err));
     assert_non_null(strstr(err, "max_batch 0"));
     bad = t.p;
     bad.zeros = NULL;
-    assert_null(rt_linear_packed(&bad, 1, NULL, err, sizeof err));
+    assert_null(rt_linear_packed(&bad, 1, 0, NULL, err, sizeof err));
     assert_non_null(strstr(err, "zeros"));
     ((uint16_t *)t.perm)[3] = 500;
-    assert_null(rt_linear_packed(&t.p, 1, NULL, err, sizeof err));
+    assert_null(rt_linear_packed(&t.p, 1, 0, NULL, err, sizeof err));
     assert_non_null(strstr(err, "perm[3] = 500"));
     bad = t.p;
     bad.perm = NULL;
-    assert_null(rt_linear_packed(&bad, 1, NULL, err, sizeof err));
+    assert_null(rt_linear_packed(&bad, 1, 0, NULL, err, sizeof err));
     assert_non_null(strstr(err, "no permutation"));
     free_packed(&t);
     lay_option q41 = ggml_opt(LAY_GGML_Q4_1);
     make_packed(&t, 5, 256, &q41);
     bad = t.p;
     bad.mins = NULL;
-    assert_null(rt_linear_packed(&bad, 1, NULL, err, sizeof err));
+    assert_null(rt_linear_packed(&bad, 1, 0, NULL, err, sizeof err));
     assert_non_null(strstr(err, "no mins"));
     bad = t.p;
     bad.opt.group = 256, bad.opt.scale_fmt = (lay_scale_fmt)(LAY_FMT_GGML + LAY_GGML_Q4_K); /* 4-bit, as Q4_1 */
-    assert_null(rt_linear_packed(&bad, 1, NULL, err, sizeof err));
+    assert_null(rt_linear_packed(&bad, 1, 0, NULL, err, sizeof err));
     assert_non_null(strstr(err, "not in the packed layout"));
     free_packed(&t);
 }

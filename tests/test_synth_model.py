@@ -333,3 +333,36 @@ def test_gguf_copy_is_the_same_model(tiny, tensors, tmp_path):
     ids = [1, 504, 3711, 28, 9156, 30, 216, 4417, 2]
     a, b = logits(tiny, tmp_path / "a.f32", ids), logits(out, tmp_path / "b.f32", ids)
     assert np.isfinite(a).all() and np.max(np.abs(a - b)) <= 1e-4 * np.max(np.abs(a)), np.max(np.abs(a - b))
+
+
+def test_prompt_batches_take_the_int8_kernels(tmp_path):
+    """A packed model's prompt-sized batch (70 tokens) as generation loads it: the
+    down projection's rows (1024 columns) take the int8 kernels, rows unpacked once
+    (runtime/qlinear.c), the narrower ones the exact path; as evaluation loads it,
+    every layer is exact. The two differ (the int8 rounding is there, so the path
+    was taken) by little (a wrong unpacking or block order moves logits by order
+    one: tests/test_qkernels.c checks each product bit by bit)."""
+    model = tmp_path / "wide"
+    r = subprocess.run([sys.executable, SCRIPT, "--shape", "tiny", "--layers", "1", "--ffn", "1024", str(model)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    packed = tmp_path / "wide.bp"
+    bitplan("pack", model, "--rtn", "--uniform", "4b g128", "-o", packed)
+    ids = [int(t) for t in np.random.default_rng(5).integers(1, VOCAB, 70)]
+    tool = os.path.join(ROOT, BUILD, "tests", "tool_logits")
+
+    def run_logits(*flags):
+        out = tmp_path / "logits.f32"
+        p = subprocess.run([tool, *flags, str(packed), str(out)] + [str(i) for i in ids], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        return np.fromfile(out, dtype=np.float32).reshape(len(ids), VOCAB).astype(np.float64)
+
+    def logp(z):
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+    exact, int8 = logp(run_logits()), logp(run_logits("--int8"))
+    assert np.all(np.isfinite(int8))
+    assert np.abs(int8 - exact).max() > 1e-4
+    kl = float((np.exp(exact) * (exact - int8)).sum(axis=1).mean())
+    assert kl < 1e-3, kl

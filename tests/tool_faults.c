@@ -519,7 +519,7 @@ static char *load(const char *kind, const char *path, char *err, size_t err_len)
     rt_model *m = NULL;
     mdl_model *f = NULL;
     if (!strcmp(kind, "packed")) {
-        if (pack_load(path, 4, &m, err, err_len)) return disarm(), NULL;
+        if (pack_load(path, 4, 0, &m, err, err_len)) return disarm(), NULL;
     } else if (mdl_open(path, &f, err, err_len)) {
         return disarm(), NULL;
     } else if (!strcmp(kind, "tokenizer")) {

@@ -3,13 +3,15 @@
  * for tests/test_forward.py (which checks them against an independent NumPy
  * forward pass).
  *
- *   tool_logits [--resident | --one-by-one] MODEL OUT.f32 ID...
+ *   tool_logits [--resident | --one-by-one | --int8] MODEL OUT.f32 ID...
  *
  * writes raw float32 logits [n_ids][vocab], one batch. By default the weights stay in
  * the file's type and are decoded per product (runtime/stored.c); --resident
  * decodes them all to fp32 first, so a test can compare the two. MODEL may be a
- * packed file (pack/); --one-by-one then runs the ids as n batches of one token,
- * as generation does (the lookup-table kernels' path, runtime/qkernels.h).
+ * packed file (pack/), loaded as evaluation loads it (PACK_LOAD_EXACT); --one-by-one
+ * then runs the ids as n batches of one token, as generation does (the lookup-table
+ * kernels' path, runtime/qkernels.h), and --int8 loads it as generation does, so a
+ * batch of 64 or more takes the int8 kernels where they are faster.
  *
  * What it must never do: hide an error (every failure prints one line and exits 1).
  */
@@ -31,14 +33,15 @@ int main(int argc, char **argv)
 {
     int resident = argc > 1 && !strcmp(argv[1], "--resident");
     int one_by_one = argc > 1 && !strcmp(argv[1], "--one-by-one");
-    argc -= resident + one_by_one, argv += resident + one_by_one;
-    if (argc < 4) return fail("usage: tool_logits [--resident | --one-by-one] MODEL OUT.f32 ID...");
+    int int8 = argc > 1 && !strcmp(argv[1], "--int8");
+    argc -= resident + one_by_one + int8, argv += resident + one_by_one + int8;
+    if (argc < 4) return fail("usage: tool_logits [--resident | --one-by-one | --int8] MODEL OUT.f32 ID...");
     char err[512];
     mdl_model *f;
     rt_model *m;
     int n = argc - 3;
     if (pack_is_packed(argv[1])) {
-        if (pack_load(argv[1], n, &m, err, sizeof err)) return fail(err);
+        if (pack_load(argv[1], n, int8 ? 0 : PACK_LOAD_EXACT, &m, err, sizeof err)) return fail(err);
     } else {
         if (mdl_open(argv[1], &f, err, sizeof err)) return fail(err);
         if (rt_model_open(f, 1, resident ? RT_OPEN_RESIDENT : 0, &m, err, sizeof err)) { mdl_close(f); return fail(err); }

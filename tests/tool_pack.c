@@ -30,7 +30,7 @@ static int open_any(const char *path, rt_model **m, char *err, size_t err_len)
 {
     mdl_model *f;
     if (mdl_open(path, &f, err, err_len)) return -1;
-    if (mdl_is_packed(f)) return pack_load_file(f, 64, m, err, err_len);
+    if (mdl_is_packed(f)) return pack_load_file(f, 64, PACK_LOAD_EXACT, m, err, err_len);
     if (rt_model_open(f, 1, 0, m, err, err_len)) { mdl_close(f); return -1; }
     return 0;
 }

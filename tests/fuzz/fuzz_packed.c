@@ -73,7 +73,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_check_tokenizer(m);
     mdl_config c = *mdl_get_config(m);
     rt_model *r;
-    if (pack_load_file(m, 4, &r, err, sizeof err)) { /* closes m */
+    if (pack_load_file(m, 4, 0, &r, err, sizeof err)) { /* closes m */
         fuzz_rejected(err);
         return 0;
     }
