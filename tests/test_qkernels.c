@@ -466,6 +466,34 @@ static void test_lut_all_or_none(void **state)
 
 /* get_row is the dequantized row, exactly, with every kernel set's decoder (the
  * exact path decodes its slabs the same way). */
+/* The unpackers: the plain one is lay_unpack_chunk's values, chunk by chunk in
+ * stored order (block 1), and block B's kernel position p holds stored offset
+ * qk_block_pos(B, p) of its chunks; every kernel set's gives those bytes bit for
+ * bit, at every width and at the block orders its kernels use. */
+static void test_unpack(void **state)
+{
+    (void)state;
+    enum { NCH = 8 };
+    uint8_t src[NCH * LAY_MAX_BITS * 4], ref[NCH * 32], got[NCH * 32], q[NCH * 32];
+    for (size_t i = 0; i < sizeof src; i++) src[i] = (uint8_t)rnd();
+    for (int b = LAY_MIN_BITS; b <= LAY_MAX_BITS; b++) {
+        for (int c = 0; c < NCH; c++) lay_unpack_chunk(b, src + c * b * 4, q + c * 32);
+        for (int B = 1; B <= QK_MAX_BLOCK; B *= 2) {
+            if (B > 1 && b != 4) continue; /* block orders are 4-bit only */
+            qk_unpack_ref(b, B, src, NCH, ref);
+            for (int p = 0; p < NCH * 32; p++)
+                assert_int_equal(ref[p], q[p / (32 * B) * 32 * B + qk_block_pos(B, p % (32 * B))]);
+            for (size_t i = 0; i < sizeof isas / sizeof *isas; i++) {
+                const qk_kernels *k = qk_get(isas[i]);
+                if (!k) continue;
+                memset(got, 0xee, sizeof got);
+                k->unpack(b, B, src, NCH, got);
+                assert_memory_equal(got, ref, sizeof ref);
+            }
+        }
+    }
+}
+
 /* The lookup kernels on their own: every set's tables and copies are the plain
  * ones bit for bit (extreme activations included); the plain dot over the plain
  * copy is the direct sum over the unpacked values, s * xd * (q . xq - z * xs), for
@@ -649,6 +677,7 @@ int main(void)
         cmocka_unit_test(test_rotate),
         cmocka_unit_test(test_activation_rounding_small),
         cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_unpack),
         cmocka_unit_test(test_lut_kernels),
         cmocka_unit_test(test_lut_all_or_none),
         cmocka_unit_test(test_get_row),
