@@ -8,12 +8,13 @@
  * weights); attention is two BLAS products per head with a causal softmax in
  * between.
  *
- * Threads: the products are where the time goes, and they run on BLAS's (or a
- * packed kernel's) own threads. The element-wise steps (norms, RoPE, softmax,
- * SwiGLU, residuals) run on the calling thread: OpenMP teams for them beside
- * OpenBLAS's thread pool made a 128-token batch 8-16x slower on a loaded 2-core
- * machine (spinning barriers whose partner thread was descheduled), and gained
- * under 10% even with OMP_WAIT_POLICY=passive.
+ * Threads: everything that runs on a batch runs on OpenMP's team: the products
+ * (a packed layer's own loops, BLAS single-threaded inside them), attention (one
+ * work item per head and block of query rows) and, from PARALLEL_ROWS rows on, the
+ * element-wise steps (norms, RoPE, SwiGLU, residuals). A single token's
+ * element-wise steps stay on the calling thread: a team costs more than a row.
+ * With attention and those steps on one thread, a 521-token SmolLM2 prompt kept
+ * the second core idle for 44% of its time.
  *
  * RoPE follows llama.cpp: for llama-family GGUF files the q/k rows are already
  * permuted so that pairs (2i, 2i+1) of a head rotate together by
@@ -25,15 +26,20 @@
 #include <assert.h>
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 
 #include "rt_int.h"
 
 /* ==== Element-wise steps ==== */
 
+/* Batches of this many rows or more split their element-wise steps over the team. */
+#define PARALLEL_ROWS 8
+
 /* out[i] = x[i] / rms(x[i]) * w for each of n rows of dim values (sum in double,
  * as ggml does). */
 static void rmsnorm(float *out, const float *x, const float *w, int n, int dim, float eps)
 {
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_ROWS)
     for (int i = 0; i < n; i++) {
         const float *xi = x + (size_t)i * dim;
         float *oi = out + (size_t)i * dim;
@@ -50,6 +56,7 @@ static void rope(const rt_state *s, const mdl_config *c, float *v, int n, int n_
 {
     int half = c->rope_dim / 2, hd = c->head_dim;
     int stride = s->rope_neox ? 1 : 2, offset = s->rope_neox ? half : 1;
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_ROWS)
     for (int i = 0; i < n; i++) {
         const float *cs = s->rope_cos + (size_t)(pos + i) * half;
         const float *sn = s->rope_sin + (size_t)(pos + i) * half;
@@ -68,18 +75,24 @@ static void rope(const rt_state *s, const mdl_config *c, float *v, int n, int n_
 static void add_bias(float *y, const float *bias, int n, int rows)
 {
     if (!bias) return;
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_ROWS)
     for (int i = 0; i < n; i++)
         for (int j = 0; j < rows; j++) y[(size_t)i * rows + j] += bias[j];
 }
 
-static void add_residual(float *h, const float *delta, int64_t len)
+/* h += delta over n rows of dim values. */
+static void add_residual(float *h, const float *delta, int n, int dim)
 {
+    int64_t len = (int64_t)n * dim;
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_ROWS)
     for (int64_t i = 0; i < len; i++) h[i] += delta[i];
 }
 
-/* gate = silu(gate) * up over len values. */
-static void swiglu(float *gate, const float *up, int64_t len)
+/* gate = silu(gate) * up over n rows of hidden values. */
+static void swiglu(float *gate, const float *up, int n, int hidden)
 {
+    int64_t len = (int64_t)n * hidden;
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_ROWS)
     for (int64_t i = 0; i < len; i++) {
         float g = gate[i];
         gate[i] = g / (1.0f + expf(-g)) * up[i];
@@ -105,35 +118,56 @@ static void observe(rt_state *s, int layer, rt_input which, const float *x, int 
 
 /* ==== Attention ==== */
 
-/* att[n][Q] from s->q (after RoPE) and layer l's cache, which already holds this
- * batch's keys and values at pos..pos+n-1. Query row i sees keys 0..pos+i. */
+/* Query rows i0..i0+nr-1 of head h against the keys they may see (0..pos+i0+nr-1):
+ * out = softmax(q K^T * scale, causal) V into s->att, with scores[nr][T] as scratch. */
+static void attend(const mdl_config *c, const rt_state *s, int l, int h, int i0, int nr, int pos, float *scores)
+{
+    int hd = c->head_dim, kv = h / (c->n_heads / c->n_kv_heads), T = pos + i0 + nr;
+    const float *k = s->key_cache + rt_cache_offset(s, l, 0) + (size_t)kv * hd;
+    const float *v = s->value_cache + rt_cache_offset(s, l, 0) + (size_t)kv * hd;
+    const float *q = s->q + (size_t)i0 * s->q_dim + (size_t)h * hd;
+    float *out = s->att + (size_t)i0 * s->q_dim + (size_t)h * hd;
+    float scale = 1.0f / sqrtf((float)hd);
+    if (nr == 1) { /* scores[T] = K q; out = V^T p */
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, T, hd, scale, k, s->kv_dim, q, 1, 0.0f, scores, 1);
+        softmax_prefix(scores, T, T);
+        cblas_sgemv(CblasRowMajor, CblasTrans, T, hd, 1.0f, v, s->kv_dim, scores, 1, 0.0f, out, 1);
+        return;
+    }
+    /* scores[nr][T] = Q K^T * scale; causal softmax; out[nr][hd] = P V */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, T, hd, scale, q, s->q_dim, k, s->kv_dim, 0.0f,
+                scores, T);
+    for (int i = 0; i < nr; i++) softmax_prefix(scores + (size_t)i * T, pos + i0 + i + 1, T);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nr, hd, T, 1.0f, scores, T, v, s->kv_dim, 0.0f, out,
+                s->q_dim);
+}
+
+/* Below this many multiply-adds (n x T x head_dim x n_heads) attention runs on
+ * the calling thread: a token's attention over a short context is microseconds. */
+#define ATT_TEAM_WORK (1 << 18)
+
+/* s->att[n][Q] from s->q (after RoPE) and layer l's cache, which already holds this
+ * batch's keys and values at pos..pos+n-1. Query row i sees keys 0..pos+i. Work
+ * items are (head, block of RT_ATT_ROWS query rows), the costliest (last) blocks
+ * handed out first; a block sees only the keys its last row sees, so a prompt
+ * does about half the products of its full square. Each item's result does not
+ * depend on which thread runs it. */
 static void attention(const mdl_config *c, rt_state *s, int l, int n, int pos)
 {
-    int hd = c->head_dim, group = c->n_heads / c->n_kv_heads, T = pos + n;
-    const float *kc = s->key_cache + rt_cache_offset(s, l, 0);
-    const float *vc = s->value_cache + rt_cache_offset(s, l, 0);
-    float scale = 1.0f / sqrtf((float)hd);
-    /* One head's products are small (T x head_dim): BLAS's own threads cost more than
-     * they give. With them, generation after a 627-token prompt ran at 16.7 tokens/s
-     * on SmolLM2 against 66-69 without (2 cores), and the prompt at 201 against 278. */
+    int blocks = (n + RT_ATT_ROWS - 1) / RT_ATT_ROWS, items = blocks * c->n_heads;
+    int nt = omp_get_max_threads() < s->att_threads ? omp_get_max_threads() : s->att_threads;
+    int64_t work = (int64_t)n * (pos + n) * c->head_dim * c->n_heads;
+    /* One item's products are small: BLAS's own threads cost more than they give.
+     * With them, generation after a 627-token prompt ran at 16.7 tokens/s on
+     * SmolLM2 against 66-69 without (2 cores), and the prompt at 201 against 278. */
     int blas_threads = openblas_get_num_threads();
     openblas_set_num_threads(1);
-    for (int h = 0; h < c->n_heads; h++) {
-        const float *k = kc + (size_t)(h / group) * hd, *v = vc + (size_t)(h / group) * hd;
-        float *out = s->att + (size_t)h * hd;
-        const float *q = s->q + (size_t)h * hd;
-        if (n == 1) { /* scores[T] = K q; out = V^T p */
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, T, hd, scale, k, s->kv_dim, q, 1, 0.0f, s->scores, 1);
-            softmax_prefix(s->scores, T, T);
-            cblas_sgemv(CblasRowMajor, CblasTrans, T, hd, 1.0f, v, s->kv_dim, s->scores, 1, 0.0f, out, 1);
-            continue;
-        }
-        /* scores[n][T] = Q_h K_h^T * scale; causal softmax; out[n][hd] = P V_h */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, T, hd, scale, q, s->q_dim, k, s->kv_dim,
-                    0.0f, s->scores, T);
-        for (int i = 0; i < n; i++) softmax_prefix(s->scores + (size_t)i * T, pos + i + 1, T);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, hd, T, 1.0f, s->scores, T, v, s->kv_dim,
-                    0.0f, out, s->q_dim);
+#pragma omp parallel for schedule(dynamic) num_threads(nt) if (work >= ATT_TEAM_WORK && items > 1)
+    for (int it = 0; it < items; it++) {
+        int b = blocks - 1 - it / c->n_heads, h = it % c->n_heads, i0 = b * RT_ATT_ROWS;
+        int nr = n - i0 < RT_ATT_ROWS ? n - i0 : RT_ATT_ROWS;
+        float *scores = s->scores + (size_t)omp_get_thread_num() * s->att_rows * s->max_ctx;
+        attend(c, s, l, h, i0, nr, pos, scores);
     }
     openblas_set_num_threads(blas_threads);
 }
@@ -159,7 +193,7 @@ static void attention_block(const rt_model *m, rt_state *s, int l, float *h, int
     attention(c, s, l, n, pos);
     observe(s, l, RT_IN_ATTN_OUT, s->att, n, s->q_dim);
     ly->lin[LAY_O]->matmul(ly->lin[LAY_O], s->att, s->xo, n);
-    add_residual(h, s->xo, (int64_t)n * c->dim);
+    add_residual(h, s->xo, n, c->dim);
 }
 
 static void mlp_block(const rt_model *m, rt_state *s, int l, float *h, int n)
@@ -170,10 +204,10 @@ static void mlp_block(const rt_model *m, rt_state *s, int l, float *h, int n)
     observe(s, l, RT_IN_MLP, s->xb, n, c->dim);
     ly->lin[LAY_GATE]->matmul(ly->lin[LAY_GATE], s->xb, s->gate, n);
     ly->lin[LAY_UP]->matmul(ly->lin[LAY_UP], s->xb, s->up, n);
-    swiglu(s->gate, s->up, (int64_t)n * c->hidden_dim);
+    swiglu(s->gate, s->up, n, c->hidden_dim);
     observe(s, l, RT_IN_MLP_OUT, s->gate, n, c->hidden_dim);
     ly->lin[LAY_DOWN]->matmul(ly->lin[LAY_DOWN], s->gate, s->xo, n);
-    add_residual(h, s->xo, (int64_t)n * c->dim);
+    add_residual(h, s->xo, n, c->dim);
 }
 
 /* ==== The pass ==== */

@@ -2,32 +2,56 @@
  * runtime/linear.c — the dense fp32 linear layer: y = x W^T with OpenBLAS.
  *
  * What it is for: the full-precision reference model (eval --ref, measurement)
- * and the embedding lookup. One sgemv for a single row, one sgemm for a batch.
+ * and the embedding lookup. The rows are cut into slabs over OpenMP's threads, one
+ * single-threaded sgemv (a single row) or sgemm (a batch) per slab, so that every
+ * product of a forward pass runs on OpenMP's team: OpenBLAS's own threads beside
+ * that team (its pool yielding while OpenMP's threads spin, and the other way
+ * round) made SmolLM2's generation 7x slower once attention ran on the team too.
+ * Where OpenMP has one thread (the measurement gives its threads to BLAS, for the
+ * Hessians its observer accumulates between the products), BLAS's threads share
+ * each slab instead. The slabs depend on the shape alone, so the bits do not
+ * depend on who has the threads.
  * It must never allocate or print inside matmul/get_row.
  */
 #include <assert.h>
 #include <cblas.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "runtime.h"
+#include "rt_int.h"
 
 typedef struct {
     float *w;  /* [rows][cols], row-major, owned */
 } dense_impl;
 
+void rt_slab_product(const float *w, int64_t nr, int64_t cols, const float *x, int n, float *y, int64_t ldy)
+{
+    if (n == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)nr, (int)cols, 1.0f, w, (int)cols, x, 1, 0.0f, y, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)nr, (int)cols, 1.0f, x, (int)cols, w, (int)cols,
+                    0.0f, y, (int)ldy);
+}
+
+void rt_dense_product(const float *w, int64_t rows, int64_t cols, const float *x, float *y, int n)
+{
+    int team = omp_get_max_threads() > 1, blas_threads = openblas_get_num_threads();
+    int64_t sr = rt_even_slab_rows(rows, DENSE_SLAB_ROWS), slabs = (rows + sr - 1) / sr;
+    if (team) openblas_set_num_threads(1);
+#pragma omp parallel for schedule(static) if (team)
+    for (int64_t s = 0; s < slabs; s++) {
+        int64_t r0 = s * sr, nr = rows - r0 < sr ? rows - r0 : sr;
+        rt_slab_product(w + r0 * cols, nr, cols, x, n, y + r0, rows);
+    }
+    if (team) openblas_set_num_threads(blas_threads);
+}
+
 static void dense_matmul(const rt_linear *l, const float *x, float *y, int n)
 {
     const dense_impl *d = l->impl;
     assert(n >= 1);
-    if (n == 1) {
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)l->rows, (int)l->cols, 1.0f, d->w, (int)l->cols,
-                    x, 1, 0.0f, y, 1);
-        return;
-    }
-    /* y[n][rows] = x[n][cols] * W[rows][cols]^T */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)l->rows, (int)l->cols, 1.0f,
-                x, (int)l->cols, d->w, (int)l->cols, 0.0f, y, (int)l->rows);
+    rt_dense_product(d->w, l->rows, l->cols, x, y, n);
 }
 
 static void dense_get_row(const rt_linear *l, int64_t r, float *out)

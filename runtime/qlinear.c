@@ -39,8 +39,8 @@
  * whole tensor and never allocates in matmul. The packed arrays are borrowed: they
  * must outlive the layer.
  */
-#include "runtime.h"
 #include "qkernels.h"
+#include "rt_int.h"
 
 #include <assert.h>
 #include <cblas.h>
@@ -209,22 +209,25 @@ static int threads_for(const qlin *q)
 
 /* y = x W_deq^T: slabs of rows decoded to fp32, each multiplied by every activation
  * row in one sgemm on the thread that decoded it. BLAS runs single-threaded inside
- * (OpenMP already has a thread per core), as it was set before, afterwards. */
+ * (OpenMP already has a thread per core), as it was set before, afterwards. The
+ * slabs split the rows evenly over 2 or 4 threads (SmolLM2's 576 rows in slabs of
+ * 128 left one of two cores idle for a sixth of q and o, a third of k and v). */
 static void exact_matmul(const qlin *q, const float *x, float *y, int n)
 {
-    int64_t rows = q->p.rows, cols = q->p.cols, sr = q->slab_rows, slabs = (rows + sr - 1) / sr;
+    int nt = threads_for(q);
+    int64_t rows = q->p.rows, cols = q->p.cols, sr = rt_even_slab_rows(rows, q->slab_rows);
+    int64_t slabs = (rows + sr - 1) / sr;
     float *slab = bufs_of(q).slab;
     int blas_threads = openblas_get_num_threads();
     openblas_set_num_threads(1);
-#pragma omp parallel num_threads(threads_for(q))
+#pragma omp parallel num_threads(nt)
     {
         float *w = slab + (int64_t)omp_get_thread_num() * sr * cols;
 #pragma omp for schedule(static)
         for (int64_t s = 0; s < slabs; s++) {
             int64_t r0 = s * sr, nr = rows - r0 < sr ? rows - r0 : sr;
             for (int64_t r = 0; r < nr; r++) decode_row(q, r0 + r, w + r * cols);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)nr, (int)cols, 1.0f, x, (int)cols, w,
-                        (int)cols, 0.0f, y + r0, (int)rows);
+            rt_slab_product(w, nr, cols, x, n, y + r0, rows);
         }
     }
     openblas_set_num_threads(blas_threads);
@@ -235,6 +238,7 @@ static const float *transform_input(const qlin *q, const qbufs *b, const float *
 {
     int64_t cols = q->p.cols;
     float norm = (float)(1.0 / sqrt((double)q->p.opt.rot));
+#pragma omp parallel for schedule(static) num_threads(threads_for(q)) if (n > 1)
     for (int k = 0; k < n; k++) {
         const float *xk = x + k * cols;
         float *out = b->xr + k * cols;

@@ -27,13 +27,40 @@ struct rt_state {
     float *xo;           /* [B][D] output of o or down, before the residual add */
     float *q;            /* [B][Q] queries after RoPE */
     float *att;          /* [B][Q] attention output (input of o) */
-    float *scores;       /* [B][T] attention weights of one head */
+    float *scores;       /* [att_threads][att_rows][T]: attention weights, a block of rows per thread */
+    int att_threads;     /* threads attention may use (OpenMP's maximum at rt_state_new) */
+    int att_rows;        /* min(B, RT_ATT_ROWS) */
     float *gate, *up;    /* [B][H] */
     float *rope_cos, *rope_sin; /* [T][R] */
     int rope_neox;       /* 1: pairs (i, i + rope_dim/2) rotate (qwen2); 0: pairs (2i, 2i+1) */
     rt_observer observer;
     void *observer_ctx;
 };
+
+/* Query rows per work item of a batch's attention. */
+#define RT_ATT_ROWS 32
+
+/* Rows per slab when a product's rows are cut into slabs of at most max_rows: the
+ * fewest slabs, in a multiple of 4, that split the rows as evenly as a multiple of
+ * 8 rows allows, so that 2 or 4 threads get equal shares. It depends on the shape
+ * alone: BLAS's bits depend on a product's shape, and a result must not depend on
+ * the number of threads. */
+static inline int64_t rt_even_slab_rows(int64_t rows, int64_t max_rows)
+{
+    int64_t slabs = ((rows + max_rows - 1) / max_rows + 3) / 4 * 4;
+    int64_t sr = ((rows + slabs - 1) / slabs + 7) / 8 * 8;
+    return sr < max_rows ? sr : max_rows;
+}
+
+/* y[n][0..nr) (rows ldy apart) = x[n][cols] w[nr][cols]^T: one sgemv (n = 1) or
+ * sgemm on the calling thread, with BLAS's threads as they are set. */
+void rt_slab_product(const float *w, int64_t nr, int64_t cols, const float *x, int n, float *y, int64_t ldy);
+
+/* y[n][rows] = x[n][cols] w[rows][cols]^T in slabs of at most DENSE_SLAB_ROWS rows
+ * over OpenMP's threads, BLAS single-threaded in each (with one OpenMP thread, on
+ * BLAS's threads): rt_linear_dense's product. */
+#define DENSE_SLAB_ROWS 256
+void rt_dense_product(const float *w, int64_t rows, int64_t cols, const float *x, float *y, int n);
 
 /* Layer l's part of the KV cache: keys (values) of position pos at
  * cache + rt_cache_offset(s, l, pos). */

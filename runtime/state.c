@@ -8,6 +8,7 @@
  */
 #include <assert.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 
 #include "rt_int.h"
@@ -50,7 +51,9 @@ static rt_state *state_new(const rt_model *m, int max_ctx, int max_batch, int ca
     s->xo = calloc(B * dim, sizeof(float));
     s->q = calloc(B * (size_t)s->q_dim, sizeof(float));
     s->att = calloc(B * (size_t)s->q_dim, sizeof(float));
-    s->scores = calloc(B * T, sizeof(float));
+    s->att_threads = omp_get_max_threads();
+    s->att_rows = max_batch < RT_ATT_ROWS ? max_batch : RT_ATT_ROWS;
+    s->scores = calloc((size_t)s->att_threads * (size_t)s->att_rows * T, sizeof(float));
     s->gate = calloc(B * hidden, sizeof(float));
     s->up = calloc(B * hidden, sizeof(float));
     s->rope_cos = calloc(T * half, sizeof(float));

@@ -80,20 +80,10 @@ static int threads_for(const stored_impl *d)
     return nt > d->threads ? d->threads : nt;
 }
 
-/* y[n][rows] = x[n][cols] W^T for the held fp32 W: rt_linear_dense's calls. */
-static void held_matmul(const rt_linear *l, const float *w, const float *x, float *y, int n)
-{
-    if (n == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)l->rows, (int)l->cols, 1.0f, w, (int)l->cols, x, 1, 0.0f, y, 1);
-    else
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)l->rows, (int)l->cols, 1.0f, x, (int)l->cols, w,
-                    (int)l->cols, 0.0f, y, (int)l->rows);
-}
-
 static void slab_matmul(const rt_linear *l, const stored_impl *d, const float *x, float *y, int n)
 {
-    int64_t rows = l->rows, cols = l->cols, slabs = (rows + SLAB_ROWS - 1) / SLAB_ROWS;
     int nt = threads_for(d);
+    int64_t rows = l->rows, cols = l->cols, sr = rt_even_slab_rows(rows, SLAB_ROWS), slabs = (rows + sr - 1) / sr;
     float *base = rt_scratch_get(d->scratch, (size_t)nt * SLAB_ROWS * (size_t)cols * sizeof(float));
     int blas_threads = openblas_get_num_threads();
     openblas_set_num_threads(1);
@@ -102,13 +92,9 @@ static void slab_matmul(const rt_linear *l, const stored_impl *d, const float *x
         float *w = base + (int64_t)omp_get_thread_num() * SLAB_ROWS * cols;
 #pragma omp for schedule(static)
         for (int64_t s = 0; s < slabs; s++) {
-            int64_t r0 = s * SLAB_ROWS, nr = rows - r0 < SLAB_ROWS ? rows - r0 : SLAB_ROWS;
+            int64_t r0 = s * sr, nr = rows - r0 < sr ? rows - r0 : sr;
             mdl_tensor_rows_to_f32(d->file, d->t, r0, nr, w);
-            if (n == 1)
-                cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)nr, (int)cols, 1.0f, w, (int)cols, x, 1, 0.0f, y + r0, 1);
-            else
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, (int)nr, (int)cols, 1.0f, x, (int)cols, w,
-                            (int)cols, 0.0f, y + r0, (int)rows);
+            rt_slab_product(w, nr, cols, x, n, y + r0, rows);
         }
     }
     openblas_set_num_threads(blas_threads);
@@ -118,7 +104,7 @@ static void stored_matmul(const rt_linear *l, const float *x, float *y, int n)
 {
     const stored_impl *d = l->impl;
     assert(n >= 1);
-    if (d->w) held_matmul(l, d->w, x, y, n);
+    if (d->w) rt_dense_product(d->w, l->rows, l->cols, x, y, n);
     else slab_matmul(l, d, x, y, n);
 }
 
