@@ -20,7 +20,8 @@ CFLAGS_BASE = $(CFLAGS_NOSAN) $(SAN)
 # The SIMD kernels (*_avx2.c, *_avx512.c) with these sanitizers: the fuzz build
 # leaves them out (they parse nothing, and instrumented they take minutes to compile).
 SIMD_SAN ?= $(SAN)
-LDLIBS   = -lglpk -lsqlite3 -llapack -lopenblas -lxxhash -lm -lpthread
+# libmvec is glibc's vector math (the forward pass's expf, four lanes at a time).
+LDLIBS   = -lglpk -lsqlite3 -llapack -lopenblas -lxxhash -lmvec -lm -lpthread
 AVX2     = -mavx2 -mfma -mf16c -mbmi2
 AVX512   = $(AVX2) -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni
 

@@ -25,10 +25,15 @@
  */
 #include <assert.h>
 #include <cblas.h>
+#include <immintrin.h>
 #include <math.h>
 #include <omp.h>
 
 #include "rt_int.h"
+
+/* glibc's libmvec: expf on four lanes (the x86-64 vector ABI's SSE variant, which
+ * every x86-64 CPU runs). */
+__m128 _ZGVbN4v_expf(__m128 x);
 
 /* ==== Element-wise steps ==== */
 
@@ -88,14 +93,36 @@ static void add_residual(float *h, const float *delta, int n, int dim)
     for (int64_t i = 0; i < len; i++) h[i] += delta[i];
 }
 
-/* gate = silu(gate) * up over n rows of hidden values. */
+/* v[i] = exp(v[i]) for i < len, four at a time through glibc's vector expf
+ * (libmvec: within 2.93 ulp of exp over all 21 million floats tried in [-87, 88];
+ * the scalar expf, in SwiGLU and attention's softmax, was a tenth of a SmolLM2
+ * prompt's time). The last few go through the same function padded, so every
+ * value gets the same bits wherever it stands. */
+static void exp_in_place(float *v, int64_t len)
+{
+    int64_t i = 0;
+    for (; i + 4 <= len; i += 4) _mm_storeu_ps(v + i, _ZGVbN4v_expf(_mm_loadu_ps(v + i)));
+    if (i == len) return;
+    float t[4] = {0};
+    memcpy(t, v + i, (size_t)(len - i) * sizeof *t);
+    _mm_storeu_ps(t, _ZGVbN4v_expf(_mm_loadu_ps(t)));
+    memcpy(v + i, t, (size_t)(len - i) * sizeof *t);
+}
+
+/* gate = silu(gate) * up over n rows of hidden values: g / (1 + exp(-g)) * up,
+ * a stretch of SWIGLU_SPAN at a time. */
+#define SWIGLU_SPAN 256
 static void swiglu(float *gate, const float *up, int n, int hidden)
 {
     int64_t len = (int64_t)n * hidden;
 #pragma omp parallel for schedule(static) if (n >= PARALLEL_ROWS)
-    for (int64_t i = 0; i < len; i++) {
-        float g = gate[i];
-        gate[i] = g / (1.0f + expf(-g)) * up[i];
+    for (int64_t i0 = 0; i0 < len; i0 += SWIGLU_SPAN) {
+        int m = len - i0 < SWIGLU_SPAN ? (int)(len - i0) : SWIGLU_SPAN;
+        float e[SWIGLU_SPAN], *g = gate + i0;
+        const float *u = up + i0;
+        for (int j = 0; j < m; j++) e[j] = -g[j];
+        exp_in_place(e, m);
+        for (int j = 0; j < m; j++) g[j] = g[j] / (1.0f + e[j]) * u[j];
     }
 }
 
@@ -104,8 +131,10 @@ static void softmax_prefix(float *row, int valid, int len)
 {
     float mx = row[0];
     for (int t = 1; t < valid; t++) mx = row[t] > mx ? row[t] : mx;
+    for (int t = 0; t < valid; t++) row[t] -= mx;
+    exp_in_place(row, valid);
     float sum = 0;
-    for (int t = 0; t < valid; t++) { row[t] = expf(row[t] - mx); sum += row[t]; }
+    for (int t = 0; t < valid; t++) sum += row[t];
     float inv = 1.0f / sum;
     for (int t = 0; t < valid; t++) row[t] *= inv;
     for (int t = valid; t < len; t++) row[t] = 0;

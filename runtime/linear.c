@@ -7,10 +7,11 @@
  * product of a forward pass runs on OpenMP's team: OpenBLAS's own threads beside
  * that team (its pool yielding while OpenMP's threads spin, and the other way
  * round) made SmolLM2's generation 7x slower once attention ran on the team too.
- * Where OpenMP has one thread (the measurement gives its threads to BLAS, for the
- * Hessians its observer accumulates between the products), BLAS's threads share
- * each slab instead. The slabs depend on the shape alone, so the bits do not
- * depend on who has the threads.
+ * The slabs depend on the shape alone, so the bits do not depend on the number of
+ * threads, from two on. With one OpenMP thread (the measurement gives its threads
+ * to BLAS, for the Hessians its observer accumulates between the products) one
+ * BLAS call does the whole product on BLAS's threads, as before there were slabs:
+ * slabs of SmolLM2's shapes on BLAS's two threads ran at 0.74-0.91 of its speed.
  * It must never allocate or print inside matmul/get_row.
  */
 #include <assert.h>
@@ -36,15 +37,19 @@ void rt_slab_product(const float *w, int64_t nr, int64_t cols, const float *x, i
 
 void rt_dense_product(const float *w, int64_t rows, int64_t cols, const float *x, float *y, int n)
 {
-    int team = omp_get_max_threads() > 1, blas_threads = openblas_get_num_threads();
+    if (omp_get_max_threads() == 1) { /* BLAS's threads, if it has any, do it all */
+        rt_slab_product(w, rows, cols, x, n, y, rows);
+        return;
+    }
+    int blas_threads = openblas_get_num_threads();
     int64_t sr = rt_even_slab_rows(rows, DENSE_SLAB_ROWS), slabs = (rows + sr - 1) / sr;
-    if (team) openblas_set_num_threads(1);
-#pragma omp parallel for schedule(static) if (team)
+    openblas_set_num_threads(1);
+#pragma omp parallel for schedule(static)
     for (int64_t s = 0; s < slabs; s++) {
         int64_t r0 = s * sr, nr = rows - r0 < sr ? rows - r0 : sr;
         rt_slab_product(w + r0 * cols, nr, cols, x, n, y + r0, rows);
     }
-    if (team) openblas_set_num_threads(blas_threads);
+    openblas_set_num_threads(blas_threads);
 }
 
 static void dense_matmul(const rt_linear *l, const float *x, float *y, int n)

@@ -57,8 +57,8 @@ static inline int64_t rt_even_slab_rows(int64_t rows, int64_t max_rows)
 void rt_slab_product(const float *w, int64_t nr, int64_t cols, const float *x, int n, float *y, int64_t ldy);
 
 /* y[n][rows] = x[n][cols] w[rows][cols]^T in slabs of at most DENSE_SLAB_ROWS rows
- * over OpenMP's threads, BLAS single-threaded in each (with one OpenMP thread, on
- * BLAS's threads): rt_linear_dense's product. */
+ * over OpenMP's threads, BLAS single-threaded in each (with one OpenMP thread, one
+ * BLAS call on BLAS's threads): rt_linear_dense's product. */
 #define DENSE_SLAB_ROWS 256
 void rt_dense_product(const float *w, int64_t rows, int64_t cols, const float *x, float *y, int n);
 
