@@ -260,6 +260,7 @@ static int calib_key(measure_run *r, const char *model_hash, char key[65])
         n += (size_t)snprintf(s + n, cap - n, "\n");
     }
     if (r->p->fast_error) n += (size_t)snprintf(s + n, cap - n, "error fast\n"); /* other numbers: another key */
+    n += (size_t)snprintf(s + n, cap - n, "grid search 0.5 to 4 bits\n"); /* gptq.c's searched ranges: not min/max's numbers */
     mdl_sha256_of(s, n, key);
     free(s);
     return 0;

@@ -45,12 +45,29 @@
  * once per block, the quantization of a column runs 16 rows at a time on AVX-512,
  * RTN's error works row by row on the original layout.
  *
- * The grid of one (row, group), with x the group's weights of that row:
- *   asymmetric (LAY_SCALE_F16_Z8): lo = min(min x, 0), hi = max(max x, 0),
+ * The grid of one (row, group), with x the group's weights of that row, fitted to
+ * a range [f min x, f max x] (the fit):
+ *   asymmetric (LAY_SCALE_F16_Z8): lo = min(f min x, 0), hi = max(f max x, 0),
  *       s = fp16((hi - lo) / (2^b - 1)), z = clamp(rint(-lo / s), 0, 2^b - 1);
- *   symmetric (LAY_SCALE_F16): a = max |x|, s = fp16(2a / (2^b - 1)), z = 2^(b-1);
+ *   symmetric (LAY_SCALE_F16): a = max(-lo, hi), s = fp16(2a / (2^b - 1)), z = 2^(b-1);
  *   an all-zero group uses lo = -1, hi = 1 (a = 1); a scale that rounds to 0 in fp16
  *   becomes the smallest fp16 subnormal.
+ * The range is searched (the search) for groups of at most GRID_SEARCH_MAX_BITS:
+ * f = (GRID_SHRINK_DEN - k) / GRID_SHRINK_DEN for k = 0..GRID_SHRINK_STEPS (1.0
+ * down to 0.5), keeping the first f with the least sum over the group of
+ * H_jj (x_j - s (q_j - z))^2 (H_jj as a float, the column's diag(H); without a
+ * Hessian 1), summed in double in column order. f = 1 is min/max; a smaller range
+ * clips the few largest weights and gives the many others a finer grid, which at
+ * 2-3 bits is most of the error (on SmolLM2's layers GPTQ's output error falls by
+ * ~22% at 3 bits g128, ~40% at 2 bits g64: BENCHMARKS.md, "Searched ranges").
+ * The weights H_jj keep a column that meets huge activations (SmolLM2's ffn_down
+ * in layers 2 and 11) from being clipped: unweighted, the search made those
+ * tensors' error up to 29 times worse. Groups wider than GRID_SEARCH_MAX_BITS
+ * keep f = 1: at 5-8 bits the search made GPTQ's error 2-7% worse on average over
+ * SmolLM2's tensors (up to 6.5 times on one; round-to-nearest's still fell), since
+ * GPTQ's updates carry each clipped error into the group's later columns, which
+ * then fall outside the narrowed range. GPTQ and round-to-nearest search the same
+ * way, on the values they quantize.
  */
 #include "measure.h"
 #include "util/util.h"
@@ -68,6 +85,9 @@
 #endif
 
 #define GPTQ_MAX_RETRIES 4
+#define GRID_SHRINK_DEN 20   /* the search's ranges: f = 1, 0.95, ..., 0.5 */
+#define GRID_SHRINK_STEPS 10
+#define GRID_SEARCH_MAX_BITS 4 /* wider groups keep min/max (the file header says why) */
 #define GPTQ_ERR_CHUNK 256      /* rows per syrk in the error traces */
 
 /* LAPACK (Fortran); the trailing size_t is the hidden length of the uplo string. */
@@ -421,7 +441,7 @@ static inline double round_even(double x)
     return fabs(x) < 2251799813685248.0 ? (x + magic) - magic : x;
 }
 
-/* Scale (fp16 bits) and zero of one (row, group) from its min and max weights. */
+/* Scale (fp16 bits) and zero of one (row, group) for the range [mn, mx] (the fit). */
 static void grid_fit(double mn, double mx, int bits, lay_scale_fmt fmt, uint16_t *s16, uint8_t *z)
 {
     int maxq = (1 << bits) - 1;
@@ -447,6 +467,32 @@ static inline uint8_t grid_quant(double w, double s, double z, double maxq)
     return (uint8_t)(q < 0 ? 0 : q > maxq ? maxq : q);
 }
 
+/* The search of the grid (file header): x[0], x[stride], ... x[(n - 1) stride]
+ * are one row's weights of one group, in the order they are quantized, and imp[j]
+ * the diag(H) of x[j stride]'s column (NULL: 1). */
+static void grid_search(const double *x, int64_t n, int64_t stride, const float *imp, int bits, lay_scale_fmt fmt,
+                        uint16_t *s16, uint8_t *z)
+{
+    double mn = INFINITY, mx = -INFINITY, maxq = (double)((1 << bits) - 1), best = INFINITY;
+    for (int64_t j = 0; j < n; j++) {
+        double v = x[j * stride];
+        if (v < mn) mn = v;
+        if (v > mx) mx = v;
+    }
+    for (int k = 0; k <= (bits <= GRID_SEARCH_MAX_BITS ? GRID_SHRINK_STEPS : 0); k++) {
+        double f = (double)(GRID_SHRINK_DEN - k) / GRID_SHRINK_DEN, sse = 0;
+        uint16_t cs;
+        uint8_t cz;
+        grid_fit(mn * f, mx * f, bits, fmt, &cs, &cz);
+        float sf = lay_f16_to_f32(cs), zf = (float)cz;
+        for (int64_t j = 0; j < n && sse < best; j++) { /* stopping early never changes the choice */
+            double v = x[j * stride], d = v - (double)(sf * ((float)grid_quant(v, (double)sf, (double)zf, maxq) - zf));
+            sse += (imp ? (double)imp[j] : 1.0) * (d * d);
+        }
+        if (sse < best) best = sse, *s16 = cs, *z = cz;
+    }
+}
+
 /* ==== The column loop (steps 5, 6) ==== */
 
 /* Working state of one quantization: wt[cols][rows] is W transposed in stored
@@ -457,7 +503,7 @@ typedef struct {
     const lay_option *o;
     const double *u;     /* NULL: round-to-nearest (no error feedback) */
     int64_t rows, cols, ng;
-    double *wt, *e, *mn, *mx;
+    double *wt, *e;
     float *s, *z;
     uint8_t *qt;
     int want_e2;         /* sum the squared scaled errors into e2 (fast rel_err) */
@@ -468,6 +514,7 @@ typedef struct {
     const lay_ggml_traits *gt;
     int gtype;
     const float *imp;    /* [cols] importance by column (no permutation) */
+    float *imp_stored;   /* [cols] imp by stored column, for the search (NULL: no imp) */
     lay_ggml_grid *grid; /* [rows] */
     float *gx;           /* [block] scratch: one row's block */
     uint8_t *gq;         /* [block] scratch: one row's q values */
@@ -526,18 +573,11 @@ static void group_start(gptq_run *r, int64_t g, int64_t j0, int64_t j1)
 {
     if (r->gt) { ggml_block_start(r, j0, j1); return; }
     int bits = lay_group_bits(r->o, r->cols, g);
-    for (int64_t i = 0; i < r->rows; i++) r->mn[i] = INFINITY, r->mx[i] = -INFINITY;
-    for (int64_t j = j0; j < j1; j++) {
-        const double *c = r->wt + j * r->rows;
-        for (int64_t i = 0; i < r->rows; i++) {
-            if (c[i] < r->mn[i]) r->mn[i] = c[i];
-            if (c[i] > r->mx[i]) r->mx[i] = c[i];
-        }
-    }
     for (int64_t i = 0; i < r->rows; i++) {
         uint16_t *s16 = &r->out->scale[i * r->ng + g];
         uint8_t *z = &r->out->zero[i * r->ng + g];
-        grid_fit(r->mn[i], r->mx[i], bits, r->o->scale_fmt, s16, z);
+        grid_search(r->wt + j0 * r->rows + i, j1 - j0, r->rows, r->imp_stored ? r->imp_stored + j0 : NULL, bits,
+                    r->o->scale_fmt, s16, z);
         r->s[i] = lay_f16_to_f32(*s16), r->z[i] = (float)*z;
     }
 }
@@ -658,7 +698,7 @@ static void run_block(gptq_run *r, int64_t b0, int64_t b1)
 
 static void run_free(gptq_run *r)
 {
-    free(r->wt), free(r->e), free(r->qt), free(r->mn), free(r->mx), free(r->s), free(r->z);
+    free(r->wt), free(r->e), free(r->qt), free(r->s), free(r->z), free(r->imp_stored);
     free(r->grid), free(r->gx), free(r->gq);
 }
 
@@ -707,11 +747,17 @@ static int run_columns(const float *w, const int32_t *perm, const uint8_t *dead,
     r.wt = malloc((size_t)(rows * cols) * sizeof *r.wt);
     r.e = u ? malloc((size_t)(bs * rows) * sizeof *r.e) : NULL;
     r.qt = malloc((size_t)(bs * rows));
-    r.mn = malloc((size_t)rows * sizeof *r.mn), r.mx = malloc((size_t)rows * sizeof *r.mx);
     r.s = malloc((size_t)rows * sizeof *r.s), r.z = malloc((size_t)rows * sizeof *r.z);
-    if (!r.wt || (u && !r.e) || !r.qt || !r.mn || !r.mx || !r.s || !r.z) {
+    if (!r.wt || (u && !r.e) || !r.qt || !r.s || !r.z) {
         run_free(&r);
         return -1;
+    }
+    if (imp && !r.gt) {
+        if (!(r.imp_stored = malloc((size_t)cols * sizeof *r.imp_stored))) {
+            run_free(&r);
+            return -1;
+        }
+        for (int64_t j = 0; j < cols; j++) r.imp_stored[j] = imp[perm[j]];
     }
     load_transposed(w, perm, dead, rows, cols, r.wt);
     for (int64_t b0 = 0; b0 < cols; b0 += bs) run_block(&r, b0, b0 + bs < cols ? b0 + bs : cols);
@@ -922,6 +968,8 @@ typedef struct {
     const float *imp;    /* ggml block types: the importance of the columns */
     uint8_t *blocks;     /* ggml block types: one row's blocks */
     float *row;          /* ggml block types: one row decoded */
+    double *gx;          /* [cols] one row's weights in act-order */
+    float *gimp;         /* [cols] imp in act-order */
 } rtn_rows;
 
 /* fill_rtn for a ggml block type: each row quantized as lay_ggml_quantize_row does
@@ -949,18 +997,14 @@ static void fill_rtn(const void *ctx, int64_t r0, int64_t nr, int64_t cols, void
     int64_t ng = lay_n_groups(o, cols);
     for (int64_t r = r0; r < r0 + nr; r++) {
         const float *wr = x->w + r * cols;
+        for (int64_t j = 0; j < cols; j++) x->gx[j] = (double)wr[x->order[j]];
         for (int64_t g = 0; g < ng; g++) {
             int64_t j0 = lay_group_start(o, g), j1 = j0 + lay_group_cols(o, cols, g);
             int bits = lay_group_bits(o, cols, g);
-            double mn = INFINITY, mx = -INFINITY, maxq = (double)((1 << bits) - 1);
-            for (int64_t j = j0; j < j1; j++) {
-                double v = (double)wr[x->order[j]];
-                if (v < mn) mn = v;
-                if (v > mx) mx = v;
-            }
+            double maxq = (double)((1 << bits) - 1);
             uint16_t s16;
             uint8_t z8;
-            grid_fit(mn, mx, bits, o->scale_fmt, &s16, &z8);
+            grid_search(x->gx + j0, j1 - j0, 1, x->gimp + j0, bits, o->scale_fmt, &s16, &z8);
             float s = lay_f16_to_f32(s16), z = (float)z8;
             for (int64_t j = j0; j < j1; j++) {
                 int64_t c = x->order[j];
@@ -1072,20 +1116,24 @@ int gptq_quantize(const float *w, int64_t rows, int64_t cols, const double *h,
 }
 
 /* RTN in a ggml block type: lay_ggml_quantize_row, weighted by diag(h) if given. */
-static int rtn_quantize_ggml(const float *w, int64_t rows, int64_t cols, const double *h, const lay_option *o,
-                             lay_qtensor *out, char *err, size_t err_len)
+/* The columns' importance, diag(H) as floats (the search's and the ggml fits'
+ * weights): *imp = NULL without h. 0, or -1 if out of memory. */
+static int diag_importance(const double *h, int64_t cols, float **imp)
+{
+    *imp = NULL;
+    if (!h) return 0;
+    if (!(*imp = malloc((size_t)cols * sizeof **imp))) return -1;
+    for (int64_t j = 0; j < cols; j++) (*imp)[j] = (float)h[j * cols + j];
+    return 0;
+}
+
+static int rtn_quantize_ggml(const float *w, int64_t rows, int64_t cols, const float *imp, const lay_option *o,
+                             lay_qtensor *out)
 {
     int type = lay_option_ggml(o);
-    float *imp = h ? malloc((size_t)cols * sizeof *imp) : NULL;
-    if ((h && !imp) || lay_qtensor_alloc(out, rows, cols, o)) {
-        free(imp);
-        snprintf(err, err_len, "out of memory quantizing a %lldx%lld tensor", (long long)rows, (long long)cols);
-        return -1;
-    }
-    for (int64_t j = 0; h && j < cols; j++) imp[j] = (float)h[j * cols + j];
+    if (lay_qtensor_alloc(out, rows, cols, o)) return -1;
     int64_t rb = lay_ggml_row_bytes(type, cols);
     for (int64_t r = 0; r < rows; r++) lay_ggml_quantize_row(type, w + r * cols, imp, out->blocks + r * rb, cols);
-    free(imp);
     return 0;
 }
 
@@ -1098,14 +1146,18 @@ int rtn_quantize(const float *w, int64_t rows, int64_t cols, const double *h,
         check_w(w, rows, cols, err, err_len))
         return -1;
     if (h && check_h(h, cols, err, err_len)) return -1;
-    if (lay_option_ggml(o) >= 0) return rtn_quantize_ggml(w, rows, cols, h, o, out, err, err_len);
-    if (lay_qtensor_alloc(out, rows, cols, o) || act_order_perm(h, cols, 1, out->perm) ||
-        run_columns(w, out->perm, NULL, NULL, 128, NULL, out, NULL)) {
+    float *imp;
+    int rc = diag_importance(h, cols, &imp);
+    if (!rc && lay_option_ggml(o) >= 0) rc = rtn_quantize_ggml(w, rows, cols, imp, o, out);
+    else if (!rc)
+        rc = lay_qtensor_alloc(out, rows, cols, o) || act_order_perm(h, cols, 1, out->perm) ||
+             run_columns(w, out->perm, NULL, NULL, 128, imp, out, NULL) ? -1 : 0;
+    free(imp);
+    if (rc) {
         snprintf(err, err_len, "out of memory quantizing a %lldx%lld tensor", (long long)rows, (long long)cols);
         lay_qtensor_free(out);
-        return -1;
     }
-    return 0;
+    return rc;
 }
 
 int rtn_error_prepared(const float *w, int64_t rows, const gptq_prep *prep, const lay_option *o,
@@ -1115,18 +1167,19 @@ int rtn_error_prepared(const float *w, int64_t rows, const gptq_prep *prep, cons
     int64_t cols = prep->cols;
     if (option_applies(o, rows, cols, err, err_len) || check_w(w, rows, cols, err, err_len)) return -1;
     if (w_energy < 0) w_energy = gptq_weight_energy(w, rows, cols, prep->h);
-    rtn_rows x = {w, prep->order, o, prep->fast_error, prep->imp, NULL, NULL};
+    rtn_rows x = {w, prep->order, o, prep->fast_error, prep->imp, NULL, NULL, NULL, NULL};
     int type = lay_option_ggml(o);
     double num = NAN;
     if (type >= 0) {
         x.blocks = malloc((size_t)lay_ggml_row_bytes(type, cols));
         x.row = malloc((size_t)cols * sizeof *x.row);
-    }
-    if (type < 0 || (x.blocks && x.row)) {
+    } else x.gx = malloc((size_t)cols * sizeof *x.gx), x.gimp = malloc((size_t)cols * sizeof *x.gimp);
+    if (type < 0 ? x.gx && x.gimp : x.blocks && x.row) {
+        for (int64_t j = 0; type < 0 && j < cols; j++) x.gimp[j] = prep->imp[prep->order[j]];
         rows_source src = {fill_rtn, &x, prep->fast_error};
         num = quad_trace(&src, rows, cols, prep->h);
     }
-    free(x.blocks), free(x.row);
+    free(x.blocks), free(x.row), free(x.gx), free(x.gimp);
     *rel_err = error_ratio(num, w_energy);
     if (isnan(*rel_err)) {
         snprintf(err, err_len, "out of memory for the RTN error of a %lldx%lld tensor", (long long)rows,

@@ -51,7 +51,9 @@ typedef struct {
  * computed (without fast_error it costs about 40% of the quantization itself). */
 
 /* Quantizes w[rows][cols] (original column order; not modified) under option o,
- * using the Hessian h[cols][cols] (double, symmetric; not modified). out must be
+ * using the Hessian h[cols][cols] (double, symmetric; not modified). Each (row,
+ * group)'s scale and zero come from a search over clipped ranges, weighted by
+ * diag(H) (gptq.c's header, "the search"). out must be
  * unallocated: this allocates it (lay_qtensor_free releases). Returns 0, or -1 with
  * a message (option does not apply, NaN/Inf in w or h, out of memory,
  * Cholesky failure even after extra damping). */
@@ -124,8 +126,9 @@ int gptq_quantize_option(const float *w, int64_t rows, gptq_prep *const *prep, c
 /* The fp16 multipliers m[cols] of alpha for the Hessian h (as above). */
 void gptq_awq_multipliers(const double *h, int64_t cols, double alpha, uint16_t *m);
 
-/* Round-to-nearest with the same grid (act-order permutation from h, same groups
- * and scales): the baseline GPTQ must beat. h may be NULL (identity order). */
+/* Round-to-nearest with the same grid (act-order permutation from h, same groups,
+ * scales searched the same way): the baseline GPTQ must beat. h may be NULL
+ * (identity order, an unweighted search). */
 int rtn_quantize(const float *w, int64_t rows, int64_t cols, const double *h,
                  const lay_option *o, lay_qtensor *out, char *err, size_t err_len);
 /* RTN's rel_err under option o with the Hessian of prep (act-order by its diagonal),

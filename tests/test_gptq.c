@@ -378,12 +378,22 @@ static void test_rtn_without_hessian_keeps_order(void **state)
     for (int64_t j = 0; j < L.cols; j++) assert_int_equal(q.perm[j], j);
     float *wq = malloc((size_t)(L.rows * L.cols) * sizeof *wq);
     lay_qtensor_dequant(&q, wq);
-    /* round to nearest: within half a step (a little more at the clipped top of a
-     * symmetric grid, whose scale was rounded down to fp16) */
+    /* round to nearest: inside the grid's range within half a step (a little more at
+     * the top of a symmetric grid, whose scale was rounded down to fp16), outside it
+     * (the searched range clips) the nearer end; the range keeps at least half of
+     * the group's */
     for (int64_t r = 0; r < L.rows; r++)
-        for (int64_t j = 0; j < L.cols; j++) {
-            float s = lay_f16_to_f32(q.scale[r * 4 + j / 32]);
-            assert_true(fabsf(wq[r * L.cols + j] - L.w[r * L.cols + j]) <= 0.5f * s * 1.01f);
+        for (int64_t g = 0; g < 4; g++) {
+            float s = lay_f16_to_f32(q.scale[r * 4 + g]), z = (float)q.zero[r * 4 + g];
+            float bottom = s * (0 - z), top = s * (15 - z), amax = 0;
+            for (int64_t j = g * 32; j < g * 32 + 32; j++) {
+                float v = L.w[r * L.cols + j], d = wq[r * L.cols + j];
+                amax = fabsf(v) > amax ? fabsf(v) : amax;
+                if (v < bottom - 0.5f * s) assert_true(d == bottom);
+                else if (v > top + 0.5f * s) assert_true(d == top);
+                else assert_true(fabsf(d - v) <= 0.5f * s * 1.01f);
+            }
+            assert_true(top - bottom + s >= amax * 0.99f); /* 2 a f >= a, 16 steps against 15 */
         }
     free(wq);
     lay_qtensor_free(&q);
