@@ -237,6 +237,17 @@ void gptq_prep_free(gptq_prep *prep)
     free(prep);
 }
 
+/* The columns' importance, diag(H) as floats (the search's and the ggml fits'
+ * weights): *imp = NULL without h. 0, or -1 if out of memory. */
+static int diag_importance(const double *h, int64_t cols, float **imp)
+{
+    *imp = NULL;
+    if (!h) return 0;
+    if (!(*imp = malloc((size_t)cols * sizeof **imp))) return -1;
+    for (int64_t j = 0; j < cols; j++) (*imp)[j] = (float)h[j * cols + j];
+    return 0;
+}
+
 int gptq_prepare(const double *h, int64_t cols, const gptq_params *p, gptq_prep **out,
                  char *err, size_t err_len)
 {
@@ -249,11 +260,9 @@ int gptq_prepare(const double *h, int64_t cols, const gptq_params *p, gptq_prep 
     pr->perm = malloc((size_t)cols * sizeof *pr->perm);
     pr->dead = malloc((size_t)cols);
     pr->u = malloc((size_t)(cols * cols) * sizeof *pr->u);
-    pr->imp = malloc((size_t)cols * sizeof *pr->imp);
     pr->own_h = !p->borrow_h;
     pr->h = pr->own_h ? malloc((size_t)(cols * cols) * sizeof *pr->h) : (double *)h;
-    if (!pr->perm || !pr->dead || !pr->u || !pr->h || !pr->imp) goto oom;
-    for (int64_t j = 0; j < cols; j++) pr->imp[j] = (float)h[j * cols + j];
+    if (!pr->perm || !pr->dead || !pr->u || !pr->h || diag_importance(h, cols, &pr->imp)) goto oom;
     pr->act_order = p->act_order;
     if (pr->own_h) memcpy(pr->h, h, (size_t)(cols * cols) * sizeof *h);
     if (act_order_perm(h, cols, p->act_order, pr->perm)) goto oom;
@@ -1116,17 +1125,6 @@ int gptq_quantize(const float *w, int64_t rows, int64_t cols, const double *h,
 }
 
 /* RTN in a ggml block type: lay_ggml_quantize_row, weighted by diag(h) if given. */
-/* The columns' importance, diag(H) as floats (the search's and the ggml fits'
- * weights): *imp = NULL without h. 0, or -1 if out of memory. */
-static int diag_importance(const double *h, int64_t cols, float **imp)
-{
-    *imp = NULL;
-    if (!h) return 0;
-    if (!(*imp = malloc((size_t)cols * sizeof **imp))) return -1;
-    for (int64_t j = 0; j < cols; j++) (*imp)[j] = (float)h[j * cols + j];
-    return 0;
-}
-
 static int rtn_quantize_ggml(const float *w, int64_t rows, int64_t cols, const float *imp, const lay_option *o,
                              lay_qtensor *out)
 {

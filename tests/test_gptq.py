@@ -558,9 +558,8 @@ def test_rtn_error_prepared_matches_numpy(opt):
     rows, cols = 96, 288
     h = hessian(correlated_inputs(rng, 1024, cols, (7,)))
     w = (rng.standard_normal((rows, cols)) * 0.05).astype(np.float32)
-    lo, hi, share, group, fmt = opt
     perm, q, scale, zero = ref_rtn(w, h, *opt)
-    ref = ref_rel_err(w, ref_dequant(perm, q, scale, zero, group), h)
+    ref = ref_rel_err(w, ref_dequant(perm, q, scale, zero, opt[3]), h)
     exact, fast = rtn_err_c("exact", w, h, opt), rtn_err_c("fast", w, h, opt)
     assert exact == pytest.approx(ref, rel=1e-6)
     assert fast == pytest.approx(ref, rel=1e-5)
