@@ -43,7 +43,8 @@
  * order. Everything else is rows x cols and is written to stream through memory:
  * W is transposed in row tiles, q values go to a column buffer that is transposed
  * once per block, the quantization of a column runs 16 rows at a time on AVX-512,
- * RTN's error works row by row on the original layout.
+ * the search of a group's grid (below) 8 rows at a time, in vector registers,
+ * RTN's error works on the original layout (8 rows at a time for the search).
  *
  * The grid of one (row, group), with x the group's weights of that row, fitted to
  * a range [f min x, f max x] (the fit):
@@ -498,8 +499,90 @@ static void grid_search(const double *x, int64_t n, int64_t stride, const float 
             double v = x[j * stride], d = v - (double)(sf * ((float)grid_quant(v, (double)sf, (double)zf, maxq) - zf));
             sse += (imp ? (double)imp[j] : 1.0) * (d * d);
         }
-        if (sse < best) best = sse, *s16 = cs, *z = cz;
+        if (k == 0 || sse < best) best = sse, *s16 = cs, *z = cz; /* k = 0: even an overflowed sum sets it */
     }
+}
+
+/* grid_search for SEARCH_LANES rows at once: x + l is row l's first weight, the
+ * rows' weights of column j at x + j * stride (GPTQ's transposed W). Per row the
+ * same IEEE operations in the same column order as grid_search, so the same
+ * choice: the per-element loop is lanes of doubles (division included: no
+ * reciprocal), the fit per lane is grid_fit itself. It sums every column where
+ * grid_search stops early; that never changes the choice (the sum only grows).
+ * Vector extensions, so each target below compiles it for its own registers. */
+#define SEARCH_LANES 8
+typedef double v8d __attribute__((vector_size(64)));
+typedef float v8f __attribute__((vector_size(32)));
+typedef long long v8l __attribute__((vector_size(64)));
+
+/* m ? a : b per lane (m from a comparison: all ones or zero); a macro, since a
+ * function returning a 64-byte vector changes the ABI with the target */
+#define V8D_SELECT(m, a, b) ((v8d)(((v8l)(a) & (m)) | ((v8l)(b) & ~(m))))
+
+static inline __attribute__((always_inline)) void search_lanes_body(const double *x, int64_t n, int64_t stride,
+                                                                    const float *imp, int bits,
+                                                                    lay_scale_fmt fmt, uint16_t *s16, uint8_t *z)
+{
+    enum { L = SEARCH_LANES };
+    double mn[L], mx[L], best[L];
+    for (int l = 0; l < L; l++) mn[l] = INFINITY, mx[l] = -INFINITY, best[l] = INFINITY;
+    for (int64_t j = 0; j < n; j++)
+        for (int l = 0; l < L; l++) {
+            double v = x[j * stride + l];
+            if (v < mn[l]) mn[l] = v;
+            if (v > mx[l]) mx[l] = v;
+        }
+    const double maxq = (double)((1 << bits) - 1);
+    const v8d magic = (v8d){0} + 6755399441055744.0, zero = {0}, top = zero + maxq;
+    for (int k = 0; k <= (bits <= GRID_SEARCH_MAX_BITS ? GRID_SHRINK_STEPS : 0); k++) {
+        double f = (double)(GRID_SHRINK_DEN - k) / GRID_SHRINK_DEN;
+        uint16_t cs[L];
+        uint8_t cz[L];
+        v8f sf, zf;
+        for (int l = 0; l < L; l++) {
+            grid_fit(mn[l] * f, mx[l] * f, bits, fmt, &cs[l], &cz[l]);
+            sf[l] = lay_f16_to_f32(cs[l]), zf[l] = (float)cz[l];
+        }
+        const v8d sd = __builtin_convertvector(sf, v8d), zd = __builtin_convertvector(zf, v8d);
+        v8d sse = zero;
+        for (int64_t j = 0; j < n; j++) {
+            v8d v;
+            memcpy(&v, x + j * stride, sizeof v);
+            v8d t = (v / sd + magic) - magic + zd; /* grid_quant: beyond 2^51 the clamp ends the same */
+            t = V8D_SELECT(t < zero, zero, t);
+            t = V8D_SELECT(t > top, top, t);
+            v8f deq = sf * (__builtin_convertvector(t, v8f) - zf);
+            v8d d = v - __builtin_convertvector(deq, v8d);
+            sse += (imp ? (double)imp[j] : 1.0) * (d * d);
+        }
+        for (int l = 0; l < L; l++)
+            if (k == 0 || sse[l] < best[l]) best[l] = sse[l], s16[l] = cs[l], z[l] = cz[l];
+    }
+}
+
+#ifdef GPTQ_AVX512
+__attribute__((target("avx512f"))) static void search_lanes_avx512(const double *x, int64_t n, int64_t stride,
+                                                                   const float *imp, int bits, lay_scale_fmt fmt,
+                                                                   uint16_t *s16, uint8_t *z)
+{
+    search_lanes_body(x, n, stride, imp, bits, fmt, s16, z);
+}
+__attribute__((target("avx2"))) static void search_lanes_avx2(const double *x, int64_t n, int64_t stride,
+                                                              const float *imp, int bits, lay_scale_fmt fmt,
+                                                              uint16_t *s16, uint8_t *z)
+{
+    search_lanes_body(x, n, stride, imp, bits, fmt, s16, z);
+}
+#endif
+
+static void search_lanes(const double *x, int64_t n, int64_t stride, const float *imp, int bits,
+                         lay_scale_fmt fmt, uint16_t *s16, uint8_t *z)
+{
+#ifdef GPTQ_AVX512
+    if (__builtin_cpu_supports("avx512f")) { search_lanes_avx512(x, n, stride, imp, bits, fmt, s16, z); return; }
+    if (__builtin_cpu_supports("avx2")) { search_lanes_avx2(x, n, stride, imp, bits, fmt, s16, z); return; }
+#endif
+    search_lanes_body(x, n, stride, imp, bits, fmt, s16, z);
 }
 
 /* ==== The column loop (steps 5, 6) ==== */
@@ -577,17 +660,32 @@ static void ggml_quantize_column(gptq_run *r, int64_t j, uint8_t *qcol, double *
     if (r->want_e2) r->e2 += e2;
 }
 
+/* Row i's grid for group g: stored in the output, kept for the column loop. */
+static void group_set(gptq_run *r, int64_t g, int64_t i, uint16_t s16, uint8_t z)
+{
+    r->out->scale[i * r->ng + g] = s16, r->out->zero[i * r->ng + g] = z;
+    r->s[i] = lay_f16_to_f32(s16), r->z[i] = (float)z;
+}
+
 /* Step 5: fit every row's grid to group g (stored columns j0..j1). */
 static void group_start(gptq_run *r, int64_t g, int64_t j0, int64_t j1)
 {
     if (r->gt) { ggml_block_start(r, j0, j1); return; }
     int bits = lay_group_bits(r->o, r->cols, g);
-    for (int64_t i = 0; i < r->rows; i++) {
-        uint16_t *s16 = &r->out->scale[i * r->ng + g];
-        uint8_t *z = &r->out->zero[i * r->ng + g];
-        grid_search(r->wt + j0 * r->rows + i, j1 - j0, r->rows, r->imp_stored ? r->imp_stored + j0 : NULL, bits,
-                    r->o->scale_fmt, s16, z);
-        r->s[i] = lay_f16_to_f32(*s16), r->z[i] = (float)*z;
+    const double *x = r->wt + j0 * r->rows;
+    const float *imp = r->imp_stored ? r->imp_stored + j0 : NULL;
+    int64_t i = 0;
+    for (; i + SEARCH_LANES <= r->rows; i += SEARCH_LANES) {
+        uint16_t s16[SEARCH_LANES];
+        uint8_t z[SEARCH_LANES];
+        search_lanes(x + i, j1 - j0, r->rows, imp, bits, r->o->scale_fmt, s16, z);
+        for (int l = 0; l < SEARCH_LANES; l++) group_set(r, g, i + l, s16[l], z[l]);
+    }
+    for (; i < r->rows; i++) {
+        uint16_t s16;
+        uint8_t z;
+        grid_search(x + i, j1 - j0, r->rows, imp, bits, r->o->scale_fmt, &s16, &z);
+        group_set(r, g, i, s16, z);
     }
 }
 
@@ -977,7 +1075,7 @@ typedef struct {
     const float *imp;    /* ggml block types: the importance of the columns */
     uint8_t *blocks;     /* ggml block types: one row's blocks */
     float *row;          /* ggml block types: one row decoded */
-    double *gx;          /* [cols] one row's weights in act-order */
+    double *gx;          /* [cols][SEARCH_LANES] the weights of up to that many rows in act-order */
     float *gimp;         /* [cols] imp in act-order */
 } rtn_rows;
 
@@ -998,32 +1096,51 @@ static void fill_rtn_ggml(const rtn_rows *x, int64_t r0, int64_t nr, int64_t col
     }
 }
 
+/* Row r's error over stored columns j0..j1 on the grid (s16, z8), into d's row dr. */
+static void rtn_group_error(const rtn_rows *x, int64_t r, int64_t j0, int64_t j1, int bits, uint16_t s16, uint8_t z8,
+                            int64_t cols, void *d, int64_t dr)
+{
+    const float *wr = x->w + r * cols;
+    double maxq = (double)((1 << bits) - 1);
+    float s = lay_f16_to_f32(s16), z = (float)z8;
+    for (int64_t j = j0; j < j1; j++) {
+        int64_t c = x->order[j];
+        uint8_t q = grid_quant((double)wr[c], (double)s, (double)z, maxq);
+        float dw = s * ((float)q - z) - wr[c];
+        if (x->single) ((float *)d)[dr * cols + c] = dw;
+        else ((double *)d)[dr * cols + c] = (double)dw;
+    }
+}
+
+/* Rows r0..r0+n (n <= SEARCH_LANES): their weights gathered into act-order, each
+ * group's grid searched (SEARCH_LANES rows at once when there are that many, as
+ * GPTQ does), then each row's error. */
+static void rtn_lanes(const rtn_rows *x, int64_t r0, int64_t n, int64_t cols, void *d, int64_t dr0)
+{
+    const lay_option *o = x->o;
+    for (int64_t l = 0; l < n; l++)
+        for (int64_t j = 0; j < cols; j++) x->gx[j * SEARCH_LANES + l] = (double)x->w[(r0 + l) * cols + x->order[j]];
+    for (int64_t g = 0; g < lay_n_groups(o, cols); g++) {
+        int64_t j0 = lay_group_start(o, g), j1 = j0 + lay_group_cols(o, cols, g);
+        int bits = lay_group_bits(o, cols, g);
+        uint16_t s16[SEARCH_LANES];
+        uint8_t z8[SEARCH_LANES];
+        if (n == SEARCH_LANES)
+            search_lanes(x->gx + j0 * SEARCH_LANES, j1 - j0, SEARCH_LANES, x->gimp + j0, bits, o->scale_fmt, s16, z8);
+        else
+            for (int64_t l = 0; l < n; l++)
+                grid_search(x->gx + j0 * SEARCH_LANES + l, j1 - j0, SEARCH_LANES, x->gimp + j0, bits, o->scale_fmt,
+                            &s16[l], &z8[l]);
+        for (int64_t l = 0; l < n; l++) rtn_group_error(x, r0 + l, j0, j1, bits, s16[l], z8[l], cols, d, dr0 + l);
+    }
+}
+
 static void fill_rtn(const void *ctx, int64_t r0, int64_t nr, int64_t cols, void *d)
 {
     const rtn_rows *x = ctx;
-    const lay_option *o = x->o;
-    if (lay_option_ggml(o) >= 0) { fill_rtn_ggml(x, r0, nr, cols, d); return; }
-    int64_t ng = lay_n_groups(o, cols);
-    for (int64_t r = r0; r < r0 + nr; r++) {
-        const float *wr = x->w + r * cols;
-        for (int64_t j = 0; j < cols; j++) x->gx[j] = (double)wr[x->order[j]];
-        for (int64_t g = 0; g < ng; g++) {
-            int64_t j0 = lay_group_start(o, g), j1 = j0 + lay_group_cols(o, cols, g);
-            int bits = lay_group_bits(o, cols, g);
-            double maxq = (double)((1 << bits) - 1);
-            uint16_t s16;
-            uint8_t z8;
-            grid_search(x->gx + j0, j1 - j0, 1, x->gimp + j0, bits, o->scale_fmt, &s16, &z8);
-            float s = lay_f16_to_f32(s16), z = (float)z8;
-            for (int64_t j = j0; j < j1; j++) {
-                int64_t c = x->order[j];
-                uint8_t q = grid_quant((double)wr[c], (double)s, (double)z, maxq);
-                float dw = s * ((float)q - z) - wr[c];
-                if (x->single) ((float *)d)[(r - r0) * cols + c] = dw;
-                else ((double *)d)[(r - r0) * cols + c] = (double)dw;
-            }
-        }
-    }
+    if (lay_option_ggml(x->o) >= 0) { fill_rtn_ggml(x, r0, nr, cols, d); return; }
+    for (int64_t r = r0; r < r0 + nr; r += SEARCH_LANES)
+        rtn_lanes(x, r, r0 + nr - r < SEARCH_LANES ? r0 + nr - r : SEARCH_LANES, cols, d, r - r0);
 }
 
 /* ==== Entry points ==== */
@@ -1171,7 +1288,7 @@ int rtn_error_prepared(const float *w, int64_t rows, const gptq_prep *prep, cons
     if (type >= 0) {
         x.blocks = malloc((size_t)lay_ggml_row_bytes(type, cols));
         x.row = malloc((size_t)cols * sizeof *x.row);
-    } else x.gx = malloc((size_t)cols * sizeof *x.gx), x.gimp = malloc((size_t)cols * sizeof *x.gimp);
+    } else x.gx = malloc((size_t)cols * SEARCH_LANES * sizeof *x.gx), x.gimp = malloc((size_t)cols * sizeof *x.gimp);
     if (type < 0 ? x.gx && x.gimp : x.blocks && x.row) {
         for (int64_t j = 0; type < 0 && j < cols; j++) x.gimp[j] = prep->imp[prep->order[j]];
         rows_source src = {fill_rtn, &x, prep->fast_error};
