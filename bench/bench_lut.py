@@ -21,8 +21,9 @@ Each round runs, in turn: bench_matvec --bandwidth; every bitplan file through
 `bitplan generate`, twice, as llama-bench measures: 64 greedy tokens after a 1-token
 prompt (tg64), and a prompt of about 512 tokens of data/heldout.txt (pp512), 2
 threads, with the lookup-table kernels where the kernel set takes them (BITPLAN_LUT
-unset), then with BITPLAN_LUT=0 (the int8 kernels alone; with --int8-gen-only only
-their generation, as batches never take the lookups); every llama.cpp file
+unset; with --lut-all at every width), then with BITPLAN_LUT=0 (the int8 kernels
+alone; with --int8-gen-only only their generation, as batches never take the
+lookups); every llama.cpp file
 through llama-bench (-p 512 -n 64 -t 2 -lm none: no mmap, -r 1). The table gives
 the median over rounds: generation tokens/s, the GB/s that means (the file's tensor
 bytes but an untied embedding's, of which a token reads one row: SmolLM2's head is its
@@ -95,10 +96,11 @@ def bandwidth():
 
 
 def generate(path, prompt, n, lut, bp=BP):
+    """lut: None, the kernel set's choice (BITPLAN_LUT unset); otherwise BITPLAN_LUT's value."""
     env = dict(os.environ, OMP_NUM_THREADS="2")
     env.pop("BITPLAN_LUT", None)
-    if not lut:
-        env["BITPLAN_LUT"] = "0"
+    if lut is not None:
+        env["BITPLAN_LUT"] = lut
     err = run([bp, "generate", path, "--prompt", prompt, "-n", n, "--temp", 0], env).stderr
     m = re.search(r"prompt: (\d+) tokens, ([\d.]+) tokens/s; generation: (\d+) tokens, ([\d.]+) tokens/s", err)
     if not m:
@@ -136,7 +138,7 @@ def prompt_only(a, prompt, llama_files):
             if bp is None:
                 speeds[i].append(llama_speed(path, gen=False)[0])
             else:
-                n, pp, _, _ = generate(path, prompt, 1, True, bp)
+                n, pp, _, _ = generate(path, prompt, 1, None, bp)
                 n_tokens = max(n_tokens, n)
                 speeds[i].append(pp)
     print("bitplan prompt: %d tokens; llama.cpp: pp512. Medians of %d rounds, 2 threads.\n" % (n_tokens, a.rounds))
@@ -156,6 +158,9 @@ def main():
                     help="the int8 kernels' generation only (batches never take the lookups: the prompt is the same path)")
     ap.add_argument("--prompt-only", action="store_true", help="prompt speed alone (pp512)")
     ap.add_argument("--bp-base", help="with --prompt-only: another bitplan binary to time the same files with")
+    ap.add_argument("--lut-all", action="store_true",
+                    help="the lookup run with BITPLAN_LUT=all (every width by lookup), for a kernel set whose own "
+                         "choice takes none (AVX-512)")
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
     with open(HELDOUT, encoding="utf-8") as f:
@@ -164,18 +169,19 @@ def main():
         prompt_only(a, prompt, [(g, "llama.cpp") for g in a.gguf] if a.gguf else
                     [(llama_file(t), "llama.cpp " + t) for t in a.types.split(",") if t])
         return
-    files = [(p, "bitplan, lookup kernels", True) for p in a.bp] + [(p, "bitplan, int8 kernels", False) for p in a.bp]
-    files += [(g, "llama.cpp", None) for g in a.gguf] if a.gguf else \
-        [(llama_file(t), "llama.cpp " + t, None) for t in a.types.split(",") if t]
+    lut_run = ("all", "bitplan, lookup kernels (BITPLAN_LUT=all)") if a.lut_all else (None, "bitplan, lookup kernels")
+    files = [(p, lut_run[1], lut_run[0]) for p in a.bp] + [(p, "bitplan, int8 kernels", "0") for p in a.bp]
+    files += [(g, "llama.cpp", False) for g in a.gguf] if a.gguf else \
+        [(llama_file(t), "llama.cpp " + t, False) for t in a.types.split(",") if t]
     speeds = {i: [] for i in range(len(files))}
     bws, prompt_tokens = [], 0
     for _ in range(a.rounds):
         bws.append(bandwidth())
         for i, (path, _, lut) in enumerate(files):
-            if lut is None:
+            if lut is False:
                 speeds[i].append(llama_speed(path))
             else:
-                n, pp, tg = bitplan_speed(path, prompt, lut, lut or not a.int8_gen_only)
+                n, pp, tg = bitplan_speed(path, prompt, lut, lut != "0" or not a.int8_gen_only)
                 prompt_tokens = max(prompt_tokens, n)
                 speeds[i].append((pp, tg))
     bw = statistics.median(bws)
