@@ -116,9 +116,11 @@ AI int64_t wide4(const int b, const int raw, const uint8_t *v, const int64_t gch
 #define QK_NAME(f) f##_avx512
 #define QK_TABLE qk_avx512
 #define QK_ISA_NAME "avx512"
-/* None: on an AVX-512 VNNI Zen 4 the lookups only drew level with vpdpbusd at 2
- * and 3 bits (7B-shaped model, 2 threads: 12.25 against 12.05 tokens/s at 2.5 bpw,
- * 10.70 against 10.85 at 3.0) and lost at 4 (9.20 against 10.95): BENCHMARKS.md. */
-#define QK_LUT_WIDTHS 0
+/* 2 and 3 bits, measured on an AVX-512 VNNI Zen 4 (BENCHMARKS.md, "On an AVX-512
+ * machine"): on a 7B-shaped model the lookups drew level with vpdpbusd there
+ * (12.25 against 12.05 tokens/s at 2.5 bpw, 10.70 against 10.85 at 3.0), on
+ * SmolLM2's narrow rows they were 1.60-1.77x faster; from 4 bits they lost on the
+ * 7B layers (9.20 against 10.95 at 4.0 bpw) and at 5-8 bits on one core. */
+#define QK_LUT_WIDTHS [2] = 1, [3] = 1
 #define QK_BLOCK4 4
 #include "qkernels_x86.h"
