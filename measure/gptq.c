@@ -82,7 +82,9 @@
 #include <time.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
-#define GPTQ_AVX512 1
+/* x86-64 with GCC's target attributes: the AVX-512 and AVX2 versions below are
+ * compiled whatever the build's -march, and chosen at run time */
+#define GPTQ_X86_TARGETS 1
 #endif
 
 #define GPTQ_MAX_RETRIES 4
@@ -477,39 +479,15 @@ static inline uint8_t grid_quant(double w, double s, double z, double maxq)
     return (uint8_t)(q < 0 ? 0 : q > maxq ? maxq : q);
 }
 
-/* The search of the grid (file header): x[0], x[stride], ... x[(n - 1) stride]
- * are one row's weights of one group, in the order they are quantized, and imp[j]
- * the diag(H) of x[j stride]'s column (NULL: 1). */
-static void grid_search(const double *x, int64_t n, int64_t stride, const float *imp, int bits, lay_scale_fmt fmt,
-                        uint16_t *s16, uint8_t *z)
-{
-    double mn = INFINITY, mx = -INFINITY, maxq = (double)((1 << bits) - 1), best = INFINITY;
-    for (int64_t j = 0; j < n; j++) {
-        double v = x[j * stride];
-        if (v < mn) mn = v;
-        if (v > mx) mx = v;
-    }
-    for (int k = 0; k <= (bits <= GRID_SEARCH_MAX_BITS ? GRID_SHRINK_STEPS : 0); k++) {
-        double f = (double)(GRID_SHRINK_DEN - k) / GRID_SHRINK_DEN, sse = 0;
-        uint16_t cs;
-        uint8_t cz;
-        grid_fit(mn * f, mx * f, bits, fmt, &cs, &cz);
-        float sf = lay_f16_to_f32(cs), zf = (float)cz;
-        for (int64_t j = 0; j < n && sse < best; j++) { /* stopping early never changes the choice */
-            double v = x[j * stride], d = v - (double)(sf * ((float)grid_quant(v, (double)sf, (double)zf, maxq) - zf));
-            sse += (imp ? (double)imp[j] : 1.0) * (d * d);
-        }
-        if (k == 0 || sse < best) best = sse, *s16 = cs, *z = cz; /* k = 0: even an overflowed sum sets it */
-    }
-}
-
-/* grid_search for SEARCH_LANES rows at once: x + l is row l's first weight, the
- * rows' weights of column j at x + j * stride (GPTQ's transposed W). Per row the
- * same IEEE operations in the same column order as grid_search, so the same
- * choice: the per-element loop is lanes of doubles (division included: no
- * reciprocal), the fit per lane is grid_fit itself. It sums every column where
- * grid_search stops early; that never changes the choice (the sum only grows).
- * Vector extensions, so each target below compiles it for its own registers. */
+/* The search of the grid (file header) for SEARCH_LANES rows at once: x + l is row
+ * l's first weight of one group, the rows' weights of its column j at x + j * stride
+ * (GPTQ's transposed W, or RTN's gathered rows), in the order they are quantized;
+ * imp[j] is the diag(H) of column j (NULL: 1). Per row the IEEE operations of
+ * grid_fit and grid_quant (division included: no reciprocal) in column order, so a
+ * row's choice does not depend on its neighbours. Fewer rows go in padded with zero
+ * rows (the fit gives a zero row [-1, 1]: a finite grid, on whose zero its weights
+ * land), whose choices are dropped. Vector extensions, so each target below
+ * compiles it for its own registers. */
 #define SEARCH_LANES 8
 typedef double v8d __attribute__((vector_size(64)));
 typedef float v8f __attribute__((vector_size(32)));
@@ -556,11 +534,12 @@ static inline __attribute__((always_inline)) void search_lanes_body(const double
             sse += (imp ? (double)imp[j] : 1.0) * (d * d);
         }
         for (int l = 0; l < L; l++)
-            if (k == 0 || sse[l] < best[l]) best[l] = sse[l], s16[l] = cs[l], z[l] = cz[l];
+            if (k == 0 || sse[l] < best[l]) /* k = 0: even an overflowed sum sets it */
+                best[l] = sse[l], s16[l] = cs[l], z[l] = cz[l];
     }
 }
 
-#ifdef GPTQ_AVX512
+#ifdef GPTQ_X86_TARGETS
 __attribute__((target("avx512f"))) static void search_lanes_avx512(const double *x, int64_t n, int64_t stride,
                                                                    const float *imp, int bits, lay_scale_fmt fmt,
                                                                    uint16_t *s16, uint8_t *z)
@@ -578,7 +557,7 @@ __attribute__((target("avx2"))) static void search_lanes_avx2(const double *x, i
 static void search_lanes(const double *x, int64_t n, int64_t stride, const float *imp, int bits,
                          lay_scale_fmt fmt, uint16_t *s16, uint8_t *z)
 {
-#ifdef GPTQ_AVX512
+#ifdef GPTQ_X86_TARGETS
     if (__builtin_cpu_supports("avx512f")) { search_lanes_avx512(x, n, stride, imp, bits, fmt, s16, z); return; }
     if (__builtin_cpu_supports("avx2")) { search_lanes_avx2(x, n, stride, imp, bits, fmt, s16, z); return; }
 #endif
@@ -598,6 +577,8 @@ typedef struct {
     double *wt, *e;
     float *s, *z;
     uint8_t *qt;
+    double *tail;        /* [group][SEARCH_LANES] the last rows % SEARCH_LANES rows of a group
+                            as the search's lanes, the others zero (NULL: no such rows) */
     int want_e2;         /* sum the squared scaled errors into e2 (fast rel_err) */
     double e2;
     lay_qtensor *out;
@@ -667,6 +648,17 @@ static void group_set(gptq_run *r, int64_t g, int64_t i, uint16_t s16, uint8_t z
     r->s[i] = lay_f16_to_f32(s16), r->z[i] = (float)z;
 }
 
+/* The last n (< SEARCH_LANES) rows of a group of nc columns (row l's column j at
+ * x[j * rows + l]) copied into r->tail's first lanes: the search reads whole lanes,
+ * and past the last row of the last column there is nothing to read. The other
+ * lanes stay zero from the allocation. */
+static const double *tail_lanes(gptq_run *r, const double *x, int64_t nc, int64_t n)
+{
+    for (int64_t j = 0; j < nc; j++)
+        for (int64_t l = 0; l < n; l++) r->tail[j * SEARCH_LANES + l] = x[j * r->rows + l];
+    return r->tail;
+}
+
 /* Step 5: fit every row's grid to group g (stored columns j0..j1). */
 static void group_start(gptq_run *r, int64_t g, int64_t j0, int64_t j1)
 {
@@ -674,18 +666,14 @@ static void group_start(gptq_run *r, int64_t g, int64_t j0, int64_t j1)
     int bits = lay_group_bits(r->o, r->cols, g);
     const double *x = r->wt + j0 * r->rows;
     const float *imp = r->imp_stored ? r->imp_stored + j0 : NULL;
-    int64_t i = 0;
-    for (; i + SEARCH_LANES <= r->rows; i += SEARCH_LANES) {
+    for (int64_t i = 0; i < r->rows; i += SEARCH_LANES) {
+        int64_t n = r->rows - i < SEARCH_LANES ? r->rows - i : SEARCH_LANES;
         uint16_t s16[SEARCH_LANES];
         uint8_t z[SEARCH_LANES];
-        search_lanes(x + i, j1 - j0, r->rows, imp, bits, r->o->scale_fmt, s16, z);
-        for (int l = 0; l < SEARCH_LANES; l++) group_set(r, g, i + l, s16[l], z[l]);
-    }
-    for (; i < r->rows; i++) {
-        uint16_t s16;
-        uint8_t z;
-        grid_search(x + i, j1 - j0, r->rows, imp, bits, r->o->scale_fmt, &s16, &z);
-        group_set(r, g, i, s16, z);
+        if (n == SEARCH_LANES) search_lanes(x + i, j1 - j0, r->rows, imp, bits, r->o->scale_fmt, s16, z);
+        else search_lanes(tail_lanes(r, x + i, j1 - j0, n), j1 - j0, SEARCH_LANES, imp, bits, r->o->scale_fmt,
+                          s16, z);
+        for (int64_t l = 0; l < n; l++) group_set(r, g, i + l, s16[l], z[l]);
     }
 }
 
@@ -695,7 +683,7 @@ static void group_start(gptq_run *r, int64_t g, int64_t j0, int64_t j1)
  * same end), the clamp by max/min (which differ from the ternaries only on NaN and
  * on the sign of a zero, neither of which survives the conversion to an integer).
  * Returns the rows done; the caller finishes the rest. */
-#ifdef GPTQ_AVX512
+#ifdef GPTQ_X86_TARGETS
 __attribute__((target("avx512f"))) static int64_t quantize_avx512(const double *c, const float *s, const float *z,
                                                                   int64_t rows, double maxq, double inv_d,
                                                                   uint8_t *qcol, double *e_row)
@@ -733,7 +721,7 @@ static void quantize_column(gptq_run *r, int64_t j, int bits, uint8_t *qcol, dou
     const float *s = r->s, *z = r->z;
     double maxq = (double)((1 << bits) - 1), inv_d = e_row ? 1.0 / r->u[j * r->cols + j] : 0;
     int64_t i = 0;
-#ifdef GPTQ_AVX512
+#ifdef GPTQ_X86_TARGETS
     if (__builtin_cpu_supports("avx512f")) i = quantize_avx512(c, s, z, r->rows, maxq, inv_d, qcol, e_row);
 #endif
     for (; i < r->rows; i++) {
@@ -805,7 +793,7 @@ static void run_block(gptq_run *r, int64_t b0, int64_t b1)
 
 static void run_free(gptq_run *r)
 {
-    free(r->wt), free(r->e), free(r->qt), free(r->s), free(r->z), free(r->imp_stored);
+    free(r->wt), free(r->e), free(r->qt), free(r->s), free(r->z), free(r->imp_stored), free(r->tail);
     free(r->grid), free(r->gx), free(r->gq);
 }
 
@@ -855,7 +843,9 @@ static int run_columns(const float *w, const int32_t *perm, const uint8_t *dead,
     r.e = u ? malloc((size_t)(bs * rows) * sizeof *r.e) : NULL;
     r.qt = malloc((size_t)(bs * rows));
     r.s = malloc((size_t)rows * sizeof *r.s), r.z = malloc((size_t)rows * sizeof *r.z);
-    if (!r.wt || (u && !r.e) || !r.qt || !r.s || !r.z) {
+    int tail = rows % SEARCH_LANES && !r.gt; /* calloc: the lanes past the last row stay zero */
+    if (tail) r.tail = calloc((size_t)(out->opt.group < cols ? out->opt.group : cols) * SEARCH_LANES, sizeof *r.tail);
+    if (!r.wt || (u && !r.e) || !r.qt || !r.s || !r.z || (tail && !r.tail)) {
         run_free(&r);
         return -1;
     }
@@ -1112,25 +1102,21 @@ static void rtn_group_error(const rtn_rows *x, int64_t r, int64_t j0, int64_t j1
     }
 }
 
-/* Rows r0..r0+n (n <= SEARCH_LANES): their weights gathered into act-order, each
- * group's grid searched (SEARCH_LANES rows at once when there are that many, as
- * GPTQ does), then each row's error. */
+/* Rows r0..r0+n (n <= SEARCH_LANES): their weights gathered into act-order (the
+ * lanes past n zero rows, as GPTQ pads its last rows), each group's grid searched,
+ * then each row's error. */
 static void rtn_lanes(const rtn_rows *x, int64_t r0, int64_t n, int64_t cols, void *d, int64_t dr0)
 {
     const lay_option *o = x->o;
-    for (int64_t l = 0; l < n; l++)
-        for (int64_t j = 0; j < cols; j++) x->gx[j * SEARCH_LANES + l] = (double)x->w[(r0 + l) * cols + x->order[j]];
+    for (int64_t l = 0; l < SEARCH_LANES; l++)
+        for (int64_t j = 0; j < cols; j++)
+            x->gx[j * SEARCH_LANES + l] = l < n ? (double)x->w[(r0 + l) * cols + x->order[j]] : 0;
     for (int64_t g = 0; g < lay_n_groups(o, cols); g++) {
         int64_t j0 = lay_group_start(o, g), j1 = j0 + lay_group_cols(o, cols, g);
         int bits = lay_group_bits(o, cols, g);
         uint16_t s16[SEARCH_LANES];
         uint8_t z8[SEARCH_LANES];
-        if (n == SEARCH_LANES)
-            search_lanes(x->gx + j0 * SEARCH_LANES, j1 - j0, SEARCH_LANES, x->gimp + j0, bits, o->scale_fmt, s16, z8);
-        else
-            for (int64_t l = 0; l < n; l++)
-                grid_search(x->gx + j0 * SEARCH_LANES + l, j1 - j0, SEARCH_LANES, x->gimp + j0, bits, o->scale_fmt,
-                            &s16[l], &z8[l]);
+        search_lanes(x->gx + j0 * SEARCH_LANES, j1 - j0, SEARCH_LANES, x->gimp + j0, bits, o->scale_fmt, s16, z8);
         for (int64_t l = 0; l < n; l++) rtn_group_error(x, r0 + l, j0, j1, bits, s16[l], z8[l], cols, d, dr0 + l);
     }
 }

@@ -234,6 +234,7 @@ RANDOM_CASES = [
     (80, 480, (4, 6, 0.5, 160, "z8"), (0,)),                # group above the block, short last group
     (64, 256, (8, 8, 0, 32, "sym"), ()),
     (64, 288, (2, 2, 0, 256, "z8"), ()),                    # 256 + a short 32
+    (100, 256, (3, 4, 0.5, 64, "z8"), (9,)),                # 96 rows searched 8 at a time, 4 padded to 8
 ]
 
 
@@ -354,6 +355,39 @@ def test_search_spares_a_column_that_meets_huge_inputs():
         errs[name] = ref_rel_err(w, ref_dequant(perm, q, scale, zero, opt[3]), h)
     assert c["rel_err"] <= errs["plain"], (c["rel_err"], errs)
     assert errs["unweighted"] > 3 * errs["plain"], errs
+
+
+@pytest.mark.parametrize("opt", [(3, 3, 0, 64, "z8"), (2, 2, 0, 64, "sym")])
+def test_first_range_stands_when_every_sum_overflows(opt):
+    """A channel whose diag(H) lies beyond float's range has an importance (a float)
+    of inf, so every range's weighted sum is inf, none less than the first's: the
+    first range, min/max, must stand (not a later one, not none) wherever the search
+    runs: RTN's and GPTQ's column loops (one group: GPTQ fits it before any update)
+    and RTN's error without a qtensor, for 8 rows at once and for 5 padded to 8."""
+    lo, hi, share, group, fmt = opt
+    rows, cols = 13, 64
+    rng = np.random.default_rng(29)
+    h = hessian(correlated_inputs(rng, 256, cols))
+    h[3, 3] = 1e40
+    assert h[3, 3] > np.finfo(np.float32).max  # as a float: inf
+    w = (rng.standard_normal((rows, cols)) * 0.05).astype(np.float32)
+    wd = w.astype(np.float64)
+    mn, mx = wd.min(axis=1), wd.max(axis=1)
+    fits = [ref_fit(mn * ((20 - k) / 20), mx * ((20 - k) / 20), lo, fmt) for k in range(11)]
+    for sf, z in fits:  # channel 3's weights lie off every range's grid: each sum is inf
+        assert np.all(ref_quant_col(wd[:, 3], sf, z, lo)[1] != wd[:, 3])
+    sf, z = fits[0]
+    assert np.all(fits[-1][0] != sf)  # a rule that kept the last of equal sums would differ
+    perm = ref_perm(h)
+    q = np.stack([ref_quant_col(wd[:, j], sf, z, lo)[0] for j in perm], axis=1)
+    c = {m: run_c(m, w, h, opt) for m in ("rtn", "gptq")}
+    for m, out in c.items():
+        assert np.array_equal(out["scale"][:, 0], sf) and np.array_equal(out["zero"][:, 0], z), m
+        assert np.isfinite(out["rel_err"]), m
+    assert np.array_equal(c["rtn"]["q"], q)
+    assert np.array_equal(c["gptq"]["q"][:, 0], q[:, 0])  # GPTQ's first column has had no update
+    ref = ref_rel_err(w, ref_dequant(perm, q, sf[:, None], z[:, None], group), h)
+    assert rtn_err_c("exact", w, h, opt) == pytest.approx(ref, rel=1e-6)
 
 
 # ==== Input rotations (layout/layout.h) ====
