@@ -208,6 +208,57 @@ void qk_lut_pack_ref(int bits, int64_t gcols, const uint8_t *src, int64_t stride
         }
 }
 
+/* ==== Tiles of 32 rows (qkernels.h, "Batches in tiles of 32 rows") ==== */
+
+void qk_tile_pack_ref(const uint8_t *raw, int64_t raw_stride, const uint8_t *z, int64_t z_stride, const uint16_t *s, const uint16_t *m,
+                      int64_t s_stride, const qk_tile *t)
+{
+    const int64_t cols = t->cols, ng = t->ng, meta = ng * QK_TILE_ROWS;
+    memset(t->w, 0, (size_t)(cols * QK_TILE_ROWS));
+    memset(t->bias, 0, (size_t)meta * sizeof *t->bias);
+    memset(t->ws, 0, (size_t)meta * sizeof *t->ws);
+    if (m) memset(t->wm, 0, (size_t)meta * sizeof *t->wm);
+    for (int r = 0; r < t->nr; r++)
+        for (int64_t g = 0; g < ng; g++) {
+            int64_t j1 = (g + 1) * t->group < cols ? (g + 1) * t->group : cols;
+            int zg = z[r * z_stride + g];
+            int32_t sum = 0;
+            for (int64_t j = g * t->group; j < j1; j++) {
+                int v = raw[r * raw_stride + j] - zg;
+                t->w[(j / 4 * QK_TILE_ROWS + r) * 4 + j % 4] = (int8_t)v;
+                sum += v;
+            }
+            t->bias[g * QK_TILE_ROWS + r] = -128 * sum;
+            t->ws[g * QK_TILE_ROWS + r] = lay_f16_to_f32(s[r * s_stride + g]);
+            if (m) t->wm[g * QK_TILE_ROWS + r] = lay_f16_to_f32(m[r * s_stride + g]);
+        }
+}
+
+void qk_tile_unsigned(int8_t *xq, int64_t n)
+{
+    uint8_t *u = (uint8_t *)xq;
+    for (int64_t j = 0; j < n; j++) u[j] ^= 0x80; /* two's complement + 128 */
+}
+
+void qk_tile_ref(const qk_tile *t, const uint8_t *xu, const float *xd, const int32_t *xs, int n, float *y,
+                 int64_t y_stride)
+{
+    const int64_t cols = t->cols, ng = t->ng;
+    for (int k = 0; k < n; k++)
+        for (int r = 0; r < t->nr; r++) {
+            float f = 0.0f;
+            for (int64_t g = 0; g < ng; g++) {
+                int64_t j1 = (g + 1) * t->group < cols ? (g + 1) * t->group : cols;
+                int32_t a = t->bias[g * QK_TILE_ROWS + r];
+                for (int64_t j = g * t->group; j < j1; j++)
+                    a += t->w[(j / 4 * QK_TILE_ROWS + r) * 4 + j % 4] * xu[k * cols + j];
+                f = fmaf((float)a, t->ws[g * QK_TILE_ROWS + r] * xd[k * ng + g], f);
+                if (t->wm) f = fmaf(t->wm[g * QK_TILE_ROWS + r], xd[k * ng + g] * (float)xs[k * ng + g], f);
+            }
+            y[k * y_stride + r] = f;
+        }
+}
+
 const qk_kernels qk_generic = {
     .name = "generic",
     .quant = qk_quant_ref,

@@ -27,9 +27,9 @@
  * KL divergence. Any two batches give the same numbers for the same row (one code
  * path, register-blocked over up to QK_NB activation rows, from the planes or from
  * rows unpacked once: dot and dot_raw add the same products in the same lanes in
- * the same order), except that batch 1 may
- * take the lookup kernels below, whose integer sums are the same but whose float
- * sums run in another order: QK_REL_TOL apart at most.
+ * the same order), except that batch 1 may take the lookup kernels below, and
+ * batches of more than QK_NB rows the tile kernels below, whose integer sums are
+ * the same but whose float sums run in another order: QK_REL_TOL apart at most.
  *
  * A row of a packed tensor is at most three runs of groups that share a width and a
  * group length (hi groups, lo groups, a short last group): qk_dot_fn walks one run.
@@ -141,6 +141,67 @@ void qk_lut_tables_ref(const int8_t *xq, int64_t cols, uint8_t *tab);
 void qk_lut_dot_ref(int bits, const uint8_t *w, int64_t ng, int64_t gcols, const uint8_t *tab, const uint16_t *s,
                     const uint8_t *z, const float *xd, const int32_t *xs, float *acc);
 
+/* ==== Batches in tiles of 32 rows (VNNI) ====
+ *
+ * A kernel set with a tile kernel multiplies a batch of more than QK_NB activation
+ * rows a tile of QK_TILE_ROWS weight rows at a time, every activation row against
+ * the tile held in registers, so each weight byte and each activation byte loaded
+ * feeds several vpdpbusd. The sums are those above, regrouped so that vpdpbusd's
+ * unsigned operand is the activation and its signed one the weight:
+ *
+ *     sum_j (q_rj - z_rg) xq_j = sum_j (q_rj - z_rg) (xq_j + 128) - 128 sum_j (q_rj - z_rg)
+ *
+ * xq + 128 is 1..255 and q - z fits a signed byte for widths up to 7 (8-bit values
+ * take the other paths), and the last term, the tile's bias, does not depend on
+ * the activations: the int32 sum starts from it. So every group's integer sum is
+ * exact, the reference and QK_REL_TOL are the same, and only the float sums run in
+ * another order: y[r] = sum_g (s_rg * d_g) * sum_int (+ m_rg * (d_g * xs_g) with
+ * ggml's mins), group after group. A row's numbers do not depend on the other
+ * activation rows of the batch, so any two batches that take the tiles give it the
+ * same bits; batches that take the dot kernels (QK_NB rows or fewer, and up to a
+ * threshold of runtime/qlinear.c's) differ from them by float rounding.
+ *
+ * The tile layout (tile_pack), columns in the activations' (kernel) order:
+ *
+ *     w[c][r][k]  = q[r][4c + k] - z[r][g(4c)]      int8, 128 bytes per quad of columns
+ *     bias[g][r]  = -128 * sum_{j in g} (q[r][j] - z[r][g])
+ *     ws[g][r]    = s_rg as float, wm[g][r] = m_rg as float (mins only)
+ *
+ * rows nr..31 of a short last tile all zero. xu is the activations as unsigned
+ * bytes, xq + 128 (qk_tile_unsigned). */
+#define QK_TILE_ROWS 32
+
+typedef struct {
+    int8_t *w;                  /* [cols / 4][32][4] */
+    int32_t *bias;              /* [ng][32] */
+    float *ws, *wm;             /* [ng][32]; wm NULL: no mins */
+    int64_t ng, group, cols;    /* groups of group columns, the last one ending at cols */
+    int nr;                     /* rows 1..32 */
+} qk_tile;
+
+/* y[k * y_stride + r] = the product of tile row r (r < nr) and activation row k (k <
+ * n, at xu + k * cols, its scales and sums at xd + k * ng, xs + k * ng). */
+typedef void (*qk_tile_fn)(const qk_tile *t, const uint8_t *xu, const float *xd, const int32_t *xs, int n,
+                           float *y, int64_t y_stride);
+
+/* t->nr rows of unpacked values (row r at raw + r * raw_stride, cols bytes, kernel
+ * order) into t's arrays: row r's zero of group g at z[r * z_stride + g] (z_stride 0: one row of
+ * zeros for all), its scale (fp16 bits) at s[r * s_stride + g], its min at m[r *
+ * s_stride + g] if m (t->wm then not NULL). */
+typedef void (*qk_tile_pack_fn)(const uint8_t *raw, int64_t raw_stride, const uint8_t *z, int64_t z_stride, const uint16_t *s,
+                                const uint16_t *m, int64_t s_stride, const qk_tile *t);
+
+/* xq -> xq + 128 in place, the tile kernels' unsigned activations. */
+void qk_tile_unsigned(int8_t *xq, int64_t n);
+
+/* The plain tile kernels, the references of the SIMD ones: the same layout bit
+ * for bit, and the same float operations per row and activation row, so the same
+ * bits. */
+void qk_tile_pack_ref(const uint8_t *raw, int64_t raw_stride, const uint8_t *z, int64_t z_stride, const uint16_t *s, const uint16_t *m,
+                      int64_t s_stride, const qk_tile *t);
+void qk_tile_ref(const qk_tile *t, const uint8_t *xu, const float *xd, const int32_t *xs, int n, float *y,
+                 int64_t y_stride);
+
 typedef enum { QK_ISA_AUTO = 0, QK_ISA_GENERIC, QK_ISA_AVX2, QK_ISA_AVX512 } qk_isa;
 
 /* Where new layers use the lookup kernels: AUTO, the widths a kernel set lists in
@@ -182,6 +243,8 @@ typedef struct {
     qk_lut_tables_fn lut_tables;
     qk_lut_dot_fn lut_dot;
     uint8_t lut_width[LAY_MAX_BITS + 1]; /* 1: QK_LUT_AUTO takes the lookup kernels at this width */
+    qk_tile_fn tile;                     /* NULL: batches take dot_raw (or the exact path) */
+    qk_tile_pack_fn tile_pack;
 } qk_kernels;
 
 /* The kernel set of an instruction set, or NULL if this CPU lacks it (AUTO: the

@@ -105,4 +105,6 @@ AI __m256i quant32(const float *x, __m256 id, __m256i *sum)
 #define QK_ISA_NAME "avx2"
 #define QK_LUT_WIDTHS [2] = 1, [3] = 1, [5] = 1, [8] = 1 /* bench_matvec, BENCHMARKS.md */
 #define QK_BLOCK4 2
+#define QK_TILE NULL /* no VNNI: vpmaddubsw's 16-bit sums of (xq + 128) (q - z) would saturate */
+#define QK_TILE_PACK NULL
 #include "qkernels_x86.h"

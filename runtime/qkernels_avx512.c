@@ -110,6 +110,123 @@ AI int64_t wide4(const int b, const int raw, const uint8_t *v, const int64_t gch
     return c;
 }
 
+/* ==== Tiles of 32 rows (qkernels.h, "Batches in tiles of 32 rows") ==== */
+
+#define TILE_K 6 /* activation rows a pass: 12 int32 and 12 float accumulators of 32 */
+
+/* Activation rows 0..K-1 (K <= TILE_K) against the whole tile: per group, the int32
+ * sums start from the bias and take one vpdpbusd per quad of columns, row half and
+ * activation row (the weights loaded once for K of them); then (float) sum * (s *
+ * d) is added, and m * (d * xs) with mins, as qk_tile_ref does. */
+AI void tile_pass(const int K, const int mins, const qk_tile *t, const uint8_t *xu, const float *xd,
+                  const int32_t *xs, float *y, int64_t y_stride, __mmask16 m0, __mmask16 m1)
+{
+    const int64_t ng = t->ng, group = t->group, cols = t->cols;
+    __m512i a[TILE_K][2];
+    __m512 f[TILE_K][2];
+    EACH_TK for (int k = 0; k < K; k++) f[k][0] = _mm512_setzero_ps(), f[k][1] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; g++) {
+        const int64_t j0 = g * group, nq = ((j0 + group < cols ? j0 + group : cols) - j0) / 4;
+        const int8_t *wg = t->w + j0 * QK_TILE_ROWS;
+        const int32_t *bg = t->bias + g * QK_TILE_ROWS;
+        const __m512i b0 = _mm512_loadu_si512(bg), b1 = _mm512_loadu_si512(bg + 16);
+        EACH_TK for (int k = 0; k < K; k++) a[k][0] = b0, a[k][1] = b1;
+        for (int64_t c = 0; c < nq; c++) {
+            const __m512i w0 = _mm512_loadu_si512(wg + c * 128), w1 = _mm512_loadu_si512(wg + c * 128 + 64);
+            EACH_TK for (int k = 0; k < K; k++) {
+                int32_t x4;
+                memcpy(&x4, xu + k * cols + j0 + 4 * c, 4);
+                const __m512i xb = _mm512_set1_epi32(x4);
+                a[k][0] = _mm512_dpbusd_epi32(a[k][0], xb, w0);
+                a[k][1] = _mm512_dpbusd_epi32(a[k][1], xb, w1);
+            }
+        }
+        const float *sg = t->ws + g * QK_TILE_ROWS;
+        const __m512 s0 = _mm512_loadu_ps(sg), s1 = _mm512_loadu_ps(sg + 16);
+        EACH_TK for (int k = 0; k < K; k++) {
+            const __m512 d = _mm512_set1_ps(xd[k * ng + g]);
+            f[k][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[k][0]), _mm512_mul_ps(s0, d), f[k][0]);
+            f[k][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a[k][1]), _mm512_mul_ps(s1, d), f[k][1]);
+        }
+        if (mins) {
+            const float *mg = t->wm + g * QK_TILE_ROWS;
+            const __m512 n0 = _mm512_loadu_ps(mg), n1 = _mm512_loadu_ps(mg + 16);
+            EACH_TK for (int k = 0; k < K; k++) {
+                const __m512 dx = _mm512_set1_ps(xd[k * ng + g] * (float)xs[k * ng + g]);
+                f[k][0] = _mm512_fmadd_ps(n0, dx, f[k][0]);
+                f[k][1] = _mm512_fmadd_ps(n1, dx, f[k][1]);
+            }
+        }
+    }
+    EACH_TK for (int k = 0; k < K; k++) {
+        _mm512_mask_storeu_ps(y + k * y_stride, m0, f[k][0]);
+        _mm512_mask_storeu_ps(y + k * y_stride + 16, m1, f[k][1]);
+    }
+}
+
+/* Live rows of a tile's half 0 (rows 0..15) and half 1 (16..31). */
+AI __mmask16 half_mask(int nr, int half)
+{
+    int n = nr - 16 * half;
+    return (__mmask16)(n >= 16 ? 0xffff : n > 0 ? (1u << n) - 1 : 0);
+}
+
+#define TILE_PASS(K, mins) tile_pass(K, mins, t, xu + k * cols, xd + k * ng, xs + k * ng, y + k * y_stride, y_stride, m0, m1)
+#define TILE_PASSES(mins)                                                                                   \
+    for (int k = 0; k < n; k += TILE_K) switch (n - k < TILE_K ? n - k : TILE_K) {                          \
+        case 1: TILE_PASS(1, mins); break;                                                                   \
+        case 2: TILE_PASS(2, mins); break;                                                                   \
+        case 3: TILE_PASS(3, mins); break;                                                                   \
+        case 4: TILE_PASS(4, mins); break;                                                                   \
+        case 5: TILE_PASS(5, mins); break;                                                                   \
+        default: TILE_PASS(TILE_K, mins); break;                                                             \
+        }
+
+static void tile_avx512(const qk_tile *t, const uint8_t *xu, const float *xd, const int32_t *xs, int n, float *y,
+                        int64_t y_stride)
+{
+    assert(t->nr >= 1 && t->nr <= QK_TILE_ROWS);
+    const int64_t cols = t->cols, ng = t->ng;
+    const __mmask16 m0 = half_mask(t->nr, 0), m1 = half_mask(t->nr, 1);
+    if (t->wm) TILE_PASSES(1) else TILE_PASSES(0)
+}
+
+/* qk_tile_pack_ref's layout: per quad of columns one gather of 16 rows' dwords for
+ * each half (rows past nr masked off: zero), less the rows' zeros byte by byte; the
+ * bias from vpdpbusd against ones, which adds each dword's four signed bytes. */
+static void tile_pack_avx512(const uint8_t *raw, int64_t raw_stride, const uint8_t *z, int64_t z_stride, const uint16_t *s,
+                             const uint16_t *m, int64_t s_stride, const qk_tile *t)
+{
+    const int64_t cols = t->cols, group = t->group;
+    const int nr = t->nr;
+    assert(nr >= 1 && nr <= QK_TILE_ROWS && raw_stride * QK_TILE_ROWS < INT32_MAX);
+    const __m512i ones = _mm512_set1_epi8(1), lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i at0 = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)raw_stride));
+    const __m512i at1 = _mm512_add_epi32(at0, _mm512_set1_epi32((int)(16 * raw_stride)));
+    const __mmask16 live0 = half_mask(nr, 0), live1 = half_mask(nr, 1);
+    for (int64_t g = 0; g < t->ng; g++) {
+        int32_t zr[QK_TILE_ROWS];
+        for (int r = 0; r < QK_TILE_ROWS; r++) {
+            zr[r] = r < nr ? (int32_t)(z[r * z_stride + g] * 0x01010101u) : 0;
+            t->ws[g * QK_TILE_ROWS + r] = r < nr ? _cvtsh_ss(s[r * s_stride + g]) : 0.0f;
+            if (m) t->wm[g * QK_TILE_ROWS + r] = r < nr ? _cvtsh_ss(m[r * s_stride + g]) : 0.0f;
+        }
+        const __m512i z0 = _mm512_loadu_si512(zr), z1 = _mm512_loadu_si512(zr + 16);
+        __m512i sum0 = _mm512_setzero_si512(), sum1 = _mm512_setzero_si512();
+        const int64_t j1 = (g + 1) * group < cols ? (g + 1) * group : cols;
+        for (int64_t j = g * group; j < j1; j += 4) {
+            __m512i v0 = _mm512_sub_epi8(_mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live0, at0, raw + j, 1), z0);
+            __m512i v1 = _mm512_sub_epi8(_mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live1, at1, raw + j, 1), z1);
+            _mm512_storeu_si512(t->w + j * QK_TILE_ROWS, v0);
+            _mm512_storeu_si512(t->w + j * QK_TILE_ROWS + 64, v1);
+            sum0 = _mm512_dpbusd_epi32(sum0, ones, v0);
+            sum1 = _mm512_dpbusd_epi32(sum1, ones, v1);
+        }
+        _mm512_storeu_si512(t->bias + g * QK_TILE_ROWS, _mm512_mullo_epi32(sum0, _mm512_set1_epi32(-128)));
+        _mm512_storeu_si512(t->bias + g * QK_TILE_ROWS + 16, _mm512_mullo_epi32(sum1, _mm512_set1_epi32(-128)));
+    }
+}
+
 /* ==== The shared loops (qkernels_x86.h) ==== */
 
 #define QK_WIDE4(b, raw, v, gch, xq, xq_stride, ia, nb, c) ((c) = wide4(b, raw, v, gch, xq, xq_stride, ia, nb))
@@ -123,4 +240,6 @@ AI int64_t wide4(const int b, const int raw, const uint8_t *v, const int64_t gch
  * 7B layers (9.20 against 10.95 at 4.0 bpw) and at 5-8 bits on one core. */
 #define QK_LUT_WIDTHS [2] = 1, [3] = 1
 #define QK_BLOCK4 4
+#define QK_TILE tile_avx512
+#define QK_TILE_PACK tile_pack_avx512
 #include "qkernels_x86.h"

@@ -14,6 +14,7 @@
  *   QK_WIDE4(...)              an optional faster loop over 4-bit chunks, from planes or
  *                              unpacked bytes (may be empty)
  *   QK_NAME(f), QK_TABLE, QK_ISA_NAME, QK_BLOCK4   names and the 4-bit block order
+ *   QK_TILE, QK_TILE_PACK      the tile kernels (qkernels.h), or NULL
  *
  * Never allocates or prints.
  */
@@ -371,4 +372,6 @@ const qk_kernels QK_TABLE = {
     .lut_tables = QK_NAME(lut_tables),
     .lut_dot = QK_NAME(lut_dot),
     .lut_width = { QK_LUT_WIDTHS },
+    .tile = QK_TILE,
+    .tile_pack = QK_TILE_PACK,
 };

@@ -10,6 +10,7 @@
 /* Loops over the activation rows of a block unroll fully, so their accumulators
  * live in registers rather than on the stack. */
 #define EACH_K _Pragma("GCC unroll 4")
+#define EACH_TK _Pragma("GCC unroll 8") /* the same for the tile kernels' passes */
 
 /* Values 0..15 of a 4-bit plane: the low nibbles of 16 bytes, then the high ones. */
 AI __m256i plane4(const uint8_t *src)

@@ -5,11 +5,15 @@
  *   - the int8 kernels (generation, and the prompts of layers they are fast on):
  *     activations quantized to int8 per weight group against the packed blocks,
  *     decoded on the fly by the kernels of runtime/qkernels.h; the weights are read
- *     once per four activation rows. A batch of more than four rows unpacks each
- *     tile of weight rows to bytes once and reads those on every pass (dot_raw:
- *     the same bits), and one larger than INT8_BLOCK runs in blocks of that many
- *     rows, so the quantized activations of a block stay in cache while the rows
- *     stream by. One row at a time (generation), a tensor all of whose widths the
+ *     once per four activation rows. A batch of more than four rows (of
+ *     TILE_MIN_BATCH in wide rows), with a kernel set that has the tile kernel
+ *     (AVX-512 VNNI) and values under 8 bits, is quantized whole, and each tile of 32 weight rows is unpacked and laid out
+ *     once and multiplied by all of it (tile_matmul: the same integer sums, the
+ *     floats in another order). Without it, such a batch unpacks each tile of
+ *     weight rows to bytes once and reads those on every pass (dot_raw: the same
+ *     bits), and one larger than INT8_BLOCK runs in blocks of that many rows, so
+ *     the quantized activations of a block stay in cache while the rows stream
+ *     by. One row at a time (generation), a tensor all of whose widths the
  *     kernel set takes by lookup tables (qk_lut_wanted) goes through those instead,
  *     32 weight rows at once, over the layer's own copy of its values in the order
  *     they read (built once, the same bytes: never a dequantized copy). All or
@@ -17,8 +21,9 @@
  *     row, was slower than the int8 kernels alone on a 7B model (BENCHMARKS.md),
  *     and held the lookup runs twice;
  *   - exact, for batches of RT_PACKED_EXACT_BATCH rows or more where the int8
- *     kernels are not faster (rt_linear_packed_exact_batch: narrow rows, 8-bit
- *     values) and in a layer made with RT_PACKED_EXACT (evaluation): each thread
+ *     kernels are not faster (rt_linear_packed_exact_batch: 8-bit values, and
+ *     narrow rows without the tile kernel) and in a layer made with
+ *     RT_PACKED_EXACT (evaluation): each thread
  *     decodes a slab of rows to fp32 and multiplies it by all activation rows with
  *     one single-threaded BLAS sgemm while the slab is in its cache. No activation
  *     rounding: evaluation measures the quantized weights, not the runtime (int8
@@ -55,13 +60,23 @@
 #define TILE_ROWS 16   /* rows per work item: stays in L1 while the batch streams by */
 #define SLAB_ROWS 128  /* rows per fp32 slab of the exact path (cols * 512 bytes) */
 #define INT8_BLOCK 64  /* activation rows the int8 kernels quantize at once (a multiple of QK_NB) */
-/* Prompt-sized batches take the int8 kernels where bench_matvec --batch found them
- * faster than the exact path: rows of this many columns or more (on SmolLM2's 576,
+/* Without the tile kernel, prompt-sized batches take the int8 kernels where
+ * bench_matvec --batch found them faster than the exact path: rows of this many
+ * columns or more (on SmolLM2's 576,
  * a row's fixed cost per product, the scales and the sums, outweighs its 18
  * chunks: 0.44-0.64 of the exact path's speed) without 8-bit values (their dot
  * widens to 16 bits: 0.45-0.57). */
 #define INT8_BATCH_COLS 1024
+/* Batches of this many rows or more over rows of INT8_BATCH_COLS or more take the
+ * tile kernel, smaller ones dot_raw: laying a tile out costs about as much as
+ * multiplying it by 8 activation rows, and on a 7B layer's 4096-column rows
+ * bench_matvec --batch 8 ran 0.6-0.8x dot_raw's speed, --batch 32 1.3x (AVX-512
+ * Zen 4). Narrower rows take it from QK_NB + 1 rows: dot_raw's cost per row is
+ * the larger there (576 columns: 1.8x at batch 8). */
+#define TILE_MIN_BATCH 16
 #define HUGE_ALIGN ((size_t)2 << 20)
+
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 
 /* A run of groups that share a width and a length (at most three per row). */
 typedef struct {
@@ -83,6 +98,7 @@ typedef struct {
     uint8_t *zsym;              /* [ng] the zero of formats that store none (2^(b-1), a ggml type's center), else NULL */
     int max_batch, max_threads;
     int exact_batch;            /* batches of this many rows or more take the exact path (INT_MAX: none) */
+    int tile_from;              /* batches of this many rows or more take the tile kernel (INT_MAX: none) */
     int int8_rows;              /* rows of the int8 scratch: min(max_batch, exact_batch - 1, INT8_BLOCK) */
     int64_t slab_rows;          /* min(rows, SLAB_ROWS) */
     float *rsign;               /* [cols] the rotation's signs (opt.rot), else NULL */
@@ -103,13 +119,14 @@ typedef struct {
  * path never run at once, so they overlap. */
 typedef struct {
     float *xr;                  /* [max_batch][cols] transformed activations (rot, awq), else NULL */
-    float *xp;                  /* [int8_rows][cols] activations in stored order */
+    float *xp;                  /* [max_threads][cols] an activation row in kernel order */
     int8_t *xq;                 /* [int8_rows][cols] quantized */
     float *xd;                  /* [int8_rows][ng] activation scale per group */
     int32_t *xs;                /* [int8_rows][ng] sum of xq per group */
     float *sd;                  /* [max_threads][QK_NB][ng] per-row multipliers */
     uint8_t *tab;               /* [cols * 8] lookup tables of activation row 0 (batch 1, lut) */
-    uint8_t *raw;               /* [max_threads][TILE_ROWS][cols] unpacked weight rows (batches over QK_NB) */
+    uint8_t *raw;               /* [max_threads][TILE_ROWS][cols] unpacked weight rows (batches over QK_NB),
+                                   or [max_threads][tile_bytes] a tile's rows and its layout (tile) */
     float *slab;                /* [max_threads][slab_rows][cols] fp32 rows (exact path) */
 } qbufs;
 
@@ -191,12 +208,11 @@ static void row_product(const qlin *q, const qbufs *b, int64_t r, const uint8_t 
     for (int k = 0; k < nb; k++) y[(kb + k) * p->rows + r] = acc[k] - corr[k];
 }
 
-/* Activation row k into kernel order (stored order, or block order in some runs),
- * then int8 per group. */
-static void quantize_input(const qlin *q, const qbufs *b, const int32_t *gather, const float *x, int k)
+/* Activation row k into kernel order (stored order, or block order in some runs)
+ * in xp, then int8 per group. */
+static void quantize_input(const qlin *q, const qbufs *b, const int32_t *gather, const float *x, int k, float *xp)
 {
     int64_t cols = q->p.cols;
-    float *xp = b->xp + k * cols;
     for (int64_t j = 0; j < cols; j++) xp[j] = x[k * cols + gather[j]];
     q->k->quant(xp, cols, q->p.opt.group, b->xq + k * cols, b->xd + k * q->ng, b->xs + k * q->ng);
 }
@@ -276,7 +292,7 @@ static void lut_matvec(const qlin *q, const float *x, float *y)
 {
     qbufs b = bufs_of(q);
     int64_t cols = q->p.cols;
-    quantize_input(q, &b, q->gather1, x, 0);
+    quantize_input(q, &b, q->gather1, x, 0, b.xp);
 #pragma omp parallel num_threads(threads_for(q))
     {
 #pragma omp for schedule(static)
@@ -314,7 +330,7 @@ static void int8_matmul(const qlin *q, const float *x, float *y, int n)
             const float *xk = x + (int64_t)k0 * cols;
             float *yk = y + (int64_t)k0 * rows;
 #pragma omp for schedule(static)
-            for (int k = 0; k < nk; k++) quantize_input(q, &b, q->gather, xk, k);
+            for (int k = 0; k < nk; k++) quantize_input(q, &b, q->gather, xk, k, b.xp + th * cols);
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < tiles; t++) {
                 int64_t r0 = t * TILE_ROWS, r1 = r0 + TILE_ROWS < rows ? r0 + TILE_ROWS : rows;
@@ -329,6 +345,60 @@ static void int8_matmul(const qlin *q, const float *x, float *y, int n)
     }
 }
 
+/* A thread's tile scratch: the tile's rows unpacked, TILE_RAW_STRIDE bytes apart
+ * (a row's length plus a cache line: rows a power of two apart, as a 7B layer's
+ * 4096, share the L1 sets that the layout's gathers read, which made batches of
+ * 16-32 rows 2.4-6x slower), then its layout, bias, scales and mins
+ * (runtime/qkernels.h, "Batches in tiles of 32 rows"). */
+#define TILE_RAW_STRIDE(cols) ((int64_t)align64((size_t)(cols)) + 64)
+static size_t tile_raw_bytes(const qlin *q) { return (size_t)(QK_TILE_ROWS * TILE_RAW_STRIDE(q->p.cols)); }
+static size_t tile_bytes(const qlin *q)
+{
+    return tile_raw_bytes(q) + (size_t)(QK_TILE_ROWS * q->p.cols) + 3 * align64((size_t)(q->ng * QK_TILE_ROWS) * 4);
+}
+
+/* One tile of rows r0..r0+nr-1: unpacked, laid out, multiplied by the n activation
+ * rows (unsigned, xu) into y. */
+static void tile_product(const qlin *q, const qbufs *b, int64_t r0, int nr, uint8_t *scratch, int n, float *y)
+{
+    const lay_packed *p = &q->p;
+    int64_t cols = p->cols, ng = q->ng, stride = TILE_RAW_STRIDE(cols);
+    size_t meta = align64((size_t)(ng * QK_TILE_ROWS) * 4);
+    char *at = (char *)scratch + tile_raw_bytes(q) + align64((size_t)(QK_TILE_ROWS * cols));
+    qk_tile t = {.w = (int8_t *)scratch + tile_raw_bytes(q), .bias = (int32_t *)at, .ws = (float *)(at + meta),
+                 .wm = p->mins ? (float *)(at + 2 * meta) : NULL, .ng = ng, .group = p->opt.group, .cols = cols,
+                 .nr = nr};
+    for (int r = 0; r < nr; r++) unpack_row(q, r0 + r, scratch + r * stride);
+    const uint8_t *z = q->zsym ? q->zsym : p->zeros + r0 * ng;
+    q->k->tile_pack(scratch, stride, z, q->zsym ? 0 : ng, p->scales + r0 * ng, p->mins ? p->mins + r0 * ng : NULL,
+                    ng, &t);
+    q->k->tile(&t, (const uint8_t *)b->xq, b->xd, b->xs, n, y + r0, p->rows);
+}
+
+/* y = x W_deq^T through the tile kernel: every activation row quantized (and made
+ * unsigned) first, then each tile of weight rows unpacked once and multiplied by
+ * all of them. */
+static void tile_matmul(const qlin *q, const float *x, float *y, int n)
+{
+    int64_t rows = q->p.rows, cols = q->p.cols, tiles = (rows + QK_TILE_ROWS - 1) / QK_TILE_ROWS;
+    qbufs b = bufs_of(q);
+#pragma omp parallel num_threads(threads_for(q))
+    {
+        int th = omp_get_thread_num();
+#pragma omp for schedule(static)
+        for (int k = 0; k < n; k++) {
+            quantize_input(q, &b, q->gather, x, k, b.xp + th * cols);
+            qk_tile_unsigned(b.xq + k * cols, cols);
+        }
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < tiles; t++) {
+            int64_t r0 = t * QK_TILE_ROWS;
+            int nr = rows - r0 < QK_TILE_ROWS ? (int)(rows - r0) : QK_TILE_ROWS;
+            tile_product(q, &b, r0, nr, b.raw + th * tile_bytes(q), n, y);
+        }
+    }
+}
+
 static void packed_matmul(const rt_linear *l, const float *x, float *y, int n)
 {
     const qlin *q = l->impl;
@@ -339,6 +409,7 @@ static void packed_matmul(const rt_linear *l, const float *x, float *y, int n)
     }
     if (n >= q->exact_batch) exact_matmul(q, x, y, n);
     else if (n == 1 && q->lut) lut_matvec(q, x, y);
+    else if (n >= q->tile_from) tile_matmul(q, x, y, n);
     else int8_matmul(q, x, y, n);
 }
 
@@ -457,15 +528,24 @@ static int build_lut(qlin *q)
     return 0;
 }
 
-static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+/* Whether batches over QK_NB of a tensor take k's tile kernel: widths up to 7
+ * (runtime/qkernels.h). */
+static int takes_tiles(const qk_kernels *k, const lay_option *o, int64_t cols)
+{
+    if (!k->tile) return 0;
+    for (int64_t g = 0; g < lay_n_groups(o, cols); g++)
+        if (lay_group_bits(o, cols, g) == 8) return 0;
+    return 1;
+}
 
 /* Sizes the product scratch (bufs_of's layout) and asks the shared buffer for it. */
 static void plan_scratch(qlin *q)
 {
     size_t cols = (size_t)q->p.cols, ng = (size_t)q->ng, mb = (size_t)q->int8_rows, nt = (size_t)q->max_threads;
-    size_t sizes[7] = {mb * cols * sizeof(float), mb * cols, mb * ng * sizeof(float), mb * ng * sizeof(int32_t),
-                       nt * QK_NB * ng * sizeof(float), q->lut_row_bytes ? cols * 8 : 0,
-                       q->int8_rows > QK_NB ? nt * TILE_ROWS * cols : 0};
+    size_t raw = q->int8_rows <= QK_NB ? 0 : nt * TILE_ROWS * cols;
+    if (q->tile_from <= q->int8_rows && nt * tile_bytes(q) > raw) raw = nt * tile_bytes(q);
+    size_t sizes[7] = {nt * cols * sizeof(float), mb * cols, mb * ng * sizeof(float), mb * ng * sizeof(int32_t),
+                       nt * QK_NB * ng * sizeof(float), q->lut_row_bytes ? cols * 8 : 0, raw};
     size_t at = 0;
     for (int i = 0; i < 7; i++) {
         at += align64(sizes[i]);
@@ -485,8 +565,11 @@ static int qlin_alloc(qlin *q, int max_batch, int flags, rt_scratch *shared)
     q->max_batch = max_batch;
     q->max_threads = omp_get_max_threads() > omp_get_num_procs() ? omp_get_max_threads() : omp_get_num_procs();
     q->exact_batch = rt_linear_packed_exact_batch(&q->p.opt, q->p.cols, flags);
+    q->tile_from = !takes_tiles(q->k, &q->p.opt, q->p.cols) ? INT_MAX
+                   : q->p.cols < INT8_BATCH_COLS          ? QK_NB + 1
+                                                          : TILE_MIN_BATCH;
     q->int8_rows = max_batch < q->exact_batch - 1 ? max_batch : q->exact_batch - 1;
-    if (q->int8_rows > INT8_BLOCK) q->int8_rows = INT8_BLOCK;
+    if (q->int8_rows > INT8_BLOCK && q->tile_from > max_batch) q->int8_rows = INT8_BLOCK; /* tiles: all at once */
     q->slab_rows = q->p.rows < SLAB_ROWS ? q->p.rows : SLAB_ROWS;
     q->scratch = shared ? shared : rt_scratch_new();
     q->own_scratch = !shared;
@@ -509,7 +592,9 @@ static int qlin_alloc(qlin *q, int max_batch, int flags, rt_scratch *shared)
 
 int rt_linear_packed_exact_batch(const lay_option *o, int64_t cols, int flags)
 {
-    if (flags & RT_PACKED_EXACT || cols < INT8_BATCH_COLS) return RT_PACKED_EXACT_BATCH;
+    if (flags & RT_PACKED_EXACT) return RT_PACKED_EXACT_BATCH;
+    if (takes_tiles(qk_active(), o, cols)) return INT_MAX;
+    if (cols < INT8_BATCH_COLS) return RT_PACKED_EXACT_BATCH;
     for (int64_t g = 0; g < lay_n_groups(o, cols); g++)
         if (lay_group_bits(o, cols, g) == 8) return RT_PACKED_EXACT_BATCH;
     return INT_MAX;

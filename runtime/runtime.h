@@ -113,9 +113,10 @@ void rt_linear_release(rt_linear *l);
 rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, int flags, rt_scratch *scratch, char *err,
                             size_t err_len);
 /* The smallest batch that a layer over a tensor of cols columns and option o, made
- * with flags, multiplies exactly: RT_PACKED_EXACT_BATCH, or INT_MAX where every
- * batch takes the int8 kernels (rows of 1024 columns or more without 8-bit
- * values, where bench_matvec --batch finds them faster). */
+ * now with flags, multiplies exactly: RT_PACKED_EXACT_BATCH, or INT_MAX where every
+ * batch takes the int8 kernels (values under 8 bits, in any row with the AVX-512
+ * set's tile kernel, else in rows of 1024 columns or more: where bench_matvec
+ * --batch finds them faster). */
 int rt_linear_packed_exact_batch(const lay_option *o, int64_t cols, int flags);
 /* Whether a layer made now over a rows x cols tensor of option o keeps a copy of all
  * its values for the lookup kernels: then the loader need not copy p->values into

@@ -269,9 +269,10 @@ static void check_product(rt_linear *l, const float *x, int n, const float *ref,
 }
 
 /* Every kernel set, option and batch against the reference, on one shape: a layer
- * takes batches through the int8 kernels (in blocks past 64 rows) up to the one
- * rt_linear_packed_exact_batch names, which is every batch for rows of 1024 columns
- * or more without 8-bit values; one made with RT_PACKED_EXACT takes batches of
+ * takes batches through the int8 kernels (in blocks past 64 rows, or in tiles) up
+ * to the one rt_linear_packed_exact_batch names, which is every batch for values
+ * under 8 bits in rows of 1024 columns or more, or in any row where the set has a
+ * tile kernel; one made with RT_PACKED_EXACT takes batches of
  * RT_PACKED_EXACT_BATCH or more exactly. */
 static void check_matmul_shape(int64_t rows, int64_t cols)
 {
@@ -291,8 +292,8 @@ static void check_matmul_shape(int64_t rows, int64_t cols)
             make_packed(&t, rows, cols, &opts[o]);
             int exact_at = rt_linear_packed_exact_batch(&opts[o], cols, 0);
             assert_int_equal(rt_linear_packed_exact_batch(&opts[o], cols, RT_PACKED_EXACT), RT_PACKED_EXACT_BATCH);
-            if (cols >= 1024 && opts[o].bits_hi < 8) assert_int_equal(exact_at, INT_MAX);
-            if (cols < 1024 || opts[o].bits_hi == 8) assert_int_equal(exact_at, RT_PACKED_EXACT_BATCH);
+            int int8 = opts[o].bits_hi < 8 && (cols >= 1024 || qk_active()->tile);
+            assert_int_equal(exact_at, int8 ? INT_MAX : RT_PACKED_EXACT_BATCH);
             rt_linear *l = rt_linear_packed(&t.p, NMAX, 0, NULL, err, sizeof err);
             rt_linear *lx = rt_linear_packed(&t.p, NMAX, RT_PACKED_EXACT, NULL, err, sizeof err);
             assert_non_null(l);
@@ -381,14 +382,15 @@ static void test_activation_rounding_small(void **state)
 }
 
 /* 1 and 2 threads give the same bits (each row is one thread's work), on every
- * path (lookups, int8 kernels in one block and in two, exact), and so do batch 1
- * and batch n: a row's numbers do not depend on the rows beside it. */
+ * path (lookups, int8 kernels in one block and in two or in tiles, exact), and so
+ * do two batches that take one path: a row's numbers do not depend on the rows
+ * beside it. */
 static void test_threads(void **state)
 {
     (void)state;
     const int64_t rows = 301, cols = 32 * 33; /* three slabs of the exact path, the last short; */
     /* rows wide enough for the int8 kernels at every batch (rt_linear_packed_exact_batch) */
-    enum { NMAX = RT_PACKED_EXACT_BATCH + 3, TAIL = 3 };
+    enum { NMAX = RT_PACKED_EXACT_BATCH + 3, TAIL = 20 }; /* TAIL: a batch that takes tiles */
     lay_option o = opt(3, 5, 0.4f, 64, LAY_SCALE_F16_Z8);
     packed_t t;
     make_packed(&t, rows, cols, &o);
@@ -416,13 +418,14 @@ static void test_threads(void **state)
     l->matmul(l, x, y2, 7);   /* rounding, as the lookup kernels sum in another order */
     assert_true(rel_err(y1, y2, rows) < QK_REL_TOL);
     linear_free(l);
-    qk_force_lut(QK_LUT_OFF); /* without them, one code path: bit for bit */
+    qk_force_lut(QK_LUT_OFF); /* without them, one code path up to QK_NB rows: bit for bit */
     l = rt_linear_packed(&t.p, NMAX, 0, NULL, NULL, 0);
     assert_non_null(l);
     l->matmul(l, x, y1, 1);
-    l->matmul(l, x, y2, 7);
+    l->matmul(l, x, y2, QK_NB);
     assert_memory_equal(y1, y2, (size_t)rows * sizeof *y1);
-    /* the last rows of a batch past one int8 block, alone, give the same bits */
+    /* the last rows of a batch past one int8 block, alone, give the same bits (with
+     * tiles: passes of another number of rows) */
     l->matmul(l, x, y1, NMAX);
     l->matmul(l, x + (NMAX - TAIL) * cols, y2, TAIL);
     assert_memory_equal(y1 + (NMAX - TAIL) * rows, y2, (size_t)(TAIL * rows) * sizeof *y1);
@@ -573,6 +576,91 @@ static void test_lut_kernels(void **state)
         }
 }
 
+/* One tile's product against the direct sum, sum_g s * d * sum_j (q - z) * xq (+ m *
+ * d * xs with mins), in double: from the plain layout and kernel, and from every
+ * set's, whose layout is the plain one bit for bit and whose products are the
+ * plain kernel's bit for bit, whatever the number of activation rows beside a row;
+ * rows past nr are not written. */
+static void check_tile(int nr, int64_t cols, int64_t group, int shared_zero, int mins, int n)
+{
+    const int64_t ng = (cols + group - 1) / group, meta = QK_TILE_ROWS * ng, zs = shared_zero ? 0 : ng;
+    const int64_t stride = cols + 36; /* rows apart by more than their length */
+    uint8_t *raw = malloc((size_t)(QK_TILE_ROWS * stride)), *z = malloc((size_t)meta);
+    uint16_t *sc = malloc((size_t)meta * 2), *mn = malloc((size_t)meta * 2);
+    int8_t *xq = malloc((size_t)(n * cols));
+    int32_t *xs = calloc((size_t)(n * ng), 4);
+    float *xd = malloc((size_t)(n * ng) * 4), *want = malloc((size_t)(n * nr) * 4), *got = malloc((size_t)(n * nr) * 4);
+    float *y = malloc((size_t)(n * QK_TILE_ROWS) * 4), *y2 = malloc((size_t)(n * QK_TILE_ROWS) * 4);
+    qk_tile t[2];
+    for (int i = 0; i < 2; i++)
+        t[i] = (qk_tile){.w = malloc((size_t)(QK_TILE_ROWS * cols)), .bias = malloc((size_t)meta * 4),
+                         .ws = malloc((size_t)meta * 4), .wm = mins ? malloc((size_t)meta * 4) : NULL, .ng = ng,
+                         .group = group, .cols = cols, .nr = nr};
+    for (int64_t i = 0; i < QK_TILE_ROWS * stride; i++) raw[i] = (uint8_t)(rnd() % 128); /* widths up to 7 */
+    for (int64_t i = 0; i < meta; i++) {
+        z[i] = (uint8_t)(rnd() % 128);
+        sc[i] = lay_f32_to_f16(0.01f * (float)(1 + rnd() % 100));
+        mn[i] = lay_f32_to_f16(-0.5f * rndf());
+    }
+    for (int64_t i = 0; i < n * cols; i++) {
+        xq[i] = (int8_t)(i < 8 ? (i % 2 ? 127 : -127) : (int)(rnd() % 255) - 127);
+        xs[i / cols * ng + i % cols / group] += xq[i];
+    }
+    for (int64_t i = 0; i < n * ng; i++) xd[i] = 0.001f * (float)(1 + rnd() % 100);
+    for (int k = 0; k < n; k++)
+        for (int r = 0; r < nr; r++) {
+            double sum = 0.0;
+            for (int64_t g = 0; g < ng; g++) {
+                int64_t d = 0;
+                for (int64_t j = g * group; j < cols && j < (g + 1) * group; j++)
+                    d += (int64_t)(raw[r * stride + j] - z[r * zs + g]) * xq[k * cols + j];
+                sum += (double)lay_f16_to_f32(sc[r * ng + g]) * xd[k * ng + g] * (double)d;
+                if (mins) sum += (double)lay_f16_to_f32(mn[r * ng + g]) * xd[k * ng + g] * xs[k * ng + g];
+            }
+            want[k * nr + r] = (float)sum;
+        }
+    qk_tile_pack_ref(raw, stride, z, zs, sc, mins ? mn : NULL, ng, &t[0]);
+    qk_tile_unsigned(xq, n * cols);
+    const uint8_t *xu = (const uint8_t *)xq;
+    for (int i = 0; i < n * QK_TILE_ROWS; i++) y[i] = 12345.0f;
+    qk_tile_ref(&t[0], xu, xd, xs, n, y, QK_TILE_ROWS);
+    for (int k = 0; k < n; k++) {
+        for (int r = 0; r < nr; r++) got[k * nr + r] = y[k * QK_TILE_ROWS + r];
+        for (int r = nr; r < QK_TILE_ROWS; r++) assert_true(y[k * QK_TILE_ROWS + r] == 12345.0f);
+    }
+    assert_true(rel_err(got, want, n * nr) < QK_REL_TOL);
+    for (size_t i = 0; i < sizeof isas / sizeof *isas; i++) {
+        const qk_kernels *k = qk_get(isas[i]);
+        if (!k || !k->tile) continue;
+        memset(t[1].w, 0x5a, (size_t)(QK_TILE_ROWS * cols));
+        k->tile_pack(raw, stride, z, zs, sc, mins ? mn : NULL, ng, &t[1]);
+        assert_memory_equal(t[0].w, t[1].w, (size_t)(QK_TILE_ROWS * cols));
+        assert_memory_equal(t[0].bias, t[1].bias, (size_t)meta * 4);
+        assert_memory_equal(t[0].ws, t[1].ws, (size_t)meta * 4);
+        if (mins) assert_memory_equal(t[0].wm, t[1].wm, (size_t)meta * 4);
+        for (int i2 = 0; i2 < n * QK_TILE_ROWS; i2++) y2[i2] = 12345.0f;
+        k->tile(&t[1], xu, xd, xs, n, y2, QK_TILE_ROWS);
+        assert_memory_equal(y, y2, (size_t)(n * QK_TILE_ROWS) * 4);
+        for (int r0 = 0; r0 < n; r0++) { /* each activation row alone */
+            float one[QK_TILE_ROWS];
+            k->tile(&t[1], xu + r0 * cols, xd + r0 * ng, xs + r0 * ng, 1, one, QK_TILE_ROWS);
+            assert_memory_equal(one, y + r0 * QK_TILE_ROWS, (size_t)nr * 4);
+        }
+    }
+    for (int i = 0; i < 2; i++) free(t[i].w), free(t[i].bias), free(t[i].ws), free(t[i].wm);
+    free(raw), free(z), free(sc), free(mn), free(xq), free(xs), free(xd), free(want), free(got), free(y), free(y2);
+}
+
+static void test_tile_kernels(void **state)
+{
+    (void)state;
+    check_tile(32, 32 * 18, 128, 0, 0, 13); /* 576 columns: a short last group of two chunks */
+    check_tile(17, 32 * 13, 96, 0, 0, 7);   /* a short tile, groups of three chunks, the last one */
+    check_tile(5, 32 * 8, 32, 1, 1, 6);     /* a few rows, one row of zeros for all, mins */
+    check_tile(32, 32 * 18, 64, 0, 1, 8);   /* mins in a full tile */
+    check_tile(16, 32 * 4, 512, 0, 0, 1);   /* one group shorter than its length */
+}
+
 static void test_get_row(void **state)
 {
     (void)state;
@@ -680,6 +768,7 @@ int main(void)
         cmocka_unit_test(test_unpack),
         cmocka_unit_test(test_lut_kernels),
         cmocka_unit_test(test_lut_all_or_none),
+        cmocka_unit_test(test_tile_kernels),
         cmocka_unit_test(test_get_row),
         cmocka_unit_test(test_dispatch),
         cmocka_unit_test(test_errors),
