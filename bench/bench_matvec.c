@@ -19,6 +19,8 @@
  * core when memory is not the limit).
  *
  *   bench_matvec --bits B   only the rows whose (high) width is B
+ *   bench_matvec --shape RxC the table (or --hot) for one shape instead, as
+ *                           SmolLM2-135M's 576x576 (columns: a multiple of 32)
  *   bench_matvec --batch N  batch-N products (g128, 7B shapes; --bits B: one width):
  *                           int8 kernels against the exact path and dense sgemm
  *   bench_matvec --hot      only the hot figure, every width and shape (seconds)
@@ -28,7 +30,7 @@
  * Each row measures today's kernels (GB/s, ratio) and the lookup-table kernels of
  * runtime/qkernels.h at that width (lut, ratio), over the same matrices, passes
  * interleaved; which of the two a layer takes at each width is the kernel set's
- * lut_width, chosen from these rows.
+ * lut_cols, chosen from these rows.
  */
 #include <cblas.h>
 #include <fcntl.h>
@@ -52,6 +54,7 @@
 #define HUGE_ALIGN ((size_t)2 << 20)
 
 static int passes = 5, hot_only = 0, only_bits = 0, batch = 0, bandwidth_only = 0;
+static int64_t table_shapes[2][2] = { { 4096, 4096 }, { 4096, 14336 } }, nshapes = 2;
 
 static double now(void)
 {
@@ -416,6 +419,17 @@ static int bench_mmap(const char *dir, uint8_t *pool, size_t pool_cap, const flo
     return 0;
 }
 
+/* "RxC" into the table's first shape: rows 32..65536, columns a multiple of 32 up to 14336. */
+static int parse_shape(const char *arg)
+{
+    long long r, c;
+    char tail;
+    if (sscanf(arg, "%lldx%lld%c", &r, &c, &tail) != 2 || r < 32 || r > 65536 || c < 128 || c > 14336 || c % 32)
+        return 0;
+    table_shapes[0][0] = r, table_shapes[0][1] = c;
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
     const char *mmap_dir = NULL;
@@ -426,7 +440,12 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--bits") && i + 1 < argc) only_bits = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--mmap") && i + 1 < argc) mmap_dir = argv[++i];
-        else { fprintf(stderr, "usage: bench_matvec [--quick] [--bits B] [--hot] [--bandwidth] [--batch N] [--mmap DIR]\n"); return 2; }
+        else if (!strcmp(argv[i], "--shape") && i + 1 < argc && parse_shape(argv[++i])) nshapes = 1;
+        else {
+            fprintf(stderr, "usage: bench_matvec [--quick] [--bits B] [--hot] [--bandwidth] [--batch N] [--mmap DIR] "
+                            "[--shape RxC]\n");
+            return 2;
+        }
     }
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx2")) { fprintf(stderr, "bench_matvec: needs AVX2 for the baseline\n"); return 1; }
@@ -454,27 +473,29 @@ int main(int argc, char **argv)
                                 option(4, 4, 0, 32), ggml_option(LAY_GGML_Q4_0), ggml_option(LAY_GGML_Q4_1),
                                 option(5, 5, 0, 128), option(6, 6, 0, 128), option(8, 8, 0, 128),
                                 ggml_option(LAY_GGML_Q8_0) };
-    const int64_t shapes[2][2] = { { 4096, 4096 }, { 4096, 14336 } };
     if (hot_only) {
         printf("%-12s %-16s %8s %8s\n", "shape", "option", "hot GB/s", "hot lut");
-        for (int s = 0; s < 2; s++)
+        for (int s = 0; s < nshapes; s++)
             for (int b = 2; b <= 8; b++) {
                 lay_option o = b == 7 ? option(2, 3, 0.3f, 128) : option(b, b, 0, 128);
                 rotation r;
-                if (rotation_open(&r, &o, 64, shapes[s][1], pool, cap, 1, 1)) return 1;
-                printf("%5lldx%-6lld %-16s %8.1f %8.1f\n", (long long)shapes[s][0], (long long)shapes[s][1], o.name,
+                int64_t rows = table_shapes[s][0] < 64 ? table_shapes[s][0] : 64;
+                if (rotation_open(&r, &o, rows, table_shapes[s][1], pool, cap, 1, 1)) return 1;
+                printf("%5lldx%-6lld %-16s %8.1f %8.1f\n", (long long)table_shapes[s][0],
+                       (long long)table_shapes[s][1], o.name,
                        hot_rate(&r, pool, x, y, 0), hot_rate(&r, pool, x, y, 1));
                 rotation_close(&r);
             }
         return 0;
     }
     print_header();
-    for (int s = 0; s < 2; s++)
+    for (int s = 0; s < nshapes; s++)
         for (size_t i = 0; i < sizeof opts / sizeof *opts; i++)
-            if (!only_bits || opts[i].bits_hi == only_bits) bench_packed(&opts[i], shapes[s][0], shapes[s][1], pool, cap, x, y);
+            if (!only_bits || opts[i].bits_hi == only_bits)
+                bench_packed(&opts[i], table_shapes[s][0], table_shapes[s][1], pool, cap, x, y);
     if (only_bits) return 0;
     for (size_t i = 0; i < cap / 4; i++) ((float *)pool)[i] = (float)(i % 1999) * 1e-3f - 1.0f;
-    for (int s = 0; s < 2; s++) bench_sgemv(shapes[s][0], shapes[s][1], pool, x, y);
+    for (int s = 0; s < nshapes; s++) bench_sgemv(table_shapes[s][0], table_shapes[s][1], pool, x, y);
     free(pool), free(x), free(y);
     return 0;
 }

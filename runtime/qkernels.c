@@ -321,11 +321,11 @@ static qk_lut_mode lut_mode_now(void)
     return lut_mode;
 }
 
-int qk_lut_wanted(const qk_kernels *k, int bits)
+int qk_lut_wanted(const qk_kernels *k, int bits, int64_t cols)
 {
     qk_lut_mode mode = lut_mode_now();
     if (!k->lut_dot || mode == QK_LUT_OFF) return 0;
-    return mode == QK_LUT_ALL || k->lut_width[bits];
+    return mode == QK_LUT_ALL || cols <= k->lut_cols[bits];
 }
 
 const qk_kernels *qk_active(void) { return qk_get(forced); }

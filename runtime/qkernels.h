@@ -197,15 +197,15 @@ void qk_tile_unsigned(int8_t *xq, int64_t n);
 /* The plain tile kernels, the references of the SIMD ones: the same layout bit
  * for bit, and the same float operations per row and activation row, so the same
  * bits. */
-void qk_tile_pack_ref(const uint8_t *raw, int64_t raw_stride, const uint8_t *z, int64_t z_stride, const uint16_t *s, const uint16_t *m,
-                      int64_t s_stride, const qk_tile *t);
+void qk_tile_pack_ref(const uint8_t *raw, int64_t raw_stride, const uint8_t *z, int64_t z_stride, const uint16_t *s,
+                      const uint16_t *m, int64_t s_stride, const qk_tile *t);
 void qk_tile_ref(const qk_tile *t, const uint8_t *xu, const float *xd, const int32_t *xs, int n, float *y,
                  int64_t y_stride);
 
 typedef enum { QK_ISA_AUTO = 0, QK_ISA_GENERIC, QK_ISA_AVX2, QK_ISA_AVX512 } qk_isa;
 
-/* Where new layers use the lookup kernels: AUTO, the widths a kernel set lists in
- * lut_width (where bench_matvec found them faster); OFF, nowhere; ALL, every width
+/* Where new layers use the lookup kernels: AUTO, the widths and row lengths a kernel
+ * set lists in lut_cols (where bench_matvec found them faster); OFF, nowhere; ALL, every width
  * 2..8 of a set that has them (tests and benchmarks). The environment's BITPLAN_LUT
  * (0, all) sets the mode until qk_force_lut does. */
 typedef enum { QK_LUT_AUTO = 0, QK_LUT_OFF, QK_LUT_ALL } qk_lut_mode;
@@ -242,7 +242,8 @@ typedef struct {
     qk_lut_pack_fn lut_pack;             /* NULL: no lookup kernels */
     qk_lut_tables_fn lut_tables;
     qk_lut_dot_fn lut_dot;
-    uint8_t lut_width[LAY_MAX_BITS + 1]; /* 1: QK_LUT_AUTO takes the lookup kernels at this width */
+    int32_t lut_cols[LAY_MAX_BITS + 1];  /* QK_LUT_AUTO takes the lookup kernels at this width in rows
+                                            of at most this many columns (0: none, INT32_MAX: all) */
     qk_tile_fn tile;                     /* NULL: batches take dot_raw (or the exact path) */
     qk_tile_pack_fn tile_pack;
 } qk_kernels;
@@ -254,9 +255,9 @@ const qk_kernels *qk_get(qk_isa isa);
  * benchmarks force the portable path this way). Returns 0, or -1 if unsupported. */
 const qk_kernels *qk_active(void);
 int qk_force(qk_isa isa);
-/* Whether a new layer's runs of width bits (2..8) take the lookup kernels of k,
- * under the mode qk_force_lut chose (AUTO unless told). */
-int qk_lut_wanted(const qk_kernels *k, int bits);
+/* Whether a new layer's runs of width bits (2..8), in rows of cols columns, take the
+ * lookup kernels of k, under the mode qk_force_lut chose (AUTO unless told). */
+int qk_lut_wanted(const qk_kernels *k, int bits, int64_t cols);
 void qk_force_lut(qk_lut_mode mode);
 
 /* The portable kernels; the SIMD files export theirs the same way. */

@@ -103,7 +103,8 @@ AI __m256i quant32(const float *x, __m256 id, __m256i *sum)
 #define QK_NAME(f) f##_avx2
 #define QK_TABLE qk_avx2
 #define QK_ISA_NAME "avx2"
-#define QK_LUT_WIDTHS [2] = 1, [3] = 1, [5] = 1, [8] = 1 /* bench_matvec, BENCHMARKS.md */
+/* bench_matvec, BENCHMARKS.md: faster at these widths in any row */
+#define QK_LUT_COLS [2] = INT32_MAX, [3] = INT32_MAX, [5] = INT32_MAX, [8] = INT32_MAX
 #define QK_BLOCK4 2
 #define QK_TILE NULL /* no VNNI: vpmaddubsw's 16-bit sums of (xq + 128) (q - z) would saturate */
 #define QK_TILE_PACK NULL

@@ -233,12 +233,16 @@ static void tile_pack_avx512(const uint8_t *raw, int64_t raw_stride, const uint8
 #define QK_NAME(f) f##_avx512
 #define QK_TABLE qk_avx512
 #define QK_ISA_NAME "avx512"
-/* 2 and 3 bits, measured on an AVX-512 VNNI Zen 4 (BENCHMARKS.md, "On an AVX-512
- * machine"): on a 7B-shaped model the lookups drew level with vpdpbusd there
- * (12.25 against 12.05 tokens/s at 2.5 bpw, 10.70 against 10.85 at 3.0), on
- * SmolLM2's narrow rows they were 1.60-1.77x faster; from 4 bits they lost on the
- * 7B layers (9.20 against 10.95 at 4.0 bpw) and at 5-8 bits on one core. */
-#define QK_LUT_WIDTHS [2] = 1, [3] = 1
+/* 2 and 3 bits in any row, 4 to 6 in rows under 1024 columns, measured on an
+ * AVX-512 VNNI Zen 4 (BENCHMARKS.md, "On an AVX-512 machine"): on a 7B-shaped
+ * model the lookups drew level with vpdpbusd (12.25 against 12.05 tokens/s at 2.5
+ * bpw, 10.70 against 10.85 at 3.0) and lost from 4 bits (9.20 against 10.95 at
+ * 4.0); on rows of 576 columns, where the int8 kernels' cost per row weighs most,
+ * bench_matvec --shape 576x576 gave the lookups 1.5-1.7x at 4 bits, 1.3-1.5x at 5,
+ * 1.2-1.3x at 6 and 0.9-1.0x at 8, and on 1536 columns 0.8-1.1x at 4, 0.66-0.94x
+ * from 5. */
+#define QK_LUT_NARROW 1023
+#define QK_LUT_COLS [2] = INT32_MAX, [3] = INT32_MAX, [4] = QK_LUT_NARROW, [5] = QK_LUT_NARROW, [6] = QK_LUT_NARROW
 #define QK_BLOCK4 4
 #define QK_TILE tile_avx512
 #define QK_TILE_PACK tile_pack_avx512

@@ -371,7 +371,7 @@ const qk_kernels QK_TABLE = {
     .lut_pack = QK_NAME(lut_pack),
     .lut_tables = QK_NAME(lut_tables),
     .lut_dot = QK_NAME(lut_dot),
-    .lut_width = { QK_LUT_WIDTHS },
+    .lut_cols = { QK_LUT_COLS },
     .tile = QK_TILE,
     .tile_pack = QK_TILE_PACK,
 };

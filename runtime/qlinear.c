@@ -462,7 +462,7 @@ static void build_runs(qlin *q)
     /* all runs or none (top of the file); the lookup kernels know no mins (ggml's
      * Q4_1, Q5_1) */
     int all = !q->p.mins;
-    for (int i = 0; i < q->nruns; i++) all &= qk_lut_wanted(q->k, q->runs[i].bits);
+    for (int i = 0; i < q->nruns; i++) all &= qk_lut_wanted(q->k, q->runs[i].bits, cols);
     q->lut_row_bytes = 0;
     for (int i = 0; all && i < q->nruns; i++) {
         qrun *u = &q->runs[i];
@@ -605,7 +605,7 @@ int rt_linear_packed_copies_values(const lay_option *o, int64_t cols)
     const qk_kernels *k = qk_active();
     if (lay_ggml_has_min(lay_option_ggml(o))) return 0; /* build_runs: no lookup with mins */
     for (int64_t g = 0; g < lay_n_groups(o, cols); g++)
-        if (!qk_lut_wanted(k, lay_group_bits(o, cols, g))) return 0;
+        if (!qk_lut_wanted(k, lay_group_bits(o, cols, g), cols)) return 0;
     return 1;
 }
 

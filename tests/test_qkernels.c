@@ -434,36 +434,40 @@ static void test_threads(void **state)
 }
 
 /* A layer takes the lookup kernels for all its widths or none (runtime/qlinear.c):
- * for every mix of two widths, the loader is told to leave the values in the mapping
- * exactly when both are lookup widths of the active set, and otherwise batch 1 is
- * the int8 kernels' product bit for bit. */
+ * for every mix of two widths, in rows narrow and wide (the kernel sets' lut_cols),
+ * the loader is told to leave the values in the mapping exactly when both are
+ * lookup widths of the active set at that row length, and otherwise batch 1 is the
+ * int8 kernels' product bit for bit. */
 static void test_lut_all_or_none(void **state)
 {
     (void)state;
-    const int64_t rows = 40, cols = 32 * 8;
+    static const int64_t cols_of[] = { 32 * 8, 32 * 72 };
+    const int64_t rows = 40;
     const qk_kernels *k = qk_active();
-    float *x = malloc(cols * sizeof *x), *y1 = malloc(rows * sizeof *y1), *y2 = malloc(rows * sizeof *y2);
-    for (int64_t i = 0; i < cols; i++) x[i] = rndf();
-    for (int lo = LAY_MIN_BITS; lo < LAY_MAX_BITS; lo++)
-        for (int hi = lo + 1; hi <= LAY_MAX_BITS; hi++) {
-            lay_option o = opt(lo, hi, 0.5f, 64, LAY_SCALE_F16_Z8);
-            int both = k->lut_width[lo] && k->lut_width[hi];
-            assert_int_equal(rt_linear_packed_copies_values(&o, cols), both);
-            if (both) continue;
-            packed_t t;
-            make_packed(&t, rows, cols, &o);
-            rt_linear *l = rt_linear_packed(&t.p, 1, 0, NULL, NULL, 0);
-            assert_non_null(l);
-            l->matmul(l, x, y1, 1);
-            linear_free(l);
-            qk_force_lut(QK_LUT_OFF);
-            l = rt_linear_packed(&t.p, 1, 0, NULL, NULL, 0);
-            assert_non_null(l);
-            l->matmul(l, x, y2, 1);
-            qk_force_lut(QK_LUT_AUTO);
-            assert_memory_equal(y1, y2, (size_t)rows * sizeof *y1);
-            linear_free(l), free_packed(&t);
-        }
+    float *x = malloc(32 * 72 * sizeof *x), *y1 = malloc(rows * sizeof *y1), *y2 = malloc(rows * sizeof *y2);
+    for (int64_t i = 0; i < 32 * 72; i++) x[i] = rndf();
+    for (int c = 0; c < 2; c++)
+        for (int lo = LAY_MIN_BITS; lo < LAY_MAX_BITS; lo++)
+            for (int hi = lo + 1; hi <= LAY_MAX_BITS; hi++) {
+                int64_t cols = cols_of[c];
+                lay_option o = opt(lo, hi, 0.5f, 64, LAY_SCALE_F16_Z8);
+                int both = k->lut_dot && cols <= k->lut_cols[lo] && cols <= k->lut_cols[hi];
+                assert_int_equal(rt_linear_packed_copies_values(&o, cols), both);
+                if (both) continue;
+                packed_t t;
+                make_packed(&t, rows, cols, &o);
+                rt_linear *l = rt_linear_packed(&t.p, 1, 0, NULL, NULL, 0);
+                assert_non_null(l);
+                l->matmul(l, x, y1, 1);
+                linear_free(l);
+                qk_force_lut(QK_LUT_OFF);
+                l = rt_linear_packed(&t.p, 1, 0, NULL, NULL, 0);
+                assert_non_null(l);
+                l->matmul(l, x, y2, 1);
+                qk_force_lut(QK_LUT_AUTO);
+                assert_memory_equal(y1, y2, (size_t)rows * sizeof *y1);
+                linear_free(l), free_packed(&t);
+            }
     free(x), free(y1), free(y2);
 }
 
