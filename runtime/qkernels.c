@@ -210,8 +210,8 @@ void qk_lut_pack_ref(int bits, int64_t gcols, const uint8_t *src, int64_t stride
 
 /* ==== Tiles of 32 rows (qkernels.h, "Batches in tiles of 32 rows") ==== */
 
-void qk_tile_pack_ref(const uint8_t *raw, int64_t raw_stride, const uint8_t *z, int64_t z_stride, const uint16_t *s, const uint16_t *m,
-                      int64_t s_stride, const qk_tile *t)
+void qk_tile_pack_ref(const uint8_t *raw, int64_t raw_stride, const uint8_t *z, int64_t z_stride, const uint16_t *s,
+                      const uint16_t *m, int64_t s_stride, const qk_tile *t)
 {
     const int64_t cols = t->cols, ng = t->ng, meta = ng * QK_TILE_ROWS;
     memset(t->w, 0, (size_t)(cols * QK_TILE_ROWS));

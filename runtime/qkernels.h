@@ -188,8 +188,8 @@ typedef void (*qk_tile_fn)(const qk_tile *t, const uint8_t *xu, const float *xd,
  * order) into t's arrays: row r's zero of group g at z[r * z_stride + g] (z_stride 0: one row of
  * zeros for all), its scale (fp16 bits) at s[r * s_stride + g], its min at m[r *
  * s_stride + g] if m (t->wm then not NULL). */
-typedef void (*qk_tile_pack_fn)(const uint8_t *raw, int64_t raw_stride, const uint8_t *z, int64_t z_stride, const uint16_t *s,
-                                const uint16_t *m, int64_t s_stride, const qk_tile *t);
+typedef void (*qk_tile_pack_fn)(const uint8_t *raw, int64_t raw_stride, const uint8_t *z, int64_t z_stride,
+                                const uint16_t *s, const uint16_t *m, int64_t s_stride, const qk_tile *t);
 
 /* xq -> xq + 128 in place, the tile kernels' unsigned activations. */
 void qk_tile_unsigned(int8_t *xq, int64_t n);

@@ -171,36 +171,47 @@ AI __mmask16 half_mask(int nr, int half)
     return (__mmask16)(n >= 16 ? 0xffff : n > 0 ? (1u << n) - 1 : 0);
 }
 
-#define TILE_PASS(K, mins) tile_pass(K, mins, t, xu + k * cols, xd + k * ng, xs + k * ng, y + k * y_stride, y_stride, m0, m1)
-#define TILE_PASSES(mins)                                                                                   \
-    for (int k = 0; k < n; k += TILE_K) switch (n - k < TILE_K ? n - k : TILE_K) {                          \
-        case 1: TILE_PASS(1, mins); break;                                                                   \
-        case 2: TILE_PASS(2, mins); break;                                                                   \
-        case 3: TILE_PASS(3, mins); break;                                                                   \
-        case 4: TILE_PASS(4, mins); break;                                                                   \
-        case 5: TILE_PASS(5, mins); break;                                                                   \
-        default: TILE_PASS(TILE_K, mins); break;                                                             \
+/* Every activation row, TILE_K a pass and the rest in one shorter pass. */
+AI void tile_passes(const int mins, const qk_tile *t, const uint8_t *xu, const float *xd, const int32_t *xs, int n,
+                    float *y, int64_t y_stride)
+{
+    const int64_t cols = t->cols, ng = t->ng;
+    const __mmask16 m0 = half_mask(t->nr, 0), m1 = half_mask(t->nr, 1);
+    for (int k = 0; k < n; k += TILE_K) {
+        const uint8_t *x = xu + k * cols;
+        const float *d = xd + k * ng;
+        const int32_t *s = xs + k * ng;
+        float *yk = y + k * y_stride;
+        switch (n - k < TILE_K ? n - k : TILE_K) {
+        case 1: tile_pass(1, mins, t, x, d, s, yk, y_stride, m0, m1); break;
+        case 2: tile_pass(2, mins, t, x, d, s, yk, y_stride, m0, m1); break;
+        case 3: tile_pass(3, mins, t, x, d, s, yk, y_stride, m0, m1); break;
+        case 4: tile_pass(4, mins, t, x, d, s, yk, y_stride, m0, m1); break;
+        case 5: tile_pass(5, mins, t, x, d, s, yk, y_stride, m0, m1); break;
+        default: tile_pass(TILE_K, mins, t, x, d, s, yk, y_stride, m0, m1); break;
         }
+    }
+}
 
 static void tile_avx512(const qk_tile *t, const uint8_t *xu, const float *xd, const int32_t *xs, int n, float *y,
                         int64_t y_stride)
 {
     assert(t->nr >= 1 && t->nr <= QK_TILE_ROWS);
-    const int64_t cols = t->cols, ng = t->ng;
-    const __mmask16 m0 = half_mask(t->nr, 0), m1 = half_mask(t->nr, 1);
-    if (t->wm) TILE_PASSES(1) else TILE_PASSES(0)
+    if (t->wm) tile_passes(1, t, xu, xd, xs, n, y, y_stride);
+    else tile_passes(0, t, xu, xd, xs, n, y, y_stride);
 }
 
 /* qk_tile_pack_ref's layout: per quad of columns one gather of 16 rows' dwords for
  * each half (rows past nr masked off: zero), less the rows' zeros byte by byte; the
  * bias from vpdpbusd against ones, which adds each dword's four signed bytes. */
-static void tile_pack_avx512(const uint8_t *raw, int64_t raw_stride, const uint8_t *z, int64_t z_stride, const uint16_t *s,
-                             const uint16_t *m, int64_t s_stride, const qk_tile *t)
+static void tile_pack_avx512(const uint8_t *raw, int64_t raw_stride, const uint8_t *z, int64_t z_stride,
+                             const uint16_t *s, const uint16_t *m, int64_t s_stride, const qk_tile *t)
 {
     const int64_t cols = t->cols, group = t->group;
     const int nr = t->nr;
     assert(nr >= 1 && nr <= QK_TILE_ROWS && raw_stride * QK_TILE_ROWS < INT32_MAX);
-    const __m512i ones = _mm512_set1_epi8(1), lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i ones = _mm512_set1_epi8(1);
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512i at0 = _mm512_mullo_epi32(lane, _mm512_set1_epi32((int)raw_stride));
     const __m512i at1 = _mm512_add_epi32(at0, _mm512_set1_epi32((int)(16 * raw_stride)));
     const __mmask16 live0 = half_mask(nr, 0), live1 = half_mask(nr, 1);
@@ -215,8 +226,9 @@ static void tile_pack_avx512(const uint8_t *raw, int64_t raw_stride, const uint8
         __m512i sum0 = _mm512_setzero_si512(), sum1 = _mm512_setzero_si512();
         const int64_t j1 = (g + 1) * group < cols ? (g + 1) * group : cols;
         for (int64_t j = g * group; j < j1; j += 4) {
-            __m512i v0 = _mm512_sub_epi8(_mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live0, at0, raw + j, 1), z0);
-            __m512i v1 = _mm512_sub_epi8(_mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live1, at1, raw + j, 1), z1);
+            const __m512i none = _mm512_setzero_si512();
+            __m512i v0 = _mm512_sub_epi8(_mm512_mask_i32gather_epi32(none, live0, at0, raw + j, 1), z0);
+            __m512i v1 = _mm512_sub_epi8(_mm512_mask_i32gather_epi32(none, live1, at1, raw + j, 1), z1);
             _mm512_storeu_si512(t->w + j * QK_TILE_ROWS, v0);
             _mm512_storeu_si512(t->w + j * QK_TILE_ROWS + 64, v1);
             sum0 = _mm512_dpbusd_epi32(sum0, ones, v0);

@@ -7,9 +7,9 @@
  *     decoded on the fly by the kernels of runtime/qkernels.h; the weights are read
  *     once per four activation rows. A batch of more than four rows (of
  *     TILE_MIN_BATCH in wide rows), with a kernel set that has the tile kernel
- *     (AVX-512 VNNI) and values under 8 bits, is quantized whole, and each tile of 32 weight rows is unpacked and laid out
- *     once and multiplied by all of it (tile_matmul: the same integer sums, the
- *     floats in another order). Without it, such a batch unpacks each tile of
+ *     (AVX-512 VNNI) and values under 8 bits, is quantized whole, and each tile
+ *     of 32 weight rows is unpacked and laid out once and multiplied by all of it
+ *     (tile_matmul: the same integer sums, the floats in another order). Without it, such a batch unpacks each tile of
  *     weight rows to bytes once and reads those on every pass (dot_raw: the same
  *     bits), and one larger than INT8_BLOCK runs in blocks of that many rows, so
  *     the quantized activations of a block stay in cache while the rows stream
@@ -99,7 +99,8 @@ typedef struct {
     int max_batch, max_threads;
     int exact_batch;            /* batches of this many rows or more take the exact path (INT_MAX: none) */
     int tile_from;              /* batches of this many rows or more take the tile kernel (INT_MAX: none) */
-    int int8_rows;              /* rows of the int8 scratch: min(max_batch, exact_batch - 1, INT8_BLOCK) */
+    int int8_rows;              /* rows of the int8 scratch: min(max_batch, exact_batch - 1), and at most
+                                   INT8_BLOCK unless the batch can take the tiles */
     int64_t slab_rows;          /* min(rows, SLAB_ROWS) */
     float *rsign;               /* [cols] the rotation's signs (opt.rot), else NULL */
     float *xmul;                /* [cols] the input multipliers m as float (opt.awq), else NULL */
@@ -528,8 +529,8 @@ static int build_lut(qlin *q)
     return 0;
 }
 
-/* Whether batches over QK_NB of a tensor take k's tile kernel: widths up to 7
- * (runtime/qkernels.h). */
+/* Whether a tensor's batches can take k's tile kernel (tile_from says from how many
+ * rows): widths up to 7 (runtime/qkernels.h). */
 static int takes_tiles(const qk_kernels *k, const lay_option *o, int64_t cols)
 {
     if (!k->tile) return 0;
