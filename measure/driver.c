@@ -619,6 +619,7 @@ static int units_at_once(const measure_run *r, const measure_unit *u, int n)
         const measure_tensor *t = &r->t[u[i].t];
         if (t->rows * t->cols > most) most = t->rows * t->cols;
     }
+    if (most == 0) return 1; /* no units: a rank whose share of a resumed group is empty */
     int64_t fit = MEAS_UNITS_BUDGET / (most * MEAS_UNIT_BYTES);
     return fit < 1 ? 1 : fit < r->threads ? (int)fit : r->threads;
 }

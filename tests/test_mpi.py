@@ -158,6 +158,19 @@ def test_killed_rank_resumes_with_other_ranks(work):
     assert contents(db) == work["ref"]
 
 
+def test_rank_with_no_share_of_a_group(work):
+    """A resumed job with one unit left: the other ranks have no share of its group
+    and must wait for it, not fail (a division by their empty share's largest
+    tensor once killed them)."""
+    db = work["dir"] / "one_left.db"
+    shutil.copy(work["dir"] / "one.db", db)
+    with sqlite3.connect(db) as c:
+        c.execute("DELETE FROM measurements WHERE rowid = (SELECT max(rowid) FROM measurements)")
+    out = run(mpirun(3, work["args"](db))).stdout
+    assert "%d already there" % (N_TENSORS * N_OPTIONS - 1) in out
+    assert contents(db) == work["ref"]
+
+
 def test_failing_rank_is_named(work):
     """A rank given other text, or no model, stops the job before anything is
     written; rank 0 names it and the cause."""
