@@ -6,6 +6,7 @@ run with the pairs interleaved, each against the read bandwidth measured in that
     python3 bench/bench_lut.py --bp A.bp --bp B.bp [--types Q3_K_M,Q4_K_M] [--rounds 3]
     python3 bench/bench_lut.py --bp A.bp --gguf A.Q2_K.gguf [--int8-gen-only]   (another model)
     python3 bench/bench_lut.py --bp A.bp --gguf A.Q2_K.gguf --prompt-only [--bp-base OLD/bitplan]
+        [--llama-bench-dir DIR]   (DIR/llama-bench: another build of the peer, AVX2 only, say)
     BENCH_ONLY=lut BENCH_LUT_FILES="A.bp B.bp" make bench
 
 Needs build/bitplan, build/bench/bench_matvec and the peer's tools
@@ -48,6 +49,7 @@ BUILD = os.environ.get("BUILD", "build")
 BP = os.path.join(ROOT, BUILD, "bitplan")
 MATVEC = os.path.join(ROOT, BUILD, "bench", "bench_matvec")
 LLAMA = os.path.join(ROOT, "out", "llama.cpp", "bin")
+LLAMA_BENCH_DIR = [LLAMA]  # --llama-bench-dir: llama-bench of another build (AVX2 only, say)
 MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 HELDOUT = os.path.join(ROOT, "data", "heldout.txt")
 OUT = os.path.join(ROOT, "out", "lut-bench")
@@ -120,7 +122,7 @@ def bitplan_speed(path, prompt, lut, with_prompt=True):
 
 
 def llama_speed(path, gen=True):
-    out = run([os.path.join(LLAMA, "llama-bench"), "-m", path, "-p", 512, "-n", 64 if gen else 0, "-t", 2,
+    out = run([os.path.join(LLAMA_BENCH_DIR[0], "llama-bench"), "-m", path, "-p", 512, "-n", 64 if gen else 0, "-t", 2,
                "-lm", "none", "-r", 1, "-o", "json"]).stdout
     rows = json.loads(out)
     pp = next(r["avg_ts"] for r in rows if r["n_prompt"] and not r["n_gen"])
@@ -162,7 +164,10 @@ def main():
                     help="the lookup run with BITPLAN_LUT=all (every width by lookup), for a kernel set whose own "
                          "choice takes none (AVX-512)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--llama-bench-dir", help="the folder of another llama-bench build to time llama.cpp's files with")
     a = ap.parse_args()
+    if a.llama_bench_dir:
+        LLAMA_BENCH_DIR[0] = a.llama_bench_dir
     with open(HELDOUT, encoding="utf-8") as f:
         prompt = f.read()[:PROMPT_CHARS]
     if a.prompt_only:

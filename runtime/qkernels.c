@@ -304,6 +304,7 @@ const qk_kernels *qk_get(qk_isa isa)
 }
 
 static qk_isa forced = QK_ISA_AUTO;
+static int forced_set;
 static int lut_mode_set;
 static qk_lut_mode lut_mode;
 
@@ -328,11 +329,29 @@ int qk_lut_wanted(const qk_kernels *k, int bits, int64_t cols)
     return mode == QK_LUT_ALL || cols <= k->lut_cols[bits];
 }
 
-const qk_kernels *qk_active(void) { return qk_get(forced); }
+/* BITPLAN_ISA=generic, avx2 or avx512 in the environment takes that set where the
+ * CPU has it (to measure one set end to end on a machine that has a wider one);
+ * qk_force overrides. */
+static qk_isa isa_now(void)
+{
+    if (!forced_set) {
+        const char *v = getenv("BITPLAN_ISA");
+        qk_isa isa = !v                    ? QK_ISA_AUTO
+                     : !strcmp(v, "generic") ? QK_ISA_GENERIC
+                     : !strcmp(v, "avx2")    ? QK_ISA_AVX2
+                     : !strcmp(v, "avx512")  ? QK_ISA_AVX512
+                                             : QK_ISA_AUTO;
+        forced = qk_get(isa) ? isa : QK_ISA_AUTO;
+        forced_set = 1;
+    }
+    return forced;
+}
+
+const qk_kernels *qk_active(void) { return qk_get(isa_now()); }
 
 int qk_force(qk_isa isa)
 {
     if (!qk_get(isa)) return -1;
-    forced = isa;
+    forced = isa, forced_set = 1;
     return 0;
 }

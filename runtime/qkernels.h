@@ -141,7 +141,7 @@ void qk_lut_tables_ref(const int8_t *xq, int64_t cols, uint8_t *tab);
 void qk_lut_dot_ref(int bits, const uint8_t *w, int64_t ng, int64_t gcols, const uint8_t *tab, const uint16_t *s,
                     const uint8_t *z, const float *xd, const int32_t *xs, float *acc);
 
-/* ==== Batches in tiles of 32 rows (VNNI) ====
+/* ==== Batches in tiles of 32 rows ====
  *
  * A kernel set with a tile kernel multiplies a batch of more than QK_NB activation
  * rows a tile of QK_TILE_ROWS weight rows at a time, every activation row against
@@ -168,7 +168,14 @@ void qk_lut_dot_ref(int bits, const uint8_t *w, int64_t ng, int64_t gcols, const
  *     ws[g][r]    = s_rg as float, wm[g][r] = m_rg as float (mins only)
  *
  * rows nr..31 of a short last tile all zero. xu is the activations as unsigned
- * bytes, xq + 128 (qk_tile_unsigned). */
+ * bytes, xq + 128 (qk_tile_unsigned).
+ *
+ * That layout is the reference's and the VNNI set's. A kernel set may lay its
+ * tiles out another way, as long as its tile kernel gives qk_tile_ref's bits from
+ * its own tile_pack's layout: AVX2 (no vpdpbusd; vpmaddubsw's 16-bit pair sums of
+ * (xq + 128)(q - z) would saturate) keeps q unsigned against signed xq and takes
+ * the zero term per group (qkernels_avx2.c). Its tile_unsigned says which
+ * activations its tile kernel takes: xq + 128, or xq as it is. */
 #define QK_TILE_ROWS 32
 
 typedef struct {
@@ -177,6 +184,7 @@ typedef struct {
     float *ws, *wm;             /* [ng][32]; wm NULL: no mins */
     int64_t ng, group, cols;    /* groups of group columns, the last one ending at cols */
     int nr;                     /* rows 1..32 */
+    int vmax;                   /* the values' bound, 1..127: 2^b - 1 of the widest group */
 } qk_tile;
 
 /* y[k * y_stride + r] = the product of tile row r (r < nr) and activation row k (k <
@@ -246,13 +254,18 @@ typedef struct {
                                             of at most this many columns (0: none, INT32_MAX: all) */
     qk_tile_fn tile;                     /* NULL: batches take dot_raw (or the exact path) */
     qk_tile_pack_fn tile_pack;
+    int tile_unsigned;                   /* tile takes xq + 128 (qk_tile_unsigned), else xq */
+    int tile_min_batch;                  /* batches over rows of 1024 columns or more take the tiles
+                                            from this many rows (narrower ones from QK_NB + 1) */
 } qk_kernels;
 
 /* The kernel set of an instruction set, or NULL if this CPU lacks it (AUTO: the
  * best one this CPU runs). */
 const qk_kernels *qk_get(qk_isa isa);
 /* What new packed layers use: qk_get(AUTO) unless qk_force chose another (tests and
- * benchmarks force the portable path this way). Returns 0, or -1 if unsupported. */
+ * benchmarks force the portable path this way), or the environment's BITPLAN_ISA
+ * (generic, avx2, avx512: that set, where this CPU has it) did. qk_force returns 0,
+ * or -1 if unsupported. */
 const qk_kernels *qk_active(void);
 int qk_force(qk_isa isa);
 /* Whether a new layer's runs of width bits (2..8), in rows of cols columns, take the

@@ -15,6 +15,8 @@
  *                              unpacked bytes (may be empty)
  *   QK_NAME(f), QK_TABLE, QK_ISA_NAME, QK_BLOCK4   names and the 4-bit block order
  *   QK_TILE, QK_TILE_PACK      the tile kernels (qkernels.h), or NULL
+ *   QK_TILE_UNSIGNED           whether QK_TILE takes xq + 128 (qk_tile_unsigned)
+ *   QK_TILE_MIN_BATCH          the batch from which rows of 1024 columns or more take it
  *
  * Never allocates or prints.
  */
@@ -374,4 +376,6 @@ const qk_kernels QK_TABLE = {
     .lut_cols = { QK_LUT_COLS },
     .tile = QK_TILE,
     .tile_pack = QK_TILE_PACK,
+    .tile_unsigned = QK_TILE_UNSIGNED,
+    .tile_min_batch = QK_TILE_MIN_BATCH,
 };

@@ -6,10 +6,11 @@
  *     activations quantized to int8 per weight group against the packed blocks,
  *     decoded on the fly by the kernels of runtime/qkernels.h; the weights are read
  *     once per four activation rows. A batch of more than four rows (of
- *     TILE_MIN_BATCH in wide rows), with a kernel set that has the tile kernel
- *     (AVX-512 VNNI) and values under 8 bits, is quantized whole, and each tile
- *     of 32 weight rows is unpacked and laid out once and multiplied by all of it
- *     (tile_matmul: the same integer sums, the floats in another order). Without it, such a batch unpacks each tile of
+ *     the set's tile_min_batch in wide rows), with a kernel set that has the tile kernel
+ *     (AVX-512 VNNI and AVX2) and values under 8 bits, is quantized whole, and
+ *     each tile of 32 weight rows is unpacked and laid out once and multiplied by
+ *     all of it (tile_matmul: the same integer sums, the floats in another order).
+ *     Without it (the portable set), such a batch unpacks each tile of
  *     weight rows to bytes once and reads those on every pass (dot_raw: the same
  *     bits), and one larger than INT8_BLOCK runs in blocks of that many rows, so
  *     the quantized activations of a block stay in cache while the rows stream
@@ -67,13 +68,11 @@
  * chunks: 0.44-0.64 of the exact path's speed) without 8-bit values (their dot
  * widens to 16 bits: 0.45-0.57). */
 #define INT8_BATCH_COLS 1024
-/* Batches of this many rows or more over rows of INT8_BATCH_COLS or more take the
- * tile kernel, smaller ones dot_raw: laying a tile out costs about as much as
- * multiplying it by 8 activation rows, and on a 7B layer's 4096-column rows
- * bench_matvec --batch 8 ran 0.6-0.8x dot_raw's speed, --batch 32 1.3x (AVX-512
- * Zen 4). Narrower rows take it from QK_NB + 1 rows: dot_raw's cost per row is
- * the larger there (576 columns: 1.8x at batch 8). */
-#define TILE_MIN_BATCH 16
+/* Batches over rows of INT8_BATCH_COLS or more take the tile kernel from the kernel
+ * set's tile_min_batch rows (laying a tile out costs about as much as multiplying
+ * it by 8 activation rows), smaller ones dot_raw. Narrower rows take it from
+ * QK_NB + 1 rows: dot_raw's cost per row is the larger there (576 columns: 1.8x
+ * at batch 8 with AVX-512, 1.25-1.6x with AVX2). */
 #define HUGE_ALIGN ((size_t)2 << 20)
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
@@ -99,6 +98,7 @@ typedef struct {
     int max_batch, max_threads;
     int exact_batch;            /* batches of this many rows or more take the exact path (INT_MAX: none) */
     int tile_from;              /* batches of this many rows or more take the tile kernel (INT_MAX: none) */
+    int tile_vmax;              /* the values' bound there: 2^b - 1 of the widest group */
     int int8_rows;              /* rows of the int8 scratch: min(max_batch, exact_batch - 1), and at most
                                    INT8_BLOCK unless the batch can take the tiles */
     int64_t slab_rows;          /* min(rows, SLAB_ROWS) */
@@ -326,8 +326,9 @@ static void int8_matmul(const qlin *q, const float *x, float *y, int n)
         int th = omp_get_thread_num();
         float *sd = b.sd + (int64_t)th * QK_NB * q->ng;
         uint8_t *raw = b.raw + (int64_t)th * TILE_ROWS * cols;
-        for (int k0 = 0; k0 < n; k0 += q->int8_rows) {
-            int nk = n - k0 < q->int8_rows ? n - k0 : q->int8_rows, unpacked = nk > QK_NB;
+        const int block = q->int8_rows < INT8_BLOCK ? q->int8_rows : INT8_BLOCK; /* its scratch may hold more */
+        for (int k0 = 0; k0 < n; k0 += block) {
+            int nk = n - k0 < block ? n - k0 : block, unpacked = nk > QK_NB;
             const float *xk = x + (int64_t)k0 * cols;
             float *yk = y + (int64_t)k0 * rows;
 #pragma omp for schedule(static)
@@ -359,7 +360,7 @@ static size_t tile_bytes(const qlin *q)
 }
 
 /* One tile of rows r0..r0+nr-1: unpacked, laid out, multiplied by the n activation
- * rows (unsigned, xu) into y. */
+ * rows (as the set's tiles take them) into y. */
 static void tile_product(const qlin *q, const qbufs *b, int64_t r0, int nr, uint8_t *scratch, int n, float *y)
 {
     const lay_packed *p = &q->p;
@@ -368,7 +369,7 @@ static void tile_product(const qlin *q, const qbufs *b, int64_t r0, int nr, uint
     char *at = (char *)scratch + tile_raw_bytes(q) + align64((size_t)(QK_TILE_ROWS * cols));
     qk_tile t = {.w = (int8_t *)scratch + tile_raw_bytes(q), .bias = (int32_t *)at, .ws = (float *)(at + meta),
                  .wm = p->mins ? (float *)(at + 2 * meta) : NULL, .ng = ng, .group = p->opt.group, .cols = cols,
-                 .nr = nr};
+                 .nr = nr, .vmax = q->tile_vmax};
     for (int r = 0; r < nr; r++) unpack_row(q, r0 + r, scratch + r * stride);
     const uint8_t *z = q->zsym ? q->zsym : p->zeros + r0 * ng;
     q->k->tile_pack(scratch, stride, z, q->zsym ? 0 : ng, p->scales + r0 * ng, p->mins ? p->mins + r0 * ng : NULL,
@@ -377,7 +378,7 @@ static void tile_product(const qlin *q, const qbufs *b, int64_t r0, int nr, uint
 }
 
 /* y = x W_deq^T through the tile kernel: every activation row quantized (and made
- * unsigned) first, then each tile of weight rows unpacked once and multiplied by
+ * unsigned, for a set whose tiles take xq + 128) first, then each tile of weight rows unpacked once and multiplied by
  * all of them. */
 static void tile_matmul(const qlin *q, const float *x, float *y, int n)
 {
@@ -389,7 +390,7 @@ static void tile_matmul(const qlin *q, const float *x, float *y, int n)
 #pragma omp for schedule(static)
         for (int k = 0; k < n; k++) {
             quantize_input(q, &b, q->gather, x, k, b.xp + th * cols);
-            qk_tile_unsigned(b.xq + k * cols, cols);
+            if (q->k->tile_unsigned) qk_tile_unsigned(b.xq + k * cols, cols);
         }
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tiles; t++) {
@@ -568,7 +569,11 @@ static int qlin_alloc(qlin *q, int max_batch, int flags, rt_scratch *shared)
     q->exact_batch = rt_linear_packed_exact_batch(&q->p.opt, q->p.cols, flags);
     q->tile_from = !takes_tiles(q->k, &q->p.opt, q->p.cols) ? INT_MAX
                    : q->p.cols < INT8_BATCH_COLS          ? QK_NB + 1
-                                                          : TILE_MIN_BATCH;
+                                                          : q->k->tile_min_batch;
+    for (int64_t g = 0; g < ng; g++) {
+        int vmax = (1 << lay_group_bits(&q->p.opt, cols, g)) - 1;
+        if (vmax > q->tile_vmax) q->tile_vmax = vmax;
+    }
     q->int8_rows = max_batch < q->exact_batch - 1 ? max_batch : q->exact_batch - 1;
     if (q->int8_rows > INT8_BLOCK && q->tile_from > max_batch) q->int8_rows = INT8_BLOCK; /* tiles: all at once */
     q->slab_rows = q->p.rows < SLAB_ROWS ? q->p.rows : SLAB_ROWS;

@@ -585,13 +585,16 @@ static void test_lut_kernels(void **state)
  * set's, whose layout is the plain one bit for bit and whose products are the
  * plain kernel's bit for bit, whatever the number of activation rows beside a row;
  * rows past nr are not written. */
-static void check_tile(int nr, int64_t cols, int64_t group, int shared_zero, int mins, int n)
+/* Values below vmax + 1; with a small bound, row 0 of the tile all vmax against
+ * activation rows 0 and 1 all 127 and all -127: the largest sums AVX2 adds in 16
+ * bits. */
+static void check_tile(int nr, int64_t cols, int64_t group, int shared_zero, int mins, int n, int vmax)
 {
     const int64_t ng = (cols + group - 1) / group, meta = QK_TILE_ROWS * ng, zs = shared_zero ? 0 : ng;
     const int64_t stride = cols + 36; /* rows apart by more than their length */
     uint8_t *raw = malloc((size_t)(QK_TILE_ROWS * stride)), *z = malloc((size_t)meta);
     uint16_t *sc = malloc((size_t)meta * 2), *mn = malloc((size_t)meta * 2);
-    int8_t *xq = malloc((size_t)(n * cols));
+    int8_t *xq = malloc((size_t)(n * cols)), *xsigned = malloc((size_t)(n * cols));
     int32_t *xs = calloc((size_t)(n * ng), 4);
     float *xd = malloc((size_t)(n * ng) * 4), *want = malloc((size_t)(n * nr) * 4), *got = malloc((size_t)(n * nr) * 4);
     float *y = malloc((size_t)(n * QK_TILE_ROWS) * 4), *y2 = malloc((size_t)(n * QK_TILE_ROWS) * 4);
@@ -599,15 +602,18 @@ static void check_tile(int nr, int64_t cols, int64_t group, int shared_zero, int
     for (int i = 0; i < 2; i++)
         t[i] = (qk_tile){.w = malloc((size_t)(QK_TILE_ROWS * cols)), .bias = malloc((size_t)meta * 4),
                          .ws = malloc((size_t)meta * 4), .wm = mins ? malloc((size_t)meta * 4) : NULL, .ng = ng,
-                         .group = group, .cols = cols, .nr = nr};
-    for (int64_t i = 0; i < QK_TILE_ROWS * stride; i++) raw[i] = (uint8_t)(rnd() % 128); /* widths up to 7 */
+                         .group = group, .cols = cols, .nr = nr, .vmax = vmax};
+    for (int64_t i = 0; i < QK_TILE_ROWS * stride; i++)
+        raw[i] = (uint8_t)(vmax < 127 && i < cols ? (unsigned)vmax : rnd() % (unsigned)(vmax + 1));
     for (int64_t i = 0; i < meta; i++) {
-        z[i] = (uint8_t)(rnd() % 128);
+        z[i] = (uint8_t)(rnd() % (unsigned)(vmax + 1));
         sc[i] = lay_f32_to_f16(0.01f * (float)(1 + rnd() % 100));
         mn[i] = lay_f32_to_f16(-0.5f * rndf());
     }
     for (int64_t i = 0; i < n * cols; i++) {
-        xq[i] = (int8_t)(i < 8 ? (i % 2 ? 127 : -127) : (int)(rnd() % 255) - 127);
+        xq[i] = (int8_t)(vmax < 127 && i < 2 * cols ? (i < cols ? 127 : -127)
+                         : i < 8                    ? (i % 2 ? 127 : -127)
+                                                    : (int)(rnd() % 255) - 127);
         xs[i / cols * ng + i % cols / group] += xq[i];
     }
     for (int64_t i = 0; i < n * ng; i++) xd[i] = 0.001f * (float)(1 + rnd() % 100);
@@ -624,6 +630,7 @@ static void check_tile(int nr, int64_t cols, int64_t group, int shared_zero, int
             want[k * nr + r] = (float)sum;
         }
     qk_tile_pack_ref(raw, stride, z, zs, sc, mins ? mn : NULL, ng, &t[0]);
+    memcpy(xsigned, xq, (size_t)(n * cols));
     qk_tile_unsigned(xq, n * cols);
     const uint8_t *xu = (const uint8_t *)xq;
     for (int i = 0; i < n * QK_TILE_ROWS; i++) y[i] = 12345.0f;
@@ -637,32 +644,42 @@ static void check_tile(int nr, int64_t cols, int64_t group, int shared_zero, int
         const qk_kernels *k = qk_get(isas[i]);
         if (!k || !k->tile) continue;
         memset(t[1].w, 0x5a, (size_t)(QK_TILE_ROWS * cols));
+        memset(t[1].bias, 0x5a, (size_t)meta * 4);
         k->tile_pack(raw, stride, z, zs, sc, mins ? mn : NULL, ng, &t[1]);
-        assert_memory_equal(t[0].w, t[1].w, (size_t)(QK_TILE_ROWS * cols));
-        assert_memory_equal(t[0].bias, t[1].bias, (size_t)meta * 4);
+        if (k->tile_unsigned) { /* the reference's layout, byte for byte */
+            assert_memory_equal(t[0].w, t[1].w, (size_t)(QK_TILE_ROWS * cols));
+            assert_memory_equal(t[0].bias, t[1].bias, (size_t)meta * 4);
+        } else { /* a layout of its own: the values and the zeros, rows past nr zero */
+            for (int r = 0; r < QK_TILE_ROWS; r++)
+                for (int64_t j = 0; j < cols; j++)
+                    assert_int_equal((uint8_t)t[1].w[(j / 4 * QK_TILE_ROWS + r) * 4 + j % 4], r < nr ? raw[r * stride + j] : 0);
+        }
         assert_memory_equal(t[0].ws, t[1].ws, (size_t)meta * 4);
         if (mins) assert_memory_equal(t[0].wm, t[1].wm, (size_t)meta * 4);
+        const uint8_t *xk = k->tile_unsigned ? xu : (const uint8_t *)xsigned;
         for (int i2 = 0; i2 < n * QK_TILE_ROWS; i2++) y2[i2] = 12345.0f;
-        k->tile(&t[1], xu, xd, xs, n, y2, QK_TILE_ROWS);
+        k->tile(&t[1], xk, xd, xs, n, y2, QK_TILE_ROWS);
         assert_memory_equal(y, y2, (size_t)(n * QK_TILE_ROWS) * 4);
         for (int r0 = 0; r0 < n; r0++) { /* each activation row alone */
             float one[QK_TILE_ROWS];
-            k->tile(&t[1], xu + r0 * cols, xd + r0 * ng, xs + r0 * ng, 1, one, QK_TILE_ROWS);
+            k->tile(&t[1], xk + r0 * cols, xd + r0 * ng, xs + r0 * ng, 1, one, QK_TILE_ROWS);
             assert_memory_equal(one, y + r0 * QK_TILE_ROWS, (size_t)nr * 4);
         }
     }
     for (int i = 0; i < 2; i++) free(t[i].w), free(t[i].bias), free(t[i].ws), free(t[i].wm);
-    free(raw), free(z), free(sc), free(mn), free(xq), free(xs), free(xd), free(want), free(got), free(y), free(y2);
+    free(raw), free(z), free(sc), free(mn), free(xq), free(xsigned), free(xs), free(xd), free(want), free(got), free(y), free(y2);
 }
 
 static void test_tile_kernels(void **state)
 {
     (void)state;
-    check_tile(32, 32 * 18, 128, 0, 0, 13); /* 576 columns: a short last group of two chunks */
-    check_tile(17, 32 * 13, 96, 0, 0, 7);   /* a short tile, groups of three chunks, the last one */
-    check_tile(5, 32 * 8, 32, 1, 1, 6);     /* a few rows, one row of zeros for all, mins */
-    check_tile(32, 32 * 18, 64, 0, 1, 8);   /* mins in a full tile */
-    check_tile(16, 32 * 4, 512, 0, 0, 1);   /* one group shorter than its length */
+    check_tile(32, 32 * 18, 128, 0, 0, 13, 127); /* 576 columns: a short last group of two chunks */
+    check_tile(17, 32 * 13, 96, 0, 0, 7, 127);   /* a short tile, groups of three chunks, the last one */
+    check_tile(5, 32 * 8, 32, 1, 1, 6, 127);     /* a few rows, one row of zeros for all, mins */
+    check_tile(32, 32 * 18, 64, 0, 1, 8, 127);   /* mins in a full tile */
+    check_tile(16, 32 * 4, 512, 0, 0, 1, 127);   /* one group shorter than its length */
+    for (int b = 2; b <= 6; b++) /* narrower values: AVX2's 16-bit runs, a group several runs long */
+        check_tile(32 - b, 32 * 64, 1024, 0, b % 2, 9, (1 << b) - 1);
 }
 
 static void test_get_row(void **state)
