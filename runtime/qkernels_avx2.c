@@ -195,7 +195,7 @@ AI void tile_pass(const int runs, const int mins, int K, const qk_tile *t, const
     case 1: tile_half(1, runs, mins, t, xq, xd, xs, h, f); break;
     case 2: tile_half(2, runs, mins, t, xq, xd, xs, h, f); break;
     case 3: tile_half(3, runs, mins, t, xq, xd, xs, h, f); break;
-    default: if (!runs) tile_half(4, 0, mins, t, xq, xd, xs, h, f); break;
+    default: assert(!runs && K == 4); tile_half(4, 0, mins, t, xq, xd, xs, h, f); break; /* runs: 3 at most */
     }
 }
 

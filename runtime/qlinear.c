@@ -530,14 +530,21 @@ static int build_lut(qlin *q)
     return 0;
 }
 
+/* The width of a tensor's widest group (a mix may round its share of wide groups
+ * to none). */
+static int widest_group(const lay_option *o, int64_t cols)
+{
+    int most = 0;
+    for (int64_t g = 0; g < lay_n_groups(o, cols); g++)
+        if (lay_group_bits(o, cols, g) > most) most = lay_group_bits(o, cols, g);
+    return most;
+}
+
 /* Whether a tensor's batches can take k's tile kernel (tile_from says from how many
  * rows): widths up to 7 (runtime/qkernels.h). */
 static int takes_tiles(const qk_kernels *k, const lay_option *o, int64_t cols)
 {
-    if (!k->tile) return 0;
-    for (int64_t g = 0; g < lay_n_groups(o, cols); g++)
-        if (lay_group_bits(o, cols, g) == 8) return 0;
-    return 1;
+    return k->tile && widest_group(o, cols) < 8;
 }
 
 /* Sizes the product scratch (bufs_of's layout) and asks the shared buffer for it. */
@@ -570,10 +577,7 @@ static int qlin_alloc(qlin *q, int max_batch, int flags, rt_scratch *shared)
     q->tile_from = !takes_tiles(q->k, &q->p.opt, q->p.cols) ? INT_MAX
                    : q->p.cols < INT8_BATCH_COLS          ? QK_NB + 1
                                                           : q->k->tile_min_batch;
-    for (int64_t g = 0; g < ng; g++) {
-        int vmax = (1 << lay_group_bits(&q->p.opt, cols, g)) - 1;
-        if (vmax > q->tile_vmax) q->tile_vmax = vmax;
-    }
+    q->tile_vmax = (1 << widest_group(&q->p.opt, cols)) - 1;
     q->int8_rows = max_batch < q->exact_batch - 1 ? max_batch : q->exact_batch - 1;
     if (q->int8_rows > INT8_BLOCK && q->tile_from > max_batch) q->int8_rows = INT8_BLOCK; /* tiles: all at once */
     q->slab_rows = q->p.rows < SLAB_ROWS ? q->p.rows : SLAB_ROWS;
@@ -600,10 +604,7 @@ int rt_linear_packed_exact_batch(const lay_option *o, int64_t cols, int flags)
 {
     if (flags & RT_PACKED_EXACT) return RT_PACKED_EXACT_BATCH;
     if (takes_tiles(qk_active(), o, cols)) return INT_MAX;
-    if (cols < INT8_BATCH_COLS) return RT_PACKED_EXACT_BATCH;
-    for (int64_t g = 0; g < lay_n_groups(o, cols); g++)
-        if (lay_group_bits(o, cols, g) == 8) return RT_PACKED_EXACT_BATCH;
-    return INT_MAX;
+    return cols < INT8_BATCH_COLS || widest_group(o, cols) == 8 ? RT_PACKED_EXACT_BATCH : INT_MAX;
 }
 
 int rt_linear_packed_copies_values(const lay_option *o, int64_t cols)
