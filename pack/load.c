@@ -327,6 +327,24 @@ static void split_matmul(const rt_linear *l, const float *x, float *y, int n)
     }
 }
 
+static void split_rotate_input(const rt_linear *l, const float *x, float *xr, int n)
+{
+    const split_impl *s = l->impl;
+    for (int i = 0; i < n; i += s->max_batch) {
+        int k = n - i < s->max_batch ? n - i : s->max_batch;
+        s->inner->rotate_input(s->inner, x + (int64_t)i * l->cols, xr + (int64_t)i * l->cols, k);
+    }
+}
+
+static void split_matmul_rotated(const rt_linear *l, const float *xr, float *y, int n)
+{
+    const split_impl *s = l->impl;
+    for (int i = 0; i < n; i += s->max_batch) {
+        int k = n - i < s->max_batch ? n - i : s->max_batch;
+        s->inner->matmul_rotated(s->inner, xr + (int64_t)i * l->cols, y + (int64_t)i * l->rows, k);
+    }
+}
+
 static void split_get_row(const rt_linear *l, int64_t r, float *out)
 {
     const split_impl *s = l->impl;
@@ -348,6 +366,10 @@ static rt_linear *split_wrap(rt_linear *inner, int max_batch)
     s->inner = inner, s->max_batch = max_batch;
     *l = (rt_linear){.rows = inner->rows, .cols = inner->cols, .matmul = split_matmul, .get_row = split_get_row,
                      .destroy = split_destroy, .impl = s, .packed = inner->packed};
+    if (inner->rotate_input) { /* the halves too, so that a shared input is rotated once */
+        l->rot = inner->rot, l->rot_seed = inner->rot_seed;
+        l->rotate_input = split_rotate_input, l->matmul_rotated = split_matmul_rotated;
+    }
     return l;
 }
 

@@ -203,6 +203,27 @@ static void attention(const mdl_config *c, rt_state *s, int l, int n, int pos)
 
 /* ==== One transformer block ==== */
 
+/* y[i] = the product of lin[i] with x, for the count layers that read x (q, k, v,
+ * or gate, up). Those that rotate it alike as the first rotating one (the same
+ * block and seed) take x rotated once, by that one, into s->xr: the same floats as
+ * each rotating its own copy, for one rotation instead of up to three. */
+static void products_of_one_input(const rt_state *s, rt_linear *const *lin, float *const *y, int count,
+                                  const float *x, int n)
+{
+    const rt_linear *lead = NULL;
+    int alike = 0;
+    for (int i = 0; i < count; i++) {
+        if (lin[i]->rotate_input && !lead) lead = lin[i];
+        alike += lead && rt_same_rotation(lin[i], lead);
+    }
+    int shared = alike > 1 && s->xr;
+    if (shared) lead->rotate_input(lead, x, s->xr, n);
+    for (int i = 0; i < count; i++) {
+        if (shared && rt_same_rotation(lin[i], lead)) lin[i]->matmul_rotated(lin[i], s->xr, y[i], n);
+        else lin[i]->matmul(lin[i], x, y[i], n);
+    }
+}
+
 static void attention_block(const rt_model *m, rt_state *s, int l, float *h, int n, int pos)
 {
     const mdl_config *c = &m->cfg;
@@ -211,9 +232,7 @@ static void attention_block(const rt_model *m, rt_state *s, int l, float *h, int
     float *vc = s->value_cache + rt_cache_offset(s, l, pos);
     rmsnorm(s->xb, h, ly->attn_norm, n, c->dim, c->norm_eps);
     observe(s, l, RT_IN_ATTN, s->xb, n, c->dim);
-    ly->lin[LAY_Q]->matmul(ly->lin[LAY_Q], s->xb, s->q, n);
-    ly->lin[LAY_K]->matmul(ly->lin[LAY_K], s->xb, kc, n);
-    ly->lin[LAY_V]->matmul(ly->lin[LAY_V], s->xb, vc, n);
+    products_of_one_input(s, &ly->lin[LAY_Q], (float *const[]){s->q, kc, vc}, 3, s->xb, n);
     add_bias(s->q, ly->bias_q, n, s->q_dim);
     add_bias(kc, ly->bias_k, n, s->kv_dim);
     add_bias(vc, ly->bias_v, n, s->kv_dim);
@@ -231,8 +250,7 @@ static void mlp_block(const rt_model *m, rt_state *s, int l, float *h, int n)
     const rt_layer *ly = &m->layers[l];
     rmsnorm(s->xb, h, ly->ffn_norm, n, c->dim, c->norm_eps);
     observe(s, l, RT_IN_MLP, s->xb, n, c->dim);
-    ly->lin[LAY_GATE]->matmul(ly->lin[LAY_GATE], s->xb, s->gate, n);
-    ly->lin[LAY_UP]->matmul(ly->lin[LAY_UP], s->xb, s->up, n);
+    products_of_one_input(s, &ly->lin[LAY_GATE], (float *const[]){s->gate, s->up}, 2, s->xb, n);
     swiglu(s->gate, s->up, n, c->hidden_dim);
     observe(s, l, RT_IN_MLP_OUT, s->gate, n, c->hidden_dim);
     ly->lin[LAY_DOWN]->matmul(ly->lin[LAY_DOWN], s->gate, s->xo, n);

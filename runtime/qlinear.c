@@ -34,6 +34,8 @@
  * holds W' = W R: both ways first rotate the activations, x' = R^T x (the kernels'
  * rotate: signs, a fast Walsh-Hadamard transform per block, the norm; the same
  * floats as lay_rot_apply), and multiply x' by W'. get_row rotates the row back.
+ * rotate_input and matmul_rotated are those two halves, so that the layers that
+ * read one input and rotate it alike rotate it once (rt_forward).
  * One with input scales (layout.h, "Activation-aware input scales") holds W / m:
  * the activations are multiplied by m first (lay_xscale_mul's products), and
  * get_row multiplies the row by m.
@@ -250,23 +252,22 @@ static void exact_matmul(const qlin *q, const float *x, float *y, int n)
     openblas_set_num_threads(blas_threads);
 }
 
-/* x' = R^T x (rot) or x * m (awq) for the n activation rows into b->xr. */
-static const float *transform_input(const qlin *q, const qbufs *b, const float *x, int n)
+/* out = x' = R^T x (rot) or x * m (awq) for the n activation rows. */
+static void transform_input(const qlin *q, const float *x, float *out, int n)
 {
     int64_t cols = q->p.cols;
     float norm = (float)(1.0 / sqrt((double)q->p.opt.rot));
 #pragma omp parallel for schedule(static) num_threads(threads_for(q)) if (n > 1)
     for (int k = 0; k < n; k++) {
         const float *xk = x + k * cols;
-        float *out = b->xr + k * cols;
+        float *ok = out + k * cols;
         if (q->xmul) {
-            for (int64_t j = 0; j < cols; j++) out[j] = xk[j] * q->xmul[j]; /* lay_xscale_mul's product */
+            for (int64_t j = 0; j < cols; j++) ok[j] = xk[j] * q->xmul[j]; /* lay_xscale_mul's product */
             continue;
         }
-        memcpy(out, xk, (size_t)cols * sizeof *x);
-        q->k->rotate(q->p.opt.rot, q->rsign, norm, out, cols);
+        memcpy(ok, xk, (size_t)cols * sizeof *x);
+        q->k->rotate(q->p.opt.rot, q->rsign, norm, ok, cols);
     }
-    return b->xr;
 }
 
 /* Rows 32t..32t+31 of y at batch 1, run by run; padding rows are dropped. */
@@ -401,18 +402,39 @@ static void tile_matmul(const qlin *q, const float *x, float *y, int n)
     }
 }
 
+/* y = x W'^T for x already transformed (rotated or scaled) where the option says so. */
+static void product(const qlin *q, const float *x, float *y, int n)
+{
+    assert(n >= 1 && n <= q->max_batch);
+    if (n >= q->exact_batch) exact_matmul(q, x, y, n);
+    else if (n == 1 && q->lut) lut_matvec(q, x, y);
+    else if (n >= q->tile_from) tile_matmul(q, x, y, n);
+    else int8_matmul(q, x, y, n);
+}
+
 static void packed_matmul(const rt_linear *l, const float *x, float *y, int n)
 {
     const qlin *q = l->impl;
     assert(n >= 1 && n <= q->max_batch);
     if (q->rsign || q->xmul) {
-        qbufs b = bufs_of(q);
-        x = transform_input(q, &b, x, n);
+        float *xr = bufs_of(q).xr;
+        transform_input(q, x, xr, n);
+        x = xr;
     }
-    if (n >= q->exact_batch) exact_matmul(q, x, y, n);
-    else if (n == 1 && q->lut) lut_matvec(q, x, y);
-    else if (n >= q->tile_from) tile_matmul(q, x, y, n);
-    else int8_matmul(q, x, y, n);
+    product(q, x, y, n);
+}
+
+static void packed_rotate_input(const rt_linear *l, const float *x, float *xr, int n)
+{
+    const qlin *q = l->impl;
+    assert(q->rsign && n >= 1 && n <= q->max_batch);
+    transform_input(q, x, xr, n);
+}
+
+static void packed_matmul_rotated(const rt_linear *l, const float *xr, float *y, int n)
+{
+    assert(((const qlin *)l->impl)->rsign);
+    product(l->impl, xr, y, n);
 }
 
 /* ==== Creation ==== */
@@ -658,6 +680,10 @@ rt_linear *rt_linear_packed(const lay_packed *p, int max_batch, int flags, rt_sc
     if (build_lut(q)) goto fail;
     *l = (rt_linear){ .rows = p->rows, .cols = p->cols, .matmul = packed_matmul, .get_row = packed_get_row,
                       .destroy = packed_destroy, .impl = q, .packed = &q->p };
+    if (q->rsign) {
+        l->rot = p->opt.rot, l->rot_seed = p->rot_seed;
+        l->rotate_input = packed_rotate_input, l->matmul_rotated = packed_matmul_rotated;
+    }
     return l;
 fail:
     if (err && err_len) snprintf(err, err_len, "packed linear %lldx%lld (%s): %s", (long long)p->rows,

@@ -31,11 +31,20 @@ struct rt_state {
     int att_threads;     /* threads attention may use (OpenMP's maximum at rt_state_new) */
     int att_rows;        /* min(B, RT_ATT_ROWS) */
     float *gate, *up;    /* [B][H] */
+    float *xr;           /* [B][D] xb rotated once for the layers that rotate it alike (rt_forward);
+                            NULL when no two layers of the model can share a rotation */
     float *rope_cos, *rope_sin; /* [T][R] */
     int rope_neox;       /* 1: pairs (i, i + rope_dim/2) rotate (qwen2); 0: pairs (2i, 2i+1) */
     rt_observer observer;
     void *observer_ctx;
 };
+
+/* Whether layers a and b rotate their inputs alike (rotate_input, the same block
+ * and seed), so that one rotation of a shared input serves both. */
+static inline int rt_same_rotation(const rt_linear *a, const rt_linear *b)
+{
+    return a->rotate_input && b->rotate_input && a->cols == b->cols && a->rot == b->rot && a->rot_seed == b->rot_seed;
+}
 
 /* Query rows per work item of a batch's attention. */
 #define RT_ATT_ROWS 32

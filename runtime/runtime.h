@@ -54,6 +54,15 @@ struct rt_linear {
     /* For layers over stored weights (NULL otherwise): see rt_linear_hold. */
     int (*hold)(rt_linear *l);
     void (*release)(rt_linear *l);
+    /* For layers whose products first rotate x, x' = R^T x (layout.h, "Input
+     * rotations"; NULL and 0 otherwise): the rotation's block and seed,
+     * rotate_input (xr[n][cols] = x' of each row, the floats matmul makes) and
+     * matmul_rotated (matmul given x' instead of x: the same y, bit for bit). Layers
+     * that read one input and rotate it alike rotate it once (rt_forward). */
+    int rot;
+    uint32_t rot_seed;
+    void (*rotate_input)(const rt_linear *l, const float *x, float *xr, int n);
+    void (*matmul_rotated)(const rt_linear *l, const float *xr, float *y, int n);
 };
 
 /* A dense fp32 linear layer over w[rows][cols]; takes ownership of w (free()d). */

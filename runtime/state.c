@@ -29,6 +29,20 @@ static void fill_rope_tables(rt_state *s, const mdl_config *c)
     }
 }
 
+/* Whether two layers of one input group rotate their input alike somewhere in m,
+ * so that the forward pass rotates it once (forward.c) and needs s->xr. */
+static int shares_rotations(const rt_model *m)
+{
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        rt_linear *const *lin = m->layers[l].lin;
+        for (int a = 0; a < LAY_HEAD; a++)
+            for (int b = a + 1; b < LAY_HEAD; b++)
+                if (rt_class_input((lay_class)a) == rt_class_input((lay_class)b) && rt_same_rotation(lin[a], lin[b]))
+                    return 1;
+    }
+    return 0;
+}
+
 static rt_state *state_new(const rt_model *m, int max_ctx, int max_batch, int cache_layers)
 {
     const mdl_config *c = &m->cfg;
@@ -56,10 +70,11 @@ static rt_state *state_new(const rt_model *m, int max_ctx, int max_batch, int ca
     s->scores = calloc((size_t)s->att_threads * (size_t)s->att_rows * T, sizeof(float));
     s->gate = calloc(B * hidden, sizeof(float));
     s->up = calloc(B * hidden, sizeof(float));
+    s->xr = shares_rotations(m) ? calloc(B * dim, sizeof(float)) : NULL;
     s->rope_cos = calloc(T * half, sizeof(float));
     s->rope_sin = calloc(T * half, sizeof(float));
     if (!s->key_cache || !s->value_cache || !s->x || !s->xb || !s->xo || !s->q || !s->att || !s->scores ||
-        !s->gate || !s->up || !s->rope_cos || !s->rope_sin) {
+        !s->gate || !s->up || !s->rope_cos || !s->rope_sin || (!s->xr && shares_rotations(m))) {
         rt_state_free(s);
         return NULL;
     }
@@ -83,7 +98,7 @@ void rt_state_free(rt_state *s)
     free(s->key_cache); free(s->value_cache);
     free(s->x); free(s->xb); free(s->xo);
     free(s->q); free(s->att); free(s->scores);
-    free(s->gate); free(s->up);
+    free(s->gate); free(s->up); free(s->xr);
     free(s->rope_cos); free(s->rope_sin);
     free(s);
 }

@@ -254,6 +254,25 @@ static void test_quant(void **state)
     }
 }
 
+/* A rotated layer's two halves, rotate_input then matmul_rotated, make matmul's y
+ * bit for bit (the forward pass rotates a shared input once with them); its rot
+ * and seed are the tensor's. Other layers have neither half. */
+static void check_halves(const rt_linear *l, const float *x, int n, const float *y)
+{
+    const lay_packed *p = l->packed;
+    assert_int_equal(!!l->rotate_input, !!p->opt.rot);
+    assert_int_equal(!!l->matmul_rotated, !!p->opt.rot);
+    assert_int_equal(l->rot, p->opt.rot);
+    assert_int_equal(l->rot_seed, p->opt.rot ? p->rot_seed : 0);
+    if (!p->opt.rot) return;
+    float *xr = malloc((size_t)(n * l->cols) * sizeof *xr), *y2 = malloc((size_t)(n * l->rows) * sizeof *y2);
+    assert_true(xr && y2);
+    l->rotate_input(l, x, xr, n);
+    l->matmul_rotated(l, xr, y2, n);
+    assert_memory_equal(y2, y, (size_t)(n * l->rows) * sizeof *y);
+    free(xr), free(y2);
+}
+
 static void check_product(rt_linear *l, const float *x, int n, const float *ref, double tol, int lut, const char *opt)
 {
     int64_t rows = l->rows;
@@ -265,6 +284,7 @@ static void check_product(rt_linear *l, const float *x, int n, const float *ref,
         print_error("%s lut %d %s %lldx%lld batch %d: rel err %g\n", qk_active()->name, lut, opt, (long long)rows,
                     (long long)l->cols, n, e);
     assert_true(e < tol);
+    check_halves(l, x, n, y);
     free(y);
 }
 

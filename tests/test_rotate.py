@@ -27,7 +27,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiny_model  # noqa: E402
 from test_gptq import LAY_ROT_SEED, ref_rotation  # noqa: E402
-from test_pack import decode, parts_of, read_tensors, rewrite  # noqa: E402
+from test_pack import decode, parts_of, read_tensors, rewrite, tool  # noqa: E402
 from test_requant import run  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,6 +117,26 @@ def test_rotated_plan_packs_decodes_and_runs(work):
         assert np.abs(wr - src[name]).max() > 0.1 * np.abs(src[name]).max()  # and not stored unrotated
     work["rot8"] = out
     runs_as_8_bits(work, out)
+
+
+def test_loaded_layers_offer_their_rotation_apart(work, tmp_path):
+    """A loaded rotated layer offers its rotation and its product apart
+    (rotate_input, matmul_rotated), with which the forward pass rotates the input
+    that q, k and v (or gate and up) share once; the two make matmul's y bit for bit,
+    in a batch past the layer's 64 rows too."""
+    src = work.get("rot8")
+    if src is None:
+        pytest.skip("needs test_rotated_plan_packs_decodes_and_runs's file")
+    rng = np.random.default_rng(3)
+    for name in ("blk.0.attn_k.weight", "blk.1.ffn_up.weight"):
+        rows, cols = work["weights"][name].shape
+        for n in (1, 100):
+            x, out = tmp_path / "x.f32", tmp_path / "y.f32"
+            rng.standard_normal((n, cols)).astype(np.float32).tofile(x)
+            tool(["halves", src, name, x, n, out])
+            y = np.fromfile(out, np.float32).reshape(2, n, rows)
+            assert np.abs(y[0]).max() > 0, (name, n)
+            assert np.array_equal(y[0], y[1]), (name, n)
 
 
 def test_version_and_seed_are_checked(work):

@@ -721,6 +721,119 @@ static void test_observer_sees_every_group(void **state)
     tiny_free(&w);
 }
 
+/* ==== One rotation of a shared input ==== */
+
+/* A layer that stands for a rotated one: it holds W' = W D, D = diag(+-1) from its
+ * seed (an orthogonal R, as the packed layers' Hadamard rotations are), and its
+ * products first take x' = D x. It counts its rotations: those the forward pass
+ * asks of it (rotate_input) and those its own matmul makes. */
+typedef struct {
+    float *w;       /* [rows][cols] W D */
+    float *sign;    /* [cols] */
+    int *asked, *own;
+} fake_rot;
+
+static void fake_rotate(const fake_rot *f, int64_t cols, const float *x, float *xr, int n)
+{
+    for (int64_t i = 0; i < (int64_t)n * cols; i++) xr[i] = x[i] * f->sign[i % cols];
+}
+
+static void fake_rotate_input(const rt_linear *l, const float *x, float *xr, int n)
+{
+    const fake_rot *f = l->impl;
+    (*f->asked)++;
+    fake_rotate(f, l->cols, x, xr, n);
+}
+
+static void fake_matmul_rotated(const rt_linear *l, const float *xr, float *y, int n)
+{
+    const fake_rot *f = l->impl;
+    for (int k = 0; k < n; k++)
+        for (int64_t r = 0; r < l->rows; r++) {
+            double acc = 0;
+            for (int64_t j = 0; j < l->cols; j++) acc += (double)f->w[r * l->cols + j] * xr[k * l->cols + j];
+            y[k * l->rows + r] = (float)acc;
+        }
+}
+
+static void fake_matmul(const rt_linear *l, const float *x, float *y, int n)
+{
+    const fake_rot *f = l->impl;
+    float *xr = malloc((size_t)(n * l->cols) * sizeof *xr);
+    assert_non_null(xr);
+    (*f->own)++;
+    fake_rotate(f, l->cols, x, xr, n);
+    fake_matmul_rotated(l, xr, y, n);
+    free(xr);
+}
+
+static void fake_destroy(rt_linear *l)
+{
+    fake_rot *f = l->impl;
+    free(f->w), free(f->sign), free(f);
+}
+
+/* Replaces dense layer *lp by a fake rotated one with the same products. */
+static void make_fake_rot(rt_linear **lp, uint32_t seed, int *asked, int *own)
+{
+    rt_linear *d = *lp, *l = calloc(1, sizeof *l);
+    fake_rot *f = calloc(1, sizeof *f);
+    assert_true(l && f && d->dense);
+    f->w = malloc((size_t)(d->rows * d->cols) * sizeof *f->w);
+    f->sign = malloc((size_t)d->cols * sizeof *f->sign);
+    assert_true(f->w && f->sign);
+    for (int64_t j = 0; j < d->cols; j++) f->sign[j] = (float)lay_rot_sign(seed, j);
+    for (int64_t i = 0; i < d->rows * d->cols; i++) f->w[i] = d->dense[i] * f->sign[i % d->cols];
+    f->asked = asked, f->own = own;
+    *l = (rt_linear){ .rows = d->rows, .cols = d->cols, .matmul = fake_matmul, .destroy = fake_destroy, .impl = f,
+                      .rot = 64, .rot_seed = seed, .rotate_input = fake_rotate_input,
+                      .matmul_rotated = fake_matmul_rotated };
+    rt_linear_free(d);
+    *lp = l;
+}
+
+/* q, k, gate and up rotate alike and v otherwise: each block's two inputs are
+ * rotated once for q and k and once for gate and up, v rotates its own, and the
+ * logits are the dense model's; without the shared halves, the same bits. */
+static void test_shared_input_rotated_once(void **state)
+{
+    (void)state;
+    enum { N = 9 };
+    tiny_weights w;
+    tiny_make(&w, 4, 1);
+    rt_model *dense = tiny_model_direct(&w), *m[2];
+    int asked[2] = {0}, own[2] = {0}, L = w.cfg.n_layers, V = w.cfg.vocab_size;
+    int32_t tok[N];
+    random_tokens(tok, N, V, 8);
+    float *logits[2];
+    for (int v = 0; v < 2; v++) {
+        m[v] = tiny_model_direct(&w);
+        for (int l = 0; l < L; l++)
+            for (int k = LAY_Q; k <= LAY_UP; k++)
+                if (k != LAY_O) make_fake_rot(&m[v]->layers[l].lin[k], k == LAY_V ? 9 : 7, &asked[v], &own[v]);
+        if (v == 1) /* the same layers without their halves: each rotates its own input */
+            for (int l = 0; l < L; l++)
+                for (int k = LAY_Q; k <= LAY_UP; k++) m[v]->layers[l].lin[k]->rotate_input = NULL;
+        rt_state *s = rt_state_new(m[v], 64, N);
+        assert_non_null(s);
+        logits[v] = forward_all(m[v], s, tok, N, 0);
+        rt_state_free(s);
+    }
+    assert_int_equal(asked[0], 2 * L);
+    assert_int_equal(own[0], L);
+    assert_int_equal(asked[1], 0);
+    assert_int_equal(own[1], 5 * L);
+    assert_memory_equal(logits[0], logits[1], (size_t)N * V * sizeof *logits[0]);
+    rt_state *s = rt_state_new(dense, 64, N);
+    float *ref = forward_all(dense, s, tok, N, 0);
+    assert_true(max_rel_diff(logits[0], ref, (int64_t)N * V) < 1e-5);
+    free(ref), free(logits[0]), free(logits[1]);
+    rt_state_free(s);
+    for (int v = 0; v < 2; v++) rt_model_free(m[v]);
+    rt_model_free(dense);
+    tiny_free(&w);
+}
+
 static void test_names(void **state)
 {
     (void)state;
@@ -753,6 +866,7 @@ int main(void)
         cmocka_unit_test(test_generate_greedy_is_argmax),
         cmocka_unit_test(test_sampling_follows_the_distribution),
         cmocka_unit_test(test_observer_sees_every_group),
+        cmocka_unit_test(test_shared_input_rotated_once),
         cmocka_unit_test(test_names),
     };
     return cmocka_run_group_tests(tests, setup_dir, remove_dir);

@@ -9,6 +9,11 @@
  *   tool_pack matvec PACKED NAME X.f32 N OUT.f32
  *                                          y[N][rows] = x[N][cols] W^T through the packed
  *                                          kernels (rt_linear matmul)
+ *   tool_pack halves PACKED NAME X.f32 N OUT.f32
+ *                                          a rotated layer's y twice, [2][N][rows]: by
+ *                                          matmul, then by rotate_input and matmul_rotated
+ *                                          (N up to 256 for both: batches past the
+ *                                          layer's 64 take it in pieces)
  *
  * What it must never do: hide an error (every failure prints one line and exits 1).
  */
@@ -99,28 +104,38 @@ static float *read_f32(const char *path, size_t n)
     return ok ? v : NULL;
 }
 
-static int matvec(int argc, char **argv)
+/* matvec: y = x W^T by matmul; halves: that y, then the same by rotate_input and
+ * matmul_rotated. */
+static int products(int argc, char **argv, int halves)
 {
     char err[512];
     rt_model *m;
-    if (argc != 7) return fail("usage: tool_pack matvec PACKED NAME X.f32 N OUT.f32");
-    int n = atoi(argv[5]);
-    if (n < 1 || n > 64) return fail("N must be 1..64");
+    if (argc != 7) return fail("usage: tool_pack matvec|halves PACKED NAME X.f32 N OUT.f32");
+    int n = atoi(argv[5]), ways = halves ? 2 : 1;
+    if (n < 1 || n > 256) return fail("N must be 1..256");
     if (open_any(argv[2], &m, err, sizeof err)) return fail(err);
     rt_linear *l = find_linear(m, argv[3]);
     float *x = l ? read_f32(argv[4], (size_t)(n * l->cols)) : NULL;
-    float *y = x ? malloc((size_t)(n * l->rows) * sizeof *y) : NULL;
+    float *xr = x ? malloc((size_t)(n * l->cols) * sizeof *xr) : NULL;
+    float *y = xr ? malloc((size_t)(ways * n * l->rows) * sizeof *y) : NULL;
     int rc = y ? 0 : fail(!l ? "no such linear layer" : !x ? "cannot read X" : "out of memory");
+    if (!rc && halves && !(l->rotate_input && l->matmul_rotated))
+        rc = fail("the layer has no rotate_input and matmul_rotated");
     if (!rc) l->matmul(l, x, y, n);
-    if (!rc && write_f32(argv[6], y, (size_t)(n * l->rows))) rc = fail("cannot write the output");
-    free(x), free(y), rt_model_free(m);
+    if (!rc && halves) {
+        l->rotate_input(l, x, xr, n);
+        l->matmul_rotated(l, xr, y + (int64_t)n * l->rows, n);
+    }
+    if (!rc && write_f32(argv[6], y, (size_t)(ways * n * l->rows))) rc = fail("cannot write the output");
+    free(x), free(xr), free(y), rt_model_free(m);
     return rc;
 }
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "halves")) return products(argc, argv, 1);
     if (argc > 1 && !strcmp(argv[1], "logits")) return logits(argc, argv);
     if (argc > 1 && !strcmp(argv[1], "rows")) return rows(argc, argv);
-    if (argc > 1 && !strcmp(argv[1], "matvec")) return matvec(argc, argv);
-    return fail("usage: tool_pack logits|rows|matvec ...");
+    if (argc > 1 && !strcmp(argv[1], "matvec")) return products(argc, argv, 0);
+    return fail("usage: tool_pack logits|rows|matvec|halves ...");
 }

@@ -529,7 +529,7 @@ int rtc_linear_upload_packed(rtc_mem *m, const lay_packed *p, rtc_linear *out, c
     out->rows = p->rows, out->cols = p->cols, out->packed = 1, out->g = g;
     out->values = values, out->scales = (const __half *)scales, out->zeros = (const uint8_t *)zeros;
     out->mins = (const __half *)mins, out->xmap = (const int32_t *)dxmap, out->perm = (const int32_t *)dperm;
-    out->rot = p->opt.rot, out->rsign = rsign, out->xmul = xmul;
+    out->rot = p->opt.rot, out->rot_seed = p->opt.rot ? p->rot_seed : 0, out->rsign = rsign, out->xmul = xmul;
     rc = 0;
 done:
     free(xmap);
@@ -650,24 +650,35 @@ int rtc_xscale(const float *m, const float *x, float *out, int n, int64_t cols, 
     return RTC_LAUNCHED("k_xscale");
 }
 
+int rtc_linear_transform(const rtc_linear *l, const float *x, int n, const rtc_scratch *s, cudaStream_t st, char *err,
+                         size_t err_len)
+{
+    if ((int64_t)n * l->cols > s->xr_elems) {
+        snprintf(err, err_len, "no input-transform scratch for a %lldx%lld product of %d rows", (long long)l->rows,
+                 (long long)l->cols, n);
+        return -1;
+    }
+    return l->rot ? rtc_rotate(l->rot, l->rsign, x, s->xr, n, l->cols, st, err, err_len)
+                  : rtc_xscale(l->xmul, x, s->xr, n, l->cols, st, err, err_len);
+}
+
 int rtc_linear_forward(const rtc_linear *l, const float *x, float *y, int n, rtc_path path, const rtc_scratch *s,
+                       cublasHandle_t blas, cudaStream_t st, int n_sm, char *err, size_t err_len)
+{
+    if (l->packed && (l->rot || l->xmul)) { /* both paths multiply W' = W R or W / m by x' = R^T x or x * m */
+        if (rtc_linear_transform(l, x, n, s, st, err, err_len)) return -1;
+        x = s->xr;
+    }
+    return rtc_linear_product(l, x, y, n, path, s, blas, st, n_sm, err, err_len);
+}
+
+int rtc_linear_product(const rtc_linear *l, const float *x, float *y, int n, rtc_path path, const rtc_scratch *s,
                        cublasHandle_t blas, cudaStream_t st, int n_sm, char *err, size_t err_len)
 {
     if (!l->packed) {
         const float one = 1.0f, zero = 0.0f;
         return RTC_BLAS(cublasSgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)l->rows, n, (int)l->cols, &one, l->w,
                                     (int)l->cols, x, (int)l->cols, &zero, y, (int)l->rows));
-    }
-    if (l->rot || l->xmul) { /* both paths multiply the values, W' = W R or W / m, by x' = R^T x or x * m */
-        if ((int64_t)n * l->cols > s->xr_elems) {
-            snprintf(err, err_len, "no input-transform scratch for a %lldx%lld product of %d rows",
-                     (long long)l->rows, (long long)l->cols, n);
-            return -1;
-        }
-        if (l->rot ? rtc_rotate(l->rot, l->rsign, x, s->xr, n, l->cols, st, err, err_len)
-                   : rtc_xscale(l->xmul, x, s->xr, n, l->cols, st, err, err_len))
-            return -1;
-        x = s->xr;
     }
     if (path == RTC_PATH_AUTO) path = n <= RTC_MV_MAX_BATCH ? RTC_PATH_MATVEC : RTC_PATH_GEMM;
     if (path == RTC_PATH_GEMM) {

@@ -384,15 +384,45 @@ static int lin(rt_cuda_model *g, const rtc_linear *l, const float *x, float *y, 
     return rtc_linear_forward(l, x, y, n, RTC_PATH_AUTO, &g->scr, g->blas, g->st, g->n_sm, err, err_len);
 }
 
+static int same_rotation(const rtc_linear *a, const rtc_linear *b)
+{
+    return a->packed && b->packed && a->rot && a->rot == b->rot && a->rot_seed == b->rot_seed && a->cols == b->cols;
+}
+
+/* y[i] = the product of ls[i] with x, for the count layers that read x (q, k, v, or
+ * gate, up). Those that rotate it alike as the first rotating one take x rotated
+ * once into the scratch's xr, and run first: the others' own transforms reuse that
+ * scratch. */
+static int lins_of_one_input(rt_cuda_model *g, const rtc_linear *ls, float *const *y, int count, const float *x, int n,
+                             char *err, size_t err_len)
+{
+    const rtc_linear *lead = NULL;
+    int alike = 0;
+    for (int i = 0; i < count; i++) {
+        if (ls[i].packed && ls[i].rot && !lead) lead = &ls[i];
+        alike += lead && same_rotation(&ls[i], lead);
+    }
+    int shared = alike > 1;
+    if (shared && rtc_linear_transform(lead, x, n, &g->scr, g->st, err, err_len)) return -1;
+    for (int i = 0; shared && i < count; i++)
+        if (same_rotation(&ls[i], lead) &&
+            rtc_linear_product(&ls[i], g->scr.xr, y[i], n, RTC_PATH_AUTO, &g->scr, g->blas, g->st, g->n_sm, err,
+                               err_len))
+            return -1;
+    for (int i = 0; i < count; i++)
+        if (!(shared && same_rotation(&ls[i], lead)) && lin(g, &ls[i], x, y[i], n, err, err_len)) return -1;
+    return 0;
+}
+
 static int attention_block(rt_cuda_model *g, int l, int n, int pos, char *err, size_t err_len)
 {
     const mdl_config *c = &g->cfg;
     const rtc_layer *d = &g->layers[l];
     size_t off = (size_t)l * g->max_ctx * g->att.kv_dim;
     cudaStream_t st = g->st;
+    float *const qkv[] = {g->q, g->k, g->v};
     if (rtc_rmsnorm(g->x, d->attn_norm, g->xb, n, c->dim, c->norm_eps, st, err, err_len) ||
-        lin(g, &d->lin[LAY_Q], g->xb, g->q, n, err, err_len) || lin(g, &d->lin[LAY_K], g->xb, g->k, n, err, err_len) ||
-        lin(g, &d->lin[LAY_V], g->xb, g->v, n, err, err_len))
+        lins_of_one_input(g, &d->lin[LAY_Q], qkv, 3, g->xb, n, err, err_len))
         return -1;
     if ((d->bias[0] && rtc_add_bias(g->q, d->bias[0], n, g->att.q_dim, st, err, err_len)) ||
         (d->bias[1] && rtc_add_bias(g->k, d->bias[1], n, g->att.kv_dim, st, err, err_len)) ||
@@ -410,9 +440,9 @@ static int mlp_block(rt_cuda_model *g, int l, int n, char *err, size_t err_len)
     const mdl_config *c = &g->cfg;
     const rtc_layer *d = &g->layers[l];
     cudaStream_t st = g->st;
+    float *const gate_up[] = {g->gate, g->up};
     if (rtc_rmsnorm(g->x, d->ffn_norm, g->xb, n, c->dim, c->norm_eps, st, err, err_len) ||
-        lin(g, &d->lin[LAY_GATE], g->xb, g->gate, n, err, err_len) ||
-        lin(g, &d->lin[LAY_UP], g->xb, g->up, n, err, err_len) ||
+        lins_of_one_input(g, &d->lin[LAY_GATE], gate_up, 2, g->xb, n, err, err_len) ||
         rtc_swiglu(g->gate, g->up, (int64_t)n * c->hidden_dim, st, err, err_len) ||
         lin(g, &d->lin[LAY_DOWN], g->gate, g->xo, n, err, err_len))
         return -1;

@@ -89,6 +89,7 @@ typedef struct {
     const int32_t *xmap;        /* [cols] interleaved position -> original column */
     const int32_t *perm;        /* [cols] stored column -> original column, NULL: the identity (ggml types) */
     int rot;                    /* opt.rot: the values hold W R (layout.h, "Input rotations"), else 0 */
+    uint32_t rot_seed;          /* the rotation's seed (its signs), 0 unless rot */
     const float *rsign;         /* [cols] the rotation's signs, +1 or -1 (lay_rot_sign), NULL unless rot */
     const float *xmul;          /* opt.awq: [cols] the input multipliers m as floats (the values hold W / m;
                                    layout.h, "Activation-aware input scales"), else NULL */
@@ -130,6 +131,14 @@ int rtc_linear_upload_dense(rtc_mem *m, const float *w, int64_t rows, int64_t co
  * with input scales (xmul) holds W' = W / m, and x' = x * m goes into s->xr first
  * (rtc_xscale). */
 int rtc_linear_forward(const rtc_linear *l, const float *x, float *y, int n, rtc_path path, const rtc_scratch *s,
+                       cublasHandle_t blas, cudaStream_t st, int n_sm, char *err, size_t err_len);
+/* The two halves of rtc_linear_forward for a layer that rotates or scales its
+ * inputs: s->xr = x' of the n rows, then the product given x' (any layer: x as it
+ * is for the others). Layers that read one input and rotate it alike rotate it
+ * once with them (model.cu). */
+int rtc_linear_transform(const rtc_linear *l, const float *x, int n, const rtc_scratch *s, cudaStream_t st, char *err,
+                         size_t err_len);
+int rtc_linear_product(const rtc_linear *l, const float *x, float *y, int n, rtc_path path, const rtc_scratch *s,
                        cublasHandle_t blas, cudaStream_t st, int n_sm, char *err, size_t err_len);
 /* out[n][cols] = x' = R^T x per row, the rotation in blocks of rot (64 or 128; cols a
  * multiple) with signs sign[cols]: lay_rot_apply's floats, bit for bit. */
