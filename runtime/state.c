@@ -70,11 +70,12 @@ static rt_state *state_new(const rt_model *m, int max_ctx, int max_batch, int ca
     s->scores = calloc((size_t)s->att_threads * (size_t)s->att_rows * T, sizeof(float));
     s->gate = calloc(B * hidden, sizeof(float));
     s->up = calloc(B * hidden, sizeof(float));
-    s->xr = shares_rotations(m) ? calloc(B * dim, sizeof(float)) : NULL;
+    int shared_rotation = shares_rotations(m);
+    s->xr = shared_rotation ? calloc(B * dim, sizeof(float)) : NULL;
     s->rope_cos = calloc(T * half, sizeof(float));
     s->rope_sin = calloc(T * half, sizeof(float));
     if (!s->key_cache || !s->value_cache || !s->x || !s->xb || !s->xo || !s->q || !s->att || !s->scores ||
-        !s->gate || !s->up || !s->rope_cos || !s->rope_sin || (!s->xr && shares_rotations(m))) {
+        !s->gate || !s->up || !s->rope_cos || !s->rope_sin || (shared_rotation && !s->xr)) {
         rt_state_free(s);
         return NULL;
     }

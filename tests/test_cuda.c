@@ -103,12 +103,12 @@ static void ggml_fill(lay_qtensor *q, float mag)
     free(x);
 }
 
-/* A random packed tensor whose weights are about `mag` in size; one whose option
- * rotates gets a random seed (its codes are then W R's, and deq W's), one with
- * input scales random multipliers m in [0.25, 4) (its codes are W / m's, and deq
- * W's, so deq's columns are up to 4 times `mag`). */
 static uint32_t fixed_rot_seed; /* nonzero: the seed of every rotated tensor pt_make makes */
 
+/* A random packed tensor whose weights are about `mag` in size; one whose option
+ * rotates gets a random seed, or fixed_rot_seed (its codes are then W R's, and deq
+ * W's), one with input scales random multipliers m in [0.25, 4) (its codes are
+ * W / m's, and deq W's, so deq's columns are up to 4 times `mag`). */
 static void pt_make(ptensor *t, int64_t rows, int64_t cols, const lay_option *o, float mag)
 {
     lay_qtensor q;
@@ -129,8 +129,8 @@ static void pt_make(ptensor *t, int64_t rows, int64_t cols, const lay_option *o,
                 (t->xscale || !c.xscale) && t->deq);
     lay_pack_tensor(&q, t->values, t->scales, t->zeros, t->mins, t->perm, t->xscale);
     t->p = (lay_packed){ .rows = rows, .cols = cols, .opt = *o, .values = t->values, .scales = t->scales,
-                         .zeros = t->zeros, .mins = t->mins, .perm = t->perm, .rot_seed = !o->rot ? 0 : fixed_rot_seed ? fixed_rot_seed : rnd(),
-                         .xscale = t->xscale };
+                         .zeros = t->zeros, .mins = t->mins, .perm = t->perm,
+                         .rot_seed = !o->rot ? 0 : fixed_rot_seed ? fixed_rot_seed : rnd(), .xscale = t->xscale };
     lay_packed_dequant(&t->p, t->deq);
     lay_qtensor_free(&q);
 }
